@@ -1,0 +1,76 @@
+//! Why a frame was dropped: one enum, one stable name per reason, one counter per reason.
+//!
+//! The names are part of the interface: metrics labels, `meshpath observe` and the CLI print them, and
+//! operators grep for them. Add reasons at the end; never rename one.
+
+use std::fmt;
+
+macro_rules! drop_reasons {
+    ($($variant:ident => $name:literal: $doc:literal,)*) => {
+        /// The reason a frame did not make it through the pipeline.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl DropReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+
+            /// The stable name: metrics label, CLI and flow log.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    InvalidHeader => "invalid_header": "A header is truncated, malformed or inconsistent with the frame length.",
+    UnsupportedProtocol => "unsupported_protocol": "An ethertype or IP protocol the pipeline does not forward.",
+    UnsupportedFragment => "unsupported_fragment": "A non-first IP fragment: it carries no ports to apply policy to.",
+    SpoofedSource => "spoofed_source": "A pod sent with a source MAC or IP that is not its own.",
+    UnknownPort => "unknown_port": "The frame arrived on a port no endpoint is bound to.",
+    PolicyDenied => "policy_denied": "Identity policy does not allow this flow.",
+    NoRoute => "no_route": "No local endpoint, remote node or kernel route owns the destination.",
+    NoBackend => "no_backend": "The service has no backend that may take a new flow.",
+    CtTableFull => "ct_table_full": "Conntrack is full and nothing has expired: new flows are refused.",
+    InvalidIdentity => "invalid_identity": "A tunnel frame carries an identity that no cluster may send.",
+    TtlExceeded => "ttl_exceeded": "The IPv4 TTL or IPv6 hop limit ran out.",
+    NoHeadroom => "no_headroom": "The frame buffer has no room in front for the tunnel headers.",
+    FrameTooBig => "frame_too_big": "The frame would exceed the link MTU after encapsulation.",
+}
+
+impl DropReason {
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// Index into per-reason counter arrays.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn names_are_unique_snake_case_and_indices_dense() {
+        let names: HashSet<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), DropReason::COUNT);
+        for (i, reason) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i);
+            assert!(reason.name().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! The meshpath dataplane: everything that happens to a frame between the AF_XDP receive ring and the
+//! transmit ring, as a pure function of the frame, an immutable snapshot of the tables and the worker's
+//! own state (conntrack, counters).
+//!
+//! Packet path, one module per stage:
+//! [`parse`] → [`tunnel`] (decap) → [`endpoint`] (anti-spoofing) → [`gateway`] (ARP/ND) → [`ipcache`] →
+//! [`service`] + [`conntrack`] + [`nat`] → [`policy`] → [`route`] → [`tunnel`] (encap) → transmit.
+//! [`pipeline`] runs the stages over a batch.
+//!
+//! Not here: AF_XDP sockets and worker threads (the `meshpath-xdp-redirect` crate and the agent), and
+//! where the tables come from (the `meshpath-control` crate builds [`snapshot::Tables`]).
+
+pub mod conntrack;
+pub mod drop;
+pub mod endpoint;
+pub mod flow;
+pub mod frame;
+pub mod gateway;
+pub mod identity;
+pub mod ipcache;
+pub mod nat;
+pub mod parse;
+pub mod pipeline;
+pub mod policy;
+pub mod route;
+pub mod service;
+pub mod snapshot;
+pub mod stats;
+pub mod tunnel;
+pub mod wire;
+
+pub use drop::DropReason;
+pub use flow::{Addr, FlowKey};
+pub use frame::{Frame, PortId};
+pub use identity::{ClusterId, Identity};
