@@ -10,6 +10,8 @@
 //! Not here: AF_XDP sockets and worker threads (the `meshpath-xdp-redirect` crate and the agent), and
 //! where the tables come from (the `meshpath-control` crate builds [`snapshot::Tables`]).
 
+#[cfg(feature = "afxdp")]
+pub mod afxdp;
 pub mod conntrack;
 pub mod drop;
 pub mod endpoint;
@@ -32,4 +34,5 @@ pub mod wire;
 pub use drop::DropReason;
 pub use flow::{Addr, FlowKey};
 pub use frame::{Frame, PortId};
+pub use pipeline::Verdict;
 pub use identity::{ClusterId, Identity};

@@ -1,0 +1,1 @@
+//! AF_XDP ports and worker threads (feature `afxdp`).
