@@ -2,4 +2,13 @@
 //! publishes it to the cluster's own etcd, watches every remote cluster's etcd read-only, and merges it all
 //! into immutable [`meshpath_dataplane`] table snapshots for the workers.
 //!
+//! Modules: [`kvstore`] (Cilium's key layout and values), [`state`] (one cluster's state as the mesh sees
+//! it), [`clustermesh`] (remote clusters: configuration directory, one watcher task per remote, status),
+//! [`publish`] (this agent's state into its own cluster's etcd) and [`identity_alloc`].
+//!
 //! Not here: anything on the packet path.
+
+pub mod cluster_name;
+pub mod kvstore;
+
+pub use cluster_name::{ClusterName, ClusterNameError};
