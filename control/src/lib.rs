@@ -10,5 +10,6 @@
 
 pub mod cluster_name;
 pub mod kvstore;
+pub mod state;
 
 pub use cluster_name::{ClusterName, ClusterNameError};
