@@ -1,1 +1,591 @@
+//! Stage 2 and the last stage: tunnels between nodes. [`decap`] runs right after parse on frames from the
+//! uplink that came in on the VXLAN or Geneve port; [`encap`] runs after route for frames bound to a pod
+//! on another node. The 24-bit VNI carries the sender's security identity, as in Cilium.
+//!
+//! Both move the frame's head inside its buffer (`Frame::pull_front`/`push_front`): the inner frame is
+//! never copied.
 
+use crate::parse::{Parsed, L4};
+use crate::wire::{checksum, geneve, vxlan};
+use crate::{Addr, DropReason, Frame, Identity};
+
+const ETHERNET_LEN: usize = 14;
+const IPV4_LEN: usize = 20;
+const IPV6_LEN: usize = 40;
+const UDP_LEN: usize = 8;
+/// VXLAN, and Geneve without options, which is all this side sends.
+const TUNNEL_LEN: usize = 8;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+const UDP: u8 = 17;
+/// Linux's default `ip_local_port_range` (32768..=60999): the source ports receivers hash flows by.
+const SOURCE_PORT_MIN: u32 = 32768;
+const SOURCE_PORT_SPAN: u32 = 61000 - SOURCE_PORT_MIN;
+
+/// The tunnel header kind, chosen by the outer UDP destination port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TunnelProtocol {
+    Vxlan,
+    Geneve,
+}
+
+impl TunnelProtocol {
+    /// Cilium's ports: VXLAN on 8472 (the Linux default, not IANA's 4789), Geneve on 6081.
+    pub const fn port(self) -> u16 {
+        match self {
+            TunnelProtocol::Vxlan => 8472,
+            TunnelProtocol::Geneve => 6081,
+        }
+    }
+
+    pub const fn from_port(port: u16) -> Option<Self> {
+        match port {
+            8472 => Some(TunnelProtocol::Vxlan),
+            6081 => Some(TunnelProtocol::Geneve),
+            _ => None,
+        }
+    }
+}
+
+/// What the outer headers said, kept after they are gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decapsulated {
+    /// The sender's security identity from the VNI; `Identity::UNKNOWN` for VNI 0.
+    pub identity: Identity,
+    /// The sending node's underlay address.
+    pub outer_src: Addr,
+}
+
+/// Strips the outer Ethernet, IP, UDP and tunnel headers: the frame then starts at the inner Ethernet
+/// header and ends where the outer UDP datagram ended (outer padding is dropped).
+pub fn decap(
+    frame: &mut Frame<'_>,
+    outer: &Parsed,
+    protocol: TunnelProtocol,
+) -> Result<Decapsulated, DropReason> {
+    if outer.l4 != L4::Udp {
+        return Err(DropReason::UnsupportedProtocol);
+    }
+    let udp = frame
+        .data()
+        .get(outer.l4_offset..outer.l3_end())
+        .ok_or(DropReason::InvalidHeader)?;
+    let udp_len = match udp {
+        [_, _, _, _, hi, lo, ..] => usize::from(u16::from_be_bytes([*hi, *lo])),
+        _ => return Err(DropReason::InvalidHeader),
+    };
+    let tunnel = udp.get(UDP_LEN..udp_len).ok_or(DropReason::InvalidHeader)?;
+    let (vni, header_len) = tunnel_header(tunnel, protocol)?;
+    let inner_len = tunnel.len() - header_len;
+    if inner_len < ETHERNET_LEN {
+        return Err(DropReason::InvalidHeader);
+    }
+    let identity = Identity::new(vni).ok_or(DropReason::InvalidIdentity)?;
+    frame
+        .pull_front(outer.l4_offset + UDP_LEN + header_len)
+        .ok_or(DropReason::InvalidHeader)?;
+    frame.truncate(inner_len);
+    Ok(Decapsulated {
+        identity,
+        outer_src: outer.flow.src,
+    })
+}
+
+/// The VNI and the tunnel header's length, options included.
+fn tunnel_header(bytes: &[u8], protocol: TunnelProtocol) -> Result<(u32, usize), DropReason> {
+    match protocol {
+        TunnelProtocol::Vxlan => {
+            let repr = vxlan::Repr::parse(&vxlan::Packet::new_checked(bytes)?)?;
+            Ok((repr.vni, repr.header_len()))
+        }
+        TunnelProtocol::Geneve => {
+            let repr = geneve::Repr::parse(&geneve::Packet::new_checked(bytes)?)?;
+            // OAM frames are for tunnel endpoints, not for pods; Cilium sends none.
+            if repr.oam {
+                return Err(DropReason::UnsupportedProtocol);
+            }
+            Ok((repr.vni, repr.header_len()))
+        }
+    }
+}
+
+/// How to wrap a frame for another node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Encapsulation {
+    pub protocol: TunnelProtocol,
+    /// The sender's security identity, sent as the VNI.
+    pub vni: Identity,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    /// Outer addresses: this node and the destination node, both IPv4 or both IPv6.
+    pub src: Addr,
+    pub dst: Addr,
+    pub ttl: u8,
+}
+
+/// Prepends outer Ethernet, IPv4 or IPv6, UDP and tunnel headers in the frame's headroom.
+/// `flow_hash` picks the outer UDP source port so that receivers spread flows over their queues.
+pub fn encap(frame: &mut Frame<'_>, enc: &Encapsulation, flow_hash: u32) -> Result<(), DropReason> {
+    let outer = match (enc.src.v4_bits(), enc.dst.v4_bits()) {
+        (Some(src), Some(dst)) => OuterIp::V4 { src, dst },
+        (None, None) => OuterIp::V6 {
+            src: enc.src.bits(),
+            dst: enc.dst.bits(),
+        },
+        // The route named a tunnel endpoint of another family than this node's underlay address.
+        _ => return Err(DropReason::NoRoute),
+    };
+    let udp_len = UDP_LEN + TUNNEL_LEN + frame.len();
+    let udp_len = u16::try_from(udp_len).map_err(|_| DropReason::FrameTooBig)?;
+    let headers_len = ETHERNET_LEN + outer.header_len() + UDP_LEN + TUNNEL_LEN;
+    let bytes = frame
+        .push_front(headers_len)
+        .ok_or(DropReason::NoHeadroom)?;
+    let (headers, inner) = bytes
+        .split_at_mut_checked(headers_len)
+        .ok_or(DropReason::NoHeadroom)?;
+    let (eth, rest) = headers
+        .split_first_chunk_mut::<ETHERNET_LEN>()
+        .ok_or(DropReason::NoHeadroom)?;
+    write_ethernet(eth, enc, outer.ethertype());
+    let udp_and_tunnel = match outer {
+        OuterIp::V4 { src, dst } => {
+            let (ip, rest) = rest
+                .split_first_chunk_mut::<IPV4_LEN>()
+                .ok_or(DropReason::NoHeadroom)?;
+            write_ipv4(ip, src, dst, enc.ttl, udp_len);
+            rest
+        }
+        OuterIp::V6 { src, dst } => {
+            let (ip, rest) = rest
+                .split_first_chunk_mut::<IPV6_LEN>()
+                .ok_or(DropReason::NoHeadroom)?;
+            write_ipv6(ip, src, dst, enc.ttl, udp_len, flow_hash);
+            rest
+        }
+    };
+    let udp_and_tunnel = udp_and_tunnel
+        .first_chunk_mut::<{ UDP_LEN + TUNNEL_LEN }>()
+        .ok_or(DropReason::NoHeadroom)?;
+    write_udp_and_tunnel(udp_and_tunnel, enc, source_port(flow_hash), udp_len);
+    if let OuterIp::V6 { src, dst } = outer {
+        // RFC 8200 requires a UDP checksum over IPv6; over IPv4 zero is allowed and saves a pass.
+        let sum = checksum::combine(&[
+            checksum::pseudo_header_v6(
+                src.to_be_bytes(),
+                dst.to_be_bytes(),
+                UDP,
+                u32::from(udp_len),
+            ),
+            checksum::data(udp_and_tunnel),
+            checksum::data(inner),
+        ]);
+        let check = checksum::udp_nonzero(checksum::finish(sum));
+        udp_and_tunnel[6..8].copy_from_slice(&check.to_be_bytes());
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum OuterIp {
+    V4 { src: u32, dst: u32 },
+    V6 { src: u128, dst: u128 },
+}
+
+impl OuterIp {
+    const fn header_len(self) -> usize {
+        match self {
+            OuterIp::V4 { .. } => IPV4_LEN,
+            OuterIp::V6 { .. } => IPV6_LEN,
+        }
+    }
+
+    const fn ethertype(self) -> u16 {
+        match self {
+            OuterIp::V4 { .. } => ETHERTYPE_IPV4,
+            OuterIp::V6 { .. } => ETHERTYPE_IPV6,
+        }
+    }
+}
+
+/// Spreads the hash over the source port range as Linux's `udp_flow_src_port` does.
+fn source_port(flow_hash: u32) -> u16 {
+    let offset = (u64::from(flow_hash) * u64::from(SOURCE_PORT_SPAN)) >> 32;
+    (SOURCE_PORT_MIN + offset as u32) as u16
+}
+
+fn write_ethernet(eth: &mut [u8; ETHERNET_LEN], enc: &Encapsulation, ethertype: u16) {
+    eth[0..6].copy_from_slice(&enc.dst_mac);
+    eth[6..12].copy_from_slice(&enc.src_mac);
+    eth[12..14].copy_from_slice(&ethertype.to_be_bytes());
+}
+
+fn write_ipv4(ip: &mut [u8; IPV4_LEN], src: u32, dst: u32, ttl: u8, udp_len: u16) {
+    let total_len = udp_len.saturating_add(IPV4_LEN as u16);
+    ip[0] = 0x45;
+    ip[1] = 0;
+    ip[2..4].copy_from_slice(&total_len.to_be_bytes());
+    // DF set, so the identification may be zero (RFC 6864).
+    ip[4..8].copy_from_slice(&[0, 0, 0x40, 0]);
+    ip[8] = ttl;
+    ip[9] = UDP;
+    ip[10..12].fill(0);
+    ip[12..16].copy_from_slice(&src.to_be_bytes());
+    ip[16..20].copy_from_slice(&dst.to_be_bytes());
+    let check = checksum::finish(checksum::data(ip));
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+}
+
+fn write_ipv6(
+    ip: &mut [u8; IPV6_LEN],
+    src: u128,
+    dst: u128,
+    ttl: u8,
+    udp_len: u16,
+    flow_hash: u32,
+) {
+    // The flow label carries the flow hash too, for routers that hash on it (RFC 6438).
+    let first_word = 6 << 28 | (flow_hash & 0x000f_ffff);
+    ip[0..4].copy_from_slice(&first_word.to_be_bytes());
+    ip[4..6].copy_from_slice(&udp_len.to_be_bytes());
+    ip[6] = UDP;
+    ip[7] = ttl;
+    ip[8..24].copy_from_slice(&src.to_be_bytes());
+    ip[24..40].copy_from_slice(&dst.to_be_bytes());
+}
+
+fn write_udp_and_tunnel(
+    bytes: &mut [u8; UDP_LEN + TUNNEL_LEN],
+    enc: &Encapsulation,
+    src_port: u16,
+    udp_len: u16,
+) {
+    let (udp, tunnel) = bytes.split_at_mut(UDP_LEN);
+    udp[0..2].copy_from_slice(&src_port.to_be_bytes());
+    udp[2..4].copy_from_slice(&enc.protocol.port().to_be_bytes());
+    udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
+    udp[6..8].fill(0);
+    let vni = enc.vni.get();
+    match enc.protocol {
+        TunnelProtocol::Vxlan => {
+            vxlan::Repr { vni }.emit(&mut vxlan::Packet::new_unchecked(tunnel))
+        }
+        TunnelProtocol::Geneve => geneve::Repr {
+            vni,
+            oam: false,
+            options_len: 0,
+        }
+        .emit(&mut geneve::Packet::new_unchecked(tunnel)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{PortId, HEADROOM};
+    use crate::parse::parse;
+    use etherparse::PacketBuilder;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const NODE_A: [u8; 4] = [198, 18, 1, 10];
+    const NODE_B: [u8; 4] = [198, 18, 1, 11];
+
+    /// A pod-to-pod UDP frame as a pod would send it.
+    fn inner_frame() -> Vec<u8> {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([100, 64, 1, 10], [100, 64, 2, 20], 64)
+            .udp(5000, 53)
+            .write(&mut out, b"query")
+            .unwrap();
+        out
+    }
+
+    /// An outer IPv4/UDP frame built by etherparse around a tunnel header and the inner frame.
+    fn outer_frame(dst_port: u16, tunnel_header: &[u8], inner: &[u8]) -> Vec<u8> {
+        let payload = [tunnel_header, inner].concat();
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 1, 2])
+            .ipv4(NODE_A, NODE_B, 64)
+            .udp(41234, dst_port)
+            .write(&mut out, &payload)
+            .unwrap();
+        out
+    }
+
+    /// Runs parse and decap over `bytes` placed after the usual headroom.
+    fn decap_bytes(
+        bytes: &[u8],
+        protocol: TunnelProtocol,
+    ) -> Result<(Decapsulated, Vec<u8>), DropReason> {
+        let mut buf = vec![0u8; HEADROOM + bytes.len()];
+        buf[HEADROOM..].copy_from_slice(bytes);
+        let mut frame = Frame::new(&mut buf, HEADROOM, bytes.len(), PortId(0)).unwrap();
+        let outer = parse(frame.data())?;
+        let decapsulated = decap(&mut frame, &outer, protocol)?;
+        Ok((decapsulated, frame.data().to_vec()))
+    }
+
+    #[test]
+    fn ports_are_ciliums() {
+        assert_eq!(TunnelProtocol::from_port(8472), Some(TunnelProtocol::Vxlan));
+        assert_eq!(
+            TunnelProtocol::from_port(6081),
+            Some(TunnelProtocol::Geneve)
+        );
+        assert_eq!(TunnelProtocol::from_port(4789), None);
+        assert_eq!(TunnelProtocol::Geneve.port(), 6081);
+    }
+
+    #[test]
+    fn vxlan_frame_decaps_to_the_inner_frame() {
+        let inner = inner_frame();
+        // RFC 7348 §5: I flag, VNI 0x020001 (an identity of cluster 2).
+        let mut bytes = outer_frame(8472, &[0x08, 0, 0, 0, 0x02, 0x00, 0x01, 0], &inner);
+        bytes.extend_from_slice(&[0; 6]); // outer Ethernet padding is not part of the inner frame
+        let (d, got) = decap_bytes(&bytes, TunnelProtocol::Vxlan).unwrap();
+        assert_eq!(got, inner);
+        assert_eq!(d.identity.get(), 0x02_0001);
+        assert_eq!(d.outer_src, Addr::from(Ipv4Addr::from(NODE_A)));
+    }
+
+    #[test]
+    fn vxlan_vni_zero_is_the_unknown_identity() {
+        let bytes = outer_frame(8472, &[0x08, 0, 0, 0, 0, 0, 0, 0], &inner_frame());
+        let (d, _) = decap_bytes(&bytes, TunnelProtocol::Vxlan).unwrap();
+        assert_eq!(d.identity, Identity::UNKNOWN);
+    }
+
+    #[test]
+    fn vxlan_frame_without_the_i_flag_is_invalid() {
+        let bytes = outer_frame(8472, &[0x00, 0, 0, 0, 0x02, 0x00, 0x01, 0], &inner_frame());
+        assert_eq!(
+            decap_bytes(&bytes, TunnelProtocol::Vxlan),
+            Err(DropReason::InvalidHeader)
+        );
+    }
+
+    #[test]
+    fn geneve_frame_with_an_option_decaps() {
+        let inner = inner_frame();
+        let header = [
+            0x02, 0x00, 0x65, 0x58, 0x03, 0x00, 0x07,
+            0x00, // 2 words of options, VNI 0x030007
+            0x01, 0x02, 0x03, 0x01, 0xde, 0xad, 0xbe,
+            0xef, // non-critical option, 1 word of data
+        ];
+        let bytes = outer_frame(6081, &header, &inner);
+        let (d, got) = decap_bytes(&bytes, TunnelProtocol::Geneve).unwrap();
+        assert_eq!((got, d.identity.get()), (inner, 0x03_0007));
+        let mut critical = header;
+        critical[10] |= 0x80;
+        let bytes = outer_frame(6081, &critical, &inner_frame());
+        assert_eq!(
+            decap_bytes(&bytes, TunnelProtocol::Geneve),
+            Err(DropReason::UnsupportedProtocol)
+        );
+    }
+
+    #[test]
+    fn too_short_for_an_inner_ethernet_header_is_invalid() {
+        let bytes = outer_frame(8472, &[0x08, 0, 0, 0, 0, 0, 1, 0], &[0; 13]);
+        assert_eq!(
+            decap_bytes(&bytes, TunnelProtocol::Vxlan),
+            Err(DropReason::InvalidHeader)
+        );
+        let tcp = inner_frame(); // not UDP
+        let mut buf = tcp.clone();
+        let mut frame = Frame::new(&mut buf, 0, tcp.len(), PortId(0)).unwrap();
+        let mut outer = parse(&tcp).unwrap();
+        outer.l4 = L4::Tcp(Default::default());
+        assert_eq!(
+            decap(&mut frame, &outer, TunnelProtocol::Vxlan),
+            Err(DropReason::UnsupportedProtocol)
+        );
+    }
+
+    #[test]
+    fn encap_without_headroom_fails_and_leaves_the_frame() {
+        let inner = inner_frame();
+        let mut buf = inner.clone();
+        let mut frame = Frame::new(&mut buf, 0, inner.len(), PortId(0)).unwrap();
+        let enc = encapsulation(TunnelProtocol::Vxlan, 7, false);
+        assert_eq!(encap(&mut frame, &enc, 1), Err(DropReason::NoHeadroom));
+        assert_eq!(frame.data(), &inner[..]);
+    }
+
+    #[test]
+    fn source_port_stays_in_linux_range() {
+        assert_eq!(source_port(0), 32768);
+        assert_eq!(source_port(u32::MAX), 60999);
+        assert_ne!(source_port(0x8000_0000), source_port(0x8100_0000));
+    }
+
+    fn encapsulation(protocol: TunnelProtocol, vni: u32, v6: bool) -> Encapsulation {
+        let (src, dst) = if v6 {
+            (
+                Addr::from("fd00::a".parse::<Ipv6Addr>().unwrap()),
+                Addr::from("fd00::b".parse::<Ipv6Addr>().unwrap()),
+            )
+        } else {
+            (Ipv4Addr::from(NODE_A).into(), Ipv4Addr::from(NODE_B).into())
+        };
+        Encapsulation {
+            protocol,
+            vni: Identity::new(vni).unwrap(),
+            src_mac: [2, 0, 0, 0, 1, 1],
+            dst_mac: [2, 0, 0, 0, 1, 2],
+            src,
+            dst,
+            ttl: 64,
+        }
+    }
+
+    fn protocol() -> impl Strategy<Value = TunnelProtocol> {
+        prop_oneof![Just(TunnelProtocol::Vxlan), Just(TunnelProtocol::Geneve)]
+    }
+
+    fn addresses() -> impl Strategy<Value = (Addr, Addr)> {
+        prop_oneof![
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(s, d)| (Addr::from_v4_bits(s), Addr::from_v4_bits(d))),
+            // Skip the IPv4-mapped range: those are IPv4 addresses in this representation.
+            (any::<u128>(), any::<u128>()).prop_map(|(s, d)| (
+                Addr::from_v6_bits(s | 1 << 127),
+                Addr::from_v6_bits(d | 1 << 127)
+            )),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn encap_then_decap_gives_back_the_inner_frame(
+            inner in proptest::collection::vec(any::<u8>(), 14..300),
+            protocol in protocol(),
+            vni in 0u32..=Identity::MAX,
+            (src, dst) in addresses(),
+            ttl in 1u8..,
+            hash in any::<u32>(),
+        ) {
+            let mut buf = vec![0u8; HEADROOM + inner.len()];
+            buf[HEADROOM..].copy_from_slice(&inner);
+            let mut frame = Frame::new(&mut buf, HEADROOM, inner.len(), PortId(0)).unwrap();
+            let enc = Encapsulation { src, dst, ttl, ..encapsulation(protocol, vni, false) };
+            encap(&mut frame, &enc, hash).unwrap();
+
+            let outer = parse(frame.data()).unwrap();
+            prop_assert_eq!(outer.tunnel_port(), Some(protocol.port()));
+            prop_assert_eq!((outer.flow.src, outer.flow.dst, outer.ttl), (src, dst, ttl));
+            prop_assert!((32768..=60999).contains(&outer.flow.src_port));
+            check_outer_checksums(frame.data(), src.is_ipv4());
+
+            let d = decap(&mut frame, &outer, protocol).unwrap();
+            prop_assert_eq!(frame.data(), &inner[..]);
+            prop_assert_eq!((d.identity.get(), d.outer_src), (vni, src));
+            prop_assert_eq!(frame.headroom(), HEADROOM);
+        }
+
+        #[test]
+        fn decap_never_panics_on_mutated_tunnel_frames(
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            protocol in protocol(),
+        ) {
+            let mut bytes = outer_frame(protocol.port(), &[0x08, 0, 0x65, 0x58, 0, 0, 1, 0], &inner_frame());
+            for (at, value) in flips {
+                let at = at.index(bytes.len());
+                bytes[at] = value;
+            }
+            if let Ok((_, inner)) = decap_bytes(&bytes, protocol) {
+                prop_assert!(inner.len() >= ETHERNET_LEN);
+            }
+        }
+    }
+
+    /// Checks the outer IPv4 header checksum, and the UDP checksum over IPv6, with etherparse.
+    fn check_outer_checksums(bytes: &[u8], v4: bool) {
+        let packet = etherparse::SlicedPacket::from_ethernet(bytes).unwrap();
+        let Some(etherparse::TransportSlice::Udp(udp)) = packet.transport else {
+            panic!("not UDP")
+        };
+        match packet.net {
+            Some(etherparse::NetSlice::Ipv4(ip)) if v4 => {
+                let header = ip.header().to_header();
+                assert_eq!(header.header_checksum, header.calc_header_checksum());
+                assert!(header.dont_fragment);
+                assert_eq!(udp.checksum(), 0);
+            }
+            Some(etherparse::NetSlice::Ipv6(ip)) if !v4 => {
+                let header = ip.header().to_header();
+                let expected = udp
+                    .to_header()
+                    .calc_checksum_ipv6(&header, udp.payload())
+                    .unwrap();
+                assert_eq!(udp.checksum(), expected);
+            }
+            other => panic!("unexpected outer IP: {other:?}"),
+        }
+    }
+
+    /// Per-packet costs in release mode: `cargo test -p meshpath-dataplane --release -- --ignored speed --nocapture`.
+    #[test]
+    #[ignore]
+    fn speed() {
+        use std::hint::black_box;
+        use std::time::Instant;
+        const N: u32 = 5_000_000;
+        let mut inner = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([100, 64, 1, 10], [100, 64, 2, 20], 64)
+            .udp(5000, 53)
+            .write(&mut inner, &[0; 64 - 42])
+            .unwrap();
+        assert_eq!(inner.len(), 64);
+        let ns = |start: Instant| start.elapsed().as_nanos() as f64 / f64::from(N);
+
+        let start = Instant::now();
+        for _ in 0..N {
+            black_box(parse(black_box(&inner)).unwrap());
+        }
+        println!("parse 64-byte UDP/IPv4:            {:5.1} ns", ns(start));
+        let start = Instant::now();
+        for _ in 0..N {
+            black_box(etherparse::SlicedPacket::from_ethernet(black_box(&inner)).unwrap());
+        }
+        println!("etherparse SlicedPacket (compare): {:5.1} ns", ns(start));
+
+        for (protocol, v6) in [
+            (TunnelProtocol::Vxlan, false),
+            (TunnelProtocol::Vxlan, true),
+            (TunnelProtocol::Geneve, false),
+        ] {
+            let enc = encapsulation(protocol, 0x02_0001, v6);
+            let mut buf = vec![0u8; HEADROOM + inner.len()];
+            buf[HEADROOM..].copy_from_slice(&inner);
+            let start = Instant::now();
+            for i in 0..N {
+                let mut frame = Frame::new(&mut buf, HEADROOM, inner.len(), PortId(0)).unwrap();
+                encap(&mut frame, black_box(&enc), i).unwrap();
+                black_box(frame.data().as_ptr());
+            }
+            println!(
+                "encap {protocol:?} v6={v6}:            {:5.1} ns",
+                ns(start)
+            );
+
+            let mut frame = Frame::new(&mut buf, HEADROOM, inner.len(), PortId(0)).unwrap();
+            encap(&mut frame, &enc, 7).unwrap();
+            let (head, len) = (frame.head(), frame.len());
+            let outer = parse(frame.data()).unwrap();
+            let start = Instant::now();
+            for _ in 0..N {
+                let mut frame = Frame::new(&mut buf, head, len, PortId(0)).unwrap();
+                black_box(decap(&mut frame, black_box(&outer), protocol).unwrap());
+            }
+            println!(
+                "decap {protocol:?} v6={v6} (no parse): {:5.1} ns",
+                ns(start)
+            );
+        }
+    }
+}
