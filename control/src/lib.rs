@@ -9,6 +9,7 @@
 //! Not here: anything on the packet path.
 
 pub mod cluster_name;
+pub mod clustermesh;
 pub mod kvstore;
 pub mod state;
 

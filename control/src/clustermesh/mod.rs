@@ -1,0 +1,6 @@
+//! ClusterMesh: the remote clusters this agent watches. [`config`] reads the directory of remote
+//! files, [`config_watch`] follows it, [`remote`] runs one watcher task per remote cluster over its etcd,
+//! and [`status`] reports each remote as `cilium-dbg status` does.
+
+pub mod config;
+pub mod config_watch;
