@@ -5,8 +5,8 @@
 //! policy allows is inserted here. Each worker owns its table mutably; nothing is shared or locked.
 //!
 //! Service flows use two entries, as Cilium does: the forward entry keyed by the original tuple
-//! (client→VIP) carries [`CtNat::Backend`], the chosen backend; the entry keyed by the translated tuple
-//! (client→backend) carries [`CtNat::Frontend`], the VIP that replies (backend→client, looked up by
+//! (client→VIP) carries [`NatKind::Backend`], the chosen backend; the entry keyed by the translated tuple
+//! (client→backend) carries [`NatKind::Frontend`], the VIP that replies (backend→client, looked up by
 //! their reverse) get as their source again.
 //!
 //! The table is open addressing over a power-of-two slot array with linear probing and backward-shift
@@ -69,20 +69,42 @@ pub enum TcpState {
     Closing,
 }
 
-/// An address and port a NAT rewrites to or from.
+/// Which way a flow's translation goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NatTarget {
-    pub addr: Addr,
-    pub port: u16,
+pub enum NatKind {
+    /// Forward entry, keyed client→VIP: rewrite the destination to the backend `addr:port`.
+    Backend,
+    /// Entry keyed client→backend: on replies, restore the VIP `addr:port` as the source.
+    Frontend,
 }
 
-/// The address translation a flow's entry stands for.
+/// The address translation a flow's entry stands for. Flat rather than an enum of targets so that it
+/// fits 32 bytes and a table slot two cache lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CtNat {
-    /// Forward entry, keyed client→VIP: rewrite the destination to this backend.
-    Backend(NatTarget),
-    /// Entry keyed client→backend: on replies, restore this VIP as the source.
-    Frontend(NatTarget),
+pub struct CtNat {
+    pub addr: Addr,
+    pub port: u16,
+    pub kind: NatKind,
+}
+
+impl CtNat {
+    /// The forward entry's backend.
+    pub const fn backend(addr: Addr, port: u16) -> Self {
+        CtNat {
+            addr,
+            port,
+            kind: NatKind::Backend,
+        }
+    }
+
+    /// The service frontend replies are translated back to.
+    pub const fn frontend(addr: Addr, port: u16) -> Self {
+        CtNat {
+            addr,
+            port,
+            kind: NatKind::Frontend,
+        }
+    }
 }
 
 /// One tracked flow.
@@ -442,6 +464,51 @@ mod tests {
             .count();
         assert!(accepted > 0);
         assert_eq!(ct.len(), 100);
+    }
+
+    #[test]
+    fn a_slot_is_two_cache_lines() {
+        assert_eq!(std::mem::size_of::<Option<Slot>>(), 128);
+    }
+
+    #[test]
+    fn service_flow_entries_round_trip() {
+        let t = Timeouts::default();
+        let mut ct = Conntrack::new(config(10));
+        let (vip, backend) = (
+            Addr::from_v4_bits(0x6440_ff01),
+            Addr::from_v4_bits(0x6441_0105),
+        );
+        let forward = key(1);
+        let translated = FlowKey {
+            dst: backend,
+            dst_port: 8080,
+            ..forward
+        };
+        let svc = |nat| CtEntry {
+            nat: Some(nat),
+            service: Some(7),
+            ..CtEntry::new(proto::TCP, 0, &t)
+        };
+        ct.insert(forward, svc(CtNat::backend(backend, 8080)), 0)
+            .unwrap();
+        ct.insert(translated, svc(CtNat::frontend(vip, 80)), 0)
+            .unwrap();
+        let reply = translated.reversed();
+        let restore = ct.lookup(&reply.reversed(), 1).and_then(|e| e.nat);
+        assert_eq!(
+            restore,
+            Some(CtNat {
+                addr: vip,
+                port: 80,
+                kind: NatKind::Frontend
+            })
+        );
+        let chosen = ct.lookup(&forward, 1).and_then(|e| e.nat);
+        assert_eq!(
+            chosen.map(|n| (n.addr, n.port, n.kind)),
+            Some((backend, 8080, NatKind::Backend))
+        );
     }
 
     #[test]

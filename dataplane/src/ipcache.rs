@@ -85,6 +85,15 @@ impl IpPrefix {
         Ok(IpPrefix { addr, len })
     }
 
+    /// A prefix of `len` (0..=128) mapped bits; `None` if `len` is out of range or host bits are set.
+    pub const fn mapped(addr: Addr, len: u8) -> Option<Self> {
+        if len > 128 || addr.bits() & !mask(len) != 0 {
+            None
+        } else {
+            Some(IpPrefix { addr, len })
+        }
+    }
+
     /// The route to one host: /32 or /128.
     pub const fn host(addr: Addr) -> Self {
         IpPrefix { addr, len: 128 }
@@ -140,9 +149,15 @@ impl FromStr for IpPrefix {
                 len,
             });
         }
-        let addr = Addr::from(ip);
-        // `len <= 128` was checked just above.
-        IpPrefix::new(addr, len as u8).map_err(|_| IpCacheError::HostBitsSet(s.to_string()))
+        // `len <= 128` was checked just above. An IPv6 text of a mapped address (`::ffff:a.b.c.d/n`)
+        // already counts in mapped bits.
+        let mapped_len = if ip.is_ipv4() {
+            V4_MAPPED_LEN + len as u8
+        } else {
+            len as u8
+        };
+        IpPrefix::mapped(Addr::from(ip), mapped_len)
+            .ok_or_else(|| IpCacheError::HostBitsSet(s.to_string()))
     }
 }
 
@@ -332,6 +347,11 @@ mod tests {
         assert_eq!(p("100.64.1.7").family_len(), 32);
         assert_eq!(p("fd00::7").family_len(), 128);
         assert_eq!(p("0.0.0.0/0").mapped_len(), 96);
+        assert_eq!(p("::ffff:10.0.0.0/104"), p("10.0.0.0/8"));
+        assert!(matches!(
+            "::ffff:0:0/80".parse::<IpPrefix>(),
+            Err(IpCacheError::HostBitsSet(_))
+        ));
     }
 
     #[test]
@@ -443,6 +463,15 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn prefix_text_round_trips(prefix in arb_prefix(), junk in "[0-9a-f:./]{0,24}") {
+            prop_assert_eq!(prefix.to_string().parse::<IpPrefix>(), Ok(prefix));
+            if let Ok(parsed) = junk.parse::<IpPrefix>() {
+                prop_assert!(parsed.contains(parsed.addr()));
+                prop_assert_eq!(parsed.to_string().parse::<IpPrefix>(), Ok(parsed));
+            }
+        }
+
         #[test]
         fn agrees_with_linear_lpm(
             prefixes in prop::collection::vec((arb_prefix(), 1u32..1000), 0..60),
