@@ -42,6 +42,7 @@ drop_reasons! {
     TtlExceeded => "ttl_exceeded": "The IPv4 TTL or IPv6 hop limit ran out.",
     NoHeadroom => "no_headroom": "The frame buffer has no room in front for the tunnel headers.",
     FrameTooBig => "frame_too_big": "The frame would exceed the link MTU after encapsulation.",
+    UnansweredNeighbour => "unanswered_neighbour": "An ARP/ND message the pods' gateway does not answer: gratuitous, DAD, replies, router solicitations.",
 }
 
 impl DropReason {

@@ -389,7 +389,7 @@ fn array<const N: usize>(bytes: &[u8]) -> Result<[u8; N], DropReason> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use etherparse::{
         ArpEthIpv4Packet, IpFragOffset, IpHeaders, Ipv4Header, Ipv6Extensions, Ipv6FragmentHeader,
@@ -397,7 +397,7 @@ mod tests {
     };
     use proptest::prelude::*;
 
-    const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+    pub(crate) const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
     const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
 
     #[derive(Clone, Copy, Debug)]
@@ -622,25 +622,17 @@ mod tests {
         target: Ipv6Addr,
         sllao: Option<[u8; 6]>,
     ) -> Vec<u8> {
-        let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
-        icmp.extend_from_slice(&target.octets());
+        let mut body = target.octets().to_vec();
         if let Some(mac) = sllao {
-            icmp.extend_from_slice(&[1, 1]);
-            icmp.extend_from_slice(&mac);
+            body.extend_from_slice(&[1, 1]);
+            body.extend_from_slice(&mac);
         }
+        let solicited_node = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 1);
         let mut out = Vec::new();
         PacketBuilder::ethernet2(MAC_A, [0x33, 0x33, 0xff, 0, 0, 1])
-            .ipv6(
-                src.octets(),
-                [0xff02, 0, 0, 0, 0, 1, 0xff00, 1]
-                    .map(u16::to_be_bytes)
-                    .concat()
-                    .try_into()
-                    .unwrap(),
-                255,
-            )
+            .ipv6(src.octets(), solicited_node.octets(), 255)
             .icmpv6_raw(135, 0, [0; 4])
-            .write(&mut out, &icmp[8..])
+            .write(&mut out, &body)
             .unwrap();
         out
     }
