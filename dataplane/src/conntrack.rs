@@ -202,6 +202,9 @@ pub struct CtFull {
 
 /// How many occupied slots past its home an insert into a full table looks at for an expired flow.
 const EVICT_WINDOW: usize = 32;
+/// Slots a full table's insert sweeps (as `gc` does) when the probe window held no expired flow:
+/// bounds the cost of a refused insert while letting a table of expired flows recover without `gc`.
+const SWEEP_WHEN_FULL: usize = 256;
 
 #[derive(Clone, Copy, Debug)]
 struct Slot {
@@ -288,7 +291,8 @@ impl Conntrack {
     }
 
     /// Adds a flow or replaces its entry. A full table first evicts an expired flow near the key's
-    /// home slot; if there is none the insert fails.
+    /// home slot, else sweeps the next `SWEEP_WHEN_FULL` slots from the gc cursor; if neither frees a
+    /// slot the insert fails.
     pub fn insert(
         &mut self,
         key: FlowKey,
@@ -301,7 +305,10 @@ impl Conntrack {
         let i = match self.find(&key) {
             Some(i) => i,
             None => {
-                if self.len >= self.capacity && !self.evict_near(&key, now_ms) {
+                if self.len >= self.capacity
+                    && !self.evict_near(&key, now_ms)
+                    && self.gc(now_ms, SWEEP_WHEN_FULL) == 0
+                {
                     return Err(full);
                 }
                 let i = self.free_slot(&key).ok_or(full)?;
@@ -458,12 +465,16 @@ mod tests {
         for i in 0..100 {
             ct.insert(key(i), entry(1_000), 0).unwrap();
         }
-        // Without gc, each insert finds an expired flow within its probe window or is refused.
-        let accepted = (500..600)
-            .filter(|i| ct.insert(key(*i), entry(9_000), 2_000).is_ok())
-            .count();
-        assert!(accepted > 0);
+        // Without gc: each insert evicts an expired flow from its probe window or sweeps some.
+        for i in 500..600 {
+            ct.insert(key(i), entry(9_000), 2_000).unwrap();
+        }
         assert_eq!(ct.len(), 100);
+        assert!(ct.iter().all(|(_, e)| e.expires_ms == 9_000));
+        assert_eq!(
+            ct.insert(key(700), entry(9_000), 2_000),
+            Err(CtFull { capacity: 100 })
+        );
     }
 
     #[test]
@@ -594,7 +605,7 @@ mod tests {
                                 let replaced = model.insert(key(k), e).is_some();
                                 reconcile(&ct, &mut model);
                                 if !replaced && before >= capacity {
-                                    prop_assert_eq!(model.len(), before, "evicted exactly one");
+                                    prop_assert!(model.len() <= before, "evicted at least one");
                                 }
                             }
                             Err(_) => {
