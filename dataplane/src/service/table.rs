@@ -1,4 +1,4 @@
-//! The snapshot's services by frontend.
+//! The snapshot's services by frontend: what stage 5 looks a new flow's destination up in.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
