@@ -541,6 +541,10 @@ mod tests {
             .write(&mut inner, &[0; 64 - 42])
             .unwrap();
         assert_eq!(inner.len(), 64);
+        println!(
+            "size_of::<Parsed>() = {} bytes",
+            std::mem::size_of::<Parsed>()
+        );
         let ns = |start: Instant| start.elapsed().as_nanos() as f64 / f64::from(N);
 
         let start = Instant::now();
