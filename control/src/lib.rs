@@ -10,6 +10,7 @@
 
 pub mod cluster_name;
 pub mod clustermesh;
+pub mod etcd;
 pub mod kvstore;
 pub mod state;
 

@@ -4,3 +4,11 @@
 
 pub mod config;
 pub mod config_watch;
+pub mod mirror;
+pub mod remote;
+pub mod status;
+
+pub use remote::{
+    spawn_remote, IdClaims, RemoteError, RemoteEvent, RemoteHandle, RemoteOptions, StatusBoard,
+};
+pub use status::{MeshStatus, RemoteStatus, SyncStatus};

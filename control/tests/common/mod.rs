@@ -1,0 +1,225 @@
+//! Test harness: real etcd servers on 127.0.0.1 with free ports, temp data dirs and TLS certificates made
+//! here with rcgen; RBAC with a `root` user and a read-only `remote` user (by client-certificate CN).
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, Permission, TlsOptions};
+use meshpath_control::clustermesh::config::{RemoteConfig, TlsMaterial};
+use meshpath_control::ClusterName;
+use meshpath_dataplane::ClusterId;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+
+const ETCD: &str = "/usr/bin/etcd";
+
+/// A certificate authority.
+pub struct Pki {
+    pub ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} CA"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let ca_pem = params.self_signed(&key).unwrap().pem();
+        Pki {
+            ca_pem,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// (certificate, key) PEM for a server at 127.0.0.1 / localhost.
+    pub fn server(&self) -> (String, String) {
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "etcd");
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign(params)
+    }
+
+    /// (certificate, key) PEM for a client; etcd takes the CN as the user name.
+    pub fn client(&self, user: &str) -> (String, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, user);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    fn sign(&self, params: CertificateParams) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    pub fn material(&self, user: &str) -> TlsMaterial {
+        let (cert, key) = self.client(user);
+        TlsMaterial {
+            ca: self.ca_pem.clone().into_bytes(),
+            cert: cert.into_bytes(),
+            key: key.into_bytes(),
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One etcd server; killed on drop.
+pub struct Etcd {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    peer_url: String,
+    child: Option<Child>,
+    pub pki: Pki,
+}
+
+impl Etcd {
+    /// Starts an etcd behind mutual TLS with RBAC on: `root` may write, `remote` may read `cilium/`.
+    pub async fn start(name: &str) -> Etcd {
+        assert!(
+            Path::new(ETCD).exists(),
+            "{ETCD} is missing: install Debian's etcd-server (apt-get install etcd-server etcd-client)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(name);
+        let (cert, key) = pki.server();
+        std::fs::write(dir.path().join("server.crt"), cert).unwrap();
+        std::fs::write(dir.path().join("server.key"), key).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), &pki.ca_pem).unwrap();
+        let mut etcd = Etcd {
+            url: format!("https://127.0.0.1:{}", free_port()),
+            peer_url: format!("http://127.0.0.1:{}", free_port()),
+            dir,
+            child: None,
+            pki,
+        };
+        etcd.restart().await;
+        etcd.enable_rbac().await;
+        etcd
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server (again) on the same ports and data.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let d = self.dir.path();
+        let log = std::fs::File::create(d.join("etcd.log")).unwrap();
+        let child = Command::new(ETCD)
+            .args(["--name", "default", "--data-dir"])
+            .arg(d.join("data"))
+            .args([
+                "--listen-client-urls",
+                &self.url,
+                "--advertise-client-urls",
+                &self.url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &self.peer_url,
+                "--initial-advertise-peer-urls",
+                &self.peer_url,
+            ])
+            .args(["--initial-cluster", &format!("default={}", self.peer_url)])
+            .arg("--cert-file")
+            .arg(d.join("server.crt"))
+            .arg("--key-file")
+            .arg(d.join("server.key"))
+            .arg("--trusted-ca-file")
+            .arg(d.join("ca.crt"))
+            .args(["--client-cert-auth", "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut client) = self.client("root").await {
+                if client.get("health-probe", None).await.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not come up: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    pub async fn client(&self, user: &str) -> Result<Client, etcd_client::Error> {
+        let m = self.pki.material(user);
+        let tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(m.ca))
+            .identity(Identity::from_pem(m.cert, m.key));
+        let options = ConnectOptions::new()
+            .with_tls(tls)
+            .with_connect_timeout(Duration::from_secs(2));
+        Client::connect([self.url.as_str()], Some(options)).await
+    }
+
+    async fn enable_rbac(&self) {
+        let client = self.client("root").await.unwrap();
+        let mut auth = client.auth_client();
+        auth.user_add("root", "unused-root-password", None)
+            .await
+            .unwrap();
+        auth.user_grant_role("root", "root").await.unwrap();
+        auth.role_add("remote-read").await.unwrap();
+        auth.role_grant_permission("remote-read", Permission::read("cilium/").with_prefix())
+            .await
+            .unwrap();
+        auth.user_add("remote", "unused-remote-password", None)
+            .await
+            .unwrap();
+        auth.user_grant_role("remote", "remote-read").await.unwrap();
+        auth.auth_enable().await.unwrap();
+    }
+
+    /// A ClusterMesh remote entry for this etcd, as the read-only `remote` user.
+    pub fn remote_config(&self, name: &str, expected_id: Option<u8>) -> RemoteConfig {
+        RemoteConfig {
+            name: ClusterName::new(name).unwrap(),
+            path: PathBuf::from(format!("/test/{name}")),
+            endpoints: vec![self.url.clone()],
+            tls: Some(self.pki.material("remote")),
+            tls_paths: Vec::new(),
+            expected_id: expected_id.and_then(ClusterId::new),
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
