@@ -2,4 +2,48 @@
 //! redirects what the dataplane owns (pod traffic, tunnel ports, local pod addresses) into AF_XDP sockets
 //! through an XSKMAP and passes everything else to the kernel; and the loader that attaches it.
 //!
+//! One [`XdpRedirect`] is loaded per interface (its XSKMAP is keyed by that interface's rx queue), then
+//! [`XdpRedirect::attach`]ed; the [`Attachment`] detaches on drop. Attaching where a program already runs
+//! replaces it atomically, so a restarting agent never leaves an interface with none or two programs.
+//!
 //! Not here: what happens to the redirected frames (the `meshpath-dataplane` crate).
+
+mod attach;
+mod config;
+pub mod netns;
+mod program;
+mod sys;
+
+pub use attach::{AttachMode, Attachment};
+pub use config::{NodeAddrs, PodPrefix, Role};
+pub use program::{VerdictCounts, XdpRedirect};
+
+/// What failed in loading, configuring or attaching the XDP program, and with which input.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("loading the XDP program: {0}")]
+    Load(#[source] libbpf_rs::Error),
+    #[error("the XDP object has no {0}")]
+    Missing(&'static str),
+    #[error("updating map `{map}`: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error("rx queue {queue} is beyond the {max} queues the XSKMAP holds")]
+    QueueOutOfRange { queue: u32, max: u32 },
+    #[error("pod prefix {0}: prefix length longer than the address")]
+    BadPrefix(PodPrefix),
+    #[error("interface index {ifindex}: {action}: {source}")]
+    Attach {
+        ifindex: u32,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("network namespace of this thread: {0}")]
+    Netns(#[source] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
