@@ -11,7 +11,9 @@
 pub mod cluster_name;
 pub mod clustermesh;
 pub mod etcd;
+pub mod identity_alloc;
 pub mod kvstore;
+pub mod publish;
 pub mod state;
 
 pub use cluster_name::{ClusterName, ClusterNameError};

@@ -1,0 +1,293 @@
+//! Publishing into a cluster's own etcd, read back by the other cluster's remote watcher; identity
+//! allocation by concurrent agents; leases.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Etcd;
+use meshpath_control::clustermesh::{
+    spawn_remote, MeshStatus, RemoteEvent, RemoteOptions, StatusBoard,
+};
+use meshpath_control::etcd::EtcdTarget;
+use meshpath_control::kvstore::{LabelSet, CLUSTER_LABEL, NAMESPACE_LABEL};
+use meshpath_control::publish::Publisher;
+use meshpath_control::state::{
+    Cidr, ClusterState, EndpointInfo, NodeAddressKind, NodeInfo, ServiceInfo, ServiceName,
+    ServicePort,
+};
+use meshpath_control::ClusterName;
+use meshpath_dataplane::{Addr, ClusterId, Identity};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+fn addr(s: &str) -> Addr {
+    s.parse::<std::net::IpAddr>().unwrap().into()
+}
+
+fn name(c: u8) -> ClusterName {
+    ClusterName::new(&format!("cluster{c}")).unwrap()
+}
+
+fn id(c: u8) -> ClusterId {
+    ClusterId::new(c).unwrap()
+}
+
+async fn publisher(etcd: &Etcd, c: u8, node: &str, ttl: Duration) -> Publisher {
+    let material = etcd.pki.material("root");
+    let endpoints = [etcd.url.clone()];
+    let target = EtcdTarget {
+        endpoints: &endpoints,
+        tls: Some(&material),
+        connect_timeout: Duration::from_secs(2),
+        keep_alive: Duration::from_secs(1),
+    };
+    Publisher::connect(&target, name(c), id(c), node, ttl)
+        .await
+        .unwrap()
+}
+
+fn pod_labels(c: u8, app: &str) -> LabelSet {
+    let mut labels = LabelSet::new();
+    labels.insert("k8s", "app", app).unwrap();
+    labels
+        .insert("k8s", CLUSTER_LABEL, name(c).as_str())
+        .unwrap();
+    labels.insert("k8s", NAMESPACE_LABEL, "ns").unwrap();
+    labels
+}
+
+fn node(c: u8) -> NodeInfo {
+    NodeInfo {
+        name: format!("c{c}-n1"),
+        cluster_id: id(c),
+        addresses: vec![(NodeAddressKind::Internal, addr(&format!("198.18.{c}.1")))],
+        pod_cidrs: vec![Cidr {
+            addr: addr(&format!("100.{}.1.0", 63 + c)),
+            prefix_len: 24,
+        }],
+        health_ips: vec![],
+        encryption_key: 0,
+        wireguard_pub_key: None,
+    }
+}
+
+/// Cluster 1's view of cluster 2, folded from the watcher's events.
+struct View {
+    events: mpsc::Receiver<RemoteEvent>,
+    status: watch::Receiver<MeshStatus>,
+    state: ClusterState,
+    _cancel: tokio_util::sync::DropGuard,
+}
+
+impl View {
+    fn of(etcd: &Etcd) -> View {
+        let (tx, events) = mpsc::channel(1024);
+        let (board, status) = watch::channel(MeshStatus::new());
+        let board: StatusBoard = Arc::new(board);
+        let cancel = CancellationToken::new();
+        let options = RemoteOptions {
+            local_id: Some(id(1)),
+            backoff_min: Duration::from_millis(100),
+            ..Default::default()
+        };
+        spawn_remote(
+            etcd.remote_config("cluster2", Some(2)),
+            options,
+            ClusterState::default(),
+            tx,
+            board,
+            cancel.clone(),
+        );
+        View {
+            events,
+            status,
+            state: ClusterState::default(),
+            _cancel: cancel.drop_guard(),
+        }
+    }
+
+    async fn until(&mut self, what: &str, done: impl Fn(&ClusterState) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !done(&self.state) {
+            tokio::select! {
+                Some(ev) = self.events.recv() => { self.state.apply(ev.event); }
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            let status = self
+                .status
+                .borrow()
+                .get(&name(2))
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}:\n{status}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cluster2_publishes_cluster1_sees_and_sees_go() {
+    let (etcd1, etcd2) = tokio::join!(Etcd::start("cluster1"), Etcd::start("cluster2"));
+    let mut p1 = publisher(&etcd1, 1, "c1-n1", Duration::from_secs(10)).await;
+    p1.publish_node(&node(1)).await.unwrap();
+    p1.mark_synced().await.unwrap();
+
+    let mut p2 = publisher(&etcd2, 2, "c2-n1", Duration::from_secs(10)).await;
+    p2.publish_node(&node(2)).await.unwrap();
+    let labels = pod_labels(2, "echo");
+    let identity = p2.identity(&labels).await.unwrap();
+    assert_eq!(identity.cluster(), Some(id(2)));
+    let ep = EndpointInfo {
+        ip: addr("100.65.1.10"),
+        identity,
+        host_ip: Some(addr("198.18.2.1")),
+        namespace: "ns".into(),
+        pod_name: "echo-1".into(),
+    };
+    p2.publish_endpoint(&ep).await.unwrap();
+    let svc = ServiceInfo {
+        name: ServiceName {
+            namespace: "ns".into(),
+            name: "echo".into(),
+        },
+        frontends: vec![ServicePort {
+            addr: addr("100.65.255.10"),
+            port_name: "http".into(),
+            protocol: 6,
+            port: 80,
+        }],
+        backends: vec![ServicePort {
+            addr: ep.ip,
+            port_name: "http".into(),
+            protocol: 6,
+            port: 8080,
+        }],
+        shared: true,
+        include_external: true,
+        selector: vec![],
+    };
+    p2.publish_service(&svc).await.unwrap();
+    p2.mark_synced().await.unwrap();
+
+    let mut view = View::of(&etcd2);
+    view.until("cluster 2's state", |s| {
+        s.endpoints.get(&ep.ip) == Some(&ep)
+            && s.nodes.get("c2-n1") == Some(&node(2))
+            && s.identities.get(&identity) == Some(&labels)
+            && s.services.get(&svc.name) == Some(&svc)
+    })
+    .await;
+    assert!(view.status.borrow()[&name(2)].ready);
+
+    p2.withdraw_endpoint(ep.ip).await.unwrap();
+    view.until("the endpoint to go", |s| !s.endpoints.contains_key(&ep.ip))
+        .await;
+    let unshared = ServiceInfo {
+        shared: false,
+        ..svc.clone()
+    };
+    p2.publish_service(&unshared).await.unwrap();
+    view.until("the unshared service to go", |s| s.services.is_empty())
+        .await;
+
+    // The agent goes away: its lease is revoked and its keys vanish from cluster 1's view.
+    p2.publish_endpoint(&ep).await.unwrap();
+    view.until("the endpoint back", |s| s.endpoints.contains_key(&ep.ip))
+        .await;
+    p2.close().await.unwrap();
+    view.until("the agent's keys to go", |s| {
+        s.endpoints.is_empty() && s.nodes.is_empty()
+    })
+    .await;
+    assert_eq!(
+        view.state.identities.len(),
+        1,
+        "identity master keys outlive one agent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_agents_never_disagree_on_identities() {
+    let etcd = Etcd::start("cluster2").await;
+    let mut agents = Vec::new();
+    for node in ["c2-n1", "c2-n2", "c2-n3"] {
+        agents.push(publisher(&etcd, 2, node, Duration::from_secs(10)).await);
+    }
+    let apps: Vec<String> = (0..12).map(|i| format!("app{i}")).collect();
+    let runs = agents.into_iter().enumerate().map(|(n, mut agent)| {
+        let mut apps = apps.clone();
+        apps.rotate_left(n * 4);
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            for app in apps {
+                got.push((
+                    app.clone(),
+                    agent.identity(&pod_labels(2, &app)).await.unwrap(),
+                ));
+            }
+            (agent, got)
+        })
+    });
+    let mut by_app: std::collections::BTreeMap<String, Identity> = Default::default();
+    let mut agents = Vec::new();
+    for run in runs {
+        let (agent, got) = run.await.unwrap();
+        agents.push(agent);
+        for (app, identity) in got {
+            assert_eq!(
+                *by_app.entry(app.clone()).or_insert(identity),
+                identity,
+                "{app} got two identities"
+            );
+        }
+    }
+    let ids: std::collections::BTreeSet<Identity> = by_app.values().copied().collect();
+    assert_eq!(
+        ids.len(),
+        apps.len(),
+        "two label sets share an identity: {by_app:?}"
+    );
+    assert!(ids
+        .iter()
+        .all(|i| i.cluster() == Some(id(2)) && !i.is_reserved()));
+
+    // The master keys hold the label strings, in Cilium's layout.
+    let mut client = etcd.client("root").await.unwrap();
+    let first = by_app["app0"];
+    let resp = client
+        .get(format!("cilium/state/identities/v1/id/{first}"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.kvs()[0].value_str().unwrap(),
+        pod_labels(2, "app0").to_string()
+    );
+
+    // Every agent gone: the label set keeps its id for the next agent.
+    for agent in agents {
+        agent.close().await.unwrap();
+    }
+    let mut late = publisher(&etcd, 2, "c2-n4", Duration::from_secs(10)).await;
+    assert_eq!(late.identity(&pod_labels(2, "app0")).await.unwrap(), first);
+    let fresh = late.identity(&pod_labels(2, "new")).await.unwrap();
+    assert!(!ids.contains(&fresh));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_kept_alive_beyond_its_ttl() {
+    let etcd = Etcd::start("cluster2").await;
+    let mut p = publisher(&etcd, 2, "c2-n1", Duration::from_secs(2)).await;
+    p.publish_node(&node(2)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut client = etcd.client("root").await.unwrap();
+    let resp = client
+        .get("cilium/state/nodes/v1/cluster2/c2-n1", None)
+        .await
+        .unwrap();
+    assert_eq!(resp.kvs().len(), 1, "the node outlived two TTLs");
+    assert!(!*p.lease().lost.borrow());
+}
