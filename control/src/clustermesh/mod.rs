@@ -1,13 +1,15 @@
 //! ClusterMesh: the remote clusters this agent watches. [`config`] reads the directory of remote
 //! files, [`config_watch`] follows it, [`remote`] runs one watcher task per remote cluster over its etcd,
-//! and [`status`] reports each remote as `cilium-dbg status` does.
+//! [`mesh`] keeps the set of watchers equal to the configuration, and [`status`] reports each remote as `cilium-dbg status` does.
 
 pub mod config;
 pub mod config_watch;
+pub mod mesh;
 pub mod mirror;
 pub mod remote;
 pub mod status;
 
+pub use mesh::{run_clustermesh, ClusterMesh};
 pub use remote::{
     spawn_remote, IdClaims, RemoteError, RemoteEvent, RemoteHandle, RemoteOptions, StatusBoard,
 };

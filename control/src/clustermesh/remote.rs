@@ -558,3 +558,109 @@ async fn timed<T>(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn config(name: &str, expected: Option<u8>) -> RemoteConfig {
+        RemoteConfig {
+            name: ClusterName::new(name).unwrap(),
+            path: PathBuf::from(name),
+            endpoints: vec!["https://127.0.0.1:2379".into()],
+            tls: None,
+            tls_paths: vec![],
+            expected_id: expected.and_then(ClusterId::new),
+        }
+    }
+
+    #[test]
+    fn the_announced_id_must_be_expected_foreign_and_unclaimed() {
+        let options = RemoteOptions {
+            local_id: ClusterId::new(1),
+            ..Default::default()
+        };
+        let id = |n: u32| ClusterConfig {
+            id: n,
+            ..ClusterConfig::new(0)
+        };
+        assert!(matches!(
+            check_id(&config("cluster2", Some(2)), &options, &id(3)),
+            Err(RemoteError::IdMismatch { .. })
+        ));
+        assert!(matches!(
+            check_id(&config("cluster2", None), &options, &id(1)),
+            Err(RemoteError::OwnId(_))
+        ));
+        assert!(matches!(
+            check_id(&config("cluster2", None), &options, &id(0)),
+            Err(RemoteError::ClusterConfig(_))
+        ));
+        assert!(matches!(
+            check_id(&config("cluster2", None), &options, &id(256)),
+            Err(RemoteError::ClusterConfig(_))
+        ));
+        assert_eq!(
+            check_id(&config("cluster2", Some(2)), &options, &id(2)).ok(),
+            ClusterId::new(2)
+        );
+        assert_eq!(
+            check_id(&config("cluster2", None), &options, &id(2)).ok(),
+            ClusterId::new(2),
+            "reconnecting keeps the claim"
+        );
+        let err = check_id(&config("cluster3", None), &options, &id(2)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cluster-config announces id 2, already used by remote `cluster2`"
+        );
+    }
+
+    #[test]
+    fn deletes_name_only_entries_of_the_origin() {
+        let name = ClusterName::new("cluster2").unwrap();
+        let origin = Origin {
+            name: &name,
+            id: ClusterId::new(2).unwrap(),
+        };
+        let node = deleted_entry(b"cilium/state/nodes/v1/cluster2/n1", origin);
+        assert_eq!(node, Some(EntryKey::Node("n1".into())));
+        assert_eq!(
+            deleted_entry(b"cilium/state/nodes/v1/cluster3/n1", origin),
+            None
+        );
+        assert_eq!(
+            deleted_entry(b"cilium/synced/cluster2/cilium/state/nodes/v1", origin),
+            None
+        );
+        assert!(matches!(
+            deleted_entry(b"cilium/state/ip/v1/default/10.0.0.1", origin),
+            Some(EntryKey::Endpoint(_))
+        ));
+    }
+
+    #[test]
+    fn puts_of_foreign_keys_are_ignored_and_bad_ones_named() {
+        let name = ClusterName::new("cluster2").unwrap();
+        let origin = Origin {
+            name: &name,
+            id: ClusterId::new(2).unwrap(),
+        };
+        assert!(matches!(
+            decode_put(
+                b"cilium/state/identities/v1/value/k8s:a=b;/n1",
+                b"131073",
+                origin
+            ),
+            Ok(None)
+        ));
+        let err = decode_put(b"cilium/state/ip/v1/default/10.0.0.1", b"{", origin)
+            .err()
+            .unwrap();
+        assert!(
+            err.starts_with("cilium/state/ip/v1/default/10.0.0.1:"),
+            "{err}"
+        );
+    }
+}
