@@ -43,6 +43,7 @@ drop_reasons! {
     NoHeadroom => "no_headroom": "The frame buffer has no room in front for the tunnel headers.",
     FrameTooBig => "frame_too_big": "The frame would exceed the link MTU after encapsulation.",
     UnansweredNeighbour => "unanswered_neighbour": "An ARP/ND message the pods' gateway does not answer: gratuitous, DAD, replies, router solicitations.",
+    UnknownTunnelPeer => "unknown_tunnel_peer": "A tunnel frame from an address that is no node of the mesh.",
 }
 
 impl DropReason {
@@ -71,7 +72,10 @@ mod tests {
         assert_eq!(names.len(), DropReason::COUNT);
         for (i, reason) in DropReason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), i);
-            assert!(reason.name().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(reason
+                .name()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'));
         }
     }
 }

@@ -153,7 +153,10 @@ mod tests {
         table.insert(pod(3, 10)).unwrap();
         table.insert(pod(1, 11)).unwrap();
         assert_eq!(table.len(), 2);
-        assert_eq!(table.by_port(PortId(3)).unwrap().name.as_ref(), "default/pod-10");
+        assert_eq!(
+            table.by_port(PortId(3)).unwrap().name.as_ref(),
+            "default/pod-10"
+        );
         assert!(table.by_port(PortId(2)).is_none());
         assert!(table.by_port(PortId(900)).is_none());
         let v6: Ipv6Addr = "fd00::11".parse().unwrap();
@@ -166,8 +169,14 @@ mod tests {
     fn refuses_taken_ports_taken_addresses_and_overflow() {
         let mut table = EndpointTable::with_capacity(2);
         table.insert(pod(1, 10)).unwrap();
-        assert!(matches!(table.insert(pod(1, 11)), Err(EndpointError::PortTaken(..))));
-        assert!(matches!(table.insert(pod(2, 10)), Err(EndpointError::AddressTaken(..))));
+        assert!(matches!(
+            table.insert(pod(1, 11)),
+            Err(EndpointError::PortTaken(..))
+        ));
+        assert!(matches!(
+            table.insert(pod(2, 10)),
+            Err(EndpointError::AddressTaken(..))
+        ));
         table.insert(pod(2, 11)).unwrap();
         assert_eq!(table.insert(pod(3, 12)), Err(EndpointError::Full(2)));
     }
@@ -178,7 +187,13 @@ mod tests {
         let own = Addr::from(Ipv4Addr::new(100, 64, 1, 10));
         let other = Addr::from(Ipv4Addr::new(100, 64, 1, 99));
         assert_eq!(ep.check_source(ep.mac, own), Ok(()));
-        assert_eq!(ep.check_source(ep.mac, other), Err(DropReason::SpoofedSource));
-        assert_eq!(ep.check_source([2, 0, 0, 0, 0, 99], own), Err(DropReason::SpoofedSource));
+        assert_eq!(
+            ep.check_source(ep.mac, other),
+            Err(DropReason::SpoofedSource)
+        );
+        assert_eq!(
+            ep.check_source([2, 0, 0, 0, 0, 99], own),
+            Err(DropReason::SpoofedSource)
+        );
     }
 }

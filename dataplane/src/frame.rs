@@ -25,7 +25,12 @@ impl<'a> Frame<'a> {
     /// Returns `None` if the range does not lie inside `buf`.
     pub fn new(buf: &'a mut [u8], head: usize, len: usize, port: PortId) -> Option<Self> {
         let tail = head.checked_add(len)?;
-        (tail <= buf.len()).then_some(Frame { buf, head, tail, port })
+        (tail <= buf.len()).then_some(Frame {
+            buf,
+            head,
+            tail,
+            port,
+        })
     }
 
     /// The port the frame arrived on.
@@ -108,7 +113,10 @@ mod tests {
         buf[8..12].copy_from_slice(&[1, 2, 3, 4]);
         let mut frame = Frame::new(&mut buf, 8, 4, PortId(3)).unwrap();
         assert_eq!(frame.data(), &[1, 2, 3, 4]);
-        frame.push_front(2).unwrap().copy_from_slice(&[9, 9, 1, 2, 3, 4]);
+        frame
+            .push_front(2)
+            .unwrap()
+            .copy_from_slice(&[9, 9, 1, 2, 3, 4]);
         assert_eq!((frame.headroom(), frame.len()), (6, 6));
         assert!(frame.push_front(7).is_none(), "more than the headroom");
         assert_eq!(frame.pull_front(5).unwrap(), &[4]);

@@ -95,7 +95,10 @@ mod tests {
 
     #[test]
     fn identity_must_fit_the_vni() {
-        assert_eq!(Identity::new(0x00ff_ffff).map(Identity::get), Some(0x00ff_ffff));
+        assert_eq!(
+            Identity::new(0x00ff_ffff).map(Identity::get),
+            Some(0x00ff_ffff)
+        );
         assert_eq!(Identity::new(0x0100_0000), None);
     }
 

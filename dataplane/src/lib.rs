@@ -34,5 +34,5 @@ pub mod wire;
 pub use drop::DropReason;
 pub use flow::{Addr, FlowKey};
 pub use frame::{Frame, PortId};
-pub use pipeline::Verdict;
 pub use identity::{ClusterId, Identity};
+pub use pipeline::{Verdict, WorkerState};

@@ -1,10 +1,13 @@
 //! Stage 6: where a frame goes once policy has let it through — to a pod on this node (the pipeline
-//! finds those in [`crate::endpoint`]), or to the node that owns the destination, encapsulated or not.
+//! finds those in [`crate::endpoint`]), or to the node that owns the destination, encapsulated or not —
+//! and the rewrite every routed frame gets: new MACs and one hop less.
 
 use rustc_hash::FxHashMap;
 use thiserror::Error;
 
-use crate::Addr;
+use crate::parse::{Parsed, L3};
+use crate::wire::checksum;
+use crate::{Addr, DropReason};
 
 /// How frames reach pods on other nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -106,6 +109,37 @@ impl NodeTable {
     }
 }
 
+/// Re-addresses the Ethernet header of a routed frame.
+pub fn set_macs(frame: &mut [u8], src: [u8; 6], dst: [u8; 6]) -> Result<(), DropReason> {
+    let eth = frame.get_mut(..12).ok_or(DropReason::InvalidHeader)?;
+    eth[..6].copy_from_slice(&dst);
+    eth[6..].copy_from_slice(&src);
+    Ok(())
+}
+
+/// Takes one hop off the IPv4 TTL (fixing the header checksum) or the IPv6 hop limit, as a router does;
+/// a frame that has no hop left is `TtlExceeded`.
+pub fn decrement_hop_limit(frame: &mut [u8], parsed: &Parsed) -> Result<(), DropReason> {
+    if parsed.ttl <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
+    let l3 = parsed.l3_offset;
+    match parsed.l3 {
+        L3::Ipv4 => {
+            let header = frame
+                .get_mut(l3..l3 + 12)
+                .ok_or(DropReason::InvalidHeader)?;
+            let sum = u16::from_be_bytes([header[10], header[11]]);
+            let sum = checksum::ipv4_ttl_decremented(sum, parsed.ttl, header[9]);
+            header[8] = parsed.ttl - 1;
+            header[10..12].copy_from_slice(&sum.to_be_bytes());
+        }
+        L3::Ipv6 => *frame.get_mut(l3 + 7).ok_or(DropReason::InvalidHeader)? = parsed.ttl - 1,
+        L3::Arp(_) => return Err(DropReason::UnsupportedProtocol),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,11 +164,17 @@ mod tests {
         let far = node(3, false);
         assert_eq!(
             RoutingMode::Tunnel.next_hop(&UNDERLAY, &near),
-            NextHop::Tunnel { node: near.addr, mac: [2, 0, 0, 0, 1, 2] }
+            NextHop::Tunnel {
+                node: near.addr,
+                mac: [2, 0, 0, 0, 1, 2]
+            }
         );
         assert_eq!(
             RoutingMode::Tunnel.next_hop(&UNDERLAY, &far),
-            NextHop::Tunnel { node: far.addr, mac: UNDERLAY.router_mac }
+            NextHop::Tunnel {
+                node: far.addr,
+                mac: UNDERLAY.router_mac
+            }
         );
     }
 
@@ -142,7 +182,9 @@ mod tests {
     fn hybrid_goes_direct_only_on_the_segment() {
         assert_eq!(
             RoutingMode::Hybrid.next_hop(&UNDERLAY, &node(2, true)),
-            NextHop::Direct { mac: [2, 0, 0, 0, 1, 2] }
+            NextHop::Direct {
+                mac: [2, 0, 0, 0, 1, 2]
+            }
         );
         assert!(matches!(
             RoutingMode::Hybrid.next_hop(&UNDERLAY, &node(3, false)),
@@ -150,7 +192,9 @@ mod tests {
         ));
         assert_eq!(
             RoutingMode::Direct.next_hop(&UNDERLAY, &node(3, false)),
-            NextHop::Direct { mac: UNDERLAY.router_mac }
+            NextHop::Direct {
+                mac: UNDERLAY.router_mac
+            }
         );
     }
 

@@ -1,1 +1,97 @@
+//! The tables a worker reads, as one immutable snapshot.
+//!
+//! The control plane builds a new [`Tables`] for every change (each table is cheap to clone and change:
+//! the large ones are sharded behind `Arc`s) and swaps it in; a worker loads the current snapshot once
+//! per batch and never sees a table change under it.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::endpoint::EndpointTable;
+use crate::gateway::Gateway;
+use crate::ipcache::IpCache;
+use crate::policy::PolicyTable;
+use crate::route::{NodeTable, RoutingMode, Underlay};
+use crate::service::ServiceTable;
+use crate::tunnel::TunnelProtocol;
+use crate::{Addr, ClusterId, PortId};
+
+/// This node: who it is and how it is wired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub cluster: ClusterId,
+    /// Underlay addresses: where other nodes send tunnel traffic for our pods.
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    /// The port towards the underlay.
+    pub uplink: PortId,
+    pub underlay: Underlay,
+    /// The pods' gateway.
+    pub gateway: Gateway,
+    pub routing: RoutingMode,
+    /// What we encapsulate with; we decapsulate both.
+    pub tunnel: TunnelProtocol,
+}
+
+impl NodeConfig {
+    /// Whether `addr` is one of this node's underlay addresses.
+    pub fn owns(&self, addr: Addr) -> bool {
+        match addr.ip() {
+            std::net::IpAddr::V4(v4) => self.ipv4 == Some(v4),
+            std::net::IpAddr::V6(v6) => self.ipv6 == Some(v6),
+        }
+    }
+
+    /// Our underlay address of the same family as `peer`, to source tunnel traffic to it from.
+    pub fn underlay_addr_towards(&self, peer: Addr) -> Option<Addr> {
+        if peer.is_ipv4() {
+            self.ipv4.map(Addr::from)
+        } else {
+            self.ipv6.map(Addr::from)
+        }
+    }
+}
+
+/// Everything the pipeline looks up, frozen.
+#[derive(Clone, Debug)]
+pub struct Tables {
+    pub node: NodeConfig,
+    pub endpoints: EndpointTable,
+    pub ipcache: IpCache,
+    pub policy: PolicyTable,
+    pub services: ServiceTable,
+    pub nodes: NodeTable,
+}
+
+/// How many entries each table of a new snapshot may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacities {
+    pub endpoints: usize,
+    pub ipcache: usize,
+    pub services: usize,
+    pub nodes: usize,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Capacities {
+            endpoints: 4096,
+            ipcache: 1 << 20,
+            services: 1 << 16,
+            nodes: 1 << 14,
+        }
+    }
+}
+
+impl Tables {
+    /// A node's snapshot with every table empty: no pods, no peers, no policy, no services.
+    pub fn empty(node: NodeConfig, capacities: Capacities) -> Self {
+        Tables {
+            node,
+            endpoints: EndpointTable::with_capacity(capacities.endpoints),
+            ipcache: IpCache::new(capacities.ipcache),
+            policy: PolicyTable::default(),
+            services: ServiceTable::new(capacities.services),
+            nodes: NodeTable::with_capacity(capacities.nodes),
+        }
+    }
+}

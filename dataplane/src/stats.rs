@@ -133,7 +133,13 @@ mod tests {
         b.count_drop(DropReason::PolicyDenied, 40);
         b.count_drop(DropReason::NoRoute, 40);
         a.merge(&b);
-        assert_eq!(a.dropped(DropReason::PolicyDenied), Count { packets: 2, bytes: 100 });
+        assert_eq!(
+            a.dropped(DropReason::PolicyDenied),
+            Count {
+                packets: 2,
+                bytes: 100
+            }
+        );
         assert_eq!(a.total_dropped(), 3);
         assert_eq!(a.forwarded(Forward::Tunnel).bytes, 150);
         assert_eq!(a.total_forwarded(), 1);

@@ -1,0 +1,96 @@
+//! Frames a pod sends: held to the pod's own addresses, answered if they ask for the gateway, then
+//! tracked, balanced, checked and routed.
+
+use super::deliver::{self, Arrival};
+use super::track::Source;
+use super::{Outcome, Verdict, WorkerState};
+use crate::endpoint::Endpoint;
+use crate::gateway;
+use crate::parse::{self, IcmpKind, Parsed, L3, L4};
+use crate::snapshot::Tables;
+use crate::stats::Forward;
+use crate::{Addr, DropReason, Frame};
+
+pub(super) fn process(
+    tables: &Tables,
+    state: &mut WorkerState,
+    now_ms: u64,
+    frame: &mut Frame<'_>,
+) -> Outcome {
+    let port = frame.port();
+    let endpoint = tables
+        .endpoints
+        .by_port(port)
+        .ok_or(DropReason::UnknownPort)?;
+    let parsed = parse::parse(frame.data())?;
+    check_source(endpoint, &parsed)?;
+    if is_neighbour_discovery(&parsed) {
+        gateway::answer_neighbour(frame, &parsed, &tables.node.gateway)?;
+        return Ok((Forward::NeighbourReply, Verdict::Transmit(port)));
+    }
+    let source = Source {
+        identity: endpoint.identity,
+        local: true,
+    };
+    deliver::forward(
+        tables,
+        state,
+        now_ms,
+        frame,
+        &parsed,
+        source,
+        Arrival::FromPod,
+    )
+}
+
+/// Anti-spoofing: the pod's own MAC, and its own address (ARP: as sender; neighbour discovery may also
+/// come from a link-local or the unspecified address).
+fn check_source(endpoint: &Endpoint, parsed: &Parsed) -> Result<(), DropReason> {
+    match parsed.l3 {
+        L3::Arp(arp) if arp.sender_ip.is_unspecified() => {
+            endpoint.check_source(arp.sender_mac, endpoint_v4(endpoint)?)?;
+            endpoint.check_source(parsed.eth_src, endpoint_v4(endpoint)?)
+        }
+        L3::Arp(arp) => {
+            endpoint.check_source(arp.sender_mac, arp.sender_ip.into())?;
+            endpoint.check_source(parsed.eth_src, arp.sender_ip.into())
+        }
+        L3::Ipv6 if is_neighbour_discovery(parsed) && is_link_scope(parsed.flow.src) => {
+            endpoint.check_source(parsed.eth_src, endpoint_v6(endpoint)?)
+        }
+        L3::Ipv4 | L3::Ipv6 => endpoint.check_source(parsed.eth_src, parsed.flow.src),
+    }
+}
+
+fn endpoint_v4(endpoint: &Endpoint) -> Result<Addr, DropReason> {
+    endpoint
+        .ipv4
+        .map(Addr::from)
+        .ok_or(DropReason::SpoofedSource)
+}
+
+fn endpoint_v6(endpoint: &Endpoint) -> Result<Addr, DropReason> {
+    endpoint
+        .ipv6
+        .map(Addr::from)
+        .ok_or(DropReason::SpoofedSource)
+}
+
+fn is_link_scope(addr: Addr) -> bool {
+    match addr.ip() {
+        std::net::IpAddr::V6(v6) => v6.is_unspecified() || v6.is_unicast_link_local(),
+        std::net::IpAddr::V4(_) => false,
+    }
+}
+
+fn is_neighbour_discovery(parsed: &Parsed) -> bool {
+    matches!(parsed.l3, L3::Arp(_))
+        || matches!(
+            parsed.l4,
+            L4::Icmp(
+                IcmpKind::NeighbourSolicitation { .. }
+                    | IcmpKind::NeighbourAdvertisement
+                    | IcmpKind::RouterSolicitation
+            )
+        )
+}

@@ -1,0 +1,608 @@
+//! The pipeline end to end on real frames: two nodes, one in cluster1 and one in cluster2, exchange the
+//! frames their pipelines emit, as the lab does over AF_XDP.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use proptest::prelude::*;
+
+use super::*;
+use crate::conntrack::{ConntrackConfig, Timeouts};
+use crate::endpoint::Endpoint;
+use crate::gateway::Gateway;
+use crate::ipcache::{IpCacheEntry, IpPrefix};
+use crate::policy::{self, EgressRule, IdentityLabels, Labels, PolicyRule, CLUSTER_LABEL};
+use crate::policy::{LabelSelector, Peer};
+use crate::route::{RemoteNode, RoutingMode, Underlay};
+use crate::service::{Backend, BackendState, Frontend, Service, ServiceId};
+use crate::snapshot::{Capacities, NodeConfig};
+use crate::tunnel::TunnelProtocol;
+use crate::{Addr, ClusterId, Identity};
+
+const UPLINK: PortId = PortId(0);
+const X_WING_PORT: PortId = PortId(1);
+const REBEL_PORT: PortId = PortId(2);
+const GATEWAY_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
+const VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 255, 10);
+
+/// A pod in the fixture: cluster `c`, node-local index `i`.
+struct Pod {
+    ip: Ipv4Addr,
+    mac: [u8; 6],
+    identity: Identity,
+    labels: Labels,
+}
+
+fn pod(cluster: u8, i: u8, name: &str) -> Pod {
+    Pod {
+        ip: Ipv4Addr::new(100, 63 + cluster, 1, 10 + i),
+        mac: [0x02, 0, 0, cluster, 1, i],
+        identity: Identity::new((u32::from(cluster) << 16) | 0x100 | u32::from(i)).unwrap(),
+        labels: Labels::new()
+            .with("name", name)
+            .with(CLUSTER_LABEL, &format!("cluster{cluster}")),
+    }
+}
+
+fn x_wing() -> Pod {
+    pod(1, 0, "x-wing")
+}
+fn rebel_c1() -> Pod {
+    pod(1, 1, "rebel-base")
+}
+fn rebel_c2() -> Pod {
+    pod(2, 0, "rebel-base")
+}
+
+fn node_ip(cluster: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, cluster, 1)
+}
+
+fn node_mac(cluster: u8) -> [u8; 6] {
+    [0x02, 0, 0, cluster, 0, 1]
+}
+
+/// The snapshot of cluster `c`'s only node, which hosts `local` pods and knows `remote` ones.
+fn tables(cluster: u8, local: &[(PortId, Pod)], remote: &[Pod], rules: &[PolicyRule]) -> Tables {
+    let node = NodeConfig {
+        cluster: ClusterId::new(cluster).unwrap(),
+        ipv4: Some(node_ip(cluster)),
+        ipv6: None,
+        uplink: UPLINK,
+        underlay: Underlay {
+            mac: node_mac(cluster),
+            router_mac: [0x02, 0, 0, 0, 0, 0xfe],
+            mtu: 1500,
+        },
+        gateway: Gateway { mac: GATEWAY_MAC },
+        routing: RoutingMode::Tunnel,
+        tunnel: TunnelProtocol::Vxlan,
+    };
+    let mut t = Tables::empty(node, Capacities::default());
+    let mut identities = IdentityLabels::new();
+    for (port, p) in local {
+        t.endpoints
+            .insert(Endpoint {
+                port: *port,
+                mac: p.mac,
+                ipv4: Some(p.ip),
+                ipv6: None,
+                identity: p.identity,
+                name: "default/pod".into(),
+            })
+            .unwrap();
+        identities.insert(p.identity, p.labels.clone());
+        ipcache_insert(&mut t, p, None);
+    }
+    let other = 3 - cluster;
+    for p in remote {
+        identities.insert(p.identity, p.labels.clone());
+        ipcache_insert(&mut t, p, Some(node_ip(other)));
+    }
+    t.nodes
+        .upsert(RemoteNode {
+            addr: node_ip(other).into(),
+            segment_mac: None,
+        })
+        .unwrap();
+    t.policy = policy::compile(
+        rules,
+        &identities,
+        ClusterId::new(cluster).unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    t
+}
+
+fn ipcache_insert(t: &mut Tables, p: &Pod, node: Option<Ipv4Addr>) {
+    let entry = IpCacheEntry {
+        identity: p.identity,
+        tunnel_endpoint: node.map(Addr::from),
+        cluster: p.identity.cluster(),
+    };
+    t.ipcache
+        .insert(IpPrefix::host(p.ip.into()), entry)
+        .unwrap();
+}
+
+fn add_rebel_service(t: &mut Tables, backends: &[(&Pod, BackendState)]) {
+    let frontend = Frontend {
+        addr: VIP.into(),
+        port: 80,
+        proto: crate::flow::proto::TCP,
+    };
+    let backends = backends
+        .iter()
+        .map(|(p, state)| Backend {
+            addr: p.ip.into(),
+            port: 8080,
+            state: *state,
+            cluster: p.identity.cluster(),
+        })
+        .collect();
+    let service = Service::new(ServiceId(1), frontend, backends).unwrap();
+    t.services.insert(Arc::new(service)).unwrap();
+}
+
+fn state() -> WorkerState {
+    WorkerState::new(ConntrackConfig {
+        capacity: 1024,
+        timeouts: Timeouts::default(),
+    })
+}
+
+fn tcp(from: &Pod, to: Ipv4Addr, sport: u16, dport: u16, syn: bool) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(from.mac, GATEWAY_MAC)
+        .ipv4(from.ip.octets(), to.octets(), 64)
+        .tcp(sport, dport, 1, 1024);
+    let builder = if syn { builder.syn() } else { builder.ack(1) };
+    let mut frame = Vec::new();
+    builder.write(&mut frame, b"hello").unwrap();
+    frame
+}
+
+/// Runs one frame through `tables` on `port`; returns the verdict and the bytes as they leave.
+fn run(t: &Tables, s: &mut WorkerState, port: PortId, bytes: &[u8]) -> (Verdict, Vec<u8>) {
+    let mut buf = vec![0u8; crate::frame::HEADROOM + bytes.len() + 64];
+    buf[crate::frame::HEADROOM..][..bytes.len()].copy_from_slice(bytes);
+    let mut frame = Frame::new(&mut buf, crate::frame::HEADROOM, bytes.len(), port).unwrap();
+    let verdict = process_one(t, s, 1_000, &mut frame);
+    (verdict, frame.data().to_vec())
+}
+
+fn ports(frame: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+    let sliced = SlicedPacket::from_ethernet(frame).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = sliced.net else {
+        panic!("not IPv4")
+    };
+    let Some(TransportSlice::Tcp(tcp)) = sliced.transport else {
+        panic!("not TCP")
+    };
+    let h = ip.header();
+    (
+        h.source_addr(),
+        tcp.source_port(),
+        h.destination_addr(),
+        tcp.destination_port(),
+    )
+}
+
+/// Checks that every checksum of an IPv4/TCP frame is right, by recomputing it.
+fn assert_checksums(frame: &[u8]) {
+    let sliced = SlicedPacket::from_ethernet(frame).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = sliced.net else {
+        panic!("not IPv4")
+    };
+    let header = ip.header().to_header();
+    assert_eq!(header.header_checksum, header.calc_header_checksum());
+    let Some(TransportSlice::Tcp(tcp)) = sliced.transport else {
+        panic!("not TCP")
+    };
+    let expected = tcp
+        .to_header()
+        .calc_checksum_ipv4(&header, tcp.payload())
+        .unwrap();
+    assert_eq!(tcp.checksum(), expected);
+}
+
+#[test]
+fn pod_to_pod_on_the_same_node_is_routed_with_gateway_macs() {
+    let t = tables(
+        1,
+        &[(X_WING_PORT, x_wing()), (REBEL_PORT, rebel_c1())],
+        &[],
+        &[],
+    );
+    let mut s = state();
+    let (verdict, out) = run(
+        &t,
+        &mut s,
+        X_WING_PORT,
+        &tcp(&x_wing(), rebel_c1().ip, 40000, 8080, true),
+    );
+    assert_eq!(verdict, Verdict::Transmit(REBEL_PORT));
+    assert_eq!(&out[..6], &rebel_c1().mac);
+    assert_eq!(&out[6..12], &GATEWAY_MAC);
+    assert_eq!(out[14 + 8], 63, "one hop less");
+    assert_checksums(&out);
+    assert_eq!(s.counters.forwarded(Forward::LocalPod).packets, 1);
+}
+
+#[test]
+fn cross_node_traffic_is_tunnelled_with_the_sender_identity_and_delivered() {
+    let a = tables(1, &[(X_WING_PORT, x_wing())], &[rebel_c2()], &[]);
+    let b = tables(2, &[(X_WING_PORT, rebel_c2())], &[x_wing()], &[]);
+    let (mut sa, mut sb) = (state(), state());
+    let request = tcp(&x_wing(), rebel_c2().ip, 40000, 8080, true);
+    let (verdict, wire) = run(&a, &mut sa, X_WING_PORT, &request);
+    assert_eq!(verdict, Verdict::Transmit(UPLINK));
+    let outer = SlicedPacket::from_ethernet(&wire).unwrap();
+    let Some(TransportSlice::Udp(udp)) = outer.transport else {
+        panic!("not UDP")
+    };
+    assert_eq!(udp.destination_port(), 8472);
+    let vni = u32::from_be_bytes([0, udp.payload()[4], udp.payload()[5], udp.payload()[6]]);
+    assert_eq!(
+        vni,
+        x_wing().identity.get(),
+        "the VNI carries the sender's identity"
+    );
+
+    let (verdict, delivered) = run(&b, &mut sb, UPLINK, &wire);
+    assert_eq!(verdict, Verdict::Transmit(X_WING_PORT));
+    assert_eq!(ports(&delivered), (x_wing().ip, 40000, rebel_c2().ip, 8080));
+    assert_eq!(&delivered[..6], &rebel_c2().mac);
+    assert_checksums(&delivered);
+}
+
+#[test]
+fn a_spoofed_source_is_dropped_and_counted() {
+    let t = tables(
+        1,
+        &[(X_WING_PORT, x_wing()), (REBEL_PORT, rebel_c1())],
+        &[],
+        &[],
+    );
+    let mut s = state();
+    let mut liar = x_wing();
+    liar.ip = Ipv4Addr::new(100, 64, 1, 99);
+    let (verdict, _) = run(
+        &t,
+        &mut s,
+        X_WING_PORT,
+        &tcp(&liar, rebel_c1().ip, 1, 2, true),
+    );
+    assert_eq!(verdict, Verdict::Drop(DropReason::SpoofedSource));
+    let mut mac_liar = x_wing();
+    mac_liar.mac = [2, 9, 9, 9, 9, 9];
+    let (verdict, _) = run(
+        &t,
+        &mut s,
+        X_WING_PORT,
+        &tcp(&mac_liar, rebel_c1().ip, 1, 2, true),
+    );
+    assert_eq!(verdict, Verdict::Drop(DropReason::SpoofedSource));
+    assert_eq!(s.counters.dropped(DropReason::SpoofedSource).packets, 2);
+}
+
+#[test]
+fn the_gateway_answers_a_pods_arp_request() {
+    let t = tables(1, &[(X_WING_PORT, x_wing())], &[], &[]);
+    let mut s = state();
+    let request = etherparse::ArpPacket::new(
+        etherparse::ArpHardwareId::ETHERNET,
+        etherparse::EtherType::IPV4,
+        etherparse::ArpOperation::REQUEST,
+        &x_wing().mac,
+        &x_wing().ip.octets(),
+        &[0; 6],
+        &[100, 64, 1, 1],
+    )
+    .unwrap();
+    let mut frame = Vec::new();
+    etherparse::Ethernet2Header {
+        source: x_wing().mac,
+        destination: [0xff; 6],
+        ether_type: etherparse::EtherType::ARP,
+    }
+    .write(&mut frame)
+    .unwrap();
+    request.write(&mut frame).unwrap();
+    let (verdict, reply) = run(&t, &mut s, X_WING_PORT, &frame);
+    assert_eq!(verdict, Verdict::Transmit(X_WING_PORT));
+    let arp = etherparse::ArpPacketSlice::from_slice(&reply[14..]).unwrap();
+    assert_eq!(arp.operation(), etherparse::ArpOperation::REPLY);
+    assert_eq!(arp.sender_hw_addr(), &GATEWAY_MAC);
+}
+
+/// Cilium's cross-cluster example: x-wing in cluster1 may reach rebel-base in cluster2 only.
+fn x_wing_policy() -> PolicyRule {
+    PolicyRule {
+        endpoint_selector: LabelSelector::all().with_label("name", "x-wing"),
+        ingress: None,
+        egress: Some(vec![EgressRule {
+            to: vec![Peer::Endpoints(
+                LabelSelector::all()
+                    .with_label("name", "rebel-base")
+                    .with_label(CLUSTER_LABEL, "cluster2"),
+            )],
+            to_ports: vec![],
+        }]),
+    }
+}
+
+#[test]
+fn x_wing_reaches_the_cluster2_rebel_base_and_not_the_cluster1_one() {
+    let local = [(X_WING_PORT, x_wing()), (REBEL_PORT, rebel_c1())];
+    let t = tables(1, &local, &[rebel_c2()], &[x_wing_policy()]);
+    let mut s = state();
+    let (verdict, _) = run(
+        &t,
+        &mut s,
+        X_WING_PORT,
+        &tcp(&x_wing(), rebel_c2().ip, 40000, 80, true),
+    );
+    assert_eq!(verdict, Verdict::Transmit(UPLINK));
+    let (verdict, _) = run(
+        &t,
+        &mut s,
+        X_WING_PORT,
+        &tcp(&x_wing(), rebel_c1().ip, 40001, 80, true),
+    );
+    assert_eq!(verdict, Verdict::Drop(DropReason::PolicyDenied));
+    assert_eq!(s.counters.dropped(DropReason::PolicyDenied).packets, 1);
+}
+
+#[test]
+fn replies_of_an_allowed_connection_pass_a_default_deny_egress() {
+    // rebel-base in cluster1 may send nothing on its own, yet answers x-wing.
+    let deny_rebel_egress = PolicyRule {
+        endpoint_selector: LabelSelector::all().with_label("name", "rebel-base"),
+        ingress: None,
+        egress: Some(vec![]),
+    };
+    let local = [(X_WING_PORT, x_wing()), (REBEL_PORT, rebel_c1())];
+    let t = tables(1, &local, &[], &[deny_rebel_egress]);
+    let mut s = state();
+    let (verdict, _) = run(
+        &t,
+        &mut s,
+        X_WING_PORT,
+        &tcp(&x_wing(), rebel_c1().ip, 40000, 80, true),
+    );
+    assert_eq!(verdict, Verdict::Transmit(REBEL_PORT));
+    let reply = tcp(&rebel_c1(), x_wing().ip, 80, 40000, false);
+    assert_eq!(
+        run(&t, &mut s, REBEL_PORT, &reply).0,
+        Verdict::Transmit(X_WING_PORT)
+    );
+    let unsolicited = tcp(&rebel_c1(), x_wing().ip, 81, 40000, true);
+    assert_eq!(
+        run(&t, &mut s, REBEL_PORT, &unsolicited).0,
+        Verdict::Drop(DropReason::PolicyDenied)
+    );
+}
+
+#[test]
+fn a_service_flow_is_translated_to_a_remote_backend_and_its_replies_back() {
+    let mut a = tables(1, &[(X_WING_PORT, x_wing())], &[rebel_c2()], &[]);
+    add_rebel_service(&mut a, &[(&rebel_c2(), BackendState::Active)]);
+    let b = tables(2, &[(X_WING_PORT, rebel_c2())], &[x_wing()], &[]);
+    let (mut sa, mut sb) = (state(), state());
+
+    let (verdict, wire) = run(
+        &a,
+        &mut sa,
+        X_WING_PORT,
+        &tcp(&x_wing(), VIP, 40000, 80, true),
+    );
+    assert_eq!(verdict, Verdict::Transmit(UPLINK));
+    let (verdict, at_backend) = run(&b, &mut sb, UPLINK, &wire);
+    assert_eq!(verdict, Verdict::Transmit(X_WING_PORT));
+    assert_eq!(
+        ports(&at_backend),
+        (x_wing().ip, 40000, rebel_c2().ip, 8080)
+    );
+    assert_checksums(&at_backend);
+
+    let reply = tcp(&rebel_c2(), x_wing().ip, 8080, 40000, false);
+    let (verdict, wire) = run(&b, &mut sb, X_WING_PORT, &reply);
+    assert_eq!(verdict, Verdict::Transmit(UPLINK));
+    let (verdict, at_client) = run(&a, &mut sa, UPLINK, &wire);
+    assert_eq!(verdict, Verdict::Transmit(X_WING_PORT));
+    assert_eq!(
+        ports(&at_client),
+        (VIP, 80, x_wing().ip, 40000),
+        "reverse NAT"
+    );
+    assert_checksums(&at_client);
+}
+
+#[test]
+fn established_flows_keep_a_terminating_backend_and_new_flows_avoid_it() {
+    let local = [(X_WING_PORT, x_wing()), (REBEL_PORT, rebel_c1())];
+    let mut t = tables(1, &local, &[rebel_c2()], &[]);
+    add_rebel_service(&mut t, &[(&rebel_c1(), BackendState::Active)]);
+    let mut s = state();
+    let first = tcp(&x_wing(), VIP, 40000, 80, true);
+    assert_eq!(
+        run(&t, &mut s, X_WING_PORT, &first).0,
+        Verdict::Transmit(REBEL_PORT)
+    );
+
+    add_rebel_service(
+        &mut t,
+        &[
+            (&rebel_c1(), BackendState::Terminating),
+            (&rebel_c2(), BackendState::Active),
+        ],
+    );
+    let again = tcp(&x_wing(), VIP, 40000, 80, false);
+    assert_eq!(
+        run(&t, &mut s, X_WING_PORT, &again).0,
+        Verdict::Transmit(REBEL_PORT)
+    );
+    for sport in 40001..40020 {
+        let new = tcp(&x_wing(), VIP, sport, 80, true);
+        assert_eq!(
+            run(&t, &mut s, X_WING_PORT, &new).0,
+            Verdict::Transmit(UPLINK)
+        );
+    }
+}
+
+#[test]
+fn a_service_without_active_backends_drops_new_flows() {
+    let local = [(X_WING_PORT, x_wing()), (REBEL_PORT, rebel_c1())];
+    let mut t = tables(1, &local, &[], &[]);
+    add_rebel_service(&mut t, &[(&rebel_c1(), BackendState::Unhealthy)]);
+    let mut s = state();
+    let (verdict, _) = run(
+        &t,
+        &mut s,
+        X_WING_PORT,
+        &tcp(&x_wing(), VIP, 40000, 80, true),
+    );
+    assert_eq!(verdict, Verdict::Drop(DropReason::NoBackend));
+}
+
+#[test]
+fn a_full_conntrack_refuses_new_flows_but_keeps_old_ones() {
+    let local = [(X_WING_PORT, x_wing()), (REBEL_PORT, rebel_c1())];
+    let t = tables(1, &local, &[], &[]);
+    let mut s = WorkerState::new(ConntrackConfig {
+        capacity: 4,
+        timeouts: Timeouts::default(),
+    });
+    for sport in 0..4 {
+        let flow = tcp(&x_wing(), rebel_c1().ip, 1000 + sport, 80, true);
+        assert_eq!(
+            run(&t, &mut s, X_WING_PORT, &flow).0,
+            Verdict::Transmit(REBEL_PORT)
+        );
+    }
+    let fifth = tcp(&x_wing(), rebel_c1().ip, 2000, 80, true);
+    assert_eq!(
+        run(&t, &mut s, X_WING_PORT, &fifth).0,
+        Verdict::Drop(DropReason::CtTableFull)
+    );
+    let old = tcp(&x_wing(), rebel_c1().ip, 1000, 80, false);
+    assert_eq!(
+        run(&t, &mut s, X_WING_PORT, &old).0,
+        Verdict::Transmit(REBEL_PORT)
+    );
+}
+
+#[test]
+fn tunnel_frames_from_strangers_or_without_identity_are_dropped() {
+    let a = tables(1, &[(X_WING_PORT, x_wing())], &[rebel_c2()], &[]);
+    let b = tables(2, &[(X_WING_PORT, rebel_c2())], &[x_wing()], &[]);
+    let (mut sa, mut sb) = (state(), state());
+    let (_, wire) = run(
+        &a,
+        &mut sa,
+        X_WING_PORT,
+        &tcp(&x_wing(), rebel_c2().ip, 1, 2, true),
+    );
+
+    let mut stranger = wire.clone();
+    stranger[14 + 12..14 + 16].copy_from_slice(&[198, 18, 9, 9]);
+    fix_ipv4_checksum(&mut stranger);
+    assert_eq!(
+        run(&b, &mut sb, UPLINK, &stranger).0,
+        Verdict::Drop(DropReason::UnknownTunnelPeer)
+    );
+
+    let mut anonymous = wire;
+    anonymous[14 + 20 + 8 + 4..14 + 20 + 8 + 7].fill(0);
+    assert_eq!(
+        run(&b, &mut sb, UPLINK, &anonymous).0,
+        Verdict::Drop(DropReason::InvalidIdentity)
+    );
+}
+
+fn fix_ipv4_checksum(frame: &mut [u8]) {
+    frame[14 + 10..14 + 12].fill(0);
+    let sum = crate::wire::checksum::data(&frame[14..34]);
+    frame[14 + 10..14 + 12].copy_from_slice(&(!sum).to_be_bytes());
+}
+
+#[test]
+fn the_nodes_own_traffic_goes_to_the_kernel() {
+    let t = tables(1, &[(X_WING_PORT, x_wing())], &[], &[]);
+    let mut s = state();
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(node_mac(2), node_mac(1))
+        .ipv4(node_ip(2).octets(), node_ip(1).octets(), 64)
+        .tcp(50000, 2379, 1, 1024)
+        .write(&mut frame, b"etcd")
+        .unwrap();
+    assert_eq!(run(&t, &mut s, UPLINK, &frame).0, Verdict::ToKernel);
+}
+
+#[test]
+fn a_batch_gets_one_verdict_per_frame() {
+    let t = tables(
+        1,
+        &[(X_WING_PORT, x_wing()), (REBEL_PORT, rebel_c1())],
+        &[],
+        &[],
+    );
+    let mut s = state();
+    let good = tcp(&x_wing(), rebel_c1().ip, 1, 2, true);
+    let mut bufs: Vec<Vec<u8>> = vec![good.clone(), vec![0u8; 10], good];
+    let mut frames: Vec<Frame> = bufs
+        .iter_mut()
+        .map(|b| {
+            let len = b.len();
+            Frame::new(b, 0, len, X_WING_PORT).unwrap()
+        })
+        .collect();
+    let mut verdicts = vec![Verdict::ToKernel; 3];
+    process(&t, &mut s, 0, &mut frames, &mut verdicts);
+    assert_eq!(
+        verdicts,
+        [
+            Verdict::Transmit(REBEL_PORT),
+            Verdict::Drop(DropReason::InvalidHeader),
+            Verdict::Transmit(REBEL_PORT)
+        ]
+    );
+    assert_eq!(s.counters.received.packets, 3);
+}
+
+proptest! {
+    #[test]
+    fn no_frame_on_any_port_makes_the_pipeline_panic(
+        bytes in prop::collection::vec(any::<u8>(), 0..200),
+        port in 0u16..4,
+    ) {
+        let t = tables(1, &[(X_WING_PORT, x_wing()), (REBEL_PORT, rebel_c1())], &[rebel_c2()], &[x_wing_policy()]);
+        let mut s = state();
+        let (verdict, _) = run(&t, &mut s, PortId(port), &bytes);
+        let counted = s.counters.total_forwarded() + s.counters.total_dropped();
+        prop_assert_eq!(counted, 1, "{:?} was not counted", verdict);
+    }
+
+    #[test]
+    fn mutated_real_frames_never_panic(
+        flips in prop::collection::vec((0usize..120, any::<u8>()), 1..6),
+        cut in 0usize..120,
+        via_uplink in any::<bool>(),
+    ) {
+        let a = tables(1, &[(X_WING_PORT, x_wing())], &[rebel_c2()], &[]);
+        let b = tables(2, &[(X_WING_PORT, rebel_c2())], &[x_wing()], &[]);
+        let (mut sa, mut sb) = (state(), state());
+        let (_, wire) = run(&a, &mut sa, X_WING_PORT, &tcp(&x_wing(), rebel_c2().ip, 1, 2, true));
+        let mut frame = if via_uplink { wire } else { tcp(&x_wing(), rebel_c2().ip, 1, 2, true) };
+        for (at, byte) in flips {
+            if let Some(b) = frame.get_mut(at) { *b ^= byte; }
+        }
+        frame.truncate(frame.len().saturating_sub(cut % 40));
+        let port = if via_uplink { UPLINK } else { X_WING_PORT };
+        run(&b, &mut sb, port, &frame);
+        run(&a, &mut sa, port, &frame);
+    }
+}
