@@ -4,6 +4,8 @@
 //! transaction that requires the id to be free and the label set to have no id yet, so two agents never
 //! give one label set two ids, nor one id to two label sets. Ids come from the cluster's own range.
 
+use std::collections::BTreeMap;
+
 use etcd_client::{Compare, CompareOp, GetOptions, KvClient, PutOptions, Txn, TxnOp};
 use meshpath_dataplane::{ClusterId, Identity};
 
@@ -33,6 +35,8 @@ pub struct IdentityAllocator {
     cluster: ClusterId,
     node: String,
     lease: i64,
+    /// Label sets this agent holds, for re-claiming them under a new lease.
+    held: BTreeMap<LabelSet, Identity>,
 }
 
 impl IdentityAllocator {
@@ -42,11 +46,32 @@ impl IdentityAllocator {
             cluster,
             node: node.to_owned(),
             lease,
+            held: BTreeMap::new(),
         }
+    }
+
+    /// Re-claims every held label set under `lease` (the old one expired); returns the label sets whose
+    /// identity changed meanwhile, with the new identity.
+    pub async fn reclaim(&mut self, lease: i64) -> Result<Vec<(LabelSet, Identity)>, AllocError> {
+        self.lease = lease;
+        let mut changed = Vec::new();
+        for (labels, old) in std::mem::take(&mut self.held) {
+            let new = self.allocate(&labels).await?;
+            if new != old {
+                changed.push((labels, new));
+            }
+        }
+        Ok(changed)
     }
 
     /// The identity of `labels`: the existing one if any agent allocated it, else a new one.
     pub async fn allocate(&mut self, labels: &LabelSet) -> Result<Identity, AllocError> {
+        let id = self.claim(labels).await?;
+        self.held.insert(labels.clone(), id);
+        Ok(id)
+    }
+
+    async fn claim(&mut self, labels: &LabelSet) -> Result<Identity, AllocError> {
         let text = labels.to_string();
         let etcd = |e: etcd_client::Error| AllocError::Etcd {
             labels: text.clone(),
@@ -92,6 +117,7 @@ impl IdentityAllocator {
 
     /// Drops this agent's claim on `labels`; the id key stays for the other users (and for a GC).
     pub async fn release(&mut self, labels: &LabelSet) -> Result<(), AllocError> {
+        self.held.remove(labels);
         let text = labels.to_string();
         let own_key = format!("{VALUES}{text}/{}", self.node);
         self.kv

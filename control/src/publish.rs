@@ -3,6 +3,7 @@
 //! the identities they use and the shared global services, all bound to one lease that a background
 //! task keeps alive — if the agent dies, its keys expire. Then the cluster-config and the sync canaries.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{Client, KvClient, PutOptions};
@@ -53,7 +54,10 @@ pub struct Publisher {
     cluster: ClusterName,
     cluster_id: ClusterId,
     lease: Lease,
+    ttl_s: i64,
     identities: IdentityAllocator,
+    /// Every lease-bound key and value, to write again under a new lease if the old one is lost.
+    leased: BTreeMap<String, Vec<u8>>,
 }
 
 impl Publisher {
@@ -88,12 +92,42 @@ impl Publisher {
             cluster,
             cluster_id,
             lease,
+            ttl_s,
             identities,
+            leased: BTreeMap::new(),
         })
     }
 
     pub fn lease(&self) -> &Lease {
         &self.lease
+    }
+
+    /// If etcd let the lease expire (a long partition), grants a new one and writes everything again:
+    /// node, endpoints, services and identity claims. Returns the label sets whose identity changed.
+    /// Call it when [`Lease::lost`] turns true.
+    pub async fn recover_lease(&mut self) -> Result<Vec<(LabelSet, Identity)>, PublishError> {
+        if !*self.lease.lost.borrow() {
+            return Ok(Vec::new());
+        }
+        let lease_id = self
+            .client
+            .lease_client()
+            .grant(self.ttl_s, None)
+            .await
+            .map_err(|e| self.etcd_error(e))?
+            .id();
+        let lease = keep_alive(&self.client, lease_id, self.ttl_s, self.cluster.clone()).await;
+        self.lease.cancel.cancel();
+        self.lease = lease.map_err(|e| self.etcd_error(e))?;
+        tracing::warn!(cluster = %self.cluster, lease = lease_id, keys = self.leased.len(), "etcd lease lost: republishing");
+        for (key, value) in self.leased.clone() {
+            let options = PutOptions::new().with_lease(lease_id);
+            self.kv
+                .put(key, value, Some(options))
+                .await
+                .map_err(|e| self.etcd_error(e))?;
+        }
+        Ok(self.identities.reclaim(lease_id).await?)
     }
 
     pub async fn publish_node(&mut self, node: &NodeInfo) -> Result<(), PublishError> {
@@ -174,8 +208,10 @@ impl Publisher {
         key: &Key,
         value: &T,
     ) -> Result<(), PublishError> {
-        let lease = Some(self.lease.id);
-        self.put(key, encode(key, value)?, lease).await
+        let value = encode(key, value)?;
+        self.put(key, value.clone(), Some(self.lease.id)).await?;
+        self.leased.insert(key.to_string(), value);
+        Ok(())
     }
 
     async fn put(
@@ -190,6 +226,7 @@ impl Publisher {
     }
 
     async fn delete(&mut self, key: &Key) -> Result<(), PublishError> {
+        self.leased.remove(&key.to_string());
         let result = self.kv.delete(key.to_string(), None).await;
         result.map(|_| ()).map_err(|e| self.etcd_error(e))
     }
@@ -223,14 +260,16 @@ fn encode<T: serde::Serialize>(key: &Key, value: &T) -> Result<Vec<u8>, PublishE
     })
 }
 
-/// Renews the lease every third of its TTL until cancelled; reports a lease etcd no longer knows.
+/// Renews the lease every third of its TTL until cancelled. A broken keep-alive stream (etcd
+/// restarting) is reopened on the next tick; `lost` turns true once etcd says the lease is gone.
 async fn keep_alive(
     client: &Client,
     id: i64,
     ttl_s: i64,
     cluster: ClusterName,
 ) -> Result<Lease, etcd_client::Error> {
-    let (mut keeper, mut responses) = client.lease_client().keep_alive(id).await?;
+    let mut stream = Some(client.lease_client().keep_alive(id).await?);
+    let mut leases = client.lease_client();
     let (lost_tx, lost) = watch::channel(false);
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
@@ -242,23 +281,24 @@ async fn keep_alive(
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let renewed = match keeper.keep_alive().await {
-                Ok(()) => responses.message().await.map(|r| r.map(|r| r.ttl())),
-                Err(e) => Err(e),
+            let renewed = match stream.take() {
+                Some(s) => renew(s).await,
+                None => match leases.keep_alive(id).await {
+                    Ok(s) => renew(s).await,
+                    Err(e) => Err(e),
+                },
             };
             match renewed {
-                Ok(Some(ttl)) if ttl > 0 => lost_tx.send_replace(false),
+                Ok((ttl, s)) if ttl > 0 => stream = Some(s),
                 Ok(_) => {
                     tracing::error!(%cluster, lease = id, "etcd lease expired: this agent's keys are gone");
                     lost_tx.send_replace(true);
                     return;
                 }
                 Err(err) => {
-                    // Transient (etcd restarting): keep trying until the lease's TTL says otherwise.
                     tracing::warn!(%cluster, lease = id, err = %describe(&err), "etcd lease renewal failed");
-                    false
                 }
-            };
+            }
         }
     });
     Ok(Lease {
@@ -267,4 +307,22 @@ async fn keep_alive(
         cancel,
         task,
     })
+}
+
+type KeepAlive = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
+
+/// One renewal: the TTL etcd granted (0 for a lease it no longer has), and the stream to reuse.
+async fn renew(
+    (mut keeper, mut responses): KeepAlive,
+) -> Result<(i64, KeepAlive), etcd_client::Error> {
+    keeper.keep_alive().await?;
+    let ttl = match responses.message().await? {
+        Some(resp) => resp.ttl(),
+        None => {
+            return Err(etcd_client::Error::WatchError(
+                "keep-alive stream closed".into(),
+            ))
+        }
+    };
+    Ok((ttl, (keeper, responses)))
 }

@@ -278,16 +278,57 @@ async fn concurrent_agents_never_disagree_on_identities() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_lease_is_kept_alive_beyond_its_ttl() {
-    let etcd = Etcd::start("cluster2").await;
+async fn the_lease_is_kept_alive_beyond_its_ttl_and_across_an_etcd_restart() {
+    let mut etcd = Etcd::start("cluster2").await;
     let mut p = publisher(&etcd, 2, "c2-n1", Duration::from_secs(2)).await;
     p.publish_node(&node(2)).await.unwrap();
+    let node_key = "cilium/state/nodes/v1/cluster2/c2-n1";
     tokio::time::sleep(Duration::from_secs(4)).await;
     let mut client = etcd.client("root").await.unwrap();
-    let resp = client
-        .get("cilium/state/nodes/v1/cluster2/c2-n1", None)
+    assert_eq!(
+        client.get(node_key, None).await.unwrap().kvs().len(),
+        1,
+        "outlived two TTLs"
+    );
+
+    etcd.restart().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut client = etcd.client("root").await.unwrap();
+    assert_eq!(
+        client.get(node_key, None).await.unwrap().kvs().len(),
+        1,
+        "renewed after the restart"
+    );
+    assert!(!*p.lease().lost.borrow());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_is_noticed_and_everything_republished() {
+    let etcd = Etcd::start("cluster2").await;
+    let mut p = publisher(&etcd, 2, "c2-n1", Duration::from_secs(3)).await;
+    p.publish_node(&node(2)).await.unwrap();
+    let labels = pod_labels(2, "echo");
+    let identity = p.identity(&labels).await.unwrap();
+
+    // An operator (or a long partition) kills the lease: the keys go.
+    let mut root = etcd.client("root").await.unwrap();
+    root.lease_revoke(p.lease().id).await.unwrap();
+    let node_key = "cilium/state/nodes/v1/cluster2/c2-n1";
+    assert!(root.get(node_key, None).await.unwrap().kvs().is_empty());
+    let mut lost = p.lease().lost.clone();
+    tokio::time::timeout(Duration::from_secs(5), lost.wait_for(|l| *l))
         .await
+        .expect("loss noticed")
         .unwrap();
-    assert_eq!(resp.kvs().len(), 1, "the node outlived two TTLs");
+
+    assert!(
+        p.recover_lease().await.unwrap().is_empty(),
+        "the identity is kept"
+    );
+    assert_eq!(root.get(node_key, None).await.unwrap().kvs().len(), 1);
+    let claim = format!("cilium/state/identities/v1/value/{labels}/c2-n1");
+    let resp = root.get(claim, None).await.unwrap();
+    assert_eq!(resp.kvs()[0].value_str().unwrap(), identity.to_string());
+    assert_eq!(resp.kvs()[0].lease(), p.lease().id);
     assert!(!*p.lease().lost.borrow());
 }

@@ -299,7 +299,10 @@ impl Remote {
         self.emit(events).await;
     }
 
-    async fn emit(&self, events: Vec<StateEvent>) {
+    /// Sends `events` (already applied to the mirror), status first so that a consumer who sees the
+    /// events also sees the status that explains them.
+    async fn emit(&mut self, events: Vec<StateEvent>) {
+        self.publish_status();
         for event in events {
             let event = RemoteEvent {
                 cluster: self.config.name.clone(),
