@@ -1,1 +1,49 @@
-//! AF_XDP ports and worker threads (feature `afxdp`).
+//! AF_XDP ports and worker threads (feature `afxdp`): where frames enter and leave meshpath.
+//!
+//! Packet path: the XDP program (crate `meshpath-xdp-redirect`) redirects a frame into the AF_XDP
+//! socket of its port → a [`Worker`] receives a burst into its UMEM → a [`BatchHandler`] (the pipeline,
+//! or a bare forwarder) decides each frame's [`crate::Verdict`] → the worker queues it on the
+//! destination port's tx ring, in place (all ports of a worker share one UMEM, so no copy).
+//!
+//! Frames start [`sys::RX_OFFSET`] (256 = [`crate::frame::HEADROOM`]) bytes into their chunk, so tunnel
+//! headers are pushed in front without copying; the tx descriptor follows the frame's head.
+//! `Verdict::ToKernel` has no path yet: such frames are dropped and counted as `to_kernel_unsupported`.
+//!
+//! All `unsafe` is in [`sys`].
+
+mod handler;
+mod stats;
+mod sys;
+mod worker;
+
+pub use handler::{BatchHandler, CrossConnect, MacSwap};
+pub use stats::{PortStats, WorkerStats};
+pub use sys::{BURST, CHUNK_SIZE, RX_OFFSET};
+pub use worker::{PortConfig, StatsReader, Worker, WorkerConfig, WorkerHandle};
+
+/// What failed in setting up AF_XDP, and on which interface and queue.
+#[derive(Debug, thiserror::Error)]
+pub enum AfXdpError {
+    #[error("ring size {0}: must be a power of two of at least one burst")]
+    RingSize(u32),
+    #[error("a worker needs at least one port")]
+    NoPorts,
+    #[error("mapping a UMEM of {chunks} chunks: {source}")]
+    Umem {
+        chunks: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("AF_XDP socket on ifindex {ifindex} queue {queue} (shared UMEM: {shared}): {source}")]
+    Bind {
+        ifindex: u32,
+        queue: u32,
+        shared: bool,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("worker thread panicked")]
+    WorkerPanicked,
+}
+
+const _: () = assert!(sys::RX_OFFSET >= crate::frame::HEADROOM);

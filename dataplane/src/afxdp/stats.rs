@@ -1,0 +1,177 @@
+//! Counters of the AF_XDP layer, per port and per worker. The worker owns plain counters and publishes
+//! them once per batch into atomics; readers get copied-out [`WorkerStats`], never a lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{DropReason, PortId};
+
+/// One port's counters as seen by readers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortStats {
+    pub port: PortId,
+    /// Frames received from the kernel on this port.
+    pub rx: u64,
+    /// Frames queued for transmit out of this port.
+    pub tx: u64,
+    /// Frames that found this port's tx ring full and were dropped.
+    pub tx_ring_full: u64,
+    /// Receive descriptors the kernel returned that we never posted, or out of their chunk.
+    pub rx_refused: u64,
+    /// Frames received here and dropped by the handler, by reason (index: [`DropReason::index`]).
+    pub drops: [u64; DropReason::COUNT],
+    /// Frames received here that the handler gave to the kernel: no path to the kernel yet, so
+    /// they are dropped and counted here (named `to_kernel_unsupported` in reports).
+    pub to_kernel_unsupported: u64,
+    /// Frames received here for a port this worker does not own.
+    pub tx_unknown_port: u64,
+}
+
+impl PortStats {
+    /// All-zero counters of `port`.
+    pub fn new(port: PortId) -> PortStats {
+        PortStats {
+            port,
+            rx: 0,
+            tx: 0,
+            tx_ring_full: 0,
+            rx_refused: 0,
+            drops: [0; DropReason::COUNT],
+            to_kernel_unsupported: 0,
+            tx_unknown_port: 0,
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.drops.iter().sum::<u64>()
+            + self.tx_ring_full
+            + self.to_kernel_unsupported
+            + self.tx_unknown_port
+    }
+}
+
+/// A worker's counters: its ports and its own.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Non-empty receive bursts handled.
+    pub batches: u64,
+    /// Times the worker slept in poll(2) because no port had frames.
+    pub idle_polls: u64,
+    /// Times a tx ring asked for, and got, a sendto kick (need_wakeup).
+    pub tx_kicks: u64,
+    pub ports: Vec<PortStats>,
+}
+
+impl WorkerStats {
+    pub fn rx(&self) -> u64 {
+        self.ports.iter().map(|p| p.rx).sum()
+    }
+
+    pub fn tx(&self) -> u64 {
+        self.ports.iter().map(|p| p.tx).sum()
+    }
+
+    pub fn port(&self, port: PortId) -> Option<&PortStats> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+}
+
+const PORT_FIELDS: usize = 6 + DropReason::COUNT;
+const WORKER_FIELDS: usize = 3;
+
+/// The published copy: written by the worker only, read by anyone.
+#[derive(Debug)]
+pub(crate) struct SharedStats {
+    ports: Vec<PortId>,
+    cells: Vec<AtomicU64>,
+}
+
+impl SharedStats {
+    pub(crate) fn new(ports: Vec<PortId>) -> SharedStats {
+        let cells = (0..WORKER_FIELDS + ports.len() * PORT_FIELDS)
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        SharedStats { ports, cells }
+    }
+
+    pub(crate) fn publish(&self, stats: &WorkerStats) {
+        let values = [stats.batches, stats.idle_polls, stats.tx_kicks]
+            .into_iter()
+            .chain(stats.ports.iter().flat_map(|p| {
+                [
+                    p.rx,
+                    p.tx,
+                    p.tx_ring_full,
+                    p.rx_refused,
+                    p.to_kernel_unsupported,
+                    p.tx_unknown_port,
+                ]
+                .into_iter()
+                .chain(p.drops)
+            }));
+        for (cell, value) in self.cells.iter().zip(values) {
+            cell.store(value, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn read(&self) -> WorkerStats {
+        let mut cells = self.cells.iter().map(|c| c.load(Ordering::Relaxed));
+        let mut next = || cells.next().unwrap_or(0);
+        let (batches, idle_polls, tx_kicks) = (next(), next(), next());
+        let ports = self
+            .ports
+            .iter()
+            .map(|&port| {
+                let mut p = PortStats {
+                    port,
+                    rx: next(),
+                    tx: next(),
+                    tx_ring_full: next(),
+                    rx_refused: next(),
+                    to_kernel_unsupported: next(),
+                    tx_unknown_port: next(),
+                    drops: [0; DropReason::COUNT],
+                };
+                p.drops.iter_mut().for_each(|d| *d = next());
+                p
+            })
+            .collect();
+        WorkerStats {
+            batches,
+            idle_polls,
+            tx_kicks,
+            ports,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn publish_then_read_returns_the_same_counters(
+            worker in any::<[u64; 3]>(),
+            ports in proptest::collection::vec((any::<[u64; 6]>(), any::<[u64; DropReason::COUNT]>()), 0..5),
+        ) {
+            let stats = WorkerStats {
+                batches: worker[0],
+                idle_polls: worker[1],
+                tx_kicks: worker[2],
+                ports: ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (v, drops))| PortStats {
+                        port: PortId(i as u16 * 3),
+                        rx: v[0], tx: v[1], tx_ring_full: v[2], rx_refused: v[3],
+                        to_kernel_unsupported: v[4], tx_unknown_port: v[5], drops: *drops,
+                    })
+                    .collect(),
+            };
+            let shared = SharedStats::new(stats.ports.iter().map(|p| p.port).collect());
+            shared.publish(&stats);
+            prop_assert_eq!(shared.read(), stats);
+        }
+    }
+}

@@ -1,0 +1,563 @@
+//! Every `unsafe` of the AF_XDP layer: the UMEM mapping, the four mmap'ed rings of a socket, and the
+//! frames handed out of the UMEM. Above this module everything is safe Rust.
+//!
+//! Ownership of a UMEM chunk is tracked here, per chunk: free (in the worker's free list), kernel (on a
+//! fill or tx ring) or batch (received, lent out as a `Frame`). A chunk becomes a `Frame` only on the
+//! kernel → batch transition, so two live frames can never alias one chunk, whatever the kernel returns.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use arrayvec::ArrayVec;
+
+use crate::frame::{Frame, PortId};
+
+/// Size of a UMEM chunk: one frame, aligned mode.
+pub const CHUNK_SIZE: usize = 2048;
+/// The kernel writes a received frame this far into its chunk (XDP_PACKET_HEADROOM).
+pub const RX_OFFSET: usize = 256;
+/// Frames per receive burst.
+pub const BURST: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    Free,
+    Kernel,
+    Batch,
+}
+
+/// The packet memory of one worker: an anonymous mapping cut into chunks, shared by the worker's ports.
+pub struct Umem {
+    area: NonNull<u8>,
+    len: usize,
+    owner: Vec<Owner>,
+    free: Vec<u64>,
+}
+
+// SAFETY: the mapping is owned by this value alone and only reached through `&mut self` or frames that
+// borrow it; moving it to the worker thread moves that ownership.
+unsafe impl Send for Umem {}
+
+impl Umem {
+    /// Maps `chunks` chunks of packet memory, all free.
+    pub fn new(chunks: u32) -> io::Result<Umem> {
+        let len = chunks as usize * CHUNK_SIZE;
+        // SAFETY: an anonymous private mapping with no address hint touches no existing memory.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let area =
+            NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let free = (0..u64::from(chunks))
+            .rev()
+            .map(|i| i * CHUNK_SIZE as u64)
+            .collect();
+        Ok(Umem {
+            area,
+            len,
+            owner: vec![Owner::Free; chunks as usize],
+            free,
+        })
+    }
+
+    #[cfg(test)]
+    fn free_chunks(&self) -> usize {
+        self.free.len()
+    }
+
+    fn chunk_of(&self, addr: u64) -> Option<usize> {
+        let index = usize::try_from(addr).ok()? / CHUNK_SIZE;
+        (index < self.owner.len()).then_some(index)
+    }
+
+    /// Moves a chunk between owners; false if it was not `from` (a descriptor we did not hand out).
+    fn hand_over(&mut self, addr: u64, from: Owner, to: Owner) -> bool {
+        match self.chunk_of(addr).and_then(|i| self.owner.get_mut(i)) {
+            Some(owner) if *owner == from => {
+                *owner = to;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Posts free chunks on `xsk`'s fill ring until it is full or the free list is empty.
+    pub fn fill(&mut self, xsk: &mut Xsk) -> usize {
+        let mut posted = 0;
+        while xsk.fill.has_room() {
+            let Some(base) = self.free.pop() else { break };
+            let marked = self.hand_over(base, Owner::Free, Owner::Kernel);
+            debug_assert!(marked, "free list holds only free chunks");
+            xsk.fill.push(base);
+            posted += 1;
+        }
+        xsk.fill.publish();
+        posted
+    }
+
+    /// Takes transmitted chunks back from `xsk`'s completion ring; returns how many.
+    pub fn complete(&mut self, xsk: &mut Xsk) -> usize {
+        let mut done = 0;
+        while let Some(addr) = xsk.comp.pop() {
+            let base = addr & !(CHUNK_SIZE as u64 - 1);
+            if self.hand_over(base, Owner::Kernel, Owner::Free) {
+                self.free.push(base);
+                done += 1;
+            }
+        }
+        xsk.comp.release();
+        done
+    }
+
+    /// Receives up to [`BURST`] frames from `xsk` as frames of `port`, with the chunk base of each
+    /// frame in `bases` at the same index. Returns how many descriptors were refused (not ours, or
+    /// out of their chunk), which are lost.
+    pub fn receive<'a>(
+        &'a mut self,
+        xsk: &mut Xsk,
+        port: PortId,
+        bases: &mut ArrayVec<u64, BURST>,
+        frames: &mut ArrayVec<Frame<'a>, BURST>,
+    ) -> usize {
+        let mut refused = 0;
+        let mut accepted: ArrayVec<(u64, usize, usize), BURST> = ArrayVec::new();
+        while !accepted.is_full() {
+            let Some(desc) = xsk.rx.pop() else { break };
+            let base = desc.addr & !(CHUNK_SIZE as u64 - 1);
+            let head = (desc.addr - base) as usize;
+            let fits = head + desc.len as usize <= CHUNK_SIZE;
+            if fits && self.hand_over(base, Owner::Kernel, Owner::Batch) {
+                accepted.push((base, head, desc.len as usize));
+            } else {
+                refused += 1;
+            }
+        }
+        xsk.rx.release();
+        let area = self.area;
+        for (base, head, len) in accepted {
+            // SAFETY: `base` is the start of a chunk inside the mapping (chunk_of checked it) and the
+            // chunk just moved kernel → batch, which happens once per reception: no other slice of
+            // this chunk is live. The slices live as long as `&'a mut self`, so the UMEM can neither
+            // be unmapped nor hand the chunk to the kernel (fill/transmit need `&mut self`) meanwhile.
+            let chunk = unsafe {
+                std::slice::from_raw_parts_mut(area.as_ptr().add(base as usize), CHUNK_SIZE)
+            };
+            if let Some(frame) = Frame::new(chunk, head, len, port) {
+                bases.push(base);
+                frames.push(frame);
+            }
+        }
+        refused
+    }
+
+    /// Queues the frame at `addr` (`len` bytes, inside the chunk at `base`) on `xsk`'s tx ring.
+    /// Returns false if the ring is full: the chunk is then freed (a ring-full drop).
+    pub fn transmit(&mut self, xsk: &mut Xsk, base: u64, addr: u64, len: u32) -> bool {
+        if !xsk.tx.has_room() {
+            self.recycle(base);
+            return false;
+        }
+        if self.hand_over(base, Owner::Batch, Owner::Kernel) {
+            xsk.tx.push(libc::xdp_desc {
+                addr,
+                len,
+                options: 0,
+            });
+        }
+        true
+    }
+
+    /// Gives a received chunk back to the free list (the frame was dropped).
+    pub fn recycle(&mut self, base: u64) {
+        if self.hand_over(base, Owner::Batch, Owner::Free) {
+            self.free.push(base);
+        }
+    }
+}
+
+impl Drop for Umem {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made in `new` with this length; frames borrowing it are gone
+        // (they borrow `self`), and sockets using it are closed before (Xsk borrows nothing, but the
+        // worker drops its ports first, see `Worker`).
+        unsafe { libc::munmap(self.area.as_ptr().cast(), self.len) };
+    }
+}
+
+/// One side of a ring shared with the kernel: indices are free-running u32s, masked into `slots`.
+struct Ring<T> {
+    producer: NonNull<AtomicU32>,
+    consumer: NonNull<AtomicU32>,
+    flags: NonNull<AtomicU32>,
+    slots: NonNull<T>,
+    mask: u32,
+    /// Our own index (producer for fill/tx, consumer for rx/comp), published in batches.
+    local: u32,
+    /// Last seen index of the other side.
+    remote: u32,
+    map: NonNull<libc::c_void>,
+    map_len: usize,
+}
+
+impl<T: Copy> Ring<T> {
+    fn needs_wakeup(&self) -> bool {
+        // SAFETY: `flags` points into our live ring mapping, written by the kernel atomically.
+        unsafe { self.flags.as_ref() }.load(Ordering::Relaxed) & libc::XDP_RING_NEED_WAKEUP != 0
+    }
+
+    fn slot(&self, index: u32) -> *mut T {
+        // SAFETY: `index & mask` < ring size, and the mapping holds that many slots.
+        unsafe { self.slots.as_ptr().add((index & self.mask) as usize) }
+    }
+
+    // Producer side (fill, tx).
+    fn has_room(&mut self) -> bool {
+        if self.local.wrapping_sub(self.remote) <= self.mask {
+            return true;
+        }
+        // SAFETY: as in needs_wakeup; Acquire pairs with the kernel's release of the slots.
+        self.remote = unsafe { self.consumer.as_ref() }.load(Ordering::Acquire);
+        self.local.wrapping_sub(self.remote) <= self.mask
+    }
+
+    fn push(&mut self, item: T) {
+        // SAFETY: has_room() was true, so the kernel is done with this slot; it reads it only after
+        // `publish` stores the producer index with Release.
+        unsafe { self.slot(self.local).write(item) };
+        self.local = self.local.wrapping_add(1);
+    }
+
+    fn publish(&mut self) {
+        // SAFETY: as in needs_wakeup.
+        unsafe { self.producer.as_ref() }.store(self.local, Ordering::Release);
+    }
+
+    // Consumer side (rx, comp).
+    fn pop(&mut self) -> Option<T> {
+        if self.local == self.remote {
+            // SAFETY: as in needs_wakeup; Acquire pairs with the kernel's release of the slots.
+            self.remote = unsafe { self.producer.as_ref() }.load(Ordering::Acquire);
+            if self.local == self.remote {
+                return None;
+            }
+        }
+        // SAFETY: the slot lies between our consumer index and the kernel's producer index, so the
+        // kernel wrote it and will not touch it until `release` moves the consumer index past it.
+        let item = unsafe { self.slot(self.local).read() };
+        self.local = self.local.wrapping_add(1);
+        Some(item)
+    }
+
+    fn release(&mut self) {
+        // SAFETY: as in needs_wakeup.
+        unsafe { self.consumer.as_ref() }.store(self.local, Ordering::Release);
+    }
+}
+
+impl<T> Drop for Ring<T> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made by `map_ring` with this length and nothing else refers to it.
+        unsafe { libc::munmap(self.map.as_ptr(), self.map_len) };
+    }
+}
+
+/// An AF_XDP socket bound to (interface, queue) with its rx/tx rings and its own fill/completion
+/// rings (one pair per device queue, also when the UMEM is shared).
+pub struct Xsk {
+    fd: OwnedFd,
+    rx: Ring<libc::xdp_desc>,
+    tx: Ring<libc::xdp_desc>,
+    fill: Ring<u64>,
+    comp: Ring<u64>,
+}
+
+// SAFETY: the rings are mappings owned by this value, used only through `&mut self`.
+unsafe impl Send for Xsk {}
+
+/// How to bind a socket.
+#[derive(Clone, Copy, Debug)]
+pub struct BindOptions {
+    pub ifindex: u32,
+    pub queue: u32,
+    pub ring_size: u32,
+    /// Force copy mode (veth has no zero-copy).
+    pub copy: bool,
+}
+
+impl Xsk {
+    /// Opens a socket on `opts`, registering `umem` with it, or — with `share` — binding to the UMEM
+    /// already registered with that socket (XDP_SHARED_UMEM).
+    pub fn bind(umem: &Umem, share: Option<BorrowedFd<'_>>, opts: BindOptions) -> io::Result<Xsk> {
+        // SAFETY: plain socket(2); on success the fd is new and owned by nobody else.
+        let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by socket(2).
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if share.is_none() {
+            let reg = libc::xdp_umem_reg {
+                addr: umem.area.as_ptr() as u64,
+                len: umem.len as u64,
+                chunk_size: CHUNK_SIZE as u32,
+                headroom: 0,
+                flags: 0,
+                tx_metadata_len: 0,
+            };
+            setsockopt(&fd, libc::XDP_UMEM_REG, &reg)?;
+        }
+        let n = opts.ring_size;
+        for opt in [
+            libc::XDP_RX_RING,
+            libc::XDP_TX_RING,
+            libc::XDP_UMEM_FILL_RING,
+            libc::XDP_UMEM_COMPLETION_RING,
+        ] {
+            setsockopt(&fd, opt, &n)?;
+        }
+        let mut off: libc::xdp_mmap_offsets = zeroed_offsets();
+        let mut off_len = size_of_u32::<libc::xdp_mmap_offsets>();
+        // SAFETY: `off` is a writable xdp_mmap_offsets of the stated length.
+        let ret = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_MMAP_OFFSETS,
+                (&raw mut off).cast(),
+                &mut off_len,
+            )
+        };
+        if ret != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let rx = map_ring(
+            &fd,
+            &off.rx,
+            n,
+            libc::XDP_PGOFF_RX_RING as u64,
+            Side::Consumer,
+        )?;
+        let tx = map_ring(
+            &fd,
+            &off.tx,
+            n,
+            libc::XDP_PGOFF_TX_RING as u64,
+            Side::Producer,
+        )?;
+        let fill = map_ring(
+            &fd,
+            &off.fr,
+            n,
+            libc::XDP_UMEM_PGOFF_FILL_RING,
+            Side::Producer,
+        )?;
+        let comp = map_ring(
+            &fd,
+            &off.cr,
+            n,
+            libc::XDP_UMEM_PGOFF_COMPLETION_RING,
+            Side::Consumer,
+        )?;
+        let mut flags = libc::XDP_USE_NEED_WAKEUP;
+        if opts.copy {
+            flags |= libc::XDP_COPY;
+        }
+        let mut addr: libc::sockaddr_xdp = zeroed_sockaddr();
+        addr.sxdp_family = libc::AF_XDP as u16;
+        addr.sxdp_ifindex = opts.ifindex;
+        addr.sxdp_queue_id = opts.queue;
+        if let Some(share) = share {
+            // The kernel refuses mode and wakeup flags here: a sharing socket inherits the owner's.
+            flags = libc::XDP_SHARED_UMEM;
+            addr.sxdp_shared_umem_fd = share.as_raw_fd() as u32;
+        }
+        addr.sxdp_flags = flags;
+        // SAFETY: `addr` is a valid sockaddr_xdp of the stated length.
+        let ret = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                size_of_u32::<libc::sockaddr_xdp>(),
+            )
+        };
+        if ret != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Xsk {
+            fd,
+            rx,
+            tx,
+            fill,
+            comp,
+        })
+    }
+
+    /// Publishes queued tx descriptors; kicks the kernel with sendto only if it asked for it.
+    /// Returns whether a kick was made.
+    pub fn flush_tx(&mut self) -> bool {
+        self.tx.publish();
+        if !self.tx.needs_wakeup() {
+            return false;
+        }
+        // SAFETY: a zero-length sendto with no buffer is the documented AF_XDP tx kick.
+        unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
+        };
+        true
+    }
+}
+
+impl AsFd for Xsk {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Waits until one of `fds` is readable or `timeout_ms` passes; returns how many are ready.
+pub fn poll_readable(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: `fds` is a valid, writable pollfd array of the given length.
+    let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::Interrupted {
+            Ok(0)
+        } else {
+            Err(err)
+        };
+    }
+    Ok(ret as usize)
+}
+
+fn size_of_u32<T>() -> libc::socklen_t {
+    std::mem::size_of::<T>() as libc::socklen_t
+}
+
+fn zeroed_offsets() -> libc::xdp_mmap_offsets {
+    // SAFETY: xdp_mmap_offsets is plain integers; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+fn zeroed_sockaddr() -> libc::sockaddr_xdp {
+    // SAFETY: sockaddr_xdp is plain integers; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is a live T of the stated length, only read by the kernel.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_XDP,
+            opt,
+            (value as *const T).cast(),
+            size_of_u32::<T>(),
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Producer,
+    Consumer,
+}
+
+fn map_ring<T>(
+    fd: &OwnedFd,
+    off: &libc::xdp_ring_offset,
+    size: u32,
+    pgoff: u64,
+    side: Side,
+) -> io::Result<Ring<T>> {
+    let map_len = off.desc as usize + size as usize * std::mem::size_of::<T>();
+    // SAFETY: maps the ring the kernel set up for this socket at the documented page offset.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            map_len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd.as_raw_fd(),
+            pgoff as libc::off_t,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let map = NonNull::new(map).ok_or_else(|| io::Error::other("mmap returned null"))?;
+    let at = |offset: u64| {
+        // SAFETY: the kernel's offsets lie inside the mapping of `map_len` bytes.
+        unsafe { NonNull::new_unchecked(map.as_ptr().cast::<u8>().add(offset as usize)) }
+    };
+    let producer: NonNull<AtomicU32> = at(off.producer).cast();
+    let consumer: NonNull<AtomicU32> = at(off.consumer).cast();
+    // SAFETY: both indices are in the live mapping; Acquire sees the kernel's initial values.
+    let (prod, cons) = unsafe {
+        (
+            producer.as_ref().load(Ordering::Acquire),
+            consumer.as_ref().load(Ordering::Acquire),
+        )
+    };
+    Ok(Ring {
+        producer,
+        consumer,
+        flags: at(off.flags).cast(),
+        slots: at(off.desc).cast(),
+        mask: size - 1,
+        local: if side == Side::Producer { prod } else { cons },
+        remote: if side == Side::Producer { cons } else { prod },
+        map,
+        map_len,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_changes_owner_only_from_the_state_it_is_in() {
+        let mut umem = Umem::new(4).expect("mmap");
+        assert_eq!(umem.free_chunks(), 4);
+        // Recycling a chunk that was never received must not put it on the free list twice.
+        umem.recycle(0);
+        assert_eq!(umem.free_chunks(), 4);
+        assert!(
+            !umem.hand_over(4 * CHUNK_SIZE as u64, Owner::Free, Owner::Kernel),
+            "beyond the UMEM"
+        );
+        let base = umem.free.pop().expect("a free chunk");
+        assert!(umem.hand_over(base, Owner::Free, Owner::Kernel));
+        assert!(
+            !umem.hand_over(base, Owner::Free, Owner::Batch),
+            "already the kernel's"
+        );
+        assert!(umem.hand_over(base, Owner::Kernel, Owner::Batch));
+        umem.recycle(base);
+        umem.recycle(base);
+        assert_eq!(umem.free_chunks(), 4, "recycled once");
+    }
+}

@@ -1,0 +1,314 @@
+//! A worker: one thread, pinned to one core, owning one UMEM and the AF_XDP sockets of its ports.
+//! Loop: drain completions, top up fill rings, receive a burst per port → handler → transmit,
+//! publish counters; sleep in poll(2) only when no port had anything.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use arrayvec::ArrayVec;
+
+use super::stats::{PortStats, SharedStats, WorkerStats};
+use super::sys::{self, BindOptions, Umem, Xsk, BURST};
+use super::{AfXdpError, BatchHandler};
+use crate::{DropReason, Frame, PortId, Verdict};
+
+/// One port of a worker: a socket on (interface, queue).
+#[derive(Clone, Copy, Debug)]
+pub struct PortConfig {
+    pub id: PortId,
+    pub ifindex: u32,
+    pub queue: u32,
+}
+
+/// What a worker serves and how.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Core to pin the thread to; `None` leaves it to the scheduler.
+    pub core: Option<usize>,
+    pub ports: Vec<PortConfig>,
+    /// Slots per ring (power of two); the UMEM holds two rings' worth of chunks per port.
+    pub ring_size: u32,
+    /// Copy mode: what veth supports. Zero-copy needs a driver that has it.
+    pub copy: bool,
+    /// How long an idle worker sleeps in poll(2) before checking its stop flag again.
+    pub idle_poll_ms: i32,
+}
+
+impl WorkerConfig {
+    pub fn new(ports: Vec<PortConfig>) -> WorkerConfig {
+        WorkerConfig {
+            core: None,
+            ports,
+            ring_size: 1024,
+            copy: true,
+            idle_poll_ms: 10,
+        }
+    }
+}
+
+struct Port {
+    id: PortId,
+    xsk: Xsk,
+    tx_pending: bool,
+}
+
+/// A worker whose sockets are bound (in the calling thread's network namespace) but not yet running:
+/// register [`Worker::sockets`] in the XDP program's XSKMAP, then [`Worker::spawn`].
+pub struct Worker {
+    config: WorkerConfig,
+    umem: Umem,
+    ports: Vec<Port>,
+    /// PortId.0 → index in `ports`.
+    index: Vec<Option<u16>>,
+    stats: WorkerStats,
+    shared: Arc<SharedStats>,
+    pollfds: Vec<libc::pollfd>,
+}
+
+impl Worker {
+    /// Maps the UMEM and binds one socket per port; all ports share the UMEM (XDP_SHARED_UMEM).
+    pub fn bind(config: WorkerConfig) -> Result<Worker, AfXdpError> {
+        let ring = config.ring_size;
+        if !ring.is_power_of_two() || ring < BURST as u32 {
+            return Err(AfXdpError::RingSize(ring));
+        }
+        if config.ports.is_empty() {
+            return Err(AfXdpError::NoPorts);
+        }
+        let chunks = (config.ports.len() as u32)
+            .saturating_mul(ring * 2)
+            .saturating_add(BURST as u32);
+        let mut umem = Umem::new(chunks).map_err(|source| AfXdpError::Umem { chunks, source })?;
+        let mut ports: Vec<Port> = Vec::with_capacity(config.ports.len());
+        for pc in &config.ports {
+            let opts = BindOptions {
+                ifindex: pc.ifindex,
+                queue: pc.queue,
+                ring_size: ring,
+                copy: config.copy,
+            };
+            let share = ports.first().map(|p| p.xsk.as_fd());
+            let xsk = Xsk::bind(&umem, share, opts).map_err(|source| AfXdpError::Bind {
+                ifindex: pc.ifindex,
+                queue: pc.queue,
+                shared: share.is_some(),
+                source,
+            })?;
+            ports.push(Port {
+                id: pc.id,
+                xsk,
+                tx_pending: false,
+            });
+        }
+        for port in &mut ports {
+            umem.fill(&mut port.xsk);
+        }
+        let mut index =
+            vec![None; 1 + ports.iter().map(|p| usize::from(p.id.0)).max().unwrap_or(0)];
+        for (i, p) in ports.iter().enumerate() {
+            if let Some(slot) = index.get_mut(usize::from(p.id.0)) {
+                *slot = Some(i as u16);
+            }
+        }
+        let ids: Vec<PortId> = ports.iter().map(|p| p.id).collect();
+        let stats = WorkerStats {
+            ports: ids.iter().map(|&id| PortStats::new(id)).collect(),
+            ..WorkerStats::default()
+        };
+        let pollfds = ports
+            .iter()
+            .map(|p| libc::pollfd {
+                fd: p.xsk.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        Ok(Worker {
+            config,
+            umem,
+            ports,
+            index,
+            stats,
+            shared: Arc::new(SharedStats::new(ids)),
+            pollfds,
+        })
+    }
+
+    /// Each port's socket, to register in its interface's XSKMAP at the port's queue.
+    pub fn sockets(&self) -> impl Iterator<Item = (PortConfig, BorrowedFd<'_>)> {
+        self.config
+            .ports
+            .iter()
+            .zip(&self.ports)
+            .map(|(pc, p)| (*pc, p.xsk.as_fd()))
+    }
+
+    /// A reader of this worker's counters, valid after spawn too.
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader(self.shared.clone())
+    }
+
+    /// Starts the worker thread; it stops when `stop` becomes true.
+    pub fn spawn<H: BatchHandler + 'static>(
+        self,
+        handler: H,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<WorkerHandle> {
+        let stats = self.stats_reader();
+        let thread = std::thread::Builder::new()
+            .name("meshpath-worker".into())
+            .spawn(move || {
+                let mut worker = self;
+                if let Some(core) = worker.config.core {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                        tracing_free_warn(core);
+                    }
+                }
+                worker.run(handler, &stop);
+                worker.stats
+            })?;
+        Ok(WorkerHandle { thread, stats })
+    }
+
+    fn run<H: BatchHandler>(&mut self, mut handler: H, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            let received = self.poll_once(&mut handler);
+            if received == 0 {
+                self.stats.idle_polls += 1;
+                self.shared.publish(&self.stats);
+                // Also the wakeup the fill rings may ask for; an error here is retried next turn.
+                let _ = sys::poll_readable(&mut self.pollfds, self.config.idle_poll_ms);
+            }
+        }
+        self.shared.publish(&self.stats);
+    }
+
+    /// One turn over every port; returns how many frames were received.
+    pub fn poll_once<H: BatchHandler>(&mut self, handler: &mut H) -> usize {
+        let mut received = 0;
+        for i in 0..self.ports.len() {
+            self.umem.complete(&mut self.ports[i].xsk);
+            self.umem.fill(&mut self.ports[i].xsk);
+            received += self.service(i, handler);
+        }
+        for port in self.ports.iter_mut().filter(|p| p.tx_pending) {
+            port.tx_pending = false;
+            if port.xsk.flush_tx() {
+                self.stats.tx_kicks += 1;
+            }
+        }
+        if received > 0 {
+            self.stats.batches += 1;
+            self.shared.publish(&self.stats);
+        }
+        received
+    }
+
+    fn service<H: BatchHandler>(&mut self, i: usize, handler: &mut H) -> usize {
+        let Some(port) = self.ports.get_mut(i) else {
+            return 0;
+        };
+        let id = port.id;
+        let mut bases: ArrayVec<u64, BURST> = ArrayVec::new();
+        let mut frames: ArrayVec<Frame<'_>, BURST> = ArrayVec::new();
+        let refused = self
+            .umem
+            .receive(&mut port.xsk, id, &mut bases, &mut frames);
+        let n = frames.len();
+        let mut verdicts = [Verdict::Drop(DropReason::InvalidHeader); BURST];
+        handler.handle(&mut frames, &mut verdicts[..n]);
+        let sends: ArrayVec<(u64, u64, u32), BURST> = frames
+            .iter()
+            .zip(&bases)
+            .map(|(f, &base)| (base, base + f.head() as u64, f.len() as u32))
+            .collect();
+        drop(frames);
+        let counters = &mut self.stats.ports;
+        if let Some(c) = counters.get_mut(i) {
+            c.rx += n as u64;
+            c.rx_refused += refused as u64;
+        }
+        for ((base, addr, len), verdict) in sends.into_iter().zip(verdicts) {
+            match verdict {
+                Verdict::Transmit(out) => self.transmit(i, out, base, addr, len),
+                Verdict::ToKernel => {
+                    self.umem.recycle(base);
+                    if let Some(c) = self.stats.ports.get_mut(i) {
+                        c.to_kernel_unsupported += 1;
+                    }
+                }
+                Verdict::Drop(reason) => {
+                    self.umem.recycle(base);
+                    if let Some(d) = self
+                        .stats
+                        .ports
+                        .get_mut(i)
+                        .and_then(|c| c.drops.get_mut(reason.index()))
+                    {
+                        *d += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    fn transmit(&mut self, from: usize, out: PortId, base: u64, addr: u64, len: u32) {
+        let Some(j) = self
+            .index
+            .get(usize::from(out.0))
+            .copied()
+            .flatten()
+            .map(usize::from)
+        else {
+            self.umem.recycle(base);
+            if let Some(c) = self.stats.ports.get_mut(from) {
+                c.tx_unknown_port += 1;
+            }
+            return;
+        };
+        let (Some(port), Some(c)) = (self.ports.get_mut(j), self.stats.ports.get_mut(j)) else {
+            return;
+        };
+        if self.umem.transmit(&mut port.xsk, base, addr, len) {
+            port.tx_pending = true;
+            c.tx += 1;
+        } else {
+            c.tx_ring_full += 1;
+        }
+    }
+}
+
+fn tracing_free_warn(core: usize) {
+    eprintln!("meshpath worker: could not pin to core {core}; running unpinned");
+}
+
+/// Reads a worker's published counters from any thread.
+#[derive(Clone, Debug)]
+pub struct StatsReader(Arc<SharedStats>);
+
+impl StatsReader {
+    pub fn read(&self) -> WorkerStats {
+        self.0.read()
+    }
+}
+
+/// A running worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    thread: JoinHandle<WorkerStats>,
+    stats: StatsReader,
+}
+
+impl WorkerHandle {
+    pub fn stats(&self) -> WorkerStats {
+        self.stats.read()
+    }
+
+    /// Waits for the thread to end (after its stop flag is set) and returns its final counters.
+    pub fn join(self) -> Result<WorkerStats, AfXdpError> {
+        self.thread.join().map_err(|_| AfXdpError::WorkerPanicked)
+    }
+}
