@@ -28,6 +28,8 @@ pub mod route;
 pub mod service;
 pub mod snapshot;
 pub mod stats;
+#[cfg(feature = "testbed")]
+pub mod testbed;
 pub mod tunnel;
 pub mod wire;
 

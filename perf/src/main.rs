@@ -1,4 +1,31 @@
-//! meshpath-perf: the benchmark harness. Each scenario is a subcommand that prints a table, or with
-//! `--json` one JSON object of its figures.
+//! meshpath-perf: the benchmark harness. One subcommand per scenario; each prints a table a person
+//! reads, or with `--json` one JSON object of its figures on stdout, to compare runs over time.
 
-fn main() {}
+mod measure;
+mod pipeline;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "meshpath benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// Print one JSON object of the figures instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// The in-memory pipeline on one core at full table scale, whole and stage by stage.
+    Pipeline(pipeline::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.scenario {
+        Scenario::Pipeline(args) => report::print(&pipeline::run(&args)?, cli.json),
+    }
+}
