@@ -3,10 +3,12 @@
 //! into immutable [`meshpath_dataplane`] table snapshots for the workers.
 //!
 //! Modules: [`kvstore`] (Cilium's key layout and values), [`state`] (one cluster's state as the mesh sees
-//! it), [`clustermesh`] (remote clusters: configuration directory, one watcher task per remote, status),
-//! [`publish`] (this agent's state into its own cluster's etcd) and [`identity_alloc`].
+//! it, and its change events), [`clustermesh`] (remote clusters: configuration directory, one watcher task
+//! per remote, status), [`publish`] (this agent's state into its own cluster's etcd, under a lease),
+//! [`identity_alloc`] (cluster-wide identities through etcd transactions) and [`etcd`] (connecting, listing).
 //!
-//! Not here: anything on the packet path.
+//! Not here: anything on the packet path. Not yet here: the Kubernetes watchers, the YAML local source and
+//! the turning of [`state::ClusterState`] into dataplane snapshots.
 
 pub mod cluster_name;
 pub mod clustermesh;

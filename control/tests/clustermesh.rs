@@ -264,8 +264,9 @@ async fn a_remote_announcing_an_unexpected_id_is_refused() {
     let etcd = Etcd::start("cluster2").await;
     announce(&etcd, 7).await;
     put_endpoint(&etcd, &endpoint(1)).await;
+    let config = etcd.remote_config("cluster2", Some(2));
     let mut w = Watcher::start(
-        etcd.remote_config("cluster2", Some(2)),
+        config,
         options(Duration::from_secs(30)),
         ClusterState::default(),
     );
@@ -276,6 +277,28 @@ async fn a_remote_announcing_an_unexpected_id_is_refused() {
         "{error}"
     );
     assert!(w.state.is_empty());
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_changing_its_id_while_watched_is_dropped_after_the_grace_period() {
+    let etcd = Etcd::start("cluster2").await;
+    announce(&etcd, 2).await;
+    put_endpoint(&etcd, &endpoint(1)).await;
+    let config = etcd.remote_config("cluster2", None);
+    let mut w = Watcher::start(
+        config,
+        options(Duration::from_millis(1000)),
+        ClusterState::default(),
+    );
+    w.until("the endpoint", has(&endpoint(1))).await;
+    let config = serde_json::to_vec(&ClusterConfig::new(9)).unwrap();
+    put(&etcd, Key::ClusterConfig(c2()), config).await;
+    w.until("the refusal", |_, st| !st.connected && st.failures >= 1)
+        .await;
+    let error = w.status().last_error.unwrap();
+    assert!(error.contains("announces id 9"), "{error}");
+    w.until("the withdrawal", |s, _| s.is_empty()).await;
     w.stop().await;
 }
 

@@ -399,4 +399,24 @@ mod tests {
         );
         assert!(loaded.errors.iter().all(|e| !e.to_string().is_empty()));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_file_content_loads_or_is_refused_with_its_path(content in "(endpoints|trusted-ca-file|insecure|cluster-id|:|-| |\\n|https://a|http://b|true|[0-9]{1,3}|\\[|\\]){0,24}") {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("cluster2");
+            fs::write(&path, &content).unwrap();
+            match load_file(&ClusterName::new("cluster2").unwrap(), &path) {
+                Ok(remote) => proptest::prop_assert!(!remote.endpoints.is_empty()),
+                Err(err) => proptest::prop_assert!(err.to_string().contains(&path.display().to_string())),
+            }
+        }
+
+        #[test]
+        fn cluster_of_file_accepts_only_cluster_names(name in "[a-zA-Z0-9._-]{0,40}") {
+            if let Some(cluster) = cluster_of_file(&name) {
+                proptest::prop_assert!(name.starts_with(cluster.as_str()));
+            }
+        }
+    }
 }

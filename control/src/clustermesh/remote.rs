@@ -373,7 +373,9 @@ async fn run_session(
         .take_kvs()
         .into_iter()
         .next()
-        .ok_or(RemoteError::NoClusterConfig { key: config_key })?;
+        .ok_or_else(|| RemoteError::NoClusterConfig {
+            key: config_key.clone(),
+        })?;
     let cluster_config: ClusterConfig = serde_json::from_slice(value.value())
         .map_err(|e| RemoteError::ClusterConfig(e.to_string()))?;
     let id = check_id(config, options, &cluster_config)?;
@@ -445,6 +447,10 @@ async fn run_session(
         }
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
+            if kv.key() == config_key.as_bytes() {
+                cluster_config_still(kv, event.event_type(), &config_key, id)?;
+                continue;
+            }
             let msg = match event.event_type() {
                 EventType::Put => match decode_put(kv.key(), kv.value(), origin) {
                     Ok(Some(Decoded::Entry(entry))) => Msg::Upsert(entry),
@@ -460,6 +466,34 @@ async fn run_session(
             send(tx, msg).await?;
         }
     }
+}
+
+/// The remote changed its cluster-config while we watched: fine if the id stays, else the session ends
+/// and the next one checks the new config from scratch.
+fn cluster_config_still(
+    kv: &etcd_client::KeyValue,
+    event: EventType,
+    key: &str,
+    id: ClusterId,
+) -> Result<(), RemoteError> {
+    if event == EventType::Delete {
+        return Err(RemoteError::NoClusterConfig {
+            key: key.to_owned(),
+        });
+    }
+    let announced: ClusterConfig = serde_json::from_slice(kv.value())
+        .map_err(|e| RemoteError::ClusterConfig(e.to_string()))?;
+    if announced.id != u32::from(id.get()) {
+        let found = u8::try_from(announced.id).ok().and_then(ClusterId::new);
+        return Err(match found {
+            Some(found) => RemoteError::IdMismatch {
+                found,
+                expected: id,
+            },
+            None => RemoteError::ClusterConfig(format!("id {} is not in 1..=255", announced.id)),
+        });
+    }
+    Ok(())
 }
 
 fn check_id(
@@ -486,13 +520,13 @@ fn check_id(
         .claims
         .lock()
         .map_err(|_| RemoteError::ClusterConfig("id claims poisoned".into()))?;
-    let other = claims.entry(id).or_insert_with(|| config.name.clone());
-    if *other != config.name {
-        return Err(RemoteError::IdInUse {
-            id,
-            other: other.clone(),
-        });
+    if let Some(other) = claims.get(&id).filter(|other| **other != config.name) {
+        let other = other.clone();
+        return Err(RemoteError::IdInUse { id, other });
     }
+    // A remote that changed its id gives up the old one.
+    claims.retain(|_, name| *name != config.name);
+    claims.insert(id, config.name.clone());
     Ok(id)
 }
 
@@ -618,6 +652,10 @@ mod tests {
             err.to_string(),
             "cluster-config announces id 2, already used by remote `cluster2`"
         );
+        let moved = check_id(&config("cluster2", None), &options, &id(4));
+        assert!(moved.is_ok(), "cluster2 moves to 4");
+        let freed = check_id(&config("cluster3", None), &options, &id(2));
+        assert!(freed.is_ok(), "2 is free again");
     }
 
     #[test]
