@@ -7,6 +7,7 @@ pub mod config_watch;
 pub mod mesh;
 pub mod mirror;
 pub mod remote;
+mod session;
 pub mod status;
 
 pub use mesh::{run_clustermesh, ClusterMesh};
