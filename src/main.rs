@@ -1,12 +1,111 @@
 //! meshpath: the node agent and the operator CLI.
 
-use clap::Parser;
+mod lab;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use lab::plan::{Plan, Size};
 
 /// Gateway-less multi-cluster pod dataplane on AF_XDP.
 #[derive(Parser)]
 #[command(version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _ = Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// Clusters, nodes and pods in network namespaces on this machine.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+}
+
+#[derive(Args)]
+struct LabPrefix {
+    /// Namespace name prefix; `down` and `status` act only on namespaces with it.
+    #[arg(long, default_value = "mp")]
+    prefix: String,
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Create the lab (what is missing of it).
+    Up {
+        #[arg(long, default_value_t = 1)]
+        clusters: u8,
+        #[arg(long, default_value_t = 2)]
+        nodes: u8,
+        #[arg(long, default_value_t = 2)]
+        pods: u8,
+        #[command(flatten)]
+        prefix: LabPrefix,
+    },
+    /// Remove every namespace, link, XDP program and process of the lab.
+    Down {
+        #[command(flatten)]
+        prefix: LabPrefix,
+    },
+    /// Show the lab as the kernel sees it.
+    Status {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        prefix: LabPrefix,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshpath: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let Command::Lab { command } = cli.command;
+    match command {
+        LabCommand::Up {
+            clusters,
+            nodes,
+            pods,
+            prefix,
+        } => {
+            let plan = Plan::new(
+                &prefix.prefix,
+                Size {
+                    clusters,
+                    nodes,
+                    pods,
+                },
+            )?;
+            lab::up::up(&plan)?;
+            println!("lab up: {} namespaces", plan.namespaces().count());
+        }
+        LabCommand::Down { prefix } => {
+            let gone = lab::down::down(&prefix.prefix)?;
+            println!("lab down: {} namespaces removed", gone.len());
+        }
+        LabCommand::Status { output, prefix } => {
+            let status = lab::status::status(&prefix.prefix)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                Output::Table => print!("{}", lab::status::render_table(&status)),
+            }
+        }
+    }
+    Ok(())
 }
