@@ -14,4 +14,4 @@ pub use mesh::{run_clustermesh, ClusterMesh};
 pub use remote::{
     spawn_remote, IdClaims, RemoteError, RemoteEvent, RemoteHandle, RemoteOptions, StatusBoard,
 };
-pub use status::{MeshStatus, RemoteStatus, SyncStatus};
+pub use status::{render as render_status, MeshStatus, RemoteStatus, SyncStatus};

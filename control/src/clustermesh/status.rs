@@ -150,9 +150,49 @@ impl fmt::Display for RemoteStatus {
     }
 }
 
+/// The whole ClusterMesh section of `cilium-dbg status`: a header, then each remote indented.
+pub fn render(status: &MeshStatus, global_services: usize) -> String {
+    let ready = status.values().filter(|s| s.ready).count();
+    let mut out = format!(
+        "ClusterMesh: {ready}/{} clusters ready, {global_services} global-services",
+        status.len()
+    );
+    for remote in status.values() {
+        for line in remote.to_string().lines() {
+            out.push_str("\n  ");
+            out.push_str(line);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renders_the_clustermesh_section() {
+        let mut board = MeshStatus::new();
+        let c2 = ClusterName::new("cluster2").unwrap();
+        let c3 = ClusterName::new("cluster3").unwrap();
+        board.insert(
+            c2.clone(),
+            RemoteStatus {
+                ready: true,
+                ..RemoteStatus::new(&c2, 1)
+            },
+        );
+        board.insert(c3.clone(), RemoteStatus::new(&c3, 2));
+        let text = render(&board, 4);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "ClusterMesh: 1/2 clusters ready, 4 global-services"
+        );
+        assert!(lines[1].starts_with("  cluster2: ready, 0 nodes"), "{text}");
+        assert_eq!(lines[2], "  └ etcd: 0/1 connected");
+        assert!(text.contains("\n  cluster3: not-ready,"), "{text}");
+    }
 
     #[test]
     fn prints_like_cilium_dbg_status() {
