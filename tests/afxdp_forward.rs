@@ -6,17 +6,44 @@
 
 use std::net::Ipv4Addr;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use meshpath_dataplane::afxdp::{CrossConnect, PortConfig, Worker, WorkerConfig};
-use meshpath_dataplane::{DropReason, PortId};
+use meshpath_dataplane::afxdp::{BatchHandler, CrossConnect, PortConfig, Worker, WorkerConfig};
+use meshpath_dataplane::frame::HEADROOM;
+use meshpath_dataplane::{DropReason, Frame, PortId, Verdict};
 use meshpath_xdp_redirect::netns::{ifindex, Netns};
 use meshpath_xdp_redirect::{NodeAddrs, Role, XdpRedirect};
 
 const UPLINK: PortId = PortId(0);
 const POD_A: PortId = PortId(1);
 const POD_B: PortId = PortId(2);
+
+/// A cross-connect that also moves every frame `SHIFT` bytes into its headroom (as encapsulation
+/// would) before sending it: the receiver sees intact frames only if transmit follows the frame's head.
+struct ShiftingCrossConnect {
+    inner: CrossConnect,
+    short_headroom: Arc<AtomicU64>,
+}
+
+const SHIFT: usize = 64;
+
+impl BatchHandler for ShiftingCrossConnect {
+    fn handle(&mut self, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
+        for frame in frames.iter_mut() {
+            if frame.headroom() < HEADROOM {
+                self.short_headroom.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let len = frame.len();
+            if let Some(bytes) = frame.push_front(SHIFT) {
+                bytes.copy_within(SHIFT..SHIFT + len, 0);
+                frame.truncate(len);
+            }
+        }
+        self.inner.handle(frames, verdicts);
+    }
+}
 
 /// The test's namespaces, deleted on drop whatever happened.
 struct Lab {
@@ -144,9 +171,12 @@ fn pods_talk_through_afxdp_while_the_node_keeps_its_own_traffic() {
         prog.register_socket(0, fd).expect("register in XSKMAP");
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let handle = worker
-        .spawn(CrossConnect::new(vec![(POD_A, POD_B)]), stop.clone())
-        .expect("worker thread");
+    let short_headroom = Arc::new(AtomicU64::new(0));
+    let handler = ShiftingCrossConnect {
+        inner: CrossConnect::new(vec![(POD_A, POD_B)]),
+        short_headroom: short_headroom.clone(),
+    };
+    let handle = worker.spawn(handler, stop.clone()).expect("worker thread");
     home.enter().expect("back home");
 
     let pods_ping = lab.exec(
@@ -173,6 +203,11 @@ fn pods_talk_through_afxdp_while_the_node_keeps_its_own_traffic() {
     eprintln!("{stats:#?}\nuplink program: {uplink_verdicts:?}");
 
     assert!(pods_ping, "pod a could not ping pod b through AF_XDP");
+    assert_eq!(
+        short_headroom.load(Ordering::Relaxed),
+        0,
+        "every frame came with {HEADROOM} bytes of headroom"
+    );
     let (a, b) = (
         stats.port(POD_A).expect("port a"),
         stats.port(POD_B).expect("port b"),

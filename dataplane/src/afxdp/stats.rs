@@ -58,6 +58,8 @@ pub struct WorkerStats {
     pub idle_polls: u64,
     /// Times a tx ring asked for, and got, a sendto kick (need_wakeup).
     pub tx_kicks: u64,
+    /// Times a fill ring asked for, and got, a recvfrom kick (need_wakeup).
+    pub rx_kicks: u64,
     pub ports: Vec<PortStats>,
 }
 
@@ -76,7 +78,7 @@ impl WorkerStats {
 }
 
 const PORT_FIELDS: usize = 6 + DropReason::COUNT;
-const WORKER_FIELDS: usize = 3;
+const WORKER_FIELDS: usize = 4;
 
 /// The published copy: written by the worker only, read by anyone.
 #[derive(Debug)]
@@ -94,20 +96,25 @@ impl SharedStats {
     }
 
     pub(crate) fn publish(&self, stats: &WorkerStats) {
-        let values = [stats.batches, stats.idle_polls, stats.tx_kicks]
+        let values = [
+            stats.batches,
+            stats.idle_polls,
+            stats.tx_kicks,
+            stats.rx_kicks,
+        ]
+        .into_iter()
+        .chain(stats.ports.iter().flat_map(|p| {
+            [
+                p.rx,
+                p.tx,
+                p.tx_ring_full,
+                p.rx_refused,
+                p.to_kernel_unsupported,
+                p.tx_unknown_port,
+            ]
             .into_iter()
-            .chain(stats.ports.iter().flat_map(|p| {
-                [
-                    p.rx,
-                    p.tx,
-                    p.tx_ring_full,
-                    p.rx_refused,
-                    p.to_kernel_unsupported,
-                    p.tx_unknown_port,
-                ]
-                .into_iter()
-                .chain(p.drops)
-            }));
+            .chain(p.drops)
+        }));
         for (cell, value) in self.cells.iter().zip(values) {
             cell.store(value, Ordering::Relaxed);
         }
@@ -116,7 +123,7 @@ impl SharedStats {
     pub(crate) fn read(&self) -> WorkerStats {
         let mut cells = self.cells.iter().map(|c| c.load(Ordering::Relaxed));
         let mut next = || cells.next().unwrap_or(0);
-        let (batches, idle_polls, tx_kicks) = (next(), next(), next());
+        let (batches, idle_polls, tx_kicks, rx_kicks) = (next(), next(), next(), next());
         let ports = self
             .ports
             .iter()
@@ -139,6 +146,7 @@ impl SharedStats {
             batches,
             idle_polls,
             tx_kicks,
+            rx_kicks,
             ports,
         }
     }
@@ -152,13 +160,14 @@ mod tests {
     proptest! {
         #[test]
         fn publish_then_read_returns_the_same_counters(
-            worker in any::<[u64; 3]>(),
+            worker in any::<[u64; 4]>(),
             ports in proptest::collection::vec((any::<[u64; 6]>(), any::<[u64; DropReason::COUNT]>()), 0..5),
         ) {
             let stats = WorkerStats {
                 batches: worker[0],
                 idle_polls: worker[1],
                 tx_kicks: worker[2],
+                rx_kicks: worker[3],
                 ports: ports
                     .iter()
                     .enumerate()

@@ -426,6 +426,28 @@ impl Xsk {
     }
 }
 
+impl Xsk {
+    /// Whether the kernel asked for a wakeup to take buffers from the fill ring (need_wakeup).
+    pub fn fill_needs_wakeup(&self) -> bool {
+        self.fill.needs_wakeup()
+    }
+
+    /// The rx-side kick: a non-blocking zero-length recvfrom.
+    pub fn kick_rx(&self) {
+        // SAFETY: a zero-length recvfrom with no buffer is the documented AF_XDP rx wakeup.
+        unsafe {
+            libc::recvfrom(
+                self.fd.as_raw_fd(),
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+    }
+}
+
 impl AsFd for Xsk {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

@@ -191,6 +191,10 @@ impl Worker {
         for i in 0..self.ports.len() {
             self.umem.complete(&mut self.ports[i].xsk);
             self.umem.fill(&mut self.ports[i].xsk);
+            if self.ports[i].xsk.fill_needs_wakeup() {
+                self.ports[i].xsk.kick_rx();
+                self.stats.rx_kicks += 1;
+            }
             received += self.service(i, handler);
         }
         for port in self.ports.iter_mut().filter(|p| p.tx_pending) {
