@@ -280,6 +280,16 @@ impl Conntrack {
         }
     }
 
+    /// Starts loading the slot where a lookup of `key` begins; a batch prefetches all its keys before
+    /// it looks any up.
+    pub fn prefetch(&self, key: &FlowKey) {
+        if let Some(slot) = self.slots.get(self.home(key)) {
+            let start: *const u8 = (slot as *const Option<Slot>).cast();
+            crate::prefetch::prefetch(start);
+            crate::prefetch::prefetch(start.wrapping_add(64));
+        }
+    }
+
     /// The live entry of `key`. An expired entry is removed and not returned.
     pub fn lookup(&mut self, key: &FlowKey, now_ms: u64) -> Option<&mut CtEntry> {
         let i = self.find(key)?;

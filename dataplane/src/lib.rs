@@ -24,6 +24,7 @@ pub mod nat;
 pub mod parse;
 pub mod pipeline;
 pub mod policy;
+pub mod prefetch;
 pub mod route;
 pub mod service;
 pub mod snapshot;

@@ -390,24 +390,23 @@ fn rewrite_stages(
 ) -> BTreeMap<&'static str, f64> {
     let n = traffic.len();
     let mut buf = vec![0u8; SLOT];
-    let mut timed =
-        |templates: &[Vec<u8>], port: PortId, mut stage: RewriteStage| {
-            let mut once = |work: bool| {
-                ns_per_item(rounds, n, || {
-                    for (k, t) in templates.iter().enumerate() {
-                        buf[HEADROOM..HEADROOM + t.len()].copy_from_slice(t);
-                        if let Some(mut frame) = Frame::new(&mut buf, HEADROOM, t.len(), port) {
-                            if work {
-                                stage(k, &mut frame);
-                            }
-                            black_box(frame.data());
+    let mut timed = |templates: &[Vec<u8>], port: PortId, mut stage: RewriteStage| {
+        let mut once = |work: bool| {
+            ns_per_item(rounds, n, || {
+                for (k, t) in templates.iter().enumerate() {
+                    buf[HEADROOM..HEADROOM + t.len()].copy_from_slice(t);
+                    if let Some(mut frame) = Frame::new(&mut buf, HEADROOM, t.len(), port) {
+                        if work {
+                            stage(k, &mut frame);
                         }
+                        black_box(frame.data());
                     }
-                })
-            };
-            let copy = once(false);
-            (once(true) - copy).max(0.0)
+                }
+            })
         };
+        let copy = once(false);
+        (once(true) - copy).max(0.0)
+    };
     let node = testbed::node_ip();
     let decap = timed(
         &traffic.replies,

@@ -1,8 +1,7 @@
-//! The end of the path: a tracked, translated frame goes to a pod on this node, to another node
-//! (encapsulated or directly), or to the kernel.
+//! The end of the path: where a tracked, translated frame goes — a pod on this node, another node
+//! (encapsulated or directly), or the kernel — and the rewrite that sends it there.
 
-use super::track::{self, Source};
-use super::{Outcome, Verdict, WorkerState};
+use super::{Arrival, InFlight, Outcome, Verdict};
 use crate::endpoint::Endpoint;
 use crate::nat;
 use crate::parse::Parsed;
@@ -14,57 +13,65 @@ use crate::{Addr, DropReason, Frame, Identity};
 
 /// The outer TTL of tunnel frames, as Linux's VXLAN device sends them.
 const TUNNEL_TTL: u8 = 64;
+const ETHERNET_LEN: usize = 14;
 
-/// Where the frame came in: the uplink only delivers to local pods (this node is no transit router).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Arrival {
-    FromPod,
-    FromUplink,
+/// Who holds a flow's (translated) destination address.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Destination<'t> {
+    LocalPod(&'t Endpoint),
+    /// Another node of the mesh; the address's identity.
+    Node {
+        node: Addr,
+        identity: Identity,
+    },
+    /// Outside the mesh: the node's kernel routes it.
+    Kernel,
+    /// In the mesh, yet not reachable from here: an address of ours no pod holds, or anything but a
+    /// local pod for a frame from the uplink.
+    Nowhere {
+        identity: Identity,
+    },
 }
 
-/// Conntrack, load balancing and policy, then the translation and the route.
-pub(super) fn forward(
-    tables: &Tables,
-    state: &mut WorkerState,
-    now_ms: u64,
-    frame: &mut Frame<'_>,
-    parsed: &Parsed,
-    source: Source,
-    arrival: Arrival,
-) -> Outcome {
-    frame.truncate(parsed.l3_end());
-    if arrival == Arrival::FromPod && parsed.ttl <= 1 {
-        return Err(DropReason::TtlExceeded);
-    }
-    let tracked = track::track(
-        tables,
-        &mut state.conntrack,
-        now_ms,
-        parsed,
-        frame.len(),
-        source,
-    )?;
-    if let Some((end, addr, port)) = tracked.rewrite {
-        nat::rewrite(frame.data_mut(), parsed, end, addr, port)?;
-    }
-    let dst = tracked.flow.dst;
+pub(super) fn destination<'t>(tables: &'t Tables, dst: Addr, arrival: Arrival) -> Destination<'t> {
     if let Some(endpoint) = tables.endpoints.by_addr(dst) {
-        return to_local_pod(tables, frame, parsed, endpoint, arrival);
+        return Destination::LocalPod(endpoint);
     }
+    let entry = tables.ipcache.lookup(dst);
+    let identity = entry.map_or(Identity::WORLD, |e| e.identity);
     if arrival == Arrival::FromUplink {
-        return Err(DropReason::NoRoute);
+        return Destination::Nowhere { identity };
     }
-    match tables.ipcache.lookup(dst) {
-        Some(entry) => match entry.tunnel_endpoint {
-            Some(node) if !tables.node.owns(node) => {
-                let hash = tracked.flow.symmetric_hash();
-                to_node(tables, frame, parsed, node, source.identity, hash)
-            }
-            _ if entry.identity == Identity::WORLD => Ok((Forward::ToKernel, Verdict::ToKernel)),
-            // Ours or unknown, yet no endpoint of ours holds it.
-            _ => Err(DropReason::NoRoute),
-        },
-        None => Ok((Forward::ToKernel, Verdict::ToKernel)),
+    match entry.map(|e| e.tunnel_endpoint) {
+        Some(Some(node)) if !tables.node.owns(node) => Destination::Node { node, identity },
+        None => Destination::Kernel,
+        Some(_) if identity == Identity::WORLD => Destination::Kernel,
+        Some(_) => Destination::Nowhere { identity },
+    }
+}
+
+/// Rewrites the frame for where it goes, and says where that is.
+pub(super) fn transmit(tables: &Tables, frame: &mut Frame<'_>, flight: &InFlight<'_>) -> Outcome {
+    if let Some((end, addr, port)) = flight.tracked.rewrite {
+        nat::rewrite(frame.data_mut(), &flight.parsed, end, addr, port)?;
+    }
+    match flight.destination {
+        Destination::LocalPod(endpoint) => {
+            to_local_pod(tables, frame, &flight.parsed, endpoint, flight.arrival)
+        }
+        Destination::Node { node, .. } => {
+            let hash = flight.tracked.flow.symmetric_hash();
+            to_node(
+                tables,
+                frame,
+                &flight.parsed,
+                node,
+                flight.source.identity,
+                hash,
+            )
+        }
+        Destination::Kernel => Ok((Forward::ToKernel, Verdict::ToKernel)),
+        Destination::Nowhere { .. } => Err(DropReason::NoRoute),
     }
 }
 
@@ -76,7 +83,7 @@ fn to_local_pod(
     arrival: Arrival,
 ) -> Outcome {
     let bytes = frame.data_mut();
-    // The sending node took the hop already.
+    // A frame from the uplink had its hop taken by the sending node.
     if arrival == Arrival::FromPod {
         route::decrement_hop_limit(bytes, parsed)?;
     }
@@ -124,5 +131,3 @@ fn to_node(
     }
     Ok((forward, Verdict::Transmit(config.uplink)))
 }
-
-const ETHERNET_LEN: usize = 14;

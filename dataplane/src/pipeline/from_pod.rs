@@ -1,9 +1,7 @@
-//! Frames a pod sends: held to the pod's own addresses, answered if they ask for the gateway, then
-//! tracked, balanced, checked and routed.
+//! Receiving what a pod sends: held to the pod's own MAC and addresses, answered at once if it asks
+//! for the gateway, otherwise handed on to be tracked, balanced, checked and routed.
 
-use super::deliver::{self, Arrival};
-use super::track::Source;
-use super::{Outcome, Verdict, WorkerState};
+use super::{Arrival, Received, Source, Verdict};
 use crate::endpoint::Endpoint;
 use crate::gateway;
 use crate::parse::{self, IcmpKind, Parsed, L3, L4};
@@ -11,12 +9,7 @@ use crate::snapshot::Tables;
 use crate::stats::Forward;
 use crate::{Addr, DropReason, Frame};
 
-pub(super) fn process(
-    tables: &Tables,
-    state: &mut WorkerState,
-    now_ms: u64,
-    frame: &mut Frame<'_>,
-) -> Outcome {
+pub(super) fn receive(tables: &Tables, frame: &mut Frame<'_>) -> Result<Received, DropReason> {
     let port = frame.port();
     let endpoint = tables
         .endpoints
@@ -26,21 +19,20 @@ pub(super) fn process(
     check_source(endpoint, &parsed)?;
     if is_neighbour_discovery(&parsed) {
         gateway::answer_neighbour(frame, &parsed, &tables.node.gateway)?;
-        return Ok((Forward::NeighbourReply, Verdict::Transmit(port)));
+        return Ok(Received::Answered(
+            Forward::NeighbourReply,
+            Verdict::Transmit(port),
+        ));
     }
+    if parsed.ttl <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
+    frame.truncate(parsed.l3_end());
     let source = Source {
         identity: endpoint.identity,
         local: true,
     };
-    deliver::forward(
-        tables,
-        state,
-        now_ms,
-        frame,
-        &parsed,
-        source,
-        Arrival::FromPod,
-    )
+    Ok(Received::Track(parsed, source, Arrival::FromPod))
 }
 
 /// Anti-spoofing: the pod's own MAC, and its own address (ARP: as sender; neighbour discovery may also

@@ -1,22 +1,15 @@
-//! Frames from the underlay: tunnel frames for this node are decapsulated and carry their sender's
+//! Receiving from the underlay: tunnel frames for this node are decapsulated and carry their sender's
 //! identity in the VNI; directly routed frames for our pods take their identity from the ipcache;
 //! everything else belongs to the node's kernel.
 
-use super::deliver::{self, Arrival};
-use super::track::Source;
-use super::{Outcome, Verdict, WorkerState};
+use super::{Arrival, Received, Source, Verdict};
 use crate::parse::{self, Parsed, L3};
 use crate::snapshot::Tables;
 use crate::stats::Forward;
 use crate::tunnel::{self, TunnelProtocol};
 use crate::{DropReason, Frame, Identity};
 
-pub(super) fn process(
-    tables: &Tables,
-    state: &mut WorkerState,
-    now_ms: u64,
-    frame: &mut Frame<'_>,
-) -> Outcome {
+pub(super) fn receive(tables: &Tables, frame: &mut Frame<'_>) -> Result<Received, DropReason> {
     let outer = parse::parse(frame.data())?;
     if let Some(protocol) = tunnel_for_us(tables, &outer) {
         if tables.nodes.get(outer.flow.src).is_none() {
@@ -27,17 +20,17 @@ pub(super) fn process(
             return Err(DropReason::InvalidIdentity);
         }
         let inner = parse::parse(frame.data())?;
-        return deliver_inbound(tables, state, now_ms, frame, &inner, decapsulated.identity);
+        return inbound(frame, inner, decapsulated.identity);
     }
-    if matches!(outer.l3, L3::Ipv4 | L3::Ipv6) && tables.endpoints.by_addr(outer.flow.dst).is_some()
-    {
+    let is_ip = matches!(outer.l3, L3::Ipv4 | L3::Ipv6);
+    if is_ip && tables.endpoints.by_addr(outer.flow.dst).is_some() {
         let identity = tables
             .ipcache
             .lookup(outer.flow.src)
             .map_or(Identity::WORLD, |entry| entry.identity);
-        return deliver_inbound(tables, state, now_ms, frame, &outer, identity);
+        return inbound(frame, outer, identity);
     }
-    Ok((Forward::ToKernel, Verdict::ToKernel))
+    Ok(Received::Answered(Forward::ToKernel, Verdict::ToKernel))
 }
 
 fn tunnel_for_us(tables: &Tables, outer: &Parsed) -> Option<TunnelProtocol> {
@@ -45,28 +38,18 @@ fn tunnel_for_us(tables: &Tables, outer: &Parsed) -> Option<TunnelProtocol> {
     tables.node.owns(outer.flow.dst).then_some(protocol)
 }
 
-fn deliver_inbound(
-    tables: &Tables,
-    state: &mut WorkerState,
-    now_ms: u64,
+fn inbound(
     frame: &mut Frame<'_>,
-    parsed: &Parsed,
+    parsed: Parsed,
     identity: Identity,
-) -> Outcome {
+) -> Result<Received, DropReason> {
     if !matches!(parsed.l3, L3::Ipv4 | L3::Ipv6) {
         return Err(DropReason::UnsupportedProtocol);
     }
+    frame.truncate(parsed.l3_end());
     let source = Source {
         identity,
         local: false,
     };
-    deliver::forward(
-        tables,
-        state,
-        now_ms,
-        frame,
-        parsed,
-        source,
-        Arrival::FromUplink,
-    )
+    Ok(Received::Track(parsed, source, Arrival::FromUplink))
 }

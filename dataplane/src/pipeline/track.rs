@@ -1,7 +1,13 @@
-//! Conntrack, service load balancing and policy for one frame: a known flow keeps its translation and
-//! skips policy; a new flow is balanced (if it is for a service), checked against the egress policy of
-//! its local source and the ingress policy of its local destination, and remembered.
+//! Conntrack, service load balancing and the policy verdict of new flows.
+//!
+//! A known flow keeps its translation and skips policy; a new one is balanced if it is for a service,
+//! checked against the egress policy of its local source and the ingress policy of its local
+//! destination, and remembered. Service flows get two entries, as in Cilium: the forward one (keyed
+//! client→frontend) holds the backend, the translated one (client→backend) the frontend that replies
+//! (found by their reverse) get back as their source.
 
+use super::deliver::Destination;
+use super::{InFlight, Source};
 use crate::conntrack::{Conntrack, CtEntry, CtNat, NatKind, Timeouts};
 use crate::flow::proto;
 use crate::nat::End;
@@ -10,157 +16,226 @@ use crate::service::{Frontend, Service};
 use crate::snapshot::Tables;
 use crate::{Addr, DropReason, FlowKey, Identity};
 
-/// What tracking decided: the flow as it leaves (after translation) and the rewrite that makes it so.
+/// What conntrack knows of a frame's flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Known {
+    New,
+    /// The frame travels the way the flow started; its entry's translation.
+    Original(Option<CtNat>),
+    /// The frame answers a flow the other end started.
+    Reply(Option<CtNat>),
+}
+
+/// The flow as it leaves (after translation), the rewrite that makes it so, and the service that
+/// balanced it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Tracked {
     pub flow: FlowKey,
     pub rewrite: Option<(End, Addr, u16)>,
+    pub service: Option<u32>,
 }
 
 impl Tracked {
-    fn unchanged(flow: FlowKey) -> Self {
+    pub fn unchanged(flow: FlowKey) -> Self {
         Tracked {
             flow,
             rewrite: None,
+            service: None,
+        }
+    }
+
+    fn translated(key: FlowKey, end: End, nat: CtNat) -> Self {
+        let flow = match end {
+            End::Destination => FlowKey {
+                dst: nat.addr,
+                dst_port: nat.port,
+                ..key
+            },
+            End::Source => FlowKey {
+                src: nat.addr,
+                src_port: nat.port,
+                ..key
+            },
+        };
+        Tracked {
+            flow,
+            rewrite: Some((end, nat.addr, nat.port)),
+            service: None,
         }
     }
 }
 
-/// Who sends: the security identity of the source, and whether it is one of our own endpoints (whose
-/// egress policy then applies).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Source {
-    pub identity: Identity,
-    pub local: bool,
-}
-
-pub(super) fn track(
-    tables: &Tables,
-    ct: &mut Conntrack,
-    now_ms: u64,
-    parsed: &Parsed,
-    len: usize,
-    source: Source,
-) -> Result<Tracked, DropReason> {
+/// Looks the frame's flow up in both directions, and renews and counts the entry it finds.
+pub(super) fn lookup(ct: &mut Conntrack, now_ms: u64, parsed: &Parsed, len: usize) -> Known {
     let key = parsed.flow;
     let flags = tcp_flags(parsed);
     let timeouts = *ct.timeouts();
     if let Some(entry) = ct.lookup(&key, now_ms) {
         observe(entry, key.proto, flags, false, now_ms, &timeouts);
         entry.count(len);
-        match entry.nat {
-            Some(nat) if nat.kind == NatKind::Backend => {
-                if backend_still_serves(tables, &key, nat) {
-                    return Ok(translated(key, End::Destination, nat));
-                }
-                // The backend left the service: its flows are rebalanced as new ones.
-                ct.remove(&key);
-            }
-            _ => return Ok(Tracked::unchanged(key)),
-        }
-    } else if let Some(entry) = ct.lookup(&key.reversed(), now_ms) {
+        return Known::Original(entry.nat);
+    }
+    if let Some(entry) = ct.lookup(&key.reversed(), now_ms) {
         observe(entry, key.proto, flags, true, now_ms, &timeouts);
         entry.count(len);
-        return Ok(match entry.nat {
-            Some(nat) if nat.kind == NatKind::Frontend => {
-                // The forward entry (client→VIP) never sees a reply itself: it follows the flow here.
-                let forward = FlowKey {
-                    dst: nat.addr,
-                    dst_port: nat.port,
-                    ..key.reversed()
-                };
-                if let Some(forward) = ct.lookup(&forward, now_ms) {
-                    observe(forward, key.proto, flags, true, now_ms, &timeouts);
-                }
-                translated(key, End::Source, nat)
-            }
-            _ => Tracked::unchanged(key),
-        });
+        return Known::Reply(entry.nat);
     }
-    new_flow(tables, ct, now_ms, parsed, len, source)
+    Known::New
 }
 
-fn new_flow(
+/// Starts loading the forward entry a service reply renews in [`admit`].
+pub(super) fn prefetch_forward_entry(ct: &Conntrack, flight: &InFlight<'_>) {
+    if let Known::Reply(Some(nat)) = flight.known {
+        if nat.kind == NatKind::Frontend {
+            ct.prefetch(&forward_entry_of_reply(&flight.parsed.flow, nat));
+        }
+    }
+}
+
+/// The client→frontend key of the flow a reply (backend→client) belongs to.
+fn forward_entry_of_reply(reply: &FlowKey, frontend: CtNat) -> FlowKey {
+    FlowKey {
+        dst: frontend.addr,
+        dst_port: frontend.port,
+        ..reply.reversed()
+    }
+}
+
+/// Finds the service a frame's flow may be balanced by: a new flow's, or an established one's whose
+/// backend must still be checked. Its backends start loading for [`translate`].
+pub(super) fn find_service<'t>(tables: &'t Tables, flight: &InFlight<'t>) -> Option<&'t Service> {
+    let needs_service = match flight.known {
+        Known::New => true,
+        Known::Original(Some(nat)) => nat.kind == NatKind::Backend,
+        Known::Original(None) | Known::Reply(_) => false,
+    };
+    let service = service_of(tables, &flight.parsed.flow).filter(|_| needs_service)?;
+    crate::prefetch::prefetch(service.backends().as_ptr());
+    Some(service)
+}
+
+/// Decides the translation: the remembered one, or for a new flow to a service, a backend by Maglev.
+pub(super) fn translate(ct: &mut Conntrack, flight: &mut InFlight<'_>) -> Result<(), DropReason> {
+    let key = flight.parsed.flow;
+    flight.tracked = match flight.known {
+        Known::Original(Some(nat)) if nat.kind == NatKind::Backend => {
+            if still_serves(flight.service, nat) {
+                Tracked::translated(key, End::Destination, nat)
+            } else {
+                // The backend left the service: the flow is balanced again, as a new one.
+                ct.remove(&key);
+                flight.known = Known::New;
+                balance(flight.service, &key)?
+            }
+        }
+        Known::Reply(Some(nat)) if nat.kind == NatKind::Frontend => {
+            Tracked::translated(key, End::Source, nat)
+        }
+        Known::Original(_) | Known::Reply(_) => Tracked::unchanged(key),
+        Known::New => balance(flight.service, &key)?,
+    };
+    Ok(())
+}
+
+/// Lets a new flow through policy and remembers it; renews the forward entry of a service reply.
+pub(super) fn admit(
     tables: &Tables,
     ct: &mut Conntrack,
     now_ms: u64,
-    parsed: &Parsed,
-    len: usize,
-    source: Source,
-) -> Result<Tracked, DropReason> {
-    let key = parsed.flow;
-    let service = service_of(tables, &key);
-    let tracked = match service {
-        Some(service) => {
-            let (_, backend) = service
-                .select(key.symmetric_hash())
-                .ok_or(DropReason::NoBackend)?;
-            translated(
-                key,
-                End::Destination,
-                CtNat::backend(backend.addr, backend.port),
-            )
+    flight: &mut InFlight<'_>,
+) -> Result<(), DropReason> {
+    if let Destination::Nowhere { .. } = flight.destination {
+        return Err(DropReason::NoRoute);
+    }
+    match flight.known {
+        Known::New => {
+            authorize(tables, flight)?;
+            remember(ct, now_ms, flight)
         }
-        None => Tracked::unchanged(key),
+        Known::Reply(Some(nat)) if nat.kind == NatKind::Frontend => {
+            // The forward entry (client→frontend) sees no reply itself: it follows the flow here.
+            let key = flight.parsed.flow;
+            let timeouts = *ct.timeouts();
+            if let Some(entry) = ct.lookup(&forward_entry_of_reply(&key, nat), now_ms) {
+                observe(
+                    entry,
+                    key.proto,
+                    tcp_flags(&flight.parsed),
+                    true,
+                    now_ms,
+                    &timeouts,
+                );
+            }
+            Ok(())
+        }
+        Known::Original(_) | Known::Reply(_) => Ok(()),
+    }
+}
+
+fn balance(service: Option<&Service>, key: &FlowKey) -> Result<Tracked, DropReason> {
+    let Some(service) = service else {
+        return Ok(Tracked::unchanged(*key));
     };
-    authorize(tables, &tracked.flow, source)?;
+    let (_, backend) = service
+        .select(key.symmetric_hash())
+        .ok_or(DropReason::NoBackend)?;
+    let nat = CtNat::backend(backend.addr, backend.port);
+    Ok(Tracked {
+        service: Some(service.id.0),
+        ..Tracked::translated(*key, End::Destination, nat)
+    })
+}
+
+/// Egress policy of a local source, then ingress policy of a local destination.
+fn authorize(tables: &Tables, flight: &InFlight<'_>) -> Result<(), DropReason> {
+    let flow = &flight.tracked.flow;
+    let port = match flow.proto {
+        proto::TCP | proto::UDP => flow.dst_port,
+        _ => 0,
+    };
+    let Source { identity, local } = flight.source;
+    let policy = &tables.policy;
+    if local && !policy.allows_egress(identity, flight.destination.identity(), flow.proto, port) {
+        return Err(DropReason::PolicyDenied);
+    }
+    if let Destination::LocalPod(dst) = flight.destination {
+        if !policy.allows_ingress(dst.identity, identity, flow.proto, port) {
+            return Err(DropReason::PolicyDenied);
+        }
+    }
+    Ok(())
+}
+
+fn remember(ct: &mut Conntrack, now_ms: u64, flight: &InFlight<'_>) -> Result<(), DropReason> {
+    let key = flight.parsed.flow;
     let timeouts = *ct.timeouts();
     let mut entry = CtEntry::new(key.proto, now_ms, &timeouts);
     observe(
         &mut entry,
         key.proto,
-        tcp_flags(parsed),
+        tcp_flags(&flight.parsed),
         false,
         now_ms,
         &timeouts,
     );
-    entry.count(len);
-    match (service, tracked.rewrite) {
-        (Some(service), Some((_, addr, port))) => {
-            let forward = CtEntry {
-                nat: Some(CtNat::backend(addr, port)),
-                service: Some(service.id.0),
-                ..entry
-            };
-            let translated = CtEntry {
-                nat: Some(CtNat::frontend(key.dst, key.dst_port)),
-                ..forward
-            };
-            insert(ct, key, forward, now_ms)?;
-            if let Err(full) = insert(ct, tracked.flow, translated, now_ms) {
-                ct.remove(&key);
-                return Err(full);
-            }
-        }
-        _ => insert(ct, key, entry, now_ms)?,
-    }
-    Ok(tracked)
-}
-
-/// Egress policy of a local source, then ingress policy of a local destination.
-fn authorize(tables: &Tables, flow: &FlowKey, source: Source) -> Result<(), DropReason> {
-    let port = match flow.proto {
-        proto::TCP | proto::UDP => flow.dst_port,
-        _ => 0,
+    entry.count(flight.parsed.l3_end());
+    let tracked = &flight.tracked;
+    let Some((_, addr, port)) = tracked.rewrite else {
+        return insert(ct, key, entry, now_ms);
     };
-    let local_dst = tables.endpoints.by_addr(flow.dst);
-    let dst_identity = match local_dst {
-        Some(endpoint) => endpoint.identity,
-        None => tables
-            .ipcache
-            .lookup(flow.dst)
-            .map_or(Identity::WORLD, |entry| entry.identity),
+    let forward = CtEntry {
+        nat: Some(CtNat::backend(addr, port)),
+        service: tracked.service,
+        ..entry
     };
-    let policy = &tables.policy;
-    if source.local && !policy.allows_egress(source.identity, dst_identity, flow.proto, port) {
-        return Err(DropReason::PolicyDenied);
-    }
-    if let Some(dst) = local_dst {
-        if !policy.allows_ingress(dst.identity, source.identity, flow.proto, port) {
-            return Err(DropReason::PolicyDenied);
-        }
-    }
-    Ok(())
+    let translated = CtEntry {
+        nat: Some(CtNat::frontend(key.dst, key.dst_port)),
+        ..forward
+    };
+    insert(ct, key, forward, now_ms)?;
+    insert(ct, tracked.flow, translated, now_ms).inspect_err(|_| {
+        ct.remove(&key);
+    })
 }
 
 fn service_of<'t>(tables: &'t Tables, key: &FlowKey) -> Option<&'t Service> {
@@ -176,32 +251,13 @@ fn service_of<'t>(tables: &'t Tables, key: &FlowKey) -> Option<&'t Service> {
 
 /// An established service flow keeps its backend while the backend is still in the service, even
 /// terminating or unhealthy; once it is gone, the flow moves.
-fn backend_still_serves(tables: &Tables, key: &FlowKey, nat: CtNat) -> bool {
-    service_of(tables, key).is_some_and(|service| {
+fn still_serves(service: Option<&Service>, nat: CtNat) -> bool {
+    service.is_some_and(|service| {
         service
             .backends()
             .iter()
             .any(|b| b.addr == nat.addr && b.port == nat.port)
     })
-}
-
-fn translated(key: FlowKey, end: End, nat: CtNat) -> Tracked {
-    let flow = match end {
-        End::Destination => FlowKey {
-            dst: nat.addr,
-            dst_port: nat.port,
-            ..key
-        },
-        End::Source => FlowKey {
-            src: nat.addr,
-            src_port: nat.port,
-            ..key
-        },
-    };
-    Tracked {
-        flow,
-        rewrite: Some((end, nat.addr, nat.port)),
-    }
 }
 
 fn insert(ct: &mut Conntrack, key: FlowKey, entry: CtEntry, now_ms: u64) -> Result<(), DropReason> {
@@ -229,5 +285,16 @@ fn observe(
         entry.observe_tcp(flags, is_reply, now_ms, timeouts);
     } else {
         entry.observe_other(proto, is_reply, now_ms, timeouts);
+    }
+}
+
+impl Destination<'_> {
+    /// The destination's security identity, for the source's egress policy.
+    fn identity(&self) -> Identity {
+        match *self {
+            Destination::LocalPod(endpoint) => endpoint.identity,
+            Destination::Node { identity, .. } | Destination::Nowhere { identity } => identity,
+            Destination::Kernel => Identity::WORLD,
+        }
     }
 }
