@@ -15,6 +15,7 @@ pub mod clustermesh;
 pub mod etcd;
 pub mod identity_alloc;
 pub mod kvstore;
+pub mod local;
 pub mod publish;
 pub mod state;
 
