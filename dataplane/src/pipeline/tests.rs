@@ -606,3 +606,100 @@ proptest! {
         run(&a, &mut sa, port, &frame);
     }
 }
+
+#[test]
+fn hybrid_routing_goes_direct_on_the_segment_and_the_receiver_takes_the_identity_from_the_ipcache()
+{
+    let mut a = tables(1, &[(X_WING_PORT, x_wing())], &[rebel_c2()], &[]);
+    a.node.routing = RoutingMode::Hybrid;
+    a.nodes
+        .upsert(RemoteNode {
+            addr: node_ip(2).into(),
+            segment_mac: Some(node_mac(2)),
+        })
+        .unwrap();
+    // Node 2 admits only x-wing: the identity must come from its ipcache, not from a VNI.
+    let only_x_wing = PolicyRule {
+        endpoint_selector: LabelSelector::all().with_label("name", "rebel-base"),
+        ingress: Some(vec![policy::IngressRule {
+            from: vec![Peer::Endpoints(
+                LabelSelector::all().with_label("name", "x-wing"),
+            )],
+            to_ports: vec![],
+        }]),
+        egress: None,
+    };
+    let b = tables(2, &[(X_WING_PORT, rebel_c2())], &[x_wing()], &[only_x_wing]);
+    let (mut sa, mut sb) = (state(), state());
+    let request = tcp(&x_wing(), rebel_c2().ip, 40000, 8080, true);
+    let (verdict, wire) = run(&a, &mut sa, X_WING_PORT, &request);
+    assert_eq!(verdict, Verdict::Transmit(UPLINK));
+    assert_eq!(wire.len(), request.len(), "not encapsulated");
+    assert_eq!(
+        (&wire[..6], &wire[6..12]),
+        (&node_mac(2)[..], &node_mac(1)[..])
+    );
+    assert_eq!(sa.counters.forwarded(Forward::Direct).packets, 1);
+
+    let (verdict, delivered) = run(&b, &mut sb, UPLINK, &wire);
+    assert_eq!(verdict, Verdict::Transmit(X_WING_PORT));
+    assert_eq!(ports(&delivered), (x_wing().ip, 40000, rebel_c2().ip, 8080));
+
+    let mut stranger = tcp(&x_wing(), rebel_c2().ip, 40001, 8080, true);
+    stranger[14 + 12..14 + 16].copy_from_slice(&[100, 64, 1, 99]);
+    fix_ipv4_checksum(&mut stranger);
+    assert_eq!(
+        run(&b, &mut sb, UPLINK, &stranger).0,
+        Verdict::Drop(DropReason::PolicyDenied),
+        "an address outside the ipcache is world"
+    );
+}
+
+#[test]
+fn ipv6_pods_get_neighbour_answers_and_are_routed() {
+    let v6 = |last: u16| std::net::Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, last);
+    let node = tables(1, &[], &[], &[]).node;
+    let mut t = Tables::empty(node, Capacities::default());
+    for (port, last) in [(X_WING_PORT, 10u16), (REBEL_PORT, 11)] {
+        t.endpoints
+            .insert(Endpoint {
+                port,
+                mac: [0x02, 0, 0, 1, 1, last as u8],
+                ipv4: None,
+                ipv6: Some(v6(last)),
+                identity: Identity::new(0x1_0100 + u32::from(last)).unwrap(),
+                name: "default/pod".into(),
+            })
+            .unwrap();
+    }
+    let mut s = state();
+    let mac = [0x02, 0, 0, 1, 1, 10];
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(mac, GATEWAY_MAC)
+        .ipv6(v6(10).octets(), v6(11).octets(), 64)
+        .udp(5353, 53)
+        .write(&mut frame, b"query")
+        .unwrap();
+    let (verdict, out) = run(&t, &mut s, X_WING_PORT, &frame);
+    assert_eq!(verdict, Verdict::Transmit(REBEL_PORT));
+    assert_eq!(out[14 + 7], 63, "one hop less");
+
+    let mut liar = frame.clone();
+    liar[14 + 8 + 15] = 99;
+    assert_eq!(
+        run(&t, &mut s, X_WING_PORT, &liar).0,
+        Verdict::Drop(DropReason::SpoofedSource)
+    );
+
+    let gateway = std::net::Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 1);
+    let mut solicitation = crate::parse::tests::neighbour_solicitation(v6(10), gateway, Some(mac));
+    solicitation[6..12].copy_from_slice(&mac);
+    let (verdict, answer) = run(&t, &mut s, X_WING_PORT, &solicitation);
+    assert_eq!(verdict, Verdict::Transmit(X_WING_PORT));
+    assert_eq!(
+        &answer[..6],
+        &mac,
+        "the advertisement goes back to the asker"
+    );
+    assert_eq!(s.counters.forwarded(Forward::NeighbourReply).packets, 1);
+}
