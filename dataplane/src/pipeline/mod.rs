@@ -176,7 +176,9 @@ fn process_burst<'t>(
     for flight in flights.iter_mut().flatten() {
         flight.service = track::find_service(tables, flight);
     }
-    run_stage(&mut flights, &mut outcomes, |f| track::translate(ct, f));
+    run_stage(&mut flights, &mut outcomes, |f| {
+        track::translate(tables, ct, f)
+    });
     for flight in flights.iter_mut().flatten() {
         flight.destination = deliver::destination(tables, flight.tracked.flow.dst, flight.arrival);
     }

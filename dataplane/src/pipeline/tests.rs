@@ -703,3 +703,23 @@ fn ipv6_pods_get_neighbour_answers_and_are_routed() {
     );
     assert_eq!(s.counters.forwarded(Forward::NeighbourReply).packets, 1);
 }
+
+#[test]
+fn an_established_flow_moves_when_its_backend_leaves_the_service() {
+    let local = [(X_WING_PORT, x_wing()), (REBEL_PORT, rebel_c1())];
+    let mut t = tables(1, &local, &[rebel_c2()], &[]);
+    add_rebel_service(&mut t, &[(&rebel_c1(), BackendState::Active)]);
+    let mut s = state();
+    let first = tcp(&x_wing(), VIP, 40000, 80, true);
+    assert_eq!(
+        run(&t, &mut s, X_WING_PORT, &first).0,
+        Verdict::Transmit(REBEL_PORT)
+    );
+
+    add_rebel_service(&mut t, &[(&rebel_c2(), BackendState::Active)]);
+    let again = tcp(&x_wing(), VIP, 40000, 80, false);
+    assert_eq!(
+        run(&t, &mut s, X_WING_PORT, &again).0,
+        Verdict::Transmit(UPLINK)
+    );
+}

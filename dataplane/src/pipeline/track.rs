@@ -12,7 +12,7 @@ use crate::conntrack::{Conntrack, CtEntry, CtNat, NatKind, Timeouts};
 use crate::flow::proto;
 use crate::nat::End;
 use crate::parse::{Parsed, L4};
-use crate::service::{Frontend, Service};
+use crate::service::{BackendStatus, Frontend, Service, ServiceId};
 use crate::snapshot::Tables;
 use crate::{Addr, DropReason, FlowKey, Identity};
 
@@ -20,8 +20,11 @@ use crate::{Addr, DropReason, FlowKey, Identity};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Known {
     New,
-    /// The frame travels the way the flow started; its entry's translation.
-    Original(Option<CtNat>),
+    /// The frame travels the way the flow started; its entry's translation and service.
+    Original {
+        nat: Option<CtNat>,
+        service: Option<u32>,
+    },
     /// The frame answers a flow the other end started.
     Reply(Option<CtNat>),
 }
@@ -73,7 +76,10 @@ pub(super) fn lookup(ct: &mut Conntrack, now_ms: u64, parsed: &Parsed, len: usiz
     if let Some(entry) = ct.lookup(&key, now_ms) {
         observe(entry, key.proto, flags, false, now_ms, &timeouts);
         entry.count(len);
-        return Known::Original(entry.nat);
+        return Known::Original {
+            nat: entry.nat,
+            service: entry.service,
+        };
     }
     if let Some(entry) = ct.lookup(&key.reversed(), now_ms) {
         observe(entry, key.proto, flags, true, now_ms, &timeouts);
@@ -102,24 +108,44 @@ fn forward_entry_of_reply(reply: &FlowKey, frontend: CtNat) -> FlowKey {
 }
 
 /// Finds the service a frame's flow may be balanced by: a new flow's, or an established one's whose
-/// backend must still be checked. Its backends start loading for [`translate`].
+/// backend was retired or cannot be vouched for. Its backends start loading for [`translate`].
 pub(super) fn find_service<'t>(tables: &'t Tables, flight: &InFlight<'t>) -> Option<&'t Service> {
     let needs_service = match flight.known {
         Known::New => true,
-        Known::Original(Some(nat)) => nat.kind == NatKind::Backend,
-        Known::Original(None) | Known::Reply(_) => false,
+        Known::Original {
+            nat: Some(nat),
+            service,
+        } if nat.kind == NatKind::Backend => {
+            backend_status(tables, service, nat) != BackendStatus::Serving
+        }
+        Known::Original { .. } | Known::Reply(_) => false,
     };
-    let service = service_of(tables, &flight.parsed.flow).filter(|_| needs_service)?;
+    if !needs_service {
+        return None;
+    }
+    let service = service_of(tables, &flight.parsed.flow)?;
     crate::prefetch::prefetch(service.backends().as_ptr());
     Some(service)
 }
 
 /// Decides the translation: the remembered one, or for a new flow to a service, a backend by Maglev.
-pub(super) fn translate(ct: &mut Conntrack, flight: &mut InFlight<'_>) -> Result<(), DropReason> {
+pub(super) fn translate(
+    tables: &Tables,
+    ct: &mut Conntrack,
+    flight: &mut InFlight<'_>,
+) -> Result<(), DropReason> {
     let key = flight.parsed.flow;
     flight.tracked = match flight.known {
-        Known::Original(Some(nat)) if nat.kind == NatKind::Backend => {
-            if still_serves(flight.service, nat) {
+        Known::Original {
+            nat: Some(nat),
+            service,
+        } if nat.kind == NatKind::Backend => {
+            let serving = match backend_status(tables, service, nat) {
+                BackendStatus::Serving => true,
+                BackendStatus::Retired => false,
+                BackendStatus::Unknown => still_serves(flight.service, nat),
+            };
+            if serving {
                 Tracked::translated(key, End::Destination, nat)
             } else {
                 // The backend left the service: the flow is balanced again, as a new one.
@@ -131,10 +157,20 @@ pub(super) fn translate(ct: &mut Conntrack, flight: &mut InFlight<'_>) -> Result
         Known::Reply(Some(nat)) if nat.kind == NatKind::Frontend => {
             Tracked::translated(key, End::Source, nat)
         }
-        Known::Original(_) | Known::Reply(_) => Tracked::unchanged(key),
+        Known::Original { .. } | Known::Reply(_) => Tracked::unchanged(key),
         Known::New => balance(flight.service, &key)?,
     };
     Ok(())
+}
+
+/// Whether an established service flow's backend is still in its service, from the table's record of
+/// retired backends; an entry without a service id (none is ever written so) is checked the long way.
+fn backend_status(tables: &Tables, service: Option<u32>, nat: CtNat) -> BackendStatus {
+    service.map_or(BackendStatus::Unknown, |id| {
+        tables
+            .services
+            .backend_status(ServiceId(id), nat.addr, nat.port)
+    })
 }
 
 /// Lets a new flow through policy and remembers it; renews the forward entry of a service reply.
@@ -168,7 +204,7 @@ pub(super) fn admit(
             }
             Ok(())
         }
-        Known::Original(_) | Known::Reply(_) => Ok(()),
+        Known::Original { .. } | Known::Reply(_) => Ok(()),
     }
 }
 

@@ -7,9 +7,11 @@
 //! snapshot shares every service it does not change.
 
 pub mod maglev;
+mod retired;
 mod table;
 
 pub use maglev::MaglevTable;
+pub use retired::{BackendStatus, MAX_RETIRED};
 pub use table::{ServiceError, ServiceTable};
 
 use crate::{Addr, ClusterId};

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
-use super::{Frontend, Service};
+use super::retired::{BackendStatus, Retired};
+use super::{Frontend, Service, ServiceId};
+use crate::Addr;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServiceError {
@@ -27,6 +29,7 @@ pub struct ServiceTable {
     shards: Box<[Shard]>,
     len: usize,
     capacity: usize,
+    retired: Retired,
 }
 
 impl Default for ServiceTable {
@@ -45,6 +48,7 @@ impl ServiceTable {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             len: 0,
             capacity,
+            retired: Retired::default(),
         }
     }
 
@@ -66,9 +70,20 @@ impl ServiceTable {
         let Some(shard) = self.shards.get_mut(shard_of(&frontend)) else {
             return Ok(None);
         };
+        let new = service.clone();
         let old = Arc::make_mut(shard).insert(frontend, service);
-        if old.is_none() {
-            self.len += 1;
+        match &old {
+            Some(old) if old.id == new.id => {
+                self.retired.replace(new.id, old.backends(), new.backends());
+            }
+            Some(old) => {
+                self.retired.replace(old.id, old.backends(), &[]);
+                self.retired.replace(new.id, &[], new.backends());
+            }
+            None => {
+                self.len += 1;
+                self.retired.replace(new.id, &[], new.backends());
+            }
         }
         Ok(old)
     }
@@ -77,6 +92,7 @@ impl ServiceTable {
         self.lookup(frontend)?;
         let old = Arc::make_mut(self.shards.get_mut(shard_of(frontend))?).remove(frontend)?;
         self.len -= 1;
+        self.retired.replace(old.id, old.backends(), &[]);
         Some(old)
     }
 
@@ -92,6 +108,17 @@ impl ServiceTable {
         self.capacity
     }
 
+    /// Whether an established flow of `service` may stay on backend `addr:port`.
+    pub fn backend_status(&self, service: ServiceId, addr: Addr, port: u16) -> BackendStatus {
+        self.retired.status(service, addr, port)
+    }
+
+    /// Forgets which backends were taken out of their services: call once no flow can still use one
+    /// (after conntrack's longest timeout), or to leave the fallback after [`super::MAX_RETIRED`].
+    pub fn clear_retired(&mut self) {
+        self.retired.clear();
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Service> {
         self.shards
             .iter()
@@ -103,7 +130,7 @@ impl ServiceTable {
 mod tests {
     use super::*;
     use crate::flow::proto;
-    use crate::service::{Backend, BackendState, ServiceId};
+    use crate::service::{Backend, BackendState, BackendStatus, ServiceId};
     use crate::{Addr, FlowKey};
     use proptest::prelude::*;
     use std::time::Instant;
@@ -126,6 +153,75 @@ mod tests {
             })
             .collect();
         Arc::new(Service::new(ServiceId(i), frontend(i), backends).unwrap())
+    }
+
+    #[test]
+    fn backends_taken_out_are_retired_until_they_come_back() {
+        let mut table = ServiceTable::new(8);
+        table.insert(service(1, 3)).unwrap();
+        let b = |i: u32| Addr::from_v4_bits(0x6440_0000 + (1 << 8) + i);
+        assert_eq!(
+            table.backend_status(ServiceId(1), b(2), 8080),
+            BackendStatus::Serving
+        );
+        table.insert(service(1, 2)).unwrap();
+        assert_eq!(
+            table.backend_status(ServiceId(1), b(2), 8080),
+            BackendStatus::Retired
+        );
+        assert_eq!(
+            table.backend_status(ServiceId(1), b(1), 8080),
+            BackendStatus::Serving
+        );
+        let snapshot = table.clone();
+        table.insert(service(1, 3)).unwrap();
+        assert_eq!(
+            table.backend_status(ServiceId(1), b(2), 8080),
+            BackendStatus::Serving
+        );
+        assert_eq!(
+            snapshot.backend_status(ServiceId(1), b(2), 8080),
+            BackendStatus::Retired,
+            "an older snapshot keeps its view"
+        );
+        table.remove(&frontend(1));
+        assert_eq!(
+            table.backend_status(ServiceId(1), b(0), 8080),
+            BackendStatus::Retired
+        );
+        table.clear_retired();
+        assert_eq!(
+            table.backend_status(ServiceId(1), b(0), 8080),
+            BackendStatus::Serving
+        );
+    }
+
+    #[test]
+    fn too_many_retired_backends_fall_back_to_unknown() {
+        let mut table = ServiceTable::new(8);
+        let per_round = 1000;
+        for round in 0..(crate::service::MAX_RETIRED / per_round as usize) as u32 + 3 {
+            let backends = (0..per_round)
+                .map(|b| Backend {
+                    addr: Addr::from_v4_bits(round * per_round + b),
+                    port: 1,
+                    state: BackendState::Active,
+                    cluster: None,
+                })
+                .collect();
+            let s = Service::new(ServiceId(1), frontend(1), backends).unwrap();
+            table.insert(Arc::new(s)).unwrap();
+        }
+        let any = Addr::from_v4_bits(0);
+        assert_eq!(
+            table.backend_status(ServiceId(1), any, 1),
+            BackendStatus::Unknown
+        );
+        table.clear_retired();
+        assert_eq!(
+            table.backend_status(ServiceId(1), any, 1),
+            BackendStatus::Serving
+        );
     }
 
     #[test]
