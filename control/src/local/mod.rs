@@ -1,7 +1,26 @@
 //! This cluster's own state, as its source tells it: Kubernetes (watchers) or, standalone, a directory
 //! of YAML files in the same shapes. Both sources produce a [`LocalState`]; everything downstream (identity
 //! resolution, publishing, the dataplane snapshot) reads only that.
+//!
+//! [`object`] is the shared step from a Kubernetes object to its part of the state (with [`cilium`],
+//! `netpol`, `service` and `workload` doing the translation per kind).
 
+pub mod cilium;
+mod error;
 mod model;
+mod netpol;
+pub mod object;
+mod ports;
+mod selector;
+mod service;
+mod status;
+mod workload;
+pub mod yaml;
+mod yaml_source;
 
+pub use cilium::CiliumNetworkPolicy;
+pub use error::TranslateError;
 pub use model::*;
+pub use object::{KubeObject, LocalObject, ObjectKey};
+pub use status::{LocalSourceHandle, SourceError, SourceStatus};
+pub use yaml_source::{YamlSource, YamlSourceError};

@@ -1,0 +1,169 @@
+//! One Kubernetes object of a kind meshpath reads, its key in [`LocalState`], and its translation:
+//! the step both local sources share between "an object arrived" and "the state changed".
+
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::cilium::{self, CiliumNetworkPolicy};
+use super::error::{Subject, TranslateError};
+use super::model::{
+    LocalEndpointSlice, LocalNode, LocalPod, LocalPolicy, LocalService, LocalState, ObjectRef,
+    PolicyKind, PolicyRef,
+};
+use super::{netpol, service, workload};
+
+/// A namespaced object without `metadata.namespace` (as in a hand-written file) is in this one.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// An object of one of the kinds the local sources read.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KubeObject {
+    Node(Box<Node>),
+    Pod(Box<Pod>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    NetworkPolicy(Box<NetworkPolicy>),
+    CiliumNetworkPolicy(Box<CiliumNetworkPolicy>),
+}
+
+/// Where an object lives in [`LocalState`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectKey {
+    Node(String),
+    Pod(ObjectRef),
+    Service(ObjectRef),
+    EndpointSlice(ObjectRef),
+    Policy(PolicyRef),
+}
+
+/// A translated object, ready to go into [`LocalState`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalObject {
+    Node(LocalNode),
+    Pod(LocalPod),
+    Service(LocalService),
+    EndpointSlice(LocalEndpointSlice),
+    Policy(LocalPolicy),
+}
+
+impl KubeObject {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KubeObject::Node(_) => "Node",
+            KubeObject::Pod(_) => "Pod",
+            KubeObject::Service(_) => "Service",
+            KubeObject::EndpointSlice(_) => "EndpointSlice",
+            KubeObject::NetworkPolicy(_) => "NetworkPolicy",
+            KubeObject::CiliumNetworkPolicy(_) => "CiliumNetworkPolicy",
+        }
+    }
+
+    fn metadata(&self) -> &ObjectMeta {
+        match self {
+            KubeObject::Node(o) => &o.metadata,
+            KubeObject::Pod(o) => &o.metadata,
+            KubeObject::Service(o) => &o.metadata,
+            KubeObject::EndpointSlice(o) => &o.metadata,
+            KubeObject::NetworkPolicy(o) => &o.metadata,
+            KubeObject::CiliumNetworkPolicy(o) => &o.metadata,
+        }
+    }
+
+    fn subject(&self) -> Subject<'_> {
+        let meta = self.metadata();
+        let namespaced = !matches!(self, KubeObject::Node(_));
+        Subject {
+            kind: self.kind(),
+            namespace: namespaced.then(|| meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)),
+            name: meta.name.as_deref().unwrap_or("<unnamed>"),
+        }
+    }
+
+    /// The object's key; fails only for an object without `metadata.name`.
+    pub fn key(&self) -> Result<ObjectKey, TranslateError> {
+        let subject = self.subject();
+        let Some(name) = self.metadata().name.clone() else {
+            return Err(subject.error("metadata.name", "missing"));
+        };
+        let at = ObjectRef {
+            namespace: subject.namespace.unwrap_or_default().to_string(),
+            name,
+        };
+        let policy = |kind| {
+            ObjectKey::Policy(PolicyRef {
+                kind,
+                policy: at.clone(),
+            })
+        };
+        Ok(match self {
+            KubeObject::Node(_) => ObjectKey::Node(at.name),
+            KubeObject::Pod(_) => ObjectKey::Pod(at),
+            KubeObject::Service(_) => ObjectKey::Service(at),
+            KubeObject::EndpointSlice(_) => ObjectKey::EndpointSlice(at),
+            KubeObject::NetworkPolicy(_) => policy(PolicyKind::NetworkPolicy),
+            KubeObject::CiliumNetworkPolicy(_) => policy(PolicyKind::CiliumNetworkPolicy),
+        })
+    }
+
+    /// The object as local state: `None` if it is valid but not part of it (a host-network pod).
+    pub fn translate(&self) -> Result<(ObjectKey, Option<LocalObject>), TranslateError> {
+        let key = self.key()?;
+        let subject = self.subject();
+        let object = match (&key, self) {
+            (ObjectKey::Node(name), KubeObject::Node(n)) => {
+                Some(LocalObject::Node(workload::node(n, name, &subject)?))
+            }
+            (ObjectKey::Pod(at), KubeObject::Pod(p)) => {
+                workload::pod(p, at.clone(), &subject)?.map(LocalObject::Pod)
+            }
+            (ObjectKey::Service(at), KubeObject::Service(s)) => Some(LocalObject::Service(
+                service::service(s, at.clone(), &subject)?,
+            )),
+            (ObjectKey::EndpointSlice(at), KubeObject::EndpointSlice(s)) => Some(
+                LocalObject::EndpointSlice(service::endpoint_slice(s, at.clone(), &subject)?),
+            ),
+            (ObjectKey::Policy(policy), KubeObject::NetworkPolicy(p)) => {
+                Some(LocalObject::Policy(LocalPolicy {
+                    policy: policy.clone(),
+                    rules: netpol::translate(p, &policy.policy.namespace, &subject)?,
+                }))
+            }
+            (ObjectKey::Policy(policy), KubeObject::CiliumNetworkPolicy(p)) => {
+                Some(LocalObject::Policy(LocalPolicy {
+                    policy: policy.clone(),
+                    rules: cilium::translate(p, &policy.policy.namespace, &subject)?,
+                }))
+            }
+            _ => None,
+        };
+        Ok((key, object))
+    }
+}
+
+impl LocalState {
+    /// Puts `object` at `key`, or removes what is there when `object` is `None`.
+    pub fn set(&mut self, key: &ObjectKey, object: Option<LocalObject>) {
+        match object {
+            None => self.remove(key),
+            Some(LocalObject::Node(n)) => drop(self.nodes.insert(n.name.clone(), n)),
+            Some(LocalObject::Pod(p)) => drop(self.pods.insert(p.pod.clone(), p)),
+            Some(LocalObject::Service(s)) => drop(self.services.insert(s.service.clone(), s)),
+            Some(LocalObject::EndpointSlice(s)) => {
+                drop(self.endpoint_slices.insert(s.slice.clone(), s))
+            }
+            Some(LocalObject::Policy(p)) => drop(self.policies.insert(p.policy.clone(), p)),
+        }
+    }
+
+    pub fn remove(&mut self, key: &ObjectKey) {
+        match key {
+            ObjectKey::Node(name) => drop(self.nodes.remove(name)),
+            ObjectKey::Pod(at) => drop(self.pods.remove(at)),
+            ObjectKey::Service(at) => drop(self.services.remove(at)),
+            ObjectKey::EndpointSlice(at) => drop(self.endpoint_slices.remove(at)),
+            ObjectKey::Policy(policy) => drop(self.policies.remove(policy)),
+        }
+    }
+}
