@@ -17,6 +17,8 @@ pub mod identity_alloc;
 pub mod kvstore;
 pub mod local;
 pub mod publish;
+pub mod resolve;
+pub mod snapshot;
 pub mod state;
 
 pub use cluster_name::{ClusterName, ClusterNameError};

@@ -1,0 +1,241 @@
+//! The resolver: one [`LocalState`] in, the pods' identities and this cluster's mesh view out; the view's
+//! changes since the last one go to the cluster's etcd through the [`Publisher`], when there is one.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use meshpath_dataplane::policy::IdentityLabels;
+use meshpath_dataplane::{ClusterId, Identity};
+
+use super::allocator::IdentitySource;
+use super::labels::{identity_labels, label_set};
+use super::view::mesh_view;
+use crate::cluster_name::ClusterName;
+use crate::identity_alloc::AllocError;
+use crate::kvstore::{LabelError, LabelSet};
+use crate::local::{LocalState, ObjectRef};
+use crate::publish::{PublishError, Publisher};
+use crate::state::{ClusterState, Entry, EntryKey, StateEvent};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("pod {pod}: {source}")]
+    Identity { pod: String, source: AllocError },
+    #[error("releasing identity `{labels}`: {source}")]
+    Release { labels: String, source: AllocError },
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// The local state with everything the snapshot builder needs resolved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResolvedLocal {
+    pub local: Arc<LocalState>,
+    /// Every scheduled pod with an address, and its identity.
+    pub pods: BTreeMap<ObjectRef, Identity>,
+    /// This cluster's identities with their labels, as policy matches them.
+    pub identities: IdentityLabels,
+    /// What the mesh sees of this cluster.
+    pub state: ClusterState,
+    /// Pods left without an identity because a label cannot be written in Cilium's label string.
+    pub skipped: Vec<(ObjectRef, LabelError)>,
+}
+
+pub struct Resolver<A> {
+    cluster: ClusterName,
+    cluster_id: ClusterId,
+    alloc: A,
+    publisher: Option<Publisher>,
+    /// Label sets in use and their identities: allocated once, released when no pod uses them.
+    held: BTreeMap<LabelSet, Identity>,
+    published: ClusterState,
+}
+
+impl<A: IdentitySource> Resolver<A> {
+    pub fn new(cluster: ClusterName, cluster_id: ClusterId, alloc: A) -> Self {
+        Resolver {
+            cluster,
+            cluster_id,
+            alloc,
+            publisher: None,
+            held: BTreeMap::new(),
+            published: ClusterState::default(),
+        }
+    }
+
+    /// Publishes every resolved state's changes through `publisher`.
+    pub fn with_publisher(mut self, publisher: Publisher) -> Self {
+        self.publisher = Some(publisher);
+        self
+    }
+
+    pub fn publisher_mut(&mut self) -> Option<&mut Publisher> {
+        self.publisher.as_mut()
+    }
+
+    /// Resolves `local`. A publishing failure leaves the unpublished changes for the next call.
+    pub async fn resolve(&mut self, local: Arc<LocalState>) -> Result<ResolvedLocal, ResolveError> {
+        let mut resolved = ResolvedLocal {
+            local: local.clone(),
+            ..ResolvedLocal::default()
+        };
+        let mut used: BTreeMap<LabelSet, Identity> = BTreeMap::new();
+        let scheduled = local
+            .pods
+            .values()
+            .filter(|p| p.node.is_some() && !p.ips.is_empty());
+        for pod in scheduled {
+            let labels = identity_labels(pod, &self.cluster);
+            let set = match label_set(&labels) {
+                Ok(set) => set,
+                Err(err) => {
+                    tracing::warn!(pod = %format!("{}/{}", pod.pod.namespace, pod.pod.name), %err, "no identity");
+                    resolved.skipped.push((pod.pod.clone(), err));
+                    continue;
+                }
+            };
+            let id = self.identity(&set, &pod.pod).await?;
+            used.insert(set, id);
+            resolved.pods.insert(pod.pod.clone(), id);
+            resolved.identities.insert(id, labels);
+        }
+        self.release_unused(&used).await?;
+        let by_id = used.into_iter().map(|(l, id)| (id, l)).collect();
+        resolved.state = mesh_view(&local, &resolved.pods, &by_id, self.cluster_id);
+        self.publish(&resolved.state).await?;
+        Ok(resolved)
+    }
+
+    async fn identity(
+        &mut self,
+        set: &LabelSet,
+        pod: &ObjectRef,
+    ) -> Result<Identity, ResolveError> {
+        if let Some(id) = self.held.get(set) {
+            return Ok(*id);
+        }
+        let id = self
+            .alloc
+            .allocate(set)
+            .await
+            .map_err(|source| ResolveError::Identity {
+                pod: format!("{}/{}", pod.namespace, pod.name),
+                source,
+            })?;
+        self.held.insert(set.clone(), id);
+        Ok(id)
+    }
+
+    async fn release_unused(
+        &mut self,
+        used: &BTreeMap<LabelSet, Identity>,
+    ) -> Result<(), ResolveError> {
+        let unused: Vec<LabelSet> = self
+            .held
+            .keys()
+            .filter(|l| !used.contains_key(*l))
+            .cloned()
+            .collect();
+        for labels in unused {
+            self.alloc
+                .release(&labels)
+                .await
+                .map_err(|source| ResolveError::Release {
+                    labels: labels.to_string(),
+                    source,
+                })?;
+            self.held.remove(&labels);
+        }
+        Ok(())
+    }
+
+    /// Sends the difference to the last published state. Identities are in etcd already (allocation
+    /// writes them); nodes are not deleted here, their keys expire with the lease.
+    async fn publish(&mut self, state: &ClusterState) -> Result<(), ResolveError> {
+        let Some(publisher) = self.publisher.as_mut() else {
+            return Ok(());
+        };
+        for event in self.published.diff(state) {
+            match &event {
+                StateEvent::Upsert(Entry::Node(n)) => publisher.publish_node(n).await?,
+                StateEvent::Upsert(Entry::Endpoint(e)) => publisher.publish_endpoint(e).await?,
+                StateEvent::Upsert(Entry::Service(s)) => publisher.publish_service(s).await?,
+                StateEvent::Delete(EntryKey::Endpoint(ip)) => {
+                    publisher.withdraw_endpoint(*ip).await?
+                }
+                StateEvent::Delete(EntryKey::Service(n)) => publisher.withdraw_service(n).await?,
+                _ => {}
+            }
+            self.published.apply(event);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::LocalPod;
+    use crate::resolve::MemoryAllocator;
+    use std::net::Ipv4Addr;
+
+    fn pod(name: &str, app: &str, last: u8) -> LocalPod {
+        LocalPod {
+            pod: ObjectRef {
+                namespace: "default".into(),
+                name: name.into(),
+            },
+            node: Some("n1".into()),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ips: vec![Ipv4Addr::new(100, 64, 1, last).into()],
+            service_account: "default".into(),
+            ready: true,
+            terminating: false,
+        }
+    }
+
+    fn local(pods: &[LocalPod]) -> Arc<LocalState> {
+        let mut state = LocalState::default();
+        for p in pods {
+            state.pods.insert(p.pod.clone(), p.clone());
+        }
+        Arc::new(state)
+    }
+
+    #[tokio::test]
+    async fn pods_with_the_same_labels_share_an_identity_and_unused_ones_are_released() {
+        let c = ClusterId::new(2).unwrap();
+        let mut resolver = Resolver::new(
+            ClusterName::new("cluster2").unwrap(),
+            c,
+            MemoryAllocator::new(c),
+        );
+        let mut unscheduled = pod("u", "web", 9);
+        unscheduled.node = None;
+        let mut bad = pod("bad", "x;y", 8);
+        bad.labels.insert("k".into(), "a;b".into());
+        let first = resolver
+            .resolve(local(&[
+                pod("a", "web", 1),
+                pod("b", "web", 2),
+                pod("c", "db", 3),
+                unscheduled,
+                bad,
+            ]))
+            .await
+            .unwrap();
+        assert_eq!(first.pods.len(), 3);
+        assert_eq!(first.skipped.len(), 1);
+        assert_eq!(first.identities.len(), 2);
+        let web = first.pods.values().next().copied().unwrap();
+        assert_eq!(web.cluster(), Some(c));
+        assert_eq!(first.state.endpoints.len(), 3);
+        assert_eq!(first.state.identities.len(), 2);
+        let second = resolver
+            .resolve(local(&[pod("a", "web", 1)]))
+            .await
+            .unwrap();
+        assert_eq!(second.identities.keys().collect::<Vec<_>>(), vec![&web]);
+        assert_eq!(resolver.alloc.len(), 1, "db's identity was released");
+    }
+}

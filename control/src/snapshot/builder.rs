@@ -1,0 +1,291 @@
+//! The builder: applies a batch of changes to its sources, then recomputes only the table entries the
+//! batch touched, on a clone of the current tables, and returns the new snapshot.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use meshpath_dataplane::endpoint::Endpoint;
+use meshpath_dataplane::policy::{compile, PolicyRule};
+use meshpath_dataplane::route::RemoteNode;
+use meshpath_dataplane::service::{Frontend, Service, ServiceId};
+use meshpath_dataplane::snapshot::Tables;
+use meshpath_dataplane::{Addr, PortId};
+
+use super::sources::{Dirty, Sources};
+use super::{ipcache, services, Change, NodeSpec, PodPorts};
+use crate::local::ObjectRef;
+use crate::resolve::local_node_addr;
+use crate::state::ServiceName;
+
+/// What the builder did, and what the tables refused (full tables, address conflicts, bad policy).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BuildStats {
+    pub changes: u64,
+    pub snapshots: u64,
+    pub ipcache_refused: u64,
+    pub endpoints_refused: u64,
+    pub nodes_refused: u64,
+    pub services_refused: u64,
+    pub policy_refused: u64,
+}
+
+pub struct SnapshotBuilder {
+    spec: NodeSpec,
+    sources: Sources,
+    /// The port each local pod's endpoint is installed on.
+    pods: HashMap<ObjectRef, PortId>,
+    /// The frontends each service has in the tables.
+    services: HashMap<ServiceName, Vec<Frontend>>,
+    /// Stable while a frontend exists.
+    service_ids: HashMap<Frontend, ServiceId>,
+    next_service_id: u32,
+    current: Arc<Tables>,
+    stats: BuildStats,
+}
+
+impl SnapshotBuilder {
+    pub fn new(spec: NodeSpec) -> Self {
+        let current = Arc::new(Tables::empty(spec.config.clone(), spec.capacities));
+        SnapshotBuilder {
+            spec,
+            sources: Sources::default(),
+            pods: HashMap::new(),
+            services: HashMap::new(),
+            service_ids: HashMap::new(),
+            next_service_id: 1,
+            current,
+            stats: BuildStats::default(),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Tables> {
+        self.current.clone()
+    }
+
+    pub fn stats(&self) -> &BuildStats {
+        &self.stats
+    }
+
+    /// What the builder knows, from which the tables were built.
+    pub fn sources(&self) -> &Sources {
+        &self.sources
+    }
+
+    pub fn spec(&self) -> &NodeSpec {
+        &self.spec
+    }
+
+    /// Applies a batch; a new snapshot if it changed anything.
+    pub fn apply(&mut self, changes: impl IntoIterator<Item = Change>) -> Option<Arc<Tables>> {
+        let mut dirty = Dirty::default();
+        for change in changes {
+            self.stats.changes += 1;
+            match change {
+                Change::Local(local) => self.sources.set_local(local, &mut dirty),
+                Change::Remote(event) => self.sources.apply_remote(event, &mut dirty),
+                Change::Ports(ports) => self.set_ports(ports, &mut dirty),
+            }
+        }
+        if dirty.is_empty() {
+            return None;
+        }
+        let mut tables = Tables::clone(&self.current);
+        self.update_ipcache(&mut tables, &dirty);
+        self.update_nodes(&mut tables, &dirty);
+        self.update_endpoints(&mut tables, &dirty.pods);
+        for name in &dirty.services {
+            self.update_service(&mut tables, name);
+        }
+        if dirty.policy {
+            self.update_policy(&mut tables);
+        }
+        self.current = Arc::new(tables);
+        self.stats.snapshots += 1;
+        Some(self.current.clone())
+    }
+
+    fn set_ports(&mut self, ports: PodPorts, dirty: &mut Dirty) {
+        let old = std::mem::replace(&mut self.spec.ports, ports);
+        let gone = old.keys().filter(|k| !self.spec.ports.contains_key(*k));
+        let changed = self
+            .spec
+            .ports
+            .iter()
+            .filter(|(k, v)| old.get(*k) != Some(*v));
+        let touched: Vec<ObjectRef> = gone.chain(changed.map(|(k, _)| k)).cloned().collect();
+        dirty.pods.extend(touched);
+    }
+
+    fn update_ipcache(&mut self, tables: &mut Tables, dirty: &Dirty) {
+        for prefix in &dirty.prefixes {
+            match ipcache::desired(&self.sources, &self.spec, prefix) {
+                Some(entry) if tables.ipcache.get(prefix) == Some(&entry) => {}
+                Some(entry) => {
+                    if let Err(err) = tables.ipcache.insert(*prefix, entry) {
+                        self.stats.ipcache_refused += 1;
+                        tracing::warn!(%prefix, %err, "ipcache entry refused");
+                    }
+                }
+                None => {
+                    tables.ipcache.remove(prefix);
+                }
+            }
+        }
+    }
+
+    /// Another node at `addr`, of this cluster or a remote one.
+    fn node_at(&self, addr: Addr) -> bool {
+        if self.spec.config.owns(addr) {
+            return false;
+        }
+        let local = self.sources.local.local.nodes.values();
+        let mut local = local.filter(|n| n.name != self.spec.node);
+        let mut remote = self
+            .sources
+            .remotes
+            .values()
+            .flat_map(|r| r.state.nodes.values());
+        local.any(|n| local_node_addr(n) == Some(addr))
+            || remote.any(|n| n.tunnel_addr() == Some(addr))
+    }
+
+    fn update_nodes(&mut self, tables: &mut Tables, dirty: &Dirty) {
+        for addr in &dirty.nodes {
+            if !self.node_at(*addr) {
+                tables.nodes.remove(*addr);
+                continue;
+            }
+            let node = RemoteNode {
+                addr: *addr,
+                segment_mac: None,
+            };
+            if let Err(err) = tables.nodes.upsert(node) {
+                self.stats.nodes_refused += 1;
+                tracing::warn!(%addr, %err, "node refused");
+            }
+        }
+    }
+
+    /// The endpoint a pod of this node should have: it must be attached and have an identity.
+    fn desired_endpoint(&self, pod_ref: &ObjectRef) -> Option<Endpoint> {
+        let (port, mac) = *self.spec.ports.get(pod_ref)?;
+        let pod = self.sources.local.local.pods.get(pod_ref)?;
+        if pod.node.as_deref() != Some(self.spec.node.as_str()) {
+            return None;
+        }
+        let identity = *self.sources.local.pods.get(pod_ref)?;
+        let v4 = pod.ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        });
+        let v6 = pod.ips.iter().find_map(|ip| match ip {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        });
+        Some(Endpoint {
+            port,
+            mac,
+            ipv4: v4,
+            ipv6: v6,
+            identity,
+            name: format!("{}/{}", pod_ref.namespace, pod_ref.name).into(),
+        })
+    }
+
+    /// Removes every touched endpoint before inserting any, so that a port or an address moving
+    /// between two pods in one batch is no conflict.
+    fn update_endpoints(&mut self, tables: &mut Tables, pods: &BTreeSet<ObjectRef>) {
+        let wanted: Vec<(ObjectRef, Option<Endpoint>)> = pods
+            .iter()
+            .map(|p| (p.clone(), self.desired_endpoint(p)))
+            .collect();
+        for (pod, endpoint) in &wanted {
+            let installed = self
+                .pods
+                .get(pod)
+                .and_then(|port| tables.endpoints.by_port(*port));
+            if installed.is_some() && installed == endpoint.as_ref() {
+                continue;
+            }
+            if let Some(port) = self.pods.remove(pod) {
+                tables.endpoints.remove(port);
+            }
+        }
+        for (pod, endpoint) in wanted {
+            let Some(endpoint) = endpoint else { continue };
+            if self.pods.contains_key(&pod) {
+                continue;
+            }
+            let port = endpoint.port;
+            match tables.endpoints.insert(endpoint) {
+                Ok(()) => {
+                    self.pods.insert(pod, port);
+                }
+                Err(err) => {
+                    self.stats.endpoints_refused += 1;
+                    tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), %err, "endpoint refused");
+                }
+            }
+        }
+    }
+
+    fn update_service(&mut self, tables: &mut Tables, name: &ServiceName) {
+        let plans = services::desired(&self.sources, &self.spec, name);
+        for old in self.services.remove(name).unwrap_or_default() {
+            if !plans.iter().any(|(f, _)| *f == old) {
+                tables.services.remove(&old);
+                self.service_ids.remove(&old);
+            }
+        }
+        let frontends: Vec<Frontend> = plans.iter().map(|(f, _)| *f).collect();
+        for (frontend, backends) in plans {
+            let same = tables
+                .services
+                .lookup(&frontend)
+                .is_some_and(|s| s.backends() == backends);
+            if same {
+                continue;
+            }
+            let next = &mut self.next_service_id;
+            let id = *self.service_ids.entry(frontend).or_insert_with(|| {
+                *next += 1;
+                ServiceId(*next - 1)
+            });
+            let inserted = Service::new(id, frontend, backends)
+                .and_then(|s| tables.services.insert(Arc::new(s)));
+            if let Err(err) = inserted {
+                self.stats.services_refused += 1;
+                tracing::warn!(service = %format!("{}/{}", name.namespace, name.name), %err, "service refused");
+            }
+        }
+        if !frontends.is_empty() {
+            self.services.insert(name.clone(), frontends);
+        }
+    }
+
+    /// Compiles every local policy against every identity of the mesh; on error the old policy stays.
+    fn update_policy(&mut self, tables: &mut Tables) {
+        let rules: Vec<PolicyRule> = self
+            .sources
+            .local
+            .local
+            .policies
+            .values()
+            .flat_map(|p| p.rules.iter().cloned())
+            .collect();
+        let limits = &self.spec.policy_limits;
+        match compile(
+            &rules,
+            &self.sources.identities,
+            self.spec.cluster_id,
+            limits,
+        ) {
+            Ok(policy) => tables.policy = policy,
+            Err(err) => {
+                self.stats.policy_refused += 1;
+                tracing::warn!(%err, "policy refused: the previous one stays");
+            }
+        }
+    }
+}
