@@ -7,6 +7,7 @@
 
 pub mod cilium;
 mod error;
+mod kube_source;
 mod model;
 mod netpol;
 pub mod object;
@@ -20,6 +21,7 @@ mod yaml_source;
 
 pub use cilium::CiliumNetworkPolicy;
 pub use error::TranslateError;
+pub use kube_source::{KubeSource, Watched};
 pub use model::*;
 pub use object::{KubeObject, LocalObject, ObjectKey};
 pub use status::{LocalSourceHandle, SourceError, SourceStatus};

@@ -1,0 +1,304 @@
+//! The Kubernetes source against a fake API server behind kube's mock service (tower-test): real
+//! list and watch JSON, watch events, a 410 Gone that forces a re-list, and a re-list that drops an
+//! object which disappeared meanwhile. The published LocalState is checked after every step.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::pin::pin;
+use std::time::Duration;
+
+use http::{Request, Response};
+use kube::client::Body;
+use kube::Client;
+use meshpath_control::local::{
+    KubeSource, LocalSourceHandle, LocalState, ObjectRef, PolicyKind, PolicyRef, SourceError,
+    SourceStatus,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tower_test::mock;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+const NODES: &str = "/api/v1/nodes";
+const PODS: &str = "/api/v1/pods";
+const SERVICES: &str = "/api/v1/services";
+const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+const NETPOLS: &str = "/apis/networking.k8s.io/v1/networkpolicies";
+const CNPS: &str = "/apis/cilium.io/v2/ciliumnetworkpolicies";
+
+enum Command {
+    /// What a list of this resource returns from now on.
+    SetList(&'static str, Vec<Value>),
+    /// The next watch of this resource returns these events, then ends.
+    Watch(&'static str, Vec<Value>),
+}
+
+/// An API server that answers lists from its current lists and holds each watch until the test
+/// gives it events, so every step is deterministic.
+async fn serve(
+    handle: mock::Handle<Request<Body>, Response<Body>>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let mut handle = pin!(handle);
+    let mut lists: HashMap<String, Vec<Value>> = HashMap::new();
+    let mut waiting: HashMap<String, VecDeque<mock::SendResponse<Response<Body>>>> = HashMap::new();
+    let mut queued: HashMap<String, VecDeque<Vec<Value>>> = HashMap::new();
+    loop {
+        tokio::select! {
+            request = handle.next_request() => {
+                let Some((request, send)) = request else { return };
+                let path = request.uri().path().to_string();
+                if request.uri().query().unwrap_or_default().contains("watch=true") {
+                    match queued.get_mut(&path).and_then(VecDeque::pop_front) {
+                        Some(events) => send.send_response(watch_response(&events)),
+                        None => waiting.entry(path).or_default().push_back(send),
+                    }
+                } else {
+                    let items = lists.get(&path).cloned().unwrap_or_default();
+                    send.send_response(list_response(items));
+                }
+            }
+            command = commands.recv() => match command {
+                None => return,
+                Some(Command::SetList(path, items)) => drop(lists.insert(path.to_string(), items)),
+                Some(Command::Watch(path, events)) => {
+                    match waiting.get_mut(path).and_then(VecDeque::pop_front) {
+                        Some(send) => send.send_response(watch_response(&events)),
+                        None => queued.entry(path.to_string()).or_default().push_back(events),
+                    }
+                }
+            },
+        }
+    }
+}
+
+fn list_response(items: Vec<Value>) -> Response<Body> {
+    let rv = items
+        .iter()
+        .filter_map(|i| {
+            i["metadata"]["resourceVersion"]
+                .as_str()?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(1);
+    let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv.to_string()}, "items": items});
+    Response::new(Body::from(serde_json::to_vec(&list).unwrap()))
+}
+
+/// Newline-delimited watch events, as the API server streams them.
+fn watch_response(events: &[Value]) -> Response<Body> {
+    let mut body = Vec::new();
+    for event in events {
+        serde_json::to_writer(&mut body, event).unwrap();
+        body.push(b'\n');
+    }
+    Response::new(Body::from(body))
+}
+
+fn event(kind: &str, object: &Value) -> Value {
+    json!({"type": kind, "object": object})
+}
+
+fn gone() -> Value {
+    json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": "too old resource version: 48213 (51000)", "reason": "Expired", "code": 410}})
+}
+
+/// The objects of a fixture file as JSON, `List`s unpacked.
+fn fixture(name: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/cross-cluster")
+        .join(name);
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = Value::deserialize(doc).unwrap();
+        match value["items"].as_array() {
+            Some(items) => out.extend(items.iter().cloned()),
+            None => out.push(value),
+        }
+    }
+    out
+}
+
+fn node() -> Value {
+    json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "c1-n1", "resourceVersion": "47001", "labels": {"kubernetes.io/hostname": "c1-n1"}},
+        "spec": {"podCIDR": "100.64.1.0/24", "podCIDRs": ["100.64.1.0/24"]},
+        "status": {"addresses": [{"type": "InternalIP", "address": "198.18.1.11"}, {"type": "Hostname", "address": "c1-n1"}]}})
+}
+
+fn pod(name: &str, ip: &str, ready: &str, rv: u64) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "resourceVersion": rv.to_string(), "labels": {"name": "x-wing"}},
+        "spec": {"nodeName": "c1-n1", "containers": [{"name": "x", "image": "quay.io/cilium/json-mock:v1.3.8"}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": ready}]}})
+}
+
+fn at(name: &str) -> ObjectRef {
+    ObjectRef {
+        namespace: "default".into(),
+        name: name.into(),
+    }
+}
+
+async fn until<T: Clone>(rx: &mut watch::Receiver<T>, what: &str, ok: impl FnMut(&T) -> bool) -> T {
+    match tokio::time::timeout(WAIT, rx.wait_for(ok)).await {
+        Ok(Ok(v)) => v.clone(),
+        _ => panic!("timed out waiting for {what}"),
+    }
+}
+
+#[tokio::test]
+async fn lists_watch_events_gone_and_relist() {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let (commands, rx) = mpsc::unbounded_channel();
+    let server = tokio::spawn(serve(handle, rx));
+    let send = |c| commands.send(c).unwrap();
+
+    let pods = fixture("pods.yaml");
+    let svc_and_slice = fixture("rebel-base-service.yaml");
+    let cnp = fixture("allow-cross-cluster.yaml").remove(0);
+    send(Command::SetList(NODES, vec![node()]));
+    send(Command::SetList(PODS, pods.clone()));
+    send(Command::SetList(SERVICES, vec![svc_and_slice[0].clone()]));
+    send(Command::SetList(SLICES, vec![svc_and_slice[1].clone()]));
+    send(Command::SetList(CNPS, vec![cnp.clone()]));
+    // NetworkPolicies: the empty list.
+
+    let cancel = CancellationToken::new();
+    let client = Client::new(service, "default");
+    let LocalSourceHandle {
+        mut state,
+        mut status,
+        task,
+    } = KubeSource::spawn(client, cancel.clone());
+
+    // 1. The initial lists, published once every kind has listed.
+    let s = until(&mut state, "the initial lists", |s| !s.nodes.is_empty()).await;
+    assert_eq!(s.nodes["c1-n1"].pod_cidrs, ["100.64.1.0/24"]);
+    assert_eq!(s.pods.len(), 2);
+    assert!(s.services[&at("rebel-base")].global);
+    assert_eq!(s.endpoint_slices.len(), 1);
+    let cnp_key = PolicyRef {
+        kind: PolicyKind::CiliumNetworkPolicy,
+        policy: at("allow-cross-cluster"),
+    };
+    assert!(s.policies.contains_key(&cnp_key));
+    assert_eq!(
+        *status.borrow(),
+        SourceStatus {
+            synced: true,
+            errors: vec![]
+        }
+    );
+
+    // 2. ADDED: a second x-wing.
+    send(Command::Watch(
+        PODS,
+        vec![event(
+            "ADDED",
+            &pod("x-wing-2", "100.64.1.30", "False", 49000),
+        )],
+    ));
+    let s = until(&mut state, "the added pod", |s| {
+        s.pods.contains_key(&at("x-wing-2"))
+    })
+    .await;
+    assert!(!s.pods[&at("x-wing-2")].ready);
+
+    // 3. MODIFIED: it becomes ready.
+    send(Command::Watch(
+        PODS,
+        vec![event(
+            "MODIFIED",
+            &pod("x-wing-2", "100.64.1.30", "True", 49001),
+        )],
+    ));
+    until(&mut state, "the pod ready", |s| {
+        s.pods.get(&at("x-wing-2")).is_some_and(|p| p.ready)
+    })
+    .await;
+
+    // 4. DELETED: the policy goes.
+    let mut deleted = cnp.clone();
+    deleted["metadata"]["resourceVersion"] = json!("49002");
+    send(Command::Watch(CNPS, vec![event("DELETED", &deleted)]));
+    until(&mut state, "the policy gone", |s| s.policies.is_empty()).await;
+
+    // 5. A NetworkPolicy that cannot be translated: reported, the state otherwise unchanged.
+    let bad = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "from-office", "namespace": "default", "resourceVersion": "49003"},
+        "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "192.0.2.0/24"}}]}]}});
+    send(Command::Watch(NETPOLS, vec![event("ADDED", &bad)]));
+    let st = until(&mut status, "the policy error", |s| !s.errors.is_empty()).await;
+    let SourceError::Object(e) = &st.errors[0] else {
+        panic!("{:?}", st.errors)
+    };
+    assert_eq!(
+        (e.object.as_str(), e.field.as_str()),
+        (
+            "NetworkPolicy default/from-office",
+            "spec.ingress[0].from[0].ipBlock"
+        )
+    );
+    assert!(state.borrow().policies.is_empty());
+
+    // 6. 410 Gone on pods; meanwhile the fixture's x-wing pod disappeared. The re-list drops it.
+    let before: LocalState = (**state.borrow()).clone();
+    let survivors: Vec<Value> = pods
+        .iter()
+        .filter(|p| p["metadata"]["name"] != "x-wing-7f5b8d6c9d-w8rxt")
+        .cloned()
+        .chain([pod("x-wing-2", "100.64.1.30", "True", 50000)])
+        .collect();
+    send(Command::SetList(PODS, survivors));
+    send(Command::Watch(PODS, vec![gone()]));
+    let st = until(&mut status, "the watch error", |s| {
+        s.errors
+            .iter()
+            .any(|e| matches!(e, SourceError::Watch { .. }))
+    })
+    .await;
+    assert!(
+        st.errors
+            .iter()
+            .any(|e| e.to_string().starts_with("watching pods:")),
+        "{:?}",
+        st.errors
+    );
+    let s = until(&mut state, "the re-list", |s| {
+        !s.pods.contains_key(&at("x-wing-7f5b8d6c9d-w8rxt"))
+    })
+    .await;
+    assert_eq!(s.pods.len(), 2);
+    assert!(
+        s.pods.contains_key(&at("rebel-base-6c8d9f7b54-4kq2m"))
+            && s.pods.contains_key(&at("x-wing-2"))
+    );
+    assert_eq!(
+        (&s.nodes, &s.services, &s.endpoint_slices),
+        (&before.nodes, &before.services, &before.endpoint_slices)
+    );
+    let st = until(&mut status, "the watch recovered", |s| {
+        !s.errors
+            .iter()
+            .any(|e| matches!(e, SourceError::Watch { .. }))
+    })
+    .await;
+    assert!(
+        st.synced && st.errors.len() == 1,
+        "the policy error stays: {:?}",
+        st.errors
+    );
+
+    cancel.cancel();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    server.abort();
+}
