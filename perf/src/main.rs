@@ -4,6 +4,7 @@
 mod measure;
 mod pipeline;
 mod report;
+mod sync;
 
 use clap::{Parser, Subcommand};
 
@@ -21,11 +22,14 @@ struct Cli {
 enum Scenario {
     /// The in-memory pipeline on one core at full table scale, whole and stage by stage.
     Pipeline(pipeline::Args),
+    /// The control plane against a real etcd: full sync of a 100k-endpoint remote, propagation, RSS.
+    Sync(sync::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.scenario {
         Scenario::Pipeline(args) => report::print(&pipeline::run(&args)?, cli.json),
+        Scenario::Sync(args) => report::print(&sync::run(&args)?, cli.json),
     }
 }

@@ -1,0 +1,268 @@
+//! The benchmark's clusters: the remote one written into etcd in Cilium's layout, and the local one
+//! (one node, one pod, a global service of the same name for every remote service).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use etcd_client::{Client, Txn, TxnOp};
+use meshpath_control::kvstore::{ClusterConfig, Key, Kind, LabelSet};
+use meshpath_control::local::{
+    LocalNode, LocalPod, LocalService, LocalServicePort, LocalState, ObjectRef,
+};
+use meshpath_control::resolve::{MemoryAllocator, ResolvedLocal, Resolver};
+use meshpath_control::snapshot::NodeSpec;
+use meshpath_control::state::{
+    Cidr, EndpointInfo, NodeAddressKind, NodeInfo, ServiceInfo, ServiceName, ServicePort,
+};
+use meshpath_control::ClusterName;
+use meshpath_dataplane::gateway::Gateway;
+use meshpath_dataplane::route::{RoutingMode, Underlay};
+use meshpath_dataplane::snapshot::{Capacities, NodeConfig};
+use meshpath_dataplane::tunnel::TunnelProtocol;
+use meshpath_dataplane::{Addr, ClusterId, Identity, PortId};
+
+/// Puts per transaction while writing the remote cluster.
+const TXN_OPS: usize = 2048;
+/// Addresses per remote node: its pod CIDR is a /22.
+const PER_NODE: u32 = 1024;
+const REMOTE_PODS: u32 = 0x0a80_0000; // 10.128.0.0
+const CHANGED_PODS: u32 = 0x0ac8_0000; // 10.200.0.0
+const LOCAL_VIPS: u32 = 0x0a60_0000; // 10.96.0.0
+
+pub struct Shape {
+    pub endpoints: u32,
+    pub services: u32,
+    pub backends: u32,
+    pub identities: u32,
+    pub nodes: u32,
+}
+
+fn c1() -> ClusterId {
+    ClusterId::new(1).unwrap_or_else(|| unreachable!())
+}
+
+fn c2() -> ClusterId {
+    ClusterId::new(2).unwrap_or_else(|| unreachable!())
+}
+
+fn c2_name() -> anyhow::Result<ClusterName> {
+    Ok(ClusterName::new("cluster2")?)
+}
+
+fn identity(shape: &Shape, i: u32) -> anyhow::Result<Identity> {
+    let id = (2 << 16) + 256 + i % shape.identities.max(1);
+    Identity::new(id).ok_or_else(|| anyhow::anyhow!("identity {id} out of range"))
+}
+
+fn node_addr(n: u32) -> Addr {
+    Addr::from_v4_bits(u32::from(Ipv4Addr::new(198, 18, 2, 1)) + n)
+}
+
+fn endpoint(shape: &Shape, ip: u32, node: u32) -> anyhow::Result<EndpointInfo> {
+    Ok(EndpointInfo {
+        ip: Addr::from_v4_bits(ip),
+        identity: identity(shape, ip)?,
+        host_ip: Some(node_addr(node)),
+        namespace: "bench".into(),
+        pod_name: format!("pod-{ip:x}"),
+    })
+}
+
+fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
+    Ok(serde_json::to_vec(value)?)
+}
+
+/// Every key and value of the remote cluster, canaries last.
+fn remote_kvs(shape: &Shape) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let name = c2_name()?;
+    let mut kvs = Vec::new();
+    for k in 0..shape.identities {
+        let labels = format!(
+            "k8s:app=app-{k};k8s:io.cilium.k8s.policy.cluster=cluster2;k8s:io.kubernetes.pod.namespace=bench;"
+        );
+        LabelSet::parse(&labels)?;
+        kvs.push((
+            Key::Identity(identity(shape, k)?).to_string(),
+            labels.into_bytes(),
+        ));
+    }
+    for n in 0..shape.nodes {
+        let node = NodeInfo {
+            name: format!("node-{n}"),
+            cluster_id: c2(),
+            addresses: vec![(NodeAddressKind::Internal, node_addr(n))],
+            pod_cidrs: vec![Cidr {
+                addr: Addr::from_v4_bits(REMOTE_PODS + n * PER_NODE),
+                prefix_len: 22,
+            }],
+            health_ips: vec![],
+            encryption_key: 0,
+            wireguard_pub_key: None,
+        };
+        let key = Key::Node {
+            cluster: name.clone(),
+            node: node.name.clone(),
+        };
+        kvs.push((key.to_string(), json(&node.to_kvstore(&name))?));
+    }
+    for i in 0..shape.endpoints {
+        let ep = endpoint(shape, REMOTE_PODS + i, i / PER_NODE)?;
+        kvs.push((
+            Key::Endpoint(ep.ip.ip()).to_string(),
+            json(&ep.to_kvstore())?,
+        ));
+    }
+    for j in 0..shape.services {
+        let backends = (0..shape.backends).map(|b| ServicePort {
+            addr: Addr::from_v4_bits(
+                REMOTE_PODS + (j * shape.backends + b) % shape.endpoints.max(1),
+            ),
+            port_name: "http".into(),
+            protocol: 6,
+            port: 8080,
+        });
+        let service = ServiceInfo {
+            name: ServiceName {
+                namespace: "bench".into(),
+                name: format!("svc-{j}"),
+            },
+            frontends: vec![],
+            backends: backends.collect(),
+            shared: true,
+            include_external: true,
+            selector: vec![],
+        };
+        let key = Key::Service {
+            cluster: name.clone(),
+            namespace: "bench".into(),
+            name: service.name.name.clone(),
+        };
+        kvs.push((key.to_string(), json(&service.to_kvstore(&name, c2()))?));
+    }
+    kvs.push((
+        Key::ClusterConfig(name.clone()).to_string(),
+        json(&ClusterConfig::new(2))?,
+    ));
+    for kind in Kind::ALL {
+        let key = Key::SyncCanary {
+            cluster: name.clone(),
+            kind,
+        };
+        kvs.push((key.to_string(), b"2026-11-25T12:00:00Z".to_vec()));
+    }
+    Ok(kvs)
+}
+
+pub async fn write_remote(client: &mut Client, shape: &Shape) -> anyhow::Result<()> {
+    let kvs = remote_kvs(shape)?;
+    for chunk in kvs.chunks(TXN_OPS) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|(k, v)| TxnOp::put(k.as_str(), v.as_slice(), None))
+            .collect();
+        client.txn(Txn::new().and_then(ops)).await?;
+    }
+    Ok(())
+}
+
+/// The `i`th timed change: a new endpoint on node 0.
+pub fn change(shape: &Shape, i: u32) -> anyhow::Result<(String, Vec<u8>, Addr)> {
+    let ep = endpoint(shape, CHANGED_PODS + i, 0)?;
+    Ok((
+        Key::Endpoint(ep.ip.ip()).to_string(),
+        json(&ep.to_kvstore())?,
+        ep.ip,
+    ))
+}
+
+/// Local pod, local node CIDR, remote endpoints and remote node CIDRs.
+pub fn expected_ipcache(shape: &Shape) -> usize {
+    2 + shape.endpoints as usize + shape.nodes as usize
+}
+
+fn obj(name: &str) -> ObjectRef {
+    ObjectRef {
+        namespace: "bench".into(),
+        name: name.into(),
+    }
+}
+
+pub fn spec() -> NodeSpec {
+    NodeSpec {
+        cluster: ClusterName::new("cluster1").unwrap_or_else(|_| unreachable!()),
+        cluster_id: c1(),
+        node: "node-0".into(),
+        config: NodeConfig {
+            cluster: c1(),
+            ipv4: Some(Ipv4Addr::new(198, 18, 1, 1)),
+            ipv6: None,
+            uplink: PortId(0),
+            underlay: Underlay {
+                mac: [2, 0, 0, 1, 0, 1],
+                router_mac: [2, 0, 0, 0, 0, 0xfe],
+                mtu: 1500,
+            },
+            gateway: Gateway {
+                mac: [2, 0xaa, 0, 0, 0, 1],
+            },
+            routing: RoutingMode::Tunnel,
+            tunnel: TunnelProtocol::Vxlan,
+        },
+        capacities: Capacities::default(),
+        ports: BTreeMap::from([(obj("client"), (PortId(1), [2, 0, 0, 1, 1, 10]))]),
+        local_affinity_threshold: 0.0,
+        policy_limits: Default::default(),
+    }
+}
+
+/// Cluster1 as the builder sees it: one node with one pod, and every service global.
+pub async fn local(shape: &Shape) -> anyhow::Result<Arc<ResolvedLocal>> {
+    let mut state = LocalState::default();
+    state.nodes.insert(
+        "node-0".into(),
+        LocalNode {
+            name: "node-0".into(),
+            internal_ips: vec![IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1))],
+            pod_cidrs: vec!["10.0.1.0/24".into()],
+            labels: Default::default(),
+        },
+    );
+    state.pods.insert(
+        obj("client"),
+        LocalPod {
+            pod: obj("client"),
+            node: Some("node-0".into()),
+            labels: [("app".to_string(), "client".to_string())].into(),
+            ips: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 1, 10))],
+            service_account: "default".into(),
+            ready: true,
+            terminating: false,
+        },
+    );
+    for j in 0..shape.services {
+        let name = obj(&format!("svc-{j}"));
+        state.services.insert(
+            name.clone(),
+            LocalService {
+                service: name,
+                cluster_ips: vec![Addr::from_v4_bits(LOCAL_VIPS + j).ip()],
+                ports: vec![LocalServicePort {
+                    name: "http".into(),
+                    protocol: 6,
+                    port: 80,
+                }],
+                selector: Default::default(),
+                global: true,
+                shared: true,
+                affinity: Default::default(),
+            },
+        );
+    }
+    let mut resolver = Resolver::new(
+        ClusterName::new("cluster1")?,
+        c1(),
+        MemoryAllocator::new(c1()),
+    );
+    Ok(Arc::new(resolver.resolve(Arc::new(state)).await?))
+}

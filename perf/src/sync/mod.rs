@@ -1,0 +1,244 @@
+//! `meshpath-perf sync`: the control plane at scale against a real etcd. A remote cluster of 100k
+//! endpoints and 10k services is written to a local etcd; then the remote watcher and the snapshot
+//! builder run as the agent runs them, and the benchmark measures the time from connecting to a complete
+//! dataplane snapshot, the latency from a put in the remote etcd to the snapshot that holds it, and the
+//! process's RSS at that size.
+
+mod cluster;
+mod etcd;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use meshpath_control::clustermesh::{config, spawn_remote, MeshStatus, RemoteOptions, StatusBoard};
+use meshpath_control::snapshot::{run_builder, Change, SnapshotBuilder};
+use meshpath_control::state::ClusterState;
+use meshpath_control::ClusterName;
+use meshpath_dataplane::snapshot::Tables;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::report::{against_ceiling, Report};
+
+const TARGET_SYNC_S: f64 = 2.0;
+const TARGET_P99_MS: f64 = 50.0;
+const TARGET_RSS_MIB: f64 = 200.0;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value_t = 100_000)]
+    endpoints: u32,
+    #[arg(long, default_value_t = 10_000)]
+    services: u32,
+    #[arg(long, default_value_t = 10)]
+    backends: u32,
+    #[arg(long, default_value_t = 1_000)]
+    identities: u32,
+    #[arg(long, default_value_t = 100)]
+    nodes: u32,
+    /// Puts whose propagation is timed, one at a time.
+    #[arg(long, default_value_t = 1_000)]
+    changes: u32,
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    etcd: String,
+}
+
+#[derive(Serialize)]
+pub struct Propagation {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+#[derive(Serialize)]
+pub struct SyncReport {
+    full_sync_s: f64,
+    propagation_ms: Propagation,
+    rss_mib: f64,
+    /// Seconds to write the remote cluster into etcd (not part of any figure).
+    write_s: f64,
+    snapshots: u64,
+    ipcache_entries: usize,
+    services: usize,
+    endpoints: u32,
+    remote_services: u32,
+}
+
+impl Report for SyncReport {
+    fn lines(&self) -> Vec<String> {
+        let p = &self.propagation_ms;
+        vec![
+            format!(
+                "remote cluster: {} endpoints, {} services (written in {:.1} s)",
+                self.endpoints, self.remote_services, self.write_s
+            ),
+            format!(
+                "full sync        {:>8.2} s    {}",
+                self.full_sync_s,
+                against_ceiling(self.full_sync_s, TARGET_SYNC_S)
+            ),
+            format!(
+                "propagation p50  {:>8.2} ms   p99 {:.2} ms  max {:.2} ms   p99 {}",
+                p.p50,
+                p.p99,
+                p.max,
+                against_ceiling(p.p99, TARGET_P99_MS)
+            ),
+            format!(
+                "rss              {:>8.1} MiB  {}",
+                self.rss_mib,
+                against_ceiling(self.rss_mib, TARGET_RSS_MIB)
+            ),
+            format!(
+                "snapshot: {} ipcache entries, {} services, {} snapshots built",
+                self.ipcache_entries, self.services, self.snapshots
+            ),
+        ]
+    }
+}
+
+pub fn run(args: &Args) -> anyhow::Result<SyncReport> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(args))
+}
+
+/// Resident set size of this process, from /proc/self/status.
+fn rss_mib() -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/self/status")?;
+    Ok(kib / 1024.0)
+}
+
+async fn until(
+    rx: &mut watch::Receiver<Arc<Tables>>,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&Tables) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if done(&rx.borrow_and_update()) {
+            return Ok(());
+        }
+        tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .with_context(|| format!("no snapshot with {what} within {timeout:?}"))??;
+    }
+}
+
+async fn run_async(args: &Args) -> anyhow::Result<SyncReport> {
+    let shape = cluster::Shape {
+        endpoints: args.endpoints,
+        services: args.services,
+        backends: args.backends,
+        identities: args.identities,
+        nodes: args.nodes,
+    };
+    let server = etcd::Server::start(&args.etcd).await?;
+    let mut client = server.client().await?;
+    let written = Instant::now();
+    cluster::write_remote(&mut client, &shape).await?;
+    let write_s = written.elapsed().as_secs_f64();
+
+    let builder = SnapshotBuilder::new(cluster::spec());
+    let (sink, mut snapshots) = watch::channel(builder.current());
+    let (changes, changes_rx) = mpsc::channel(16);
+    let (events, events_rx) = mpsc::channel(65_536);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(run_builder(
+        builder,
+        changes_rx,
+        events_rx,
+        sink,
+        cancel.clone(),
+        8192,
+    ));
+    changes
+        .send(Change::Local(cluster::local(&shape).await?))
+        .await?;
+    until(
+        &mut snapshots,
+        "the local state",
+        Duration::from_secs(30),
+        |t| t.endpoints.len() == 1,
+    )
+    .await?;
+
+    let remote_file = server.dir.path().join("cluster2");
+    std::fs::write(
+        &remote_file,
+        format!("endpoints:\n- {}\ninsecure: true\n", server.url),
+    )?;
+    let remote_config = config::load_file(&ClusterName::new("cluster2")?, &remote_file)?;
+    let options = RemoteOptions {
+        local_id: meshpath_dataplane::ClusterId::new(1),
+        ..RemoteOptions::default()
+    };
+    let board: StatusBoard = Arc::new(watch::channel(MeshStatus::new()).0);
+    let start = Instant::now();
+    let remote = spawn_remote(
+        remote_config,
+        options,
+        ClusterState::default(),
+        events,
+        board,
+        cancel.clone(),
+    );
+    let expected = cluster::expected_ipcache(&shape);
+    until(
+        &mut snapshots,
+        "the whole remote cluster",
+        Duration::from_secs(120),
+        |t| {
+            t.ipcache.len() == expected
+                && t.services
+                    .iter()
+                    .all(|s| s.backends().len() == shape.backends as usize)
+        },
+    )
+    .await?;
+    let full_sync_s = start.elapsed().as_secs_f64();
+    let rss = rss_mib()?;
+
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    for i in 0..args.changes {
+        let (key, value, addr) = cluster::change(&shape, i)?;
+        let put = Instant::now();
+        client.put(key, value, None).await?;
+        until(&mut snapshots, "the change", Duration::from_secs(30), |t| {
+            t.ipcache.lookup(addr).is_some()
+        })
+        .await?;
+        histogram.record(put.elapsed().as_micros().max(1) as u64)?;
+    }
+    let last = snapshots.borrow().clone();
+    cancel.cancel();
+    remote.stop().await;
+    let builder = task.await?;
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    Ok(SyncReport {
+        full_sync_s,
+        propagation_ms: Propagation {
+            p50: ms(0.5),
+            p99: ms(0.99),
+            max: histogram.max() as f64 / 1000.0,
+        },
+        rss_mib: rss.max(rss_mib()?),
+        write_s,
+        snapshots: builder.stats().snapshots,
+        ipcache_entries: last.ipcache.len(),
+        services: last.services.len(),
+        endpoints: args.endpoints,
+        remote_services: args.services,
+    })
+}
