@@ -34,6 +34,8 @@ enum Command {
     SetList(&'static str, Vec<Value>),
     /// The next watch of this resource returns these events, then ends.
     Watch(&'static str, Vec<Value>),
+    /// This resource is not served (its CRD is not installed): 404 Not Found.
+    NotServed(&'static str),
 }
 
 /// An API server that answers lists from its current lists and holds each watch until the test
@@ -46,12 +48,15 @@ async fn serve(
     let mut lists: HashMap<String, Vec<Value>> = HashMap::new();
     let mut waiting: HashMap<String, VecDeque<mock::SendResponse<Response<Body>>>> = HashMap::new();
     let mut queued: HashMap<String, VecDeque<Vec<Value>>> = HashMap::new();
+    let mut not_served: Vec<String> = Vec::new();
     loop {
         tokio::select! {
             request = handle.next_request() => {
                 let Some((request, send)) = request else { return };
                 let path = request.uri().path().to_string();
-                if request.uri().query().unwrap_or_default().contains("watch=true") {
+                if not_served.contains(&path) {
+                    send.send_response(not_found());
+                } else if request.uri().query().unwrap_or_default().contains("watch=true") {
                     match queued.get_mut(&path).and_then(VecDeque::pop_front) {
                         Some(events) => send.send_response(watch_response(&events)),
                         None => waiting.entry(path).or_default().push_back(send),
@@ -64,6 +69,7 @@ async fn serve(
             command = commands.recv() => match command {
                 None => return,
                 Some(Command::SetList(path, items)) => drop(lists.insert(path.to_string(), items)),
+                Some(Command::NotServed(path)) => not_served.push(path.to_string()),
                 Some(Command::Watch(path, events)) => {
                     match waiting.get_mut(path).and_then(VecDeque::pop_front) {
                         Some(send) => send.send_response(watch_response(&events)),
@@ -88,6 +94,14 @@ fn list_response(items: Vec<Value>) -> Response<Body> {
         .unwrap_or(1);
     let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv.to_string()}, "items": items});
     Response::new(Body::from(serde_json::to_vec(&list).unwrap()))
+}
+
+fn not_found() -> Response<Body> {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "the server could not find the requested resource", "reason": "NotFound", "details": {}, "code": 404});
+    let mut response = Response::new(Body::from(serde_json::to_vec(&status).unwrap()));
+    *response.status_mut() = http::StatusCode::NOT_FOUND;
+    response
 }
 
 /// Newline-delimited watch events, as the API server streams them.
@@ -297,6 +311,33 @@ async fn lists_watch_events_gone_and_relist() {
         "the policy error stays: {:?}",
         st.errors
     );
+
+    cancel.cancel();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_cluster_without_the_cilium_crd_syncs_with_no_cilium_policies() {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let (commands, rx) = mpsc::unbounded_channel();
+    let server = tokio::spawn(serve(handle, rx));
+    commands
+        .send(Command::SetList(NODES, vec![node()]))
+        .unwrap();
+    commands.send(Command::NotServed(CNPS)).unwrap();
+
+    let cancel = CancellationToken::new();
+    let LocalSourceHandle {
+        mut state,
+        mut status,
+        task,
+    } = KubeSource::spawn(Client::new(service, "default"), cancel.clone());
+    let s = until(&mut state, "the state", |s| !s.nodes.is_empty()).await;
+    assert!(s.policies.is_empty() && s.pods.is_empty());
+    let st = until(&mut status, "synced", |s| s.synced).await;
+    let text: Vec<String> = st.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(text, ["watching ciliumnetworkpolicies.cilium.io: not served by the API server (404): none assumed"]);
 
     cancel.cancel();
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();

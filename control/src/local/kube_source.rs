@@ -79,6 +79,8 @@ enum Change {
     /// A (re-)list completed: the kind's complete content.
     Listed(Watched, Vec<KubeObject>),
     Failed(Watched, watcher::Error),
+    /// The API server does not serve the kind (a CRD not installed): there are none of it.
+    NotServed(Watched),
     /// An event with nothing to do yet (the start of a list, a listed object before the list ends).
     Nothing,
 }
@@ -140,6 +142,11 @@ where
                 Change::Listed(watched, listed)
             }
             Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => Change::Nothing,
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                if status.is_not_found() =>
+            {
+                Change::NotServed(watched)
+            }
             Err(e) => Change::Failed(watched, e),
         })
         .boxed()
@@ -212,6 +219,13 @@ impl Mirror {
             Change::Failed(watched, e) => {
                 tracing::warn!(resource = watched.name(), "watch failed, retrying: {e}");
                 self.failing.insert(watched, e.to_string());
+            }
+            Change::NotServed(watched) => {
+                // Without the CRD there are no such objects; the list is retried with backoff
+                // and takes over once the CRD is installed.
+                self.relist(watched, &[]);
+                let problem = "not served by the API server (404): none assumed";
+                self.failing.insert(watched, problem.to_string());
             }
             Change::Nothing => {}
         }
