@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::cilium::CiliumNetworkPolicy;
 use super::error::TranslateError;
 use super::model::{LocalState, PolicyKind};
-use super::object::{KubeObject, ObjectKey};
+use super::object::{KubeObject, LocalObject, ObjectKey};
 use super::status::{LocalSourceHandle, SourceError, SourceStatus};
 
 /// Events handled between two publications, at most.
@@ -159,6 +159,7 @@ async fn follow(
     cancel: CancellationToken,
 ) {
     let mut mirror = Mirror::default();
+    let mut published = false;
     loop {
         let batch = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -170,14 +171,11 @@ async fn follow(
         for change in batch {
             mirror.apply(change);
         }
-        if mirror.synced() {
-            state_tx.send_if_modified(|current| {
-                let changed = **current != mirror.state;
-                if changed {
-                    *current = Arc::new(mirror.state.clone());
-                }
-                changed
-            });
+        if mirror.synced() && (mirror.changed || !published) {
+            // The one full copy per batch: the model is plain maps, shared read-only downstream.
+            state_tx.send_replace(Arc::new(mirror.state.clone()));
+            mirror.changed = false;
+            published = true;
         }
         let status = mirror.status();
         status_tx.send_if_modified(|current| {
@@ -198,6 +196,8 @@ struct Mirror {
     untranslatable: BTreeMap<ObjectKey, TranslateError>,
     failing: BTreeMap<Watched, String>,
     listed: BTreeSet<Watched>,
+    /// The state changed since it was last published.
+    changed: bool,
 }
 
 impl Mirror {
@@ -210,8 +210,8 @@ impl Mirror {
             Change::Apply(object) => self.put(&object),
             Change::Delete(object) => match object.key() {
                 Ok(key) => {
-                    self.state.remove(&key);
                     self.untranslatable.remove(&key);
+                    self.set(&key, None);
                 }
                 Err(e) => tracing::warn!("deleted object without a name: {e}"),
             },
@@ -235,8 +235,8 @@ impl Mirror {
         match object.translate() {
             Ok((key, local)) => {
                 self.failing.remove(&Watched::of(&key));
-                self.state.set(&key, local);
                 self.untranslatable.remove(&key);
+                self.set(&key, local);
             }
             Err(e) => match object.key() {
                 Ok(key) => drop(self.untranslatable.insert(key, e)),
@@ -250,7 +250,7 @@ impl Mirror {
         let present: BTreeSet<ObjectKey> = objects.iter().filter_map(|o| o.key().ok()).collect();
         for key in keys_of(&self.state, watched) {
             if !present.contains(&key) {
-                self.state.remove(&key);
+                self.set(&key, None);
             }
         }
         self.untranslatable
@@ -260,6 +260,13 @@ impl Mirror {
         }
         self.failing.remove(&watched);
         self.listed.insert(watched);
+    }
+
+    fn set(&mut self, key: &ObjectKey, object: Option<LocalObject>) {
+        if !self.state.holds(key, object.as_ref()) {
+            self.state.set(key, object);
+            self.changed = true;
+        }
     }
 
     fn status(&self) -> SourceStatus {
@@ -350,6 +357,7 @@ mod tests {
         fn mirror_equals_a_fresh_translation(ops in prop::collection::vec(op(), 0..24)) {
             let mut mirror = Mirror::default();
             let mut cluster: BTreeMap<u8, (u8, bool)> = BTreeMap::new();
+            let mut last = LocalState::default();
             for op in ops {
                 match op {
                     Op::Apply(i, v, h) => {
@@ -366,7 +374,11 @@ mod tests {
                         mirror.apply(Change::Listed(Watched::Pods, objects));
                     }
                 }
-                prop_assert_eq!(&mirror.state, &fresh(&cluster));
+                let expected = fresh(&cluster);
+                prop_assert_eq!(mirror.changed, mirror.state != last, "changed flag");
+                prop_assert_eq!(&mirror.state, &expected);
+                mirror.changed = false;
+                last = expected;
             }
         }
     }

@@ -157,6 +157,34 @@ impl LocalState {
         }
     }
 
+    /// Does the state hold exactly `object` at `key` (nothing, for `None`)? Lets a source skip
+    /// updates that change nothing it keeps, such as a pod's status heartbeat.
+    pub fn holds(&self, key: &ObjectKey, object: Option<&LocalObject>) -> bool {
+        match (key, object) {
+            (ObjectKey::Node(k), Some(LocalObject::Node(o))) => self.nodes.get(k) == Some(o),
+            (ObjectKey::Pod(k), Some(LocalObject::Pod(o))) => self.pods.get(k) == Some(o),
+            (ObjectKey::Service(k), Some(LocalObject::Service(o))) => {
+                self.services.get(k) == Some(o)
+            }
+            (ObjectKey::EndpointSlice(k), Some(LocalObject::EndpointSlice(o))) => {
+                self.endpoint_slices.get(k) == Some(o)
+            }
+            (ObjectKey::Policy(k), Some(LocalObject::Policy(o))) => self.policies.get(k) == Some(o),
+            (key, None) => !self.contains(key),
+            _ => false,
+        }
+    }
+
+    pub fn contains(&self, key: &ObjectKey) -> bool {
+        match key {
+            ObjectKey::Node(k) => self.nodes.contains_key(k),
+            ObjectKey::Pod(k) => self.pods.contains_key(k),
+            ObjectKey::Service(k) => self.services.contains_key(k),
+            ObjectKey::EndpointSlice(k) => self.endpoint_slices.contains_key(k),
+            ObjectKey::Policy(k) => self.policies.contains_key(k),
+        }
+    }
+
     pub fn remove(&mut self, key: &ObjectKey) {
         match key {
             ObjectKey::Node(name) => drop(self.nodes.remove(name)),
