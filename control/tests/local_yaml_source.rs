@@ -163,6 +163,25 @@ async fn a_file_broken_from_the_start_contributes_nothing_and_a_missing_director
         errors[0]
     );
 
+    // The same object in two files: the later file's definition is in force, and reported.
+    let mut status = handle.status.clone();
+    let mut state = handle.state.clone();
+    write(
+        dir.path(),
+        "c.yaml",
+        &SERVICE.replace("100.64.255.10", "100.64.255.99"),
+    );
+    let st = until(&mut status, "the redefinition", |s| s.errors.len() == 2).await;
+    let text = st.errors[1].to_string();
+    assert!(text.ends_with("c.yaml:1: Service default/web is also defined at a.yaml:1; this later definition is in force".replace("a.yaml", &dir.path().join("a.yaml").display().to_string()).as_str()), "{text}");
+    let s = until(&mut state, "the later definition", |s| {
+        s.services
+            .values()
+            .any(|v| v.cluster_ips[0].to_string() == "100.64.255.99")
+    })
+    .await;
+    assert_eq!(s.services.len(), 1);
+
     let missing = dir.path().join("nope");
     let err = YamlSource::spawn(&missing, CancellationToken::new()).unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");

@@ -48,6 +48,22 @@ pub enum LocalObject {
     Policy(LocalPolicy),
 }
 
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, at) = match self {
+            ObjectKey::Node(name) => return write!(f, "Node {name}"),
+            ObjectKey::Pod(at) => ("Pod", at),
+            ObjectKey::Service(at) => ("Service", at),
+            ObjectKey::EndpointSlice(at) => ("EndpointSlice", at),
+            ObjectKey::Policy(p) if p.kind == PolicyKind::NetworkPolicy => {
+                ("NetworkPolicy", &p.policy)
+            }
+            ObjectKey::Policy(p) => ("CiliumNetworkPolicy", &p.policy),
+        };
+        write!(f, "{kind} {}/{}", at.namespace, at.name)
+    }
+}
+
 impl KubeObject {
     pub fn kind(&self) -> &'static str {
         match self {

@@ -118,7 +118,8 @@ struct Files(BTreeMap<PathBuf, FileState>);
 #[derive(Default)]
 struct FileState {
     text: Option<String>,
-    objects: Vec<(ObjectKey, Option<LocalObject>)>,
+    /// Each object with the line of its document.
+    objects: Vec<(usize, ObjectKey, LocalObject)>,
     error: Option<SourceError>,
 }
 
@@ -150,10 +151,8 @@ impl Files {
     fn state(&self) -> LocalState {
         let mut state = LocalState::default();
         for file in self.0.values() {
-            for (key, object) in &file.objects {
-                if object.is_some() {
-                    state.set(key, object.clone());
-                }
+            for (_, key, object) in &file.objects {
+                state.set(key, Some(object.clone()));
             }
         }
         state
@@ -162,8 +161,35 @@ impl Files {
     fn status(&self) -> SourceStatus {
         SourceStatus {
             synced: true,
-            errors: self.0.values().filter_map(|f| f.error.clone()).collect(),
+            errors: self
+                .0
+                .values()
+                .filter_map(|f| f.error.clone())
+                .chain(self.redefinitions())
+                .collect(),
         }
+    }
+
+    /// An object defined twice: the later definition is in force, and reported.
+    fn redefinitions(&self) -> Vec<SourceError> {
+        let mut first: BTreeMap<&ObjectKey, (&Path, usize)> = BTreeMap::new();
+        let mut out = Vec::new();
+        for (path, file) in &self.0 {
+            for (line, key, _) in &file.objects {
+                match first.get(key) {
+                    None => drop(first.insert(key, (path, *line))),
+                    Some((at, at_line)) => out.push(SourceError::File {
+                        path: path.clone(),
+                        line: *line,
+                        problem: format!(
+                            "{key} is also defined at {}:{at_line}; this later definition is in force",
+                            at.display()
+                        ),
+                    }),
+                }
+            }
+        }
+        out
     }
 }
 
@@ -185,7 +211,8 @@ impl FileState {
         let mut objects = Vec::with_capacity(parsed.len());
         for p in parsed {
             match p.object.translate() {
-                Ok(translated) => objects.push(translated),
+                Ok((key, Some(object))) => objects.push((p.line, key, object)),
+                Ok((_, None)) => {}
                 Err(e) => {
                     self.error = Some(error(p.line, e.to_string()));
                     return;
