@@ -132,7 +132,11 @@ where
 {
     let (store, writer) = reflector::store::<K>();
     let api = Api::<K>::all(client.clone());
-    reflector(writer, watcher(api, watcher::Config::default()))
+    // managedFields are often most of an object's bytes, and the store keeps every object.
+    let events = watcher(api, watcher::Config::default()).modify(|o: &mut K| {
+        o.meta_mut().managed_fields = None;
+    });
+    reflector(writer, events)
         .default_backoff()
         .map(move |event| match event {
             Ok(watcher::Event::Apply(o)) => Change::Apply(wrap(o)),

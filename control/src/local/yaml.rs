@@ -92,7 +92,7 @@ fn parse_document(text: &str, start: usize, out: &mut Vec<ParsedObject>) -> Resu
         return Ok(());
     }
     let meta: TypeMeta = doc.read()?;
-    if meta.kind == "List" || meta.kind.ends_with("List") {
+    if is_list(&meta.kind) {
         let list: List = doc.read()?;
         for (index, value) in list.items.iter().enumerate() {
             let item = ListItem {
@@ -113,6 +113,22 @@ fn parse_document(text: &str, start: usize, out: &mut Vec<ParsedObject>) -> Resu
         object: decode(&meta, &doc)?,
     });
     Ok(())
+}
+
+/// `List`, or the list of one of the kinds read (`PodList`), as `kubectl get -o yaml` writes them.
+fn is_list(kind: &str) -> bool {
+    const KINDS: [&str; 6] = [
+        "Node",
+        "Pod",
+        "Service",
+        "EndpointSlice",
+        "NetworkPolicy",
+        "CiliumNetworkPolicy",
+    ];
+    kind == "List"
+        || kind
+            .strip_suffix("List")
+            .is_some_and(|k| KINDS.contains(&k))
 }
 
 /// Where typed values are read from: a document's text (errors carry serde_yaml's line) or an item
@@ -232,6 +248,17 @@ mod tests {
             .unwrap_err()
             .problem
             .starts_with("items[0]"));
+    }
+
+    #[test]
+    fn typed_lists_are_lists_and_other_kinds_ending_in_list_are_not() {
+        let pods = "apiVersion: v1\nkind: PodList\nitems:\n- {apiVersion: v1, kind: Pod, metadata: {name: p}}\n";
+        assert_eq!(parse_objects(pods).unwrap()[0].object.kind(), "Pod");
+        let other = "apiVersion: example.com/v1\nkind: AccessList\nitems: []\n";
+        assert!(parse_objects(other)
+            .unwrap_err()
+            .problem
+            .contains("AccessList"));
     }
 
     #[test]
