@@ -1,5 +1,6 @@
 //! meshpath: the node agent and the operator CLI.
 
+mod agent;
 mod lab;
 
 use std::process::ExitCode;

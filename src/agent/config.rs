@@ -1,0 +1,422 @@
+//! The agent's configuration: one YAML file, every key documented here, unknown keys refused, every
+//! value checked before anything starts, each error naming the key it is about.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use meshpath_control::ClusterName;
+use meshpath_dataplane::route::RoutingMode;
+use meshpath_dataplane::tunnel::TunnelProtocol;
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// serde_yaml names the key (unknown field, wrong type) and the line.
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {problem}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        problem: String,
+    },
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AgentConfig {
+    pub cluster: ClusterSection,
+    pub node: NodeSection,
+    /// The pods attached to this node: which interface each is behind.
+    #[serde(default)]
+    pub pods: Vec<PodAttachment>,
+    #[serde(default)]
+    pub dataplane: DataplaneSection,
+    /// This cluster's own etcd: where the agent publishes its node, endpoints and services.
+    pub etcd: Option<EtcdSection>,
+    pub clustermesh: Option<ClusterMeshSection>,
+    pub source: SourceSection,
+    /// The unix socket the operator CLI talks to.
+    pub status_socket: PathBuf,
+    /// Where Prometheus scrapes metrics (`host:port`); none when absent.
+    pub metrics: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClusterSection {
+    /// The cluster's name: at most 32 of `[a-z0-9-]`.
+    pub name: String,
+    /// The cluster's mesh id, 1..=255; it owns the identities `id << 16 ..= (id << 16) | 0xffff`.
+    pub id: u8,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NodeSection {
+    /// This node's name, as the local state names it.
+    pub name: String,
+    /// The interface towards the underlay.
+    pub uplink: String,
+    /// The node's underlay IPv4 address: where other nodes send tunnel traffic.
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    /// The MAC of the underlay router towards other segments.
+    pub router_mac: Mac,
+    /// The pods' virtual gateway MAC.
+    #[serde(default = "default_gateway_mac")]
+    pub gateway_mac: Mac,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PodAttachment {
+    /// `namespace/name`.
+    pub pod: String,
+    /// The node-side interface of the pod's veth.
+    pub interface: String,
+    /// The pod's own MAC (its eth0).
+    pub mac: Mac,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DataplaneSection {
+    /// Cores for the dataplane workers, one worker each.
+    pub cores: Vec<usize>,
+    /// `tunnel`, `direct` or `hybrid`.
+    pub routing: Routing,
+    /// `vxlan` (UDP 8472) or `geneve` (UDP 6081).
+    pub tunnel: Tunnel,
+    /// Most flows one worker tracks.
+    pub conntrack_capacity: usize,
+    /// Largest IP packet the uplink carries.
+    pub mtu: u16,
+}
+
+impl Default for DataplaneSection {
+    fn default() -> Self {
+        DataplaneSection {
+            cores: vec![0],
+            routing: Routing::Tunnel,
+            tunnel: Tunnel::Vxlan,
+            conntrack_capacity: 262_144,
+            mtu: 1500,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Routing {
+    Tunnel,
+    Direct,
+    Hybrid,
+}
+
+impl From<Routing> for RoutingMode {
+    fn from(r: Routing) -> Self {
+        match r {
+            Routing::Tunnel => RoutingMode::Tunnel,
+            Routing::Direct => RoutingMode::Direct,
+            Routing::Hybrid => RoutingMode::Hybrid,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tunnel {
+    Vxlan,
+    Geneve,
+}
+
+impl From<Tunnel> for TunnelProtocol {
+    fn from(t: Tunnel) -> Self {
+        match t {
+            Tunnel::Vxlan => TunnelProtocol::Vxlan,
+            Tunnel::Geneve => TunnelProtocol::Geneve,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EtcdSection {
+    pub endpoints: Vec<String>,
+    pub trusted_ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Allow `http://` endpoints (no TLS): for labs only.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClusterMeshSection {
+    /// One file per remote cluster, named after it.
+    pub config_dir: PathBuf,
+    /// How long a lost remote's entries stay before they are withdrawn, e.g. `60s`.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// With `service.cilium.io/affinity: local`, remote backends join once the fraction of ready
+    /// local backends falls below this (0.0: only when none is ready, as Cilium does).
+    #[serde(default)]
+    pub local_affinity_threshold: f64,
+}
+
+/// Where the local state comes from: exactly one of these.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SourceSection {
+    /// A directory of Kubernetes-shaped YAML files, watched.
+    pub yaml_dir: Option<PathBuf>,
+    /// The Kubernetes API server of the in-cluster service account or the kubeconfig.
+    #[serde(default)]
+    pub kubernetes: bool,
+}
+
+/// A MAC address written `02:00:00:00:00:01`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mac(pub [u8; 6]);
+
+impl FromStr for Mac {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut mac {
+            let part = parts
+                .next()
+                .ok_or_else(|| format!("`{s}` is not a MAC address"))?;
+            *byte =
+                u8::from_str_radix(part, 16).map_err(|_| format!("`{s}` is not a MAC address"))?;
+        }
+        match parts.next() {
+            None => Ok(Mac(mac)),
+            Some(_) => Err(format!("`{s}` is not a MAC address")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn default_gateway_mac() -> Mac {
+    Mac([0x02, 0x6d, 0x70, 0, 0, 1])
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl AgentConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        AgentConfig::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
+        let config: AgentConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config
+            .validate()
+            .map_err(|(key, problem)| ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                problem,
+            })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        ClusterName::new(&self.cluster.name).map_err(|e| ("cluster.name", e.to_string()))?;
+        if self.cluster.id == 0 {
+            return Err(("cluster.id", "must be 1..=255: 0 is no mesh id".into()));
+        }
+        if self.node.ipv4.is_none() && self.node.ipv6.is_none() {
+            return Err((
+                "node.ipv4",
+                "the node needs an underlay address (ipv4 or ipv6)".into(),
+            ));
+        }
+        let cores = core_count();
+        if self.dataplane.cores.is_empty() {
+            return Err(("dataplane.cores", "at least one core".into()));
+        }
+        if let Some(core) = self.dataplane.cores.iter().find(|c| **c >= cores) {
+            return Err((
+                "dataplane.cores",
+                format!("core {core} does not exist: this machine has {cores}"),
+            ));
+        }
+        if self.dataplane.conntrack_capacity == 0 {
+            return Err(("dataplane.conntrack-capacity", "must be positive".into()));
+        }
+        if self.dataplane.mtu < 1280 {
+            return Err((
+                "dataplane.mtu",
+                format!("{} is below IPv6's minimum of 1280", self.dataplane.mtu),
+            ));
+        }
+        for pod in &self.pods {
+            if pod
+                .pod
+                .split_once('/')
+                .is_none_or(|(ns, name)| ns.is_empty() || name.is_empty())
+            {
+                return Err(("pods[].pod", format!("`{}` is not namespace/name", pod.pod)));
+            }
+        }
+        if self.source.yaml_dir.is_some() == self.source.kubernetes {
+            return Err((
+                "source",
+                "exactly one of `yaml-dir` and `kubernetes: true`".into(),
+            ));
+        }
+        if let Some(etcd) = &self.etcd {
+            check_etcd(etcd)?;
+        }
+        if let Some(mesh) = &self.clustermesh {
+            if !(0.0..=1.0).contains(&mesh.local_affinity_threshold) {
+                return Err((
+                    "clustermesh.local-affinity-threshold",
+                    "must be within 0.0..=1.0".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_etcd(etcd: &EtcdSection) -> Result<(), (&'static str, String)> {
+    if etcd.endpoints.is_empty() {
+        return Err(("etcd.endpoints", "at least one endpoint".into()));
+    }
+    for endpoint in &etcd.endpoints {
+        let plain = endpoint.starts_with("http://");
+        if !plain && !endpoint.starts_with("https://") {
+            return Err((
+                "etcd.endpoints",
+                format!("`{endpoint}` is neither https:// nor http://"),
+            ));
+        }
+        if plain && !etcd.insecure {
+            return Err((
+                "etcd.endpoints",
+                format!("`{endpoint}` is plain http: set `insecure: true` to allow it"),
+            ));
+        }
+    }
+    let tls = [&etcd.trusted_ca_file, &etcd.cert_file, &etcd.key_file];
+    if !etcd.insecure && tls.iter().any(|f| f.is_none()) {
+        return Err((
+            "etcd.trusted-ca-file",
+            "TLS needs trusted-ca-file, cert-file and key-file".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn core_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+cluster: {name: cluster1, id: 1}
+node:
+  name: c1-n1
+  uplink: uplink0
+  ipv4: 198.18.1.1
+  router-mac: "02:00:00:00:00:fe"
+pods:
+  - {pod: default/x-wing-1, interface: p1, mac: "02:00:00:01:01:0a"}
+dataplane: {cores: [0], routing: hybrid, tunnel: vxlan, conntrack-capacity: 1024, mtu: 1500}
+etcd: {endpoints: ["http://198.18.1.1:2379"], insecure: true}
+clustermesh: {config-dir: /etc/meshpath/clustermesh, grace-period: 5s}
+source: {yaml-dir: /etc/meshpath/state}
+status-socket: /run/meshpath/c1-n1.sock
+"#;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(Path::new("agent.yaml"), text)
+    }
+
+    #[test]
+    fn a_complete_config_parses() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.dataplane.routing, Routing::Hybrid);
+        assert_eq!(config.pods[0].mac, Mac([2, 0, 0, 1, 1, 0x0a]));
+        assert_eq!(
+            config.clustermesh.unwrap().grace_period,
+            Duration::from_secs(5)
+        );
+        assert_eq!(config.node.gateway_mac, default_gateway_mac());
+    }
+
+    #[test]
+    fn a_typo_is_refused_with_the_key_it_names() {
+        let typo = GOOD.replace("conntrack-capacity", "conntrak-capacity");
+        let error = parse(&typo).unwrap_err().to_string();
+        assert!(error.contains("conntrak-capacity"), "{error}");
+        assert!(error.starts_with("agent.yaml:"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_key() {
+        let cases = [
+            (GOOD.replace("id: 1}", "id: 0}"), "cluster.id"),
+            (
+                GOOD.replace("name: cluster1", "name: Cluster_1"),
+                "cluster.name",
+            ),
+            (
+                GOOD.replace("insecure: true", "insecure: false"),
+                "etcd.endpoints",
+            ),
+            (GOOD.replace("mtu: 1500", "mtu: 576"), "dataplane.mtu"),
+            (
+                GOOD.replace("cores: [0]", "cores: [4096]"),
+                "dataplane.cores",
+            ),
+            (GOOD.replace("default/x-wing-1", "x-wing-1"), "pods[].pod"),
+            (
+                GOOD.replace("{yaml-dir: /etc/meshpath/state}", "{kubernetes: false}"),
+                "source",
+            ),
+        ];
+        for (text, key) in cases {
+            let error = parse(&text).unwrap_err().to_string();
+            assert!(error.contains(&format!("`{key}`")), "{key}: {error}");
+        }
+        let error = parse(&GOOD.replace("02:00:00:00:00:fe", "02:00:zz:00:00:fe")).unwrap_err();
+        assert!(error.to_string().contains("not a MAC address"), "{error}");
+        let error = parse(&GOOD.replace("routing: hybrid", "routing: bgp")).unwrap_err();
+        assert!(error.to_string().contains("bgp"), "{error}");
+    }
+}

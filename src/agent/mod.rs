@@ -1,0 +1,3 @@
+//! `meshpath agent`: one node's dataplane workers and its control task, from one configuration file.
+
+pub mod config;
