@@ -3,7 +3,10 @@
 //! resolution, publishing, the dataplane snapshot) reads only that.
 //!
 //! [`object`] is the shared step from a Kubernetes object to its part of the state (with [`cilium`],
-//! `netpol`, `service` and `workload` doing the translation per kind).
+//! `netpol`, `service` and `workload` doing the translation per kind, `selector` and `ports` the
+//! parts policies share). [`yaml`] reads files; [`YamlSource`] follows a directory of them and
+//! [`KubeSource`] the API server. Both hand out a [`LocalSourceHandle`]: the state on a watch
+//! channel, and a [`SourceStatus`] with every problem in force.
 
 pub mod cilium;
 mod error;
