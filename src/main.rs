@@ -3,6 +3,7 @@
 mod agent;
 mod lab;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -19,6 +20,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run one node: its dataplane worker and its control task.
+    Agent {
+        /// The agent's configuration file (YAML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Network namespace of the node, entered before anything starts.
+        #[arg(long)]
+        netns: Option<String>,
+    },
+    /// Health and counters of the local agent.
+    Status {
+        /// The agent's status socket.
+        #[arg(long, default_value = "/run/meshpath/agent.sock")]
+        socket: PathBuf,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Clusters, nodes and pods in network namespaces on this machine.
     Lab {
         #[command(subcommand)]
@@ -77,7 +95,21 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let Command::Lab { command } = cli.command;
+    match cli.command {
+        Command::Agent { config, netns } => agent::run(config, netns),
+        Command::Status { socket, output } => {
+            let status = agent::status::read(&socket)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                Output::Table => print!("{}", agent::status::render_table(&status)),
+            }
+            Ok(())
+        }
+        Command::Lab { command } => run_lab(command),
+    }
+}
+
+fn run_lab(command: LabCommand) -> anyhow::Result<()> {
     match command {
         LabCommand::Up {
             clusters,

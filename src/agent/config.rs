@@ -1,7 +1,7 @@
 //! The agent's configuration: one YAML file, every key documented here, unknown keys refused, every
 //! value checked before anything starts, each error naming the key it is about.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -47,8 +47,6 @@ pub struct AgentConfig {
     pub source: SourceSection,
     /// The unix socket the operator CLI talks to.
     pub status_socket: PathBuf,
-    /// Where Prometheus scrapes metrics (`host:port`); none when absent.
-    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -262,8 +260,13 @@ impl AgentConfig {
             ));
         }
         let cores = core_count();
-        if self.dataplane.cores.is_empty() {
-            return Err(("dataplane.cores", "at least one core".into()));
+        if self.dataplane.cores.len() != 1 {
+            // Conntrack is per worker and a veth has one queue: a second worker would see only half of
+            // a flow. More workers need flow steering across queues.
+            return Err((
+                "dataplane.cores",
+                "exactly one core: one worker per node for now".into(),
+            ));
         }
         if let Some(core) = self.dataplane.cores.iter().find(|c| **c >= cores) {
             return Err((

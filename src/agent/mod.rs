@@ -1,3 +1,190 @@
-//! `meshpath agent`: one node's dataplane workers and its control task, from one configuration file.
+//! `meshpath agent`: one node's dataplane worker and its control task, from one configuration file.
+//!
+//! Start-up: read the local state once (so the node's pod prefixes are known), attach the XDP program
+//! and bind the AF_XDP sockets in the node's network namespace, start the worker with the pipeline,
+//! then the control task that keeps the table snapshot current. SIGINT/SIGTERM stop it all and detach
+//! the programs.
 
 pub mod config;
+mod control;
+mod handler;
+pub mod status;
+mod wiring;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use arc_swap::ArcSwap;
+use meshpath_control::local::{LocalState, ObjectRef, YamlSource};
+use meshpath_control::resolve::parse_cidr;
+use meshpath_control::snapshot::{NodeSpec, PodPorts};
+use meshpath_dataplane::conntrack::{ConntrackConfig, Timeouts};
+use meshpath_dataplane::gateway::Gateway;
+use meshpath_dataplane::pipeline::WorkerState;
+use meshpath_dataplane::route::Underlay;
+use meshpath_dataplane::snapshot::{Capacities, NodeConfig, Tables};
+use meshpath_dataplane::stats::Counters;
+use meshpath_dataplane::ClusterId;
+use meshpath_xdp_redirect::netns::Netns;
+use meshpath_xdp_redirect::PodPrefix;
+use tokio_util::sync::CancellationToken;
+
+use config::AgentConfig;
+use handler::PipelineHandler;
+use status::StatusSources;
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub fn run(config_path: PathBuf, netns: Option<String>) -> anyhow::Result<()> {
+    let config = AgentConfig::load(&config_path)?;
+    // Before any thread exists: every socket, interface lookup and thread then lives in the node.
+    if let Some(name) = &netns {
+        Netns::named(name)
+            .and_then(|ns| ns.enter())
+            .with_context(|| format!("entering network namespace `{name}`"))?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_node(config))
+}
+
+async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let Some(dir) = config.source.yaml_dir.clone() else {
+        bail!("`source.kubernetes`: the Kubernetes source is not wired into the agent yet; use `source.yaml-dir`");
+    };
+    let source = YamlSource::spawn(dir, cancel.clone())?;
+    let first = source.state.borrow().clone();
+    let spec = node_spec(&config, &first)?;
+    let tables = Arc::new(ArcSwap::from_pointee(Tables::empty(
+        spec.config.clone(),
+        spec.capacities,
+    )));
+    let wiring = wiring::wire(&config, &pod_prefixes(&config, &first))?;
+    let counters = Arc::new(ArcSwap::from_pointee(Counters::default()));
+    let state = WorkerState::new(ConntrackConfig {
+        capacity: config.dataplane.conntrack_capacity,
+        timeouts: Timeouts::default(),
+    });
+    let stats = wiring.worker.stats_reader();
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler = PipelineHandler::new(tables.clone(), state, counters.clone());
+    let worker = wiring.worker.spawn(handler, stop.clone())?;
+
+    let mut tasks = control::start(
+        &config,
+        spec,
+        source.state.clone(),
+        tables.clone(),
+        cancel.clone(),
+    )?;
+    let sources = StatusSources {
+        cluster: config.cluster.name.clone(),
+        node: config.node.name.clone(),
+        tables,
+        counters,
+        worker: stats,
+    };
+    let socket = config.status_socket.clone();
+    let status_cancel = cancel.clone();
+    tasks.spawn(async move {
+        if let Err(error) = status::serve(&socket, sources, status_cancel).await {
+            tracing::error!(%error, "status socket");
+        }
+    });
+    tracing::info!(node = %config.node.name, cluster = %config.cluster.name, "agent running");
+    wait_for_signal().await;
+    tracing::info!("stopping");
+    cancel.cancel();
+    while tasks.join_next().await.is_some() {}
+    stop.store(true, Ordering::Relaxed);
+    let _ = worker.join();
+    drop(wiring.attachments);
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn node_spec(config: &AgentConfig, local: &LocalState) -> anyhow::Result<NodeSpec> {
+    let cluster = control::cluster_name(config)?;
+    let cluster_id = ClusterId::new(config.cluster.id).context("cluster.id")?;
+    let node = NodeConfig {
+        cluster: cluster_id,
+        ipv4: config.node.ipv4,
+        ipv6: config.node.ipv6,
+        uplink: wiring::UPLINK,
+        underlay: Underlay {
+            mac: wiring::interface_mac(&config.node.uplink)?,
+            router_mac: config.node.router_mac.0,
+            mtu: config.dataplane.mtu,
+        },
+        gateway: Gateway {
+            mac: config.node.gateway_mac.0,
+        },
+        routing: config.dataplane.routing.into(),
+        tunnel: config.dataplane.tunnel.into(),
+    };
+    if !local.nodes.contains_key(&config.node.name) {
+        tracing::warn!(node = %config.node.name, "the local state has no such node yet");
+    }
+    Ok(NodeSpec {
+        cluster,
+        cluster_id,
+        node: config.node.name.clone(),
+        config: node,
+        capacities: Capacities::default(),
+        ports: pod_ports(config),
+        local_affinity_threshold: config
+            .clustermesh
+            .as_ref()
+            .map_or(0.0, |m| m.local_affinity_threshold),
+        policy_limits: Default::default(),
+    })
+}
+
+fn pod_ports(config: &AgentConfig) -> PodPorts {
+    config
+        .pods
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let (namespace, name) = p.pod.split_once('/')?;
+            let pod = ObjectRef {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            };
+            Some((pod, (wiring::pod_port(i), p.mac.0)))
+        })
+        .collect::<BTreeMap<_, _>>()
+}
+
+/// The prefixes whose frames the uplink hands to the dataplane: this node's pod CIDRs.
+fn pod_prefixes(config: &AgentConfig, local: &LocalState) -> Vec<PodPrefix> {
+    let cidrs = local
+        .nodes
+        .get(&config.node.name)
+        .map(|n| n.pod_cidrs.clone())
+        .unwrap_or_default();
+    cidrs
+        .iter()
+        .filter_map(|text| parse_cidr(text))
+        .map(|cidr| PodPrefix {
+            addr: cidr.addr.ip(),
+            len: cidr.prefix_len,
+        })
+        .collect()
+}

@@ -1,0 +1,52 @@
+//! The pipeline as the worker's batch handler: loads the current table snapshot once per batch (no
+//! lock: an `ArcSwap` load), reads the clock once per batch, and copies its counters out for the
+//! status socket every so often.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use meshpath_dataplane::afxdp::BatchHandler;
+use meshpath_dataplane::pipeline::{self, WorkerState};
+use meshpath_dataplane::snapshot::Tables;
+use meshpath_dataplane::stats::Counters;
+use meshpath_dataplane::{Frame, Verdict};
+
+/// How often a worker copies its counters out.
+const PUBLISH_EVERY_MS: u64 = 100;
+
+pub struct PipelineHandler {
+    tables: Arc<ArcSwap<Tables>>,
+    state: WorkerState,
+    started: Instant,
+    counters: Arc<ArcSwap<Counters>>,
+    published_ms: u64,
+}
+
+impl PipelineHandler {
+    pub fn new(
+        tables: Arc<ArcSwap<Tables>>,
+        state: WorkerState,
+        counters: Arc<ArcSwap<Counters>>,
+    ) -> Self {
+        PipelineHandler {
+            tables,
+            state,
+            started: Instant::now(),
+            counters,
+            published_ms: 0,
+        }
+    }
+}
+
+impl BatchHandler for PipelineHandler {
+    fn handle(&mut self, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let tables = self.tables.load();
+        pipeline::process(&tables, &mut self.state, now_ms, frames, verdicts);
+        if now_ms >= self.published_ms + PUBLISH_EVERY_MS {
+            self.counters.store(Arc::new(self.state.counters.clone()));
+            self.published_ms = now_ms;
+        }
+    }
+}
