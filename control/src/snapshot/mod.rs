@@ -6,6 +6,8 @@
 //!
 //! [`sources`] keeps what the builder knows and marks what a change touches; [`ipcache`],
 //! [`services`] and [`builder`] turn the touched keys into table entries; [`driver`] is the tokio loop.
+//! A remote event costs work in proportion to what it touches; a new local state (the local source
+//! hands over whole states) is compared with the previous one map by map, in proportion to its size.
 
 pub mod builder;
 pub mod driver;
@@ -20,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use meshpath_dataplane::policy::PolicyLimits;
-use meshpath_dataplane::snapshot::{Capacities, NodeConfig, Tables};
+use meshpath_dataplane::snapshot::{Capacities, NodeConfig};
 use meshpath_dataplane::{ClusterId, PortId};
 
 use crate::cluster_name::ClusterName;
@@ -60,6 +62,3 @@ pub enum Change {
     /// A new set of pods attached to this node.
     Ports(PodPorts),
 }
-
-/// What the sink receives.
-pub type Snapshot = Arc<Tables>;

@@ -347,8 +347,14 @@ async fn local_affinity_fails_over_to_cluster2_and_back() {
         Verdict::Drop(DropReason::PolicyDenied)
     );
 
+    let id = t.services.iter().next().map(|s| s.id);
     let down = resolve(local_state(false, Affinity::Local)).await;
     let t = builder.apply([Change::Local(down)]).unwrap();
+    assert_eq!(
+        t.services.iter().next().map(|s| s.id),
+        id,
+        "the frontend keeps its id"
+    );
     assert_eq!(
         states(&t),
         vec![

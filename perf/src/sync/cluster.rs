@@ -23,7 +23,7 @@ use meshpath_dataplane::tunnel::TunnelProtocol;
 use meshpath_dataplane::{Addr, ClusterId, Identity, PortId};
 
 /// Puts per transaction while writing the remote cluster.
-const TXN_OPS: usize = 2048;
+const TXN_OPS: u32 = 2048;
 /// Addresses per remote node: its pod CIDR is a /22.
 const PER_NODE: u32 = 1024;
 const REMOTE_PODS: u32 = 0x0a80_0000; // 10.128.0.0
@@ -73,77 +73,79 @@ fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
     Ok(serde_json::to_vec(value)?)
 }
 
-/// Every key and value of the remote cluster, canaries last.
-fn remote_kvs(shape: &Shape) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+fn identity_kv(shape: &Shape, k: u32) -> anyhow::Result<(String, Vec<u8>)> {
+    let labels = format!(
+        "k8s:app=app-{k};k8s:io.cilium.k8s.policy.cluster=cluster2;k8s:io.kubernetes.pod.namespace=bench;"
+    );
+    LabelSet::parse(&labels)?;
+    Ok((
+        Key::Identity(identity(shape, k)?).to_string(),
+        labels.into_bytes(),
+    ))
+}
+
+fn node_kv(n: u32) -> anyhow::Result<(String, Vec<u8>)> {
     let name = c2_name()?;
-    let mut kvs = Vec::new();
-    for k in 0..shape.identities {
-        let labels = format!(
-            "k8s:app=app-{k};k8s:io.cilium.k8s.policy.cluster=cluster2;k8s:io.kubernetes.pod.namespace=bench;"
-        );
-        LabelSet::parse(&labels)?;
-        kvs.push((
-            Key::Identity(identity(shape, k)?).to_string(),
-            labels.into_bytes(),
-        ));
-    }
-    for n in 0..shape.nodes {
-        let node = NodeInfo {
-            name: format!("node-{n}"),
-            cluster_id: c2(),
-            addresses: vec![(NodeAddressKind::Internal, node_addr(n))],
-            pod_cidrs: vec![Cidr {
-                addr: Addr::from_v4_bits(REMOTE_PODS + n * PER_NODE),
-                prefix_len: 22,
-            }],
-            health_ips: vec![],
-            encryption_key: 0,
-            wireguard_pub_key: None,
-        };
-        let key = Key::Node {
-            cluster: name.clone(),
-            node: node.name.clone(),
-        };
-        kvs.push((key.to_string(), json(&node.to_kvstore(&name))?));
-    }
-    for i in 0..shape.endpoints {
-        let ep = endpoint(shape, REMOTE_PODS + i, i / PER_NODE)?;
-        kvs.push((
-            Key::Endpoint(ep.ip.ip()).to_string(),
-            json(&ep.to_kvstore())?,
-        ));
-    }
-    for j in 0..shape.services {
-        let backends = (0..shape.backends).map(|b| ServicePort {
-            addr: Addr::from_v4_bits(
-                REMOTE_PODS + (j * shape.backends + b) % shape.endpoints.max(1),
-            ),
-            port_name: "http".into(),
-            protocol: 6,
-            port: 8080,
-        });
-        let service = ServiceInfo {
-            name: ServiceName {
-                namespace: "bench".into(),
-                name: format!("svc-{j}"),
-            },
-            frontends: vec![],
-            backends: backends.collect(),
-            shared: true,
-            include_external: true,
-            selector: vec![],
-        };
-        let key = Key::Service {
-            cluster: name.clone(),
+    let node = NodeInfo {
+        name: format!("node-{n}"),
+        cluster_id: c2(),
+        addresses: vec![(NodeAddressKind::Internal, node_addr(n))],
+        pod_cidrs: vec![Cidr {
+            addr: Addr::from_v4_bits(REMOTE_PODS + n * PER_NODE),
+            prefix_len: 22,
+        }],
+        health_ips: vec![],
+        encryption_key: 0,
+        wireguard_pub_key: None,
+    };
+    let key = Key::Node {
+        cluster: name.clone(),
+        node: node.name.clone(),
+    };
+    Ok((key.to_string(), json(&node.to_kvstore(&name))?))
+}
+
+fn endpoint_kv(shape: &Shape, i: u32) -> anyhow::Result<(String, Vec<u8>)> {
+    let ep = endpoint(shape, REMOTE_PODS + i, i / PER_NODE)?;
+    Ok((
+        Key::Endpoint(ep.ip.ip()).to_string(),
+        json(&ep.to_kvstore())?,
+    ))
+}
+
+fn service_kv(shape: &Shape, j: u32) -> anyhow::Result<(String, Vec<u8>)> {
+    let name = c2_name()?;
+    let backends = (0..shape.backends).map(|b| ServicePort {
+        addr: Addr::from_v4_bits(REMOTE_PODS + (j * shape.backends + b) % shape.endpoints.max(1)),
+        port_name: "http".into(),
+        protocol: 6,
+        port: 8080,
+    });
+    let service = ServiceInfo {
+        name: ServiceName {
             namespace: "bench".into(),
-            name: service.name.name.clone(),
-        };
-        kvs.push((key.to_string(), json(&service.to_kvstore(&name, c2()))?));
-    }
-    kvs.push((
+            name: format!("svc-{j}"),
+        },
+        frontends: vec![],
+        backends: backends.collect(),
+        shared: true,
+        include_external: true,
+        selector: vec![],
+    };
+    let key = Key::Service {
+        cluster: name.clone(),
+        namespace: "bench".into(),
+        name: service.name.name.clone(),
+    };
+    Ok((key.to_string(), json(&service.to_kvstore(&name, c2()))?))
+}
+
+fn announce_kvs() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let name = c2_name()?;
+    let mut kvs = vec![(
         Key::ClusterConfig(name.clone()).to_string(),
         json(&ClusterConfig::new(2))?,
-    ));
+    )];
     for kind in Kind::ALL {
         let key = Key::SyncCanary {
             cluster: name.clone(),
@@ -154,16 +156,39 @@ fn remote_kvs(shape: &Shape) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     Ok(kvs)
 }
 
-pub async fn write_remote(client: &mut Client, shape: &Shape) -> anyhow::Result<()> {
-    let kvs = remote_kvs(shape)?;
-    for chunk in kvs.chunks(TXN_OPS) {
-        let ops: Vec<TxnOp> = chunk
-            .iter()
-            .map(|(k, v)| TxnOp::put(k.as_str(), v.as_slice(), None))
-            .collect();
-        client.txn(Txn::new().and_then(ops)).await?;
+async fn put_all(client: &mut Client, kvs: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+    let ops: Vec<TxnOp> = kvs
+        .iter()
+        .map(|(k, v)| TxnOp::put(k.as_str(), v.as_slice(), None))
+        .collect();
+    client.txn(Txn::new().and_then(ops)).await?;
+    Ok(())
+}
+
+/// Writes `count` items made by `kv`, a transaction at a time, so that the whole cluster is never
+/// held in this process's memory.
+async fn write_each(
+    client: &mut Client,
+    count: u32,
+    kv: impl Fn(u32) -> anyhow::Result<(String, Vec<u8>)>,
+) -> anyhow::Result<()> {
+    let mut start = 0;
+    while start < count {
+        let end = count.min(start + TXN_OPS);
+        let chunk = (start..end).map(&kv).collect::<anyhow::Result<Vec<_>>>()?;
+        put_all(client, &chunk).await?;
+        start = end;
     }
     Ok(())
+}
+
+/// The remote cluster in Cilium's layout, the cluster-config and canaries last.
+pub async fn write_remote(client: &mut Client, shape: &Shape) -> anyhow::Result<()> {
+    write_each(client, shape.identities, |k| identity_kv(shape, k)).await?;
+    write_each(client, shape.nodes, node_kv).await?;
+    write_each(client, shape.endpoints, |i| endpoint_kv(shape, i)).await?;
+    write_each(client, shape.services, |j| service_kv(shape, j)).await?;
+    put_all(client, &announce_kvs()?).await
 }
 
 /// The `i`th timed change: a new endpoint on node 0.

@@ -58,6 +58,8 @@ pub struct SyncReport {
     full_sync_s: f64,
     propagation_ms: Propagation,
     rss_mib: f64,
+    /// The same process before the remote was connected: runtime, etcd client, the local state.
+    rss_before_remote_mib: f64,
     /// Seconds to write the remote cluster into etcd (not part of any figure).
     write_s: f64,
     snapshots: u64,
@@ -88,9 +90,10 @@ impl Report for SyncReport {
                 against_ceiling(p.p99, TARGET_P99_MS)
             ),
             format!(
-                "rss              {:>8.1} MiB  {}",
+                "rss              {:>8.1} MiB  {}  ({:.1} MiB before the remote)",
                 self.rss_mib,
-                against_ceiling(self.rss_mib, TARGET_RSS_MIB)
+                against_ceiling(self.rss_mib, TARGET_RSS_MIB),
+                self.rss_before_remote_mib
             ),
             format!(
                 "snapshot: {} ipcache entries, {} services, {} snapshots built",
@@ -185,6 +188,7 @@ async fn run_async(args: &Args) -> anyhow::Result<SyncReport> {
         ..RemoteOptions::default()
     };
     let board: StatusBoard = Arc::new(watch::channel(MeshStatus::new()).0);
+    let rss_before_remote_mib = rss_mib()?;
     let start = Instant::now();
     let remote = spawn_remote(
         remote_config,
@@ -234,6 +238,7 @@ async fn run_async(args: &Args) -> anyhow::Result<SyncReport> {
             max: histogram.max() as f64 / 1000.0,
         },
         rss_mib: rss.max(rss_mib()?),
+        rss_before_remote_mib,
         write_s,
         snapshots: builder.stats().snapshots,
         ipcache_entries: last.ipcache.len(),
