@@ -38,6 +38,12 @@ use status::StatusSources;
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub fn run(config_path: PathBuf, netns: Option<String>) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     let config = AgentConfig::load(&config_path)?;
     // Before any thread exists: every socket, interface lookup and thread then lives in the node.
     if let Some(name) = &netns {
