@@ -80,3 +80,14 @@ pub fn netns_pids(netns: &str) -> Result<Vec<u32>, IpError> {
     let out = ip(&["netns", "pids", netns])?;
     Ok(out.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
+
+/// Makes `dev` in `netns` send complete checksums. A frame that reaches XDP with its checksum left to
+/// offload (veth's default) loses that mark in an AF_XDP socket and leaves the dataplane with a wrong
+/// TCP/UDP checksum. Needs ethtool(8); without it the lab still comes up and only warns.
+pub fn complete_checksums(netns: &str, dev: &str) -> Result<(), IpError> {
+    if !Path::new("/usr/sbin/ethtool").exists() && !Path::new("/sbin/ethtool").exists() {
+        eprintln!("lab: ethtool not installed; TCP through AF_XDP needs tx checksum offload off on {netns}/{dev}");
+        return Ok(());
+    }
+    ip(&["netns", "exec", netns, "ethtool", "-K", dev, "tx", "off"]).map(drop)
+}

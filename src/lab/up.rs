@@ -1,6 +1,6 @@
 //! `meshpath lab up`: creates whatever of the plan is missing; running it again changes nothing.
 
-use super::ip::{enable_forwarding, ensure_netns, ip, link_exists, IpError};
+use super::ip::{complete_checksums, enable_forwarding, ensure_netns, ip, link_exists, IpError};
 use super::plan::{bridge, fabric_router, Node, Plan};
 
 pub fn up(plan: &Plan) -> Result<(), IpError> {
@@ -44,6 +44,7 @@ fn node_up(plan: &Plan, node: &Node) -> Result<(), IpError> {
         "up",
     ])?;
     ip(&["-n", ns, "link", "set", "uplink", "up"])?;
+    complete_checksums(ns, "uplink")?;
     ip(&[
         "-n",
         ns,
@@ -114,6 +115,7 @@ fn node_up(plan: &Plan, node: &Node) -> Result<(), IpError> {
         ])?;
         let p = pod.netns.as_str();
         ip(&["-n", p, "link", "set", "eth0", "up"])?;
+        complete_checksums(p, "eth0")?;
         ip(&[
             "-n",
             p,

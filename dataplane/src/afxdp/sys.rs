@@ -189,9 +189,8 @@ impl Umem {
 
 impl Drop for Umem {
     fn drop(&mut self) {
-        // SAFETY: the mapping was made in `new` with this length; frames borrowing it are gone
-        // (they borrow `self`), and sockets using it are closed before (Xsk borrows nothing, but the
-        // worker drops its ports first, see `Worker`).
+        // SAFETY: the mapping was made in `new` with this length, and frames borrowing it are gone
+        // (they borrow `self`). A socket still registered with it keeps its own page references.
         unsafe { libc::munmap(self.area.as_ptr().cast(), self.len) };
     }
 }
@@ -237,6 +236,13 @@ impl<T: Copy> Ring<T> {
         // `publish` stores the producer index with Release.
         unsafe { self.slot(self.local).write(item) };
         self.local = self.local.wrapping_add(1);
+    }
+
+    /// Whether the kernel has not consumed everything we produced.
+    fn has_outstanding(&mut self) -> bool {
+        // SAFETY: as in needs_wakeup.
+        self.remote = unsafe { self.consumer.as_ref() }.load(Ordering::Acquire);
+        self.local != self.remote
     }
 
     fn publish(&mut self) {
@@ -404,11 +410,12 @@ impl Xsk {
         })
     }
 
-    /// Publishes queued tx descriptors; kicks the kernel with sendto only if it asked for it.
-    /// Returns whether a kick was made.
+    /// Publishes queued tx descriptors; kicks the kernel with sendto only if descriptors are still
+    /// waiting and it asked for a wakeup (copy mode sends a bounded batch per kick, so a backlog
+    /// needs kicks on later turns too). Returns whether a kick was made.
     pub fn flush_tx(&mut self) -> bool {
         self.tx.publish();
-        if !self.tx.needs_wakeup() {
+        if !self.tx.has_outstanding() || !self.tx.needs_wakeup() {
             return false;
         }
         // SAFETY: a zero-length sendto with no buffer is the documented AF_XDP tx kick.

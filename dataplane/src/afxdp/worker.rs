@@ -51,15 +51,15 @@ impl WorkerConfig {
 struct Port {
     id: PortId,
     xsk: Xsk,
-    tx_pending: bool,
 }
 
 /// A worker whose sockets are bound (in the calling thread's network namespace) but not yet running:
 /// register [`Worker::sockets`] in the XDP program's XSKMAP, then [`Worker::spawn`].
 pub struct Worker {
     config: WorkerConfig,
-    umem: Umem,
+    // Declared before `umem` so the sockets close before the UMEM is unmapped.
     ports: Vec<Port>,
+    umem: Umem,
     /// PortId.0 → index in `ports`.
     index: Vec<Option<u16>>,
     stats: WorkerStats,
@@ -96,11 +96,7 @@ impl Worker {
                 shared: share.is_some(),
                 source,
             })?;
-            ports.push(Port {
-                id: pc.id,
-                xsk,
-                tx_pending: false,
-            });
+            ports.push(Port { id: pc.id, xsk });
         }
         for port in &mut ports {
             umem.fill(&mut port.xsk);
@@ -174,8 +170,9 @@ impl Worker {
 
     fn run<H: BatchHandler>(&mut self, mut handler: H, stop: &AtomicBool) {
         while !stop.load(Ordering::Relaxed) {
-            let received = self.poll_once(&mut handler);
-            if received == 0 {
+            let (received, kicked) = self.poll_once(&mut handler);
+            // Sleep only when there is nothing to receive and no tx backlog to kick.
+            if received == 0 && !kicked {
                 self.stats.idle_polls += 1;
                 self.shared.publish(&self.stats);
                 // Also the wakeup the fill rings may ask for; an error here is retried next turn.
@@ -185,9 +182,10 @@ impl Worker {
         self.shared.publish(&self.stats);
     }
 
-    /// One turn over every port; returns how many frames were received.
-    pub fn poll_once<H: BatchHandler>(&mut self, handler: &mut H) -> usize {
-        let mut received = 0;
+    /// One turn over every port; returns how many frames were received and whether a tx ring was
+    /// kicked.
+    fn poll_once<H: BatchHandler>(&mut self, handler: &mut H) -> (usize, bool) {
+        let (mut received, mut kicked) = (0, false);
         for i in 0..self.ports.len() {
             self.umem.complete(&mut self.ports[i].xsk);
             self.umem.fill(&mut self.ports[i].xsk);
@@ -197,9 +195,9 @@ impl Worker {
             }
             received += self.service(i, handler);
         }
-        for port in self.ports.iter_mut().filter(|p| p.tx_pending) {
-            port.tx_pending = false;
+        for port in self.ports.iter_mut() {
             if port.xsk.flush_tx() {
+                kicked = true;
                 self.stats.tx_kicks += 1;
             }
         }
@@ -207,7 +205,7 @@ impl Worker {
             self.stats.batches += 1;
             self.shared.publish(&self.stats);
         }
-        received
+        (received, kicked)
     }
 
     fn service<H: BatchHandler>(&mut self, i: usize, handler: &mut H) -> usize {
@@ -277,7 +275,6 @@ impl Worker {
             return;
         };
         if self.umem.transmit(&mut port.xsk, base, addr, len) {
-            port.tx_pending = true;
             c.tx += 1;
         } else {
             c.tx_ring_full += 1;
