@@ -2,13 +2,18 @@
 //! builder, wired together on the agent's tokio runtime. A remote's failure stays in its watcher.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use meshpath_control::clustermesh::config::TlsMaterial;
 use meshpath_control::clustermesh::config_watch::watch_config_dir;
 use meshpath_control::clustermesh::{run_clustermesh, RemoteOptions};
+use meshpath_control::etcd::{describe, EtcdTarget};
+use meshpath_control::identity_alloc::IdentityAllocator;
 use meshpath_control::local::LocalState;
-use meshpath_control::resolve::{MemoryAllocator, Resolver};
+use meshpath_control::publish::Publisher;
+use meshpath_control::resolve::{IdentitySource, MemoryAllocator, Resolver};
 use meshpath_control::snapshot::{run_builder, Change, NodeSpec, SnapshotBuilder};
 use meshpath_control::ClusterName;
 use meshpath_dataplane::snapshot::Tables;
@@ -16,13 +21,16 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::config::AgentConfig;
+use super::config::{AgentConfig, EtcdSection};
+
+/// How long this agent's keys outlive it in etcd if it dies without withdrawing them.
+const LEASE_TTL: Duration = Duration::from_secs(30);
 
 /// Changes a builder takes into one snapshot at most.
 const MAX_BATCH: usize = 1024;
 
 /// Starts every control task on the current runtime; they stop on `cancel`.
-pub fn start(
+pub async fn start(
     config: &AgentConfig,
     spec: NodeSpec,
     local: watch::Receiver<Arc<LocalState>>,
@@ -33,17 +41,27 @@ pub fn start(
     let (changes_tx, changes) = mpsc::channel(64);
     let (remote_tx, remote) = mpsc::channel(4096);
     let cluster = spec.cluster.clone();
-    let resolver = Resolver::new(
-        cluster.clone(),
-        spec.cluster_id,
-        MemoryAllocator::new(spec.cluster_id),
-    );
-    tasks.spawn(resolve_forever(
-        resolver,
-        local,
-        changes_tx.clone(),
-        cancel.clone(),
-    ));
+    match &config.etcd {
+        Some(etcd) => {
+            let resolver = etcd_resolver(etcd, &spec).await?;
+            tasks.spawn(resolve_forever(
+                resolver,
+                local,
+                changes_tx.clone(),
+                cancel.clone(),
+            ));
+        }
+        None => {
+            let alloc = MemoryAllocator::new(spec.cluster_id);
+            let resolver = Resolver::new(cluster.clone(), spec.cluster_id, alloc);
+            tasks.spawn(resolve_forever(
+                resolver,
+                local,
+                changes_tx.clone(),
+                cancel.clone(),
+            ));
+        }
+    }
     if let Some(mesh) = &config.clustermesh {
         let watch = watch_config_dir(mesh.config_dir.clone(), cluster.clone(), cancel.clone())
             .with_context(|| format!("clustermesh directory {}", mesh.config_dir.display()))?;
@@ -70,12 +88,13 @@ pub fn start(
 
 /// Resolves every new local state and hands it to the builder; a failure is logged and the next state
 /// tried, the last good snapshot staying in force.
-async fn resolve_forever(
-    mut resolver: Resolver<MemoryAllocator>,
+async fn resolve_forever<A: IdentitySource + Send>(
+    mut resolver: Resolver<A>,
     mut local: watch::Receiver<Arc<LocalState>>,
     changes: mpsc::Sender<Change>,
     cancel: CancellationToken,
 ) {
+    let mut synced = false;
     loop {
         let state = local.borrow_and_update().clone();
         match resolver.resolve(state).await {
@@ -87,6 +106,13 @@ async fn resolve_forever(
                 {
                     return;
                 }
+                // The canaries say "all written": only once the first complete state is.
+                if let (false, Some(publisher)) = (synced, resolver.publisher_mut()) {
+                    match publisher.mark_synced().await {
+                        Ok(()) => synced = true,
+                        Err(error) => tracing::warn!(%error, "sync canaries not written yet"),
+                    }
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, "local state not resolved; the last snapshot stays")
@@ -97,6 +123,58 @@ async fn resolve_forever(
             changed = local.changed() => if changed.is_err() { return },
         }
     }
+}
+
+/// The resolver of a cluster with an etcd: identities allocated cluster-wide, every change published
+/// under this agent's lease.
+async fn etcd_resolver(
+    etcd: &EtcdSection,
+    spec: &NodeSpec,
+) -> anyhow::Result<Resolver<IdentityAllocator>> {
+    let tls = tls_material(etcd)?;
+    let target = EtcdTarget {
+        endpoints: &etcd.endpoints,
+        tls: tls.as_ref(),
+        connect_timeout: Duration::from_secs(5),
+        keep_alive: Duration::from_secs(10),
+    };
+    let endpoints = etcd.endpoints.join(",");
+    let publisher = Publisher::connect(
+        &target,
+        spec.cluster.clone(),
+        spec.cluster_id,
+        &spec.node,
+        LEASE_TTL,
+    )
+    .await
+    .with_context(|| format!("this cluster's etcd at {endpoints}"))?;
+    let client = meshpath_control::etcd::connect(&target)
+        .await
+        .map_err(|e| anyhow::anyhow!("this cluster's etcd at {endpoints}: {}", describe(&e)))?;
+    let alloc = IdentityAllocator::new(
+        meshpath_control::etcd::kv_client(&client),
+        spec.cluster_id,
+        &spec.node,
+        publisher.lease().id,
+    );
+    Ok(Resolver::new(spec.cluster.clone(), spec.cluster_id, alloc).with_publisher(publisher))
+}
+
+fn tls_material(etcd: &EtcdSection) -> anyhow::Result<Option<TlsMaterial>> {
+    if etcd.insecure && etcd.trusted_ca_file.is_none() {
+        return Ok(None);
+    }
+    let read = |key: &str, path: &Option<std::path::PathBuf>| -> anyhow::Result<Vec<u8>> {
+        let path = path
+            .as_ref()
+            .with_context(|| format!("`etcd.{key}` is required for TLS"))?;
+        std::fs::read(path).with_context(|| format!("`etcd.{key}`: {}", path.display()))
+    };
+    Ok(Some(TlsMaterial {
+        ca: read("trusted-ca-file", &etcd.trusted_ca_file)?,
+        cert: read("cert-file", &etcd.cert_file)?,
+        key: read("key-file", &etcd.key_file)?,
+    }))
 }
 
 /// The cluster name of the configuration, checked at load.

@@ -87,7 +87,8 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         source.state.clone(),
         tables.clone(),
         cancel.clone(),
-    )?;
+    )
+    .await?;
     let sources = StatusSources {
         cluster: config.cluster.name.clone(),
         node: config.node.name.clone(),
