@@ -9,7 +9,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use meshpath_dataplane::afxdp::{BatchHandler, CrossConnect, PortConfig, Worker, WorkerConfig};
+use meshpath_dataplane::afxdp::{
+    BatchHandler, CrossConnect, PortConfig, Worker, WorkerConfig, WorkerStats,
+};
 use meshpath_dataplane::frame::HEADROOM;
 use meshpath_dataplane::{DropReason, Frame, PortId, Verdict};
 use meshpath_xdp_redirect::netns::{ifindex, Netns};
@@ -55,9 +57,9 @@ impl Lab {
         format!("{}-{name}", self.prefix)
     }
 
-    fn build() -> Lab {
+    fn build(tag: &str) -> Lab {
         let lab = Lab {
-            prefix: format!("mp-t-fwd{}", std::process::id()),
+            prefix: format!("mp-t-{tag}{}", std::process::id()),
         };
         for n in ["node", "a", "b", "peer"] {
             ip(&["netns", "add", &lab.ns(n)]);
@@ -133,7 +135,24 @@ fn pods_talk_through_afxdp_while_the_node_keeps_its_own_traffic() {
     if !is_root() {
         return;
     }
-    let lab = Lab::build();
+    let stats = forward_through_afxdp("fwd", false);
+    assert!(stats.idle_polls > 0, "an idle worker sleeps in poll(2)");
+}
+
+#[test]
+fn busy_polling_worker_forwards_without_sleeping() {
+    if !is_root() {
+        return;
+    }
+    let stats = forward_through_afxdp("busy", true);
+    assert_eq!(stats.idle_polls, 0, "a busy-polling worker never sleeps");
+    assert!(stats.rx_kicks > 0, "it drives the queues with rx kicks");
+}
+
+/// Builds the namespaces, runs the worker with the cross-connect, checks what every variant must
+/// show and returns the worker's final counters.
+fn forward_through_afxdp(tag: &str, busy_poll: bool) -> WorkerStats {
+    let lab = Lab::build(tag);
     let home = Netns::current().expect("own namespace");
     Netns::named(&lab.ns("node"))
         .expect("node namespace")
@@ -165,8 +184,9 @@ fn pods_talk_through_afxdp_while_the_node_keeps_its_own_traffic() {
             queue: 0,
         });
     }
-    let worker =
-        Worker::bind(WorkerConfig::new(port_configs)).expect("AF_XDP sockets on shared UMEM");
+    let mut config = WorkerConfig::new(port_configs);
+    config.busy_poll = busy_poll;
+    let worker = Worker::bind(config).expect("AF_XDP sockets on shared UMEM");
     for ((_, fd), prog) in worker.sockets().zip(&programs) {
         prog.register_socket(0, fd).expect("register in XSKMAP");
     }
@@ -241,4 +261,5 @@ fn pods_talk_through_afxdp_while_the_node_keeps_its_own_traffic() {
         "pings (and ARP) were passed to the kernel: {uplink_verdicts:?}"
     );
     drop(attachments);
+    stats
 }

@@ -14,8 +14,7 @@ const POD_NET6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0x64, 1, 0, 0, 0, 0);
 const MACS: ([u8; 6], [u8; 6]) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
 
 pub(crate) fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = crate::sys::effective_uid() == 0;
     if !root {
         eprintln!("skipped: needs root for BPF_PROG_TEST_RUN");
     }

@@ -113,3 +113,9 @@ pub(crate) fn ifindex(name: &str) -> io::Result<u32> {
         index => Ok(index),
     }
 }
+
+#[cfg(test)]
+pub(crate) fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}

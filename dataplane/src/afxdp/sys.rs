@@ -455,6 +455,38 @@ impl Xsk {
     }
 }
 
+// asm-generic/socket.h; the libc crate does not carry them for Linux.
+const SO_BUSY_POLL: libc::c_int = 46;
+const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+
+impl Xsk {
+    /// Asks the kernel to busy-poll this socket's device queue from our rx kicks (recvfrom) for up to
+    /// `usecs` and `budget` frames, instead of waiting for interrupts.
+    pub fn prefer_busy_poll(&self, usecs: u32, budget: u32) -> io::Result<()> {
+        for (opt, value) in [
+            (SO_PREFER_BUSY_POLL, 1),
+            (SO_BUSY_POLL, usecs),
+            (SO_BUSY_POLL_BUDGET, budget),
+        ] {
+            // SAFETY: `value` is a live u32 of the stated length, only read by the kernel.
+            let ret = unsafe {
+                libc::setsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&raw const value).cast(),
+                    size_of_u32::<u32>(),
+                )
+            };
+            if ret != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
+
 impl AsFd for Xsk {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

@@ -34,6 +34,9 @@ pub struct WorkerConfig {
     pub copy: bool,
     /// How long an idle worker sleeps in poll(2) before checking its stop flag again.
     pub idle_poll_ms: i32,
+    /// Busy polling (SO_PREFER_BUSY_POLL): the worker never sleeps and drives each device queue
+    /// with an rx kick every turn. Costs a whole core; off by default.
+    pub busy_poll: bool,
 }
 
 impl WorkerConfig {
@@ -44,9 +47,13 @@ impl WorkerConfig {
             ring_size: 1024,
             copy: true,
             idle_poll_ms: 10,
+            busy_poll: false,
         }
     }
 }
+
+/// How long one busy-poll kick may spin in the driver.
+const BUSY_POLL_USECS: u32 = 20;
 
 struct Port {
     id: PortId,
@@ -96,6 +103,15 @@ impl Worker {
                 shared: share.is_some(),
                 source,
             })?;
+            if config.busy_poll {
+                xsk.prefer_busy_poll(BUSY_POLL_USECS, BURST as u32)
+                    .map_err(|source| AfXdpError::Bind {
+                        ifindex: pc.ifindex,
+                        queue: pc.queue,
+                        shared: share.is_some(),
+                        source,
+                    })?;
+            }
             ports.push(Port { id: pc.id, xsk });
         }
         for port in &mut ports {
@@ -159,7 +175,7 @@ impl Worker {
                 let mut worker = self;
                 if let Some(core) = worker.config.core {
                     if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                        tracing_free_warn(core);
+                        warn_unpinned(core);
                     }
                 }
                 worker.run(handler, &stop);
@@ -172,7 +188,7 @@ impl Worker {
         while !stop.load(Ordering::Relaxed) {
             let (received, kicked) = self.poll_once(&mut handler);
             // Sleep only when there is nothing to receive and no tx backlog to kick.
-            if received == 0 && !kicked {
+            if received == 0 && !kicked && !self.config.busy_poll {
                 self.stats.idle_polls += 1;
                 self.shared.publish(&self.stats);
                 // Also the wakeup the fill rings may ask for; an error here is retried next turn.
@@ -189,7 +205,7 @@ impl Worker {
         for i in 0..self.ports.len() {
             self.umem.complete(&mut self.ports[i].xsk);
             self.umem.fill(&mut self.ports[i].xsk);
-            if self.ports[i].xsk.fill_needs_wakeup() {
+            if self.config.busy_poll || self.ports[i].xsk.fill_needs_wakeup() {
                 self.ports[i].xsk.kick_rx();
                 self.stats.rx_kicks += 1;
             }
@@ -282,7 +298,7 @@ impl Worker {
     }
 }
 
-fn tracing_free_warn(core: usize) {
+fn warn_unpinned(core: usize) {
     eprintln!("meshpath worker: could not pin to core {core}; running unpinned");
 }
 
