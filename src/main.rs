@@ -30,18 +30,44 @@ enum Command {
         netns: Option<String>,
     },
     /// Health and counters of the local agent.
-    Status {
-        /// The agent's status socket.
-        #[arg(long, default_value = "/run/meshpath/agent.sock")]
-        socket: PathBuf,
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
-        output: Output,
+    Status(AgentQuery),
+    /// The local agent's services.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+    /// The local agent's remote clusters.
+    Clustermesh {
+        #[command(subcommand)]
+        command: ClustermeshCommand,
     },
     /// Clusters, nodes and pods in network namespaces on this machine.
     Lab {
         #[command(subcommand)]
         command: LabCommand,
     },
+}
+
+/// Which agent to ask, and how to print its answer.
+#[derive(Args)]
+struct AgentQuery {
+    /// The agent's status socket.
+    #[arg(long, default_value = "/run/meshpath/agent.sock")]
+    socket: PathBuf,
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Frontends → backends, with their cluster and state.
+    List(AgentQuery),
+}
+
+#[derive(Subcommand)]
+enum ClustermeshCommand {
+    /// Per remote cluster: connected, synced, entries, failures.
+    Status(AgentQuery),
 }
 
 #[derive(Args)]
@@ -97,11 +123,31 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent { config, netns } => agent::run(config, netns),
-        Command::Status { socket, output } => {
-            let status = agent::status::read(&socket)?;
-            match output {
+        Command::Status(query) => {
+            let status = agent::status::read(&query.socket)?;
+            match query.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
                 Output::Table => print!("{}", agent::status::render_table(&status)),
+            }
+            Ok(())
+        }
+        Command::Service {
+            command: ServiceCommand::List(query),
+        } => {
+            let status = agent::status::read(&query.socket)?;
+            match query.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&status.services)?),
+                Output::Table => print!("{}", agent::status::render_services(&status)),
+            }
+            Ok(())
+        }
+        Command::Clustermesh {
+            command: ClustermeshCommand::Status(query),
+        } => {
+            let status = agent::status::read(&query.socket)?;
+            match query.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&status.clustermesh)?),
+                Output::Table => print!("{}", agent::status::render_clustermesh(&status)),
             }
             Ok(())
         }

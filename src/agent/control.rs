@@ -8,7 +8,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use meshpath_control::clustermesh::config::TlsMaterial;
 use meshpath_control::clustermesh::config_watch::watch_config_dir;
-use meshpath_control::clustermesh::{run_clustermesh, RemoteOptions};
+use meshpath_control::clustermesh::{run_clustermesh, MeshStatus, RemoteOptions};
 use meshpath_control::etcd::{describe, EtcdTarget};
 use meshpath_control::identity_alloc::IdentityAllocator;
 use meshpath_control::local::LocalState;
@@ -36,8 +36,9 @@ pub async fn start(
     local: watch::Receiver<Arc<LocalState>>,
     tables: Arc<ArcSwap<Tables>>,
     cancel: CancellationToken,
-) -> anyhow::Result<JoinSet<()>> {
+) -> anyhow::Result<(JoinSet<()>, Option<watch::Receiver<MeshStatus>>)> {
     let mut tasks = JoinSet::new();
+    let mut mesh_status = None;
     let (changes_tx, changes) = mpsc::channel(64);
     let (remote_tx, remote) = mpsc::channel(4096);
     let cluster = spec.cluster.clone();
@@ -71,6 +72,7 @@ pub async fn start(
             ..RemoteOptions::default()
         };
         let mesh = run_clustermesh(watch.config, options, remote_tx, cancel.clone());
+        mesh_status = Some(mesh.status.clone());
         tasks.spawn(async move {
             let _ = mesh.task.await;
         });
@@ -83,7 +85,7 @@ pub async fn start(
         let _ = changes_tx.send(Change::Ports(ports)).await;
         run_builder(builder, changes, remote, tables, cancel, MAX_BATCH).await;
     });
-    Ok(tasks)
+    Ok((tasks, mesh_status))
 }
 
 /// Resolves every new local state and hands it to the builder; a failure is logged and the next state

@@ -81,7 +81,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let handler = PipelineHandler::new(tables.clone(), state, counters.clone());
     let worker = wiring.worker.spawn(handler, stop.clone())?;
 
-    let mut tasks = control::start(
+    let (mut tasks, mesh) = control::start(
         &config,
         spec,
         source.state.clone(),
@@ -95,6 +95,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         tables,
         counters,
         worker: stats,
+        mesh,
     };
     let socket = config.status_socket.clone();
     let status_cancel = cancel.clone();

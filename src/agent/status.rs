@@ -6,13 +6,17 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use meshpath_control::clustermesh::MeshStatus;
 use meshpath_dataplane::afxdp::StatsReader;
+use meshpath_dataplane::service::BackendState;
 use meshpath_dataplane::snapshot::Tables;
 use meshpath_dataplane::stats::{Counters, Forward};
+use meshpath_dataplane::Addr;
 use meshpath_dataplane::DropReason;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// What `meshpath status -o json` prints.
@@ -22,6 +26,26 @@ pub struct AgentStatus {
     pub node: String,
     pub dataplane: DataplaneStatus,
     pub tables: TableSizes,
+    /// Every service frontend and its backends, as the workers balance them now.
+    pub services: Vec<ServiceStatus>,
+    /// Each remote cluster's status, as `cilium-dbg status` shows ClusterMesh.
+    pub clustermesh: serde_json::Value,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// `address:port/protocol`.
+    pub frontend: String,
+    pub backends: Vec<BackendInfo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendInfo {
+    /// `address:port`.
+    pub backend: String,
+    pub cluster: Option<u8>,
+    /// `active`, `terminating` or `unhealthy`.
+    pub state: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,6 +83,7 @@ pub struct StatusSources {
     pub tables: Arc<ArcSwap<Tables>>,
     pub counters: Arc<ArcSwap<Counters>>,
     pub worker: StatsReader,
+    pub mesh: Option<watch::Receiver<MeshStatus>>,
 }
 
 impl StatusSources {
@@ -97,8 +122,52 @@ impl StatusSources {
                 services: tables.services.len(),
                 nodes: tables.nodes.len(),
             },
+            services: services(&tables),
+            clustermesh: self
+                .mesh
+                .as_ref()
+                .and_then(|m| serde_json::to_value(&*m.borrow()).ok())
+                .unwrap_or(serde_json::Value::Null),
         }
     }
+}
+
+fn services(tables: &Tables) -> Vec<ServiceStatus> {
+    let mut out: Vec<ServiceStatus> = tables
+        .services
+        .iter()
+        .map(|service| {
+            let f = service.frontend;
+            let proto = match f.proto {
+                6 => "TCP",
+                17 => "UDP",
+                _ => "?",
+            };
+            ServiceStatus {
+                frontend: format!("{}/{proto}", socket(f.addr, f.port)),
+                backends: service
+                    .backends()
+                    .iter()
+                    .map(|b| BackendInfo {
+                        backend: socket(b.addr, b.port),
+                        cluster: b.cluster.map(|c| c.get()),
+                        state: match b.state {
+                            BackendState::Active => "active",
+                            BackendState::Terminating => "terminating",
+                            BackendState::Unhealthy => "unhealthy",
+                        }
+                        .to_owned(),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.frontend.cmp(&b.frontend));
+    out
+}
+
+fn socket(addr: Addr, port: u16) -> String {
+    std::net::SocketAddr::new(addr.ip(), port).to_string()
 }
 
 /// Serves the status on `path` until `cancel`.
@@ -159,6 +228,65 @@ pub fn render_table(status: &AgentStatus) -> String {
             "Port {:<6} rx {:>10}  tx {:>10}  tx-ring-full {}",
             p.port, p.rx, p.tx, p.tx_ring_full
         );
+    }
+    out
+}
+
+/// `meshpath service list`: frontends → backends with their cluster and state.
+pub fn render_services(status: &AgentStatus) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "{:<28} {:<24} {:<8} {}\n",
+        "FRONTEND", "BACKEND", "CLUSTER", "STATE"
+    );
+    for service in &status.services {
+        let mut frontend = service.frontend.as_str();
+        for b in &service.backends {
+            let cluster = b.cluster.map_or("-".to_owned(), |c| c.to_string());
+            let _ = writeln!(
+                out,
+                "{frontend:<28} {:<24} {cluster:<8} {}",
+                b.backend, b.state
+            );
+            frontend = "";
+        }
+        if service.backends.is_empty() {
+            let _ = writeln!(out, "{frontend:<28} (no backends)");
+        }
+    }
+    out
+}
+
+/// `meshpath clustermesh status`, in the shape of `cilium-dbg status`'s ClusterMesh section.
+pub fn render_clustermesh(status: &AgentStatus) -> String {
+    use std::fmt::Write;
+    let Some(remotes) = status.clustermesh.as_object() else {
+        return "ClusterMesh: disabled\n".to_owned();
+    };
+    let ready = remotes.values().filter(|r| r["ready"] == true).count();
+    let mut out = format!("ClusterMesh: {ready}/{} clusters ready\n", remotes.len());
+    for (name, r) in remotes {
+        let state = if r["ready"] == true {
+            "ready"
+        } else {
+            "not ready"
+        };
+        let _ = writeln!(
+            out,
+            "  {name}: {state}, {} nodes, {} endpoints, {} identities, {} services, {} failures (last: {})",
+            r["nodes"], r["endpoints"], r["identities"], r["services"], r["failures"],
+            r["last_failure"].as_str().unwrap_or("never"),
+        );
+        let _ = writeln!(out, "  └ etcd: connected={}", r["connected"]);
+        let _ = writeln!(
+            out,
+            "  └ remote configuration: retrieved={}, cluster-id={}, sync-canaries={}",
+            r["config_retrieved"], r["cluster_id"], r["sync_canaries"]
+        );
+        let _ = writeln!(out, "  └ synchronization status: {}", r["synced"]);
+        if let Some(error) = r["last_error"].as_str() {
+            let _ = writeln!(out, "  └ last error: {error}");
+        }
     }
     out
 }
