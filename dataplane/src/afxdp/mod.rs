@@ -11,6 +11,7 @@
 //!
 //! All `unsafe` is in [`sys`].
 
+pub mod generator;
 mod handler;
 mod stats;
 mod sys;
@@ -18,7 +19,7 @@ mod worker;
 
 pub use handler::{BatchHandler, CrossConnect, MacSwap};
 pub use stats::{PortStats, WorkerStats};
-pub use sys::{BURST, CHUNK_SIZE, RX_OFFSET};
+pub use sys::{KernelCounters, BURST, CHUNK_SIZE, RX_OFFSET};
 pub use worker::{PortConfig, StatsReader, Worker, WorkerConfig, WorkerHandle};
 
 /// What failed in setting up AF_XDP, and on which interface and queue.

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::sys::KernelCounters;
 use crate::{DropReason, PortId};
 
 /// One port's counters as seen by readers.
@@ -24,6 +25,9 @@ pub struct PortStats {
     pub to_kernel_unsupported: u64,
     /// Frames received here for a port this worker does not own.
     pub tx_unknown_port: u64,
+    /// The kernel's counters of this port's socket (rx ring full, fill ring empty, ...), refreshed
+    /// when the worker idles and every few thousand turns.
+    pub kernel: KernelCounters,
 }
 
 impl PortStats {
@@ -38,6 +42,7 @@ impl PortStats {
             drops: [0; DropReason::COUNT],
             to_kernel_unsupported: 0,
             tx_unknown_port: 0,
+            kernel: KernelCounters::default(),
         }
     }
 
@@ -77,7 +82,7 @@ impl WorkerStats {
     }
 }
 
-const PORT_FIELDS: usize = 6 + DropReason::COUNT;
+const PORT_FIELDS: usize = 11 + DropReason::COUNT;
 const WORKER_FIELDS: usize = 4;
 
 /// The published copy: written by the worker only, read by anyone.
@@ -111,6 +116,11 @@ impl SharedStats {
                 p.rx_refused,
                 p.to_kernel_unsupported,
                 p.tx_unknown_port,
+                p.kernel.rx_dropped,
+                p.kernel.rx_ring_full,
+                p.kernel.fill_ring_empty,
+                p.kernel.rx_invalid_descs,
+                p.kernel.tx_invalid_descs,
             ]
             .into_iter()
             .chain(p.drops)
@@ -136,6 +146,13 @@ impl SharedStats {
                     rx_refused: next(),
                     to_kernel_unsupported: next(),
                     tx_unknown_port: next(),
+                    kernel: KernelCounters {
+                        rx_dropped: next(),
+                        rx_ring_full: next(),
+                        fill_ring_empty: next(),
+                        rx_invalid_descs: next(),
+                        tx_invalid_descs: next(),
+                    },
                     drops: [0; DropReason::COUNT],
                 };
                 p.drops.iter_mut().for_each(|d| *d = next());
@@ -161,7 +178,7 @@ mod tests {
         #[test]
         fn publish_then_read_returns_the_same_counters(
             worker in any::<[u64; 4]>(),
-            ports in proptest::collection::vec((any::<[u64; 6]>(), any::<[u64; DropReason::COUNT]>()), 0..5),
+            ports in proptest::collection::vec((any::<[u64; 11]>(), any::<[u64; DropReason::COUNT]>()), 0..5),
         ) {
             let stats = WorkerStats {
                 batches: worker[0],
@@ -175,6 +192,10 @@ mod tests {
                         port: PortId(i as u16 * 3),
                         rx: v[0], tx: v[1], tx_ring_full: v[2], rx_refused: v[3],
                         to_kernel_unsupported: v[4], tx_unknown_port: v[5], drops: *drops,
+                        kernel: KernelCounters {
+                            rx_dropped: v[6], rx_ring_full: v[7], fill_ring_empty: v[8],
+                            rx_invalid_descs: v[9], tx_invalid_descs: v[10],
+                        },
                     })
                     .collect(),
             };

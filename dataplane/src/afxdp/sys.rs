@@ -455,6 +455,48 @@ impl Xsk {
     }
 }
 
+/// The kernel's own counters of one socket (XDP_STATISTICS).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Frames the kernel dropped for this socket (no room in the UMEM, or other errors).
+    pub rx_dropped: u64,
+    /// Frames dropped because our rx ring was full: the worker fell behind.
+    pub rx_ring_full: u64,
+    /// Times the fill ring was empty when a frame arrived: we did not post buffers fast enough.
+    pub fill_ring_empty: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+}
+
+impl Xsk {
+    /// Reads the kernel's counters of this socket (one getsockopt; not for the per-packet path).
+    pub fn kernel_counters(&self) -> io::Result<KernelCounters> {
+        // SAFETY: xdp_statistics is plain integers; all-zero is a valid value.
+        let mut stats: libc::xdp_statistics = unsafe { std::mem::zeroed() };
+        let mut len = size_of_u32::<libc::xdp_statistics>();
+        // SAFETY: `stats` is writable for `len` bytes.
+        let ret = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_STATISTICS,
+                (&raw mut stats).cast(),
+                &mut len,
+            )
+        };
+        if ret != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(KernelCounters {
+            rx_dropped: stats.rx_dropped,
+            rx_ring_full: stats.rx_ring_full,
+            fill_ring_empty: stats.rx_fill_ring_empty_descs,
+            rx_invalid_descs: stats.rx_invalid_descs,
+            tx_invalid_descs: stats.tx_invalid_descs,
+        })
+    }
+}
+
 // asm-generic/socket.h; the libc crate does not carry them for Linux.
 const SO_BUSY_POLL: libc::c_int = 46;
 const SO_PREFER_BUSY_POLL: libc::c_int = 69;

@@ -52,6 +52,9 @@ impl WorkerConfig {
     }
 }
 
+/// Turns between reads of the kernel's socket counters while the worker is busy.
+const KERNEL_COUNTERS_EVERY: u64 = 4096;
+
 /// How long one busy-poll kick may spin in the driver.
 const BUSY_POLL_USECS: u32 = 20;
 
@@ -70,6 +73,7 @@ pub struct Worker {
     /// PortId.0 → index in `ports`.
     index: Vec<Option<u16>>,
     stats: WorkerStats,
+    turns: u64,
     shared: Arc<SharedStats>,
     pollfds: Vec<libc::pollfd>,
 }
@@ -143,6 +147,7 @@ impl Worker {
             ports,
             index,
             stats,
+            turns: 0,
             shared: Arc::new(SharedStats::new(ids)),
             pollfds,
         })
@@ -188,7 +193,12 @@ impl Worker {
         while !stop.load(Ordering::Relaxed) {
             let (received, kicked) = self.poll_once(&mut handler);
             // Sleep only when there is nothing to receive and no tx backlog to kick.
-            if received == 0 && !kicked && !self.config.busy_poll {
+            self.turns = self.turns.wrapping_add(1);
+            let idle = received == 0 && !kicked;
+            if idle || self.turns % KERNEL_COUNTERS_EVERY == 0 {
+                self.refresh_kernel_counters();
+            }
+            if idle && !self.config.busy_poll {
                 self.stats.idle_polls += 1;
                 self.shared.publish(&self.stats);
                 // Also the wakeup the fill rings may ask for; an error here is retried next turn.
@@ -271,6 +281,14 @@ impl Worker {
             }
         }
         n
+    }
+
+    fn refresh_kernel_counters(&mut self) {
+        for (port, stats) in self.ports.iter().zip(&mut self.stats.ports) {
+            if let Ok(k) = port.xsk.kernel_counters() {
+                stats.kernel = k;
+            }
+        }
     }
 
     fn transmit(&mut self, from: usize, out: PortId, base: u64, addr: u64, len: u32) {
