@@ -1,6 +1,7 @@
 //! meshpath-perf: the benchmark harness. One subcommand per scenario; each prints a table a person
 //! reads, or with `--json` one JSON object of its figures on stdout, to compare runs over time.
 
+mod forward;
 mod measure;
 mod pipeline;
 mod report;
@@ -24,6 +25,9 @@ enum Scenario {
     Pipeline(pipeline::Args),
     /// The control plane against a real etcd: full sync of a 100k-endpoint remote, propagation, RSS.
     Sync(sync::Args),
+    /// Real 64-byte UDP frames through a node in namespaces: bare AF_XDP, the kernel with VXLAN and
+    /// meshpath's pipeline, Mpps, ratios, latency at half rate and a chart.
+    Forward(forward::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +35,6 @@ fn main() -> anyhow::Result<()> {
     match cli.scenario {
         Scenario::Pipeline(args) => report::print(&pipeline::run(&args)?, cli.json),
         Scenario::Sync(args) => report::print(&sync::run(&args)?, cli.json),
+        Scenario::Forward(args) => report::print(&forward::run(&args)?, cli.json),
     }
 }

@@ -1,0 +1,141 @@
+//! The node's AF_XDP forwarders: the XDP program on the node's pod veth and uplink, one worker pinned
+//! to the forwarder's core, and either a bare cross-connect (the machine's ceiling) or meshpath's
+//! whole pipeline over tables built for the benchmark's flows, loaded once per batch from an
+//! `ArcSwap` as the agent does.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use meshpath_dataplane::afxdp::{
+    BatchHandler, CrossConnect, PortConfig, Worker, WorkerConfig, WorkerHandle, WorkerStats,
+};
+use meshpath_dataplane::pipeline::{self, WorkerState};
+use meshpath_dataplane::snapshot::Tables;
+use meshpath_dataplane::testbed::{self, Testbed};
+use meshpath_dataplane::{Frame, Verdict};
+use meshpath_xdp_redirect::netns::ifindex;
+use meshpath_xdp_redirect::{Attachment, NodeAddrs, Role, XdpRedirect};
+
+use super::lab::{inside, POD_IF, UPLINK_IF};
+
+/// What the node's worker runs.
+pub enum Handler {
+    /// Frames from the pod go out of the uplink untouched.
+    Bare,
+    /// The pipeline: policy, service load balancing, VXLAN encapsulation.
+    Meshpath {
+        tables: Arc<ArcSwap<Tables>>,
+        state: Box<WorkerState>,
+    },
+}
+
+impl Handler {
+    /// The pipeline over `testbed`'s tables, conntrack warmed with its flows.
+    pub fn meshpath(testbed: &Testbed) -> Handler {
+        let capacity = (testbed.flows.len() * 4).next_power_of_two().max(1024);
+        Handler::Meshpath {
+            tables: Arc::new(ArcSwap::from_pointee(testbed.tables.clone())),
+            state: Box::new(testbed.warmed_worker(capacity)),
+        }
+    }
+}
+
+/// The pipeline as a worker's batch handler, as the agent runs it.
+struct PipelineHandler {
+    tables: Arc<ArcSwap<Tables>>,
+    state: Box<WorkerState>,
+    started: Instant,
+}
+
+impl BatchHandler for PipelineHandler {
+    fn handle(&mut self, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let tables = self.tables.load();
+        pipeline::process(&tables, &mut self.state, now_ms, frames, verdicts);
+    }
+}
+
+/// A running forwarder; [`Forwarder::stop`] ends it and detaches its programs.
+pub struct Forwarder {
+    worker: WorkerHandle,
+    stop: Arc<AtomicBool>,
+    // Dropped after the worker stops: detaches the programs, then closes their XSKMAPs.
+    attachments: Vec<Attachment>,
+    _programs: Vec<XdpRedirect>,
+}
+
+impl Forwarder {
+    /// Attaches the XDP program to the node's pod veth and uplink in namespace `node`, binds the
+    /// worker's sockets there and starts it on `core`.
+    pub fn start(node: &str, core: Option<usize>, handler: Handler) -> anyhow::Result<Forwarder> {
+        let (worker, programs, attachments) = inside(node, || bind_in_node(core))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = match handler {
+            Handler::Bare => worker.spawn(
+                CrossConnect::new(vec![(testbed::UPLINK, testbed::pod_port(0))]),
+                stop.clone(),
+            ),
+            Handler::Meshpath { tables, state } => worker.spawn(
+                PipelineHandler {
+                    tables,
+                    state,
+                    started: Instant::now(),
+                },
+                stop.clone(),
+            ),
+        }
+        .context("starting the worker thread")?;
+        Ok(Forwarder {
+            worker,
+            stop,
+            attachments,
+            _programs: programs,
+        })
+    }
+
+    /// Stops the worker, detaches the programs and returns the worker's counters.
+    pub fn stop(self) -> anyhow::Result<WorkerStats> {
+        self.stop.store(true, Ordering::Relaxed);
+        let stats = self.worker.join()?;
+        for attachment in self.attachments {
+            attachment.detach()?;
+        }
+        Ok(stats)
+    }
+}
+
+type Bound = (Worker, Vec<XdpRedirect>, Vec<Attachment>);
+
+fn bind_in_node(core: Option<usize>) -> anyhow::Result<Bound> {
+    let node = NodeAddrs {
+        ipv4: Some(testbed::node_ip()),
+        ipv6: None,
+    };
+    let mut ports = Vec::new();
+    let mut programs = Vec::new();
+    let mut attachments = Vec::new();
+    for (id, name, role) in [
+        (testbed::UPLINK, UPLINK_IF, Role::Uplink),
+        (testbed::pod_port(0), POD_IF, Role::Pod),
+    ] {
+        let index = ifindex(name).with_context(|| format!("interface {name}"))?;
+        let program = XdpRedirect::load(role, node)?;
+        attachments.push(program.attach(index)?);
+        programs.push(program);
+        ports.push(PortConfig {
+            id,
+            ifindex: index,
+            queue: 0,
+        });
+    }
+    let mut config = WorkerConfig::new(ports);
+    config.core = core;
+    let worker = Worker::bind(config)?;
+    for ((_, fd), program) in worker.sockets().zip(&programs) {
+        program.register_socket(0, fd)?;
+    }
+    Ok((worker, programs, attachments))
+}

@@ -1,0 +1,220 @@
+//! The generator and the sink: both ends of the measured path, driven by one thread pinned to the
+//! generator's core, so that send and receive timestamps come from one clock. The generator writes
+//! the testbed's 64-byte UDP request frames (60 bytes plus the FCS on the wire), round-robin over the
+//! flows, each carrying a marker and its send time in the payload; the sink counts the marked frames
+//! that leave the node (plain or VXLAN-encapsulated) and, when asked, records their latency.
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use meshpath_dataplane::afxdp::generator::TrafficPort;
+use meshpath_dataplane::afxdp::BURST;
+use meshpath_dataplane::testbed::Testbed;
+
+/// Marks the benchmark's frames (anything else the sink sees is the kernel's own chatter).
+const MARKER: [u8; 4] = *b"mpb1";
+/// The UDP payload of a request frame: Ethernet 14 + IPv4 20 + UDP 8.
+const PAYLOAD: usize = 42;
+/// The same payload behind the outer Ethernet, IPv4, UDP and VXLAN headers.
+const TUNNELLED_PAYLOAD: usize = 50 + PAYLOAD;
+const FRAME_LEN: usize = 60;
+/// After a phase the generator stops and the sink drains what is still in flight for this long.
+const DRAIN: Duration = Duration::from_millis(100);
+
+/// One measurement: traffic for `warmup` (not counted), then for `window` (counted).
+#[derive(Clone, Copy, Debug)]
+pub struct Phase {
+    pub warmup: Duration,
+    pub window: Duration,
+    /// Frames per second to offer; `None` sends as fast as the rings take them.
+    pub rate_pps: Option<f64>,
+    pub record_latency: bool,
+}
+
+/// What a phase measured.
+#[derive(Debug)]
+pub struct Measured {
+    pub sent: u64,
+    pub received: u64,
+    pub seconds: f64,
+    /// Send-to-receive times in nanoseconds, if recorded.
+    pub latency_ns: Option<Histogram<u64>>,
+}
+
+impl Measured {
+    pub fn mpps(&self) -> f64 {
+        self.received as f64 / self.seconds.max(f64::EPSILON) / 1e6
+    }
+
+    pub fn offered_mpps(&self) -> f64 {
+        self.sent as f64 / self.seconds.max(f64::EPSILON) / 1e6
+    }
+}
+
+/// The generator's port (in its namespace), the sink's port (in its own), and the frames to send.
+pub struct Traffic {
+    generator: TrafficPort,
+    sink: TrafficPort,
+    frames: Vec<[u8; FRAME_LEN]>,
+    epoch: Instant,
+}
+
+impl Traffic {
+    pub fn new(generator: TrafficPort, sink: TrafficPort, testbed: &Testbed) -> Traffic {
+        let frames = testbed
+            .flows
+            .iter()
+            .map(|flow| {
+                let mut frame = [0u8; FRAME_LEN];
+                testbed.request(flow, &mut frame);
+                if let Some(marker) = frame.get_mut(PAYLOAD..PAYLOAD + MARKER.len()) {
+                    marker.copy_from_slice(&MARKER);
+                }
+                frame
+            })
+            .collect();
+        Traffic {
+            generator,
+            sink,
+            frames,
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Runs `phase` on the calling thread (pin it first) and returns its figures.
+    pub fn run(&mut self, phase: &Phase) -> anyhow::Result<Measured> {
+        let mut latency = phase
+            .record_latency
+            .then(|| Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3))
+            .transpose()?;
+        let start = Instant::now();
+        let window_start = start + phase.warmup;
+        let end = window_start + phase.window;
+        let (mut offered, mut sent, mut received, mut next_flow) = (0u64, 0u64, 0u64, 0usize);
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            let counting = now >= window_start;
+            let budget = match phase.rate_pps {
+                Some(rate) => {
+                    let due = (rate * now.duration_since(start).as_secs_f64()) as u64;
+                    due.saturating_sub(offered).min(BURST as u64) as usize
+                }
+                None => BURST,
+            };
+            let stamp = self.stamp(now);
+            let frames = &self.frames;
+            let n = self.generator.send(budget, |chunk| {
+                let template = frames.get(next_flow % frames.len().max(1));
+                next_flow = next_flow.wrapping_add(1);
+                write_frame(template, stamp, chunk)
+            }) as u64;
+            offered += n;
+            if counting {
+                sent += n;
+            }
+            let arrived_at = self.stamp(Instant::now());
+            let mut got = 0;
+            self.sink.receive(|frame| {
+                if let Some(sent_at) = send_time(frame) {
+                    got += 1;
+                    if let (true, Some(h)) = (counting, latency.as_mut()) {
+                        let _ = h.record(arrived_at.saturating_sub(sent_at).max(1));
+                    }
+                }
+            });
+            if counting {
+                received += got;
+            }
+        }
+        self.drain();
+        Ok(Measured {
+            sent,
+            received,
+            seconds: phase.window.as_secs_f64(),
+            latency_ns: latency,
+        })
+    }
+
+    fn drain(&mut self) {
+        let until = Instant::now() + DRAIN;
+        while Instant::now() < until {
+            self.sink.receive(|_| {});
+            self.generator.tx_in_flight();
+        }
+    }
+
+    fn stamp(&self, at: Instant) -> u64 {
+        at.duration_since(self.epoch).as_nanos() as u64
+    }
+}
+
+/// Writes `template` with `stamp` as its send time into `chunk`; 0 if either is missing or short.
+fn write_frame(template: Option<&[u8; FRAME_LEN]>, stamp: u64, chunk: &mut [u8]) -> usize {
+    let (Some(template), Some(out)) = (template, chunk.get_mut(..FRAME_LEN)) else {
+        return 0;
+    };
+    out.copy_from_slice(template);
+    let at = PAYLOAD + MARKER.len();
+    if let Some(time) = out.get_mut(at..at + 8) {
+        time.copy_from_slice(&stamp.to_be_bytes());
+    }
+    FRAME_LEN
+}
+
+/// The send time of a benchmark frame, plain or tunnelled; `None` for anything else.
+fn send_time(frame: &[u8]) -> Option<u64> {
+    [PAYLOAD, TUNNELLED_PAYLOAD].into_iter().find_map(|at| {
+        let marker = frame.get(at..at + MARKER.len())?;
+        let time = frame.get(at + MARKER.len()..at + MARKER.len() + 8)?;
+        (marker == MARKER).then(|| u64::from_be_bytes(time.try_into().unwrap_or_default()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshpath_dataplane::testbed::Scale;
+    use proptest::prelude::*;
+
+    fn request_frame(stamp: u64) -> Vec<u8> {
+        let testbed = Testbed::new(Scale::TINY);
+        let mut template = [0u8; FRAME_LEN];
+        testbed.request(&testbed.flows[0], &mut template);
+        template[PAYLOAD..PAYLOAD + 4].copy_from_slice(&MARKER);
+        let mut chunk = vec![0u8; 2048];
+        let len = write_frame(Some(&template), stamp, &mut chunk);
+        chunk.truncate(len);
+        chunk
+    }
+
+    proptest! {
+        #[test]
+        fn the_send_time_is_read_back_plain_and_behind_vxlan(stamp in any::<u64>()) {
+            let frame = request_frame(stamp);
+            prop_assert_eq!(send_time(&frame), Some(stamp));
+            let parsed = etherparse::SlicedPacket::from_ethernet(&frame).expect("a valid frame");
+            prop_assert!(matches!(parsed.transport, Some(etherparse::TransportSlice::Udp(_))));
+            let mut tunnelled = vec![0u8; 50];
+            tunnelled.extend_from_slice(&frame);
+            prop_assert_eq!(send_time(&tunnelled), Some(stamp));
+        }
+
+        #[test]
+        fn unmarked_or_short_frames_have_no_send_time(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+            let marked = [PAYLOAD, TUNNELLED_PAYLOAD]
+                .iter()
+                .any(|&at| bytes.get(at..at + 4) == Some(&MARKER[..]) && bytes.len() >= at + 12);
+            prop_assert_eq!(send_time(&bytes).is_some(), marked);
+        }
+    }
+
+    #[test]
+    fn a_chunk_too_short_for_the_frame_gets_nothing() {
+        let template = [0u8; FRAME_LEN];
+        assert_eq!(write_frame(Some(&template), 1, &mut [0u8; 10]), 0);
+        assert_eq!(write_frame(None, 1, &mut [0u8; 100]), 0);
+    }
+}
