@@ -1,6 +1,7 @@
 //! meshpath: the node agent and the operator CLI.
 
 mod agent;
+mod demo;
 mod lab;
 
 use std::path::PathBuf;
@@ -31,6 +32,11 @@ enum Command {
     },
     /// Health and counters of the local agent.
     Status(AgentQuery),
+    /// Every node of every cluster the local agent knows.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// The local agent's services.
     Service {
         #[command(subcommand)]
@@ -40,6 +46,17 @@ enum Command {
     Clustermesh {
         #[command(subcommand)]
         command: ClustermeshCommand,
+    },
+    /// Cilium's ClusterMesh demo on a two-cluster lab: global service, failover, cross-cluster policy.
+    Demo {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Requests per step.
+        #[arg(long, default_value_t = 30)]
+        requests: usize,
+        /// Namespace name prefix of the demo's lab.
+        #[arg(long, default_value = "demo")]
+        prefix: String,
     },
     /// Clusters, nodes and pods in network namespaces on this machine.
     Lab {
@@ -56,6 +73,12 @@ struct AgentQuery {
     socket: PathBuf,
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// cluster/name, underlay address, pod CIDRs.
+    List(AgentQuery),
 }
 
 #[derive(Subcommand)]
@@ -131,6 +154,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Node {
+            command: NodeCommand::List(query),
+        } => {
+            let status = agent::status::read(&query.socket)?;
+            match query.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&status.nodes)?),
+                Output::Table => print!("{}", agent::nodes::render(&status.nodes)),
+            }
+            Ok(())
+        }
         Command::Service {
             command: ServiceCommand::List(query),
         } => {
@@ -148,6 +181,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             match query.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&status.clustermesh)?),
                 Output::Table => print!("{}", agent::status::render_clustermesh(&status)),
+            }
+            Ok(())
+        }
+        Command::Demo {
+            output,
+            requests,
+            prefix,
+        } => {
+            let report = demo::run(&prefix, requests)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => print!("{}", report.render()),
             }
             Ok(())
         }

@@ -44,6 +44,7 @@ drop_reasons! {
     FrameTooBig => "frame_too_big": "The frame would exceed the link MTU after encapsulation.",
     UnansweredNeighbour => "unanswered_neighbour": "An ARP/ND message the pods' gateway does not answer: gratuitous, DAD, replies, router solicitations.",
     UnknownTunnelPeer => "unknown_tunnel_peer": "A tunnel frame from an address that is no node of the mesh.",
+    LinkScope => "link_scope": "Link-scoped IPv6 traffic (from a link-local address) that is no neighbour discovery: never routed.",
 }
 
 impl DropReason {

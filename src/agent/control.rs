@@ -8,7 +8,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use meshpath_control::clustermesh::config::TlsMaterial;
 use meshpath_control::clustermesh::config_watch::watch_config_dir;
-use meshpath_control::clustermesh::{run_clustermesh, MeshStatus, RemoteOptions};
+use meshpath_control::clustermesh::{run_clustermesh, MeshStatus, RemoteEvent, RemoteOptions};
 use meshpath_control::etcd::{describe, EtcdTarget};
 use meshpath_control::identity_alloc::IdentityAllocator;
 use meshpath_control::local::LocalState;
@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{AgentConfig, EtcdSection};
+use super::nodes::NodeDirectory;
 
 /// How long this agent's keys outlive it in etcd if it dies without withdrawing them.
 const LEASE_TTL: Duration = Duration::from_secs(30);
@@ -35,6 +36,7 @@ pub async fn start(
     spec: NodeSpec,
     local: watch::Receiver<Arc<LocalState>>,
     tables: Arc<ArcSwap<Tables>>,
+    nodes: NodeDirectory,
     cancel: CancellationToken,
 ) -> anyhow::Result<(JoinSet<()>, Option<watch::Receiver<MeshStatus>>)> {
     let mut tasks = JoinSet::new();
@@ -45,9 +47,11 @@ pub async fn start(
     match &config.etcd {
         Some(etcd) => {
             let resolver = etcd_resolver(etcd, &spec).await?;
+            let nodes = (nodes.clone(), cluster.to_string());
             tasks.spawn(resolve_forever(
                 resolver,
                 local,
+                nodes,
                 changes_tx.clone(),
                 cancel.clone(),
             ));
@@ -55,9 +59,11 @@ pub async fn start(
         None => {
             let alloc = MemoryAllocator::new(spec.cluster_id);
             let resolver = Resolver::new(cluster.clone(), spec.cluster_id, alloc);
+            let nodes = (nodes.clone(), cluster.to_string());
             tasks.spawn(resolve_forever(
                 resolver,
                 local,
+                nodes,
                 changes_tx.clone(),
                 cancel.clone(),
             ));
@@ -71,7 +77,9 @@ pub async fn start(
             local_id: Some(spec.cluster_id),
             ..RemoteOptions::default()
         };
-        let mesh = run_clustermesh(watch.config, options, remote_tx, cancel.clone());
+        let (mesh_tx, mesh_rx) = mpsc::channel(4096);
+        let mesh = run_clustermesh(watch.config, options, mesh_tx, cancel.clone());
+        tasks.spawn(record_remote_nodes(mesh_rx, remote_tx, nodes));
         mesh_status = Some(mesh.status.clone());
         tasks.spawn(async move {
             let _ = mesh.task.await;
@@ -93,12 +101,14 @@ pub async fn start(
 async fn resolve_forever<A: IdentitySource + Send>(
     mut resolver: Resolver<A>,
     mut local: watch::Receiver<Arc<LocalState>>,
+    (nodes, cluster): (NodeDirectory, String),
     changes: mpsc::Sender<Change>,
     cancel: CancellationToken,
 ) {
     let mut synced = false;
     loop {
         let state = local.borrow_and_update().clone();
+        nodes.record_local(&cluster, &state);
         match resolver.resolve(state).await {
             Ok(resolved) => {
                 if changes
@@ -123,6 +133,20 @@ async fn resolve_forever<A: IdentitySource + Send>(
         tokio::select! {
             _ = cancel.cancelled() => return,
             changed = local.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Passes the remote clusters' events on to the builder, noting their nodes on the way.
+async fn record_remote_nodes(
+    mut events: mpsc::Receiver<RemoteEvent>,
+    builder: mpsc::Sender<RemoteEvent>,
+    nodes: NodeDirectory,
+) {
+    while let Some(event) = events.recv().await {
+        nodes.record_remote(&event);
+        if builder.send(event).await.is_err() {
+            return;
         }
     }
 }

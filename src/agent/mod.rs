@@ -8,6 +8,7 @@
 pub mod config;
 mod control;
 mod handler;
+pub mod nodes;
 pub mod status;
 mod wiring;
 
@@ -81,11 +82,13 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let handler = PipelineHandler::new(tables.clone(), state, counters.clone());
     let worker = wiring.worker.spawn(handler, stop.clone())?;
 
+    let nodes = nodes::NodeDirectory::default();
     let (mut tasks, mesh) = control::start(
         &config,
         spec,
         source.state.clone(),
         tables.clone(),
+        nodes.clone(),
         cancel.clone(),
     )
     .await?;
@@ -96,6 +99,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         counters,
         worker: stats,
         mesh,
+        nodes,
     };
     let socket = config.status_socket.clone();
     let status_cancel = cancel.clone();

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use meshpath_control::clustermesh::MeshStatus;
+
+use super::nodes::{NodeDirectory, NodeRow};
 use meshpath_dataplane::afxdp::StatsReader;
 use meshpath_dataplane::service::BackendState;
 use meshpath_dataplane::snapshot::Tables;
@@ -30,6 +32,8 @@ pub struct AgentStatus {
     pub services: Vec<ServiceStatus>,
     /// Each remote cluster's status, as `cilium-dbg status` shows ClusterMesh.
     pub clustermesh: serde_json::Value,
+    /// Every node of every cluster the agent knows.
+    pub nodes: Vec<NodeRow>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -84,6 +88,7 @@ pub struct StatusSources {
     pub counters: Arc<ArcSwap<Counters>>,
     pub worker: StatsReader,
     pub mesh: Option<watch::Receiver<MeshStatus>>,
+    pub nodes: NodeDirectory,
 }
 
 impl StatusSources {
@@ -128,6 +133,7 @@ impl StatusSources {
                 .as_ref()
                 .and_then(|m| serde_json::to_value(&*m.borrow()).ok())
                 .unwrap_or(serde_json::Value::Null),
+            nodes: self.nodes.rows(),
         }
     }
 }
@@ -150,7 +156,7 @@ fn services(tables: &Tables) -> Vec<ServiceStatus> {
                     .iter()
                     .map(|b| BackendInfo {
                         backend: socket(b.addr, b.port),
-                        cluster: b.cluster.map(|c| c.get()),
+                        cluster: Some(b.cluster.unwrap_or(tables.node.cluster).get()),
                         state: match b.state {
                             BackendState::Active => "active",
                             BackendState::Terminating => "terminating",

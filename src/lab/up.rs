@@ -3,6 +3,9 @@
 use super::ip::{complete_checksums, enable_forwarding, ensure_netns, ip, link_exists, IpError};
 use super::plan::{bridge, fabric_router, Node, Plan};
 
+/// The pods' MTU: the underlay's 1500 less the tunnel's overhead.
+pub const POD_MTU: u16 = 1450;
+
 pub fn up(plan: &Plan) -> Result<(), IpError> {
     let fabric = plan.fabric.as_str();
     ensure_netns(fabric)?;
@@ -116,6 +119,8 @@ fn node_up(plan: &Plan, node: &Node) -> Result<(), IpError> {
         let p = pod.netns.as_str();
         ip(&["-n", p, "link", "set", "eth0", "up"])?;
         complete_checksums(p, "eth0")?;
+        // Room for VXLAN's 50 bytes on the 1500-byte underlay, as Cilium sizes pod MTUs.
+        ip(&["-n", p, "link", "set", "eth0", "mtu", &POD_MTU.to_string()])?;
         ip(&[
             "-n",
             p,

@@ -47,8 +47,16 @@ fn check_source(endpoint: &Endpoint, parsed: &Parsed) -> Result<(), DropReason> 
             endpoint.check_source(arp.sender_mac, arp.sender_ip.into())?;
             endpoint.check_source(parsed.eth_src, arp.sender_ip.into())
         }
-        L3::Ipv6 if is_neighbour_discovery(parsed) && is_link_scope(parsed.flow.src) => {
-            endpoint.check_source(parsed.eth_src, endpoint_v6(endpoint)?)
+        L3::Ipv6 if is_link_scope(parsed.flow.src) => {
+            if parsed.eth_src != endpoint.mac {
+                return Err(DropReason::SpoofedSource);
+            }
+            // Neighbour discovery is answered; other link-scoped chatter (MLD reports) stays on the link.
+            if is_neighbour_discovery(parsed) {
+                Ok(())
+            } else {
+                Err(DropReason::LinkScope)
+            }
         }
         L3::Ipv4 | L3::Ipv6 => endpoint.check_source(parsed.eth_src, parsed.flow.src),
     }
@@ -57,13 +65,6 @@ fn check_source(endpoint: &Endpoint, parsed: &Parsed) -> Result<(), DropReason> 
 fn endpoint_v4(endpoint: &Endpoint) -> Result<Addr, DropReason> {
     endpoint
         .ipv4
-        .map(Addr::from)
-        .ok_or(DropReason::SpoofedSource)
-}
-
-fn endpoint_v6(endpoint: &Endpoint) -> Result<Addr, DropReason> {
-    endpoint
-        .ipv6
         .map(Addr::from)
         .ok_or(DropReason::SpoofedSource)
 }

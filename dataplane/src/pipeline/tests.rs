@@ -723,3 +723,26 @@ fn an_established_flow_moves_when_its_backend_leaves_the_service() {
         Verdict::Transmit(UPLINK)
     );
 }
+
+#[test]
+fn link_scoped_chatter_stays_on_the_link_and_a_wrong_mac_is_still_spoofing() {
+    let t = tables(1, &[(X_WING_PORT, x_wing())], &[], &[]);
+    let mut s = state();
+    let link_local = std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x10);
+    let mld_routers = std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16);
+    let mut report = Vec::new();
+    PacketBuilder::ethernet2(x_wing().mac, [0x33, 0x33, 0, 0, 0, 0x16])
+        .ipv6(link_local.octets(), mld_routers.octets(), 1)
+        .icmpv6_raw(143, 0, [0; 4])
+        .write(&mut report, &[])
+        .unwrap();
+    assert_eq!(
+        run(&t, &mut s, X_WING_PORT, &report).0,
+        Verdict::Drop(DropReason::LinkScope)
+    );
+    report[6..12].copy_from_slice(&[2, 9, 9, 9, 9, 9]);
+    assert_eq!(
+        run(&t, &mut s, X_WING_PORT, &report).0,
+        Verdict::Drop(DropReason::SpoofedSource)
+    );
+}

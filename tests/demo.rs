@@ -1,0 +1,85 @@
+//! The demo of Cilium's ClusterMesh docs, end to end on the lab (root): two clusters, an etcd and an
+//! agent each, meshed. The report must show the global service answered from both clusters, failover
+//! without a failed request, and the cross-cluster policy's verdicts.
+
+use std::process::Command;
+
+#[test]
+fn the_clustermesh_demo_works_end_to_end() {
+    let uid = Command::new("id").arg("-u").output().expect("id(1)");
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("skipped: the demo needs root");
+        return;
+    }
+    let prefix = format!("d{}", std::process::id() % 100_000);
+    let out = Command::new(env!("CARGO_BIN_EXE_meshpath"))
+        .args([
+            "demo",
+            "-o",
+            "json",
+            "--requests",
+            "20",
+            "--prefix",
+            &prefix,
+        ])
+        .output()
+        .expect("meshpath demo runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+
+    let per_cluster = &report["requests_per_cluster"];
+    let answered = |c: &str| per_cluster[c].as_u64().unwrap_or(0);
+    assert!(
+        answered("cluster1") > 0 && answered("cluster2") > 0,
+        "both clusters answer: {report:#}"
+    );
+    assert_eq!(
+        answered("cluster1") + answered("cluster2"),
+        20,
+        "{report:#}"
+    );
+    assert_eq!(report["failed_requests"], 0, "{report:#}");
+
+    assert_eq!(report["failover_failed_requests"], 0, "{report:#}");
+    let failover = report["failover"].as_array().expect("failover steps");
+    assert_eq!(
+        failover[0]["per_cluster"]["cluster1"], 20,
+        "cluster2 down: all from cluster1"
+    );
+    assert_eq!(
+        failover[2]["per_cluster"]["cluster2"], 20,
+        "cluster1 down: all from cluster2"
+    );
+
+    assert_eq!(
+        report["policy"]["cross_cluster_allowed"], true,
+        "{report:#}"
+    );
+    assert_eq!(report["policy"]["local_denied"], true, "{report:#}");
+    assert!(
+        report["policy"]["policy_denied_drops"].as_u64() > Some(0),
+        "{report:#}"
+    );
+
+    let nodes: Vec<String> = report["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            format!(
+                "{}/{}",
+                n["cluster"].as_str().unwrap_or(""),
+                n["name"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(nodes, ["cluster1/c1-n1", "cluster2/c2-n1"]);
+
+    let leftovers = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let leftovers = String::from_utf8_lossy(&leftovers.stdout);
+    assert!(
+        !leftovers.contains(&format!("{prefix}-")),
+        "the demo cleans up: {leftovers}"
+    );
+}
