@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use meshpath_dataplane::afxdp::generator::TrafficPort;
+use meshpath_dataplane::afxdp::WorkerStats;
 use meshpath_dataplane::testbed::{Scale, Testbed};
 use meshpath_xdp_redirect::netns::ifindex;
 use meshpath_xdp_redirect::{NodeAddrs, Role, XdpRedirect};
@@ -57,6 +58,40 @@ pub struct Latency {
     pub p999: f64,
 }
 
+/// What an AF_XDP forwarder's worker counted over all its measurements.
+#[derive(Debug, Serialize)]
+pub struct WorkerCounts {
+    pub rx: u64,
+    pub tx: u64,
+    /// Dropped by the handler or for a full tx ring.
+    pub dropped: u64,
+    pub tx_ring_full: u64,
+    /// The kernel dropped these for the worker's sockets (rx ring full, no fill buffers).
+    pub kernel_rx_dropped: u64,
+}
+
+impl From<&WorkerStats> for WorkerCounts {
+    fn from(stats: &WorkerStats) -> WorkerCounts {
+        let ports = &stats.ports;
+        WorkerCounts {
+            rx: stats.rx(),
+            tx: stats.tx(),
+            dropped: ports.iter().map(|p| p.dropped()).sum(),
+            tx_ring_full: ports.iter().map(|p| p.tx_ring_full).sum(),
+            kernel_rx_dropped: ports
+                .iter()
+                .map(|p| p.kernel.rx_dropped + p.kernel.rx_ring_full + p.kernel.fill_ring_empty)
+                .sum(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Forwarders {
+    pub bare_afxdp: WorkerCounts,
+    pub meshpath: WorkerCounts,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ForwardReport {
     /// Frames per second that reached the sink, in millions.
@@ -68,6 +103,11 @@ pub struct ForwardReport {
     pub latency_offered_mpps: f64,
     /// What the generator managed to send in each measurement.
     pub offered_mpps: Rates,
+    /// Share of the frames reaching the sink that came VXLAN-encapsulated.
+    pub tunnelled_share: Rates,
+    pub forwarder: Forwarders,
+    /// The host's 1-minute load average when the run began: other work shares these cores.
+    pub load_average_1m: f64,
     pub cores: String,
     pub chart: String,
     pub duration_s: f64,
@@ -90,6 +130,18 @@ impl Report for ForwardReport {
                 "meshpath latency at {:.3} Mpps offered: p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs",
                 self.latency_offered_mpps, self.latency_us.p50, self.latency_us.p99, self.latency_us.p999
             ),
+            format!(
+                "AF_XDP workers: bare rx {} tx {} dropped {}, meshpath rx {} tx {} dropped {} (kernel rx drops {} / {})",
+                self.forwarder.bare_afxdp.rx,
+                self.forwarder.bare_afxdp.tx,
+                self.forwarder.bare_afxdp.dropped,
+                self.forwarder.meshpath.rx,
+                self.forwarder.meshpath.tx,
+                self.forwarder.meshpath.dropped,
+                self.forwarder.bare_afxdp.kernel_rx_dropped,
+                self.forwarder.meshpath.kernel_rx_dropped,
+            ),
+            format!("load average at start: {:.2} (other work on these cores skews the figures)", self.load_average_1m),
             format!("chart: {}", self.chart),
         ]
     }
@@ -129,6 +181,7 @@ pub fn run(args: &Args) -> anyhow::Result<ForwardReport> {
         policy_rules: 64,
         flows,
     });
+    let load_average_1m = load_average();
     let lab = Lab::build(fwd_core)?;
     let generator = inside(&lab.gen, || {
         Ok(TrafficPort::bind(ifindex(GEN_IF)?, 0, RING_SIZE)?)
@@ -162,7 +215,7 @@ pub fn run(args: &Args) -> anyhow::Result<ForwardReport> {
     bar.set_message("(a) bare AF_XDP");
     let forwarder = Forwarder::start(&lab.node, fwd, Handler::Bare)?;
     let bare = measure(&mut traffic, &full, gen_core, &bar)?;
-    forwarder.stop()?;
+    let bare_worker = forwarder.stop()?;
 
     bar.set_message("(c) meshpath");
     let forwarder = Forwarder::start(&lab.node, fwd, Handler::meshpath(&testbed))?;
@@ -174,7 +227,7 @@ pub fn run(args: &Args) -> anyhow::Result<ForwardReport> {
         ..full
     };
     let paced = measure(&mut traffic, &half, gen_core, &bar)?;
-    forwarder.stop()?;
+    let mesh_worker = forwarder.stop()?;
 
     bar.set_message("(b) kernel");
     let kernel = measure(&mut traffic, &full, gen_core, &bar)?;
@@ -212,6 +265,16 @@ pub fn run(args: &Args) -> anyhow::Result<ForwardReport> {
             kernel_vxlan: kernel.offered_mpps(),
             meshpath: mesh.offered_mpps(),
         },
+        tunnelled_share: Rates {
+            bare_afxdp: bare.tunnelled_share(),
+            kernel_vxlan: kernel.tunnelled_share(),
+            meshpath: mesh.tunnelled_share(),
+        },
+        forwarder: Forwarders {
+            bare_afxdp: (&bare_worker).into(),
+            meshpath: (&mesh_worker).into(),
+        },
+        load_average_1m,
         mpps,
         cores: cores_note(cores, gen_core, fwd_core),
         chart: args.chart.display().to_string(),
@@ -263,6 +326,13 @@ fn progress(total: Duration) -> ProgressBar {
     bar
 }
 
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -297,6 +367,20 @@ mod tests {
             let mpps = json["mpps"][way].as_f64().expect("a rate per way");
             assert!(mpps > 0.0, "{way} forwarded nothing: {report:?}");
         }
+        let tunnelled = &json["tunnelled_share"];
+        assert_eq!(
+            tunnelled["bare_afxdp"], 0.0,
+            "the cross-connect leaves frames as they are"
+        );
+        assert_eq!(
+            tunnelled["kernel_vxlan"], 1.0,
+            "the kernel encapsulates every frame"
+        );
+        assert_eq!(
+            tunnelled["meshpath"], 1.0,
+            "meshpath encapsulates every frame"
+        );
+        assert!(report.forwarder.meshpath.tx > 0 && report.forwarder.bare_afxdp.tx > 0);
         for key in ["ratio_vs_bare", "ratio_vs_kernel"] {
             assert!(
                 json[key].as_f64().is_some_and(f64::is_finite),

@@ -36,6 +36,8 @@ pub struct Phase {
 pub struct Measured {
     pub sent: u64,
     pub received: u64,
+    /// Of `received`, how many came VXLAN-encapsulated.
+    pub tunnelled: u64,
     pub seconds: f64,
     /// Send-to-receive times in nanoseconds, if recorded.
     pub latency_ns: Option<Histogram<u64>>,
@@ -44,6 +46,10 @@ pub struct Measured {
 impl Measured {
     pub fn mpps(&self) -> f64 {
         self.received as f64 / self.seconds.max(f64::EPSILON) / 1e6
+    }
+
+    pub fn tunnelled_share(&self) -> f64 {
+        self.tunnelled as f64 / self.received.max(1) as f64
     }
 
     pub fn offered_mpps(&self) -> f64 {
@@ -90,7 +96,8 @@ impl Traffic {
         let start = Instant::now();
         let window_start = start + phase.warmup;
         let end = window_start + phase.window;
-        let (mut offered, mut sent, mut received, mut next_flow) = (0u64, 0u64, 0u64, 0usize);
+        let (mut offered, mut sent, mut next_flow) = (0u64, 0u64, 0usize);
+        let (mut received, mut tunnelled) = (0u64, 0u64);
         loop {
             let now = Instant::now();
             if now >= end {
@@ -116,10 +123,11 @@ impl Traffic {
                 sent += n;
             }
             let arrived_at = self.stamp(Instant::now());
-            let mut got = 0;
+            let (mut got, mut got_tunnelled) = (0, 0);
             self.sink.receive(|frame| {
-                if let Some(sent_at) = send_time(frame) {
+                if let Some((sent_at, encapsulated)) = send_time(frame) {
                     got += 1;
+                    got_tunnelled += u64::from(encapsulated);
                     if let (true, Some(h)) = (counting, latency.as_mut()) {
                         let _ = h.record(arrived_at.saturating_sub(sent_at).max(1));
                     }
@@ -127,12 +135,14 @@ impl Traffic {
             });
             if counting {
                 received += got;
+                tunnelled += got_tunnelled;
             }
         }
         self.drain();
         Ok(Measured {
             sent,
             received,
+            tunnelled,
             seconds: phase.window.as_secs_f64(),
             latency_ns: latency,
         })
@@ -164,12 +174,13 @@ fn write_frame(template: Option<&[u8; FRAME_LEN]>, stamp: u64, chunk: &mut [u8])
     FRAME_LEN
 }
 
-/// The send time of a benchmark frame, plain or tunnelled; `None` for anything else.
-fn send_time(frame: &[u8]) -> Option<u64> {
+/// The send time of a benchmark frame and whether it came tunnelled; `None` for anything else.
+fn send_time(frame: &[u8]) -> Option<(u64, bool)> {
     [PAYLOAD, TUNNELLED_PAYLOAD].into_iter().find_map(|at| {
         let marker = frame.get(at..at + MARKER.len())?;
         let time = frame.get(at + MARKER.len()..at + MARKER.len() + 8)?;
-        (marker == MARKER).then(|| u64::from_be_bytes(time.try_into().unwrap_or_default()))
+        let time = u64::from_be_bytes(time.try_into().ok()?);
+        (marker == MARKER).then_some((time, at == TUNNELLED_PAYLOAD))
     })
 }
 
@@ -194,12 +205,12 @@ mod tests {
         #[test]
         fn the_send_time_is_read_back_plain_and_behind_vxlan(stamp in any::<u64>()) {
             let frame = request_frame(stamp);
-            prop_assert_eq!(send_time(&frame), Some(stamp));
+            prop_assert_eq!(send_time(&frame), Some((stamp, false)));
             let parsed = etherparse::SlicedPacket::from_ethernet(&frame).expect("a valid frame");
             prop_assert!(matches!(parsed.transport, Some(etherparse::TransportSlice::Udp(_))));
             let mut tunnelled = vec![0u8; 50];
             tunnelled.extend_from_slice(&frame);
-            prop_assert_eq!(send_time(&tunnelled), Some(stamp));
+            prop_assert_eq!(send_time(&tunnelled), Some((stamp, true)));
         }
 
         #[test]
