@@ -103,8 +103,11 @@ impl TrafficPort {
             if let Some(frame) = self.umem.frame(desc.addr, desc.len) {
                 look(frame);
             }
-            // The fill ring holds every rx chunk, so there is room for the one just taken off rx.
-            self.fill.push(base);
+            // The fill ring holds every rx chunk, so there is room for the one just taken off rx;
+            // an address that is not ours is not handed back.
+            if (base as usize) < self.umem.len {
+                self.fill.push(base);
+            }
             n += 1;
         }
         self.rx.release();
@@ -448,6 +451,85 @@ mod tests {
             "beyond the UMEM"
         );
         assert!(map.frame(u64::MAX, 1).is_none());
+    }
+
+    /// As root: frames sent on one end of a veth pair in a private namespace arrive at the other.
+    #[test]
+    fn sent_frames_reach_the_peer_and_their_chunks_come_back() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: AF_XDP sockets need root");
+            return;
+        }
+        let arrived = std::thread::spawn(|| {
+            // SAFETY: moves only this thread (and the `ip` it spawns) into a new network namespace,
+            // which goes away with the thread.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+            ip(&[
+                "link", "add", "gen0", "type", "veth", "peer", "name", "peer0",
+            ]);
+            ip(&["link", "set", "gen0", "up"]);
+            ip(&["link", "set", "peer0", "up"]);
+            let index = ifindex_of("gen0");
+            let mut port = TrafficPort::bind(index, 0, 64).expect("bind on the veth");
+            let frame = [0x02u8; 60];
+            let mut sent = 0;
+            for _ in 0..100 {
+                sent += port.send(200 - sent, |chunk| {
+                    chunk[..60].copy_from_slice(&frame);
+                    60
+                });
+                if sent == 200 && port.tx_in_flight() == 0 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert_eq!(
+                sent, 200,
+                "a 64-slot ring sends 200 frames only if completions free chunks"
+            );
+            assert_eq!(port.tx_in_flight(), 0, "every chunk came back");
+            rx_packets("peer0")
+        })
+        .join()
+        .expect("the namespace thread");
+        assert!(arrived >= 200, "the peer received {arrived} of 200 frames");
+    }
+
+    fn ip(args: &[&str]) -> String {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("iproute2");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn ifindex_of(name: &str) -> u32 {
+        let out = ip(&["-o", "link", "show", name]);
+        out.split(':')
+            .next()
+            .and_then(|i| i.trim().parse().ok())
+            .expect("an index")
+    }
+
+    fn rx_packets(name: &str) -> u64 {
+        let out = ip(&["-s", "-o", "link", "show", name]);
+        // "... RX: bytes packets ...\    <bytes> <packets> ..."
+        let after = out
+            .split("RX:")
+            .nth(1)
+            .and_then(|s| s.split('\\').nth(1))
+            .unwrap_or("");
+        after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
     }
 
     #[test]
