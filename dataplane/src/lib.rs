@@ -16,6 +16,7 @@ pub mod conntrack;
 pub mod drop;
 pub mod endpoint;
 pub mod flow;
+pub mod flowlog;
 pub mod frame;
 pub mod gateway;
 pub mod identity;

@@ -17,6 +17,8 @@ mod from_uplink;
 mod track;
 
 use crate::conntrack::{Conntrack, ConntrackConfig};
+use crate::flowlog::{Direction, FlowEvent, FlowLog, FlowVerdict};
+use crate::nat::End;
 use crate::parse::Parsed;
 use crate::service::Service;
 use crate::snapshot::Tables;
@@ -44,11 +46,13 @@ pub const BURST: usize = 32;
 /// How many conntrack slots a batch sweeps for expired flows.
 const GC_BUDGET_PER_BATCH: usize = 64;
 
-/// What a worker owns and nobody else touches: its conntrack and its counters.
+/// What a worker owns and nobody else touches: its conntrack, its counters and its flow log.
 #[derive(Debug)]
 pub struct WorkerState {
     pub conntrack: Conntrack,
     pub counters: Counters,
+    /// New flows' verdicts and drops; the worker's owner drains it after each batch.
+    pub flowlog: FlowLog,
 }
 
 impl WorkerState {
@@ -56,6 +60,7 @@ impl WorkerState {
         WorkerState {
             conntrack: Conntrack::new(conntrack),
             counters: Counters::default(),
+            flowlog: FlowLog::default(),
         }
     }
 }
@@ -155,12 +160,20 @@ fn process_burst<'t>(
                     known: Known::New,
                     service: None,
                     tracked: Tracked::unchanged(parsed.flow),
-                    destination: Destination::Kernel,
+                    // Not routed yet: a drop before routing knows no destination identity.
+                    destination: Destination::Nowhere {
+                        identity: Identity::UNKNOWN,
+                    },
                 });
                 (Forward::ToKernel, Verdict::ToKernel)
             }
         });
+        if let Err(reason) = *outcome {
+            let event = FlowEvent::early_drop(tables, frame, reason, now_ms);
+            state.flowlog.record(event);
+        }
     }
+    let log = &mut state.flowlog;
     for flight in flights.iter().flatten() {
         ct.prefetch(&flight.parsed.flow);
         ct.prefetch(&flight.parsed.flow.reversed());
@@ -176,18 +189,21 @@ fn process_burst<'t>(
     for flight in flights.iter_mut().flatten() {
         flight.service = track::find_service(tables, flight);
     }
-    run_stage(&mut flights, &mut outcomes, |f| {
+    run_stage(&mut flights, &mut outcomes, log, now_ms, |f| {
         track::translate(tables, ct, f)
     });
     for flight in flights.iter_mut().flatten() {
         flight.destination = deliver::destination(tables, flight.tracked.flow.dst, flight.arrival);
     }
-    run_stage(&mut flights, &mut outcomes, |f| {
+    run_stage(&mut flights, &mut outcomes, log, now_ms, |f| {
         track::admit(tables, ct, now_ms, f)
     });
     for ((flight, frame), outcome) in flights.iter().zip(frames.iter_mut()).zip(&mut outcomes) {
         if let Some(f) = flight {
             *outcome = deliver::transmit(tables, frame, f);
+            if f.known == Known::New || outcome.is_err() {
+                log.record(f.event(*outcome, now_ms));
+            }
         }
     }
     for ((frame, outcome), verdict) in frames.iter().zip(outcomes).zip(verdicts.iter_mut()) {
@@ -207,14 +223,42 @@ fn receive(tables: &Tables, frame: &mut Frame<'_>) -> Result<Received, DropReaso
 fn run_stage<'t>(
     flights: &mut [Option<InFlight<'t>>],
     outcomes: &mut [Outcome],
+    log: &mut FlowLog,
+    now_ms: u64,
     mut stage: impl FnMut(&mut InFlight<'t>) -> Result<(), DropReason>,
 ) {
     for (flight, outcome) in flights.iter_mut().zip(outcomes) {
         if let Some(f) = flight {
             if let Err(reason) = stage(f) {
                 *outcome = Err(reason);
+                log.record(f.event(Err(reason), now_ms));
                 *flight = None;
             }
+        }
+    }
+}
+
+impl InFlight<'_> {
+    /// The flow log's record of this frame's fate.
+    fn event(&self, outcome: Outcome, time_ms: u64) -> FlowEvent {
+        let backend = match self.tracked.rewrite {
+            Some((End::Destination, addr, port)) => Some((addr, port)),
+            _ => None,
+        };
+        FlowEvent {
+            time_ms,
+            flow: self.parsed.flow,
+            backend,
+            src_identity: self.source.identity,
+            dst_identity: self.destination.identity(),
+            verdict: match outcome {
+                Ok((forward, _)) => FlowVerdict::Forwarded(forward),
+                Err(reason) => FlowVerdict::Dropped(reason),
+            },
+            direction: match self.arrival {
+                Arrival::FromPod => Direction::FromPod,
+                Arrival::FromUplink => Direction::FromUplink,
+            },
         }
     }
 }

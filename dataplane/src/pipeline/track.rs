@@ -326,7 +326,7 @@ fn observe(
 
 impl Destination<'_> {
     /// The destination's security identity, for the source's egress policy.
-    fn identity(&self) -> Identity {
+    pub(super) fn identity(&self) -> Identity {
         match *self {
             Destination::LocalPod(endpoint) => endpoint.identity,
             Destination::Node { identity, .. } | Destination::Nowhere { identity } => identity,
