@@ -1,7 +1,7 @@
 //! The agent's configuration: one YAML file, every key documented here, unknown keys refused, every
 //! value checked before anything starts, each error naming the key it is about.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -47,6 +47,9 @@ pub struct AgentConfig {
     pub source: SourceSection,
     /// The unix socket the operator CLI talks to.
     pub status_socket: PathBuf,
+    /// Where Prometheus scrapes `GET /metrics`, as `address:port` (e.g. `127.0.0.1:9962`); no
+    /// endpoint without it.
+    pub metrics: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -298,6 +301,9 @@ impl AgentConfig {
                 "exactly one of `yaml-dir` and `kubernetes: true`".into(),
             ));
         }
+        if let Some(text) = &self.metrics {
+            check_metrics(text)?;
+        }
         if let Some(etcd) = &self.etcd {
             check_etcd(etcd)?;
         }
@@ -311,6 +317,29 @@ impl AgentConfig {
         }
         Ok(())
     }
+}
+
+impl AgentConfig {
+    /// The checked `metrics` address, if one is configured.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics.as_deref().and_then(|text| text.parse().ok())
+    }
+}
+
+fn check_metrics(text: &str) -> Result<(), (&'static str, String)> {
+    let address: SocketAddr = text.parse().map_err(|_| {
+        (
+            "metrics",
+            format!("`{text}` is not an address:port such as 127.0.0.1:9962"),
+        )
+    })?;
+    if address.port() == 0 {
+        return Err((
+            "metrics",
+            format!("`{text}`: port 0 is no fixed port to scrape"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_etcd(etcd: &EtcdSection) -> Result<(), (&'static str, String)> {
@@ -364,6 +393,7 @@ etcd: {endpoints: ["http://198.18.1.1:2379"], insecure: true}
 clustermesh: {config-dir: /etc/meshpath/clustermesh, grace-period: 5s}
 source: {yaml-dir: /etc/meshpath/state}
 status-socket: /run/meshpath/c1-n1.sock
+metrics: 127.0.0.1:9962
 "#;
 
     fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
@@ -374,12 +404,29 @@ status-socket: /run/meshpath/c1-n1.sock
     fn a_complete_config_parses() {
         let config = parse(GOOD).unwrap();
         assert_eq!(config.dataplane.routing, Routing::Hybrid);
+        assert_eq!(
+            config.metrics_address(),
+            Some(([127, 0, 0, 1], 9962).into())
+        );
         assert_eq!(config.pods[0].mac, Mac([2, 0, 0, 1, 1, 0x0a]));
         assert_eq!(
             config.clustermesh.unwrap().grace_period,
             Duration::from_secs(5)
         );
         assert_eq!(config.node.gateway_mac, default_gateway_mac());
+        let without = parse(&GOOD.replace("metrics: 127.0.0.1:9962", "")).unwrap();
+        assert_eq!(without.metrics_address(), None);
+    }
+
+    #[test]
+    fn a_bad_metrics_address_is_refused_naming_the_key() {
+        for bad in ["localhost:9962", "127.0.0.1", "127.0.0.1:99999", "\"[::1]:0\""] {
+            let text = GOOD.replace("127.0.0.1:9962", bad);
+            let error = parse(&text).unwrap_err().to_string();
+            assert!(error.contains("`metrics`"), "{bad}: {error}");
+        }
+        let v6 = parse(&GOOD.replace("127.0.0.1:9962", "\"[::1]:9962\"")).unwrap();
+        assert_eq!(v6.metrics_address().map(|a| a.port()), Some(9962));
     }
 
     #[test]

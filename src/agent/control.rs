@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use meshpath_control::clustermesh::config::TlsMaterial;
 use meshpath_control::clustermesh::config_watch::watch_config_dir;
 use meshpath_control::clustermesh::{run_clustermesh, MeshStatus, RemoteEvent, RemoteOptions};
@@ -14,9 +13,8 @@ use meshpath_control::identity_alloc::IdentityAllocator;
 use meshpath_control::local::LocalState;
 use meshpath_control::publish::Publisher;
 use meshpath_control::resolve::{IdentitySource, MemoryAllocator, Resolver};
-use meshpath_control::snapshot::{run_builder, Change, NodeSpec, SnapshotBuilder};
+use meshpath_control::snapshot::{run_builder, Change, NodeSpec, SnapshotBuilder, SnapshotSink};
 use meshpath_control::ClusterName;
-use meshpath_dataplane::snapshot::Tables;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +33,7 @@ pub async fn start(
     config: &AgentConfig,
     spec: NodeSpec,
     local: watch::Receiver<Arc<LocalState>>,
-    tables: Arc<ArcSwap<Tables>>,
+    sink: impl SnapshotSink + 'static,
     nodes: NodeDirectory,
     cancel: CancellationToken,
 ) -> anyhow::Result<(JoinSet<()>, Option<watch::Receiver<MeshStatus>>)> {
@@ -91,7 +89,7 @@ pub async fn start(
     let builder = SnapshotBuilder::new(spec);
     tasks.spawn(async move {
         let _ = changes_tx.send(Change::Ports(ports)).await;
-        run_builder(builder, changes, remote, tables, cancel, MAX_BATCH).await;
+        run_builder(builder, changes, remote, sink, cancel, MAX_BATCH).await;
     });
     Ok((tasks, mesh_status))
 }

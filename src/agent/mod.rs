@@ -8,6 +8,7 @@
 pub mod config;
 mod control;
 mod handler;
+pub mod metrics;
 pub mod nodes;
 pub mod status;
 mod wiring;
@@ -83,15 +84,36 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let worker = wiring.worker.spawn(handler, stop.clone())?;
 
     let nodes = nodes::NodeDirectory::default();
+    let latency = metrics::publish_latency();
     let (mut tasks, mesh) = control::start(
         &config,
         spec,
         source.state.clone(),
-        tables.clone(),
+        metrics::TimedSink::new(tables.clone(), latency.clone()),
         nodes.clone(),
         cancel.clone(),
     )
     .await?;
+    if let Some(address) = config.metrics_address() {
+        let listener = metrics::bind(address).await?;
+        let sources = metrics::MetricsSources {
+            cluster: config.cluster.name.clone(),
+            node: config.node.name.clone(),
+            uplink: wiring::UPLINK,
+            counters: counters.clone(),
+            ports: stats.clone(),
+            mesh: mesh.clone(),
+            local: source.state.clone(),
+        };
+        let registry = Arc::new(metrics::registry(sources, latency));
+        let metrics_cancel = cancel.clone();
+        tasks.spawn(async move {
+            if let Err(error) = metrics::serve(listener, registry, metrics_cancel).await {
+                tracing::error!(%error, "metrics endpoint");
+            }
+        });
+        tracing::info!(%address, "metrics endpoint");
+    }
     let sources = StatusSources {
         cluster: config.cluster.name.clone(),
         node: config.node.name.clone(),

@@ -2,6 +2,7 @@
 //! batch limit) so that a burst becomes one snapshot, and hands each snapshot to the sink.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use meshpath_dataplane::snapshot::Tables;
@@ -14,6 +15,13 @@ use crate::clustermesh::RemoteEvent;
 /// Where new snapshots go: the agent's `ArcSwap` that workers load from, or a watch channel.
 pub trait SnapshotSink: Send {
     fn publish(&mut self, tables: Arc<Tables>);
+
+    /// Publishes the snapshot built from a batch taken off the inputs at `taken`; a sink that
+    /// measures the publish latency overrides this.
+    fn publish_batch(&mut self, tables: Arc<Tables>, taken: Instant) {
+        let _ = taken;
+        self.publish(tables);
+    }
 }
 
 impl SnapshotSink for Arc<ArcSwap<Tables>> {
@@ -56,6 +64,7 @@ pub async fn run_builder(
                 }
             },
         };
+        let taken = Instant::now();
         let mut batch = vec![first];
         while batch.len() < max_batch.max(1) {
             let next = changes
@@ -68,7 +77,7 @@ pub async fn run_builder(
             }
         }
         if let Some(tables) = builder.apply(batch) {
-            sink.publish(tables);
+            sink.publish_batch(tables, taken);
         }
     }
     builder
