@@ -420,13 +420,57 @@ metrics: 127.0.0.1:9962
 
     #[test]
     fn a_bad_metrics_address_is_refused_naming_the_key() {
-        for bad in ["localhost:9962", "127.0.0.1", "127.0.0.1:99999", "\"[::1]:0\""] {
+        for bad in [
+            "localhost:9962",
+            "127.0.0.1",
+            "127.0.0.1:99999",
+            "\"[::1]:0\"",
+        ] {
             let text = GOOD.replace("127.0.0.1:9962", bad);
             let error = parse(&text).unwrap_err().to_string();
             assert!(error.contains("`metrics`"), "{bad}: {error}");
         }
         let v6 = parse(&GOOD.replace("127.0.0.1:9962", "\"[::1]:9962\"")).unwrap();
         assert_eq!(v6.metrics_address().map(|a| a.port()), Some(9962));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_metrics_address_with_a_port_is_taken_as_written(
+            ip in proptest::arbitrary::any::<std::net::IpAddr>(),
+            port in proptest::arbitrary::any::<u16>(),
+        ) {
+            let address = SocketAddr::new(ip, port);
+            let text = GOOD.replace("127.0.0.1:9962", &format!("\"{address}\""));
+            match parse(&text) {
+                Ok(config) => {
+                    proptest::prop_assert_ne!(address.port(), 0);
+                    proptest::prop_assert_eq!(config.metrics_address(), Some(address));
+                }
+                Err(error) => {
+                    proptest::prop_assert_eq!(address.port(), 0);
+                    proptest::prop_assert!(error.to_string().contains("`metrics`"));
+                }
+            }
+        }
+
+        #[test]
+        fn any_metrics_text_is_taken_or_refused_naming_the_key(text in "[ -~]{0,40}") {
+            let quoted = serde_json::to_string(&text).unwrap();
+            let yaml = GOOD.replace("127.0.0.1:9962", &quoted);
+            let parsed = parse(&yaml);
+            match (parsed, text.parse::<SocketAddr>()) {
+                (Ok(config), Ok(address)) => {
+                    proptest::prop_assert_eq!(config.metrics_address(), Some(address))
+                }
+                (Err(error), _) => proptest::prop_assert!(
+                    error.to_string().contains("`metrics`"),
+                    "{}",
+                    error
+                ),
+                (Ok(_), Err(_)) => proptest::prop_assert!(false, "`{}` taken", text),
+            }
+        }
     }
 
     #[test]

@@ -586,6 +586,24 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_latency_runs_from_the_batch_being_taken() {
+        let latency = publish_latency();
+        let (tx, _rx) = watch::channel(Arc::new(tables()));
+        let mut sink = TimedSink::new(tx, latency.clone());
+        let taken = Instant::now() - std::time::Duration::from_millis(50);
+        sink.publish_batch(Arc::new(tables()), taken);
+        let text = scrape_text(vec![], latency);
+        let sum: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("meshpath_snapshot_publish_latency_seconds_sum "))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert!((0.05..1.0).contains(&sum), "{sum}");
+        let bucket = r#"meshpath_snapshot_publish_latency_seconds_bucket{le="0.01024"} 0"#;
+        assert!(text.lines().any(|l| l == bucket), "{text}");
+    }
+
     #[tokio::test]
     async fn the_endpoint_serves_the_registry_over_http() {
         let listener = bind(([127, 0, 0, 1], 0).into()).await.unwrap();
