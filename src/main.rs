@@ -47,6 +47,8 @@ enum Command {
         #[command(subcommand)]
         command: ClustermeshCommand,
     },
+    /// Flows the local agent decided on, like `hubble observe`.
+    Observe(ObserveArgs),
     /// Cilium's ClusterMesh demo on a two-cluster lab: global service, failover, cross-cluster policy.
     Demo {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
@@ -73,6 +75,32 @@ struct AgentQuery {
     socket: PathBuf,
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
+}
+
+#[derive(Args)]
+struct ObserveArgs {
+    #[command(flatten)]
+    query: AgentQuery,
+    /// Only flows from or to this pod (`name` or `namespace/name`).
+    #[arg(long)]
+    pod: Option<String>,
+    /// Only flows from or to this namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Only flows from or to this cluster.
+    #[arg(long)]
+    cluster: Option<String>,
+    #[arg(long, value_enum)]
+    verdict: Option<VerdictFilter>,
+    /// Keep printing new flows until interrupted (otherwise: the flows kept by the agent, then exit).
+    #[arg(short, long)]
+    follow: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum VerdictFilter {
+    Forwarded,
+    Dropped,
 }
 
 #[derive(Subcommand)]
@@ -184,6 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Observe(args) => observe(args),
         Command::Demo {
             output,
             requests,
@@ -198,6 +227,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Lab { command } => run_lab(command),
     }
+}
+
+fn observe(args: ObserveArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let filter = agent::observe::Filter {
+        pod: args.pod,
+        namespace: args.namespace,
+        cluster: args.cluster,
+        verdict: args.verdict.map(|v| {
+            match v {
+                VerdictFilter::Forwarded => "forwarded",
+                VerdictFilter::Dropped => "dropped",
+            }
+            .to_owned()
+        }),
+    };
+    let mut out = std::io::stdout().lock();
+    agent::observe::read(&args.query.socket, args.follow, |flow| {
+        if filter.matches(&flow) {
+            let line = match args.query.output {
+                Output::Json => serde_json::to_string(&flow)?,
+                Output::Table => agent::observe::render(&flow),
+            };
+            // A closed pipe (`| head`) ends the stream quietly.
+            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
 }
 
 fn run_lab(command: LabCommand) -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 //! with two pods each, an agent on each node fed by a directory of Kubernetes-shaped YAML.
 //! Pods reach each other on the same node and across nodes (ping and TCP); the cross-node traffic is
 //! VXLAN on UDP 8472 with the sender's security identity in the VNI; a pod that lies about its source
-//! address is dropped and counted; the nodes' own traffic still reaches their kernels.
+//! address is dropped, counted and shown by `meshpath observe`; the nodes' own traffic still reaches their kernels.
 //! Needs root; skipped with a printed reason only when not root.
 
 use std::path::{Path, PathBuf};
@@ -87,6 +87,25 @@ impl Lab {
         out.status
             .success()
             .then(|| serde_json::from_slice(&out.stdout).ok())?
+    }
+
+    /// `meshpath observe -o json` on node `n`'s agent: the flows it keeps.
+    fn observe(&self, n: u8, filters: &[&str]) -> Vec<serde_json::Value> {
+        let socket = self.socket(n);
+        let mut args = vec![
+            "observe",
+            "-o",
+            "json",
+            "--socket",
+            socket.to_str().unwrap(),
+        ];
+        args.extend_from_slice(filters);
+        let out = meshpath(&args);
+        assert!(ok(&out), "meshpath observe");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("one JSON flow per line"))
+            .collect()
     }
 
     fn agent_log(&self, n: u8) -> String {
@@ -350,6 +369,59 @@ fn pods_talk_through_the_agents_on_real_afxdp() {
     );
     assert!(counter(&n1, "forwarded", "tunnel") >= 3, "{n1:#}");
     assert!(counter(&n1, "forwarded", "local_pod") >= 3, "{n1:#}");
+    // `meshpath observe` shows them, named after the pod that sent them, with their reason.
+    let mut spoofed_flows = Vec::new();
+    wait_for(
+        "the spoofed pings in the flow log",
+        Duration::from_secs(5),
+        || {
+            spoofed_flows = lab
+                .observe(1, &["--verdict", "dropped"])
+                .into_iter()
+                .filter(|f| f["reason"] == "spoofed_source")
+                .collect();
+            spoofed_flows.len() >= 2
+        },
+    );
+    assert!(spoofed_flows.len() >= 2, "{spoofed_flows:#?}");
+    for flow in &spoofed_flows {
+        assert_eq!(flow["verdict"], "dropped");
+        assert_eq!(flow["protocol"], "ICMPv4");
+        assert_eq!(flow["source"]["ip"], "100.64.1.99");
+        assert_eq!(flow["source"]["pod"], "p11", "{flow:#}");
+        assert_eq!(flow["source"]["cluster"], "cluster1");
+        assert_eq!(flow["destination"]["pod"], "p12", "{flow:#}");
+    }
+    // New flows are there too, forwarded: TCP to iperf3 across nodes, through the tunnel.
+    let forwarded = lab.observe(1, &["--verdict", "forwarded", "--pod", "default/p21"]);
+    assert!(
+        forwarded.iter().any(|f| f["protocol"] == "TCP"
+            && f["destination"]["port"] == 5201
+            && f["source"]["pod"] == "p11"
+            && f["reason"] == "tunnel"),
+        "{forwarded:#?}"
+    );
+    assert!(
+        forwarded.iter().all(|f| f["verdict"] == "forwarded"),
+        "filtered by verdict"
+    );
+    let socket = lab.socket(1);
+    let human = meshpath(&[
+        "observe",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--verdict",
+        "dropped",
+    ]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.lines().any(
+            |l| l.contains("cluster1/default/p11 → cluster1/default/p12")
+                && l.contains("DROPPED (spoofed_source)")
+        ),
+        "{human}"
+    );
+
     let n2 = lab.status(2).expect("status of node 2");
     assert!(
         counter(&n2, "forwarded", "local_pod") >= 3,

@@ -1,6 +1,6 @@
 //! The pipeline as the worker's batch handler: loads the current table snapshot once per batch (no
 //! lock: an `ArcSwap` load), reads the clock once per batch, and copies its counters out for the
-//! status socket every so often.
+//! status socket every so often; after each batch, hands its flow log to `meshpath observe`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +12,8 @@ use meshpath_dataplane::snapshot::Tables;
 use meshpath_dataplane::stats::Counters;
 use meshpath_dataplane::{Frame, Verdict};
 
+use super::observe::FlowSink;
+
 /// How often a worker copies its counters out.
 const PUBLISH_EVERY_MS: u64 = 100;
 
@@ -21,6 +23,7 @@ pub struct PipelineHandler {
     started: Instant,
     counters: Arc<ArcSwap<Counters>>,
     published_ms: u64,
+    flows: FlowSink,
 }
 
 impl PipelineHandler {
@@ -28,13 +31,16 @@ impl PipelineHandler {
         tables: Arc<ArcSwap<Tables>>,
         state: WorkerState,
         counters: Arc<ArcSwap<Counters>>,
+        flows: FlowSink,
     ) -> Self {
         PipelineHandler {
             tables,
             state,
-            started: Instant::now(),
+            // The observe task turns event times into wall time from the same clock.
+            started: flows.epoch,
             counters,
             published_ms: 0,
+            flows,
         }
     }
 }
@@ -44,6 +50,9 @@ impl BatchHandler for PipelineHandler {
         let now_ms = self.started.elapsed().as_millis() as u64;
         let tables = self.tables.load();
         pipeline::process(&tables, &mut self.state, now_ms, frames, verdicts);
+        for event in self.state.flowlog.drain() {
+            self.flows.send(event);
+        }
         if now_ms >= self.published_ms + PUBLISH_EVERY_MS {
             self.counters.store(Arc::new(self.state.counters.clone()));
             self.published_ms = now_ms;

@@ -10,6 +10,7 @@ mod control;
 mod handler;
 pub mod metrics;
 pub mod nodes;
+pub mod observe;
 pub mod status;
 mod wiring;
 
@@ -80,7 +81,8 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     });
     let stats = wiring.worker.stats_reader();
     let stop = Arc::new(AtomicBool::new(false));
-    let handler = PipelineHandler::new(tables.clone(), state, counters.clone());
+    let (flow_sink, flow_source) = observe::channel();
+    let handler = PipelineHandler::new(tables.clone(), state, counters.clone(), flow_sink);
     let worker = wiring.worker.spawn(handler, stop.clone())?;
 
     let nodes = nodes::NodeDirectory::default();
@@ -114,6 +116,27 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         });
         tracing::info!(%address, "metrics endpoint");
     }
+    let names = observe::Names {
+        cluster: config.cluster.name.clone(),
+        node: config.node.name.clone(),
+        tables: tables.clone(),
+        mesh: mesh.clone(),
+        local: Some(source.state.clone()),
+    };
+    let hub = observe::FlowHub::default();
+    tasks.spawn(observe::collect(
+        flow_source,
+        names,
+        hub.clone(),
+        cancel.clone(),
+    ));
+    let observe_socket = observe::socket_path(&config.status_socket);
+    let observe_cancel = cancel.clone();
+    tasks.spawn(async move {
+        if let Err(error) = observe::serve(&observe_socket, hub, observe_cancel).await {
+            tracing::error!(%error, "observe socket");
+        }
+    });
     let sources = StatusSources {
         cluster: config.cluster.name.clone(),
         node: config.node.name.clone(),

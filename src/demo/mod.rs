@@ -94,6 +94,14 @@ impl DemoReport {
             "   cluster1's agent counted {} frames dropped as policy_denied",
             p.policy_denied_drops
         );
+        let _ = writeln!(
+            out,
+            "   meshpath observe on cluster1's agent showed {} denials, e.g.:",
+            p.observed_denials
+        );
+        if let Some(sample) = &p.observed_sample {
+            let _ = writeln!(out, "     {sample}");
+        }
         out += "\n4. meshpath node list (cluster1's agent)\n";
         for line in crate::agent::nodes::render(&self.nodes).lines() {
             let _ = writeln!(out, "   {line}");

@@ -1,4 +1,4 @@
-//! The demo's steps: each drives the pods with curl and reads the agents' status.
+//! The demo's steps: each drives the pods with curl and reads the agents' status (and flows).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::scene::{rebel_ip, service_ip, wait, Scene, BACKEND_PORT, CLUSTERS, SERVICE_PORT};
 use crate::agent::nodes::NodeRow;
-use crate::agent::status;
+use crate::agent::{observe, status};
 
 /// Answers per cluster and failures of a run of requests.
 #[derive(Debug, Default, Serialize)]
@@ -29,6 +29,10 @@ pub struct PolicyReport {
     pub cross_cluster_allowed: bool,
     pub local_denied: bool,
     pub policy_denied_drops: u64,
+    /// Denials `meshpath observe` showed on cluster1's agent during the step.
+    pub observed_denials: u64,
+    /// One of them, as `meshpath observe` prints it.
+    pub observed_sample: Option<String>,
 }
 
 /// One HTTP request from cluster `c`'s x-wing; the answering cluster's name, or `None`.
@@ -130,6 +134,7 @@ pub fn failover(scene: &Scene, n: usize) -> anyhow::Result<Vec<Failover>> {
 
 pub fn policy(scene: &Scene) -> anyhow::Result<PolicyReport> {
     let denied_before = policy_denied(scene);
+    let started_ms = unix_ms();
     scene.write_state(1, true, true)?;
     let local = format!("http://{}:{BACKEND_PORT}/", rebel_ip(1));
     let remote = format!("http://{}:{BACKEND_PORT}/", rebel_ip(2));
@@ -140,11 +145,33 @@ pub fn policy(scene: &Scene) -> anyhow::Result<PolicyReport> {
     let cross_cluster_allowed = request(scene, 1, &remote).as_deref() == Some("cluster2");
     let local_denied = enforced && request(scene, 1, &local).is_none();
     scene.write_state(1, true, false)?;
+    let denials = observed_denials(scene, started_ms)?;
     Ok(PolicyReport {
         cross_cluster_allowed,
         local_denied,
         policy_denied_drops: policy_denied(scene).saturating_sub(denied_before),
+        observed_denials: denials.len() as u64,
+        observed_sample: denials.first().map(observe::render),
     })
+}
+
+/// The `policy_denied` drops cluster1's agent kept since `since_ms`: `meshpath observe
+/// --verdict dropped` (the flows' wall-clock stamps may trail the step's start by a poll).
+fn observed_denials(scene: &Scene, since_ms: u64) -> anyhow::Result<Vec<observe::Flow>> {
+    let mut denials = Vec::new();
+    observe::read(&scene.socket(1), false, |flow| {
+        if flow.reason == "policy_denied" && flow.time_ms + 1000 >= since_ms {
+            denials.push(flow);
+        }
+        Ok(true)
+    })?;
+    Ok(denials)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn policy_denied(scene: &Scene) -> u64 {
