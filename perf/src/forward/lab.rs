@@ -229,11 +229,29 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// On SIGINT, SIGTERM or SIGHUP, deletes this run's namespaces before the process exits (a
+    /// signal skips `Drop`). Only one handler per process: a second lab in it keeps the first one's.
+    pub fn delete_on_signal(&self) {
+        let names = [self.gen.clone(), self.node.clone(), self.sink.clone()];
+        let _ = ctrlc::set_handler(move || {
+            delete(&names);
+            std::process::exit(130);
+        });
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
-        for ns in [&self.gen, &self.node, &self.sink] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        delete(&[&self.gen, &self.node, &self.sink]);
+    }
+}
+
+fn delete<S: AsRef<str>>(namespaces: &[S]) {
+    for ns in namespaces {
+        let _ = Command::new("ip")
+            .args(["netns", "del", ns.as_ref()])
+            .status();
     }
 }
 

@@ -183,6 +183,7 @@ pub fn run(args: &Args) -> anyhow::Result<ForwardReport> {
     });
     let load_average_1m = load_average();
     let lab = Lab::build(fwd_core)?;
+    lab.delete_on_signal();
     let generator = inside(&lab.gen, || {
         Ok(TrafficPort::bind(ifindex(GEN_IF)?, 0, RING_SIZE)?)
     })?;
