@@ -136,7 +136,7 @@ impl<S: SnapshotSink> SnapshotSink for TimedSink<S> {
 }
 
 /// Which way a frame came in: the port it was received on.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
     FromPod,
     FromUplink,
@@ -243,17 +243,20 @@ fn encode_ports(
     };
     let mut drops = Vec::new();
     for d in [Direction::FromPod, Direction::FromUplink] {
+        let side: Vec<&PortStats> = ports.iter().filter(|p| direction(p) == d).collect();
         for reason in DropReason::ALL {
-            let n: u64 = ports
+            let n: u64 = side
                 .iter()
-                .filter(|p| direction(p).name() == d.name())
                 .filter_map(|p| p.drops.get(reason.index()))
                 .sum();
-            drops.push((
-                [("reason", reason.name()), ("direction", d.name())],
-                ConstCounter::new(n),
-            ));
+            let labels = [("reason", reason.name()), ("direction", d.name())];
+            drops.push((labels, ConstCounter::new(n)));
         }
+        // The worker's own drop, named as reports name it: frames for the node's kernel, which
+        // AF_XDP has no path back to yet.
+        let n: u64 = side.iter().map(|p| p.to_kernel_unsupported).sum();
+        let labels = [("reason", "to_kernel_unsupported"), ("direction", d.name())];
+        drops.push((labels, ConstCounter::new(n)));
     }
     encode_family(
         encoder,
@@ -520,6 +523,10 @@ mod tests {
         let ports = vec![
             port(0, 7, &[(DropReason::NoRoute, 2)]),
             port(1, 5, &[(DropReason::PolicyDenied, 1)]),
+            PortStats {
+                to_kernel_unsupported: 4,
+                ..port(2, 4, &[(DropReason::PolicyDenied, 2)])
+            },
         ];
         let latency = publish_latency();
         let tables = Arc::new(tables());
@@ -537,7 +544,11 @@ mod tests {
             r#"meshpath_forwarded_bytes_total{kind="tunnel"} 150"#.into(),
             r#"meshpath_forwarded_packets_total{kind="local_pod"} 0"#.into(),
             r#"meshpath_dropped_bytes_total{reason="policy_denied"} 60"#.into(),
-            r#"meshpath_dropped_packets_total{reason="policy_denied",direction="from_pod"} 1"#
+            r#"meshpath_dropped_packets_total{reason="policy_denied",direction="from_pod"} 3"#
+                .into(),
+            r#"meshpath_dropped_packets_total{reason="to_kernel_unsupported",direction="from_pod"} 4"#
+                .into(),
+            r#"meshpath_dropped_packets_total{reason="to_kernel_unsupported",direction="from_uplink"} 0"#
                 .into(),
             r#"meshpath_dropped_packets_total{reason="no_route",direction="from_uplink"} 2"#.into(),
             r#"meshpath_dropped_packets_total{reason="no_route",direction="from_pod"} 0"#.into(),
