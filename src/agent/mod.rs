@@ -63,6 +63,11 @@ pub fn run(config_path: PathBuf, netns: Option<String>) -> anyhow::Result<()> {
 
 async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
+    // Before any interface is touched: a taken metrics port stops the agent with nothing to undo.
+    let metrics_listener = match config.metrics_address() {
+        Some(address) => Some(metrics::bind(address).await?),
+        None => None,
+    };
     let Some(dir) = config.source.yaml_dir.clone() else {
         bail!("`source.kubernetes`: the Kubernetes source is not wired into the agent yet; use `source.yaml-dir`");
     };
@@ -96,8 +101,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         cancel.clone(),
     )
     .await?;
-    if let Some(address) = config.metrics_address() {
-        let listener = metrics::bind(address).await?;
+    if let Some(listener) = metrics_listener {
         let sources = metrics::MetricsSources {
             cluster: config.cluster.name.clone(),
             node: config.node.name.clone(),
@@ -114,7 +118,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
                 tracing::error!(%error, "metrics endpoint");
             }
         });
-        tracing::info!(%address, "metrics endpoint");
+        tracing::info!(address = ?config.metrics_address(), "metrics endpoint");
     }
     let names = observe::Names {
         cluster: config.cluster.name.clone(),
