@@ -108,6 +108,45 @@ impl Lab {
             .collect()
     }
 
+    /// `meshpath observe --follow -o json` on node `n`'s agent, from now on: the first flow it
+    /// streams with `reason` (the agent's kept flows before now are skipped by their time).
+    fn follow(
+        &mut self,
+        n: u8,
+        filters: &[&str],
+        reason: &str,
+    ) -> std::sync::mpsc::Receiver<serde_json::Value> {
+        use std::io::BufRead;
+        let since_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let socket = self.socket(n);
+        let mut child = Command::new(BIN)
+            .args(["observe", "--follow", "-o", "json", "--socket"])
+            .arg(&socket)
+            .args(filters)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("meshpath observe --follow");
+        let stdout = child.stdout.take().unwrap();
+        // Killed with the agents when the lab goes down.
+        self.agents.push(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reason = reason.to_owned();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let flow: serde_json::Value = serde_json::from_str(&line).expect("a JSON flow");
+                if flow["time_ms"].as_u64() >= Some(since_ms) && flow["reason"] == reason {
+                    let _ = tx.send(flow);
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
     fn agent_log(&self, n: u8) -> String {
         std::fs::read_to_string(self.dir.join(format!("agent-n{n}.log"))).unwrap_or_default()
     }
@@ -338,7 +377,13 @@ fn pods_talk_through_the_agents_on_real_afxdp() {
     );
     assert!(ok(&tcp), "TCP across nodes");
 
-    // A pod sending as an address it does not own is dropped and counted.
+    // A pod sending as an address it does not own is dropped and counted; a follower of node 1's
+    // flows sees the drops as they happen.
+    let follower = lab.follow(
+        1,
+        &["--verdict", "dropped", "--pod", "p12"],
+        "spoofed_source",
+    );
     assert!(ok(&lab.exec(
         &p11,
         &["ip", "addr", "add", "100.64.1.99/32", "dev", "eth0"]
@@ -362,6 +407,10 @@ fn pods_talk_through_the_agents_on_real_afxdp() {
         !spoofed.status.success(),
         "a spoofed ping must not be answered"
     );
+    let followed = follower
+        .recv_timeout(Duration::from_secs(5))
+        .expect("observe --follow streams the drop");
+    assert_eq!(followed["source"]["ip"], "100.64.1.99", "{followed:#}");
     let n1 = lab.status(1).expect("status of node 1");
     assert!(
         counter(&n1, "dropped", "spoofed_source") >= 2,

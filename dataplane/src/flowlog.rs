@@ -266,7 +266,7 @@ mod tests {
 
         const GATEWAY_MAC: [u8; 6] = [2, 0xaa, 0, 0, 0, 1];
 
-        fn pod(i: u8) -> (PortId, [u8; 6], Ipv4Addr, Identity) {
+        pub(super) fn pod(i: u8) -> (PortId, [u8; 6], Ipv4Addr, Identity) {
             let identity = Identity::new(0x1_0100 + u32::from(i)).unwrap();
             (
                 PortId(u16::from(i)),
@@ -276,7 +276,7 @@ mod tests {
             )
         }
 
-        fn tables() -> Tables {
+        pub(super) fn tables() -> Tables {
             let node = NodeConfig {
                 cluster: ClusterId::new(1).unwrap(),
                 ipv4: Some(Ipv4Addr::new(198, 18, 1, 1)),
@@ -309,15 +309,25 @@ mod tests {
         }
 
         fn udp(mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+            udp_to(mac, src, dst, 53)
+        }
+
+        pub(super) fn udp_to(mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Vec<u8> {
             let builder = etherparse::PacketBuilder::ethernet2(mac, GATEWAY_MAC)
                 .ipv4(src.octets(), dst.octets(), 64)
-                .udp(40000, 53);
+                .udp(40000, port);
             let mut frame = Vec::new();
             builder.write(&mut frame, b"hello").unwrap();
             frame
         }
 
-        fn run(t: &Tables, s: &mut WorkerState, port: PortId, bytes: &[u8], now: u64) -> Verdict {
+        pub(super) fn run(
+            t: &Tables,
+            s: &mut WorkerState,
+            port: PortId,
+            bytes: &[u8],
+            now: u64,
+        ) -> Verdict {
             let mut buf = bytes.to_vec();
             let len = buf.len();
             let mut frame = Frame::new(&mut buf, 0, len, port).unwrap();
@@ -377,6 +387,74 @@ mod tests {
             assert_eq!(
                 events[1].verdict,
                 FlowVerdict::Dropped(DropReason::SpoofedSource)
+            );
+        }
+    }
+
+    mod through_a_service {
+        use super::through_the_pipeline::*;
+        use super::*;
+        use crate::conntrack::{ConntrackConfig, Timeouts};
+        use crate::flow::proto;
+        use crate::pipeline::WorkerState;
+        use crate::service::{Backend, BackendState, Frontend, Service, ServiceId};
+        use crate::{PortId, Verdict};
+        use std::net::Ipv4Addr;
+        use std::sync::Arc;
+
+        const VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 255, 10);
+
+        fn add_service(t: &mut Tables, id: u32, port: u16, backend: Option<Ipv4Addr>) {
+            let frontend = Frontend {
+                addr: VIP.into(),
+                port,
+                proto: proto::UDP,
+            };
+            let backends = backend
+                .map(|ip| Backend {
+                    addr: ip.into(),
+                    port: 5353,
+                    state: BackendState::Active,
+                    cluster: None,
+                })
+                .into_iter()
+                .collect();
+            let service = Service::new(ServiceId(id), frontend, backends).unwrap();
+            t.services.insert(Arc::new(service)).unwrap();
+        }
+
+        #[test]
+        fn records_the_backend_a_service_chose_and_a_service_without_one() {
+            let mut t = tables();
+            let (port1, mac1, ip1, id1) = pod(1);
+            let (_, _, ip2, id2) = pod(2);
+            add_service(&mut t, 1, 53, Some(ip2));
+            add_service(&mut t, 2, 54, None);
+            let mut s = WorkerState::new(ConntrackConfig {
+                capacity: 1024,
+                timeouts: Timeouts::default(),
+            });
+            let balanced = udp_to(mac1, ip1, VIP, 53);
+            assert_eq!(
+                run(&t, &mut s, port1, &balanced, 1),
+                Verdict::Transmit(PortId(2))
+            );
+            let empty = udp_to(mac1, ip1, VIP, 54);
+            assert_eq!(
+                run(&t, &mut s, port1, &empty, 2),
+                Verdict::Drop(DropReason::NoBackend)
+            );
+            let events: Vec<FlowEvent> = s.flowlog.drain().collect();
+            assert_eq!(events.len(), 2, "{events:?}");
+            assert_eq!(events[0].flow.dst, Addr::from(VIP), "as received");
+            assert_eq!(events[0].backend, Some((ip2.into(), 5353)));
+            assert_eq!((events[0].src_identity, events[0].dst_identity), (id1, id2));
+            assert_eq!(events[0].verdict, FlowVerdict::Forwarded(Forward::LocalPod));
+            assert_eq!(events[1].backend, None);
+            assert_eq!(events[1].dst_identity, Identity::UNKNOWN, "never routed");
+            assert_eq!(
+                events[1].verdict,
+                FlowVerdict::Dropped(DropReason::NoBackend)
             );
         }
     }
