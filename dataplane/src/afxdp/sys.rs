@@ -279,6 +279,9 @@ impl<T> Drop for Ring<T> {
     }
 }
 
+/// Most tx kicks per flush: enough for a burst in copy mode, bounded so one port cannot hog a turn.
+const MAX_TX_KICKS: usize = 4;
+
 /// An AF_XDP socket bound to (interface, queue) with its rx/tx rings and its own fill/completion
 /// rings (one pair per device queue, also when the UMEM is shared).
 pub struct Xsk {
@@ -415,21 +418,24 @@ impl Xsk {
     /// needs kicks on later turns too). Returns whether a kick was made.
     pub fn flush_tx(&mut self) -> bool {
         self.tx.publish();
-        if !self.tx.has_outstanding() || !self.tx.needs_wakeup() {
-            return false;
+        let mut kicks = 0;
+        // In copy mode one kick sends a bounded batch (the kernel's per-socket budget, 32): a burst
+        // of 64 needs more than one, or the ring fills while the worker sleeps.
+        while kicks < MAX_TX_KICKS && self.tx.has_outstanding() && self.tx.needs_wakeup() {
+            // SAFETY: a zero-length sendto with no buffer is the documented AF_XDP tx kick.
+            unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            kicks += 1;
         }
-        // SAFETY: a zero-length sendto with no buffer is the documented AF_XDP tx kick.
-        unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                std::ptr::null(),
-                0,
-                libc::MSG_DONTWAIT,
-                std::ptr::null(),
-                0,
-            )
-        };
-        true
+        kicks > 0
     }
 }
 
