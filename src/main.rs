@@ -47,6 +47,16 @@ enum Command {
         #[command(subcommand)]
         command: ClustermeshCommand,
     },
+    /// Security identities the local agent knows.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
+    /// The compiled policy of the local agent's pods.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Flows the local agent decided on, like `hubble observe`.
     Observe(ObserveArgs),
     /// Cilium's ClusterMesh demo on a two-cluster lab: global service, failover, cross-cluster policy.
@@ -119,6 +129,18 @@ enum ServiceCommand {
 enum ClustermeshCommand {
     /// Per remote cluster: connected, synced, entries, failures.
     Status(AgentQuery),
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Every identity of this cluster and the remote ones, with its labels.
+    List(AgentQuery),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Per pod on this node: its identity and, per direction, whether enforced and what is allowed.
+    Get(AgentQuery),
 }
 
 #[derive(Args)]
@@ -209,6 +231,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             match query.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&status.clustermesh)?),
                 Output::Table => print!("{}", agent::status::render_clustermesh(&status)),
+            }
+            Ok(())
+        }
+        Command::Identity {
+            command: IdentityCommand::List(query),
+        } => {
+            let status = agent::status::read(&query.socket)?;
+            match query.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&status.identities)?),
+                Output::Table => print!("{}", agent::identities::render(&status.identities)),
+            }
+            Ok(())
+        }
+        Command::Policy {
+            command: PolicyCommand::Get(query),
+        } => {
+            let status = agent::status::read(&query.socket)?;
+            match query.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&status.policies)?),
+                Output::Table => print!("{}", agent::policy::render(&status.policies)),
             }
             Ok(())
         }

@@ -20,7 +20,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{AgentConfig, EtcdSection};
+use super::identities::IdentityDirectory;
 use super::nodes::NodeDirectory;
+
+/// Where the control task notes what the CLI lists: nodes and identities.
+type Directories = (NodeDirectory, IdentityDirectory);
 
 /// How long this agent's keys outlive it in etcd if it dies without withdrawing them.
 const LEASE_TTL: Duration = Duration::from_secs(30);
@@ -34,7 +38,7 @@ pub async fn start(
     spec: NodeSpec,
     local: watch::Receiver<Arc<LocalState>>,
     sink: impl SnapshotSink + 'static,
-    nodes: NodeDirectory,
+    directories: Directories,
     cancel: CancellationToken,
 ) -> anyhow::Result<(JoinSet<()>, Option<watch::Receiver<MeshStatus>>)> {
     let mut tasks = JoinSet::new();
@@ -45,7 +49,7 @@ pub async fn start(
     match &config.etcd {
         Some(etcd) => {
             let resolver = etcd_resolver(etcd, &spec).await?;
-            let nodes = (nodes.clone(), cluster.to_string());
+            let nodes = (directories.clone(), cluster.to_string());
             tasks.spawn(resolve_forever(
                 resolver,
                 local,
@@ -57,7 +61,7 @@ pub async fn start(
         None => {
             let alloc = MemoryAllocator::new(spec.cluster_id);
             let resolver = Resolver::new(cluster.clone(), spec.cluster_id, alloc);
-            let nodes = (nodes.clone(), cluster.to_string());
+            let nodes = (directories.clone(), cluster.to_string());
             tasks.spawn(resolve_forever(
                 resolver,
                 local,
@@ -77,7 +81,7 @@ pub async fn start(
         };
         let (mesh_tx, mesh_rx) = mpsc::channel(4096);
         let mesh = run_clustermesh(watch.config, options, mesh_tx, cancel.clone());
-        tasks.spawn(record_remote_nodes(mesh_rx, remote_tx, nodes));
+        tasks.spawn(record_remote_nodes(mesh_rx, remote_tx, directories));
         mesh_status = Some(mesh.status.clone());
         tasks.spawn(async move {
             let _ = mesh.task.await;
@@ -99,7 +103,7 @@ pub async fn start(
 async fn resolve_forever<A: IdentitySource + Send>(
     mut resolver: Resolver<A>,
     mut local: watch::Receiver<Arc<LocalState>>,
-    (nodes, cluster): (NodeDirectory, String),
+    ((nodes, identities), cluster): (Directories, String),
     changes: mpsc::Sender<Change>,
     cancel: CancellationToken,
 ) {
@@ -109,6 +113,7 @@ async fn resolve_forever<A: IdentitySource + Send>(
         nodes.record_local(&cluster, &state);
         match resolver.resolve(state).await {
             Ok(resolved) => {
+                identities.record_local(&cluster, &resolved.identities);
                 if changes
                     .send(Change::Local(Arc::new(resolved)))
                     .await
@@ -135,14 +140,15 @@ async fn resolve_forever<A: IdentitySource + Send>(
     }
 }
 
-/// Passes the remote clusters' events on to the builder, noting their nodes on the way.
+/// Passes the remote clusters' events on to the builder, noting their nodes and identities on the way.
 async fn record_remote_nodes(
     mut events: mpsc::Receiver<RemoteEvent>,
     builder: mpsc::Sender<RemoteEvent>,
-    nodes: NodeDirectory,
+    (nodes, identities): Directories,
 ) {
     while let Some(event) = events.recv().await {
         nodes.record_remote(&event);
+        identities.record_remote(&event);
         if builder.send(event).await.is_err() {
             return;
         }

@@ -8,9 +8,11 @@
 pub mod config;
 mod control;
 mod handler;
+pub mod identities;
 pub mod metrics;
 pub mod nodes;
 pub mod observe;
+pub mod policy;
 pub mod status;
 mod wiring;
 
@@ -91,13 +93,14 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let worker = wiring.worker.spawn(handler, stop.clone())?;
 
     let nodes = nodes::NodeDirectory::default();
+    let identities = identities::IdentityDirectory::default();
     let latency = metrics::publish_latency();
     let (mut tasks, mesh) = control::start(
         &config,
         spec,
         source.state.clone(),
         metrics::TimedSink::new(tables.clone(), latency.clone()),
-        nodes.clone(),
+        (nodes.clone(), identities.clone()),
         cancel.clone(),
     )
     .await?;
@@ -149,6 +152,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         worker: stats,
         mesh,
         nodes,
+        identities,
     };
     let socket = config.status_socket.clone();
     let status_cancel = cancel.clone();

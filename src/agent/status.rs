@@ -8,7 +8,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use meshpath_control::clustermesh::MeshStatus;
 
+use super::identities::{IdentityDirectory, IdentityRow};
 use super::nodes::{NodeDirectory, NodeRow};
+use super::policy::EndpointPolicyRow;
 use meshpath_dataplane::afxdp::StatsReader;
 use meshpath_dataplane::service::BackendState;
 use meshpath_dataplane::snapshot::Tables;
@@ -34,6 +36,12 @@ pub struct AgentStatus {
     pub clustermesh: serde_json::Value,
     /// Every node of every cluster the agent knows.
     pub nodes: Vec<NodeRow>,
+    /// Every security identity the agent knows, with its labels.
+    #[serde(default)]
+    pub identities: Vec<IdentityRow>,
+    /// Each pod on this node with its compiled policy, as the workers enforce it now.
+    #[serde(default)]
+    pub policies: Vec<EndpointPolicyRow>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -89,6 +97,7 @@ pub struct StatusSources {
     pub worker: StatsReader,
     pub mesh: Option<watch::Receiver<MeshStatus>>,
     pub nodes: NodeDirectory,
+    pub identities: IdentityDirectory,
 }
 
 impl StatusSources {
@@ -134,6 +143,8 @@ impl StatusSources {
                 .and_then(|m| serde_json::to_value(&*m.borrow()).ok())
                 .unwrap_or(serde_json::Value::Null),
             nodes: self.nodes.rows(),
+            identities: self.identities.rows(),
+            policies: super::policy::rows(&tables),
         }
     }
 }

@@ -98,6 +98,11 @@ impl EnforcedPolicy {
         &self.any_peer
     }
 
+    /// Every peer with a grant of its own, in no particular order (for the CLI, off the packet path).
+    pub fn peers(&self) -> impl Iterator<Item = (Identity, &PeerGrant)> {
+        self.by_peer.iter().map(|(peer, grant)| (*peer, grant))
+    }
+
     /// Per-peer entries: what the table's bound counts.
     pub fn entries(&self) -> usize {
         self.by_peer.len()
@@ -239,6 +244,28 @@ mod tests {
                 prop_assert_eq!(set.contains(port), want);
             }
         }
+    }
+
+    #[test]
+    fn peers_lists_every_grant() {
+        let (a, b) = (
+            Identity::new(0x1_0001).unwrap(),
+            Identity::new(0x2_0001).unwrap(),
+        );
+        let mut web = PeerGrant::default();
+        web.tcp.insert(80, 80);
+        let l3 = PeerGrant {
+            all: true,
+            ..PeerGrant::default()
+        };
+        let mut policy = EnforcedPolicy::default();
+        policy.by_peer.insert(a, web.clone());
+        policy.by_peer.insert(b, l3.clone());
+        let mut peers: Vec<(Identity, PeerGrant)> =
+            policy.peers().map(|(p, g)| (p, g.clone())).collect();
+        peers.sort_by_key(|(p, _)| *p);
+        assert_eq!(peers, vec![(a, web), (b, l3)]);
+        assert_eq!(EnforcedPolicy::default().peers().count(), 0);
     }
 
     #[test]

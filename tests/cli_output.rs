@@ -1,0 +1,345 @@
+//! The operator CLI's output, table and `-o json`, for every command that reads the agent's status
+//! socket: the real binary against a fake agent, a test-owned unix socket serving a canned status
+//! document built from the agent's own status types.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use meshpath_control::clustermesh::{MeshStatus, RemoteStatus, SyncStatus};
+use meshpath_control::ClusterName;
+
+// The agent's status types, compiled here as the agent compiles them (`super::` is this crate's root).
+#[allow(dead_code)]
+#[path = "../src/agent/identities.rs"]
+mod identities;
+#[allow(dead_code)]
+#[path = "../src/agent/nodes.rs"]
+mod nodes;
+#[allow(dead_code)]
+#[path = "../src/agent/policy.rs"]
+mod policy;
+#[allow(dead_code)]
+#[path = "../src/agent/status.rs"]
+mod status;
+
+use identities::IdentityRow;
+use nodes::NodeRow;
+use policy::{AllowRow, DirectionRow, EndpointPolicyRow};
+use status::{AgentStatus, BackendInfo, DataplaneStatus, PortStatus, ServiceStatus, TableSizes};
+
+fn mesh() -> serde_json::Value {
+    let name = ClusterName::new("cluster2").unwrap();
+    let mut remote = RemoteStatus::new(&name, 1);
+    remote.ready = true;
+    remote.connected = true;
+    remote.config_retrieved = true;
+    remote.cluster_id = Some(2);
+    remote.sync_canaries = true;
+    remote.synced = SyncStatus {
+        nodes: true,
+        endpoints: true,
+        identities: true,
+        services: true,
+    };
+    remote.nodes = 2;
+    remote.endpoints = 4;
+    remote.identities = 3;
+    remote.services = 1;
+    remote.failures = 1;
+    let mut board = MeshStatus::new();
+    board.insert(name, remote);
+    serde_json::to_value(&board).unwrap()
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn canned() -> AgentStatus {
+    AgentStatus {
+        cluster: "cluster1".into(),
+        node: "node1".into(),
+        dataplane: DataplaneStatus {
+            received: 1234,
+            forwarded: [("local".to_owned(), 1000), ("tunnel".to_owned(), 200)].into(),
+            dropped: [("policy_denied".to_owned(), 34)].into(),
+            ports: vec![PortStatus {
+                port: 0,
+                rx: 1234,
+                tx: 1200,
+                tx_ring_full: 3,
+            }],
+        },
+        tables: TableSizes {
+            endpoints: 2,
+            ipcache: 9,
+            services: 1,
+            nodes: 3,
+        },
+        services: vec![ServiceStatus {
+            frontend: "10.96.0.10:80/TCP".into(),
+            backends: vec![
+                BackendInfo {
+                    backend: "10.1.0.3:80".into(),
+                    cluster: Some(1),
+                    state: "active".into(),
+                },
+                BackendInfo {
+                    backend: "10.2.0.3:80".into(),
+                    cluster: Some(2),
+                    state: "terminating".into(),
+                },
+            ],
+        }],
+        clustermesh: mesh(),
+        nodes: vec![
+            NodeRow {
+                cluster: "cluster1".into(),
+                name: "node1".into(),
+                address: Some("198.18.1.1".into()),
+                pod_cidrs: vec!["10.1.0.0/24".into()],
+            },
+            NodeRow {
+                cluster: "cluster2".into(),
+                name: "node1".into(),
+                address: Some("198.18.2.1".into()),
+                pod_cidrs: vec!["10.2.0.0/24".into(), "fd00:2::/64".into()],
+            },
+        ],
+        identities: vec![
+            IdentityRow {
+                id: 65537,
+                cluster: "cluster1".into(),
+                labels: labels(&[
+                    ("app", "x-wing"),
+                    ("io.cilium.k8s.policy.cluster", "cluster1"),
+                ]),
+            },
+            IdentityRow {
+                id: 131073,
+                cluster: "cluster2".into(),
+                labels: labels(&[("app", "rebel-base")]),
+            },
+        ],
+        policies: vec![EndpointPolicyRow {
+            endpoint: "default/rebel-base".into(),
+            identity: 65538,
+            ingress: DirectionRow {
+                enforced: true,
+                allow: vec![AllowRow {
+                    peer: "131073".into(),
+                    ports: vec!["80/TCP".into()],
+                }],
+            },
+            egress: DirectionRow {
+                enforced: false,
+                allow: vec![],
+            },
+        }],
+    }
+}
+
+/// A fake agent on a fresh socket: every connection gets the canned document, then the socket closes.
+fn fake_agent(test: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("mp-cli-{}-{test}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).unwrap();
+    let body = serde_json::to_vec(&canned()).unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.write_all(&body);
+        }
+    });
+    path
+}
+
+fn meshpath(socket: &PathBuf, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_meshpath"))
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .expect("meshpath runs")
+}
+
+/// Runs a command in table form; its stdout.
+fn table(socket: &PathBuf, args: &[&str]) -> String {
+    let out = meshpath(socket, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command with `-o json`; its stdout parsed.
+fn json(socket: &PathBuf, args: &[&str]) -> serde_json::Value {
+    let args: Vec<&str> = args.iter().copied().chain(["-o", "json"]).collect();
+    let out = meshpath(socket, &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?} failed: {stderr}");
+    serde_json::from_slice(&out.stdout).expect("one JSON document")
+}
+
+fn has_line(text: &str, words: &[&str]) -> bool {
+    text.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        words.iter().all(|w| fields.contains(w))
+    })
+}
+
+#[test]
+fn status() {
+    let socket = fake_agent("status");
+    let text = table(&socket, &["status"]);
+    assert!(has_line(&text, &["Node:", "cluster1/node1"]), "{text}");
+    assert!(
+        text.contains("2 endpoints, 9 ipcache entries, 1 services, 3 nodes"),
+        "{text}"
+    );
+    assert!(has_line(&text, &["Received:", "1234"]), "{text}");
+    assert!(has_line(&text, &["Forwarded:", "200", "tunnel"]), "{text}");
+    assert!(
+        has_line(&text, &["Dropped:", "34", "policy_denied"]),
+        "{text}"
+    );
+    assert!(has_line(
+        &text,
+        &["Port", "0", "rx", "1234", "tx", "1200", "tx-ring-full", "3"]
+    ));
+    let doc = json(&socket, &["status"]);
+    assert_eq!(doc["cluster"], "cluster1");
+    assert_eq!(doc["dataplane"]["received"], 1234);
+    assert_eq!(doc["dataplane"]["dropped"]["policy_denied"], 34);
+    assert_eq!(doc["tables"]["ipcache"], 9);
+    assert_eq!(doc["clustermesh"]["cluster2"]["ready"], true);
+    let back: AgentStatus = serde_json::from_value(doc).expect("the agent's own type");
+    assert_eq!(back.identities.len(), 2);
+    assert_eq!(back.policies, canned().policies);
+}
+
+#[test]
+fn service_list() {
+    let socket = fake_agent("service");
+    let text = table(&socket, &["service", "list"]);
+    assert!(
+        has_line(&text, &["FRONTEND", "BACKEND", "CLUSTER", "STATE"]),
+        "{text}"
+    );
+    assert!(
+        has_line(&text, &["10.96.0.10:80/TCP", "10.1.0.3:80", "1", "active"]),
+        "{text}"
+    );
+    assert!(
+        has_line(&text, &["10.2.0.3:80", "2", "terminating"]),
+        "{text}"
+    );
+    let doc = json(&socket, &["service", "list"]);
+    assert_eq!(doc[0]["frontend"], "10.96.0.10:80/TCP");
+    assert_eq!(doc[0]["backends"][1]["cluster"], 2);
+    assert_eq!(doc[0]["backends"][1]["state"], "terminating");
+}
+
+#[test]
+fn node_list() {
+    let socket = fake_agent("node");
+    let text = table(&socket, &["node", "list"]);
+    assert!(
+        has_line(&text, &["NODE", "ADDRESS", "POD", "CIDRS"]),
+        "{text}"
+    );
+    assert!(
+        has_line(&text, &["cluster1/node1", "198.18.1.1", "10.1.0.0/24"]),
+        "{text}"
+    );
+    assert!(has_line(
+        &text,
+        &["cluster2/node1", "198.18.2.1", "10.2.0.0/24,fd00:2::/64"]
+    ));
+    let doc = json(&socket, &["node", "list"]);
+    assert_eq!(doc.as_array().map(Vec::len), Some(2));
+    assert_eq!(doc[1]["cluster"], "cluster2");
+    assert_eq!(doc[1]["pod_cidrs"][1], "fd00:2::/64");
+}
+
+#[test]
+fn clustermesh_status() {
+    let socket = fake_agent("clustermesh");
+    let text = table(&socket, &["clustermesh", "status"]);
+    assert!(
+        text.starts_with("ClusterMesh: 1/1 clusters ready\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "cluster2: ready, 2 nodes, 4 endpoints, 3 identities, 1 services, 1 failures"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("etcd: connected=true"), "{text}");
+    assert!(text.contains("cluster-id=2"), "{text}");
+    let doc = json(&socket, &["clustermesh", "status"]);
+    assert_eq!(doc["cluster2"]["connected"], true);
+    assert_eq!(doc["cluster2"]["identities"], 3);
+    assert_eq!(doc["cluster2"]["synced"]["services"], true);
+}
+
+#[test]
+fn identity_list() {
+    let socket = fake_agent("identity");
+    let text = table(&socket, &["identity", "list"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(has_line(lines[0], &["ID", "LABELS"]), "{text}");
+    assert!(has_line(&text, &["65537", "app=x-wing"]), "{text}");
+    assert!(
+        has_line(&text, &["io.cilium.k8s.policy.cluster=cluster1"]),
+        "{text}"
+    );
+    assert!(has_line(&text, &["131073", "app=rebel-base"]), "{text}");
+    assert_eq!(lines.len(), 4, "{text}");
+    let doc = json(&socket, &["identity", "list"]);
+    assert_eq!(doc[0]["id"], 65537);
+    assert_eq!(doc[0]["labels"]["app"], "x-wing");
+    assert_eq!(doc[1]["cluster"], "cluster2");
+}
+
+#[test]
+fn policy_get() {
+    let socket = fake_agent("policy");
+    let text = table(&socket, &["policy", "get"]);
+    let want = ["ENDPOINT", "IDENTITY", "DIRECTION", "PEER", "PORTS"];
+    assert!(has_line(&text, &want), "{text}");
+    let ingress = ["default/rebel-base", "65538", "ingress", "131073", "80/TCP"];
+    assert!(has_line(&text, &ingress), "{text}");
+    assert!(
+        has_line(&text, &["egress", "all", "(not", "enforced)"]),
+        "{text}"
+    );
+    let doc = json(&socket, &["policy", "get"]);
+    assert_eq!(doc[0]["endpoint"], "default/rebel-base");
+    assert_eq!(doc[0]["ingress"]["enforced"], true);
+    assert_eq!(doc[0]["ingress"]["allow"][0]["peer"], "131073");
+    assert_eq!(doc[0]["ingress"]["allow"][0]["ports"][0], "80/TCP");
+    assert_eq!(doc[0]["egress"]["enforced"], false);
+}
+
+#[test]
+fn missing_socket_is_a_clear_error() {
+    let socket = std::env::temp_dir().join(format!("mp-cli-{}-none.sock", std::process::id()));
+    for args in [
+        &["status"][..],
+        &["identity", "list"],
+        &["policy", "get", "-o", "json"],
+    ] {
+        let out = meshpath(&socket, args);
+        assert!(!out.status.success(), "{args:?} succeeded without an agent");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("no agent answers on"), "{stderr}");
+        assert!(stderr.contains(&*socket.to_string_lossy()), "{stderr}");
+        assert!(out.stdout.is_empty());
+    }
+}
