@@ -250,7 +250,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let status = agent::status::read(&query.socket)?;
             match query.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&status.policies)?),
-                Output::Table => print!("{}", agent::policy::render(&status.policies)),
+                Output::Table => print!(
+                    "{}",
+                    agent::policy::render(&status.policies, &status.identities)
+                ),
             }
             Ok(())
         }

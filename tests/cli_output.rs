@@ -114,8 +114,13 @@ fn canned() -> AgentStatus {
         ],
         identities: vec![
             IdentityRow {
+                id: 2,
+                cluster: None,
+                labels: labels(&[("reserved:world", "")]),
+            },
+            IdentityRow {
                 id: 65537,
-                cluster: "cluster1".into(),
+                cluster: Some("cluster1".into()),
                 labels: labels(&[
                     ("app", "x-wing"),
                     ("io.cilium.k8s.policy.cluster", "cluster1"),
@@ -123,7 +128,7 @@ fn canned() -> AgentStatus {
             },
             IdentityRow {
                 id: 131073,
-                cluster: "cluster2".into(),
+                cluster: Some("cluster2".into()),
                 labels: labels(&[("app", "rebel-base")]),
             },
         ],
@@ -218,7 +223,7 @@ fn status() {
     assert_eq!(doc["tables"]["ipcache"], 9);
     assert_eq!(doc["clustermesh"]["cluster2"]["ready"], true);
     let back: AgentStatus = serde_json::from_value(doc).expect("the agent's own type");
-    assert_eq!(back.identities.len(), 2);
+    assert_eq!(back.identities.len(), 3);
     assert_eq!(back.policies, canned().policies);
 }
 
@@ -300,11 +305,14 @@ fn identity_list() {
         "{text}"
     );
     assert!(has_line(&text, &["131073", "app=rebel-base"]), "{text}");
-    assert_eq!(lines.len(), 4, "{text}");
+    assert!(has_line(&text, &["2", "reserved:world"]), "{text}");
+    assert_eq!(lines.len(), 5, "{text}");
     let doc = json(&socket, &["identity", "list"]);
-    assert_eq!(doc[0]["id"], 65537);
-    assert_eq!(doc[0]["labels"]["app"], "x-wing");
-    assert_eq!(doc[1]["cluster"], "cluster2");
+    assert_eq!(doc[0]["id"], 2);
+    assert_eq!(doc[0]["cluster"], serde_json::Value::Null);
+    assert_eq!(doc[1]["id"], 65537);
+    assert_eq!(doc[1]["labels"]["app"], "x-wing");
+    assert_eq!(doc[2]["cluster"], "cluster2");
 }
 
 #[test]
@@ -313,7 +321,14 @@ fn policy_get() {
     let text = table(&socket, &["policy", "get"]);
     let want = ["ENDPOINT", "IDENTITY", "DIRECTION", "PEER", "PORTS"];
     assert!(has_line(&text, &want), "{text}");
-    let ingress = ["default/rebel-base", "65538", "ingress", "131073", "80/TCP"];
+    let ingress = [
+        "default/rebel-base",
+        "65538",
+        "ingress",
+        "131073",
+        "80/TCP",
+        "app=rebel-base",
+    ];
     assert!(has_line(&text, &ingress), "{text}");
     assert!(
         has_line(&text, &["egress", "all", "(not", "enforced)"]),

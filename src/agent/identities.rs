@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityRow {
     pub id: u32,
-    /// The cluster whose agents allocated it (or announced it, for a remote one).
-    pub cluster: String,
+    /// The cluster whose agents allocated it (or announced it, for a remote one); none for the
+    /// reserved identities every node knows.
+    pub cluster: Option<String>,
     /// Label keys without their source, as policy matches them.
     pub labels: BTreeMap<String, String>,
 }
@@ -29,11 +30,11 @@ impl IdentityDirectory {
     /// Replaces this cluster's own identities with `identities`.
     pub fn record_local(&self, cluster: &str, identities: &IdentityLabels) {
         let Ok(mut rows) = self.0.lock() else { return };
-        rows.retain(|_, row| row.cluster != cluster);
+        rows.retain(|_, row| row.cluster.as_deref() != Some(cluster));
         for (id, labels) in identities {
             let row = IdentityRow {
                 id: id.get(),
-                cluster: cluster.to_owned(),
+                cluster: Some(cluster.to_owned()),
                 labels: labels
                     .iter()
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -55,14 +56,16 @@ impl IdentityDirectory {
                     .collect();
                 let row = IdentityRow {
                     id: id.get(),
-                    cluster,
+                    cluster: Some(cluster),
                     labels,
                 };
                 rows.insert(id.get(), row);
             }
             // Only the cluster that announced it may withdraw it.
             StateEvent::Delete(EntryKey::Identity(id))
-                if rows.get(&id.get()).is_some_and(|r| r.cluster == cluster) =>
+                if rows
+                    .get(&id.get())
+                    .is_some_and(|r| r.cluster.as_ref() == Some(&cluster)) =>
             {
                 rows.remove(&id.get());
             }
@@ -70,11 +73,34 @@ impl IdentityDirectory {
         }
     }
 
+    /// The reserved identities the dataplane uses, then every allocated one, by value.
     pub fn rows(&self) -> Vec<IdentityRow> {
-        self.0
+        let reserved = RESERVED.iter().map(|(id, name)| IdentityRow {
+            id: id.get(),
+            cluster: None,
+            labels: [(format!("reserved:{name}"), String::new())].into(),
+        });
+        let known = self
+            .0
             .lock()
-            .map(|rows| rows.values().cloned().collect())
-            .unwrap_or_default()
+            .map(|rows| rows.values().cloned().collect::<Vec<_>>())
+            .unwrap_or_default();
+        reserved.chain(known).collect()
+    }
+}
+
+/// Reserved identities the pipeline gives peers, with Cilium's names for them.
+const RESERVED: [(Identity, &str); 3] = [
+    (Identity::HOST, "host"),
+    (Identity::WORLD, "world"),
+    (Identity::REMOTE_NODE, "remote-node"),
+];
+
+/// A label as Cilium prints it: `key=value`, or the bare key of a label without a value.
+pub fn label(key: &str, value: &str) -> String {
+    match value.is_empty() {
+        true => key.to_owned(),
+        false => format!("{key}={value}"),
     }
 }
 
@@ -82,7 +108,7 @@ impl IdentityDirectory {
 pub fn render(rows: &[IdentityRow]) -> String {
     let mut out = format!("{:<10} {}\n", "ID", "LABELS");
     for row in rows {
-        let labels: Vec<String> = row.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let labels: Vec<String> = row.labels.iter().map(|(k, v)| label(k, v)).collect();
         let first = labels.first().map_or("-", String::as_str);
         out += &format!("{:<10} {first}\n", row.id);
         for label in labels.iter().skip(1) {
@@ -92,14 +118,12 @@ pub fn render(rows: &[IdentityRow]) -> String {
     out
 }
 
-/// The value of an identity, for a peer that the directory may not list (reserved ones by name).
+/// How a peer identity is named in `policy get`: reserved ones by name, others by value.
 pub fn name_of(id: Identity) -> String {
-    match id {
-        Identity::UNKNOWN => "unknown".to_owned(),
-        Identity::HOST => "host".to_owned(),
-        Identity::WORLD => "world".to_owned(),
-        Identity::REMOTE_NODE => "remote-node".to_owned(),
-        other => other.get().to_string(),
+    match RESERVED.iter().find(|(r, _)| *r == id) {
+        Some((_, name)) => (*name).to_owned(),
+        None if id == Identity::UNKNOWN => "unknown".to_owned(),
+        None => id.get().to_string(),
     }
 }
 
@@ -131,25 +155,28 @@ mod tests {
         set.insert("k8s", "app", "rebel-base").unwrap();
         dir.record_remote(&remote(StateEvent::Upsert(Entry::Identity(r, set))));
         let ids: Vec<u32> = dir.rows().iter().map(|r| r.id).collect();
-        assert_eq!(ids, vec![0x1_0001, 0x1_0002, 0x2_0001]);
-        assert_eq!(dir.rows()[2].labels["app"], "rebel-base");
-        assert_eq!(dir.rows()[2].cluster, "cluster2");
+        assert_eq!(ids, vec![1, 2, 6, 0x1_0001, 0x1_0002, 0x2_0001]);
+        let rows = dir.rows();
+        assert_eq!(rows[1].labels["reserved:world"], "");
+        assert_eq!(rows[1].cluster, None);
+        assert_eq!(rows[5].labels["app"], "rebel-base");
+        assert_eq!(rows[5].cluster.as_deref(), Some("cluster2"));
 
         local.remove(&b);
         dir.record_local("cluster1", &local);
         // A remote cannot withdraw a local identity.
         dir.record_remote(&remote(StateEvent::Delete(EntryKey::Identity(a))));
         let ids: Vec<u32> = dir.rows().iter().map(|r| r.id).collect();
-        assert_eq!(ids, vec![0x1_0001, 0x2_0001]);
+        assert_eq!(ids, vec![1, 2, 6, 0x1_0001, 0x2_0001]);
         dir.record_remote(&remote(StateEvent::Delete(EntryKey::Identity(r))));
-        assert_eq!(dir.rows().len(), 1);
+        assert_eq!(dir.rows().len(), 4);
     }
 
     #[test]
     fn table_lists_every_label() {
         let rows = vec![IdentityRow {
             id: 65537,
-            cluster: "cluster1".into(),
+            cluster: Some("cluster1".into()),
             labels: [
                 ("app", "x-wing"),
                 ("io.kubernetes.pod.namespace", "default"),
@@ -163,5 +190,14 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert!(lines[1].starts_with("65537") && lines[1].ends_with("app=x-wing"));
         assert!(lines[2].trim() == "io.kubernetes.pod.namespace=default");
+        let world = render(&IdentityDirectory::default().rows()[1..2]);
+        assert_eq!(world.lines().nth(1), Some("2          reserved:world"));
+    }
+
+    #[test]
+    fn peers_named() {
+        assert_eq!(name_of(Identity::WORLD), "world");
+        assert_eq!(name_of(Identity::UNKNOWN), "unknown");
+        assert_eq!(name_of(Identity::new(0x2_0001).unwrap()), "131073");
     }
 }

@@ -5,7 +5,7 @@ use meshpath_dataplane::policy::{DirectionPolicy, PeerGrant, PortSet};
 use meshpath_dataplane::snapshot::Tables;
 use serde::{Deserialize, Serialize};
 
-use super::identities::name_of;
+use super::identities::{label, name_of, IdentityRow};
 
 /// One local endpoint's policy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,12 +93,20 @@ fn ports(grant: &PeerGrant) -> Vec<String> {
     out
 }
 
-/// `meshpath policy get` as a table: per endpoint and direction, each allowed peer with its ports.
-pub fn render(rows: &[EndpointPolicyRow]) -> String {
+/// `meshpath policy get` as a table: per endpoint and direction, each allowed peer with its ports and,
+/// when `identities` knows it, its labels.
+pub fn render(rows: &[EndpointPolicyRow], identities: &[IdentityRow]) -> String {
     use std::fmt::Write;
+    let labels_of = |peer: &str| -> String {
+        let Some(row) = identities.iter().find(|r| r.id.to_string() == peer) else {
+            return String::new();
+        };
+        let labels: Vec<String> = row.labels.iter().map(|(k, v)| label(k, v)).collect();
+        labels.join(",")
+    };
     let mut out = format!(
-        "{:<32} {:<10} {:<9} {:<12} {}\n",
-        "ENDPOINT", "IDENTITY", "DIRECTION", "PEER", "PORTS"
+        "{:<32} {:<10} {:<9} {:<12} {:<20} {}\n",
+        "ENDPOINT", "IDENTITY", "DIRECTION", "PEER", "PORTS", "PEER LABELS"
     );
     for row in rows {
         let (mut endpoint, mut identity) = (row.endpoint.clone(), row.identity.to_string());
@@ -114,10 +122,11 @@ pub fn render(rows: &[EndpointPolicyRow]) -> String {
             };
             let mut direction = name;
             for (peer, ports) in lines {
-                let _ = writeln!(
-                    out,
-                    "{endpoint:<32} {identity:<10} {direction:<9} {peer:<12} {ports}"
+                let line = format!(
+                    "{endpoint:<32} {identity:<10} {direction:<9} {peer:<12} {ports:<20} {}",
+                    labels_of(peer)
                 );
+                let _ = writeln!(out, "{}", line.trim_end());
                 (endpoint, identity, direction) = (String::new(), String::new(), "");
             }
         }
@@ -252,16 +261,25 @@ mod tests {
                 ports: vec!["80/TCP".into()],
             }],
         };
-        let table = render(&[row(enforced)]);
+        let peer = IdentityRow {
+            id: 131073,
+            cluster: Some("cluster2".into()),
+            labels: [("app".to_owned(), "x-wing".to_owned())].into(),
+        };
+        let table = render(&[row(enforced)], &[peer]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3, "{table}");
         assert!(lines[1].starts_with("default/rebel-base"));
-        assert!(lines[1].contains("ingress") && lines[1].ends_with("131073       80/TCP"));
+        assert!(lines[1].contains("ingress"), "{table}");
+        assert!(lines[1].ends_with("131073       80/TCP               app=x-wing"));
         assert!(lines[2].contains("egress") && lines[2].ends_with("all (not enforced)"));
-        let denied = render(&[row(DirectionRow {
-            enforced: true,
-            allow: vec![],
-        })]);
+        let denied = render(
+            &[row(DirectionRow {
+                enforced: true,
+                allow: vec![],
+            })],
+            &[],
+        );
         assert!(denied.contains("none (deny all)"));
     }
 }
