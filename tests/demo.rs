@@ -65,7 +65,9 @@ fn the_clustermesh_demo_works_end_to_end() {
         report["policy"]["observed_denials"].as_u64() > Some(0),
         "meshpath observe shows the denials: {report:#}"
     );
-    let sample = report["policy"]["observed_sample"].as_str().unwrap_or_default();
+    let sample = report["policy"]["observed_sample"]
+        .as_str()
+        .unwrap_or_default();
     assert!(sample.contains("policy_denied"), "{sample}");
 
     let nodes: Vec<String> = report["nodes"]
