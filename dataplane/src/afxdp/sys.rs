@@ -162,6 +162,23 @@ impl Umem {
         refused
     }
 
+    /// Lends a free chunk to write a new frame into (a traffic generator's): its base and its bytes.
+    /// The chunk is the batch's until it is [`Umem::transmit`]ted or [`Umem::recycle`]d.
+    pub fn lend(&mut self) -> Option<(u64, &mut [u8])> {
+        let base = self.free.pop()?;
+        if !self.hand_over(base, Owner::Free, Owner::Batch) {
+            return None;
+        }
+        // SAFETY: `base` is the start of a chunk inside the mapping (it came from the free list, which
+        // holds only chunk bases) and the chunk just moved free → batch: no other slice of it is live,
+        // and the kernel does not own it. The slice borrows `&mut self`, so the UMEM can neither be
+        // unmapped nor give the chunk to the kernel while it is written.
+        let chunk = unsafe {
+            std::slice::from_raw_parts_mut(self.area.as_ptr().add(base as usize), CHUNK_SIZE)
+        };
+        Some((base, chunk))
+    }
+
     /// Queues the frame at `addr` (`len` bytes, inside the chunk at `base`) on `xsk`'s tx ring.
     /// Returns false if the ring is full: the chunk is then freed (a ring-full drop).
     pub fn transmit(&mut self, xsk: &mut Xsk, base: u64, addr: u64, len: u32) -> bool {
@@ -646,6 +663,21 @@ fn map_ring<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lent_chunk_is_writable_and_comes_back_when_recycled() {
+        let mut umem = Umem::new(2).expect("mmap");
+        let (base, chunk) = umem.lend().expect("a free chunk");
+        assert_eq!(chunk.len(), CHUNK_SIZE);
+        chunk[RX_OFFSET] = 7;
+        let (other, _) = umem.lend().expect("the second chunk");
+        assert_ne!(base, other);
+        assert!(umem.lend().is_none(), "both chunks are lent");
+        umem.recycle(base);
+        assert_eq!(umem.free_chunks(), 1);
+        let (again, chunk) = umem.lend().expect("the recycled chunk");
+        assert_eq!((again, chunk[RX_OFFSET]), (base, 7));
+    }
 
     #[test]
     fn a_chunk_changes_owner_only_from_the_state_it_is_in() {
