@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1024)]
     pub flows: usize,
     /// Where to write the SVG chart of the three rates.
-    #[arg(long, default_value = "meshpath-forward.svg")]
+    #[arg(long, default_value = "target/meshpath-forward.svg")]
     pub chart: PathBuf,
 }
 
@@ -248,6 +248,9 @@ pub fn run(args: &Args) -> anyhow::Result<ForwardReport> {
             ("meshpath", mpps.meshpath),
         ],
     );
+    if let Some(dir) = args.chart.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     std::fs::write(&args.chart, svg)
         .with_context(|| format!("writing {}", args.chart.display()))?;
     let h = paced.latency_ns.as_ref();
