@@ -160,6 +160,10 @@ enum LabCommand {
         nodes: u8,
         #[arg(long, default_value_t = 2)]
         pods: u8,
+        /// Also run an etcd per cluster and an agent per node, every cluster meshed with the others;
+        /// their configuration, state, sockets and logs are in /run/meshpath/lab-PREFIX.
+        #[arg(long)]
+        mesh: bool,
         #[command(flatten)]
         prefix: LabPrefix,
     },
@@ -310,6 +314,7 @@ fn run_lab(command: LabCommand) -> anyhow::Result<()> {
             clusters,
             nodes,
             pods,
+            mesh,
             prefix,
         } => {
             let plan = Plan::new(
@@ -322,9 +327,19 @@ fn run_lab(command: LabCommand) -> anyhow::Result<()> {
             )?;
             lab::up::up(&plan)?;
             println!("lab up: {} namespaces", plan.namespaces().count());
+            if mesh {
+                lab::mesh::start(&plan)?;
+                println!(
+                    "lab meshed: {} etcd, {} agents; sockets and logs in {}",
+                    plan.clusters.len(),
+                    plan.nodes.len(),
+                    lab::mesh::dir(&plan.prefix).display()
+                );
+            }
         }
         LabCommand::Down { prefix } => {
             let gone = lab::down::down(&prefix.prefix)?;
+            let _ = std::fs::remove_dir_all(lab::mesh::dir(&prefix.prefix));
             println!("lab down: {} namespaces removed", gone.len());
         }
         LabCommand::Status { output, prefix } => {

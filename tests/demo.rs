@@ -82,7 +82,15 @@ fn the_clustermesh_demo_works_end_to_end() {
             )
         })
         .collect();
-    assert_eq!(nodes, ["cluster1/c1-n1", "cluster2/c2-n1"]);
+    assert_eq!(
+        nodes,
+        [
+            "cluster1/c1-n1",
+            "cluster1/c1-n2",
+            "cluster2/c2-n1",
+            "cluster2/c2-n2"
+        ]
+    );
 
     let leftovers = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let leftovers = String::from_utf8_lossy(&leftovers.stdout);

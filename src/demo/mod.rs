@@ -32,7 +32,7 @@ pub struct DemoReport {
 
 pub fn run(prefix: &str, requests: usize) -> anyhow::Result<DemoReport> {
     let started = Instant::now();
-    eprintln!("building the lab: 2 clusters, an etcd and an agent each, meshed …");
+    eprintln!("building the lab: 2 clusters of 2 nodes, an etcd per cluster and an agent per node, meshed …");
     let scene = Scene::build(prefix)?;
     steps::wait_for_mesh(&scene)?;
     eprintln!("step 1: x-wing calls the global service rebel-base {requests} times …");

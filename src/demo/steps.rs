@@ -6,9 +6,10 @@ use std::time::Duration;
 use anyhow::bail;
 use serde::Serialize;
 
-use super::scene::{rebel_ip, service_ip, wait, Scene, BACKEND_PORT, CLUSTERS, SERVICE_PORT};
+use super::scene::{rebel_ip, service_ip, Scene, BACKEND_PORT, CLUSTERS, SERVICE_PORT};
 use crate::agent::nodes::NodeRow;
 use crate::agent::{observe, status};
+use crate::lab::mesh::wait;
 
 /// Answers per cluster and failures of a run of requests.
 #[derive(Debug, Default, Serialize)]
@@ -38,7 +39,7 @@ pub struct PolicyReport {
 /// One HTTP request from cluster `c`'s x-wing; the answering cluster's name, or `None`.
 fn request(scene: &Scene, c: u8, url: &str) -> Option<String> {
     let out = scene
-        .exec(&scene.pod_ns(c, 1), &["curl", "-s", "-m", "2", url])
+        .exec(&scene.pod_ns(c, false), &["curl", "-s", "-m", "2", url])
         .ok()?;
     let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     (out.status.success() && !body.is_empty()).then_some(body)

@@ -1,0 +1,274 @@
+//! `meshpath lab up --mesh`: on top of the namespaces, one etcd per cluster (on its first node) and one
+//! agent per node, every cluster meshed with every other, the local state of each cluster a YAML
+//! directory listing its nodes and the lab's pods. The processes run on after `lab up` returns;
+//! `lab down` ends them with the namespaces. Files live in [`dir`].
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::plan::{Node, Plan};
+
+/// Where a meshed lab keeps its configuration, state, sockets and logs.
+pub fn dir(prefix: &str) -> PathBuf {
+    PathBuf::from(format!("/run/meshpath/lab-{prefix}"))
+}
+
+pub fn cluster_dir(prefix: &str, c: u8) -> PathBuf {
+    dir(prefix).join(format!("cluster{c}"))
+}
+
+/// The status socket of the agent on node `n` of cluster `c`.
+pub fn socket(prefix: &str, c: u8, n: u8) -> PathBuf {
+    dir(prefix).join(format!("c{c}-n{n}.sock"))
+}
+
+/// The name of pod `k` of node `n` in the lab's local state (namespace `default`).
+pub fn pod_name(n: u8, k: u8) -> String {
+    format!("p{n}-{k}")
+}
+
+/// Starts the etcds and the agents of `plan`, and waits until every agent answers.
+pub fn start(plan: &Plan) -> anyhow::Result<()> {
+    let root = dir(&plan.prefix);
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    for &c in &plan.clusters {
+        let nodes: Vec<&Node> = plan.nodes.iter().filter(|n| n.cluster == c).collect();
+        let first = nodes.first().context("a cluster without nodes")?;
+        start_etcd(plan, first)?;
+        write_state(&plan.prefix, c, &lab_objects(&nodes))?;
+        write_mesh_config(plan, c)?;
+    }
+    for &c in &plan.clusters {
+        wait_for_etcd(plan, c)?;
+    }
+    for node in &plan.nodes {
+        start_agent(plan, node)?;
+    }
+    for node in &plan.nodes {
+        let sock = socket(&plan.prefix, node.cluster, node.node);
+        if !wait(Duration::from_secs(20), || sock.exists()) {
+            bail!(
+                "the agent of {} did not start; see {}",
+                node.netns,
+                log(plan, &node.netns).display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn log(plan: &Plan, name: &str) -> PathBuf {
+    dir(&plan.prefix).join(format!("{name}.log"))
+}
+
+fn etcd_url(c: u8) -> String {
+    format!("http://198.18.{c}.1:2379")
+}
+
+/// Starts `args` inside `netns`, detached: it outlives this command, `lab down` ends it.
+fn spawn_in(netns: &str, args: &[&str], log: &Path) -> anyhow::Result<()> {
+    let out = std::fs::File::create(log)?;
+    Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {args:?} in {netns}"))?;
+    Ok(())
+}
+
+fn start_etcd(plan: &Plan, node: &Node) -> anyhow::Result<()> {
+    let c = node.cluster;
+    let data = cluster_dir(&plan.prefix, c).join("etcd");
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data)?;
+    let (client, name) = (etcd_url(c), format!("cluster{c}"));
+    let args = [
+        "etcd",
+        "--name",
+        &name,
+        "--data-dir",
+        &data.to_string_lossy(),
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+        "--listen-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-cluster",
+        &format!("{name}=http://127.0.0.1:2380"),
+    ];
+    spawn_in(&node.netns, &args, &log(plan, &format!("etcd-c{c}")))
+}
+
+fn wait_for_etcd(plan: &Plan, c: u8) -> anyhow::Result<()> {
+    let node = plan
+        .nodes
+        .iter()
+        .find(|n| n.cluster == c)
+        .context("cluster without nodes")?;
+    let up = wait(Duration::from_secs(15), || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node.netns,
+                "etcdctl",
+                "--endpoints",
+                &etcd_url(c),
+                "endpoint",
+                "health",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !up {
+        bail!(
+            "etcd of cluster{c} did not come up; see {}",
+            log(plan, &format!("etcd-c{c}")).display()
+        );
+    }
+    Ok(())
+}
+
+/// The cluster's nodes and the lab's pods as Kubernetes objects; every pod labelled `name: <its name>`.
+fn lab_objects(nodes: &[&Node]) -> String {
+    let mut yaml = String::new();
+    for node in nodes {
+        yaml += &node_object(node);
+        for k in 1..=node.pods.len() as u8 {
+            let name = pod_name(node.node, k);
+            yaml += &pod_object(node, k, &name, &format!("{{name: {name}}}"));
+        }
+    }
+    yaml
+}
+
+pub fn node_object(node: &Node) -> String {
+    let (net, len) = node.pod_cidr;
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: c{c}-n{n}}}\n\
+         spec: {{podCIDR: {net}/{len}, podCIDRs: [{net}/{len}]}}\n\
+         status: {{addresses: [{{type: InternalIP, address: {ip}}}]}}\n---\n",
+        c = node.cluster,
+        n = node.node,
+        ip = node.underlay,
+    )
+}
+
+/// Pod `k` of `node` as `name` with `labels` (a YAML flow mapping).
+pub fn pod_object(node: &Node, k: u8, name: &str, labels: &str) -> String {
+    let ip = node.pods[usize::from(k) - 1].addr;
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {labels}}}\n\
+         spec: {{nodeName: c{c}-n{n}, containers: [{{name: c, image: none}}]}}\n\
+         status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}], \
+         conditions: [{{type: Ready, status: \"True\"}}]}}\n---\n",
+        c = node.cluster,
+        n = node.node,
+    )
+}
+
+/// Replaces cluster `c`'s local state (the YAML every agent of the cluster watches).
+pub fn write_state(prefix: &str, c: u8, yaml: &str) -> anyhow::Result<()> {
+    let state = cluster_dir(prefix, c).join("state");
+    std::fs::create_dir_all(&state)?;
+    write_atomically(&state.join("lab.yaml"), yaml)
+}
+
+fn write_mesh_config(plan: &Plan, c: u8) -> anyhow::Result<()> {
+    let mesh = cluster_dir(&plan.prefix, c).join("clustermesh");
+    let _ = std::fs::remove_dir_all(&mesh);
+    std::fs::create_dir_all(&mesh)?;
+    for other in plan.clusters.iter().filter(|o| **o != c) {
+        let file = format!(
+            "endpoints:\n- {}\ninsecure: true\ncluster-id: {other}\n",
+            etcd_url(*other)
+        );
+        std::fs::write(mesh.join(format!("cluster{other}")), file)?;
+    }
+    Ok(())
+}
+
+fn start_agent(plan: &Plan, node: &Node) -> anyhow::Result<()> {
+    let (c, n) = (node.cluster, node.node);
+    let router = interface_mac(&plan.fabric, &super::plan::bridge(c))?;
+    let mut pods = String::new();
+    for (i, pod) in node.pods.iter().enumerate() {
+        let mac = interface_mac(&pod.netns, "eth0")?;
+        let name = pod_name(n, i as u8 + 1);
+        pods += &format!(
+            "  - {{pod: default/{name}, interface: {}, mac: \"{mac}\"}}\n",
+            pod.node_port
+        );
+    }
+    let cluster = cluster_dir(&plan.prefix, c);
+    let config = format!(
+        "cluster: {{name: cluster{c}, id: {c}}}\n\
+         node: {{name: c{c}-n{n}, uplink: uplink, ipv4: {ip}, router-mac: \"{router}\"}}\n\
+         pods:\n{pods}\
+         dataplane: {{cores: [{core}], routing: tunnel, tunnel: vxlan, conntrack-capacity: 65536, mtu: 1500}}\n\
+         etcd: {{endpoints: [\"{etcd}\"], insecure: true}}\n\
+         clustermesh: {{config-dir: {mesh}, grace-period: 10s}}\n\
+         source: {{yaml-dir: {state}}}\n\
+         status-socket: {socket}\n",
+        ip = node.underlay,
+        core = (c + n) % 2,
+        etcd = etcd_url(c),
+        mesh = cluster.join("clustermesh").display(),
+        state = cluster.join("state").display(),
+        socket = socket(&plan.prefix, c, n).display(),
+    );
+    let path = dir(&plan.prefix).join(format!("c{c}-n{n}.yaml"));
+    std::fs::write(&path, config)?;
+    let out = std::fs::File::create(log(plan, &node.netns))?;
+    Command::new(std::env::current_exe()?)
+        .args(["agent", "--config"])
+        .arg(&path)
+        .args(["--netns", &node.netns])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting the agent of {}", node.netns))?;
+    Ok(())
+}
+
+fn interface_mac(netns: &str, interface: &str) -> anyhow::Result<String> {
+    let out = Command::new("ip")
+        .args(["-n", netns, "-j", "link", "show", "dev", interface])
+        .output()?;
+    let links: serde_json::Value =
+        serde_json::from_slice(&out.stdout).with_context(|| format!("{interface} in {netns}"))?;
+    let mac = links[0]["address"].as_str().unwrap_or_default();
+    if mac.is_empty() {
+        bail!("{interface} in {netns} has no MAC address");
+    }
+    Ok(mac.to_owned())
+}
+
+/// Writes a file so that a watcher never reads half of it.
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+pub fn wait(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
