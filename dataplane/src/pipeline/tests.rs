@@ -746,3 +746,37 @@ fn link_scoped_chatter_stays_on_the_link_and_a_wrong_mac_is_still_spoofing() {
         Verdict::Drop(DropReason::SpoofedSource)
     );
 }
+
+#[test]
+fn a_direct_flow_reusing_a_service_flows_port_still_faces_policy() {
+    // A service call left a translated conntrack entry (x-wing:40000 → rebel-base:8080); a later direct
+    // flow with that very tuple is a new flow, and the x-wing policy denies the cluster1 rebel-base.
+    let local = [(X_WING_PORT, x_wing()), (REBEL_PORT, rebel_c1())];
+    let mut t = tables(1, &local, &[rebel_c2()], &[]);
+    add_rebel_service(&mut t, &[(&rebel_c1(), BackendState::Active)]);
+    let mut s = state();
+    let via_service = tcp(&x_wing(), VIP, 40000, 80, true);
+    assert_eq!(
+        run(&t, &mut s, X_WING_PORT, &via_service).0,
+        Verdict::Transmit(REBEL_PORT)
+    );
+
+    let policy = policy::compile(
+        &[x_wing_policy()],
+        &[
+            (x_wing().identity, x_wing().labels),
+            (rebel_c1().identity, rebel_c1().labels),
+        ]
+        .into_iter()
+        .collect(),
+        ClusterId::new(1).unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    t.policy = policy;
+    let direct = tcp(&x_wing(), rebel_c1().ip, 40000, 8080, true);
+    assert_eq!(
+        run(&t, &mut s, X_WING_PORT, &direct).0,
+        Verdict::Drop(DropReason::PolicyDenied)
+    );
+}

@@ -74,12 +74,18 @@ pub(super) fn lookup(ct: &mut Conntrack, now_ms: u64, parsed: &Parsed, len: usiz
     let flags = tcp_flags(parsed);
     let timeouts = *ct.timeouts();
     if let Some(entry) = ct.lookup(&key, now_ms) {
-        observe(entry, key.proto, flags, false, now_ms, &timeouts);
-        entry.count(len);
-        return Known::Original {
-            nat: entry.nat,
-            service: entry.service,
-        };
+        // A service flow's translated entry (client→backend) stands for the flow after DNAT and
+        // answers only its replies: a frame that arrives with that tuple is a new flow straight to
+        // the backend reusing the client's port, and must face policy like any new flow.
+        if !is_translated(entry) {
+            observe(entry, key.proto, flags, false, now_ms, &timeouts);
+            entry.count(len);
+            return Known::Original {
+                nat: entry.nat,
+                service: entry.service,
+            };
+        }
+        return Known::New;
     }
     if let Some(entry) = ct.lookup(&key.reversed(), now_ms) {
         observe(entry, key.proto, flags, true, now_ms, &timeouts);
@@ -87,6 +93,10 @@ pub(super) fn lookup(ct: &mut Conntrack, now_ms: u64, parsed: &Parsed, len: usiz
         return Known::Reply(entry.nat);
     }
     Known::New
+}
+
+fn is_translated(entry: &CtEntry) -> bool {
+    entry.nat.is_some_and(|nat| nat.kind == NatKind::Frontend)
 }
 
 /// Starts loading the forward entry a service reply renews in [`admit`].
