@@ -6,6 +6,12 @@ use std::process::Command;
 
 const SOURCE: &str = "bpf/redirect.bpf.c";
 
+/// Debian's multiarch tuple of the target (x86_64-linux-gnu, aarch64-linux-gnu, …).
+fn multiarch() -> String {
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".to_owned());
+    format!("{arch}-linux-gnu")
+}
+
 fn main() {
     println!("cargo:rerun-if-changed={SOURCE}");
     println!("cargo:rerun-if-env-changed=CLANG");
@@ -15,7 +21,7 @@ fn main() {
     let status = Command::new(&clang)
         .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
         // Debian keeps asm/types.h under the multiarch directory, which -target bpf does not search.
-        .arg("-I/usr/include/x86_64-linux-gnu")
+        .arg(format!("-I/usr/include/{}", multiarch()))
         .arg("-c")
         .arg(SOURCE)
         .arg("-o")

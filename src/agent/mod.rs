@@ -47,6 +47,7 @@ pub fn run(config_path: PathBuf, netns: Option<String>) -> anyhow::Result<()> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_on_stderr())
         .with_writer(std::io::stderr)
         .try_init();
     let config = AgentConfig::load(&config_path)?;
@@ -61,6 +62,14 @@ pub fn run(config_path: PathBuf, netns: Option<String>) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(run_node(config))
+}
+
+/// Colour only for a person at a terminal: log files, journald and Kubernetes get plain text, and
+/// `NO_COLOR` (any non-empty value, as no-color.org defines it) turns it off everywhere.
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
 }
 
 async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
