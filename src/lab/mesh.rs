@@ -104,6 +104,11 @@ fn start_etcd(plan: &Plan, node: &Node) -> anyhow::Result<()> {
         "http://127.0.0.1:2380",
         "--initial-cluster",
         &format!("{name}=http://127.0.0.1:2380"),
+        // etcd 3.4 defaults to the deprecated capnslog and warns about it on every start.
+        "--logger",
+        "zap",
+        "--log-outputs",
+        "stderr",
     ];
     spawn_in(&node.netns, &args, &log(plan, &format!("etcd-c{c}")))
 }
