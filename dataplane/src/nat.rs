@@ -1,30 +1,28 @@
-//! Address translation in place: service DNAT on a flow's way out and reverse NAT on its replies.
+//! Address translation in place: service DNAT on a flow's way out and reverse NAT on its replies, and
+//! masquerading (SNAT to the node's address) of pod traffic leaving the mesh and its replies.
 //!
-//! Stage 5 decides (with [`crate::service`] and [`crate::conntrack`]) what to translate to; this module
-//! rewrites the bytes: the address, the port, and the IP and transport checksums, updated incrementally
-//! (RFC 1624) rather than recomputed over the payload. Only TCP and UDP are translated: services are
-//! TCP or UDP frontends.
+//! The pipeline decides (with [`crate::service`], [`crate::masquerade`] and [`crate::conntrack`]) what
+//! to translate to; this module rewrites the bytes through the [`crate::wire`] views: the address, the
+//! port (an ICMP echo's identifier), and the IP and transport checksums, updated incrementally (RFC 1624)
+//! rather than recomputed over the payload.
 
 use crate::flow::proto;
-use crate::parse::{Parsed, L3};
-use crate::wire::checksum;
+use crate::parse::{IcmpKind, Parsed, L3, L4};
+use crate::wire::{checksum, icmp, ipv4, ipv6, tcp, udp};
 use crate::{Addr, DropReason};
 
 /// Which end of the flow to rewrite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum End {
-    /// The source: reverse NAT of a reply.
+    /// The source: reverse NAT of a service reply, masquerading of a flow leaving the mesh.
     Source,
-    /// The destination: DNAT of a service flow.
+    /// The destination: DNAT of a service flow, reverse masquerading of a reply.
     Destination,
 }
 
-const IPV4_CHECKSUM: usize = 10;
-const IPV4_SRC: usize = 12;
-const IPV6_SRC: usize = 8;
-
-/// Rewrites one end of a parsed TCP or UDP packet to `addr:port`. The address must be of the packet's
-/// family: a service whose backend is of another family is refused here, not mistranslated.
+/// Rewrites one end of a parsed TCP, UDP or ICMP echo packet to `addr:port` (for an echo, `port` is its
+/// identifier). The address must be of the packet's family: a service whose backend is of another
+/// family is refused here, not mistranslated.
 pub fn rewrite(
     frame: &mut [u8],
     parsed: &Parsed,
@@ -32,108 +30,122 @@ pub fn rewrite(
     addr: Addr,
     port: u16,
 ) -> Result<(), DropReason> {
-    let l4_checksum_at = match parsed.flow.proto {
-        proto::TCP => 16,
-        proto::UDP => 6,
-        _ => return Err(DropReason::UnsupportedProtocol),
-    };
-    let (old_addr, old_port) = match end {
-        End::Source => (parsed.flow.src, parsed.flow.src_port),
-        End::Destination => (parsed.flow.dst, parsed.flow.dst_port),
-    };
-    let changed = match parsed.l3 {
-        L3::Ipv4 => rewrite_ipv4(frame, parsed.l3_offset, end, old_addr, addr)?,
-        L3::Ipv6 => rewrite_ipv6(frame, parsed.l3_offset, end, old_addr, addr)?,
-        L3::Arp(_) => return Err(DropReason::UnsupportedProtocol),
-    };
-    let l4 = parsed.l4_offset;
-    let port_at = l4 + if end == End::Source { 0 } else { 2 };
-    put16(frame, port_at, port)?;
-    let old = get16(frame, l4 + l4_checksum_at)?;
-    // An IPv4 UDP checksum of zero means "none": it stays none.
-    if parsed.flow.proto == proto::UDP && old == 0 && parsed.l3 == L3::Ipv4 {
-        return Ok(());
+    if !translatable(parsed) {
+        return Err(DropReason::UnsupportedProtocol);
     }
-    let mut sum = changed.update(old);
-    sum = checksum::update16(sum, old_port, port);
-    if parsed.flow.proto == proto::UDP {
-        sum = checksum::udp_nonzero(sum);
+    let l3 = frame
+        .get_mut(parsed.l3_offset..)
+        .ok_or(DropReason::InvalidHeader)?;
+    let change = rewrite_address(l3, parsed.l3, end, addr)?;
+    let l4 = frame
+        .get_mut(parsed.l4_offset..)
+        .ok_or(DropReason::InvalidHeader)?;
+    rewrite_port(l4, parsed, end, port, change)
+}
+
+/// TCP, UDP and ICMP echoes have ports (identifiers) to translate; nothing else does.
+pub fn translatable(parsed: &Parsed) -> bool {
+    match parsed.l4 {
+        L4::Tcp(_) | L4::Udp => true,
+        L4::Icmp(kind) => matches!(kind, IcmpKind::EchoRequest | IcmpKind::EchoReply),
+        L4::None => false,
     }
-    put16(frame, l4 + l4_checksum_at, sum)
 }
 
 /// An address that changed, for the transport checksum's pseudo-header.
-enum AddrChange {
+#[derive(Clone, Copy)]
+pub(crate) enum AddrChange {
     V4(u32, u32),
     V6(u128, u128),
 }
 
 impl AddrChange {
-    fn update(&self, sum: u16) -> u16 {
-        match *self {
+    pub(crate) fn update(self, sum: u16) -> u16 {
+        match self {
             AddrChange::V4(old, new) => checksum::update32(sum, old, new),
             AddrChange::V6(old, new) => checksum::update128(sum, old, new),
         }
     }
 }
 
-fn rewrite_ipv4(
-    frame: &mut [u8],
-    l3: usize,
+/// Rewrites the source or destination of the IP header at the start of `l3`.
+pub(crate) fn rewrite_address(
+    l3: &mut [u8],
+    family: L3,
     end: End,
-    old: Addr,
-    new: Addr,
+    addr: Addr,
 ) -> Result<AddrChange, DropReason> {
-    let (old, new) = match (old.v4_bits(), new.v4_bits()) {
-        (Some(old), Some(new)) => (old, new),
-        _ => return Err(DropReason::NoRoute),
-    };
-    let at = l3 + IPV4_SRC + if end == End::Source { 0 } else { 4 };
-    put32(frame, at, new)?;
-    let header_sum = get16(frame, l3 + IPV4_CHECKSUM)?;
-    put16(
-        frame,
-        l3 + IPV4_CHECKSUM,
-        checksum::update32(header_sum, old, new),
-    )?;
-    Ok(AddrChange::V4(old, new))
-}
-
-fn rewrite_ipv6(
-    frame: &mut [u8],
-    l3: usize,
-    end: End,
-    old: Addr,
-    new: Addr,
-) -> Result<AddrChange, DropReason> {
-    if old.is_ipv4() || new.is_ipv4() {
-        return Err(DropReason::NoRoute);
-    }
-    let (old, new) = (old.bits(), new.bits());
-    let at = l3 + IPV6_SRC + if end == End::Source { 0 } else { 16 };
-    frame
-        .get_mut(at..at + 16)
-        .ok_or(DropReason::InvalidHeader)?
-        .copy_from_slice(&new.to_be_bytes());
-    Ok(AddrChange::V6(old, new))
-}
-
-fn get16(frame: &[u8], at: usize) -> Result<u16, DropReason> {
-    match frame.get(at..at + 2) {
-        Some(&[hi, lo]) => Ok(u16::from_be_bytes([hi, lo])),
-        _ => Err(DropReason::InvalidHeader),
+    match family {
+        L3::Ipv4 => {
+            let new = addr.v4_bits().ok_or(DropReason::NoRoute)?;
+            let mut ip = ipv4::Packet::new_checked(l3).map_err(DropReason::from)?;
+            let old = match end {
+                End::Source => ip.src(),
+                End::Destination => ip.dst(),
+            };
+            match end {
+                End::Source => ip.set_src(new),
+                End::Destination => ip.set_dst(new),
+            }
+            Ok(AddrChange::V4(old, new))
+        }
+        L3::Ipv6 => {
+            if addr.is_ipv4() {
+                return Err(DropReason::NoRoute);
+            }
+            let new = addr.bits();
+            let mut ip = ipv6::Packet::new_checked(l3).map_err(DropReason::from)?;
+            let old = match end {
+                End::Source => ip.src(),
+                End::Destination => ip.dst(),
+            };
+            match end {
+                End::Source => ip.set_src(new),
+                End::Destination => ip.set_dst(new),
+            }
+            Ok(AddrChange::V6(old, new))
+        }
+        L3::Arp(_) => Err(DropReason::UnsupportedProtocol),
     }
 }
 
-fn put16(frame: &mut [u8], at: usize, value: u16) -> Result<(), DropReason> {
-    let bytes = frame.get_mut(at..at + 2).ok_or(DropReason::InvalidHeader)?;
-    bytes.copy_from_slice(&value.to_be_bytes());
-    Ok(())
-}
-
-fn put32(frame: &mut [u8], at: usize, value: u32) -> Result<(), DropReason> {
-    let bytes = frame.get_mut(at..at + 4).ok_or(DropReason::InvalidHeader)?;
-    bytes.copy_from_slice(&value.to_be_bytes());
+fn rewrite_port(
+    l4: &mut [u8],
+    parsed: &Parsed,
+    end: End,
+    port: u16,
+    change: AddrChange,
+) -> Result<(), DropReason> {
+    let source = end == End::Source;
+    match parsed.flow.proto {
+        proto::TCP => {
+            let mut tcp = tcp::Packet::new_checked(l4).map_err(DropReason::from)?;
+            tcp.update_checksum(|sum| change.update(sum));
+            if source {
+                tcp.set_src_port(port)
+            } else {
+                tcp.set_dst_port(port)
+            }
+        }
+        proto::UDP => {
+            let mut udp = udp::Packet::new_checked(l4).map_err(DropReason::from)?;
+            udp.update_checksum(|sum| change.update(sum));
+            if source {
+                udp.set_src_port(port)
+            } else {
+                udp.set_dst_port(port)
+            }
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            let mut icmp = icmp::Packet::new_checked(l4).map_err(DropReason::from)?;
+            // Only ICMPv6 sums a pseudo-header.
+            if parsed.l3 == L3::Ipv6 {
+                icmp.update_checksum(|sum| change.update(sum));
+            }
+            icmp.set_echo_ident(port);
+        }
+        _ => return Err(DropReason::UnsupportedProtocol),
+    }
     Ok(())
 }
 
@@ -224,7 +236,7 @@ mod tests {
     }
 
     #[test]
-    fn refuses_another_family_and_non_tcp_udp() {
+    fn refuses_another_family_and_what_has_no_ports() {
         let mut bytes = frame(false, false, b"x");
         let parsed = parse(&bytes).unwrap();
         let v6 = Addr::from("fd00::1".parse::<Ipv6Addr>().unwrap());
@@ -235,8 +247,10 @@ mod tests {
         let mut icmp = Vec::new();
         PacketBuilder::ethernet2([2; 6], [3; 6])
             .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-            .icmpv4_echo_request(1, 1)
-            .write(&mut icmp, b"ping")
+            .icmpv4(etherparse::Icmpv4Type::TimestampRequest(
+                etherparse::icmpv4::TimestampMessage::from_bytes([0; 16]),
+            ))
+            .write(&mut icmp, b"")
             .unwrap();
         let parsed = parse(&icmp).unwrap();
         let v4 = Addr::from(Ipv4Addr::new(10, 0, 0, 3));
@@ -244,5 +258,51 @@ mod tests {
             rewrite(&mut icmp, &parsed, End::Destination, v4, 0),
             Err(DropReason::UnsupportedProtocol)
         );
+    }
+
+    #[test]
+    fn echo_identifiers_are_translated_with_their_checksums() {
+        for v6 in [false, true] {
+            let eth = PacketBuilder::ethernet2([2; 6], [3; 6]);
+            let mut bytes = Vec::new();
+            if v6 {
+                eth.ipv6([0xfd; 16], [0x20; 16], 64)
+                    .icmpv6_echo_request(7, 1)
+                    .write(&mut bytes, b"ping")
+                    .unwrap();
+            } else {
+                eth.ipv4([100, 64, 1, 10], [203, 0, 113, 10], 64)
+                    .icmpv4_echo_request(7, 1)
+                    .write(&mut bytes, b"ping")
+                    .unwrap();
+            }
+            let parsed = parse(&bytes).unwrap();
+            let node = if v6 {
+                Addr::from("2001:db8::1".parse::<Ipv6Addr>().unwrap())
+            } else {
+                Addr::from(Ipv4Addr::new(198, 18, 1, 1))
+            };
+            rewrite(&mut bytes, &parsed, End::Source, node, 61234).unwrap();
+            let after = parse(&bytes).unwrap();
+            assert_eq!((after.flow.src, after.flow.src_port), (node, 61234));
+            let sliced = SlicedPacket::from_ethernet(&bytes).unwrap();
+            match (sliced.net.unwrap(), sliced.transport.unwrap()) {
+                (etherparse::NetSlice::Ipv4(ip), TransportSlice::Icmpv4(icmp)) => {
+                    let h = ip.header().to_header();
+                    assert_eq!(h.header_checksum, h.calc_header_checksum());
+                    let want = icmp.icmp_type().calc_checksum(icmp.payload());
+                    assert_eq!(icmp.checksum(), want);
+                }
+                (etherparse::NetSlice::Ipv6(ip), TransportSlice::Icmpv6(icmp)) => {
+                    let h = ip.header();
+                    let want = icmp
+                        .icmp_type()
+                        .calc_checksum(h.source(), h.destination(), icmp.payload())
+                        .unwrap();
+                    assert_eq!(icmp.checksum(), want);
+                }
+                other => panic!("not an echo: {other:?}"),
+            }
+        }
     }
 }

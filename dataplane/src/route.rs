@@ -6,7 +6,7 @@ use rustc_hash::FxHashMap;
 use thiserror::Error;
 
 use crate::parse::{Parsed, L3};
-use crate::wire::checksum;
+use crate::wire::{ethernet, ipv4, ipv6};
 use crate::{Addr, DropReason};
 
 /// How frames reach pods on other nodes.
@@ -111,30 +111,28 @@ impl NodeTable {
 
 /// Re-addresses the Ethernet header of a routed frame.
 pub fn set_macs(frame: &mut [u8], src: [u8; 6], dst: [u8; 6]) -> Result<(), DropReason> {
-    let eth = frame.get_mut(..12).ok_or(DropReason::InvalidHeader)?;
-    eth[..6].copy_from_slice(&dst);
-    eth[6..].copy_from_slice(&src);
+    let mut eth = ethernet::Frame::new_checked(frame).map_err(DropReason::from)?;
+    eth.set_dst(dst);
+    eth.set_src(src);
     Ok(())
 }
 
-/// Takes one hop off the IPv4 TTL (fixing the header checksum) or the IPv6 hop limit, as a router does;
-/// a frame that has no hop left is `TtlExceeded`.
+/// Takes one hop off the IPv4 TTL (the header checksum follows) or the IPv6 hop limit, as a router
+/// does; a frame that has no hop left is `TtlExceeded`.
 pub fn decrement_hop_limit(frame: &mut [u8], parsed: &Parsed) -> Result<(), DropReason> {
     if parsed.ttl <= 1 {
         return Err(DropReason::TtlExceeded);
     }
-    let l3 = parsed.l3_offset;
+    let l3 = frame
+        .get_mut(parsed.l3_offset..)
+        .ok_or(DropReason::InvalidHeader)?;
     match parsed.l3 {
-        L3::Ipv4 => {
-            let header = frame
-                .get_mut(l3..l3 + 12)
-                .ok_or(DropReason::InvalidHeader)?;
-            let sum = u16::from_be_bytes([header[10], header[11]]);
-            let sum = checksum::ipv4_ttl_decremented(sum, parsed.ttl, header[9]);
-            header[8] = parsed.ttl - 1;
-            header[10..12].copy_from_slice(&sum.to_be_bytes());
-        }
-        L3::Ipv6 => *frame.get_mut(l3 + 7).ok_or(DropReason::InvalidHeader)? = parsed.ttl - 1,
+        L3::Ipv4 => ipv4::Packet::new_checked(l3)
+            .map_err(DropReason::from)?
+            .set_ttl(parsed.ttl - 1),
+        L3::Ipv6 => ipv6::Packet::new_checked(l3)
+            .map_err(DropReason::from)?
+            .set_hop_limit(parsed.ttl - 1),
         L3::Arp(_) => return Err(DropReason::UnsupportedProtocol),
     }
     Ok(())

@@ -6,17 +6,13 @@
 //! never copied.
 
 use crate::parse::{Parsed, L4};
-use crate::wire::{checksum, geneve, vxlan};
+use crate::wire::{checksum, ethernet, geneve, ipv4, ipv6, udp, vxlan};
 use crate::{Addr, DropReason, Frame, Identity};
 
-const ETHERNET_LEN: usize = 14;
-const IPV4_LEN: usize = 20;
-const IPV6_LEN: usize = 40;
-const UDP_LEN: usize = 8;
+const ETHERNET_LEN: usize = ethernet::HEADER_LEN;
+const UDP_LEN: usize = udp::HEADER_LEN;
 /// VXLAN, and Geneve without options, which is all this side sends.
 const TUNNEL_LEN: usize = 8;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_IPV6: u16 = 0x86dd;
 const UDP: u8 = 17;
 /// Linux's default `ip_local_port_range` (32768..=60999): the source ports receivers hash flows by.
 const SOURCE_PORT_MIN: u32 = 32768;
@@ -135,41 +131,49 @@ pub fn encap(frame: &mut Frame<'_>, enc: &Encapsulation, flow_hash: u32) -> Resu
         // The route named a tunnel endpoint of another family than this node's underlay address.
         _ => return Err(DropReason::NoRoute),
     };
-    let udp_len = UDP_LEN + TUNNEL_LEN + frame.len();
+    let udp_len = udp::HEADER_LEN + TUNNEL_LEN + frame.len();
     let udp_len = u16::try_from(udp_len).map_err(|_| DropReason::FrameTooBig)?;
-    let headers_len = ETHERNET_LEN + outer.header_len() + UDP_LEN + TUNNEL_LEN;
+    let headers_len = outer.overhead();
     let bytes = frame
         .push_front(headers_len)
         .ok_or(DropReason::NoHeadroom)?;
-    let (headers, inner) = bytes
-        .split_at_mut_checked(headers_len)
-        .ok_or(DropReason::NoHeadroom)?;
-    let (eth, rest) = headers
-        .split_first_chunk_mut::<ETHERNET_LEN>()
-        .ok_or(DropReason::NoHeadroom)?;
-    write_ethernet(eth, enc, outer.ethertype());
-    let udp_and_tunnel = match outer {
+    let mut eth = ethernet::Frame::new_checked(bytes).map_err(|_| DropReason::NoHeadroom)?;
+    eth.set_dst(enc.dst_mac);
+    eth.set_src(enc.src_mac);
+    eth.set_ethertype(outer.ethertype());
+    let l3 = eth.payload_mut();
+    let l4 = match outer {
         OuterIp::V4 { src, dst } => {
-            let (ip, rest) = rest
-                .split_first_chunk_mut::<IPV4_LEN>()
-                .ok_or(DropReason::NoHeadroom)?;
-            write_ipv4(ip, src, dst, enc.ttl, udp_len);
-            rest
+            let repr = ipv4::Repr {
+                src,
+                dst,
+                protocol: UDP,
+                payload_len: udp_len,
+                ttl: enc.ttl,
+            };
+            repr.emit(&mut ipv4::Packet::new_unchecked(&mut *l3));
+            &mut l3[ipv4::HEADER_LEN..]
         }
         OuterIp::V6 { src, dst } => {
-            let (ip, rest) = rest
-                .split_first_chunk_mut::<IPV6_LEN>()
-                .ok_or(DropReason::NoHeadroom)?;
-            write_ipv6(ip, src, dst, enc.ttl, udp_len, flow_hash);
-            rest
+            // The flow label carries the flow hash too, for routers that hash on it (RFC 6438).
+            let repr = ipv6::Repr {
+                src,
+                dst,
+                next_header: UDP,
+                payload_len: udp_len,
+                hop_limit: enc.ttl,
+                flow_label: flow_hash,
+            };
+            repr.emit(&mut ipv6::Packet::new_unchecked(&mut *l3));
+            &mut l3[ipv6::HEADER_LEN..]
         }
     };
-    let udp_and_tunnel = udp_and_tunnel
-        .first_chunk_mut::<{ UDP_LEN + TUNNEL_LEN }>()
-        .ok_or(DropReason::NoHeadroom)?;
-    write_udp_and_tunnel(udp_and_tunnel, enc, source_port(flow_hash), udp_len);
+    write_udp_and_tunnel(l4, enc, source_port(flow_hash), udp_len);
     if let OuterIp::V6 { src, dst } = outer {
         // RFC 8200 requires a UDP checksum over IPv6; over IPv4 zero is allowed and saves a pass.
+        let datagram = l4
+            .get(..usize::from(udp_len))
+            .ok_or(DropReason::InvalidHeader)?;
         let sum = checksum::combine(&[
             checksum::pseudo_header_v6(
                 src.to_be_bytes(),
@@ -177,13 +181,20 @@ pub fn encap(frame: &mut Frame<'_>, enc: &Encapsulation, flow_hash: u32) -> Resu
                 UDP,
                 u32::from(udp_len),
             ),
-            checksum::data(udp_and_tunnel),
-            checksum::data(inner),
+            checksum::data(datagram),
         ]);
-        let check = checksum::udp_nonzero(checksum::finish(sum));
-        udp_and_tunnel[6..8].copy_from_slice(&check.to_be_bytes());
+        udp::Packet::new_unchecked(l4).set_checksum(checksum::udp_nonzero(checksum::finish(sum)));
     }
     Ok(())
+}
+
+/// The bytes encapsulation adds in front of a frame to `peer`: what the underlay MTU must leave room for.
+pub fn overhead(peer: Addr) -> usize {
+    if peer.is_ipv4() {
+        OuterIp::V4 { src: 0, dst: 0 }.overhead()
+    } else {
+        OuterIp::V6 { src: 0, dst: 0 }.overhead()
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -195,15 +206,20 @@ enum OuterIp {
 impl OuterIp {
     const fn header_len(self) -> usize {
         match self {
-            OuterIp::V4 { .. } => IPV4_LEN,
-            OuterIp::V6 { .. } => IPV6_LEN,
+            OuterIp::V4 { .. } => ipv4::HEADER_LEN,
+            OuterIp::V6 { .. } => ipv6::HEADER_LEN,
         }
+    }
+
+    /// Outer Ethernet, IP, UDP and tunnel headers.
+    const fn overhead(self) -> usize {
+        ethernet::HEADER_LEN + self.header_len() + udp::HEADER_LEN + TUNNEL_LEN
     }
 
     const fn ethertype(self) -> u16 {
         match self {
-            OuterIp::V4 { .. } => ETHERTYPE_IPV4,
-            OuterIp::V6 { .. } => ETHERTYPE_IPV6,
+            OuterIp::V4 { .. } => ethernet::ETHERTYPE_IPV4,
+            OuterIp::V6 { .. } => ethernet::ETHERTYPE_IPV6,
         }
     }
 }
@@ -214,57 +230,14 @@ fn source_port(flow_hash: u32) -> u16 {
     (SOURCE_PORT_MIN + offset as u32) as u16
 }
 
-fn write_ethernet(eth: &mut [u8; ETHERNET_LEN], enc: &Encapsulation, ethertype: u16) {
-    eth[0..6].copy_from_slice(&enc.dst_mac);
-    eth[6..12].copy_from_slice(&enc.src_mac);
-    eth[12..14].copy_from_slice(&ethertype.to_be_bytes());
-}
-
-fn write_ipv4(ip: &mut [u8; IPV4_LEN], src: u32, dst: u32, ttl: u8, udp_len: u16) {
-    let total_len = udp_len.saturating_add(IPV4_LEN as u16);
-    ip[0] = 0x45;
-    ip[1] = 0;
-    ip[2..4].copy_from_slice(&total_len.to_be_bytes());
-    // DF set, so the identification may be zero (RFC 6864).
-    ip[4..8].copy_from_slice(&[0, 0, 0x40, 0]);
-    ip[8] = ttl;
-    ip[9] = UDP;
-    ip[10..12].fill(0);
-    ip[12..16].copy_from_slice(&src.to_be_bytes());
-    ip[16..20].copy_from_slice(&dst.to_be_bytes());
-    let check = checksum::finish(checksum::data(ip));
-    ip[10..12].copy_from_slice(&check.to_be_bytes());
-}
-
-fn write_ipv6(
-    ip: &mut [u8; IPV6_LEN],
-    src: u128,
-    dst: u128,
-    ttl: u8,
-    udp_len: u16,
-    flow_hash: u32,
-) {
-    // The flow label carries the flow hash too, for routers that hash on it (RFC 6438).
-    let first_word = 6 << 28 | (flow_hash & 0x000f_ffff);
-    ip[0..4].copy_from_slice(&first_word.to_be_bytes());
-    ip[4..6].copy_from_slice(&udp_len.to_be_bytes());
-    ip[6] = UDP;
-    ip[7] = ttl;
-    ip[8..24].copy_from_slice(&src.to_be_bytes());
-    ip[24..40].copy_from_slice(&dst.to_be_bytes());
-}
-
-fn write_udp_and_tunnel(
-    bytes: &mut [u8; UDP_LEN + TUNNEL_LEN],
-    enc: &Encapsulation,
-    src_port: u16,
-    udp_len: u16,
-) {
-    let (udp, tunnel) = bytes.split_at_mut(UDP_LEN);
-    udp[0..2].copy_from_slice(&src_port.to_be_bytes());
-    udp[2..4].copy_from_slice(&enc.protocol.port().to_be_bytes());
-    udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
-    udp[6..8].fill(0);
+fn write_udp_and_tunnel(l4: &mut [u8], enc: &Encapsulation, src_port: u16, udp_len: u16) {
+    let mut datagram = udp::Packet::new_unchecked(&mut *l4);
+    // "No checksum" first, so the port setters leave it alone rather than update garbage.
+    datagram.set_checksum(0);
+    datagram.set_len(udp_len);
+    datagram.set_src_port(src_port);
+    datagram.set_dst_port(enc.protocol.port());
+    let tunnel = &mut l4[udp::HEADER_LEN..];
     let vni = enc.vni.get();
     match enc.protocol {
         TunnelProtocol::Vxlan => {
