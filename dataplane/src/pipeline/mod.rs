@@ -6,15 +6,17 @@
 //!
 //! 1. receive — [`from_pod`]: anti-spoofing and the gateway's ARP/ND answers; [`from_uplink`]: tunnel
 //!    decapsulation (the sender's identity from the VNI) or direct delivery;
-//! 2. [`track`] — conntrack lookup of both directions; service translation (Maglev for new flows);
-//! 3. [`deliver`] — where the translated destination lives (local pod, another node, the kernel);
-//! 4. [`track`] — policy for new flows, which are then remembered;
-//! 5. [`deliver`] — NAT rewrite, MACs and hop limit, encapsulation, transmit.
+//! 2. [`conntrack`] — lookup of both directions; [`lb`] — service translation (Maglev for new flows);
+//! 3. [`route`] — where the translated destination lives (local pod, another node, the kernel);
+//! 4. [`enforce`] — policy for new flows, which [`conntrack`] then remembers;
+//! 5. [`route`] — NAT rewrite, MACs and hop limit, encapsulation, transmit.
 
-mod deliver;
+mod conntrack;
+mod enforce;
 mod from_pod;
 mod from_uplink;
-mod track;
+mod lb;
+mod route;
 
 use crate::conntrack::{Conntrack, ConntrackConfig};
 use crate::flowlog::{Direction, FlowEvent, FlowLog, FlowVerdict};
@@ -25,8 +27,8 @@ use crate::snapshot::Tables;
 use crate::stats::{Counters, Forward};
 use crate::{DropReason, Frame, Identity, PortId};
 
-use deliver::Destination;
-use track::{Known, Tracked};
+use conntrack::{Known, Tracked};
+use route::Destination;
 
 /// What becomes of a frame once the pipeline is done with it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,27 +182,27 @@ fn process_burst<'t>(
     }
     for (flight, frame) in flights.iter_mut().zip(frames.iter()) {
         if let Some(f) = flight {
-            f.known = track::lookup(ct, now_ms, &f.parsed, frame.len());
+            f.known = conntrack::lookup(ct, now_ms, &f.parsed, frame.len());
         }
     }
     for flight in flights.iter().flatten() {
-        track::prefetch_forward_entry(ct, flight);
+        conntrack::prefetch_forward_entry(ct, flight);
     }
     for flight in flights.iter_mut().flatten() {
-        flight.service = track::find_service(tables, flight);
+        flight.service = lb::find_service(tables, flight);
     }
     run_stage(&mut flights, &mut outcomes, log, now_ms, |f| {
-        track::translate(tables, ct, f)
+        lb::translate(tables, ct, f)
     });
     for flight in flights.iter_mut().flatten() {
-        flight.destination = deliver::destination(tables, flight.tracked.flow.dst, flight.arrival);
+        flight.destination = route::destination(tables, flight.tracked.flow.dst, flight.arrival);
     }
     run_stage(&mut flights, &mut outcomes, log, now_ms, |f| {
-        track::admit(tables, ct, now_ms, f)
+        enforce::admit(tables, ct, now_ms, f)
     });
     for ((flight, frame), outcome) in flights.iter().zip(frames.iter_mut()).zip(&mut outcomes) {
         if let Some(f) = flight {
-            *outcome = deliver::transmit(tables, frame, f);
+            *outcome = route::transmit(tables, frame, f);
             if f.known == Known::New || outcome.is_err() {
                 log.record(f.event(*outcome, now_ms));
             }

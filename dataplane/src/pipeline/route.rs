@@ -1,5 +1,5 @@
-//! The end of the path: where a tracked, translated frame goes — a pod on this node, another node
-//! (encapsulated or directly), or the kernel — and the rewrite that sends it there.
+//! Routing in the pipeline: who holds a tracked, translated frame's destination — a pod on this node,
+//! another node (encapsulated or directly), or the kernel — and the rewrite that sends it there.
 
 use super::{Arrival, InFlight, Outcome, Verdict};
 use crate::endpoint::Endpoint;
@@ -130,4 +130,15 @@ fn to_node(
         return Err(DropReason::FrameTooBig);
     }
     Ok((forward, Verdict::Transmit(config.uplink)))
+}
+
+impl Destination<'_> {
+    /// The destination's security identity, for the source's egress policy.
+    pub(super) fn identity(&self) -> Identity {
+        match *self {
+            Destination::LocalPod(endpoint) => endpoint.identity,
+            Destination::Node { identity, .. } | Destination::Nowhere { identity } => identity,
+            Destination::Kernel => Identity::WORLD,
+        }
+    }
 }

@@ -1,0 +1,201 @@
+//! Conntrack in the pipeline: what the table knows of each frame's flow (looked up in both directions,
+//! the whole burst's slots prefetched first), and the remembering of a new flow once policy let it
+//! through.
+//!
+//! Service flows get two entries, as in Cilium: the forward one (keyed client→frontend) holds the
+//! backend, the translated one (client→backend) the frontend that replies (found by their reverse) get
+//! back as their source.
+
+use super::InFlight;
+use crate::conntrack::{Conntrack, CtEntry, CtNat, NatKind, Timeouts};
+use crate::flow::proto;
+use crate::nat::End;
+use crate::parse::{Parsed, L4};
+use crate::{Addr, DropReason, FlowKey};
+
+/// What conntrack knows of a frame's flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Known {
+    New,
+    /// The frame travels the way the flow started; its entry's translation and service.
+    Original {
+        nat: Option<CtNat>,
+        service: Option<u32>,
+    },
+    /// The frame answers a flow the other end started.
+    Reply(Option<CtNat>),
+}
+
+/// The flow as it leaves (after translation), the rewrite that makes it so, and the service that
+/// balanced it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Tracked {
+    pub flow: FlowKey,
+    pub rewrite: Option<(End, Addr, u16)>,
+    pub service: Option<u32>,
+}
+
+impl Tracked {
+    pub fn unchanged(flow: FlowKey) -> Self {
+        Tracked {
+            flow,
+            rewrite: None,
+            service: None,
+        }
+    }
+
+    pub(super) fn translated(key: FlowKey, end: End, nat: CtNat) -> Self {
+        let flow = match end {
+            End::Destination => FlowKey {
+                dst: nat.addr,
+                dst_port: nat.port,
+                ..key
+            },
+            End::Source => FlowKey {
+                src: nat.addr,
+                src_port: nat.port,
+                ..key
+            },
+        };
+        Tracked {
+            flow,
+            rewrite: Some((end, nat.addr, nat.port)),
+            service: None,
+        }
+    }
+}
+
+/// Looks the frame's flow up in both directions, and renews and counts the entry it finds.
+pub(super) fn lookup(ct: &mut Conntrack, now_ms: u64, parsed: &Parsed, len: usize) -> Known {
+    let key = parsed.flow;
+    let flags = tcp_flags(parsed);
+    let timeouts = *ct.timeouts();
+    if let Some(entry) = ct.lookup(&key, now_ms) {
+        // A service flow's translated entry (client→backend) stands for the flow after DNAT and
+        // answers only its replies: a frame that arrives with that tuple is a new flow straight to
+        // the backend reusing the client's port, and must face policy like any new flow.
+        if !is_translated(entry) {
+            observe(entry, key.proto, flags, false, now_ms, &timeouts);
+            entry.count(len);
+            return Known::Original {
+                nat: entry.nat,
+                service: entry.service,
+            };
+        }
+        return Known::New;
+    }
+    if let Some(entry) = ct.lookup(&key.reversed(), now_ms) {
+        observe(entry, key.proto, flags, true, now_ms, &timeouts);
+        entry.count(len);
+        return Known::Reply(entry.nat);
+    }
+    Known::New
+}
+
+fn is_translated(entry: &CtEntry) -> bool {
+    entry.nat.is_some_and(|nat| nat.kind == NatKind::Frontend)
+}
+
+/// Starts loading the forward entry a service reply renews in [`admit`].
+pub(super) fn prefetch_forward_entry(ct: &Conntrack, flight: &InFlight<'_>) {
+    if let Known::Reply(Some(nat)) = flight.known {
+        if nat.kind == NatKind::Frontend {
+            ct.prefetch(&forward_entry_of_reply(&flight.parsed.flow, nat));
+        }
+    }
+}
+
+/// The client→frontend key of the flow a reply (backend→client) belongs to.
+fn forward_entry_of_reply(reply: &FlowKey, frontend: CtNat) -> FlowKey {
+    FlowKey {
+        dst: frontend.addr,
+        dst_port: frontend.port,
+        ..reply.reversed()
+    }
+}
+
+/// The forward entry (client→frontend) of a service flow sees no reply itself: it follows the flow
+/// through its replies here.
+pub(super) fn renew_forward_entry(
+    ct: &mut Conntrack,
+    now_ms: u64,
+    flight: &InFlight<'_>,
+    frontend: CtNat,
+) {
+    let key = flight.parsed.flow;
+    let timeouts = *ct.timeouts();
+    if let Some(entry) = ct.lookup(&forward_entry_of_reply(&key, frontend), now_ms) {
+        observe(
+            entry,
+            key.proto,
+            tcp_flags(&flight.parsed),
+            true,
+            now_ms,
+            &timeouts,
+        );
+    }
+}
+
+pub(super) fn remember(
+    ct: &mut Conntrack,
+    now_ms: u64,
+    flight: &InFlight<'_>,
+) -> Result<(), DropReason> {
+    let key = flight.parsed.flow;
+    let timeouts = *ct.timeouts();
+    let mut entry = CtEntry::new(key.proto, now_ms, &timeouts);
+    observe(
+        &mut entry,
+        key.proto,
+        tcp_flags(&flight.parsed),
+        false,
+        now_ms,
+        &timeouts,
+    );
+    entry.count(flight.parsed.l3_end());
+    let tracked = &flight.tracked;
+    let Some((_, addr, port)) = tracked.rewrite else {
+        return insert(ct, key, entry, now_ms);
+    };
+    let forward = CtEntry {
+        nat: Some(CtNat::backend(addr, port)),
+        service: tracked.service,
+        ..entry
+    };
+    let translated = CtEntry {
+        nat: Some(CtNat::frontend(key.dst, key.dst_port)),
+        ..forward
+    };
+    insert(ct, key, forward, now_ms)?;
+    insert(ct, tracked.flow, translated, now_ms).inspect_err(|_| {
+        ct.remove(&key);
+    })
+}
+
+fn insert(ct: &mut Conntrack, key: FlowKey, entry: CtEntry, now_ms: u64) -> Result<(), DropReason> {
+    ct.insert(key, entry, now_ms)
+        .map(|_| ())
+        .map_err(|_| DropReason::CtTableFull)
+}
+
+fn tcp_flags(parsed: &Parsed) -> u8 {
+    match parsed.l4 {
+        L4::Tcp(flags) => flags.bits(),
+        _ => 0,
+    }
+}
+
+fn observe(
+    entry: &mut CtEntry,
+    proto: u8,
+    flags: u8,
+    is_reply: bool,
+    now_ms: u64,
+    timeouts: &Timeouts,
+) {
+    if proto == proto::TCP {
+        entry.observe_tcp(flags, is_reply, now_ms, timeouts);
+    } else {
+        entry.observe_other(proto, is_reply, now_ms, timeouts);
+    }
+}
