@@ -7,7 +7,8 @@
 //! Service flows use two entries, as Cilium does: the forward entry keyed by the original tuple
 //! (client→VIP) carries [`NatKind::Backend`], the chosen backend; the entry keyed by the translated tuple
 //! (client→backend) carries [`NatKind::Frontend`], the VIP that replies (backend→client, looked up by
-//! their reverse) get as their source again.
+//! their reverse) get as their source again. Masqueraded flows likewise: [`NatKind::Masquerade`] on
+//! the original tuple (pod→outside), [`NatKind::Unmasquerade`] on the translated one (node:port→outside).
 //!
 //! The table is open addressing over a power-of-two slot array with linear probing and backward-shift
 //! deletion (no tombstones), filled to at most 3/4 so that every probe meets an empty slot.
@@ -76,6 +77,11 @@ pub enum NatKind {
     Backend,
     /// Entry keyed client→backend: on replies, restore the VIP `addr:port` as the source.
     Frontend,
+    /// Forward entry of a masqueraded flow, keyed pod→outside: rewrite the source to the node's
+    /// `addr:port`.
+    Masquerade,
+    /// Entry keyed node:port→outside: on replies, restore the pod's `addr:port` as the destination.
+    Unmasquerade,
 }
 
 /// The address translation a flow's entry stands for. Flat rather than an enum of targets so that it
@@ -103,6 +109,24 @@ impl CtNat {
             addr,
             port,
             kind: NatKind::Frontend,
+        }
+    }
+
+    /// The node's `addr:port` a masqueraded flow leaves from.
+    pub const fn masquerade(addr: Addr, port: u16) -> Self {
+        CtNat {
+            addr,
+            port,
+            kind: NatKind::Masquerade,
+        }
+    }
+
+    /// The pod's `addr:port` replies to a masqueraded flow are translated back to.
+    pub const fn unmasquerade(addr: Addr, port: u16) -> Self {
+        CtNat {
+            addr,
+            port,
+            kind: NatKind::Unmasquerade,
         }
     }
 }
@@ -288,6 +312,13 @@ impl Conntrack {
             crate::prefetch::prefetch(start);
             crate::prefetch::prefetch(start.wrapping_add(64));
         }
+    }
+
+    /// Whether `key` has a live entry; expired ones are left for `gc`.
+    pub fn is_live(&self, key: &FlowKey, now_ms: u64) -> bool {
+        self.find(key)
+            .and_then(|i| self.slots.get(i)?.as_ref())
+            .is_some_and(|slot| !slot.entry.is_expired(now_ms))
     }
 
     /// The live entry of `key`. An expired entry is removed and not returned.

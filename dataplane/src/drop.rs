@@ -45,6 +45,12 @@ drop_reasons! {
     UnansweredNeighbour => "unanswered_neighbour": "An ARP/ND message the pods' gateway does not answer: gratuitous, DAD, replies, router solicitations.",
     UnknownTunnelPeer => "unknown_tunnel_peer": "A tunnel frame from an address that is no node of the mesh.",
     LinkScope => "link_scope": "Link-scoped IPv6 traffic (from a link-local address) that is no neighbour discovery: never routed.",
+    NatPortExhausted => "nat_port_exhausted": "No masquerade port is free for a new flow leaving the mesh to this destination.",
+    NoNatMapping => "no_nat_mapping": "A frame to the node's masquerade ports that answers no masqueraded flow.",
+    UnrelatedIcmpError => "unrelated_icmp_error": "An ICMP error quoting a packet of no flow conntrack knows.",
+    ReservedIdentity => "reserved_identity": "A tunnel frame whose VNI is a reserved identity, other than remote-node from the sending node itself.",
+    IdentityClusterMismatch => "identity_cluster_mismatch": "A tunnel frame whose identity belongs to another cluster than its sending node.",
+    ForeignInnerSource => "foreign_inner_source": "A tunnel frame whose inner source address does not belong to the node that sent it.",
 }
 
 impl DropReason {

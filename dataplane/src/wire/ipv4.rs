@@ -60,6 +60,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
         super::read16(self.buffer.as_ref(), field::FLG_OFF.start) & FLAG_DONT_FRAGMENT != 0
     }
 
+    /// More fragments follow, or this is a later fragment: the payload is not the whole datagram.
+    pub fn is_fragment(&self) -> bool {
+        super::read16(self.buffer.as_ref(), field::FLG_OFF.start) & 0x3fff != 0
+    }
+
     pub fn ttl(&self) -> u8 {
         self.buffer.as_ref()[field::TTL]
     }
