@@ -92,6 +92,8 @@ fn spec() -> NodeSpec {
             },
             routing: RoutingMode::Tunnel,
             tunnel: TunnelProtocol::Vxlan,
+            host: None,
+            masquerade: None,
         },
         capacities: Capacities::default(),
         ports: BTreeMap::from([(obj("x-wing"), (PortId(1), [2, 0, 0, 1, 1, 10]))]),

@@ -51,6 +51,7 @@ drop_reasons! {
     ReservedIdentity => "reserved_identity": "A tunnel frame whose VNI is a reserved identity, other than remote-node from the sending node itself.",
     IdentityClusterMismatch => "identity_cluster_mismatch": "A tunnel frame whose identity belongs to another cluster than its sending node.",
     ForeignInnerSource => "foreign_inner_source": "A tunnel frame whose inner source address does not belong to the node that sent it.",
+    Ipv4MappedAddress => "ipv4_mapped_address": "An IPv6 packet from or to an IPv4-mapped address (::ffff:a.b.c.d), which would pass for IPv4.",
 }
 
 impl DropReason {
@@ -82,7 +83,7 @@ mod tests {
             assert!(reason
                 .name()
                 .bytes()
-                .all(|b| b.is_ascii_lowercase() || b == b'_'));
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
         }
     }
 }

@@ -18,6 +18,8 @@ pub enum Direction {
     FromPod,
     /// Received on the uplink: from another node, or from outside the mesh.
     FromUplink,
+    /// Sent by the node's own stack through the host port.
+    FromHost,
 }
 
 impl Direction {
@@ -25,6 +27,7 @@ impl Direction {
         match self {
             Direction::FromPod => "from_pod",
             Direction::FromUplink => "from_uplink",
+            Direction::FromHost => "from_host",
         }
     }
 }
@@ -61,7 +64,13 @@ impl FlowEvent {
         reason: DropReason,
         time_ms: u64,
     ) -> Self {
-        let from_uplink = frame.port() == tables.node.uplink;
+        let direction = if frame.port() == tables.node.uplink {
+            Direction::FromUplink
+        } else if tables.node.is_host_port(frame.port()) {
+            Direction::FromHost
+        } else {
+            Direction::FromPod
+        };
         let flow = parse::parse(frame.data()).map_or(FlowKey::default(), |p| p.flow);
         let ipcache_identity = |addr: Addr| {
             tables
@@ -69,13 +78,14 @@ impl FlowEvent {
                 .lookup(addr)
                 .map_or(Identity::UNKNOWN, |e| e.identity)
         };
-        let src_identity = if from_uplink {
-            ipcache_identity(flow.src)
-        } else {
-            tables
+        let src_identity = match direction {
+            Direction::FromUplink => ipcache_identity(flow.src),
+            Direction::FromHost if tables.node.owns(flow.src) => Identity::HOST,
+            Direction::FromHost => Identity::WORLD,
+            Direction::FromPod => tables
                 .endpoints
                 .by_port(frame.port())
-                .map_or(Identity::UNKNOWN, |e| e.identity)
+                .map_or(Identity::UNKNOWN, |e| e.identity),
         };
         let dst_identity = match tables.endpoints.by_addr(flow.dst) {
             Some(endpoint) => endpoint.identity,
@@ -88,11 +98,7 @@ impl FlowEvent {
             src_identity,
             dst_identity,
             verdict: FlowVerdict::Dropped(reason),
-            direction: if from_uplink {
-                Direction::FromUplink
-            } else {
-                Direction::FromPod
-            },
+            direction,
         }
     }
 }
@@ -290,6 +296,8 @@ mod tests {
                 gateway: Gateway { mac: GATEWAY_MAC },
                 routing: RoutingMode::Tunnel,
                 tunnel: TunnelProtocol::Vxlan,
+                host: None,
+                masquerade: None,
             };
             let mut t = Tables::empty(node, Capacities::default());
             for i in [1, 2] {

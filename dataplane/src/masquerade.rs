@@ -19,6 +19,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use crate::conntrack::Conntrack;
 use crate::flow::proto;
 use crate::ipcache::IpPrefix;
+use crate::parse::{IcmpKind, Parsed, L4};
 use crate::{Addr, DropReason, FlowKey};
 
 /// How many ports a new flow tries before the range counts as exhausted for its destination.
@@ -84,6 +85,22 @@ impl Masquerade {
             .map(|i| self.ports.first + ((start + i) % len) as u16)
             .find(|&port| !ct.is_live(&translated(flow, addr, port), now_ms))
             .ok_or(DropReason::NatPortExhausted)
+    }
+}
+
+impl Masquerade {
+    /// Whether a frame the underlay sent to one of the node's addresses answers a masqueraded flow
+    /// (a reply to a port of the range, an ICMP error quoting one) rather than the node's own
+    /// traffic — the split the XDP program makes on the uplink, made again here.
+    pub fn answers(&self, frame: &[u8], parsed: &Parsed) -> bool {
+        if let Some(quoted) = crate::icmp_error::quoted(frame, parsed) {
+            return self.ports.contains(quoted.flow.src_port);
+        }
+        match parsed.l4 {
+            L4::Tcp(_) | L4::Udp => self.ports.contains(parsed.flow.dst_port),
+            L4::Icmp(IcmpKind::EchoReply) => self.ports.contains(parsed.flow.dst_port),
+            L4::Icmp(_) | L4::None => false,
+        }
     }
 }
 

@@ -229,12 +229,21 @@ fn parse_ipv6(link: Link, body: &[u8]) -> Result<Parsed, DropReason> {
         return Err(DropReason::UnsupportedFragment);
     }
     let ip_len = 40 + usize::from(header.payload_length());
+    let (src, dst) = (
+        Addr::from_v6_bits(u128::from_be_bytes(header.source())),
+        Addr::from_v6_bits(u128::from_be_bytes(header.destination())),
+    );
+    // Addresses are kept in one 16-byte form in which IPv4 is mapped: a mapped IPv6 address would
+    // be taken for the IPv4 address (anti-spoofing, conntrack, policy), so it is refused here.
+    if src.is_ipv4() || dst.is_ipv4() {
+        return Err(DropReason::Ipv4MappedAddress);
+    }
     let protocol = payload.ip_number;
     let transport = parse_transport(protocol, payload.payload, payload.fragmented, true)?;
     let net = Network {
         l3: L3::Ipv6,
-        src: Addr::from_v6_bits(u128::from_be_bytes(header.source())),
-        dst: Addr::from_v6_bits(u128::from_be_bytes(header.destination())),
+        src,
+        dst,
         ttl: header.hop_limit(),
         ip_len,
         header_len: ip_len - payload.payload.len(),
@@ -498,6 +507,17 @@ pub(crate) mod tests {
             (40000, 8472, proto::UDP)
         );
         assert_eq!(p.tunnel_port(), Some(8472));
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_addresses_are_refused_both_ways() {
+        let mapped: [u8; 16] = "::ffff:100.64.1.10".parse::<Ipv6Addr>().unwrap().octets();
+        let plain: [u8; 16] = "fd00::1".parse::<Ipv6Addr>().unwrap().octets();
+        for (src, dst) in [(mapped, plain), (plain, mapped)] {
+            let bytes = frame(&src, &dst, Kind::Udp, 1, 2, b"x");
+            assert_eq!(parse(&bytes), Err(DropReason::Ipv4MappedAddress));
+        }
+        assert!(parse(&frame(&plain, &plain, Kind::Udp, 1, 2, b"x")).is_ok());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use thiserror::Error;
 
 use crate::parse::{Parsed, L3};
 use crate::wire::{ethernet, ipv4, ipv6};
-use crate::{Addr, DropReason};
+use crate::{Addr, ClusterId, DropReason};
 
 /// How frames reach pods on other nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -27,6 +27,8 @@ pub enum RoutingMode {
 pub struct RemoteNode {
     /// Its underlay address: the tunnel endpoint.
     pub addr: Addr,
+    /// The cluster it belongs to: the only one whose identities it may send.
+    pub cluster: ClusterId,
     /// Its MAC when it shares our L2 segment; `None` when it is behind the underlay router.
     pub segment_mac: Option<[u8; 6]>,
 }
@@ -152,6 +154,7 @@ mod tests {
     fn node(last: u8, on_segment: bool) -> RemoteNode {
         RemoteNode {
             addr: Ipv4Addr::new(198, 18, 1, last).into(),
+            cluster: ClusterId::new(1).unwrap(),
             segment_mac: on_segment.then_some([2, 0, 0, 0, 1, last]),
         }
     }

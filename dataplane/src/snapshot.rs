@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use crate::endpoint::EndpointTable;
 use crate::gateway::Gateway;
 use crate::ipcache::IpCache;
+use crate::masquerade::Masquerade;
 use crate::policy::PolicyTable;
 use crate::route::{NodeTable, RoutingMode, Underlay};
 use crate::service::ServiceTable;
@@ -30,6 +31,22 @@ pub struct NodeConfig {
     pub routing: RoutingMode,
     /// What we encapsulate with; we decapsulate both.
     pub tunnel: TunnelProtocol,
+    /// The node's own stack: where frames for the node and for the world go, and where the node's
+    /// traffic to pods comes from. `None`: such frames are handed back as `Verdict::ToKernel`.
+    pub host: Option<HostPort>,
+    /// Source NAT for pod traffic leaving the mesh; `None` leaves pod addresses as they are.
+    pub masquerade: Option<Masquerade>,
+}
+
+/// The port towards the node's own stack: one end of a veth pair whose other end the kernel owns,
+/// like Cilium's cilium_net/cilium_host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub port: PortId,
+    /// Our end's MAC: the source of frames we hand the kernel.
+    pub mac: [u8; 6],
+    /// The kernel end's MAC: their destination.
+    pub kernel_mac: [u8; 6],
 }
 
 impl NodeConfig {
@@ -39,6 +56,11 @@ impl NodeConfig {
             std::net::IpAddr::V4(v4) => self.ipv4 == Some(v4),
             std::net::IpAddr::V6(v6) => self.ipv6 == Some(v6),
         }
+    }
+
+    /// Whether frames from `port` come from the node's own stack.
+    pub fn is_host_port(&self, port: PortId) -> bool {
+        self.host.is_some_and(|h| h.port == port)
     }
 
     /// Our underlay address of the same family as `peer`, to source tunnel traffic to it from.

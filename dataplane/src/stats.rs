@@ -19,15 +19,18 @@ pub enum Forward {
     NeighbourReply,
     /// Handed to the node's kernel.
     ToKernel,
+    /// Answered with an ICMP error the node wrote (path MTU): the frame itself went no further.
+    IcmpError,
 }
 
 impl Forward {
-    pub const ALL: [Forward; 5] = [
+    pub const ALL: [Forward; 6] = [
         Forward::LocalPod,
         Forward::Tunnel,
         Forward::Direct,
         Forward::NeighbourReply,
         Forward::ToKernel,
+        Forward::IcmpError,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -37,6 +40,7 @@ impl Forward {
             Forward::Direct => "direct",
             Forward::NeighbourReply => "neighbour_reply",
             Forward::ToKernel => "to_kernel",
+            Forward::IcmpError => "icmp_error",
         }
     }
 }

@@ -282,6 +282,8 @@ fn node_config() -> NodeConfig {
         gateway: Gateway { mac: GATEWAY_MAC },
         routing: RoutingMode::Tunnel,
         tunnel: TunnelProtocol::Vxlan,
+        host: None,
+        masquerade: None,
     }
 }
 
@@ -334,6 +336,7 @@ fn add_remote_endpoints(tables: &mut Tables, identities: &mut IdentityLabels, sc
             .insert(IpPrefix::host(remote_ip(j).into()), entry);
         let _ = tables.nodes.upsert(RemoteNode {
             addr: remote_node(j).into(),
+            cluster: identity.cluster().unwrap_or(tables.node.cluster),
             segment_mac: None,
         });
     }

@@ -495,6 +495,8 @@ mod tests {
             },
             routing: RoutingMode::Tunnel,
             tunnel: TunnelProtocol::Vxlan,
+            host: None,
+            masquerade: None,
         };
         let small = Capacities {
             endpoints: 1,

@@ -211,6 +211,8 @@ fn node_spec(config: &AgentConfig, local: &LocalState) -> anyhow::Result<NodeSpe
         },
         routing: config.dataplane.routing.into(),
         tunnel: config.dataplane.tunnel.into(),
+        host: None,
+        masquerade: None,
     };
     if !local.nodes.contains_key(&config.node.name) {
         tracing::warn!(node = %config.node.name, "the local state has no such node yet");

@@ -516,6 +516,8 @@ mod tests {
             },
             routing: RoutingMode::Tunnel,
             tunnel: TunnelProtocol::Vxlan,
+            host: None,
+            masquerade: None,
         };
         let mut t = Tables::empty(node, Capacities::default());
         t.endpoints

@@ -164,6 +164,8 @@ mod tests {
             },
             routing: RoutingMode::Tunnel,
             tunnel: TunnelProtocol::Vxlan,
+            host: None,
+            masquerade: None,
         }
     }
 

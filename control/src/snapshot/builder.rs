@@ -10,7 +10,7 @@ use meshpath_dataplane::policy::{compile, PolicyRule};
 use meshpath_dataplane::route::RemoteNode;
 use meshpath_dataplane::service::{Frontend, Service, ServiceId};
 use meshpath_dataplane::snapshot::Tables;
-use meshpath_dataplane::{Addr, PortId};
+use meshpath_dataplane::{Addr, ClusterId, PortId};
 
 use super::sources::{Dirty, Sources};
 use super::{ipcache, services, Change, NodeSpec, PodPorts};
@@ -134,30 +134,33 @@ impl SnapshotBuilder {
         }
     }
 
-    /// Another node at `addr`, of this cluster or a remote one.
-    fn node_at(&self, addr: Addr) -> bool {
+    /// The cluster of another node at `addr`, this one or a remote one.
+    fn node_at(&self, addr: Addr) -> Option<ClusterId> {
         if self.spec.config.owns(addr) {
-            return false;
+            return None;
         }
-        let local = self.sources.local.local.nodes.values();
-        let mut local = local.filter(|n| n.name != self.spec.node);
-        let mut remote = self
-            .sources
-            .remotes
-            .values()
-            .flat_map(|r| r.state.nodes.values());
-        local.any(|n| local_node_addr(n) == Some(addr))
-            || remote.any(|n| n.tunnel_addr() == Some(addr))
+        let mut local = self.sources.local.local.nodes.values();
+        let local = local.any(|n| n.name != self.spec.node && local_node_addr(n) == Some(addr));
+        if local {
+            return Some(self.spec.cluster_id);
+        }
+        self.sources.remotes.values().find_map(|r| {
+            let mut nodes = r.state.nodes.values();
+            nodes
+                .any(|n| n.tunnel_addr() == Some(addr))
+                .then_some(r.id)?
+        })
     }
 
     fn update_nodes(&mut self, tables: &mut Tables, dirty: &Dirty) {
         for addr in &dirty.nodes {
-            if !self.node_at(*addr) {
+            let Some(cluster) = self.node_at(*addr) else {
                 tables.nodes.remove(*addr);
                 continue;
-            }
+            };
             let node = RemoteNode {
                 addr: *addr,
+                cluster,
                 segment_mac: None,
             };
             if let Err(err) = tables.nodes.upsert(node) {

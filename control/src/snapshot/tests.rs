@@ -73,6 +73,8 @@ fn spec() -> NodeSpec {
             gateway: Gateway { mac: GATEWAY_MAC },
             routing: RoutingMode::Tunnel,
             tunnel: TunnelProtocol::Vxlan,
+            host: None,
+            masquerade: None,
         },
         capacities: Capacities::default(),
         ports: BTreeMap::from([

@@ -4,11 +4,13 @@
 //!
 //! Service flows get two entries, as in Cilium: the forward one (keyed client→frontend) holds the
 //! backend, the translated one (client→backend) the frontend that replies (found by their reverse) get
-//! back as their source.
+//! back as their source. Masqueraded flows likewise: pod→outside holds the node's `addr:port`,
+//! node:port→outside the pod's. An ICMP error is looked up by the packet it quotes.
 
 use super::InFlight;
 use crate::conntrack::{Conntrack, CtEntry, CtNat, NatKind, Timeouts};
 use crate::flow::proto;
+use crate::icmp_error::{self, Untranslate};
 use crate::nat::End;
 use crate::parse::{Parsed, L4};
 use crate::{Addr, DropReason, FlowKey};
@@ -24,6 +26,19 @@ pub(super) enum Known {
     },
     /// The frame answers a flow the other end started.
     Reply(Option<CtNat>),
+    /// An ICMP error about a flow conntrack holds, and how to put it back if that flow was translated.
+    Related(Option<Untranslate>),
+    /// An ICMP error quoting a packet of no flow conntrack holds.
+    Unrelated,
+}
+
+/// How a frame is rewritten on its way out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Rewrite {
+    /// One end of the frame's own flow: a service's DNAT and its replies, masquerading and its replies.
+    Flow(End, Addr, u16),
+    /// An ICMP error about a translated flow, put back as its receiver sent the quoted packet.
+    Related(Untranslate),
 }
 
 /// The flow as it leaves (after translation), the rewrite that makes it so, and the service that
@@ -31,7 +46,7 @@ pub(super) enum Known {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Tracked {
     pub flow: FlowKey,
-    pub rewrite: Option<(End, Addr, u16)>,
+    pub rewrite: Option<Rewrite>,
     pub service: Option<u32>,
 }
 
@@ -45,28 +60,54 @@ impl Tracked {
     }
 
     pub(super) fn translated(key: FlowKey, end: End, nat: CtNat) -> Self {
+        // An echo's identifier stands in both ports: both follow it.
+        let echo = matches!(key.proto, proto::ICMP | proto::ICMPV6);
         let flow = match end {
             End::Destination => FlowKey {
                 dst: nat.addr,
                 dst_port: nat.port,
+                src_port: if echo { nat.port } else { key.src_port },
                 ..key
             },
             End::Source => FlowKey {
                 src: nat.addr,
                 src_port: nat.port,
+                dst_port: if echo { nat.port } else { key.dst_port },
                 ..key
             },
         };
         Tracked {
             flow,
-            rewrite: Some((end, nat.addr, nat.port)),
+            rewrite: Some(Rewrite::Flow(end, nat.addr, nat.port)),
             service: None,
+        }
+    }
+
+    /// An ICMP error as it leaves: addressed where its translation puts it.
+    pub(super) fn related(key: FlowKey, untranslate: Option<Untranslate>) -> Self {
+        Tracked {
+            flow: untranslate.map_or(key, |u| u.outer_flow(key)),
+            rewrite: untranslate.map(Rewrite::Related),
+            service: None,
+        }
+    }
+
+    /// The backend a service flow was balanced to, for the flow log.
+    pub(super) fn backend(&self) -> Option<(Addr, u16)> {
+        match (self.rewrite, self.service) {
+            (Some(Rewrite::Flow(End::Destination, addr, port)), Some(_)) => Some((addr, port)),
+            _ => None,
         }
     }
 }
 
-/// Looks the frame's flow up in both directions, and renews and counts the entry it finds.
-pub(super) fn lookup(ct: &mut Conntrack, now_ms: u64, parsed: &Parsed, len: usize) -> Known {
+/// Looks the frame's flow up in both directions, and renews and counts the entry it finds; an ICMP
+/// error is looked up by the packet it quotes, and renews nothing.
+pub(super) fn lookup(ct: &mut Conntrack, now_ms: u64, parsed: &Parsed, frame: &[u8]) -> Known {
+    if let Some(quoted) = icmp_error::quoted(frame, parsed) {
+        return related(ct, now_ms, quoted);
+    }
+    let len = frame.len();
     let key = parsed.flow;
     let flags = tcp_flags(parsed);
     let timeouts = *ct.timeouts();
@@ -92,8 +133,24 @@ pub(super) fn lookup(ct: &mut Conntrack, now_ms: u64, parsed: &Parsed, len: usiz
     Known::New
 }
 
+/// The quoted packet went out as its flow's original direction (its sender started the flow) or as a
+/// reply; only the former can have been translated by this node.
+fn related(ct: &mut Conntrack, now_ms: u64, quoted: icmp_error::Quoted) -> Known {
+    if let Some(entry) = ct.lookup(&quoted.flow, now_ms) {
+        return Known::Related(Untranslate::for_entry(quoted, entry.nat));
+    }
+    if ct.lookup(&quoted.flow.reversed(), now_ms).is_some() {
+        return Known::Related(None);
+    }
+    Known::Unrelated
+}
+
+/// The entry of a translated tuple (a service's client→backend, a masquerade's node:port→outside)
+/// answers only replies.
 fn is_translated(entry: &CtEntry) -> bool {
-    entry.nat.is_some_and(|nat| nat.kind == NatKind::Frontend)
+    entry
+        .nat
+        .is_some_and(|nat| matches!(nat.kind, NatKind::Frontend | NatKind::Unmasquerade))
 }
 
 /// Starts loading the forward entry a service reply renews in [`admit`].
@@ -154,16 +211,26 @@ pub(super) fn remember(
     );
     entry.count(flight.parsed.l3_end());
     let tracked = &flight.tracked;
-    let Some((_, addr, port)) = tracked.rewrite else {
+    let Some(Rewrite::Flow(end, addr, port)) = tracked.rewrite else {
         return insert(ct, key, entry, now_ms);
     };
+    let (there, back) = match end {
+        End::Destination => (
+            CtNat::backend(addr, port),
+            CtNat::frontend(key.dst, key.dst_port),
+        ),
+        End::Source => (
+            CtNat::masquerade(addr, port),
+            CtNat::unmasquerade(key.src, key.src_port),
+        ),
+    };
     let forward = CtEntry {
-        nat: Some(CtNat::backend(addr, port)),
+        nat: Some(there),
         service: tracked.service,
         ..entry
     };
     let translated = CtEntry {
-        nat: Some(CtNat::frontend(key.dst, key.dst_port)),
+        nat: Some(back),
         ..forward
     };
     insert(ct, key, forward, now_ms)?;

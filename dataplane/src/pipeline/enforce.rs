@@ -1,14 +1,16 @@
 //! Policy enforcement in the pipeline: a new flow faces the egress policy of its local source and the
 //! ingress policy of its local destination, and is remembered if both let it through; established
-//! flows and replies skip policy.
+//! flows, replies and ICMP errors about known flows skip policy. The node's own stack (identity `host`)
+//! always reaches its pods, as with Cilium's default `allow-localhost: always`, so kubelet probes work
+//! under any policy.
 
 use super::conntrack::{self, Known};
 use super::route::Destination;
-use super::{InFlight, Source};
+use super::{masquerade, InFlight, Source};
 use crate::conntrack::{Conntrack, NatKind};
 use crate::flow::proto;
 use crate::snapshot::Tables;
-use crate::DropReason;
+use crate::{DropReason, Identity};
 
 /// Lets a new flow through policy and remembers it; renews the forward entry of a service reply.
 pub(super) fn admit(
@@ -17,19 +19,21 @@ pub(super) fn admit(
     now_ms: u64,
     flight: &mut InFlight<'_>,
 ) -> Result<(), DropReason> {
-    if let Destination::Nowhere { .. } = flight.destination {
-        return Err(DropReason::NoRoute);
+    if let Destination::Nowhere { reason, .. } = flight.destination {
+        return Err(reason);
     }
     match flight.known {
         Known::New => {
             authorize(tables, flight)?;
+            masquerade::choose(tables, ct, now_ms, flight)?;
             conntrack::remember(ct, now_ms, flight)
         }
         Known::Reply(Some(nat)) if nat.kind == NatKind::Frontend => {
             conntrack::renew_forward_entry(ct, now_ms, flight, nat);
             Ok(())
         }
-        Known::Original { .. } | Known::Reply(_) => Ok(()),
+        Known::Unrelated => Err(DropReason::UnrelatedIcmpError),
+        Known::Original { .. } | Known::Reply(_) | Known::Related(_) => Ok(()),
     }
 }
 
@@ -46,7 +50,8 @@ fn authorize(tables: &Tables, flight: &InFlight<'_>) -> Result<(), DropReason> {
         return Err(DropReason::PolicyDenied);
     }
     if let Destination::LocalPod(dst) = flight.destination {
-        if !policy.allows_ingress(dst.identity, identity, flow.proto, port) {
+        let from_host = identity == Identity::HOST;
+        if !from_host && !policy.allows_ingress(dst.identity, identity, flow.proto, port) {
             return Err(DropReason::PolicyDenied);
         }
     }

@@ -1,9 +1,11 @@
 //! Receiving what a pod sends: held to the pod's own MAC and addresses, answered at once if it asks
-//! for the gateway, otherwise handed on to be tracked, balanced, checked and routed.
+//! for the gateway, its checksums finished if its stack left them to an offload, otherwise handed on to
+//! be tracked, balanced, checked and routed.
 
 use super::{Arrival, Received, Source, Verdict};
 use crate::endpoint::Endpoint;
 use crate::gateway;
+use crate::offload;
 use crate::parse::{self, IcmpKind, Parsed, L3, L4};
 use crate::snapshot::Tables;
 use crate::stats::Forward;
@@ -28,6 +30,7 @@ pub(super) fn receive(tables: &Tables, frame: &mut Frame<'_>) -> Result<Received
         return Err(DropReason::TtlExceeded);
     }
     frame.truncate(parsed.l3_end());
+    offload::complete_partial_checksum(frame.data_mut(), &parsed)?;
     let source = Source {
         identity: endpoint.identity,
         local: true,
@@ -69,7 +72,7 @@ fn endpoint_v4(endpoint: &Endpoint) -> Result<Addr, DropReason> {
         .ok_or(DropReason::SpoofedSource)
 }
 
-fn is_link_scope(addr: Addr) -> bool {
+pub(super) fn is_link_scope(addr: Addr) -> bool {
     match addr.ip() {
         std::net::IpAddr::V6(v6) => v6.is_unspecified() || v6.is_unicast_link_local(),
         std::net::IpAddr::V4(_) => false,

@@ -1,36 +1,53 @@
-//! Receiving from the underlay: tunnel frames for this node are decapsulated and carry their sender's
-//! identity in the VNI; directly routed frames for our pods take their identity from the ipcache;
-//! everything else belongs to the node's kernel.
+//! Receiving from the underlay. Tunnel frames for this node are decapsulated and carry their sender's
+//! identity in the VNI, believed only within what the sending node may claim; plain frames for our
+//! pods (or, as replies to masqueraded flows, for the node's own address) take an identity by their
+//! source; everything else belongs to the node's kernel.
+//!
+//! What a tunnel frame must prove (each refusal its own drop reason):
+//! - it comes from a node of the mesh (`unknown_tunnel_peer`);
+//! - its identity is no reserved one (`reserved_identity`), except `remote-node` for the sending node's
+//!   own traffic (Cilium sends its host's traffic so), from the node's own address;
+//! - its identity belongs to the sending node's cluster (`identity_cluster_mismatch`);
+//! - its inner source is an address the ipcache places on the sending node (`foreign_inner_source`).
+//!
+//! A plain frame is `remote-node` when it comes from a node's own address, `world` otherwise: in tunnel
+//! mode the underlay carries no pod traffic plain, so a pod address claimed in the clear is believed
+//! no more than any address of the world (policy decides whether `world` may come in). In direct and
+//! hybrid routing the source's ipcache identity is taken, as pods' frames travel plain there.
 
 use super::{Arrival, Received, Source, Verdict};
 use crate::parse::{self, Parsed, L3};
+use crate::route::{RemoteNode, RoutingMode};
 use crate::snapshot::Tables;
 use crate::stats::Forward;
 use crate::tunnel::{self, TunnelProtocol};
-use crate::{DropReason, Frame, Identity};
+use crate::{Addr, DropReason, Frame, Identity};
 
 pub(super) fn receive(tables: &Tables, frame: &mut Frame<'_>) -> Result<Received, DropReason> {
     let outer = parse::parse(frame.data())?;
     if let Some(protocol) = tunnel_for_us(tables, &outer) {
-        if tables.nodes.get(outer.flow.src).is_none() {
-            return Err(DropReason::UnknownTunnelPeer);
-        }
+        let sender = *tables
+            .nodes
+            .get(outer.flow.src)
+            .ok_or(DropReason::UnknownTunnelPeer)?;
         let decapsulated = tunnel::decap(frame, &outer, protocol)?;
-        if decapsulated.identity == Identity::UNKNOWN {
-            return Err(DropReason::InvalidIdentity);
-        }
         let inner = parse::parse(frame.data())?;
-        return inbound(frame, inner, decapsulated.identity);
+        let identity = tunnel_identity(tables, &sender, decapsulated.identity, &inner)?;
+        return inbound(frame, inner, identity, Arrival::FromTunnel);
     }
     let is_ip = matches!(outer.l3, L3::Ipv4 | L3::Ipv6);
-    if is_ip && tables.endpoints.by_addr(outer.flow.dst).is_some() {
-        let identity = tables
-            .ipcache
-            .lookup(outer.flow.src)
-            .map_or(Identity::WORLD, |entry| entry.identity);
-        return inbound(frame, outer, identity);
+    let dst = outer.flow.dst;
+    let for_pod = tables.endpoints.by_addr(dst).is_some();
+    if is_ip && (for_pod || answers_masquerade(tables, frame, &outer)) {
+        let identity = plain_identity(tables, outer.flow.src);
+        return inbound(frame, outer, identity, Arrival::FromUnderlay);
     }
     Ok(Received::Answered(Forward::ToKernel, Verdict::ToKernel))
+}
+
+fn answers_masquerade(tables: &Tables, frame: &Frame<'_>, parsed: &Parsed) -> bool {
+    let masquerade = tables.node.masquerade.as_ref();
+    tables.node.owns(parsed.flow.dst) && masquerade.is_some_and(|m| m.answers(frame.data(), parsed))
 }
 
 fn tunnel_for_us(tables: &Tables, outer: &Parsed) -> Option<TunnelProtocol> {
@@ -38,10 +55,52 @@ fn tunnel_for_us(tables: &Tables, outer: &Parsed) -> Option<TunnelProtocol> {
     tables.node.owns(outer.flow.dst).then_some(protocol)
 }
 
+/// The identity a tunnel frame may carry from `sender`.
+fn tunnel_identity(
+    tables: &Tables,
+    sender: &RemoteNode,
+    vni: Identity,
+    inner: &Parsed,
+) -> Result<Identity, DropReason> {
+    if vni == Identity::UNKNOWN {
+        return Err(DropReason::InvalidIdentity);
+    }
+    let src = inner.flow.src;
+    if vni.is_reserved() {
+        return if vni == Identity::REMOTE_NODE && src == sender.addr {
+            Ok(vni)
+        } else {
+            Err(DropReason::ReservedIdentity)
+        };
+    }
+    if vni.cluster() != Some(sender.cluster) {
+        return Err(DropReason::IdentityClusterMismatch);
+    }
+    let owner = tables.ipcache.lookup(src).and_then(|e| e.tunnel_endpoint);
+    if owner != Some(sender.addr) {
+        return Err(DropReason::ForeignInnerSource);
+    }
+    Ok(vni)
+}
+
+fn plain_identity(tables: &Tables, src: Addr) -> Identity {
+    if tables.nodes.get(src).is_some() {
+        return Identity::REMOTE_NODE;
+    }
+    match tables.node.routing {
+        RoutingMode::Tunnel => Identity::WORLD,
+        RoutingMode::Direct | RoutingMode::Hybrid => tables
+            .ipcache
+            .lookup(src)
+            .map_or(Identity::WORLD, |entry| entry.identity),
+    }
+}
+
 fn inbound(
     frame: &mut Frame<'_>,
     parsed: Parsed,
     identity: Identity,
+    arrival: Arrival,
 ) -> Result<Received, DropReason> {
     if !matches!(parsed.l3, L3::Ipv4 | L3::Ipv6) {
         return Err(DropReason::UnsupportedProtocol);
@@ -51,5 +110,5 @@ fn inbound(
         identity,
         local: false,
     };
-    Ok(Received::Track(parsed, source, Arrival::FromUplink))
+    Ok(Received::Track(parsed, source, arrival))
 }

@@ -1,5 +1,6 @@
 //! Service load balancing in the pipeline: the service a new flow is for, and its backend by Maglev; an
-//! established flow keeps its backend while the backend stays in the service.
+//! established flow keeps its backend while the backend stays in the service. Also where every known
+//! flow's remembered translation (service, masquerade, an ICMP error's) is applied to its tuple.
 
 use super::conntrack::{Known, Tracked};
 use super::InFlight;
@@ -21,7 +22,7 @@ pub(super) fn find_service<'t>(tables: &'t Tables, flight: &InFlight<'t>) -> Opt
         } if nat.kind == NatKind::Backend => {
             backend_status(tables, service, nat) != BackendStatus::Serving
         }
-        Known::Original { .. } | Known::Reply(_) => false,
+        Known::Original { .. } | Known::Reply(_) | Known::Related(_) | Known::Unrelated => false,
     };
     if !needs_service {
         return None;
@@ -57,10 +58,16 @@ pub(super) fn translate(
                 balance(flight.service, &key)?
             }
         }
-        Known::Reply(Some(nat)) if nat.kind == NatKind::Frontend => {
+        Known::Original { nat: Some(nat), .. } if nat.kind == NatKind::Masquerade => {
             Tracked::translated(key, End::Source, nat)
         }
-        Known::Original { .. } | Known::Reply(_) => Tracked::unchanged(key),
+        Known::Reply(Some(nat)) => match nat.kind {
+            NatKind::Frontend => Tracked::translated(key, End::Source, nat),
+            NatKind::Unmasquerade => Tracked::translated(key, End::Destination, nat),
+            NatKind::Backend | NatKind::Masquerade => Tracked::unchanged(key),
+        },
+        Known::Related(untranslate) => Tracked::related(key, untranslate),
+        Known::Original { .. } | Known::Reply(None) | Known::Unrelated => Tracked::unchanged(key),
         Known::New => balance(flight.service, &key)?,
     };
     Ok(())

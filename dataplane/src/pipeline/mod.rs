@@ -4,24 +4,30 @@
 //! conntrack slots of the whole burst are prefetched together, and each table lookup runs in a tight
 //! loop where the CPU overlaps the cache misses of many frames instead of stalling on each in turn.
 //!
-//! 1. receive — [`from_pod`]: anti-spoofing and the gateway's ARP/ND answers; [`from_uplink`]: tunnel
-//!    decapsulation (the sender's identity from the VNI) or direct delivery;
-//! 2. [`conntrack`] — lookup of both directions; [`lb`] — service translation (Maglev for new flows);
-//! 3. [`route`] — where the translated destination lives (local pod, another node, the kernel);
-//! 4. [`enforce`] — policy for new flows, which [`conntrack`] then remembers;
-//! 5. [`route`] — NAT rewrite, MACs and hop limit, encapsulation, transmit.
+//! 1. receive — [`from_pod`]: anti-spoofing, the gateway's ARP/ND answers, offloaded checksums;
+//!    [`from_uplink`]: tunnel decapsulation (the sender's identity from the VNI, checked against the
+//!    sending node) or plain frames for our pods and masqueraded flows; [`from_host`]: the node's own
+//!    stack through the host port (identity `host`);
+//! 2. [`conntrack`] — lookup of both directions (an ICMP error by the packet it quotes); [`lb`] —
+//!    service translation (Maglev for new flows) and every remembered translation;
+//! 3. [`route`] — where the translated destination lives (local pod, another node, the node, the world);
+//! 4. [`enforce`] — policy for new flows, [`masquerade`] for those leaving the mesh, which
+//!    [`conntrack`] then remembers;
+//! 5. [`route`] — path MTU errors, NAT rewrite, MACs and hop limit, encapsulation, transmit.
 
 mod conntrack;
 mod enforce;
+mod from_host;
 mod from_pod;
 mod from_uplink;
 mod lb;
+mod masquerade;
 mod route;
 
 use crate::conntrack::{Conntrack, ConntrackConfig};
 use crate::flowlog::{Direction, FlowEvent, FlowLog, FlowVerdict};
-use crate::nat::End;
 use crate::parse::Parsed;
+use crate::pmtu::ErrorRateLimit;
 use crate::service::Service;
 use crate::snapshot::Tables;
 use crate::stats::{Counters, Forward};
@@ -48,13 +54,15 @@ pub const BURST: usize = 32;
 /// How many conntrack slots a batch sweeps for expired flows.
 const GC_BUDGET_PER_BATCH: usize = 64;
 
-/// What a worker owns and nobody else touches: its conntrack, its counters and its flow log.
+/// What a worker owns and nobody else touches: its conntrack, its counters, its flow log and the
+/// budget of ICMP errors it may send.
 #[derive(Debug)]
 pub struct WorkerState {
     pub conntrack: Conntrack,
     pub counters: Counters,
     /// New flows' verdicts and drops; the worker's owner drains it after each batch.
     pub flowlog: FlowLog,
+    pub icmp_errors: ErrorRateLimit,
 }
 
 impl WorkerState {
@@ -63,6 +71,7 @@ impl WorkerState {
             conntrack: Conntrack::new(conntrack),
             counters: Counters::default(),
             flowlog: FlowLog::default(),
+            icmp_errors: ErrorRateLimit::default(),
         }
     }
 }
@@ -101,11 +110,17 @@ pub fn process_one(
     verdict[0]
 }
 
-/// Where a frame came in: the uplink only delivers to local pods (this node is no transit router).
+/// Where a frame came in. The underlay only delivers to local pods and the node (this node is no
+/// transit router); the node's stack only sends into the mesh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Arrival {
     FromPod,
-    FromUplink,
+    /// Decapsulated from another node's tunnel.
+    FromTunnel,
+    /// Plain IP from the underlay.
+    FromUnderlay,
+    /// The node's own stack, through the host port.
+    FromHost,
 }
 
 /// Who sends: the security identity of the source, and whether it is one of our own endpoints (whose
@@ -149,6 +164,7 @@ fn process_burst<'t>(
     let mut flights: [Option<InFlight<'t>>; BURST] = [None; BURST];
     let mut outcomes: [Outcome; BURST] = [Err(DropReason::InvalidHeader); BURST];
     let ct = &mut state.conntrack;
+    let icmp_errors = &mut state.icmp_errors;
 
     for ((frame, flight), outcome) in frames.iter_mut().zip(&mut flights).zip(&mut outcomes) {
         state.counters.count_received(frame.len());
@@ -165,6 +181,7 @@ fn process_burst<'t>(
                     // Not routed yet: a drop before routing knows no destination identity.
                     destination: Destination::Nowhere {
                         identity: Identity::UNKNOWN,
+                        reason: DropReason::NoRoute,
                     },
                 });
                 (Forward::ToKernel, Verdict::ToKernel)
@@ -182,7 +199,7 @@ fn process_burst<'t>(
     }
     for (flight, frame) in flights.iter_mut().zip(frames.iter()) {
         if let Some(f) = flight {
-            f.known = conntrack::lookup(ct, now_ms, &f.parsed, frame.len());
+            f.known = conntrack::lookup(ct, now_ms, &f.parsed, frame.data());
         }
     }
     for flight in flights.iter().flatten() {
@@ -202,7 +219,7 @@ fn process_burst<'t>(
     });
     for ((flight, frame), outcome) in flights.iter().zip(frames.iter_mut()).zip(&mut outcomes) {
         if let Some(f) = flight {
-            *outcome = route::transmit(tables, frame, f);
+            *outcome = route::transmit(tables, frame, f, icmp_errors, now_ms);
             if f.known == Known::New || outcome.is_err() {
                 log.record(f.event(*outcome, now_ms));
             }
@@ -214,8 +231,11 @@ fn process_burst<'t>(
 }
 
 fn receive(tables: &Tables, frame: &mut Frame<'_>) -> Result<Received, DropReason> {
-    if frame.port() == tables.node.uplink {
+    let port = frame.port();
+    if port == tables.node.uplink {
         from_uplink::receive(tables, frame)
+    } else if tables.node.is_host_port(port) {
+        from_host::receive(tables, frame)
     } else {
         from_pod::receive(tables, frame)
     }
@@ -243,14 +263,10 @@ fn run_stage<'t>(
 impl InFlight<'_> {
     /// The flow log's record of this frame's fate.
     fn event(&self, outcome: Outcome, time_ms: u64) -> FlowEvent {
-        let backend = match self.tracked.rewrite {
-            Some((End::Destination, addr, port)) => Some((addr, port)),
-            _ => None,
-        };
         FlowEvent {
             time_ms,
             flow: self.parsed.flow,
-            backend,
+            backend: self.tracked.backend(),
             src_identity: self.source.identity,
             dst_identity: self.destination.identity(),
             verdict: match outcome {
@@ -259,7 +275,8 @@ impl InFlight<'_> {
             },
             direction: match self.arrival {
                 Arrival::FromPod => Direction::FromPod,
-                Arrival::FromUplink => Direction::FromUplink,
+                Arrival::FromTunnel | Arrival::FromUnderlay => Direction::FromUplink,
+                Arrival::FromHost => Direction::FromHost,
             },
         }
     }

@@ -1,10 +1,15 @@
 //! Routing in the pipeline: who holds a tracked, translated frame's destination — a pod on this node,
-//! another node (encapsulated or directly), or the kernel — and the rewrite that sends it there.
+//! another node (encapsulated or directly), the node's own stack, or the world beyond the kernel — and
+//! the rewrite that sends it there. Frames for the node and the world go to the kernel through the
+//! host port; a frame too big for the underlay once encapsulated is answered with an ICMP error that
+//! tells its sender the MTU that fits ([`crate::pmtu`]).
 
+use super::conntrack::Rewrite;
 use super::{Arrival, InFlight, Outcome, Verdict};
 use crate::endpoint::Endpoint;
 use crate::nat;
 use crate::parse::Parsed;
+use crate::pmtu::{self, ErrorRateLimit};
 use crate::route::{self, NextHop, RemoteNode};
 use crate::snapshot::Tables;
 use crate::stats::Forward;
@@ -13,7 +18,6 @@ use crate::{Addr, DropReason, Frame, Identity};
 
 /// The outer TTL of tunnel frames, as Linux's VXLAN device sends them.
 const TUNNEL_TTL: u8 = 64;
-const ETHERNET_LEN: usize = 14;
 
 /// Who holds a flow's (translated) destination address.
 #[derive(Clone, Copy, Debug)]
@@ -24,12 +28,14 @@ pub(super) enum Destination<'t> {
         node: Addr,
         identity: Identity,
     },
+    /// This node's own stack (one of its addresses).
+    Host,
     /// Outside the mesh: the node's kernel routes it.
     Kernel,
-    /// In the mesh, yet not reachable from here: an address of ours no pod holds, or anything but a
-    /// local pod for a frame from the uplink.
+    /// Not reachable from where the frame came in, and why.
     Nowhere {
         identity: Identity,
+        reason: DropReason,
     },
 }
 
@@ -37,41 +43,74 @@ pub(super) fn destination<'t>(tables: &'t Tables, dst: Addr, arrival: Arrival) -
     if let Some(endpoint) = tables.endpoints.by_addr(dst) {
         return Destination::LocalPod(endpoint);
     }
+    let nowhere = |identity, reason| Destination::Nowhere { identity, reason };
+    if tables.node.owns(dst) {
+        return match arrival {
+            Arrival::FromPod | Arrival::FromTunnel => Destination::Host,
+            // Only replies and errors reach us plain at our own address, and those were translated
+            // to a pod by now: anything else is no masqueraded flow's.
+            Arrival::FromUnderlay => nowhere(Identity::HOST, DropReason::NoNatMapping),
+            Arrival::FromHost => nowhere(Identity::HOST, DropReason::NoRoute),
+        };
+    }
     let entry = tables.ipcache.lookup(dst);
     let identity = entry.map_or(Identity::WORLD, |e| e.identity);
-    if arrival == Arrival::FromUplink {
-        return Destination::Nowhere { identity };
+    if matches!(arrival, Arrival::FromTunnel | Arrival::FromUnderlay) {
+        // This node is no transit router: the underlay only delivers to its pods and itself.
+        return nowhere(identity, DropReason::NoRoute);
     }
     match entry.map(|e| e.tunnel_endpoint) {
         Some(Some(node)) if !tables.node.owns(node) => Destination::Node { node, identity },
-        None => Destination::Kernel,
-        Some(_) if identity == Identity::WORLD => Destination::Kernel,
-        Some(_) => Destination::Nowhere { identity },
+        _ if tables.nodes.get(dst).is_some() => Destination::Node {
+            node: dst,
+            identity: Identity::REMOTE_NODE,
+        },
+        None if arrival == Arrival::FromPod => Destination::Kernel,
+        Some(_) if identity == Identity::WORLD && arrival == Arrival::FromPod => {
+            Destination::Kernel
+        }
+        _ => nowhere(identity, DropReason::NoRoute),
     }
 }
 
 /// Rewrites the frame for where it goes, and says where that is.
-pub(super) fn transmit(tables: &Tables, frame: &mut Frame<'_>, flight: &InFlight<'_>) -> Outcome {
-    if let Some((end, addr, port)) = flight.tracked.rewrite {
-        nat::rewrite(frame.data_mut(), &flight.parsed, end, addr, port)?;
+pub(super) fn transmit(
+    tables: &Tables,
+    frame: &mut Frame<'_>,
+    flight: &InFlight<'_>,
+    errors: &mut ErrorRateLimit,
+    now_ms: u64,
+) -> Outcome {
+    if let Destination::Node { node, .. } = flight.destination {
+        // Before any rewrite: an error must quote the packet as its sender sent it.
+        if let Some(mtu) = too_big(tables, frame, &flight.parsed, node) {
+            return path_mtu_reply(tables, frame, flight, mtu, errors, now_ms);
+        }
+    }
+    match flight.tracked.rewrite {
+        Some(Rewrite::Flow(end, addr, port)) => {
+            nat::rewrite(frame.data_mut(), &flight.parsed, end, addr, port)?
+        }
+        Some(Rewrite::Related(untranslate)) => {
+            untranslate.apply(frame.data_mut(), &flight.parsed)?
+        }
+        None => {}
     }
     match flight.destination {
         Destination::LocalPod(endpoint) => {
             to_local_pod(tables, frame, &flight.parsed, endpoint, flight.arrival)
         }
         Destination::Node { node, .. } => {
+            // The node's own traffic is the "remote-node" of its receivers, as Cilium sends it.
+            let identity = match flight.source.identity {
+                Identity::HOST => Identity::REMOTE_NODE,
+                identity => identity,
+            };
             let hash = flight.tracked.flow.symmetric_hash();
-            to_node(
-                tables,
-                frame,
-                &flight.parsed,
-                node,
-                flight.source.identity,
-                hash,
-            )
+            to_node(tables, frame, &flight.parsed, node, identity, hash)
         }
-        Destination::Kernel => Ok((Forward::ToKernel, Verdict::ToKernel)),
-        Destination::Nowhere { .. } => Err(DropReason::NoRoute),
+        Destination::Host | Destination::Kernel => to_kernel(tables, frame),
+        Destination::Nowhere { reason, .. } => Err(reason),
     }
 }
 
@@ -83,12 +122,72 @@ fn to_local_pod(
     arrival: Arrival,
 ) -> Outcome {
     let bytes = frame.data_mut();
-    // A frame from the uplink had its hop taken by the sending node.
-    if arrival == Arrival::FromPod {
+    // A frame from another node had its hop taken by the sending node.
+    if matches!(arrival, Arrival::FromPod | Arrival::FromHost) {
         route::decrement_hop_limit(bytes, parsed)?;
     }
     route::set_macs(bytes, tables.node.gateway.mac, endpoint.mac)?;
     Ok((Forward::LocalPod, Verdict::Transmit(endpoint.port)))
+}
+
+/// Through the host port into the node's stack, which delivers it or routes it on (and takes the
+/// hop); without a host port, handed back to the caller as `Verdict::ToKernel`.
+fn to_kernel(tables: &Tables, frame: &mut Frame<'_>) -> Outcome {
+    let Some(host) = tables.node.host else {
+        return Ok((Forward::ToKernel, Verdict::ToKernel));
+    };
+    route::set_macs(frame.data_mut(), host.mac, host.kernel_mac)?;
+    Ok((Forward::ToKernel, Verdict::Transmit(host.port)))
+}
+
+fn remote_node(tables: &Tables, node: Addr) -> RemoteNode {
+    tables.nodes.get(node).copied().unwrap_or(RemoteNode {
+        addr: node,
+        cluster: tables.node.cluster,
+        segment_mac: None,
+    })
+}
+
+/// The MTU that fits a frame's IP packet on its way to `node`, if the packet is bigger.
+fn too_big(tables: &Tables, frame: &Frame<'_>, parsed: &Parsed, node: Addr) -> Option<u16> {
+    let config = &tables.node;
+    // The outer Ethernet header is no part of the MTU, but the inner one travels inside: the
+    // headers encapsulation adds count exactly once.
+    let overhead = match config
+        .routing
+        .next_hop(&config.underlay, &remote_node(tables, node))
+    {
+        NextHop::Tunnel { node, .. } => tunnel::overhead(node),
+        NextHop::Direct { .. } => 0,
+    };
+    let packet = frame.len().saturating_sub(parsed.l3_offset);
+    let mtu = usize::from(config.underlay.mtu);
+    (packet + overhead > mtu).then(|| mtu.saturating_sub(overhead) as u16)
+}
+
+fn path_mtu_reply(
+    tables: &Tables,
+    frame: &mut Frame<'_>,
+    flight: &InFlight<'_>,
+    mtu: u16,
+    errors: &mut ErrorRateLimit,
+    now_ms: u64,
+) -> Outcome {
+    let config = &tables.node;
+    let mac = match (flight.arrival, config.host) {
+        (Arrival::FromHost, Some(host)) => host.mac,
+        _ => config.gateway.mac,
+    };
+    let sender = pmtu::Sender {
+        ipv4: config.ipv4.map(u32::from),
+        ipv6: config.ipv6.map(u128::from),
+        mac,
+    };
+    if !errors.allow(now_ms) {
+        return Err(DropReason::FrameTooBig);
+    }
+    pmtu::too_big_reply(frame, &flight.parsed, mtu, &sender)?;
+    Ok((Forward::IcmpError, Verdict::Transmit(frame.port())))
 }
 
 fn to_node(
@@ -100,10 +199,7 @@ fn to_node(
     flow_hash: u32,
 ) -> Outcome {
     let config = &tables.node;
-    let remote = tables.nodes.get(node).copied().unwrap_or(RemoteNode {
-        addr: node,
-        segment_mac: None,
-    });
+    let remote = remote_node(tables, node);
     route::decrement_hop_limit(frame.data_mut(), parsed)?;
     let forward = match config.routing.next_hop(&config.underlay, &remote) {
         NextHop::Tunnel { node, mac } => {
@@ -126,9 +222,6 @@ fn to_node(
             Forward::Direct
         }
     };
-    if frame.len() - ETHERNET_LEN > usize::from(config.underlay.mtu) {
-        return Err(DropReason::FrameTooBig);
-    }
     Ok((forward, Verdict::Transmit(config.uplink)))
 }
 
@@ -137,7 +230,8 @@ impl Destination<'_> {
     pub(super) fn identity(&self) -> Identity {
         match *self {
             Destination::LocalPod(endpoint) => endpoint.identity,
-            Destination::Node { identity, .. } | Destination::Nowhere { identity } => identity,
+            Destination::Node { identity, .. } | Destination::Nowhere { identity, .. } => identity,
+            Destination::Host => Identity::HOST,
             Destination::Kernel => Identity::WORLD,
         }
     }

@@ -78,6 +78,8 @@ fn tables(cluster: u8, local: &[(PortId, Pod)], remote: &[Pod], rules: &[PolicyR
         gateway: Gateway { mac: GATEWAY_MAC },
         routing: RoutingMode::Tunnel,
         tunnel: TunnelProtocol::Vxlan,
+        host: None,
+        masquerade: None,
     };
     let mut t = Tables::empty(node, Capacities::default());
     let mut identities = IdentityLabels::new();
@@ -103,6 +105,7 @@ fn tables(cluster: u8, local: &[(PortId, Pod)], remote: &[Pod], rules: &[PolicyR
     t.nodes
         .upsert(RemoteNode {
             addr: node_ip(other).into(),
+            cluster: ClusterId::new(other).unwrap(),
             segment_mac: None,
         })
         .unwrap();
@@ -615,6 +618,7 @@ fn hybrid_routing_goes_direct_on_the_segment_and_the_receiver_takes_the_identity
     a.nodes
         .upsert(RemoteNode {
             addr: node_ip(2).into(),
+            cluster: ClusterId::new(2).unwrap(),
             segment_mac: Some(node_mac(2)),
         })
         .unwrap();
@@ -629,7 +633,14 @@ fn hybrid_routing_goes_direct_on_the_segment_and_the_receiver_takes_the_identity
         }]),
         egress: None,
     };
-    let b = tables(2, &[(X_WING_PORT, rebel_c2())], &[x_wing()], &[only_x_wing]);
+    let mut b = tables(
+        2,
+        &[(X_WING_PORT, rebel_c2())],
+        &[x_wing()],
+        &[only_x_wing.clone()],
+    );
+    b.node.routing = RoutingMode::Hybrid;
+    let tunnel_mode = tables(2, &[(X_WING_PORT, rebel_c2())], &[x_wing()], &[only_x_wing]);
     let (mut sa, mut sb) = (state(), state());
     let request = tcp(&x_wing(), rebel_c2().ip, 40000, 8080, true);
     let (verdict, wire) = run(&a, &mut sa, X_WING_PORT, &request);
@@ -644,6 +655,11 @@ fn hybrid_routing_goes_direct_on_the_segment_and_the_receiver_takes_the_identity
     let (verdict, delivered) = run(&b, &mut sb, UPLINK, &wire);
     assert_eq!(verdict, Verdict::Transmit(X_WING_PORT));
     assert_eq!(ports(&delivered), (x_wing().ip, 40000, rebel_c2().ip, 8080));
+    assert_eq!(
+        run(&tunnel_mode, &mut state(), UPLINK, &wire).0,
+        Verdict::Drop(DropReason::PolicyDenied),
+        "in tunnel mode a pod address claimed in the clear is world"
+    );
 
     let mut stranger = tcp(&x_wing(), rebel_c2().ip, 40001, 8080, true);
     stranger[14 + 12..14 + 16].copy_from_slice(&[100, 64, 1, 99]);
@@ -780,3 +796,5 @@ fn a_direct_flow_reusing_a_service_flows_port_still_faces_policy() {
         Verdict::Drop(DropReason::PolicyDenied)
     );
 }
+
+mod node_path;

@@ -233,6 +233,8 @@ pub fn spec() -> NodeSpec {
             },
             routing: RoutingMode::Tunnel,
             tunnel: TunnelProtocol::Vxlan,
+            host: None,
+            masquerade: None,
         },
         capacities: Capacities::default(),
         ports: BTreeMap::from([(obj("client"), (PortId(1), [2, 0, 0, 1, 1, 10]))]),
