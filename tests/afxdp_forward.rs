@@ -4,7 +4,7 @@
 //! its uplink still reaches the kernel (XDP_PASS), and tunnel-port traffic to the node is taken.
 //! Needs root; skipped with a printed reason only when not root.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -168,27 +168,33 @@ fn forward_through_afxdp(tag: &str, busy_poll: bool) -> WorkerStats {
         (POD_A, "pa", Role::Pod),
         (POD_B, "pb", Role::Pod),
     ];
-    let mut programs = Vec::new();
-    let mut attachments = Vec::new();
     let mut port_configs = Vec::new();
-    for (id, name, role) in ports {
+    for (id, name, _) in ports {
         let index = ifindex(name).expect("interface in node namespace");
-        let prog = XdpRedirect::load(role, node).expect("load XDP program");
-        let attachment = prog.attach(index).expect("attach XDP program");
-        eprintln!("{name}: XDP attached in {:?} mode", attachment.mode());
-        attachments.push(attachment);
-        programs.push(prog);
         port_configs.push(PortConfig {
             id,
             ifindex: index,
             queue: 0,
         });
     }
-    let mut config = WorkerConfig::new(port_configs);
+    let mut config = WorkerConfig::new(port_configs.clone());
     config.busy_poll = busy_poll;
     let worker = Worker::bind(config).expect("AF_XDP sockets on shared UMEM");
-    for ((_, fd), prog) in worker.sockets().zip(&programs) {
+    // Sockets registered before the programs attach: the node is never open, only closed briefly.
+    let mut programs = Vec::new();
+    let mut attachments = Vec::new();
+    for (((_, name, role), (_, fd)), port) in ports.iter().zip(worker.sockets()).zip(&port_configs)
+    {
+        let mut prog = XdpRedirect::load(*role, node).expect("load XDP program");
+        if *role == Role::Uplink {
+            let peer = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 254));
+            prog.set_tunnel_peers(&[peer]).expect("the peer is a node");
+        }
         prog.register_socket(0, fd).expect("register in XSKMAP");
+        let attachment = prog.attach(port.ifindex).expect("attach XDP program");
+        eprintln!("{name}: XDP attached in {:?} mode", attachment.mode());
+        attachments.push(attachment);
+        programs.push(prog);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let short_headroom = Arc::new(AtomicU64::new(0));

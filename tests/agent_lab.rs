@@ -59,6 +59,11 @@ impl Lab {
         self.dir.join(format!("c1-n{n}.sock"))
     }
 
+    /// Where node `n`'s agent pins its XDP maps (bpffs outlives the namespaces).
+    fn pins(&self, n: u8) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/meshpath-e2e-{}/c1-n{n}", self.prefix))
+    }
+
     fn exec(&self, ns: &str, args: &[&str]) -> Output {
         Command::new("ip")
             .args(["netns", "exec", ns])
@@ -160,6 +165,7 @@ impl Drop for Lab {
         }
         let _ = meshpath(&["lab", "down", "--prefix", &self.prefix]);
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/meshpath-e2e-{}", self.prefix));
     }
 }
 
@@ -220,10 +226,14 @@ fn agent_config(lab: &Lab, n: u8) -> String {
          pods:\n{pods}\
          dataplane: {{cores: [{core}], routing: tunnel, tunnel: vxlan, conntrack-capacity: 65536, mtu: 1500}}\n\
          source: {{yaml-dir: {state}}}\n\
-         status-socket: {socket}\n",
+         status-socket: {socket}\n\
+         state-dir: {node_state}\n\
+         bpf-pin-dir: {pins}\n",
         core = n % 2,
         state = lab.dir.join("state").display(),
         socket = lab.socket(n).display(),
+        node_state = lab.dir.join(format!("node-state-{n}")).display(),
+        pins = lab.pins(n).display(),
     )
 }
 

@@ -19,6 +19,7 @@ pub mod flow;
 pub mod flowlog;
 pub mod frame;
 pub mod gateway;
+pub mod handover;
 pub mod icmp_error;
 pub mod identity;
 pub mod ipcache;

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use meshpath_control::resolve::parse_cidr;
 use meshpath_control::ClusterName;
+use meshpath_dataplane::ipcache::IpPrefix;
 use meshpath_dataplane::route::RoutingMode;
 use meshpath_dataplane::tunnel::TunnelProtocol;
 use serde::Deserialize;
@@ -50,6 +52,96 @@ pub struct AgentConfig {
     /// Where Prometheus scrapes `GET /metrics`, as `address:port` (e.g. `127.0.0.1:9962`); no
     /// endpoint without it.
     pub metrics: Option<String>,
+    /// The node's own path: the veth pair through which the node's stack reaches the mesh and the
+    /// mesh reaches the node and the world.
+    #[serde(default)]
+    pub host_port: HostPortSection,
+    /// Source NAT of pod traffic leaving the mesh.
+    #[serde(default)]
+    pub masquerade: MasqueradeSection,
+    /// Where the agent keeps what a restart needs (the conntrack handover file), e.g.
+    /// `/run/meshpath/state`; a tmpfs, so a reboot starts clean.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Where the XDP programs' maps are pinned (a bpffs directory, one subdirectory per interface), so
+    /// that a restarted agent keeps its tunnel peers, pod prefixes and counters.
+    #[serde(default = "default_bpf_pin_dir")]
+    pub bpf_pin_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HostPortSection {
+    /// The dataplane's end, served through AF_XDP (Cilium's `cilium_net`).
+    #[serde(default = "default_host_interface")]
+    pub interface: String,
+    /// The node's stack's end, which its routes to pod CIDRs point at (Cilium's `cilium_host`).
+    #[serde(default = "default_kernel_interface")]
+    pub kernel_interface: String,
+}
+
+impl Default for HostPortSection {
+    fn default() -> Self {
+        HostPortSection {
+            interface: default_host_interface(),
+            kernel_interface: default_kernel_interface(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MasqueradeSection {
+    /// Masquerade pod traffic to destinations outside the mesh behind the node's address.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The source ports it takes, `first-last`, outside the node's ephemeral ports.
+    #[serde(default = "default_masquerade_ports")]
+    pub ports: String,
+    /// Destinations reached with the pod's own address (networks that route pod addresses), as
+    /// ip-masq-agent's `nonMasqueradeCIDRs`. Empty by default: everything outside the mesh is
+    /// masqueraded.
+    #[serde(default)]
+    pub non_masquerade_cidrs: Vec<String>,
+}
+
+impl Default for MasqueradeSection {
+    fn default() -> Self {
+        MasqueradeSection {
+            enabled: true,
+            ports: default_masquerade_ports(),
+            non_masquerade_cidrs: Vec::new(),
+        }
+    }
+}
+
+impl MasqueradeSection {
+    /// The checked non-masquerade prefixes: host bits must be zero (`10.0.0.1/8` is a typo).
+    pub fn non_masquerade_prefixes(&self) -> Result<Vec<IpPrefix>, String> {
+        self.non_masquerade_cidrs
+            .iter()
+            .map(|text| {
+                let cidr = parse_cidr(text)
+                    .ok_or_else(|| format!("`{text}` is not an address/length prefix"))?;
+                IpPrefix::new(cidr.addr, cidr.prefix_len).map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+
+    /// The checked port range.
+    pub fn port_range(&self) -> Result<(u16, u16), String> {
+        let bad = || format!("`{}` is not a range `first-last` of ports", self.ports);
+        let (first, last) = self.ports.split_once('-').ok_or_else(bad)?;
+        let first: u16 = first.trim().parse().map_err(|_| bad())?;
+        let last: u16 = last.trim().parse().map_err(|_| bad())?;
+        if first == 0 || first > last {
+            return Err(format!(
+                "`{}`: the range must be 1..=65535 and first <= last",
+                self.ports
+            ));
+        }
+        Ok((first, last))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -222,6 +314,30 @@ fn default_gateway_mac() -> Mac {
     Mac([0x02, 0x6d, 0x70, 0, 0, 1])
 }
 
+fn default_host_interface() -> String {
+    "meshpath_net".into()
+}
+
+fn default_kernel_interface() -> String {
+    "meshpath_host".into()
+}
+
+fn default_masquerade_ports() -> String {
+    "61000-65535".into()
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/run/meshpath/state")
+}
+
+fn default_bpf_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/meshpath")
+}
+
+fn yes() -> bool {
+    true
+}
+
 fn default_grace() -> Duration {
     Duration::from_secs(60)
 }
@@ -304,6 +420,13 @@ impl AgentConfig {
         if let Some(text) = &self.metrics {
             check_metrics(text)?;
         }
+        check_host_port(&self.host_port, &self.node, &self.pods)?;
+        self.masquerade
+            .port_range()
+            .map_err(|problem| ("masquerade.ports", problem))?;
+        self.masquerade
+            .non_masquerade_prefixes()
+            .map_err(|problem| ("masquerade.non-masquerade-cidrs", problem))?;
         if let Some(etcd) = &self.etcd {
             check_etcd(etcd)?;
         }
@@ -337,6 +460,36 @@ fn check_metrics(text: &str) -> Result<(), (&'static str, String)> {
         return Err((
             "metrics",
             format!("`{text}`: port 0 is no fixed port to scrape"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_host_port(
+    host: &HostPortSection,
+    node: &NodeSection,
+    pods: &[PodAttachment],
+) -> Result<(), (&'static str, String)> {
+    for (key, name) in [
+        ("host-port.interface", &host.interface),
+        ("host-port.kernel-interface", &host.kernel_interface),
+    ] {
+        // IFNAMSIZ is 16 with the NUL.
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+            return Err((key, format!("`{name}` is no interface name")));
+        }
+        let taken = *name == node.uplink || pods.iter().any(|p| p.interface == **name);
+        if taken {
+            return Err((
+                key,
+                format!("`{name}` is the uplink's or a pod's interface"),
+            ));
+        }
+    }
+    if host.interface == host.kernel_interface {
+        return Err((
+            "host-port.kernel-interface",
+            "must differ from host-port.interface".into(),
         ));
     }
     Ok(())
@@ -414,6 +567,9 @@ metrics: 127.0.0.1:9962
             Duration::from_secs(5)
         );
         assert_eq!(config.node.gateway_mac, default_gateway_mac());
+        assert_eq!(config.host_port.kernel_interface, "meshpath_host");
+        assert!(config.masquerade.enabled);
+        assert_eq!(config.masquerade.port_range(), Ok((61000, 65535)));
         let without = parse(&GOOD.replace("metrics: 127.0.0.1:9962", "")).unwrap();
         assert_eq!(without.metrics_address(), None);
     }
@@ -499,6 +655,18 @@ metrics: 127.0.0.1:9962
                 "dataplane.cores",
             ),
             (GOOD.replace("default/x-wing-1", "x-wing-1"), "pods[].pod"),
+            (
+                format!("{GOOD}masquerade: {{ports: 70000-70001}}\n"),
+                "masquerade.ports",
+            ),
+            (
+                format!("{GOOD}masquerade: {{non-masquerade-cidrs: [10.0.0.1/8]}}\n"),
+                "masquerade.non-masquerade-cidrs",
+            ),
+            (
+                format!("{GOOD}host-port: {{interface: uplink0}}\n"),
+                "host-port.interface",
+            ),
             (
                 GOOD.replace("{yaml-dir: /etc/meshpath/state}", "{kubernetes: false}"),
                 "source",

@@ -45,6 +45,19 @@ impl PipelineHandler {
     }
 }
 
+impl PipelineHandler {
+    /// The worker's state once it stopped, and the time on its clock: what a handover writes.
+    pub fn finish(self) -> (WorkerState, u64) {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        (self.state, now_ms)
+    }
+
+    /// Milliseconds on the clock this handler's conntrack runs on.
+    pub fn clock(epoch: Instant) -> u64 {
+        epoch.elapsed().as_millis() as u64
+    }
+}
+
 impl BatchHandler for PipelineHandler {
     fn handle(&mut self, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
         let now_ms = self.started.elapsed().as_millis() as u64;

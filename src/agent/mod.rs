@@ -1,15 +1,23 @@
 //! `meshpath agent`: one node's dataplane worker and its control task, from one configuration file.
 //!
-//! Start-up: read the local state once (so the node's pod prefixes are known), attach the XDP program
-//! and bind the AF_XDP sockets in the node's network namespace, start the worker with the pipeline,
-//! then the control task that keeps the table snapshot current. SIGINT/SIGTERM stop it all and detach
-//! the programs.
+//! Start-up: read the local state once (so the node's pod prefixes are known); set up the host port;
+//! read back the conntrack a planned stop handed over; bind the AF_XDP sockets, load the XDP programs
+//! (maps pinned), register the sockets and only then attach, in the node's network namespace; start
+//! the worker with the pipeline, then the control task that keeps the table snapshot current and the
+//! task that keeps tunnel peers and pod routes in step with the mesh's nodes.
+//!
+//! SIGINT, SIGTERM and SIGHUP stop it the planned way: the worker stops, its conntrack is written for
+//! the next agent, and the XDP programs stay attached — with no socket registered they drop what is
+//! the dataplane's, so a node without its agent is closed, not open. A SIGKILL or an OOM kill leaves
+//! the same: attached programs whose sockets the kernel unregistered when the process died.
 
 pub mod config;
 mod control;
 mod handler;
+mod host_port;
 pub mod identities;
 pub mod metrics;
+mod node_sync;
 pub mod nodes;
 pub mod observe;
 pub mod policy;
@@ -17,9 +25,11 @@ pub mod status;
 mod wiring;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
@@ -28,9 +38,11 @@ use meshpath_control::resolve::parse_cidr;
 use meshpath_control::snapshot::{NodeSpec, PodPorts};
 use meshpath_dataplane::conntrack::{ConntrackConfig, Timeouts};
 use meshpath_dataplane::gateway::Gateway;
+use meshpath_dataplane::handover;
+use meshpath_dataplane::masquerade::{Masquerade, PortRange};
 use meshpath_dataplane::pipeline::WorkerState;
 use meshpath_dataplane::route::Underlay;
-use meshpath_dataplane::snapshot::{Capacities, NodeConfig, Tables};
+use meshpath_dataplane::snapshot::{Capacities, HostPort, NodeConfig, Tables};
 use meshpath_dataplane::stats::Counters;
 use meshpath_dataplane::ClusterId;
 use meshpath_xdp_redirect::netns::Netns;
@@ -41,7 +53,10 @@ use config::AgentConfig;
 use handler::PipelineHandler;
 use status::StatusSources;
 
-/// Runs the agent until SIGINT or SIGTERM.
+/// The file a planned stop hands conntrack over in, inside `state-dir`.
+const CONNTRACK_FILE: &str = "conntrack.v1";
+
+/// Runs the agent until SIGINT, SIGTERM or SIGHUP.
 pub fn run(config_path: PathBuf, netns: Option<String>) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -84,22 +99,21 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     };
     let source = YamlSource::spawn(dir, cancel.clone())?;
     let first = source.state.borrow().clone();
+    host_port::ensure(&config).context("host port")?;
     let spec = node_spec(&config, &first)?;
     let tables = Arc::new(ArcSwap::from_pointee(Tables::empty(
         spec.config.clone(),
         spec.capacities,
     )));
-    let wiring = wiring::wire(&config, &pod_prefixes(&config, &first))?;
+    let (flow_sink, flow_source) = observe::channel();
+    let state = restore_worker_state(&config, flow_sink.epoch);
+    let mut wiring = wiring::wire(&config, &pod_prefixes(&config, &first), &config.bpf_pin_dir)?;
     let counters = Arc::new(ArcSwap::from_pointee(Counters::default()));
-    let state = WorkerState::new(ConntrackConfig {
-        capacity: config.dataplane.conntrack_capacity,
-        timeouts: Timeouts::default(),
-    });
     let stats = wiring.worker.stats_reader();
     let stop = Arc::new(AtomicBool::new(false));
-    let (flow_sink, flow_source) = observe::channel();
     let handler = PipelineHandler::new(tables.clone(), state, counters.clone(), flow_sink);
     let worker = wiring.worker.spawn(handler, stop.clone())?;
+    let uplink = Arc::new(Mutex::new(wiring.programs.remove(0)));
 
     let nodes = nodes::NodeDirectory::default();
     let identities = identities::IdentityDirectory::default();
@@ -113,6 +127,13 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         cancel.clone(),
     )
     .await?;
+    tasks.spawn(node_sync::sync_forever(
+        nodes.clone(),
+        uplink.clone(),
+        host_port::Routes::new(&config),
+        own_addresses(&config),
+        cancel.clone(),
+    ));
     if let Some(listener) = metrics_listener {
         let sources = metrics::MetricsSources {
             cluster: config.cluster.name.clone(),
@@ -172,23 +193,74 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     });
     tracing::info!(node = %config.node.name, cluster = %config.cluster.name, "agent running");
     wait_for_signal().await;
-    tracing::info!("stopping");
+    tracing::info!("stopping: the XDP programs stay attached and closed until the next agent");
+    stop.store(true, Ordering::Relaxed);
+    let (_, handler) = worker.join_with_handler().context("joining the worker")?;
+    hand_over(&config, handler);
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
-    stop.store(true, Ordering::Relaxed);
-    let _ = worker.join();
-    drop(wiring.attachments);
+    for attachment in wiring.attachments {
+        attachment.keep();
+    }
     Ok(())
+}
+
+/// A fresh worker state, or the conntrack the last agent handed over (used once, then removed).
+fn restore_worker_state(config: &AgentConfig, epoch: Instant) -> WorkerState {
+    let ct = ConntrackConfig {
+        capacity: config.dataplane.conntrack_capacity,
+        timeouts: Timeouts::default(),
+    };
+    let mut state = WorkerState::new(ct);
+    let path = config.state_dir.join(CONNTRACK_FILE);
+    if !path.exists() {
+        return state;
+    }
+    match handover::read(&path, ct, PipelineHandler::clock(epoch)) {
+        Ok(conntrack) => {
+            tracing::info!(flows = conntrack.len(), file = %path.display(), "conntrack handed over");
+            state.conntrack = conntrack;
+        }
+        Err(error) => {
+            tracing::warn!(%error, file = %path.display(), "conntrack handover file ignored; starting with none");
+        }
+    }
+    if let Err(error) = std::fs::remove_file(&path) {
+        tracing::warn!(%error, file = %path.display(), "could not remove the used handover file");
+    }
+    state
+}
+
+/// Writes the stopped worker's conntrack for the next agent.
+fn hand_over(config: &AgentConfig, handler: PipelineHandler) {
+    let (state, now_ms) = handler.finish();
+    let path = config.state_dir.join(CONNTRACK_FILE);
+    let written = std::fs::create_dir_all(&config.state_dir)
+        .and_then(|()| handover::write(&path, &state.conntrack, now_ms));
+    match written {
+        Ok(flows) => tracing::info!(flows, file = %path.display(), "conntrack handed over"),
+        Err(error) => tracing::warn!(%error, file = %path.display(), "conntrack not handed over"),
+    }
+}
+
+fn own_addresses(config: &AgentConfig) -> Vec<IpAddr> {
+    let v4 = config.node.ipv4.map(IpAddr::V4);
+    let v6 = config.node.ipv6.map(IpAddr::V6);
+    v4.into_iter().chain(v6).collect()
 }
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
         let _ = tokio::signal::ctrl_c().await;
         return;
     };
     tokio::select! {
         _ = term.recv() => {}
+        _ = hup.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
 }
@@ -211,8 +283,12 @@ fn node_spec(config: &AgentConfig, local: &LocalState) -> anyhow::Result<NodeSpe
         },
         routing: config.dataplane.routing.into(),
         tunnel: config.dataplane.tunnel.into(),
-        host: None,
-        masquerade: None,
+        host: Some(HostPort {
+            port: wiring::HOST,
+            mac: host_port::mac(&config.host_port.interface)?,
+            kernel_mac: host_port::mac(&config.host_port.kernel_interface)?,
+        }),
+        masquerade: masquerade(config)?,
     };
     if !local.nodes.contains_key(&config.node.name) {
         tracing::warn!(node = %config.node.name, "the local state has no such node yet");
@@ -230,6 +306,22 @@ fn node_spec(config: &AgentConfig, local: &LocalState) -> anyhow::Result<NodeSpe
             .map_or(0.0, |m| m.local_affinity_threshold),
         policy_limits: Default::default(),
     })
+}
+
+fn masquerade(config: &AgentConfig) -> anyhow::Result<Option<Masquerade>> {
+    let section = &config.masquerade;
+    if !section.enabled {
+        return Ok(None);
+    }
+    let (first, last) = section.port_range().map_err(anyhow::Error::msg)?;
+    Ok(Some(Masquerade {
+        ipv4: config.node.ipv4,
+        ipv6: config.node.ipv6,
+        ports: PortRange { first, last },
+        non_masquerade: section
+            .non_masquerade_prefixes()
+            .map_err(anyhow::Error::msg)?,
+    }))
 }
 
 fn pod_ports(config: &AgentConfig) -> PodPorts {

@@ -18,11 +18,19 @@ pub struct NodeRow {
     pub pod_cidrs: Vec<String>,
 }
 
-/// Nodes by (cluster, name).
+/// Nodes by (cluster, name), and a signal for whoever follows their changes.
 #[derive(Clone, Default)]
-pub struct NodeDirectory(Arc<Mutex<BTreeMap<(String, String), NodeRow>>>);
+pub struct NodeDirectory(
+    Arc<Mutex<BTreeMap<(String, String), NodeRow>>>,
+    Arc<tokio::sync::Notify>,
+);
 
 impl NodeDirectory {
+    /// Resolves after the next change (or at once if one happened since the last call).
+    pub async fn changed(&self) {
+        self.1.notified().await;
+    }
+
     /// Replaces this cluster's own nodes with those of `state`.
     pub fn record_local(&self, cluster: &str, state: &LocalState) {
         let Ok(mut nodes) = self.0.lock() else { return };
@@ -36,6 +44,7 @@ impl NodeDirectory {
             };
             nodes.insert((cluster.to_owned(), node.name.clone()), row);
         }
+        self.1.notify_one();
     }
 
     /// Follows a remote cluster's node events.
@@ -59,8 +68,9 @@ impl NodeDirectory {
             StateEvent::Delete(EntryKey::Node(name)) => {
                 nodes.remove(&(cluster, name.clone()));
             }
-            _ => {}
+            _ => return,
         }
+        self.1.notify_one();
     }
 
     pub fn rows(&self) -> Vec<NodeRow> {

@@ -1,81 +1,153 @@
-//! Wiring the node: the XDP program on the uplink and on every pod's veth, one AF_XDP socket per
-//! interface on a shared UMEM, each registered in its program's XSKMAP. Everything here happens in the
-//! node's network namespace; the attachments detach when dropped.
+//! Wiring the node: one AF_XDP socket per interface (the uplink, the host port, every pod's veth) on a
+//! shared UMEM, each registered in its interface's XDP program before that program is attached, so the
+//! node is never open: until a socket is registered the program drops what is the dataplane's, and the
+//! program stays attached when the agent stops (planned or not), so it stays closed. The programs'
+//! maps are pinned in bpffs, one directory per interface, so the next agent finds its tunnel peers,
+//! pod prefixes and counters. Everything here happens in the node's network namespace.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context};
 use meshpath_dataplane::afxdp::{PortConfig, Worker, WorkerConfig};
 use meshpath_dataplane::PortId;
-use meshpath_xdp_redirect::netns::ifindex;
-use meshpath_xdp_redirect::{Attachment, NodeAddrs, PodPrefix, Role, XdpRedirect};
+use meshpath_xdp_redirect::netns::{ifindex, rx_queues};
+use meshpath_xdp_redirect::{Attachment, MasqueradePorts, NodeAddrs, PodPrefix, Role, XdpRedirect};
 
 use super::config::AgentConfig;
 
 pub const UPLINK: PortId = PortId(0);
+pub const HOST: PortId = PortId(1);
 
 /// The pod attached as the `i`-th entry of the configuration.
 pub fn pod_port(i: usize) -> PortId {
-    PortId(1 + i as u16)
+    PortId(2 + i as u16)
 }
 
-/// The XDP programs and the bound (not yet running) worker.
+/// The XDP programs (the uplink's first) and the bound (not yet running) worker.
 pub struct Wiring {
-    /// Held for their maps (XSKMAP, pod prefixes) while the attachments run them.
-    pub _programs: Vec<XdpRedirect>,
+    /// Held for their maps (XSKMAP, pod prefixes, tunnel peers) while the attachments run them.
+    pub programs: Vec<XdpRedirect>,
     pub attachments: Vec<Attachment>,
     pub worker: Worker,
 }
 
-/// Loads and attaches the programs, binds the worker's sockets, registers them.
-pub fn wire(config: &AgentConfig, pod_prefixes: &[PodPrefix]) -> anyhow::Result<Wiring> {
-    let node = NodeAddrs {
-        ipv4: config.node.ipv4,
-        ipv6: config.node.ipv6,
-    };
-    let uplink = (UPLINK, config.node.uplink.as_str(), Role::Uplink);
-    let pods = config
-        .pods
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (pod_port(i), p.interface.as_str(), Role::Pod));
-    let mut programs = Vec::new();
-    let mut attachments = Vec::new();
+/// An interface the dataplane serves.
+struct Interface<'a> {
+    port: PortId,
+    name: &'a str,
+    role: Role,
+}
+
+/// Binds the sockets, loads the programs (maps pinned under `pins`), registers the sockets, attaches.
+pub fn wire(
+    config: &AgentConfig,
+    pod_prefixes: &[PodPrefix],
+    pins: &Path,
+) -> anyhow::Result<Wiring> {
+    check_single_queue(&config.node.uplink)?;
+    let interfaces = interfaces(config);
     let mut ports = Vec::new();
-    for (id, name, role) in std::iter::once(uplink).chain(pods) {
-        let index = ifindex(name).with_context(|| format!("interface `{name}`"))?;
-        let mut program =
-            XdpRedirect::load(role, node).with_context(|| format!("XDP program for `{name}`"))?;
-        if role == Role::Uplink {
-            program.set_pod_prefixes(pod_prefixes)?;
-        }
-        let attachment = program
-            .attach(index)
-            .with_context(|| format!("attaching XDP to `{name}`"))?;
-        tracing::info!(interface = name, mode = ?attachment.mode(), "XDP attached");
-        programs.push(program);
-        attachments.push(attachment);
+    for i in &interfaces {
+        let index = ifindex(i.name).with_context(|| format!("interface `{}`", i.name))?;
         ports.push(PortConfig {
-            id,
+            id: i.port,
             ifindex: index,
             queue: 0,
         });
     }
-    let mut worker_config = WorkerConfig::new(ports);
+    let mut worker_config = WorkerConfig::new(ports.clone());
     worker_config.core = config.dataplane.cores.first().copied();
     let worker = Worker::bind(worker_config).context("AF_XDP sockets")?;
-    for ((_, fd), program) in worker.sockets().zip(&programs) {
+    let node = NodeAddrs {
+        ipv4: config.node.ipv4,
+        ipv6: config.node.ipv6,
+    };
+    let masquerade = masquerade_ports(config)?;
+    let mut programs = Vec::new();
+    let mut attachments = Vec::new();
+    for ((i, (_, fd)), port) in interfaces.iter().zip(worker.sockets()).zip(&ports) {
+        let dir = pin_dir(pins, i.name);
+        let mut program = XdpRedirect::load_pinned(i.role, node, &dir)
+            .with_context(|| format!("XDP program for `{}`", i.name))?;
+        if i.role == Role::Uplink {
+            program.set_pod_prefixes(pod_prefixes)?;
+            program.set_masquerade_ports(masquerade)?;
+        }
         program.register_socket(0, fd)?;
+        let attachment = program
+            .attach(port.ifindex)
+            .with_context(|| format!("attaching XDP to `{}`", i.name))?;
+        tracing::info!(interface = i.name, mode = ?attachment.mode(), "XDP attached");
+        programs.push(program);
+        attachments.push(attachment);
     }
     Ok(Wiring {
-        _programs: programs,
+        programs,
         attachments,
         worker,
     })
 }
 
+fn interfaces(config: &AgentConfig) -> Vec<Interface<'_>> {
+    let mut out = vec![
+        Interface {
+            port: UPLINK,
+            name: &config.node.uplink,
+            role: Role::Uplink,
+        },
+        Interface {
+            port: HOST,
+            name: &config.host_port.interface,
+            role: Role::Host,
+        },
+    ];
+    out.extend(config.pods.iter().enumerate().map(|(i, p)| Interface {
+        port: pod_port(i),
+        name: &p.interface,
+        role: Role::Pod,
+    }));
+    out
+}
+
+/// Where an interface's maps are pinned.
+pub fn pin_dir(pins: &Path, interface: &str) -> PathBuf {
+    pins.join(interface)
+}
+
+fn masquerade_ports(config: &AgentConfig) -> anyhow::Result<Option<MasqueradePorts>> {
+    if !config.masquerade.enabled {
+        return Ok(None);
+    }
+    let (first, last) = config.masquerade.port_range().map_err(anyhow::Error::msg)?;
+    Ok(Some(MasqueradePorts { first, last }))
+}
+
+/// One socket serves queue 0. On an uplink with more receive queues, frames hashed to the others would
+/// meet a program with no socket there and be dropped (it fails closed), so such an uplink is refused.
+fn check_single_queue(uplink: &str) -> anyhow::Result<()> {
+    let queues = rx_queues(uplink).with_context(|| format!("receive queues of `{uplink}`"))?;
+    if queues > 1 {
+        bail!(
+            "uplink `{uplink}` has {queues} receive queues, and this agent binds one AF_XDP socket (queue 0): \
+             frames on the other queues would be dropped. Use one combined queue \
+             (`ethtool -L {uplink} combined 1`) until the agent serves every queue"
+        );
+    }
+    Ok(())
+}
+
 /// The MAC address of an interface of this namespace, as the kernel reports it.
 pub fn interface_mac(name: &str) -> anyhow::Result<[u8; 6]> {
+    let link = link_json(name)?;
+    let text = link["address"]
+        .as_str()
+        .ok_or_else(|| anyhow!("interface `{name}` has no MAC address"))?;
+    let mac: super::config::Mac = text.parse().map_err(|e: String| anyhow!(e))?;
+    Ok(mac.0)
+}
+
+fn link_json(name: &str) -> anyhow::Result<serde_json::Value> {
     let out = Command::new("ip")
         .args(["-j", "link", "show", "dev", name])
         .output()
@@ -87,9 +159,5 @@ pub fn interface_mac(name: &str) -> anyhow::Result<[u8; 6]> {
         );
     }
     let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let text = links[0]["address"]
-        .as_str()
-        .ok_or_else(|| anyhow!("interface `{name}` has no MAC address"))?;
-    let mac: super::config::Mac = text.parse().map_err(|e: String| anyhow!(e))?;
-    Ok(mac.0)
+    Ok(links[0].clone())
 }

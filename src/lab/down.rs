@@ -1,6 +1,6 @@
 //! `meshpath lab down`: ends the processes running in the lab's namespaces (agents, etcd, iperf3 the
 //! lab or its tests started there), then deletes the namespaces, which takes their veths, bridges and
-//! XDP programs with them. Running it again finds nothing and succeeds.
+//! XDP programs with them, and the agents' pinned maps. Running it again finds nothing and succeeds.
 
 use super::ip::{ip, netns_list, netns_pids, IpError};
 use super::plan::is_lab_netns;
@@ -27,6 +27,8 @@ pub fn down(prefix: &str) -> Result<Vec<String>, IpError> {
     for ns in &doomed {
         ip(&["netns", "del", ns])?;
     }
+    // The agents' pinned maps outlive their namespaces in bpffs.
+    let _ = std::fs::remove_dir_all(super::mesh::pin_dir(prefix));
     Ok(doomed)
 }
 

@@ -202,6 +202,11 @@ fn write_mesh_config(plan: &Plan, c: u8) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the lab's agents pin their XDP maps: one bpffs directory per lab, removed by `lab down`.
+pub fn pin_dir(prefix: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/meshpath/lab-{prefix}"))
+}
+
 fn start_agent(plan: &Plan, node: &Node) -> anyhow::Result<()> {
     let (c, n) = (node.cluster, node.node);
     let router = interface_mac(&plan.fabric, &super::plan::bridge(c))?;
@@ -223,8 +228,12 @@ fn start_agent(plan: &Plan, node: &Node) -> anyhow::Result<()> {
          etcd: {{endpoints: [\"{etcd}\"], insecure: true}}\n\
          clustermesh: {{config-dir: {mesh}, grace-period: 10s}}\n\
          source: {{yaml-dir: {state}}}\n\
-         status-socket: {socket}\n",
+         status-socket: {socket}\n\
+         state-dir: {node_state}\n\
+         bpf-pin-dir: {pins}\n",
         ip = node.underlay,
+        node_state = dir(&plan.prefix).join(format!("state-c{c}-n{n}")).display(),
+        pins = pin_dir(&plan.prefix).join(format!("c{c}-n{n}")).display(),
         core = (c + n) % 2,
         etcd = etcd_url(c),
         mesh = cluster.join("clustermesh").display(),

@@ -1,10 +1,14 @@
 //! Attaching the XDP program to an interface: native mode first, generic with a warning; an existing
-//! program is replaced atomically (XDP_FLAGS_REPLACE with its fd), and detaching removes only our own.
+//! program of ours is replaced atomically (XDP_FLAGS_REPLACE with its fd), another's is refused, and
+//! detaching removes only our own.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::netns::Netns;
 use crate::{sys, Error, Result};
+
+/// The kernel keeps 15 bytes of a program's name: `meshpath_redirect` is known by this.
+const OUR_PROGRAM_NAME: &str = "meshpath_redire";
 
 /// How the program runs on the interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +127,17 @@ fn replace(prog: BorrowedFd<'_>, ifindex: u32, old_id: u32, old_mode: u8) -> Res
             source,
         }
     };
+    let old = sys::prog_fd_by_id(old_id).map_err(io("open the attached program"))?;
+    let (name, tag) =
+        sys::prog_name_and_tag(old.as_fd()).map_err(io("read the attached program"))?;
+    if name != OUR_PROGRAM_NAME {
+        return Err(Error::ForeignProgram {
+            ifindex,
+            id: old_id,
+            name,
+            tag: tag.iter().map(|b| format!("{b:02x}")).collect(),
+        });
+    }
     let mode = match old_mode {
         sys::XDP_ATTACHED_DRV => AttachMode::Native,
         sys::XDP_ATTACHED_SKB => AttachMode::Generic,
@@ -132,7 +147,6 @@ fn replace(prog: BorrowedFd<'_>, ifindex: u32, old_id: u32, old_mode: u8) -> Res
             )))
         }
     };
-    let old = sys::prog_fd_by_id(old_id).map_err(io("open the attached program"))?;
     sys::xdp_attach(
         ifindex,
         prog,
@@ -269,6 +283,75 @@ mod tests {
             assert_eq!(sys::xdp_query(xd).expect("query").1, sys::XDP_ATTACHED_SKB);
             a.detach().expect("detach");
             assert_eq!(sys::xdp_query(xd).expect("query").0, 0);
+        })
+        .expect("thread in namespace");
+    }
+
+    #[test]
+    fn a_program_that_is_not_ours_is_never_replaced() {
+        if !crate::program::tests::is_root() {
+            return;
+        }
+        let scratch = Scratch::new("foreign");
+        let ns = Netns::named(&scratch.0).expect("namespace just created");
+        ns.run(|| {
+            let xa = crate::netns::ifindex("xa").expect("xa exists in the namespace");
+            let other = sys::load_foreign_xdp("their_firewall").expect("load a foreign program");
+            let flags = sys::XDP_FLAGS_DRV_MODE | sys::XDP_FLAGS_UPDATE_IF_NOEXIST;
+            sys::xdp_attach(xa, other.as_fd(), flags, None).expect("attach theirs");
+            let (theirs, _) = sys::xdp_query(xa).expect("query");
+            let ours = XdpRedirect::load(Role::Pod, NodeAddrs::default()).expect("load");
+            let err = ours.attach(xa).unwrap_err();
+            assert!(
+                matches!(&err, Error::ForeignProgram { name, .. } if name == "their_firewall"),
+                "{err}"
+            );
+            assert!(err.to_string().contains("their_firewall"));
+            assert_eq!(
+                sys::xdp_query(xa).expect("query").0,
+                theirs,
+                "left in place"
+            );
+        })
+        .expect("thread in namespace");
+    }
+
+    #[test]
+    fn receive_queues_are_what_the_driver_uses_now() {
+        if !crate::program::tests::is_root() {
+            return;
+        }
+        let scratch = Scratch::new("queues");
+        ip(&[
+            "-n",
+            &scratch.0,
+            "link",
+            "add",
+            "xq",
+            "numrxqueues",
+            "4",
+            "numtxqueues",
+            "4",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "xr",
+            "numrxqueues",
+            "4",
+            "numtxqueues",
+            "4",
+        ]);
+        let ns = Netns::named(&scratch.0).expect("namespace just created");
+        ns.run(|| {
+            assert_eq!(crate::netns::rx_queues("xa").expect("xa"), 1);
+            assert_eq!(crate::netns::rx_queues("xq").expect("xq"), 4);
+            assert_eq!(
+                crate::netns::rx_queues("xd").expect("bridge"),
+                1,
+                "no channels: one"
+            );
+            assert!(crate::netns::rx_queues("nonexistent0").is_err());
         })
         .expect("thread in namespace");
     }

@@ -9,8 +9,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub enum Role {
     /// The node side of a pod's veth: everything the pod sends belongs to the dataplane.
     Pod,
-    /// The node's link to the underlay: only tunnel traffic and frames for local pods do.
+    /// The node's link to the underlay: only tunnel traffic from known nodes, frames for local pods
+    /// and replies to masqueraded flows do.
     Uplink,
+    /// The dataplane's end of the host port: everything the node's stack sends into the mesh.
+    Host,
 }
 
 /// The node's underlay addresses, to which tunnel traffic is sent.
@@ -33,14 +36,27 @@ impl fmt::Display for PodPrefix {
     }
 }
 
-/// `struct node_config` of the BPF program: role, has_ipv4, has_ipv6 (u32 each), ipv4, ipv6.
-pub(crate) const NODE_CONFIG_LEN: usize = 32;
+/// The source ports masquerading allocates from, inclusive: replies to them are the dataplane's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MasqueradePorts {
+    pub first: u16,
+    pub last: u16,
+}
 
-pub(crate) fn node_config(role: Role, node: NodeAddrs) -> [u8; NODE_CONFIG_LEN] {
+/// `struct node_config` of the BPF program: role, has_ipv4, has_ipv6 (u32 each), ipv4, ipv6, then
+/// the masquerade range's first and last port (u16 each, 0 0 for none).
+pub(crate) const NODE_CONFIG_LEN: usize = 36;
+
+pub(crate) fn node_config(
+    role: Role,
+    node: NodeAddrs,
+    masquerade: Option<MasqueradePorts>,
+) -> [u8; NODE_CONFIG_LEN] {
     let mut out = [0u8; NODE_CONFIG_LEN];
     let role = match role {
         Role::Pod => 0u32,
         Role::Uplink => 1u32,
+        Role::Host => 2u32,
     };
     out[0..4].copy_from_slice(&role.to_ne_bytes());
     out[4..8].copy_from_slice(&u32::from(node.ipv4.is_some()).to_ne_bytes());
@@ -50,6 +66,11 @@ pub(crate) fn node_config(role: Role, node: NodeAddrs) -> [u8; NODE_CONFIG_LEN] 
     }
     if let Some(v6) = node.ipv6 {
         out[16..32].copy_from_slice(&v6.octets());
+    }
+    if let Some(ports) = masquerade {
+        // A first port of 0 means "none" to the program: 0 is never a masquerade port.
+        out[32..34].copy_from_slice(&ports.first.max(1).to_ne_bytes());
+        out[34..36].copy_from_slice(&ports.last.to_ne_bytes());
     }
     out
 }
@@ -80,6 +101,18 @@ impl LpmKey {
             _ => None,
         }
     }
+
+    /// The prefix a key read back from a map stands for.
+    pub(crate) fn parse(key: &[u8]) -> Option<PodPrefix> {
+        let len = u32::from_ne_bytes(key.get(..4)?.try_into().ok()?);
+        let len = u8::try_from(len).ok()?;
+        let addr = match key.len() {
+            8 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&key[4..]).ok()?)),
+            20 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&key[4..]).ok()?)),
+            _ => return None,
+        };
+        Some(PodPrefix { addr, len })
+    }
 }
 
 #[cfg(test)]
@@ -92,15 +125,23 @@ mod tests {
             ipv4: Some(Ipv4Addr::new(198, 18, 1, 1)),
             ipv6: None,
         };
-        let c = node_config(Role::Uplink, node);
+        let ports = MasqueradePorts {
+            first: 61000,
+            last: 65535,
+        };
+        let c = node_config(Role::Uplink, node, Some(ports));
         assert_eq!(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]), 1);
         assert_eq!(u32::from_ne_bytes([c[4], c[5], c[6], c[7]]), 1);
         assert_eq!(u32::from_ne_bytes([c[8], c[9], c[10], c[11]]), 0);
         assert_eq!(&c[12..16], &[198, 18, 1, 1]);
+        assert_eq!(u16::from_ne_bytes([c[32], c[33]]), 61000);
+        assert_eq!(u16::from_ne_bytes([c[34], c[35]]), 65535);
         assert_eq!(
-            node_config(Role::Pod, NodeAddrs::default()),
+            node_config(Role::Pod, NodeAddrs::default(), None),
             [0u8; NODE_CONFIG_LEN]
         );
+        let host = node_config(Role::Host, NodeAddrs::default(), None);
+        assert_eq!(u32::from_ne_bytes([host[0], host[1], host[2], host[3]]), 2);
     }
 
     #[test]
@@ -111,6 +152,10 @@ mod tests {
         };
         assert!(matches!(LpmKey::of(v4(24)), Some(LpmKey::V4(k)) if k[4..] == [100, 64, 1, 0]));
         assert!(LpmKey::of(v4(33)).is_none());
+        let Some(LpmKey::V4(key)) = LpmKey::of(v4(24)) else {
+            panic!("a v4 key")
+        };
+        assert_eq!(LpmKey::parse(&key), Some(v4(24)));
         let v6 = PodPrefix {
             addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
             len: 129,

@@ -63,3 +63,8 @@ impl Netns {
 pub fn ifindex(name: &str) -> io::Result<u32> {
     sys::ifindex(name)
 }
+
+/// The receive queues interface `name` of the calling thread's namespace uses now.
+pub fn rx_queues(name: &str) -> io::Result<u32> {
+    crate::sys::rx_queues(name)
+}

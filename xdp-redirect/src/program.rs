@@ -1,12 +1,15 @@
 //! The loaded XDP program of one interface and its maps: the XSKMAP the AF_XDP layer registers its
-//! sockets in, the node config, the local pod prefixes and the pass/redirect counters.
+//! sockets in, the node config (role, addresses, masquerade ports), the local pod prefixes, the known
+//! tunnel peers and the verdict counters.
 
+use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, ObjectBuilder};
 
 use crate::attach::{self, Attachment};
-use crate::config::{node_config, LpmKey, NodeAddrs, PodPrefix, Role};
+use crate::config::{node_config, LpmKey, MasqueradePorts, NodeAddrs, PodPrefix, Role};
 use crate::{Error, Result};
 
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/redirect.bpf.o"));
@@ -14,34 +17,70 @@ static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/redirect.bpf.o"
 /// Matches `MAX_QUEUES` in bpf/redirect.bpf.c: the rx queues one interface may bind sockets on.
 pub const MAX_QUEUES: u32 = 64;
 
-/// How many frames the program passed to the kernel and sent towards an AF_XDP socket, summed over
-/// CPUs. A frame counted in `to_xsk` reaches the kernel anyway when no socket is bound on its queue.
+/// What the program did with the frames it saw, summed over CPUs: passed to the kernel, redirected
+/// to an AF_XDP socket, dropped because no socket was registered (the agent was not running: the
+/// fail-closed count), dropped as tunnel traffic from an address that is no node of the mesh.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VerdictCounts {
     pub pass: u64,
     pub to_xsk: u64,
+    pub dropped_no_socket: u64,
+    pub dropped_unknown_peer: u64,
 }
 
 /// The program loaded for one interface of the given role, ready to attach.
 #[derive(Debug)]
 pub struct XdpRedirect {
     role: Role,
+    node: NodeAddrs,
     prog: OwnedFd,
+    config: MapHandle,
     xsks: MapHandle,
     prefixes_v4: MapHandle,
     prefixes_v6: MapHandle,
+    peers_v4: MapHandle,
+    peers_v6: MapHandle,
     verdicts: MapHandle,
     pods: Vec<PodPrefix>,
+    peers: Vec<IpAddr>,
 }
 
 impl XdpRedirect {
     /// Loads a fresh instance of the program (own maps) configured for `role` on a node with `node`'s
     /// underlay addresses.
     pub fn load(role: Role, node: NodeAddrs) -> Result<XdpRedirect> {
-        let object = ObjectBuilder::default()
+        Self::load_with(role, node, None)
+    }
+
+    /// Loads the program with its maps pinned under `dir` (bpffs): a map pinned there by a previous
+    /// agent is reused — its tunnel peers, pod prefixes, registered sockets and counters — so a
+    /// restarted agent starts where the last one stopped. Pins of another layout (an upgrade that
+    /// changed a map) are removed and made anew.
+    pub fn load_pinned(role: Role, node: NodeAddrs, dir: &Path) -> Result<XdpRedirect> {
+        // libbpf makes only the last directory of a pin path.
+        std::fs::create_dir_all(dir).map_err(Error::Pin)?;
+        match Self::load_with(role, node, Some(dir)) {
+            Err(Error::Load(first)) if dir.exists() => {
+                tracing::warn!(dir = %dir.display(), "pinned maps not reusable ({first}); pinning anew");
+                std::fs::remove_dir_all(dir).map_err(Error::Pin)?;
+                std::fs::create_dir_all(dir).map_err(Error::Pin)?;
+                Self::load_with(role, node, Some(dir))
+            }
+            other => other,
+        }
+    }
+
+    fn load_with(role: Role, node: NodeAddrs, pins: Option<&Path>) -> Result<XdpRedirect> {
+        let mut open = ObjectBuilder::default()
             .open_memory(OBJECT)
-            .and_then(|o| o.load())
             .map_err(Error::Load)?;
+        if let Some(dir) = pins {
+            for mut map in open.maps_mut() {
+                let path = dir.join(map.name());
+                map.set_pin_path(path).map_err(Error::Load)?;
+            }
+        }
+        let object = open.load().map_err(Error::Load)?;
         let map = |name: &'static str| {
             let map = object
                 .maps()
@@ -53,6 +92,8 @@ impl XdpRedirect {
         let xsks = map("xsks_map")?;
         let prefixes_v4 = map("pod_prefixes_v4")?;
         let prefixes_v6 = map("pod_prefixes_v6")?;
+        let peers_v4 = map("tunnel_peers_v4")?;
+        let peers_v6 = map("tunnel_peers_v6")?;
         let verdicts = map("verdicts")?;
         let prog = object
             .progs()
@@ -62,21 +103,46 @@ impl XdpRedirect {
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| Error::Load(e.into()))?;
-        config
-            .update(&0u32.to_ne_bytes(), &node_config(role, node), MapFlags::ANY)
-            .map_err(|source| Error::Map {
-                map: "config_map",
-                source,
-            })?;
-        Ok(XdpRedirect {
+        // Pinned maps may hold entries of the last agent: known, so that stale ones get removed.
+        let pods: Vec<PodPrefix> = lpm_entries(&prefixes_v4)
+            .chain(lpm_entries(&prefixes_v6))
+            .collect();
+        let peers: Vec<IpAddr> = lpm_entries(&peers_v4)
+            .chain(lpm_entries(&peers_v6))
+            .map(|p| p.addr)
+            .collect();
+        let program = XdpRedirect {
             role,
+            node,
             prog,
+            config,
             xsks,
             prefixes_v4,
             prefixes_v6,
+            peers_v4,
+            peers_v6,
             verdicts,
-            pods: Vec::new(),
-        })
+            pods,
+            peers,
+        };
+        program.configure(None)?;
+        Ok(program)
+    }
+
+    /// Replies to ports of `ports` (and ICMP errors quoting them) to the node's address are the
+    /// dataplane's on the uplink; `None` leaves them to the kernel.
+    pub fn set_masquerade_ports(&self, ports: Option<MasqueradePorts>) -> Result<()> {
+        self.configure(ports)
+    }
+
+    fn configure(&self, masquerade: Option<MasqueradePorts>) -> Result<()> {
+        let value = node_config(self.role, self.node, masquerade);
+        self.config
+            .update(&0u32.to_ne_bytes(), &value, MapFlags::ANY)
+            .map_err(|source| Error::Map {
+                map: "config_map",
+                source,
+            })
     }
 
     pub fn role(&self) -> Role {
@@ -134,23 +200,43 @@ impl XdpRedirect {
         Ok(())
     }
 
+    /// Makes `peers` the node addresses whose tunnel datagrams the uplink takes; tunnel datagrams
+    /// from anyone else are dropped and counted. New ones are added before stale ones are removed.
+    pub fn set_tunnel_peers(&mut self, peers: &[IpAddr]) -> Result<()> {
+        let host = |addr: &IpAddr| PodPrefix {
+            addr: *addr,
+            len: if addr.is_ipv4() { 32 } else { 128 },
+        };
+        for peer in peers {
+            let key = LpmKey::of(host(peer)).ok_or(Error::BadPeer(*peer))?;
+            self.update_peer(&key, true)?;
+        }
+        for stale in self.peers.iter().filter(|p| !peers.contains(p)) {
+            if let Some(key) = LpmKey::of(host(stale)) {
+                self.update_peer(&key, false)?;
+            }
+        }
+        self.peers = peers.to_vec();
+        Ok(())
+    }
+
+    fn update_peer(&self, key: &LpmKey, present: bool) -> Result<()> {
+        let (map, name, key) = match key {
+            LpmKey::V4(k) => (&self.peers_v4, "tunnel_peers_v4", &k[..]),
+            LpmKey::V6(k) => (&self.peers_v6, "tunnel_peers_v6", &k[..]),
+        };
+        update_lpm(map, name, key, present)
+    }
+
     fn update_prefix(&self, key: &LpmKey, present: bool) -> Result<()> {
         let (map, name, key) = match key {
             LpmKey::V4(k) => (&self.prefixes_v4, "pod_prefixes_v4", &k[..]),
             LpmKey::V6(k) => (&self.prefixes_v6, "pod_prefixes_v6", &k[..]),
         };
-        let result = if present {
-            map.update(key, &[1], MapFlags::ANY)
-        } else {
-            match map.delete(key) {
-                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-                other => other,
-            }
-        };
-        result.map_err(|source| Error::Map { map: name, source })
+        update_lpm(map, name, key, present)
     }
 
-    /// The program's pass/redirect counters, summed over CPUs.
+    /// The program's verdict counters, summed over CPUs.
     pub fn verdicts(&self) -> Result<VerdictCounts> {
         let slot = |i: u32| -> Result<u64> {
             let per_cpu = self
@@ -170,6 +256,8 @@ impl XdpRedirect {
         Ok(VerdictCounts {
             pass: slot(0)?,
             to_xsk: slot(1)?,
+            dropped_no_socket: slot(2)?,
+            dropped_unknown_peer: slot(3)?,
         })
     }
 
@@ -177,6 +265,23 @@ impl XdpRedirect {
     pub fn test_run(&self, frame: &[u8]) -> std::io::Result<u32> {
         crate::sys::test_run(self.prog.as_fd(), frame)
     }
+}
+
+/// The prefixes an LPM map holds.
+fn lpm_entries(map: &MapHandle) -> impl Iterator<Item = PodPrefix> + '_ {
+    map.keys().filter_map(|key| LpmKey::parse(&key))
+}
+
+fn update_lpm(map: &MapHandle, name: &'static str, key: &[u8], present: bool) -> Result<()> {
+    let result = if present {
+        map.update(key, &[1], MapFlags::ANY)
+    } else {
+        match map.delete(key) {
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    };
+    result.map_err(|source| Error::Map { map: name, source })
 }
 
 fn check_queue(queue: u32) -> Result<()> {

@@ -1,12 +1,21 @@
 //! The program's classification, run in the kernel over real frames built with etherparse
-//! (BPF_PROG_TEST_RUN): needs root; skipped with a printed reason only when not root.
+//! (BPF_PROG_TEST_RUN): needs root; skipped with a printed reason only when not root. No socket is
+//! ever bound here, so every frame the dataplane owns shows the fail-closed path: dropped, counted.
 
 use super::*;
+use crate::MasqueradePorts;
 use etherparse::PacketBuilder;
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const PEER4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x18, 1, 0, 0, 0, 2);
+const MASQ: MasqueradePorts = MasqueradePorts {
+    first: 61000,
+    last: 65535,
+};
 const NODE4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 const NODE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x18, 1, 0, 0, 0, 1);
 const POD_NET4: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 0);
@@ -38,7 +47,25 @@ fn uplink() -> XdpRedirect {
         },
     ];
     prog.set_pod_prefixes(&prefixes).expect("prefixes fit");
+    let peers = [
+        IpAddr::V4(PEER4),
+        IpAddr::V6(PEER6),
+        IpAddr::V4(Ipv4Addr::new(198, 18, 1, 9)),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+    prog.set_tunnel_peers(&peers).expect("peers fit");
+    prog.set_masquerade_ports(Some(MASQ)).expect("config");
     prog
+}
+
+/// Who the program gave a frame to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    Kernel,
+    /// The dataplane's: with no socket bound, dropped as `dropped_no_socket`.
+    Dataplane,
+    /// Tunnel traffic from no known node: dropped as `dropped_unknown_peer`.
+    Nobody,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -67,15 +94,30 @@ fn frame(src: IpAddr, dst: IpAddr, l4: L4) -> Vec<u8> {
     out
 }
 
-/// Runs the frame and says whether the program sent it towards the XSK (read from its counters).
-fn owned(prog: &XdpRedirect, frame: &[u8]) -> bool {
+/// Runs the frame and says, from the action and the counters, whose it was.
+fn owner(prog: &XdpRedirect, frame: &[u8]) -> Owner {
     let before = prog.verdicts().expect("counters readable");
     let action = prog.test_run(frame).expect("test run");
     let after = prog.verdicts().expect("counters readable");
-    // No socket is bound, so even an owned frame falls back to the kernel.
-    assert_eq!(action, XDP_PASS);
-    assert_eq!(after.pass + after.to_xsk, before.pass + before.to_xsk + 1);
-    after.to_xsk == before.to_xsk + 1
+    let moved = |f: fn(&VerdictCounts) -> u64| f(&after) - f(&before);
+    let total = moved(|c| c.pass)
+        + moved(|c| c.to_xsk)
+        + moved(|c| c.dropped_no_socket)
+        + moved(|c| c.dropped_unknown_peer);
+    assert_eq!(total, 1, "one counter per frame");
+    match action {
+        XDP_PASS => {
+            assert_eq!(moved(|c| c.pass), 1);
+            Owner::Kernel
+        }
+        XDP_DROP if moved(|c| c.dropped_no_socket) == 1 => Owner::Dataplane,
+        XDP_DROP if moved(|c| c.dropped_unknown_peer) == 1 => Owner::Nobody,
+        other => panic!("unexpected action {other}"),
+    }
+}
+
+fn owned(prog: &XdpRedirect, frame: &[u8]) -> bool {
+    owner(prog, frame) == Owner::Dataplane
 }
 
 #[test]
@@ -84,8 +126,8 @@ fn uplink_takes_tunnels_to_the_node_and_frames_for_local_pods() {
         return;
     }
     let prog = uplink();
-    let peer4 = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 2));
-    let peer6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x198, 0x18, 1, 0, 0, 0, 2));
+    let peer4 = IpAddr::V4(PEER4);
+    let peer6 = IpAddr::V6(PEER6);
     let pod4 = IpAddr::V4(Ipv4Addr::new(100, 64, 1, 10));
     let pod6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x100, 0x64, 1, 0, 0, 0, 10));
     let cases = [
@@ -121,6 +163,151 @@ fn uplink_takes_tunnels_to_the_node_and_frames_for_local_pods() {
     let mut arp = frame(peer4, IpAddr::V4(NODE4), L4::Udp(8472));
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     assert!(!owned(&prog, &arp), "ARP is the kernel's");
+}
+
+#[test]
+fn tunnel_traffic_from_an_address_that_is_no_node_is_dropped_and_counted() {
+    if !is_root() {
+        return;
+    }
+    let mut prog = uplink();
+    let stranger = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 66));
+    let vxlan = frame(stranger, IpAddr::V4(NODE4), L4::Udp(8472));
+    assert_eq!(owner(&prog, &vxlan), Owner::Nobody);
+    let stranger6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x198, 0x18, 1, 0, 0, 0, 66));
+    assert_eq!(
+        owner(&prog, &frame(stranger6, IpAddr::V6(NODE6), L4::Udp(6081))),
+        Owner::Nobody
+    );
+    let from_peer = frame(IpAddr::V4(PEER4), IpAddr::V4(NODE4), L4::Udp(8472));
+    assert_eq!(owner(&prog, &from_peer), Owner::Dataplane);
+    prog.set_tunnel_peers(&[IpAddr::V4(Ipv4Addr::new(198, 18, 1, 66))])
+        .expect("peers fit");
+    assert_eq!(owner(&prog, &vxlan), Owner::Dataplane, "a node that joined");
+    assert_eq!(owner(&prog, &from_peer), Owner::Nobody, "a node that left");
+}
+
+/// An ICMP error from a router to the node, quoting a packet the node sent from `sport`.
+fn error_quoting(v6: bool, quoted_l4: L4) -> Vec<u8> {
+    let (node, world, router) = if v6 {
+        (
+            IpAddr::V6(NODE6),
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 10)),
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+        )
+    } else {
+        (
+            IpAddr::V4(NODE4),
+            IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10)),
+            IpAddr::V4(Ipv4Addr::new(198, 18, 255, 1)),
+        )
+    };
+    let quoted = frame(node, world, quoted_l4);
+    let inner = &quoted[14..];
+    let eth = PacketBuilder::ethernet2(MACS.0, MACS.1);
+    let mut out = Vec::new();
+    match (router, node) {
+        (IpAddr::V4(r), IpAddr::V4(n)) => eth
+            .ipv4(r.octets(), n.octets(), 64)
+            .icmpv4(etherparse::Icmpv4Type::TimeExceeded(
+                etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
+            ))
+            .write(&mut out, &inner[..28]),
+        (IpAddr::V6(r), IpAddr::V6(n)) => eth
+            .ipv6(r.octets(), n.octets(), 64)
+            .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+            .write(&mut out, inner),
+        _ => unreachable!(),
+    }
+    .expect("frame fits");
+    out
+}
+
+fn echo_reply(v6: bool, id: u16) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(MACS.0, MACS.1);
+    let mut out = Vec::new();
+    if v6 {
+        eth.ipv6(Ipv6Addr::LOCALHOST.octets(), NODE6.octets(), 64)
+            .icmpv6_echo_reply(id, 1)
+            .write(&mut out, b"pong")
+    } else {
+        eth.ipv4([203, 0, 113, 10], NODE4.octets(), 64)
+            .icmpv4_echo_reply(id, 1)
+            .write(&mut out, b"pong")
+    }
+    .expect("frame fits");
+    out
+}
+
+#[test]
+fn replies_to_masqueraded_flows_and_errors_about_them_are_the_dataplanes() {
+    if !is_root() {
+        return;
+    }
+    let prog = uplink();
+    let world4 = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10));
+    let world6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 10));
+    for (world, node) in [(world4, IpAddr::V4(NODE4)), (world6, IpAddr::V6(NODE6))] {
+        let v6 = world.is_ipv6();
+        assert!(
+            owned(&prog, &frame(world, node, L4::Tcp(61234))),
+            "{world} TCP reply"
+        );
+        assert!(
+            owned(&prog, &frame(world, node, L4::Udp(65535))),
+            "{world} UDP reply"
+        );
+        assert!(
+            !owned(&prog, &frame(world, node, L4::Tcp(50000))),
+            "the node's own port"
+        );
+        assert!(
+            !owned(&prog, &frame(world, node, L4::Tcp(60999))),
+            "just below the range"
+        );
+        assert!(owned(&prog, &echo_reply(v6, 62000)), "echo reply");
+        assert!(!owned(&prog, &echo_reply(v6, 7)), "the node's own ping");
+        let own = error_quoting(v6, L4::Tcp(80));
+        assert!(
+            !owned(&prog, &own),
+            "an error about the node's own flow (port 40000)"
+        );
+    }
+    // Errors quoting a masqueraded packet: the quoted source port decides.
+    let mut error = error_quoting(false, L4::Tcp(80));
+    error[14 + 20 + 8 + 20..14 + 20 + 8 + 22].copy_from_slice(&61500u16.to_be_bytes());
+    assert!(
+        owned(&prog, &error),
+        "time exceeded about a masqueraded flow"
+    );
+    let mut error6 = error_quoting(true, L4::Udp(53));
+    error6[14 + 40 + 8 + 40..14 + 40 + 8 + 42].copy_from_slice(&61500u16.to_be_bytes());
+    assert!(
+        owned(&prog, &error6),
+        "packet too big about a masqueraded flow"
+    );
+
+    prog.set_masquerade_ports(None).expect("config");
+    assert!(
+        !owned(&prog, &frame(world4, IpAddr::V4(NODE4), L4::Tcp(61234))),
+        "no masquerading"
+    );
+    assert!(!owned(&prog, &error));
+}
+
+#[test]
+fn host_role_takes_everything_the_nodes_stack_sends() {
+    if !is_root() {
+        return;
+    }
+    let host = XdpRedirect::load(Role::Host, NodeAddrs::default()).expect("root can load");
+    let to_pod = frame(
+        IpAddr::V4(NODE4),
+        IpAddr::V4(Ipv4Addr::new(100, 64, 1, 10)),
+        L4::Tcp(8080),
+    );
+    assert!(owned(&host, &to_pod));
+    assert!(owned(&host, &[0u8; 14]));
 }
 
 #[test]
@@ -240,8 +427,43 @@ proptest! {
         }
         let src = if dst.is_ipv4() { IpAddr::V4(Ipv4Addr::new(198, 18, 1, 9)) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) };
         let tunnel = matches!(l4, L4::Udp(8472) | L4::Udp(6081));
-        let want = is_pod || (is_node && tunnel);
+        let masq_reply = matches!(l4, L4::Udp(p) | L4::Tcp(p) if (MASQ.first..=MASQ.last).contains(&p));
+        let want = is_pod || (is_node && (tunnel || masq_reply));
         let prog = uplink();
         prop_assert_eq!(owned(&prog, &frame(src, dst, l4)), want);
     }
+}
+
+#[test]
+fn pinned_maps_carry_peers_prefixes_and_counters_over_to_the_next_load() {
+    if !is_root() {
+        return;
+    }
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/meshpath-test-{}", std::process::id()));
+    let node = NodeAddrs {
+        ipv4: Some(NODE4),
+        ipv6: None,
+    };
+    let vxlan = frame(IpAddr::V4(PEER4), IpAddr::V4(NODE4), L4::Udp(8472));
+    let mut first = XdpRedirect::load_pinned(Role::Uplink, node, &dir).expect("load pinned");
+    first.set_tunnel_peers(&[IpAddr::V4(PEER4)]).expect("peers");
+    assert!(owned(&first, &vxlan));
+    let counted = first.verdicts().expect("counters").dropped_no_socket;
+    drop(first);
+
+    let mut second = XdpRedirect::load_pinned(Role::Uplink, node, &dir).expect("reload pinned");
+    assert!(owned(&second, &vxlan), "the peer survived the reload");
+    assert_eq!(
+        second.verdicts().expect("counters").dropped_no_socket,
+        counted + 1,
+        "counting goes on"
+    );
+    second.set_tunnel_peers(&[]).expect("peers");
+    assert_eq!(
+        owner(&second, &vxlan),
+        Owner::Nobody,
+        "stale peers are removed"
+    );
+    drop(second);
+    std::fs::remove_dir_all(&dir).expect("pins removed");
 }

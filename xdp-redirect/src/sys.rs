@@ -76,6 +76,23 @@ pub(crate) fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The name (as the kernel keeps it: at most 15 bytes) and tag of a loaded program.
+pub(crate) fn prog_name_and_tag(prog: BorrowedFd<'_>) -> io::Result<(String, [u8; 8])> {
+    let mut info = bpf::bpf_prog_info::default();
+    let mut len = size_of::<bpf::bpf_prog_info>() as u32;
+    let info_ptr: *mut bpf::bpf_prog_info = &mut info;
+    // SAFETY: `info` is a zeroed bpf_prog_info of `len` bytes that the kernel fills; every pointer
+    // field in it is null, so the kernel writes nothing through them.
+    check(unsafe { bpf::bpf_obj_get_info_by_fd(prog.as_raw_fd(), info_ptr.cast(), &mut len) })?;
+    let name: Vec<u8> = info
+        .name
+        .iter()
+        .map(|&c| c as u8)
+        .take_while(|&c| c != 0)
+        .collect();
+    Ok((String::from_utf8_lossy(&name).into_owned(), info.tag))
+}
+
 /// Runs the program once over `frame` (BPF_PROG_TEST_RUN) and returns its XDP action.
 pub(crate) fn test_run(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<u32> {
     let mut out = [0u8; 2048];
@@ -114,8 +131,99 @@ pub(crate) fn ifindex(name: &str) -> io::Result<u32> {
     }
 }
 
+/// The receive queues the driver of interface `name` uses now (ETHTOOL_GCHANNELS: separate rx
+/// channels or combined ones); 1 for a device that does not report channels.
+pub(crate) fn rx_queues(name: &str) -> io::Result<u32> {
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    #[repr(C)]
+    #[derive(Default)]
+    struct EthtoolChannels {
+        cmd: u32,
+        max_rx: u32,
+        max_tx: u32,
+        max_other: u32,
+        max_combined: u32,
+        rx_count: u32,
+        tx_count: u32,
+        other_count: u32,
+        combined_count: u32,
+    }
+    let mut channels = EthtoolChannels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Default::default()
+    };
+    let mut req: libc::ifreq = unsafe_zeroed_ifreq();
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENODEV));
+    }
+    for (dst, &src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut channels as *mut EthtoolChannels).cast();
+    // SAFETY: a plain datagram socket, closed below by OwnedFd.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `req` names the interface and points at `channels`, both live for the call; the kernel
+    // writes only into `channels` (its size is what ETHTOOL_GCHANNELS expects).
+    let ret = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::EOPNOTSUPP) => Ok(1),
+            _ => Err(err),
+        };
+    }
+    Ok(channels.rx_count.max(channels.combined_count).max(1))
+}
+
+fn unsafe_zeroed_ifreq() -> libc::ifreq {
+    // SAFETY: ifreq is a plain C struct (names and a union of integers and pointers) for which all
+    // zero bytes is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
 #[cfg(test)]
 pub(crate) fn effective_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Loads `r0 = XDP_PASS; exit` as an XDP program named `name`: a program that is not ours, for tests.
+#[cfg(test)]
+pub(crate) fn load_foreign_xdp(name: &str) -> io::Result<OwnedFd> {
+    // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm 2 (XDP_PASS); then BPF_JMP | BPF_EXIT.
+    let insns = [
+        bpf::bpf_insn {
+            code: 0xb7,
+            _bitfield_1: bpf::bpf_insn::new_bitfield_1(0, 0),
+            off: 0,
+            imm: 2,
+            ..Default::default()
+        },
+        bpf::bpf_insn {
+            code: 0x95,
+            ..Default::default()
+        },
+    ];
+    let name =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let license = c"GPL";
+    // SAFETY: the name, license and instruction array outlive the call; no options are passed.
+    let fd = check(unsafe {
+        bpf::bpf_prog_load(
+            bpf::BPF_PROG_TYPE_XDP,
+            name.as_ptr(),
+            license.as_ptr(),
+            insns.as_ptr(),
+            insns.len() as bpf::size_t,
+            std::ptr::null_mut(),
+        )
+    })?;
+    // SAFETY: `fd` was just returned by the kernel and is not owned elsewhere.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -8,6 +8,13 @@ pub trait BatchHandler: Send {
     fn handle(&mut self, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]);
 }
 
+/// A boxed handler, for callers that choose one at run time.
+impl<H: BatchHandler + ?Sized> BatchHandler for Box<H> {
+    fn handle(&mut self, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
+        (**self).handle(frames, verdicts);
+    }
+}
+
 /// Reflects every frame out of the port it came in on with its MAC addresses swapped: the bare
 /// AF_XDP forwarding ceiling of the machine.
 #[derive(Debug, Default)]

@@ -167,12 +167,13 @@ impl Worker {
         StatsReader(self.shared.clone())
     }
 
-    /// Starts the worker thread; it stops when `stop` becomes true.
-    pub fn spawn<H: BatchHandler + 'static>(
+    /// Starts the worker thread; it stops when `stop` becomes true, and hands its handler back (with
+    /// whatever state the handler owns, such as conntrack) to whoever joins it.
+    pub fn spawn<H: BatchHandler + Send + 'static>(
         self,
         handler: H,
         stop: Arc<AtomicBool>,
-    ) -> std::io::Result<WorkerHandle> {
+    ) -> std::io::Result<WorkerHandle<H>> {
         let stats = self.stats_reader();
         let thread = std::thread::Builder::new()
             .name("meshpath-worker".into())
@@ -183,15 +184,16 @@ impl Worker {
                         warn_unpinned(core);
                     }
                 }
-                worker.run(handler, &stop);
-                worker.stats
+                let mut handler = handler;
+                worker.run(&mut handler, &stop);
+                (worker.stats, handler)
             })?;
         Ok(WorkerHandle { thread, stats })
     }
 
-    fn run<H: BatchHandler>(&mut self, mut handler: H, stop: &AtomicBool) {
+    fn run<H: BatchHandler>(&mut self, handler: &mut H, stop: &AtomicBool) {
         while !stop.load(Ordering::Relaxed) {
-            let (received, kicked) = self.poll_once(&mut handler);
+            let (received, kicked) = self.poll_once(handler);
             // Sleep only when there is nothing to receive and no tx backlog to kick.
             self.turns = self.turns.wrapping_add(1);
             let idle = received == 0 && !kicked;
@@ -332,18 +334,23 @@ impl StatsReader {
 
 /// A running worker.
 #[derive(Debug)]
-pub struct WorkerHandle {
-    thread: JoinHandle<WorkerStats>,
+pub struct WorkerHandle<H> {
+    thread: JoinHandle<(WorkerStats, H)>,
     stats: StatsReader,
 }
 
-impl WorkerHandle {
+impl<H> WorkerHandle<H> {
     pub fn stats(&self) -> WorkerStats {
         self.stats.read()
     }
 
     /// Waits for the thread to end (after its stop flag is set) and returns its final counters.
     pub fn join(self) -> Result<WorkerStats, AfXdpError> {
+        self.join_with_handler().map(|(stats, _)| stats)
+    }
+
+    /// Waits for the thread to end and returns its final counters and its handler.
+    pub fn join_with_handler(self) -> Result<(WorkerStats, H), AfXdpError> {
         self.thread.join().map_err(|_| AfXdpError::WorkerPanicked)
     }
 }

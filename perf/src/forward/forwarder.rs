@@ -60,7 +60,7 @@ impl BatchHandler for PipelineHandler {
 
 /// A running forwarder; [`Forwarder::stop`] ends it and detaches its programs.
 pub struct Forwarder {
-    worker: WorkerHandle,
+    worker: WorkerHandle<Box<dyn BatchHandler>>,
     stop: Arc<AtomicBool>,
     // Dropped after the worker stops: detaches the programs, then closes their XSKMAPs.
     attachments: Vec<Attachment>,
@@ -73,21 +73,20 @@ impl Forwarder {
     pub fn start(node: &str, core: Option<usize>, handler: Handler) -> anyhow::Result<Forwarder> {
         let (worker, programs, attachments) = inside(node, || bind_in_node(core))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let worker = match handler {
-            Handler::Bare => worker.spawn(
-                CrossConnect::new(vec![(testbed::UPLINK, testbed::pod_port(0))]),
-                stop.clone(),
-            ),
-            Handler::Meshpath { tables, state } => worker.spawn(
-                PipelineHandler {
-                    tables,
-                    state,
-                    started: Instant::now(),
-                },
-                stop.clone(),
-            ),
-        }
-        .context("starting the worker thread")?;
+        let handler: Box<dyn BatchHandler> = match handler {
+            Handler::Bare => Box::new(CrossConnect::new(vec![(
+                testbed::UPLINK,
+                testbed::pod_port(0),
+            )])),
+            Handler::Meshpath { tables, state } => Box::new(PipelineHandler {
+                tables,
+                state,
+                started: Instant::now(),
+            }),
+        };
+        let worker = worker
+            .spawn(handler, stop.clone())
+            .context("starting the worker thread")?;
         Ok(Forwarder {
             worker,
             stop,
