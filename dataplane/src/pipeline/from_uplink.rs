@@ -16,6 +16,7 @@
 //! hybrid routing the source's ipcache identity is taken, as pods' frames travel plain there.
 
 use super::{Arrival, Received, Source, Verdict};
+use crate::offload;
 use crate::parse::{self, Parsed, L3};
 use crate::route::{RemoteNode, RoutingMode};
 use crate::snapshot::Tables;
@@ -106,6 +107,11 @@ fn inbound(
         return Err(DropReason::UnsupportedProtocol);
     }
     frame.truncate(parsed.l3_end());
+    if arrival == Arrival::FromUnderlay {
+        // A host on the same machine (a veth, a bridge) hands frames over with their checksums
+        // left to offload, as a pod does; off a real wire they are complete and this is a compare.
+        offload::complete_partial_checksum(frame.data_mut(), &parsed)?;
+    }
     let source = Source {
         identity,
         local: false,
