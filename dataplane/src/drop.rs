@@ -37,7 +37,7 @@ drop_reasons! {
     PolicyDenied => "policy_denied": "Identity policy does not allow this flow.",
     NoRoute => "no_route": "No local endpoint, remote node or kernel route owns the destination.",
     NoBackend => "no_backend": "The service has no backend that may take a new flow.",
-    CtTableFull => "ct_table_full": "Conntrack is full and nothing has expired: new flows are refused.",
+    CtTableFull => "ct_table_full": "Conntrack is full where the new flow belongs, of established connections only: new flows are refused.",
     InvalidIdentity => "invalid_identity": "A tunnel frame carries an identity that no cluster may send.",
     TtlExceeded => "ttl_exceeded": "The IPv4 TTL or IPv6 hop limit ran out.",
     NoHeadroom => "no_headroom": "The frame buffer has no room in front for the tunnel headers.",
@@ -51,6 +51,7 @@ drop_reasons! {
     ReservedIdentity => "reserved_identity": "A tunnel frame whose VNI is a reserved identity, other than remote-node from the sending node itself.",
     IdentityClusterMismatch => "identity_cluster_mismatch": "A tunnel frame whose identity belongs to another cluster than its sending node.",
     ForeignInnerSource => "foreign_inner_source": "A tunnel frame whose inner source address does not belong to the node that sent it.",
+    CtEndpointQuota => "ct_endpoint_quota": "The local endpoint of a new flow holds its quota of conntrack entries, none of which may give way.",
     Ipv4MappedAddress => "ipv4_mapped_address": "An IPv6 packet from or to an IPv4-mapped address (::ffff:a.b.c.d), which would pass for IPv4.",
 }
 

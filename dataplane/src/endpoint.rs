@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use crate::hash::KeyedMap;
 use thiserror::Error;
 
 use crate::{Addr, DropReason, Identity, PortId};
@@ -54,7 +54,7 @@ pub enum EndpointError {
 #[derive(Clone, Debug, Default)]
 pub struct EndpointTable {
     by_port: Vec<Option<Arc<Endpoint>>>,
-    by_addr: FxHashMap<Addr, Arc<Endpoint>>,
+    by_addr: KeyedMap<Addr, Arc<Endpoint>>,
     len: usize,
     capacity: usize,
 }

@@ -348,6 +348,7 @@ mod tests {
             let mut s = WorkerState::new(ConntrackConfig {
                 capacity: 1024,
                 timeouts: Timeouts::default(),
+                endpoint_quota: None,
             });
             let (port1, mac1, ip1, id1) = pod(1);
             let (_, _, ip2, id2) = pod(2);
@@ -441,6 +442,7 @@ mod tests {
             let mut s = WorkerState::new(ConntrackConfig {
                 capacity: 1024,
                 timeouts: Timeouts::default(),
+                endpoint_quota: None,
             });
             let balanced = udp_to(mac1, ip1, VIP, 53);
             assert_eq!(

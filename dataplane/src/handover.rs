@@ -304,6 +304,7 @@ mod tests {
         ConntrackConfig {
             capacity: 1024,
             timeouts: Timeouts::default(),
+            endpoint_quota: None,
         }
     }
 

@@ -9,12 +9,11 @@
 //! copies 64 pointers per length and one shard, not the whole table.
 
 use std::fmt;
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use crate::hash::KeyedMap;
 
 use crate::{Addr, ClusterId, Identity};
 
@@ -167,7 +166,7 @@ impl fmt::Display for IpPrefix {
     }
 }
 
-type Shard = Arc<FxHashMap<u128, IpCacheEntry>>;
+type Shard = Arc<KeyedMap<u128, IpCacheEntry>>;
 
 /// All prefixes of one mapped length.
 #[derive(Clone, Debug)]
@@ -189,15 +188,14 @@ impl Level {
     }
 
     fn shard_of(key: u128) -> usize {
-        // The top bits of the Fx hash are the well-mixed ones; the map rehashes with its own state.
-        (FxBuildHasher.hash_one(key) >> 58) as usize % SHARDS
+        (crate::hash::hash_one(&key) >> 58) as usize % SHARDS
     }
 
     fn get(&self, key: u128) -> Option<&IpCacheEntry> {
         self.shards.get(Self::shard_of(key))?.get(&key)
     }
 
-    fn shard_mut(&mut self, key: u128) -> Option<&mut FxHashMap<u128, IpCacheEntry>> {
+    fn shard_mut(&mut self, key: u128) -> Option<&mut KeyedMap<u128, IpCacheEntry>> {
         self.shards.get_mut(Self::shard_of(key)).map(Arc::make_mut)
     }
 }

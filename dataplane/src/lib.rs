@@ -20,6 +20,7 @@ pub mod flowlog;
 pub mod frame;
 pub mod gateway;
 pub mod handover;
+pub mod hash;
 pub mod icmp_error;
 pub mod identity;
 pub mod ipcache;

@@ -165,6 +165,7 @@ mod tests {
         let mut ct = Conntrack::new(ConntrackConfig {
             capacity: 64,
             timeouts: Timeouts::default(),
+            endpoint_quota: None,
         });
         let mut taken = Vec::new();
         for i in 0..4 {

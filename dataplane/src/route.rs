@@ -2,7 +2,7 @@
 //! finds those in [`crate::endpoint`]), or to the node that owns the destination, encapsulated or not —
 //! and the rewrite every routed frame gets: new MACs and one hop less.
 
-use rustc_hash::FxHashMap;
+use crate::hash::KeyedMap;
 use thiserror::Error;
 
 use crate::parse::{Parsed, L3};
@@ -73,14 +73,14 @@ pub struct NodeTableFull(pub usize);
 /// Every other node of the mesh by underlay address. Read-only on the packet path.
 #[derive(Clone, Debug, Default)]
 pub struct NodeTable {
-    nodes: FxHashMap<Addr, RemoteNode>,
+    nodes: KeyedMap<Addr, RemoteNode>,
     capacity: usize,
 }
 
 impl NodeTable {
     pub fn with_capacity(capacity: usize) -> Self {
         NodeTable {
-            nodes: FxHashMap::default(),
+            nodes: KeyedMap::default(),
             capacity,
         }
     }

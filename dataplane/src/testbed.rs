@@ -179,6 +179,7 @@ impl Testbed {
         let mut state = WorkerState::new(ConntrackConfig {
             capacity,
             timeouts: Timeouts::default(),
+            endpoint_quota: None,
         });
         let mut buf = vec![0u8; 2048];
         for flow in &self.flows {

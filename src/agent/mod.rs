@@ -210,6 +210,7 @@ fn restore_worker_state(config: &AgentConfig, epoch: Instant) -> WorkerState {
     let ct = ConntrackConfig {
         capacity: config.dataplane.conntrack_capacity,
         timeouts: Timeouts::default(),
+        endpoint_quota: None,
     };
     let mut state = WorkerState::new(ct);
     let path = config.state_dir.join(CONNTRACK_FILE);

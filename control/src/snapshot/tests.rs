@@ -248,6 +248,7 @@ fn worker() -> WorkerState {
     WorkerState::new(ConntrackConfig {
         capacity: 1024,
         timeouts: Timeouts::default(),
+        endpoint_quota: None,
     })
 }
 

@@ -7,8 +7,9 @@
 //! back as their source. Masqueraded flows likewise: pod→outside holds the node's `addr:port`,
 //! node:port→outside the pod's. An ICMP error is looked up by the packet it quotes.
 
-use super::InFlight;
-use crate::conntrack::{Conntrack, CtEntry, CtNat, NatKind, Timeouts};
+use super::route::Destination;
+use super::{Arrival, InFlight};
+use crate::conntrack::{Conntrack, CtEntry, CtFull, CtNat, NatKind, Owner, Timeouts};
 use crate::flow::proto;
 use crate::icmp_error::{self, Untranslate};
 use crate::nat::End;
@@ -211,8 +212,9 @@ pub(super) fn remember(
     );
     entry.count(flight.parsed.l3_end());
     let tracked = &flight.tracked;
+    let owner = owner(flight);
     let Some(Rewrite::Flow(end, addr, port)) = tracked.rewrite else {
-        return insert(ct, key, entry, now_ms);
+        return insert(ct, owner, key, entry, now_ms);
     };
     let (there, back) = match end {
         End::Destination => (
@@ -233,16 +235,35 @@ pub(super) fn remember(
         nat: Some(back),
         ..forward
     };
-    insert(ct, key, forward, now_ms)?;
-    insert(ct, tracked.flow, translated, now_ms).inspect_err(|_| {
+    insert(ct, owner, key, forward, now_ms)?;
+    insert(ct, owner, tracked.flow, translated, now_ms).inspect_err(|_| {
         ct.remove(&key);
     })
 }
 
-fn insert(ct: &mut Conntrack, key: FlowKey, entry: CtEntry, now_ms: u64) -> Result<(), DropReason> {
-    ct.insert(key, entry, now_ms)
-        .map(|_| ())
-        .map_err(|_| DropReason::CtTableFull)
+/// The local endpoint a flow is charged to: the pod (or the host port) that sent it, else the pod
+/// it is for — so a peer flooding one pod uses up that pod's quota, not the node's table.
+fn owner(flight: &InFlight<'_>) -> Owner {
+    match (flight.arrival, flight.destination) {
+        (Arrival::FromTunnel | Arrival::FromUnderlay, Destination::LocalPod(endpoint)) => {
+            Owner(endpoint.port.0)
+        }
+        _ => Owner(flight.port.0),
+    }
+}
+
+fn insert(
+    ct: &mut Conntrack,
+    owner: Owner,
+    key: FlowKey,
+    entry: CtEntry,
+    now_ms: u64,
+) -> Result<(), DropReason> {
+    match ct.insert_for(owner, key, entry, now_ms) {
+        Ok(_) => Ok(()),
+        Err(CtFull::Table { .. }) => Err(DropReason::CtTableFull),
+        Err(CtFull::Quota { .. }) => Err(DropReason::CtEndpointQuota),
+    }
 }
 
 fn tcp_flags(parsed: &Parsed) -> u8 {

@@ -142,6 +142,8 @@ enum Received {
 /// A frame's state between stages.
 #[derive(Clone, Copy, Debug)]
 struct InFlight<'t> {
+    /// The port it came in on.
+    port: PortId,
     parsed: Parsed,
     source: Source,
     arrival: Arrival,
@@ -172,6 +174,7 @@ fn process_burst<'t>(
             Received::Answered(forward, verdict) => (forward, verdict),
             Received::Track(parsed, source, arrival) => {
                 *flight = Some(InFlight {
+                    port: frame.port(),
                     parsed,
                     source,
                     arrival,

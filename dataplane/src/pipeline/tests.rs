@@ -153,6 +153,7 @@ fn state() -> WorkerState {
     WorkerState::new(ConntrackConfig {
         capacity: 1024,
         timeouts: Timeouts::default(),
+        endpoint_quota: None,
     })
 }
 
@@ -472,19 +473,16 @@ fn a_service_without_active_backends_drops_new_flows() {
 }
 
 #[test]
-fn a_full_conntrack_refuses_new_flows_but_keeps_old_ones() {
+fn a_full_conntrack_refuses_new_flows_but_keeps_established_ones() {
     let local = [(X_WING_PORT, x_wing()), (REBEL_PORT, rebel_c1())];
     let t = tables(1, &local, &[], &[]);
     let mut s = WorkerState::new(ConntrackConfig {
         capacity: 4,
         timeouts: Timeouts::default(),
+        endpoint_quota: None,
     });
     for sport in 0..4 {
-        let flow = tcp(&x_wing(), rebel_c1().ip, 1000 + sport, 80, true);
-        assert_eq!(
-            run(&t, &mut s, X_WING_PORT, &flow).0,
-            Verdict::Transmit(REBEL_PORT)
-        );
+        establish(&t, &mut s, 1000 + sport);
     }
     let fifth = tcp(&x_wing(), rebel_c1().ip, 2000, 80, true);
     assert_eq!(
@@ -494,6 +492,83 @@ fn a_full_conntrack_refuses_new_flows_but_keeps_old_ones() {
     let old = tcp(&x_wing(), rebel_c1().ip, 1000, 80, false);
     assert_eq!(
         run(&t, &mut s, X_WING_PORT, &old).0,
+        Verdict::Transmit(REBEL_PORT)
+    );
+}
+
+#[test]
+fn unanswered_flows_give_way_to_new_ones_and_a_pod_past_its_quota_only_displaces_its_own() {
+    let local = [(X_WING_PORT, x_wing()), (REBEL_PORT, rebel_c1())];
+    let t = tables(1, &local, &[], &[]);
+    let mut s = WorkerState::new(ConntrackConfig {
+        capacity: 4,
+        timeouts: Timeouts::default(),
+        endpoint_quota: None,
+    });
+    // A SYN flood fills the table; a real connection still gets in.
+    for sport in 0..16 {
+        let syn = tcp(&x_wing(), rebel_c1().ip, 3000 + sport, 80, true);
+        run(&t, &mut s, X_WING_PORT, &syn);
+    }
+    assert!(s.conntrack.stats().evicted_unreplied > 0);
+    establish(&t, &mut s, 4000);
+
+    let mut q = WorkerState::new(ConntrackConfig {
+        capacity: 1024,
+        timeouts: Timeouts::default(),
+        endpoint_quota: Some(2),
+    });
+    establish(&t, &mut q, 1000);
+    let established = run(
+        &t,
+        &mut q,
+        X_WING_PORT,
+        &tcp(&x_wing(), rebel_c1().ip, 1001, 80, true),
+    )
+    .0;
+    assert_eq!(
+        established,
+        Verdict::Transmit(REBEL_PORT),
+        "a second flow fits the quota"
+    );
+    let mut refused = 0;
+    for sport in 1002..1010 {
+        let syn = tcp(&x_wing(), rebel_c1().ip, sport, 80, true);
+        if run(&t, &mut q, X_WING_PORT, &syn).0 == Verdict::Drop(DropReason::CtEndpointQuota) {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "past its quota");
+    assert!(q.conntrack.owned_by(crate::conntrack::Owner(X_WING_PORT.0)) <= 2);
+    let old = tcp(&x_wing(), rebel_c1().ip, 1000, 80, false);
+    assert_eq!(
+        run(&t, &mut q, X_WING_PORT, &old).0,
+        Verdict::Transmit(REBEL_PORT)
+    );
+}
+
+/// x-wing → rebel-base on `sport`, handshake complete.
+fn establish(t: &Tables, s: &mut WorkerState, sport: u16) {
+    let syn = tcp(&x_wing(), rebel_c1().ip, sport, 80, true);
+    assert_eq!(
+        run(t, s, X_WING_PORT, &syn).0,
+        Verdict::Transmit(REBEL_PORT)
+    );
+    let mut syn_ack = Vec::new();
+    PacketBuilder::ethernet2(rebel_c1().mac, GATEWAY_MAC)
+        .ipv4(rebel_c1().ip.octets(), x_wing().ip.octets(), 64)
+        .tcp(80, sport, 9, 1024)
+        .syn()
+        .ack(2)
+        .write(&mut syn_ack, b"")
+        .unwrap();
+    assert_eq!(
+        run(t, s, REBEL_PORT, &syn_ack).0,
+        Verdict::Transmit(X_WING_PORT)
+    );
+    let ack = tcp(&x_wing(), rebel_c1().ip, sport, 80, false);
+    assert_eq!(
+        run(t, s, X_WING_PORT, &ack).0,
         Verdict::Transmit(REBEL_PORT)
     );
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use crate::hash::KeyedMap;
 
 use crate::flow::proto;
 use crate::Identity;
@@ -84,7 +84,7 @@ impl PeerGrant {
 /// An enforced direction: only what is listed is allowed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EnforcedPolicy {
-    pub(crate) by_peer: FxHashMap<Identity, PeerGrant>,
+    pub(crate) by_peer: KeyedMap<Identity, PeerGrant>,
     /// Grants every peer has (rules with no peers, or the `all` entity).
     pub(crate) any_peer: PeerGrant,
 }
@@ -163,7 +163,7 @@ static ALLOW_ALL: EndpointPolicy = EndpointPolicy::ALLOW_ALL;
 /// Local endpoint identity → its policy; endpoints with the same selecting rules share one policy.
 #[derive(Clone, Debug, Default)]
 pub struct PolicyTable {
-    pub(crate) by_endpoint: FxHashMap<Identity, Arc<EndpointPolicy>>,
+    pub(crate) by_endpoint: KeyedMap<Identity, Arc<EndpointPolicy>>,
 }
 
 impl PolicyTable {

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use rustc_hash::FxHashSet;
+use crate::hash::KeyedSet;
 
 use super::{Backend, ServiceId};
 use crate::Addr;
@@ -32,7 +32,7 @@ type Pair = (ServiceId, Addr, u16);
 
 #[derive(Clone, Debug, Default)]
 pub(super) struct Retired {
-    pairs: Arc<FxHashSet<Pair>>,
+    pairs: Arc<KeyedSet<Pair>>,
     overflowed: bool,
 }
 

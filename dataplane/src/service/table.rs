@@ -1,9 +1,8 @@
 //! The snapshot's services by frontend: what stage 5 looks a new flow's destination up in.
 
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use crate::hash::KeyedMap;
 
 use super::retired::{BackendStatus, Retired};
 use super::{Frontend, Service, ServiceId};
@@ -20,7 +19,7 @@ pub enum ServiceError {
 /// Shards of the frontend map: the unit of copy-on-write.
 const SHARDS: usize = 64;
 
-type Shard = Arc<FxHashMap<Frontend, Arc<Service>>>;
+type Shard = Arc<KeyedMap<Frontend, Arc<Service>>>;
 
 /// Frontend → service, bounded. The map is split into `Arc`ed shards: cloning copies 64 pointers,
 /// and a change to the clone copies one shard's `Arc`s, never a service.
@@ -39,7 +38,7 @@ impl Default for ServiceTable {
 }
 
 fn shard_of(frontend: &Frontend) -> usize {
-    (FxBuildHasher.hash_one(frontend) >> 58) as usize % SHARDS
+    (crate::hash::hash_one(frontend) >> 58) as usize % SHARDS
 }
 
 impl ServiceTable {
