@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use meshpath_api::flow::{self, FlowFilter, Verdict};
+use meshpath_api::{clustermesh, identity, node, policy, service, status, AgentStatus, Client};
 
 use lab::plan::{Plan, Size};
 
@@ -81,7 +83,7 @@ enum Command {
 #[derive(Args)]
 struct AgentQuery {
     /// The agent's status socket.
-    #[arg(long, default_value = "/run/meshpath/agent.sock")]
+    #[arg(long, default_value = meshpath_api::client::DEFAULT_SOCKET)]
     socket: PathBuf,
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -200,64 +202,26 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent { config, netns } => agent::run(config, netns),
-        Command::Status(query) => {
-            let status = agent::status::read(&query.socket)?;
-            match query.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-                Output::Table => print!("{}", agent::status::render_table(&status)),
-            }
-            Ok(())
-        }
+        Command::Status(query) => query.print(|s| s, status::render),
         Command::Node {
             command: NodeCommand::List(query),
-        } => {
-            let status = agent::status::read(&query.socket)?;
-            match query.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&status.nodes)?),
-                Output::Table => print!("{}", agent::nodes::render(&status.nodes)),
-            }
-            Ok(())
-        }
+        } => query.print(|s| s.nodes, |rows| node::render(rows)),
         Command::Service {
             command: ServiceCommand::List(query),
-        } => {
-            let status = agent::status::read(&query.socket)?;
-            match query.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&status.services)?),
-                Output::Table => print!("{}", agent::status::render_services(&status)),
-            }
-            Ok(())
-        }
+        } => query.print(|s| s.services, |rows| service::render(rows)),
         Command::Clustermesh {
             command: ClustermeshCommand::Status(query),
-        } => {
-            let status = agent::status::read(&query.socket)?;
-            match query.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&status.clustermesh)?),
-                Output::Table => print!("{}", agent::status::render_clustermesh(&status)),
-            }
-            Ok(())
-        }
+        } => query.print(|s| s.clustermesh, |mesh| clustermesh::render(mesh.as_ref())),
         Command::Identity {
             command: IdentityCommand::List(query),
-        } => {
-            let status = agent::status::read(&query.socket)?;
-            match query.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&status.identities)?),
-                Output::Table => print!("{}", agent::identities::render(&status.identities)),
-            }
-            Ok(())
-        }
+        } => query.print(|s| s.identities, |rows| identity::render(rows)),
         Command::Policy {
             command: PolicyCommand::Get(query),
         } => {
-            let status = agent::status::read(&query.socket)?;
+            let status = query.client().status()?;
             match query.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&status.policies)?),
-                Output::Table => print!(
-                    "{}",
-                    agent::policy::render(&status.policies, &status.identities)
-                ),
+                Output::Table => print!("{}", policy::render(&status.policies, &status.identities)),
             }
             Ok(())
         }
@@ -278,34 +242,61 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+impl AgentQuery {
+    fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+
+    /// Reads the status, picks the part the command shows, prints it as JSON or as `table` renders it.
+    fn print<T: serde::Serialize>(
+        &self,
+        part: impl FnOnce(AgentStatus) -> T,
+        table: impl FnOnce(&T) -> String,
+    ) -> anyhow::Result<()> {
+        let part = part(self.client().status()?);
+        match self.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&part)?),
+            Output::Table => print!("{}", table(&part)),
+        }
+        Ok(())
+    }
+}
+
 fn observe(args: ObserveArgs) -> anyhow::Result<()> {
     use std::io::Write;
-    let filter = agent::observe::Filter {
+    let filter = FlowFilter {
         pod: args.pod,
         namespace: args.namespace,
         cluster: args.cluster,
-        verdict: args.verdict.map(|v| {
-            match v {
-                VerdictFilter::Forwarded => "forwarded",
-                VerdictFilter::Dropped => "dropped",
-            }
-            .to_owned()
+        verdict: args.verdict.map(|v| match v {
+            VerdictFilter::Forwarded => Verdict::Forwarded,
+            VerdictFilter::Dropped => Verdict::Dropped,
         }),
     };
     let mut out = std::io::stdout().lock();
-    agent::observe::read(&args.query.socket, args.follow, |flow| {
-        if filter.matches(&flow) {
-            let line = match args.query.output {
-                Output::Json => serde_json::to_string(&flow)?,
-                Output::Table => agent::observe::render(&flow),
-            };
-            // A closed pipe (`| head`) ends the stream quietly.
-            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                return Ok(false);
-            }
+    let mut failed = None;
+    args.query.client().observe(args.follow, |flow| {
+        if !filter.matches(&flow) {
+            return true;
         }
-        Ok(true)
-    })
+        let line = match args.query.output {
+            Output::Json => serde_json::to_string(&flow),
+            Output::Table => Ok(flow::render(&flow)),
+        };
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                failed = Some(e);
+                return false;
+            }
+        };
+        // A closed pipe (`| head`) ends the stream quietly.
+        writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+    })?;
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 fn run_lab(command: LabCommand) -> anyhow::Result<()> {

@@ -7,13 +7,14 @@
 
 pub mod config;
 mod control;
+mod convert;
 mod handler;
-pub mod identities;
+mod identities;
 pub mod metrics;
-pub mod nodes;
-pub mod observe;
-pub mod policy;
-pub mod status;
+mod nodes;
+mod observe;
+mod policy;
+mod status;
 mod wiring;
 
 use std::collections::BTreeMap;
@@ -146,7 +147,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         hub.clone(),
         cancel.clone(),
     ));
-    let observe_socket = observe::socket_path(&config.status_socket);
+    let observe_socket = meshpath_api::client::observe_socket(&config.status_socket);
     let observe_cancel = cancel.clone();
     tasks.spawn(async move {
         if let Err(error) = observe::serve(&observe_socket, hub, observe_cancel).await {
