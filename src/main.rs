@@ -1,9 +1,10 @@
-//! meshpath: the node agent and the operator CLI.
+//! meshpath: the node agent and the operator CLI. Commands it does not know (`lab`, `demo`) run the
+//! binary `meshpath-COMMAND` beside it, as git and cargo run theirs (see [`external`]).
 
 mod agent;
-mod demo;
-mod lab;
+mod external;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,11 +12,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use meshpath_api::flow::{self, FlowFilter, Verdict};
 use meshpath_api::{clustermesh, identity, node, policy, service, status, AgentStatus, Client};
 
-use lab::plan::{Plan, Size};
-
 /// Gateway-less multi-cluster pod dataplane on AF_XDP.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, allow_external_subcommands = true, after_help = external::HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,22 +60,9 @@ enum Command {
     },
     /// Flows the local agent decided on, like `hubble observe`.
     Observe(ObserveArgs),
-    /// Cilium's ClusterMesh demo on a two-cluster lab: global service, failover, cross-cluster policy.
-    Demo {
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-        /// Requests per step.
-        #[arg(long, default_value_t = 30)]
-        requests: usize,
-        /// Namespace name prefix of the demo's lab.
-        #[arg(long, default_value = "demo")]
-        prefix: String,
-    },
-    /// Clusters, nodes and pods in network namespaces on this machine.
-    Lab {
-        #[command(subcommand)]
-        command: LabCommand,
-    },
+    /// `meshpath-COMMAND ARGS…`, found next to this binary or on PATH (`lab`, `demo`).
+    #[command(external_subcommand)]
+    External(Vec<OsString>),
 }
 
 /// Which agent to ask, and how to print its answer.
@@ -145,44 +131,6 @@ enum PolicyCommand {
     Get(AgentQuery),
 }
 
-#[derive(Args)]
-struct LabPrefix {
-    /// Namespace name prefix; `down` and `status` act only on namespaces with it.
-    #[arg(long, default_value = "mp")]
-    prefix: String,
-}
-
-#[derive(Subcommand)]
-enum LabCommand {
-    /// Create the lab (what is missing of it).
-    Up {
-        #[arg(long, default_value_t = 1)]
-        clusters: u8,
-        #[arg(long, default_value_t = 2)]
-        nodes: u8,
-        #[arg(long, default_value_t = 2)]
-        pods: u8,
-        /// Also run an etcd per cluster and an agent per node, every cluster meshed with the others;
-        /// their configuration, state, sockets and logs are in /run/meshpath/lab-PREFIX.
-        #[arg(long)]
-        mesh: bool,
-        #[command(flatten)]
-        prefix: LabPrefix,
-    },
-    /// Remove every namespace, link, XDP program and process of the lab.
-    Down {
-        #[command(flatten)]
-        prefix: LabPrefix,
-    },
-    /// Show the lab as the kernel sees it.
-    Status {
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-        #[command(flatten)]
-        prefix: LabPrefix,
-    },
-}
-
 #[derive(Clone, Copy, ValueEnum)]
 enum Output {
     Table,
@@ -226,19 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Observe(args) => observe(args),
-        Command::Demo {
-            output,
-            requests,
-            prefix,
-        } => {
-            let report = demo::run(&prefix, requests)?;
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                Output::Table => print!("{}", report.render()),
-            }
-            Ok(())
-        }
-        Command::Lab { command } => run_lab(command),
+        Command::External(args) => Err(external::exec(&args)),
     }
 }
 
@@ -297,49 +233,4 @@ fn observe(args: ObserveArgs) -> anyhow::Result<()> {
         Some(e) => Err(e.into()),
         None => Ok(()),
     }
-}
-
-fn run_lab(command: LabCommand) -> anyhow::Result<()> {
-    match command {
-        LabCommand::Up {
-            clusters,
-            nodes,
-            pods,
-            mesh,
-            prefix,
-        } => {
-            let plan = Plan::new(
-                &prefix.prefix,
-                Size {
-                    clusters,
-                    nodes,
-                    pods,
-                },
-            )?;
-            lab::up::up(&plan)?;
-            println!("lab up: {} namespaces", plan.namespaces().count());
-            if mesh {
-                lab::mesh::start(&plan)?;
-                println!(
-                    "lab meshed: {} etcd, {} agents; sockets and logs in {}",
-                    plan.clusters.len(),
-                    plan.nodes.len(),
-                    lab::mesh::dir(&plan.prefix).display()
-                );
-            }
-        }
-        LabCommand::Down { prefix } => {
-            let gone = lab::down::down(&prefix.prefix)?;
-            let _ = std::fs::remove_dir_all(lab::mesh::dir(&prefix.prefix));
-            println!("lab down: {} namespaces removed", gone.len());
-        }
-        LabCommand::Status { output, prefix } => {
-            let status = lab::status::status(&prefix.prefix)?;
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-                Output::Table => print!("{}", lab::status::render_table(&status)),
-            }
-        }
-    }
-    Ok(())
 }

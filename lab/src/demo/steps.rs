@@ -12,7 +12,7 @@ use meshpath_api::service::BackendState;
 use meshpath_api::{Client, DropReason};
 
 use super::scene::{rebel_ip, service_ip, Scene, BACKEND_PORT, CLUSTERS, SERVICE_PORT};
-use crate::lab::mesh::wait;
+use crate::mesh::wait;
 
 /// Answers per cluster and failures of a run of requests.
 #[derive(Debug, Default, Serialize)]
