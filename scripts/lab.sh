@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The lab from a shell: `scripts/lab.sh up --clusters 2 --nodes 2 --pods 2`, `scripts/lab.sh status -o json`,
-# `scripts/lab.sh down`. Builds meshpath if needed and runs `meshpath lab ...` as root.
+# `scripts/lab.sh down`. Builds meshpath and meshpath-lab if needed and runs `meshpath lab ...` (that
+# is, meshpath-lab beside meshpath) as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build -q --release -p meshpath
+cargo build -q --release --locked -p meshpath -p meshpath-lab
 exec "${CARGO_TARGET_DIR:-target}/release/meshpath" lab "$@"

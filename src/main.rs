@@ -1,19 +1,20 @@
-//! meshpath: the node agent and the operator CLI.
+//! meshpath: the node agent and the operator CLI. Commands it does not know (`lab`, `demo`) run the
+//! binary `meshpath-COMMAND` beside it, as git and cargo run theirs (see [`external`]).
 
 mod agent;
-mod demo;
-mod lab;
+mod external;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use lab::plan::{Plan, Size};
+use meshpath_api::flow::{self, FlowFilter, Verdict};
+use meshpath_api::{clustermesh, identity, node, policy, service, status, AgentStatus, Client};
 
 /// Gateway-less multi-cluster pod dataplane on AF_XDP.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, allow_external_subcommands = true, after_help = external::HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,29 +60,16 @@ enum Command {
     },
     /// Flows the local agent decided on, like `hubble observe`.
     Observe(ObserveArgs),
-    /// Cilium's ClusterMesh demo on a two-cluster lab: global service, failover, cross-cluster policy.
-    Demo {
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-        /// Requests per step.
-        #[arg(long, default_value_t = 30)]
-        requests: usize,
-        /// Namespace name prefix of the demo's lab.
-        #[arg(long, default_value = "demo")]
-        prefix: String,
-    },
-    /// Clusters, nodes and pods in network namespaces on this machine.
-    Lab {
-        #[command(subcommand)]
-        command: LabCommand,
-    },
+    /// `meshpath-COMMAND ARGS…`, found next to this binary or on PATH (`lab`, `demo`).
+    #[command(external_subcommand)]
+    External(Vec<OsString>),
 }
 
 /// Which agent to ask, and how to print its answer.
 #[derive(Args)]
 struct AgentQuery {
     /// The agent's status socket.
-    #[arg(long, default_value = "/run/meshpath/agent.sock")]
+    #[arg(long, default_value = meshpath_api::client::DEFAULT_SOCKET)]
     socket: PathBuf,
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -143,44 +131,6 @@ enum PolicyCommand {
     Get(AgentQuery),
 }
 
-#[derive(Args)]
-struct LabPrefix {
-    /// Namespace name prefix; `down` and `status` act only on namespaces with it.
-    #[arg(long, default_value = "mp")]
-    prefix: String,
-}
-
-#[derive(Subcommand)]
-enum LabCommand {
-    /// Create the lab (what is missing of it).
-    Up {
-        #[arg(long, default_value_t = 1)]
-        clusters: u8,
-        #[arg(long, default_value_t = 2)]
-        nodes: u8,
-        #[arg(long, default_value_t = 2)]
-        pods: u8,
-        /// Also run an etcd per cluster and an agent per node, every cluster meshed with the others;
-        /// their configuration, state, sockets and logs are in /run/meshpath/lab-PREFIX.
-        #[arg(long)]
-        mesh: bool,
-        #[command(flatten)]
-        prefix: LabPrefix,
-    },
-    /// Remove every namespace, link, XDP program and process of the lab.
-    Down {
-        #[command(flatten)]
-        prefix: LabPrefix,
-    },
-    /// Show the lab as the kernel sees it.
-    Status {
-        #[arg(short, long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-        #[command(flatten)]
-        prefix: LabPrefix,
-    },
-}
-
 #[derive(Clone, Copy, ValueEnum)]
 enum Output {
     Table,
@@ -200,155 +150,87 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent { config, netns } => agent::run(config, netns),
-        Command::Status(query) => {
-            let status = agent::status::read(&query.socket)?;
-            match query.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-                Output::Table => print!("{}", agent::status::render_table(&status)),
-            }
-            Ok(())
-        }
+        Command::Status(query) => query.print(|s| s, status::render),
         Command::Node {
             command: NodeCommand::List(query),
-        } => {
-            let status = agent::status::read(&query.socket)?;
-            match query.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&status.nodes)?),
-                Output::Table => print!("{}", agent::nodes::render(&status.nodes)),
-            }
-            Ok(())
-        }
+        } => query.print(|s| s.nodes, |rows| node::render(rows)),
         Command::Service {
             command: ServiceCommand::List(query),
-        } => {
-            let status = agent::status::read(&query.socket)?;
-            match query.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&status.services)?),
-                Output::Table => print!("{}", agent::status::render_services(&status)),
-            }
-            Ok(())
-        }
+        } => query.print(|s| s.services, |rows| service::render(rows)),
         Command::Clustermesh {
             command: ClustermeshCommand::Status(query),
-        } => {
-            let status = agent::status::read(&query.socket)?;
-            match query.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&status.clustermesh)?),
-                Output::Table => print!("{}", agent::status::render_clustermesh(&status)),
-            }
-            Ok(())
-        }
+        } => query.print(|s| s.clustermesh, |mesh| clustermesh::render(mesh.as_ref())),
         Command::Identity {
             command: IdentityCommand::List(query),
-        } => {
-            let status = agent::status::read(&query.socket)?;
-            match query.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&status.identities)?),
-                Output::Table => print!("{}", agent::identities::render(&status.identities)),
-            }
-            Ok(())
-        }
+        } => query.print(|s| s.identities, |rows| identity::render(rows)),
         Command::Policy {
             command: PolicyCommand::Get(query),
         } => {
-            let status = agent::status::read(&query.socket)?;
+            let status = query.client().status()?;
             match query.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&status.policies)?),
-                Output::Table => print!(
-                    "{}",
-                    agent::policy::render(&status.policies, &status.identities)
-                ),
+                Output::Table => print!("{}", policy::render(&status.policies, &status.identities)),
             }
             Ok(())
         }
         Command::Observe(args) => observe(args),
-        Command::Demo {
-            output,
-            requests,
-            prefix,
-        } => {
-            let report = demo::run(&prefix, requests)?;
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                Output::Table => print!("{}", report.render()),
-            }
-            Ok(())
+        Command::External(args) => Err(external::exec(&args)),
+    }
+}
+
+impl AgentQuery {
+    fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+
+    /// Reads the status, picks the part the command shows, prints it as JSON or as `table` renders it.
+    fn print<T: serde::Serialize>(
+        &self,
+        part: impl FnOnce(AgentStatus) -> T,
+        table: impl FnOnce(&T) -> String,
+    ) -> anyhow::Result<()> {
+        let part = part(self.client().status()?);
+        match self.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&part)?),
+            Output::Table => print!("{}", table(&part)),
         }
-        Command::Lab { command } => run_lab(command),
+        Ok(())
     }
 }
 
 fn observe(args: ObserveArgs) -> anyhow::Result<()> {
     use std::io::Write;
-    let filter = agent::observe::Filter {
+    let filter = FlowFilter {
         pod: args.pod,
         namespace: args.namespace,
         cluster: args.cluster,
-        verdict: args.verdict.map(|v| {
-            match v {
-                VerdictFilter::Forwarded => "forwarded",
-                VerdictFilter::Dropped => "dropped",
-            }
-            .to_owned()
+        verdict: args.verdict.map(|v| match v {
+            VerdictFilter::Forwarded => Verdict::Forwarded,
+            VerdictFilter::Dropped => Verdict::Dropped,
         }),
     };
     let mut out = std::io::stdout().lock();
-    agent::observe::read(&args.query.socket, args.follow, |flow| {
-        if filter.matches(&flow) {
-            let line = match args.query.output {
-                Output::Json => serde_json::to_string(&flow)?,
-                Output::Table => agent::observe::render(&flow),
-            };
-            // A closed pipe (`| head`) ends the stream quietly.
-            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                return Ok(false);
+    let mut failed = None;
+    args.query.client().observe(args.follow, |flow| {
+        if !filter.matches(&flow) {
+            return true;
+        }
+        let line = match args.query.output {
+            Output::Json => serde_json::to_string(&flow),
+            Output::Table => Ok(flow::render(&flow)),
+        };
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                failed = Some(e);
+                return false;
             }
-        }
-        Ok(true)
-    })
-}
-
-fn run_lab(command: LabCommand) -> anyhow::Result<()> {
-    match command {
-        LabCommand::Up {
-            clusters,
-            nodes,
-            pods,
-            mesh,
-            prefix,
-        } => {
-            let plan = Plan::new(
-                &prefix.prefix,
-                Size {
-                    clusters,
-                    nodes,
-                    pods,
-                },
-            )?;
-            lab::up::up(&plan)?;
-            println!("lab up: {} namespaces", plan.namespaces().count());
-            if mesh {
-                lab::mesh::start(&plan)?;
-                println!(
-                    "lab meshed: {} etcd, {} agents; sockets and logs in {}",
-                    plan.clusters.len(),
-                    plan.nodes.len(),
-                    lab::mesh::dir(&plan.prefix).display()
-                );
-            }
-        }
-        LabCommand::Down { prefix } => {
-            let gone = lab::down::down(&prefix.prefix)?;
-            let _ = std::fs::remove_dir_all(lab::mesh::dir(&prefix.prefix));
-            println!("lab down: {} namespaces removed", gone.len());
-        }
-        LabCommand::Status { output, prefix } => {
-            let status = lab::status::status(&prefix.prefix)?;
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-                Output::Table => print!("{}", lab::status::render_table(&status)),
-            }
-        }
+        };
+        // A closed pipe (`| head`) ends the stream quietly.
+        writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+    })?;
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
     }
-    Ok(())
 }

@@ -3,7 +3,8 @@
 //! Pods reach each other on the same node and across nodes (ping and TCP); the cross-node traffic is
 //! VXLAN on UDP 8472 with the sender's security identity in the VNI; a pod that lies about its source
 //! address is dropped, counted and shown by `meshpath observe`; the nodes' own traffic still reaches their kernels.
-//! Needs root; skipped with a printed reason only when not root.
+//! The lab comes from `meshpath lab`, which execs `meshpath-lab` beside `meshpath` (built by `cargo
+//! test --workspace`). Needs root; skipped with a printed reason only when not root.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,6 +1,6 @@
 //! The operator CLI's output, table and `-o json`, for every command that reads the agent's status
 //! socket: the real binary against a fake agent, a test-owned unix socket serving a canned status
-//! document built from the agent's own status types.
+//! document built from the interface's types (`meshpath_api`), as the agent builds it.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -8,50 +8,37 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use meshpath_control::clustermesh::{MeshStatus, RemoteStatus, SyncStatus};
-use meshpath_control::ClusterName;
+use meshpath_api::clustermesh::{ClusterMeshStatus, RemoteClusterStatus, SyncStatus};
+use meshpath_api::identity::IdentityRow;
+use meshpath_api::node::NodeRow;
+use meshpath_api::policy::{AllowRow, DirectionRow, EndpointPolicyRow, PolicyPeer};
+use meshpath_api::service::{BackendInfo, BackendState, ServiceStatus};
+use meshpath_api::status::{AgentStatus, DataplaneStatus, PortStatus, TableSizes};
+use meshpath_api::{DropReason, ForwardKind};
 
-// The agent's status types, compiled here as the agent compiles them (`super::` is this crate's root).
-#[allow(dead_code)]
-#[path = "../src/agent/identities.rs"]
-mod identities;
-#[allow(dead_code)]
-#[path = "../src/agent/nodes.rs"]
-mod nodes;
-#[allow(dead_code)]
-#[path = "../src/agent/policy.rs"]
-mod policy;
-#[allow(dead_code)]
-#[path = "../src/agent/status.rs"]
-mod status;
-
-use identities::IdentityRow;
-use nodes::NodeRow;
-use policy::{AllowRow, DirectionRow, EndpointPolicyRow};
-use status::{AgentStatus, BackendInfo, DataplaneStatus, PortStatus, ServiceStatus, TableSizes};
-
-fn mesh() -> serde_json::Value {
-    let name = ClusterName::new("cluster2").unwrap();
-    let mut remote = RemoteStatus::new(&name, 1);
-    remote.ready = true;
-    remote.connected = true;
-    remote.config_retrieved = true;
-    remote.cluster_id = Some(2);
-    remote.sync_canaries = true;
-    remote.synced = SyncStatus {
-        nodes: true,
-        endpoints: true,
-        identities: true,
-        services: true,
+fn mesh() -> ClusterMeshStatus {
+    let remote = RemoteClusterStatus {
+        name: "cluster2".into(),
+        ready: true,
+        connected: true,
+        endpoints_configured: 1,
+        config_retrieved: true,
+        cluster_id: Some(2),
+        sync_canaries: true,
+        synced: SyncStatus {
+            nodes: true,
+            endpoints: true,
+            identities: true,
+            services: true,
+        },
+        nodes: 2,
+        endpoints: 4,
+        identities: 3,
+        services: 1,
+        failures: 1,
+        ..Default::default()
     };
-    remote.nodes = 2;
-    remote.endpoints = 4;
-    remote.identities = 3;
-    remote.services = 1;
-    remote.failures = 1;
-    let mut board = MeshStatus::new();
-    board.insert(name, remote);
-    serde_json::to_value(&board).unwrap()
+    [("cluster2".to_owned(), remote)].into()
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -67,8 +54,8 @@ fn canned() -> AgentStatus {
         node: "node1".into(),
         dataplane: DataplaneStatus {
             received: 1234,
-            forwarded: [("local".to_owned(), 1000), ("tunnel".to_owned(), 200)].into(),
-            dropped: [("policy_denied".to_owned(), 34)].into(),
+            forwarded: [(ForwardKind::LocalPod, 1000), (ForwardKind::Tunnel, 200)].into(),
+            dropped: [(DropReason::PolicyDenied, 34)].into(),
             ports: vec![PortStatus {
                 port: 0,
                 rx: 1234,
@@ -83,33 +70,36 @@ fn canned() -> AgentStatus {
             nodes: 3,
         },
         services: vec![ServiceStatus {
-            frontend: "10.96.0.10:80/TCP".into(),
+            frontend: "10.96.0.10:80/TCP".parse().unwrap(),
             backends: vec![
                 BackendInfo {
-                    backend: "10.1.0.3:80".into(),
+                    backend: "10.1.0.3:80".parse().unwrap(),
                     cluster: Some(1),
-                    state: "active".into(),
+                    state: BackendState::Active,
                 },
                 BackendInfo {
-                    backend: "10.2.0.3:80".into(),
+                    backend: "10.2.0.3:80".parse().unwrap(),
                     cluster: Some(2),
-                    state: "terminating".into(),
+                    state: BackendState::Terminating,
                 },
             ],
         }],
-        clustermesh: mesh(),
+        clustermesh: Some(mesh()),
         nodes: vec![
             NodeRow {
                 cluster: "cluster1".into(),
                 name: "node1".into(),
-                address: Some("198.18.1.1".into()),
-                pod_cidrs: vec!["10.1.0.0/24".into()],
+                address: Some("198.18.1.1".parse().unwrap()),
+                pod_cidrs: vec!["10.1.0.0/24".parse().unwrap()],
             },
             NodeRow {
                 cluster: "cluster2".into(),
                 name: "node1".into(),
-                address: Some("198.18.2.1".into()),
-                pod_cidrs: vec!["10.2.0.0/24".into(), "fd00:2::/64".into()],
+                address: Some("198.18.2.1".parse().unwrap()),
+                pod_cidrs: vec![
+                    "10.2.0.0/24".parse().unwrap(),
+                    "fd00:2::/64".parse().unwrap(),
+                ],
             },
         ],
         identities: vec![
@@ -138,8 +128,8 @@ fn canned() -> AgentStatus {
             ingress: DirectionRow {
                 enforced: true,
                 allow: vec![AllowRow {
-                    peer: "131073".into(),
-                    ports: vec!["80/TCP".into()],
+                    peer: PolicyPeer::Identity(131073),
+                    ports: vec!["80/TCP".parse().unwrap()],
                 }],
             },
             egress: DirectionRow {
@@ -222,7 +212,7 @@ fn status() {
     assert_eq!(doc["dataplane"]["dropped"]["policy_denied"], 34);
     assert_eq!(doc["tables"]["ipcache"], 9);
     assert_eq!(doc["clustermesh"]["cluster2"]["ready"], true);
-    let back: AgentStatus = serde_json::from_value(doc).expect("the agent's own type");
+    let back: AgentStatus = serde_json::from_value(doc).expect("the interface's type");
     assert_eq!(back.identities.len(), 3);
     assert_eq!(back.policies, canned().policies);
 }

@@ -1,6 +1,8 @@
 //! The demo of Cilium's ClusterMesh docs, end to end on the lab (root): two clusters, an etcd and an
 //! agent each, meshed. The report must show the global service answered from both clusters, failover
-//! without a failed request, and the cross-cluster policy's verdicts.
+//! without a failed request, and the cross-cluster policy's verdicts. Run as users run it, `meshpath
+//! demo`, which execs `meshpath-demo` beside `meshpath` (`cargo test --workspace` builds every
+//! package's binaries before it runs a test; `cargo test -p meshpath` alone does not build it).
 
 use std::process::Command;
 
@@ -23,7 +25,7 @@ fn the_clustermesh_demo_works_end_to_end() {
             &prefix,
         ])
         .output()
-        .expect("meshpath demo runs");
+        .expect("meshpath runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");

@@ -5,22 +5,13 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use meshpath_api::identity::{IdentityRow, ReservedIdentity};
+use meshpath_api::policy::PolicyPeer;
 use meshpath_control::clustermesh::RemoteEvent;
 use meshpath_control::snapshot::sources::labels_of;
 use meshpath_control::state::{Entry, EntryKey, StateEvent};
 use meshpath_dataplane::policy::IdentityLabels;
 use meshpath_dataplane::Identity;
-use serde::{Deserialize, Serialize};
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdentityRow {
-    pub id: u32,
-    /// The cluster whose agents allocated it (or announced it, for a remote one); none for the
-    /// reserved identities every node knows.
-    pub cluster: Option<String>,
-    /// Label keys without their source, as policy matches them.
-    pub labels: BTreeMap<String, String>,
-}
 
 /// Identities by value.
 #[derive(Clone, Default)]
@@ -90,40 +81,18 @@ impl IdentityDirectory {
 }
 
 /// Reserved identities the pipeline gives peers, with Cilium's names for them.
-const RESERVED: [(Identity, &str); 3] = [
-    (Identity::HOST, "host"),
-    (Identity::WORLD, "world"),
-    (Identity::REMOTE_NODE, "remote-node"),
+const RESERVED: [(Identity, ReservedIdentity); 3] = [
+    (Identity::HOST, ReservedIdentity::Host),
+    (Identity::WORLD, ReservedIdentity::World),
+    (Identity::REMOTE_NODE, ReservedIdentity::RemoteNode),
 ];
 
-/// A label as Cilium prints it: `key=value`, or the bare key of a label without a value.
-pub fn label(key: &str, value: &str) -> String {
-    match value.is_empty() {
-        true => key.to_owned(),
-        false => format!("{key}={value}"),
-    }
-}
-
-/// `meshpath identity list` as a table: `ID  LABELS`.
-pub fn render(rows: &[IdentityRow]) -> String {
-    let mut out = format!("{:<10} {}\n", "ID", "LABELS");
-    for row in rows {
-        let labels: Vec<String> = row.labels.iter().map(|(k, v)| label(k, v)).collect();
-        let first = labels.first().map_or("-", String::as_str);
-        out += &format!("{:<10} {first}\n", row.id);
-        for label in labels.iter().skip(1) {
-            out += &format!("{:<10} {label}\n", "");
-        }
-    }
-    out
-}
-
 /// How a peer identity is named in `policy get`: reserved ones by name, others by value.
-pub fn name_of(id: Identity) -> String {
+pub fn peer(id: Identity) -> PolicyPeer {
     match RESERVED.iter().find(|(r, _)| *r == id) {
-        Some((_, name)) => (*name).to_owned(),
-        None if id == Identity::UNKNOWN => "unknown".to_owned(),
-        None => id.get().to_string(),
+        Some((_, reserved)) => PolicyPeer::Reserved(*reserved),
+        None if id == Identity::UNKNOWN => PolicyPeer::Reserved(ReservedIdentity::Unknown),
+        None => PolicyPeer::Identity(id.get()),
     }
 }
 
@@ -173,31 +142,17 @@ mod tests {
     }
 
     #[test]
-    fn table_lists_every_label() {
-        let rows = vec![IdentityRow {
-            id: 65537,
-            cluster: Some("cluster1".into()),
-            labels: [
-                ("app", "x-wing"),
-                ("io.kubernetes.pod.namespace", "default"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
-        }];
-        let table = render(&rows);
-        let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 3);
-        assert!(lines[1].starts_with("65537") && lines[1].ends_with("app=x-wing"));
-        assert!(lines[2].trim() == "io.kubernetes.pod.namespace=default");
-        let world = render(&IdentityDirectory::default().rows()[1..2]);
-        assert_eq!(world.lines().nth(1), Some("2          reserved:world"));
+    fn reserved_rows_first_by_their_cilium_names() {
+        let rows = IdentityDirectory::default().rows();
+        let table = meshpath_api::identity::render(&rows[1..2]);
+        assert_eq!(table.lines().nth(1), Some("2          reserved:world"));
+        assert_eq!(rows[2].labels["reserved:remote-node"], "");
     }
 
     #[test]
     fn peers_named() {
-        assert_eq!(name_of(Identity::WORLD), "world");
-        assert_eq!(name_of(Identity::UNKNOWN), "unknown");
-        assert_eq!(name_of(Identity::new(0x2_0001).unwrap()), "131073");
+        assert_eq!(peer(Identity::WORLD).to_string(), "world");
+        assert_eq!(peer(Identity::UNKNOWN).to_string(), "unknown");
+        assert_eq!(peer(Identity::new(0x2_0001).unwrap()).to_string(), "131073");
     }
 }

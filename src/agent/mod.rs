@@ -13,15 +13,16 @@
 
 pub mod config;
 mod control;
+mod convert;
 mod handler;
 mod host_port;
-pub mod identities;
+mod identities;
 pub mod metrics;
 mod node_sync;
-pub mod nodes;
-pub mod observe;
-pub mod policy;
-pub mod status;
+mod nodes;
+mod observe;
+mod policy;
+mod status;
 mod wiring;
 
 use std::collections::BTreeMap;
@@ -167,7 +168,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         hub.clone(),
         cancel.clone(),
     ));
-    let observe_socket = observe::socket_path(&config.status_socket);
+    let observe_socket = meshpath_api::client::observe_socket(&config.status_socket);
     let observe_cancel = cancel.clone();
     tasks.spawn(async move {
         if let Err(error) = observe::serve(&observe_socket, hub, observe_cancel).await {

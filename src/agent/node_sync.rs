@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meshpath_control::resolve::parse_cidr;
+use meshpath_control::state::Cidr;
 use meshpath_xdp_redirect::XdpRedirect;
 use tokio_util::sync::CancellationToken;
 
@@ -44,7 +44,7 @@ fn sync(
     let rows = nodes.rows();
     let mut peers: Vec<IpAddr> = rows
         .iter()
-        .filter_map(|row| row.address.as_deref()?.parse().ok())
+        .filter_map(|row| row.address)
         .filter(|addr| !own.contains(addr))
         .collect();
     peers.sort();
@@ -52,7 +52,10 @@ fn sync(
     let cidrs: Vec<_> = rows
         .iter()
         .flat_map(|row| row.pod_cidrs.iter())
-        .filter_map(|text| parse_cidr(text))
+        .map(|cidr| Cidr {
+            addr: cidr.address.into(),
+            prefix_len: cidr.prefix_len,
+        })
         .collect();
     uplink
         .lock()

@@ -4,19 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use meshpath_api::node::{Cidr, NodeRow};
 use meshpath_control::clustermesh::RemoteEvent;
 use meshpath_control::local::LocalState;
+use meshpath_control::resolve::parse_cidr;
 use meshpath_control::state::{Entry, EntryKey, StateEvent};
-use serde::{Deserialize, Serialize};
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRow {
-    pub cluster: String,
-    pub name: String,
-    /// The underlay address other nodes tunnel to.
-    pub address: Option<String>,
-    pub pod_cidrs: Vec<String>,
-}
 
 /// Nodes by (cluster, name), and a signal for whoever follows their changes.
 #[derive(Clone, Default)]
@@ -39,8 +31,14 @@ impl NodeDirectory {
             let row = NodeRow {
                 cluster: cluster.to_owned(),
                 name: node.name.clone(),
-                address: node.internal_ips.first().map(|ip| ip.to_string()),
-                pod_cidrs: node.pod_cidrs.clone(),
+                address: node.internal_ips.first().copied(),
+                // As the agent routes them: text that is no CIDR routes nothing.
+                pod_cidrs: node
+                    .pod_cidrs
+                    .iter()
+                    .filter_map(|text| parse_cidr(text))
+                    .map(cidr)
+                    .collect(),
             };
             nodes.insert((cluster.to_owned(), node.name.clone()), row);
         }
@@ -56,12 +54,8 @@ impl NodeDirectory {
                 let row = NodeRow {
                     cluster: cluster.clone(),
                     name: node.name.clone(),
-                    address: node.tunnel_addr().map(|a| a.to_string()),
-                    pod_cidrs: node
-                        .pod_cidrs
-                        .iter()
-                        .map(|c| format!("{}/{}", c.addr, c.prefix_len))
-                        .collect(),
+                    address: node.tunnel_addr().map(|a| a.ip()),
+                    pod_cidrs: node.pod_cidrs.iter().copied().map(cidr).collect(),
                 };
                 nodes.insert((cluster, node.name.clone()), row);
             }
@@ -81,16 +75,9 @@ impl NodeDirectory {
     }
 }
 
-/// `meshpath node list` as a table.
-pub fn render(rows: &[NodeRow]) -> String {
-    let mut out = format!("{:<32} {:<16} {}\n", "NODE", "ADDRESS", "POD CIDRS");
-    for row in rows {
-        out += &format!(
-            "{:<32} {:<16} {}\n",
-            format!("{}/{}", row.cluster, row.name),
-            row.address.as_deref().unwrap_or("-"),
-            row.pod_cidrs.join(",")
-        );
+fn cidr(c: meshpath_control::state::Cidr) -> Cidr {
+    Cidr {
+        address: c.addr.ip(),
+        prefix_len: c.prefix_len,
     }
-    out
 }

@@ -7,73 +7,33 @@
 //! of the socket `<status-socket>.observe`: one JSON flow per line.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use meshpath_api::client::ObserveRequest;
+use meshpath_api::flow::{Flow, Peer};
+use meshpath_api::Protocol;
 use meshpath_control::clustermesh::MeshStatus;
 use meshpath_control::local::LocalState;
-use meshpath_dataplane::flow::proto;
-use meshpath_dataplane::flowlog::{Direction, FlowEvent, FlowVerdict};
+use meshpath_dataplane::flowlog::{Direction, FlowEvent};
 use meshpath_dataplane::snapshot::Tables;
 use meshpath_dataplane::{Addr, Identity};
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
+
+use super::convert;
 
 /// Flows the agent keeps for `meshpath observe` without `--follow`.
 pub const KEEP: usize = 1024;
 /// Events in flight between the worker and the control task.
 const QUEUE: usize = 8192;
 const POLL: Duration = Duration::from_millis(20);
-
-/// One flow as `meshpath observe -o json` prints it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Flow {
-    /// Wall clock, milliseconds since the Unix epoch.
-    pub time_ms: u64,
-    /// The node whose worker saw it.
-    pub node: String,
-    pub source: Peer,
-    pub destination: Peer,
-    /// `TCP`, `UDP`, `ICMPv4`, `ICMPv6` or the protocol number.
-    pub protocol: String,
-    /// `forwarded` or `dropped`.
-    pub verdict: String,
-    /// How it was forwarded (`local_pod`, `tunnel`, ...), or why it was dropped (`policy_denied`, ...).
-    pub reason: String,
-    /// `from_pod` or `from_uplink`.
-    pub direction: String,
-    /// `address:port` the service translated the destination to.
-    pub backend: Option<String>,
-}
-
-/// One end of a flow.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Peer {
-    pub ip: String,
-    pub port: u16,
-    pub identity: u32,
-    pub cluster: Option<String>,
-    pub namespace: Option<String>,
-    pub pod: Option<String>,
-}
-
-impl Peer {
-    /// `cluster/namespace/pod`, `cluster/identity:N` or the address.
-    pub fn name(&self) -> String {
-        match (&self.cluster, &self.namespace, &self.pod) {
-            (Some(c), Some(ns), Some(pod)) => format!("{c}/{ns}/{pod}"),
-            (Some(c), _, _) => format!("{c}/{} (identity {})", self.ip, self.identity),
-            _ => self.ip.clone(),
-        }
-    }
-}
 
 /// The worker's end of the queue.
 pub struct FlowSink {
@@ -160,20 +120,17 @@ struct View<'a> {
 
 impl Names {
     fn flow(&self, view: &View<'_>, wall_ms: u64, e: &FlowEvent) -> Flow {
-        let (verdict, reason) = match e.verdict {
-            FlowVerdict::Forwarded(how) => ("forwarded", how.name()),
-            FlowVerdict::Dropped(why) => ("dropped", why.name()),
-        };
         Flow {
             time_ms: wall_ms,
             node: self.node.clone(),
             source: self.source(view, e),
             destination: self.peer(view, e.flow.dst, e.flow.dst_port, e.dst_identity),
-            protocol: protocol_name(e.flow.proto),
-            verdict: verdict.to_owned(),
-            reason: reason.to_owned(),
-            direction: e.direction.name().to_owned(),
-            backend: e.backend.map(|(addr, port)| socket(addr, port)),
+            protocol: Protocol::from_number(e.flow.proto),
+            outcome: convert::outcome(e.verdict),
+            direction: convert::direction(e.direction),
+            backend: e
+                .backend
+                .map(|(addr, port)| convert::socket_addr(addr, port)),
         }
     }
 
@@ -205,7 +162,7 @@ impl Names {
     /// by their ipcache entry's cluster (and identity).
     fn peer(&self, view: &View<'_>, addr: Addr, port: u16, identity: Identity) -> Peer {
         let mut peer = Peer {
-            ip: addr.to_string(),
+            ip: addr.ip(),
             port,
             identity: identity.get(),
             cluster: None,
@@ -300,19 +257,6 @@ pub async fn collect(
     }
 }
 
-/// What a client asks for, as its first line.
-#[derive(Debug, Serialize, Deserialize)]
-struct Request {
-    follow: bool,
-}
-
-/// The observe socket's path beside the status socket's.
-pub fn socket_path(status_socket: &Path) -> PathBuf {
-    let mut path = status_socket.as_os_str().to_owned();
-    path.push(".observe");
-    PathBuf::from(path)
-}
-
 /// Serves observers until cancelled: the kept flows, then (when asked) every new one.
 pub async fn serve(path: &Path, hub: FlowHub, cancel: CancellationToken) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(path);
@@ -339,7 +283,7 @@ async fn observer(stream: UnixStream, hub: FlowHub) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
-    let request: Request = serde_json::from_str(&line)?;
+    let request: ObserveRequest = serde_json::from_str(&line)?;
     // Subscribe first: a flow published meanwhile is then not missed (at worst printed twice).
     let mut live = hub.live.subscribe();
     for flow in hub.recent() {
@@ -363,127 +307,19 @@ fn json_line(flow: &Flow) -> anyhow::Result<Vec<u8>> {
     Ok(line)
 }
 
-/// Which flows the CLI prints.
-#[derive(Clone, Debug, Default)]
-pub struct Filter {
-    pub pod: Option<String>,
-    pub namespace: Option<String>,
-    pub cluster: Option<String>,
-    pub verdict: Option<String>,
-}
-
-impl Filter {
-    /// A flow passes when either end matches every peer filter given, and its verdict matches.
-    pub fn matches(&self, flow: &Flow) -> bool {
-        let end = |p: &Peer| {
-            let pod = self.pod.as_deref().is_none_or(|want| {
-                let full = format!(
-                    "{}/{}",
-                    p.namespace.as_deref().unwrap_or(""),
-                    p.pod.as_deref().unwrap_or("")
-                );
-                p.pod.as_deref() == Some(want) || full == want
-            });
-            let ns = self
-                .namespace
-                .as_deref()
-                .is_none_or(|n| p.namespace.as_deref() == Some(n));
-            let cluster = self
-                .cluster
-                .as_deref()
-                .is_none_or(|c| p.cluster.as_deref() == Some(c));
-            pod && ns && cluster
-        };
-        let verdict = self.verdict.as_deref().is_none_or(|v| flow.verdict == v);
-        verdict && (end(&flow.source) || end(&flow.destination))
-    }
-}
-
-/// Reads flows from a running agent, calling `each` for every one until the agent closes the stream
-/// (without `follow`: after the kept flows) or `each` says stop.
-pub fn read(
-    status_socket: &Path,
-    follow: bool,
-    mut each: impl FnMut(Flow) -> anyhow::Result<bool>,
-) -> anyhow::Result<()> {
-    use std::io::{BufRead, Write};
-    let path = socket_path(status_socket);
-    let mut stream = std::os::unix::net::UnixStream::connect(&path)
-        .map_err(|e| anyhow::anyhow!("connecting to {}: {e}", path.display()))?;
-    let mut request = serde_json::to_vec(&Request { follow })?;
-    request.push(b'\n');
-    stream.write_all(&request)?;
-    for line in std::io::BufReader::new(stream).lines() {
-        let flow: Flow = serde_json::from_str(&line?)?;
-        if !each(flow)? {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// A flow as one line, like `hubble observe`:
-/// `time  src → dst  proto ports  verdict (reason)  via backend`.
-pub fn render(flow: &Flow) -> String {
-    let ports = match flow.protocol.as_str() {
-        "TCP" | "UDP" => format!(" {} → {}", flow.source.port, flow.destination.port),
-        _ => String::new(),
-    };
-    let via = flow
-        .backend
-        .as_deref()
-        .map_or(String::new(), |b| format!("  via {b}"));
-    format!(
-        "{}  {} → {}  {}{ports}  {} ({}){via}",
-        clock(flow.time_ms),
-        flow.source.name(),
-        flow.destination.name(),
-        flow.protocol,
-        flow.verdict.to_uppercase(),
-        flow.reason,
-    )
-}
-
-/// `HH:MM:SS.mmm` (UTC).
-fn clock(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        secs / 3600 % 24,
-        secs / 60 % 60,
-        secs % 60,
-        unix_ms % 1000
-    )
-}
-
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn protocol_name(number: u8) -> String {
-    match number {
-        proto::TCP => "TCP".into(),
-        proto::UDP => "UDP".into(),
-        proto::ICMP => "ICMPv4".into(),
-        proto::ICMPV6 => "ICMPv6".into(),
-        n => format!("proto-{n}"),
-    }
-}
-
-fn socket(addr: Addr, port: u16) -> String {
-    if addr.is_ipv4() {
-        format!("{addr}:{port}")
-    } else {
-        format!("[{addr}]:{port}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshpath_api::flow::Outcome;
+    use meshpath_api::Client;
     use meshpath_dataplane::endpoint::Endpoint;
-    use meshpath_dataplane::flowlog::Direction;
+    use meshpath_dataplane::flow::proto;
+    use meshpath_dataplane::flowlog::{Direction, FlowVerdict};
     use meshpath_dataplane::gateway::Gateway;
     use meshpath_dataplane::ipcache::{IpCacheEntry, IpPrefix};
     use meshpath_dataplane::route::{RoutingMode, Underlay};
@@ -492,6 +328,7 @@ mod tests {
     use meshpath_dataplane::tunnel::TunnelProtocol;
     use meshpath_dataplane::{ClusterId, DropReason, FlowKey, PortId};
     use std::net::Ipv4Addr;
+    use std::path::PathBuf;
 
     const X_WING: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 10);
     const REBEL_C2: Ipv4Addr = Ipv4Addr::new(100, 65, 1, 10);
@@ -593,11 +430,11 @@ mod tests {
         assert_eq!(flow.destination.cluster.as_deref(), Some("cluster2"));
         assert_eq!(flow.destination.identity, 0x2_0100);
         assert_eq!(
-            (flow.verdict.as_str(), flow.reason.as_str()),
-            ("dropped", "policy_denied")
+            flow.outcome,
+            Outcome::Dropped(meshpath_api::DropReason::PolicyDenied)
         );
-        assert_eq!(flow.backend.as_deref(), Some("100.65.1.10:8080"));
-        let line = render(&flow);
+        assert_eq!(flow.backend, Some("100.65.1.10:8080".parse().unwrap()));
+        let line = meshpath_api::flow::render(&flow);
         assert!(
             line.starts_with("22:13:20.123  cluster1/default/x-wing → cluster2/"),
             "{line}"
@@ -610,7 +447,7 @@ mod tests {
         let liar = Ipv4Addr::new(100, 64, 1, 99);
         let spoofed = event(liar, FlowVerdict::Dropped(DropReason::SpoofedSource));
         let flow = flow_of(&names, &spoofed);
-        assert_eq!(flow.source.ip, "100.64.1.99");
+        assert_eq!(flow.source.ip, liar);
         assert_eq!(
             flow.source.pod.as_deref(),
             Some("x-wing"),
@@ -623,31 +460,6 @@ mod tests {
         assert_eq!(flow.destination.name(), "cluster1/default/p21");
     }
 
-    #[test]
-    fn filters_by_either_end_and_verdict() {
-        let names = names();
-        let flow = flow_of(
-            &names,
-            &event(X_WING, FlowVerdict::Forwarded(Forward::Tunnel)),
-        );
-        let filter = |pod: Option<&str>, cluster: Option<&str>, verdict: Option<&str>| Filter {
-            pod: pod.map(String::from),
-            namespace: None,
-            cluster: cluster.map(String::from),
-            verdict: verdict.map(String::from),
-        };
-        assert!(filter(None, None, None).matches(&flow));
-        assert!(filter(Some("x-wing"), None, Some("forwarded")).matches(&flow));
-        assert!(filter(Some("default/x-wing"), Some("cluster1"), None).matches(&flow));
-        assert!(
-            filter(None, Some("cluster2"), None).matches(&flow),
-            "the destination's cluster"
-        );
-        assert!(!filter(Some("x-wing"), Some("cluster2"), None).matches(&flow));
-        assert!(!filter(Some("tie-fighter"), None, None).matches(&flow));
-        assert!(!filter(None, None, Some("dropped")).matches(&flow));
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn serves_kept_flows_then_follows_new_ones() {
         let names = names();
@@ -658,7 +470,7 @@ mod tests {
         let hub = FlowHub::default();
         let cancel = CancellationToken::new();
         tokio::spawn(collect(source, names, hub.clone(), cancel.clone()));
-        let path = socket_path(&status);
+        let path = meshpath_api::client::observe_socket(&status);
         assert_eq!(path, dir.join("agent.sock.observe"));
         tokio::spawn(serve_owned(path.clone(), hub, cancel.clone()));
         sink.send(event(
@@ -668,7 +480,7 @@ mod tests {
         assert!(wait_for_socket(&path).await);
         let kept = read_flows(&status, false, usize::MAX).await;
         assert_eq!(kept.len(), 1, "{kept:?}");
-        assert_eq!(kept[0].reason, "policy_denied");
+        assert_eq!(kept[0].outcome.reason(), "policy_denied");
 
         let follower = tokio::task::spawn_blocking({
             let status = status.clone();
@@ -680,7 +492,7 @@ mod tests {
             .await
             .expect("the new flow arrives")
             .unwrap();
-        let reasons: Vec<&str> = followed.iter().map(|f| f.reason.as_str()).collect();
+        let reasons: Vec<&str> = followed.iter().map(|f| f.outcome.reason()).collect();
         assert_eq!(reasons, ["policy_denied", "tunnel"]);
         cancel.cancel();
         let _ = std::fs::remove_dir_all(&dir);
@@ -711,11 +523,12 @@ mod tests {
 
     fn collect_flows(status: &Path, follow: bool, max: usize) -> Vec<Flow> {
         let mut flows = Vec::new();
-        read(status, follow, |flow| {
-            flows.push(flow);
-            Ok(flows.len() < max)
-        })
-        .unwrap();
+        Client::new(status)
+            .observe(follow, |flow| {
+                flows.push(flow);
+                flows.len() < max
+            })
+            .unwrap();
         flows
     }
 }

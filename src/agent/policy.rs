@@ -1,36 +1,12 @@
 //! The compiled policy of every pod on this node, for `meshpath policy get`: read from the snapshot
 //! the workers use now, so it is what is enforced, not what was written. Off the packet path.
 
+use meshpath_api::policy::{AllowRow, DirectionRow, EndpointPolicyRow, PolicyPeer, PortGrant};
+use meshpath_api::Protocol;
 use meshpath_dataplane::policy::{DirectionPolicy, PeerGrant, PortSet};
 use meshpath_dataplane::snapshot::Tables;
-use serde::{Deserialize, Serialize};
 
-use super::identities::{label, name_of, IdentityRow};
-
-/// One local endpoint's policy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndpointPolicyRow {
-    /// `namespace/name`.
-    pub endpoint: String,
-    pub identity: u32,
-    pub ingress: DirectionRow,
-    pub egress: DirectionRow,
-}
-
-/// One direction: allow-all when not enforced, otherwise only what `allow` lists.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DirectionRow {
-    pub enforced: bool,
-    pub allow: Vec<AllowRow>,
-}
-
-/// What one peer may do: `peer` is `any` (every peer), a reserved name or an identity's value.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AllowRow {
-    pub peer: String,
-    /// `all`, or ports as `80/TCP`, `1000-2000/UDP`.
-    pub ports: Vec<String>,
-}
+use super::identities;
 
 /// Every endpoint of `tables`, by name.
 pub fn rows(tables: &Tables) -> Vec<EndpointPolicyRow> {
@@ -60,10 +36,10 @@ fn direction(policy: &DirectionPolicy) -> DirectionRow {
     };
     let mut peers: Vec<_> = enforced.peers().collect();
     peers.sort_by_key(|(peer, _)| *peer);
-    let any = Some(("any".to_owned(), enforced.any_peer()));
+    let any = Some((PolicyPeer::Any, enforced.any_peer()));
     let allow = any
         .into_iter()
-        .chain(peers.into_iter().map(|(p, g)| (name_of(p), g)))
+        .chain(peers.into_iter().map(|(p, g)| (identities::peer(p), g)))
         .filter_map(|(peer, grant)| {
             let ports = ports(grant);
             (!ports.is_empty()).then_some(AllowRow { peer, ports })
@@ -75,62 +51,22 @@ fn direction(policy: &DirectionPolicy) -> DirectionRow {
     }
 }
 
-fn ports(grant: &PeerGrant) -> Vec<String> {
+fn ports(grant: &PeerGrant) -> Vec<PortGrant> {
     if grant.all {
-        return vec!["all".to_owned()];
+        return vec![PortGrant::All];
     }
-    let named = |set: &PortSet, proto: &str| -> Vec<String> {
+    let named = |set: &PortSet, protocol: Protocol| {
         set.ranges()
             .iter()
-            .map(|(lo, hi)| match lo == hi {
-                true => format!("{lo}/{proto}"),
-                false => format!("{lo}-{hi}/{proto}"),
+            .map(move |&(first, last)| PortGrant::Ports {
+                first,
+                last,
+                protocol,
             })
-            .collect()
+            .collect::<Vec<_>>()
     };
-    let mut out = named(&grant.tcp, "TCP");
-    out.extend(named(&grant.udp, "UDP"));
-    out
-}
-
-/// `meshpath policy get` as a table: per endpoint and direction, each allowed peer with its ports and,
-/// when `identities` knows it, its labels.
-pub fn render(rows: &[EndpointPolicyRow], identities: &[IdentityRow]) -> String {
-    use std::fmt::Write;
-    let labels_of = |peer: &str| -> String {
-        let Some(row) = identities.iter().find(|r| r.id.to_string() == peer) else {
-            return String::new();
-        };
-        let labels: Vec<String> = row.labels.iter().map(|(k, v)| label(k, v)).collect();
-        labels.join(",")
-    };
-    let mut out = format!(
-        "{:<32} {:<10} {:<9} {:<12} {:<20} {}\n",
-        "ENDPOINT", "IDENTITY", "DIRECTION", "PEER", "PORTS", "PEER LABELS"
-    );
-    for row in rows {
-        let (mut endpoint, mut identity) = (row.endpoint.clone(), row.identity.to_string());
-        for (name, dir) in [("ingress", &row.ingress), ("egress", &row.egress)] {
-            let lines: Vec<(&str, String)> = match (dir.enforced, dir.allow.is_empty()) {
-                (false, _) => vec![("all", "all (not enforced)".to_owned())],
-                (true, true) => vec![("-", "none (deny all)".to_owned())],
-                (true, false) => dir
-                    .allow
-                    .iter()
-                    .map(|a| (a.peer.as_str(), a.ports.join(",")))
-                    .collect(),
-            };
-            let mut direction = name;
-            for (peer, ports) in lines {
-                let line = format!(
-                    "{endpoint:<32} {identity:<10} {direction:<9} {peer:<12} {ports:<20} {}",
-                    labels_of(peer)
-                );
-                let _ = writeln!(out, "{}", line.trim_end());
-                (endpoint, identity, direction) = (String::new(), String::new(), "");
-            }
-        }
-    }
+    let mut out = named(&grant.tcp, Protocol::Tcp);
+    out.extend(named(&grant.udp, Protocol::Udp));
     out
 }
 
@@ -220,27 +156,23 @@ mod tests {
             ("default/rebel-base", base.get())
         );
         assert!(rows[0].ingress.enforced && !rows[0].egress.enforced);
-        let peers: Vec<(&str, &[String])> = rows[0]
+        let peers: Vec<(String, Vec<String>)> = rows[0]
             .ingress
             .allow
             .iter()
-            .map(|a| (a.peer.as_str(), a.ports.as_slice()))
+            .map(|a| {
+                (
+                    a.peer.to_string(),
+                    a.ports.iter().map(|p| p.to_string()).collect(),
+                )
+            })
             .collect();
-        let port80 = ["80/TCP".to_owned()];
-        assert_eq!(peers, vec![("65537", &port80[..]), ("131073", &port80[..])]);
+        let port80 = vec!["80/TCP".to_owned()];
+        assert_eq!(
+            peers,
+            vec![("65537".into(), port80.clone()), ("131073".into(), port80)]
+        );
         assert!(!rows[1].ingress.enforced && !rows[1].egress.enforced);
-    }
-
-    fn row(ingress: DirectionRow) -> EndpointPolicyRow {
-        EndpointPolicyRow {
-            endpoint: "default/rebel-base".into(),
-            identity: 65538,
-            ingress,
-            egress: DirectionRow {
-                enforced: false,
-                allow: vec![],
-            },
-        }
     }
 
     #[test]
@@ -248,40 +180,12 @@ mod tests {
         let mut grant = PeerGrant::default();
         grant.tcp.insert(80, 80);
         grant.udp.insert(1000, 2000);
-        assert_eq!(ports(&grant), vec!["80/TCP", "1000-2000/UDP"]);
+        let text = |grant: &PeerGrant| -> Vec<String> {
+            ports(grant).iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(text(&grant), vec!["80/TCP", "1000-2000/UDP"]);
         grant.all = true;
-        assert_eq!(ports(&grant), vec!["all"]);
+        assert_eq!(text(&grant), vec!["all"]);
         assert!(ports(&PeerGrant::default()).is_empty());
-    }
-
-    #[test]
-    fn table_shows_enforced_and_open_directions() {
-        let enforced = DirectionRow {
-            enforced: true,
-            allow: vec![AllowRow {
-                peer: "131073".into(),
-                ports: vec!["80/TCP".into()],
-            }],
-        };
-        let peer = IdentityRow {
-            id: 131073,
-            cluster: Some("cluster2".into()),
-            labels: [("app".to_owned(), "x-wing".to_owned())].into(),
-        };
-        let table = render(&[row(enforced)], &[peer]);
-        let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 3, "{table}");
-        assert!(lines[1].starts_with("default/rebel-base"));
-        assert!(lines[1].contains("ingress"), "{table}");
-        assert!(lines[1].ends_with("131073       80/TCP               app=x-wing"));
-        assert!(lines[2].contains("egress") && lines[2].ends_with("all (not enforced)"));
-        let denied = render(
-            &[row(DirectionRow {
-                enforced: true,
-                allow: vec![],
-            })],
-            &[],
-        );
-        assert!(denied.contains("none (deny all)"));
     }
 }

@@ -2,8 +2,8 @@
 //! lab or its tests started there), then deletes the namespaces, which takes their veths, bridges and
 //! XDP programs with them, and the agents' pinned maps. Running it again finds nothing and succeeds.
 
-use super::ip::{ip, netns_list, netns_pids, IpError};
-use super::plan::is_lab_netns;
+use crate::ip::{ip, netns_list, netns_pids, IpError};
+use crate::plan::is_lab_netns;
 
 /// Returns the namespaces it deleted.
 pub fn down(prefix: &str) -> Result<Vec<String>, IpError> {

@@ -1,7 +1,8 @@
 //! `meshpath lab up --mesh`: on top of the namespaces, one etcd per cluster (on its first node) and one
 //! agent per node, every cluster meshed with every other, the local state of each cluster a YAML
 //! directory listing its nodes and the lab's pods. The processes run on after `lab up` returns;
-//! `lab down` ends them with the namespaces. Files live in [`dir`].
+//! `lab down` ends them with the namespaces. Files live in [`dir`]. The agents are the `meshpath`
+//! binary [`agent_binary`](crate::agent_binary::agent_binary) finds.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::plan::{Node, Plan};
+use crate::plan::{Node, Plan};
 
 /// Where a meshed lab keeps its configuration, state, sockets and logs.
 pub fn dir(prefix: &str) -> PathBuf {
@@ -32,6 +33,8 @@ pub fn pod_name(n: u8, k: u8) -> String {
 
 /// Starts the etcds and the agents of `plan`, and waits until every agent answers.
 pub fn start(plan: &Plan) -> anyhow::Result<()> {
+    // Before anything starts: a missing agent binary leaves nothing to undo.
+    let agent = crate::agent_binary::agent_binary()?;
     let root = dir(&plan.prefix);
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     for &c in &plan.clusters {
@@ -45,7 +48,7 @@ pub fn start(plan: &Plan) -> anyhow::Result<()> {
         wait_for_etcd(plan, c)?;
     }
     for node in &plan.nodes {
-        start_agent(plan, node)?;
+        start_agent(plan, node, &agent)?;
     }
     for node in &plan.nodes {
         let sock = socket(&plan.prefix, node.cluster, node.node);
@@ -207,9 +210,9 @@ pub fn pin_dir(prefix: &str) -> PathBuf {
     PathBuf::from(format!("/sys/fs/bpf/meshpath/lab-{prefix}"))
 }
 
-fn start_agent(plan: &Plan, node: &Node) -> anyhow::Result<()> {
+fn start_agent(plan: &Plan, node: &Node, agent: &Path) -> anyhow::Result<()> {
     let (c, n) = (node.cluster, node.node);
-    let router = interface_mac(&plan.fabric, &super::plan::bridge(c))?;
+    let router = interface_mac(&plan.fabric, &crate::plan::bridge(c))?;
     let mut pods = String::new();
     for (i, pod) in node.pods.iter().enumerate() {
         let mac = interface_mac(&pod.netns, "eth0")?;
@@ -243,7 +246,7 @@ fn start_agent(plan: &Plan, node: &Node) -> anyhow::Result<()> {
     let path = dir(&plan.prefix).join(format!("c{c}-n{n}.yaml"));
     std::fs::write(&path, config)?;
     let out = std::fs::File::create(log(plan, &node.netns))?;
-    Command::new(std::env::current_exe()?)
+    Command::new(agent)
         .args(["agent", "--config"])
         .arg(&path)
         .args(["--netns", &node.netns])

@@ -1,4 +1,5 @@
-//! `meshpath lab up/status/down` on the real kernel: the address plan is reachable as designed
+//! `meshpath-lab up/status/down` (`meshpath lab …`) on the real kernel: the address plan is reachable
+//! as designed
 //! (pods on one node, pods across nodes of a cluster, nodes across clusters through the routed hop),
 //! pods of different clusters are not (that needs the tunnel), both commands are idempotent, and down
 //! leaves no namespace or process behind. Needs root; skipped with a printed reason only when not root.
@@ -12,13 +13,12 @@ struct Lab {
 }
 
 impl Lab {
-    fn meshpath(&self, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_meshpath"))
-            .arg("lab")
+    fn lab(&self, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_meshpath-lab"))
             .args(args)
             .args(["--prefix", &self.prefix])
             .output()
-            .expect("meshpath binary runs");
+            .expect("meshpath-lab runs");
         assert!(
             out.status.success(),
             "meshpath lab {args:?}: {}",
@@ -37,15 +37,15 @@ impl Lab {
     }
 
     fn status(&self) -> Value {
-        let out = self.meshpath(&["status", "-o", "json"]);
+        let out = self.lab(&["status", "-o", "json"]);
         serde_json::from_slice(&out.stdout).expect("status prints JSON")
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_meshpath"))
-            .args(["lab", "down", "--prefix", &self.prefix])
+        let _ = Command::new(env!("CARGO_BIN_EXE_meshpath-lab"))
+            .args(["down", "--prefix", &self.prefix])
             .status();
     }
 }
@@ -81,8 +81,8 @@ fn lab_up_builds_the_address_plan_and_down_removes_everything() {
         prefix: format!("mpl{}", std::process::id() % 100_000),
     };
     let size = ["--clusters", "2", "--nodes", "2", "--pods", "2"];
-    lab.meshpath(&[&["up"][..], &size].concat());
-    lab.meshpath(&[&["up"][..], &size].concat());
+    lab.lab(&[&["up"][..], &size].concat());
+    lab.lab(&[&["up"][..], &size].concat());
 
     let status = lab.status();
     let namespaces = status["namespaces"].as_array().expect("namespaces");
@@ -124,7 +124,7 @@ fn lab_up_builds_the_address_plan_and_down_removes_everything() {
         .expect("a process inside the lab");
     std::thread::sleep(std::time::Duration::from_millis(200));
 
-    lab.meshpath(&["down"]);
+    lab.lab(&["down"]);
     let exited = (0..20).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(100));
         sleeper.try_wait().ok().flatten().is_some()
@@ -134,6 +134,6 @@ fn lab_up_builds_the_address_plan_and_down_removes_everything() {
         lab_namespaces(&lab.prefix).is_empty(),
         "down leaves no namespace"
     );
-    lab.meshpath(&["down"]);
+    lab.lab(&["down"]);
     assert_eq!(lab.status()["namespaces"].as_array().map(Vec::len), Some(0));
 }

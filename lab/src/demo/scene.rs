@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::lab::mesh::{self, wait};
-use crate::lab::plan::{Plan, Size};
+use crate::mesh::{self, wait};
+use crate::plan::{Plan, Size};
 
 pub const CLUSTERS: [u8; 2] = [1, 2];
 pub const SERVICE_PORT: u16 = 80;
@@ -34,6 +34,8 @@ pub fn service_ip(c: u8) -> String {
 
 impl Scene {
     pub fn build(prefix: &str) -> anyhow::Result<Scene> {
+        // Before the lab is built: without agents there is no demo.
+        crate::agent_binary::agent_binary()?;
         let on_interrupt = prefix.to_owned();
         let _ = ctrlc::set_handler(move || {
             eprintln!("\ninterrupted: tearing the demo down");
@@ -52,7 +54,7 @@ impl Scene {
             prefix: prefix.to_owned(),
             plan,
         };
-        crate::lab::up::up(&scene.plan)?;
+        crate::up::up(&scene.plan)?;
         mesh::start(&scene.plan)?;
         for c in CLUSTERS {
             scene.write_state(c, true, false)?;
@@ -196,6 +198,6 @@ impl Drop for Scene {
 }
 
 fn tear_down(prefix: &str) {
-    let _ = crate::lab::down::down(prefix);
+    let _ = crate::down::down(prefix);
     let _ = std::fs::remove_dir_all(mesh::dir(prefix));
 }

@@ -6,10 +6,13 @@ use std::time::Duration;
 use anyhow::bail;
 use serde::Serialize;
 
+use meshpath_api::flow::{self, Flow, Outcome};
+use meshpath_api::node::NodeRow;
+use meshpath_api::service::BackendState;
+use meshpath_api::{Client, DropReason};
+
 use super::scene::{rebel_ip, service_ip, Scene, BACKEND_PORT, CLUSTERS, SERVICE_PORT};
-use crate::agent::nodes::NodeRow;
-use crate::agent::{observe, status};
-use crate::lab::mesh::wait;
+use crate::mesh::wait;
 
 /// Answers per cluster and failures of a run of requests.
 #[derive(Debug, Default, Serialize)]
@@ -59,16 +62,16 @@ pub fn call_service(scene: &Scene, c: u8, n: usize) -> anyhow::Result<Calls> {
 
 /// The agents' view of rebel-base: which clusters' backends are active.
 fn active_backend_clusters(scene: &Scene, c: u8) -> Vec<u8> {
-    let Ok(status) = status::read(&scene.socket(c)) else {
+    let Ok(status) = Client::new(scene.socket(c)).status() else {
         return Vec::new();
     };
     let frontend = format!("{}:{SERVICE_PORT}/TCP", service_ip(c));
     let mut clusters: Vec<u8> = status
         .services
         .iter()
-        .filter(|s| s.frontend == frontend)
+        .filter(|s| s.frontend.to_string() == frontend)
         .flat_map(|s| s.backends.iter())
-        .filter(|b| b.state == "active")
+        .filter(|b| b.state == BackendState::Active)
         .filter_map(|b| b.cluster)
         .collect();
     clusters.sort_unstable();
@@ -152,19 +155,20 @@ pub fn policy(scene: &Scene) -> anyhow::Result<PolicyReport> {
         local_denied,
         policy_denied_drops: policy_denied(scene).saturating_sub(denied_before),
         observed_denials: denials.len() as u64,
-        observed_sample: denials.first().map(observe::render),
+        observed_sample: denials.first().map(flow::render),
     })
 }
 
 /// The `policy_denied` drops cluster1's agent kept since `since_ms`: `meshpath observe
 /// --verdict dropped` (the flows' wall-clock stamps may trail the step's start by a poll).
-fn observed_denials(scene: &Scene, since_ms: u64) -> anyhow::Result<Vec<observe::Flow>> {
+fn observed_denials(scene: &Scene, since_ms: u64) -> anyhow::Result<Vec<Flow>> {
     let mut denials = Vec::new();
-    observe::read(&scene.socket(1), false, |flow| {
-        if flow.reason == "policy_denied" && flow.time_ms + 1000 >= since_ms {
+    Client::new(scene.socket(1)).observe(false, |flow| {
+        let denied = flow.outcome == Outcome::Dropped(DropReason::PolicyDenied);
+        if denied && flow.time_ms + 1000 >= since_ms {
             denials.push(flow);
         }
-        Ok(true)
+        true
     })?;
     Ok(denials)
 }
@@ -176,13 +180,14 @@ fn unix_ms() -> u64 {
 }
 
 fn policy_denied(scene: &Scene) -> u64 {
-    status::read(&scene.socket(1))
+    Client::new(scene.socket(1))
+        .status()
         .ok()
-        .and_then(|s| s.dataplane.dropped.get("policy_denied").copied())
+        .and_then(|s| s.dataplane.dropped.get(&DropReason::PolicyDenied).copied())
         .unwrap_or(0)
 }
 
 /// Every node of both clusters, as cluster1's agent lists them (`meshpath node list`).
 pub fn nodes(scene: &Scene) -> anyhow::Result<Vec<NodeRow>> {
-    Ok(status::read(&scene.socket(1))?.nodes)
+    Ok(Client::new(scene.socket(1)).status()?.nodes)
 }

@@ -26,7 +26,7 @@ pub struct DemoReport {
     pub failover_failed_requests: u64,
     pub failover: Vec<steps::Failover>,
     pub policy: steps::PolicyReport,
-    pub nodes: Vec<crate::agent::nodes::NodeRow>,
+    pub nodes: Vec<meshpath_api::node::NodeRow>,
     pub seconds: f64,
 }
 
@@ -103,7 +103,7 @@ impl DemoReport {
             let _ = writeln!(out, "     {sample}");
         }
         out += "\n4. meshpath node list (cluster1's agent)\n";
-        for line in crate::agent::nodes::render(&self.nodes).lines() {
+        for line in meshpath_api::node::render(&self.nodes).lines() {
             let _ = writeln!(out, "   {line}");
         }
         let _ = writeln!(

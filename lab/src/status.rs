@@ -4,8 +4,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::ip::{ip, netns_list, netns_pids, IpError};
-use super::plan::is_lab_netns;
+use crate::ip::{ip, netns_list, netns_pids, IpError};
+use crate::plan::is_lab_netns;
 
 #[derive(Debug, Serialize)]
 pub struct Status {

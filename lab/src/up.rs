@@ -1,7 +1,7 @@
 //! `meshpath lab up`: creates whatever of the plan is missing; running it again changes nothing.
 
-use super::ip::{complete_checksums, enable_forwarding, ensure_netns, ip, link_exists, IpError};
-use super::plan::{bridge, fabric_router, Node, Plan};
+use crate::ip::{complete_checksums, enable_forwarding, ensure_netns, ip, link_exists, IpError};
+use crate::plan::{bridge, fabric_router, Node, Plan};
 
 /// The pods' MTU: the underlay's 1500 less the tunnel's overhead.
 pub const POD_MTU: u16 = 1450;

@@ -1,0 +1,234 @@
+//! Reading a running agent: its status document from the status socket (one JSON document per
+//! connection, then the agent closes it) and its flows from the observe socket beside it
+//! (`<status-socket>.observe`: the client sends one [`ObserveRequest`] line, the agent answers one
+//! JSON [`Flow`] per line).
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::flow::Flow;
+use crate::status::AgentStatus;
+
+/// Where the agent serves its status unless configured otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/meshpath/agent.sock";
+
+/// How long a client waits for an agent that accepted the connection to answer.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What an observer asks for, as its first line on the observe socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObserveRequest {
+    /// After the flows the agent kept, every new one until the observer hangs up.
+    pub follow: bool,
+}
+
+/// The observe socket's path beside the status socket's.
+pub fn observe_socket(status_socket: &Path) -> PathBuf {
+    let mut path = status_socket.as_os_str().to_owned();
+    path.push(".observe");
+    PathBuf::from(path)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no agent answers on {}: {source}", socket.display())]
+    Connect { socket: PathBuf, source: io::Error },
+    #[error("the agent on {} did not answer within {}s", socket.display(), after.as_secs_f32())]
+    Timeout { socket: PathBuf, after: Duration },
+    #[error("talking to the agent on {}: {source}", socket.display())]
+    Io { socket: PathBuf, source: io::Error },
+    #[error(
+        "the agent on {} answered what this meshpath cannot read (are the agent and the CLI of different versions?): {source}",
+        socket.display()
+    )]
+    Decode {
+        socket: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// A client of one agent, by its status socket.
+#[derive(Clone, Debug)]
+pub struct Client {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl Client {
+    pub fn new(status_socket: impl Into<PathBuf>) -> Client {
+        Client {
+            socket: status_socket.into(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// How long to wait for each answer (not for the next flow of a followed stream).
+    pub fn with_timeout(self, timeout: Duration) -> Client {
+        Client { timeout, ..self }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The agent's status document.
+    pub fn status(&self) -> Result<AgentStatus, ClientError> {
+        let mut stream = self.connect(&self.socket)?;
+        let mut body = Vec::new();
+        stream
+            .read_to_end(&mut body)
+            .map_err(|e| self.io(&self.socket, e))?;
+        serde_json::from_slice(&body).map_err(|source| ClientError::Decode {
+            socket: self.socket.clone(),
+            source,
+        })
+    }
+
+    /// Calls `each` with every flow the agent kept, then (with `follow`) every new one, until the
+    /// agent closes the stream or `each` returns `false`.
+    pub fn observe(
+        &self,
+        follow: bool,
+        mut each: impl FnMut(Flow) -> bool,
+    ) -> Result<(), ClientError> {
+        let path = observe_socket(&self.socket);
+        let mut stream = self.connect(&path)?;
+        let mut request = serde_json::to_vec(&ObserveRequest { follow }).unwrap_or_default();
+        request.push(b'\n');
+        stream.write_all(&request).map_err(|e| self.io(&path, e))?;
+        if follow {
+            // A quiet node sends nothing for as long as it stays quiet.
+            stream
+                .set_read_timeout(None)
+                .map_err(|e| self.io(&path, e))?;
+        }
+        for line in BufReader::new(stream).lines() {
+            let line = line.map_err(|e| self.io(&path, e))?;
+            let flow = serde_json::from_str(&line).map_err(|source| ClientError::Decode {
+                socket: path.clone(),
+                source,
+            })?;
+            if !each(flow) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn connect(&self, path: &Path) -> Result<UnixStream, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            socket: path.to_owned(),
+            source,
+        })?;
+        let timeouts = stream
+            .set_read_timeout(Some(self.timeout))
+            .and_then(|()| stream.set_write_timeout(Some(self.timeout)));
+        timeouts.map_err(|e| self.io(path, e))?;
+        Ok(stream)
+    }
+
+    fn io(&self, path: &Path, source: io::Error) -> ClientError {
+        match source.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
+                socket: path.to_owned(),
+                after: self.timeout,
+            },
+            _ => ClientError::Io {
+                socket: path.to_owned(),
+                source,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    fn socket(test: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("mp-api-{}-{test}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    #[test]
+    fn a_missing_agent_is_named() {
+        let path = socket("missing");
+        let error = Client::new(&path).status().unwrap_err();
+        assert!(matches!(error, ClientError::Connect { .. }), "{error:?}");
+        let text = error.to_string();
+        assert!(text.starts_with("no agent answers on "), "{text}");
+        assert!(text.contains(&*path.to_string_lossy()), "{text}");
+    }
+
+    #[test]
+    fn a_silent_agent_times_out() {
+        let path = socket("silent");
+        let listener = UnixListener::bind(&path).unwrap();
+        // Accepts and holds the connection without answering.
+        let holder = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+        let client = Client::new(&path).with_timeout(Duration::from_millis(50));
+        let error = client.status().unwrap_err();
+        assert!(matches!(error, ClientError::Timeout { .. }), "{error:?}");
+        assert!(
+            error.to_string().contains("did not answer within 0.05s"),
+            "{error}"
+        );
+        drop(holder.join());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error() {
+        let path = socket("garbage");
+        let listener = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream.write_all(b"{\"cluster\": 1}").unwrap();
+        });
+        let error = Client::new(&path).status().unwrap_err();
+        assert!(matches!(error, ClientError::Decode { .. }), "{error:?}");
+        assert!(error.to_string().contains("cannot read"), "{error}");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn observe_sends_its_request_and_reads_flows_until_told_to_stop() {
+        let status = socket("observe");
+        let path = observe_socket(&status);
+        assert_eq!(
+            path.file_name().unwrap(),
+            &*format!("mp-api-{}-observe.sock.observe", std::process::id())
+        );
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let flow = r#"{"time_ms":1,"node":"n1","source":{"ip":"10.0.0.1","port":1,"identity":1,"cluster":null,"namespace":null,"pod":null},"destination":{"ip":"10.0.0.2","port":2,"identity":2,"cluster":null,"namespace":null,"pod":null},"protocol":"UDP","verdict":"forwarded","reason":"local_pod","direction":"from_pod","backend":null}"#;
+        let agent = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut request = String::new();
+            BufReader::new(&stream).read_line(&mut request).unwrap();
+            let mut stream = stream;
+            for _ in 0..3 {
+                let _ = writeln!(stream, "{flow}");
+            }
+            request
+        });
+        let mut seen = 0;
+        Client::new(&status)
+            .observe(true, |f| {
+                assert_eq!(f.outcome.reason(), "local_pod");
+                seen += 1;
+                seen < 2
+            })
+            .unwrap();
+        assert_eq!(seen, 2);
+        let request: ObserveRequest = serde_json::from_str(&agent.join().unwrap()).unwrap();
+        assert!(request.follow);
+        let _ = std::fs::remove_file(&path);
+    }
+}

@@ -1,0 +1,114 @@
+//! `meshpath-lab` (run as `meshpath lab …`): clusters, nodes and pods in network namespaces on this
+//! machine, optionally meshed with an etcd per cluster and an agent per node.
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use meshpath_lab::plan::{Plan, Size};
+use meshpath_lab::{agent_binary, down, mesh, status, up, Output};
+
+/// Clusters, nodes and pods in network namespaces on this machine.
+#[derive(Parser)]
+#[command(name = "meshpath-lab", bin_name = "meshpath lab", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct LabPrefix {
+    /// Namespace name prefix; `down` and `status` act only on namespaces with it.
+    #[arg(long, default_value = "mp")]
+    prefix: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the lab (what is missing of it).
+    Up {
+        #[arg(long, default_value_t = 1)]
+        clusters: u8,
+        #[arg(long, default_value_t = 2)]
+        nodes: u8,
+        #[arg(long, default_value_t = 2)]
+        pods: u8,
+        /// Also run an etcd per cluster and an agent per node, every cluster meshed with the others;
+        /// their configuration, state, sockets and logs are in /run/meshpath/lab-PREFIX. The agents
+        /// are the `meshpath` binary next to this one (or $MESHPATH_BIN).
+        #[arg(long)]
+        mesh: bool,
+        #[command(flatten)]
+        prefix: LabPrefix,
+    },
+    /// Remove every namespace, link, XDP program and process of the lab.
+    Down {
+        #[command(flatten)]
+        prefix: LabPrefix,
+    },
+    /// Show the lab as the kernel sees it.
+    Status {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        prefix: LabPrefix,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshpath lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Up {
+            clusters,
+            nodes,
+            pods,
+            mesh,
+            prefix,
+        } => {
+            let plan = Plan::new(
+                &prefix.prefix,
+                Size {
+                    clusters,
+                    nodes,
+                    pods,
+                },
+            )?;
+            if mesh {
+                // Before any namespace exists: without agents there is no meshed lab to build.
+                agent_binary::agent_binary()?;
+            }
+            up::up(&plan)?;
+            println!("lab up: {} namespaces", plan.namespaces().count());
+            if mesh {
+                mesh::start(&plan)?;
+                println!(
+                    "lab meshed: {} etcd, {} agents; sockets and logs in {}",
+                    plan.clusters.len(),
+                    plan.nodes.len(),
+                    mesh::dir(&plan.prefix).display()
+                );
+            }
+        }
+        Command::Down { prefix } => {
+            let gone = down::down(&prefix.prefix)?;
+            let _ = std::fs::remove_dir_all(mesh::dir(&prefix.prefix));
+            println!("lab down: {} namespaces removed", gone.len());
+        }
+        Command::Status { output, prefix } => {
+            let status = status::status(&prefix.prefix)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                Output::Table => print!("{}", status::render_table(&status)),
+            }
+        }
+    }
+    Ok(())
+}

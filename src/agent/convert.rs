@@ -1,0 +1,171 @@
+//! The agent's state in the interface's types (`meshpath_api`): the dataplane's enums mapped name for
+//! name, the control plane's remote status field for field. The api crate mirrors these enums so that
+//! the agent's readers need not build the dataplane; the tests below keep the mirrors honest.
+
+use std::net::SocketAddr;
+
+use meshpath_api::clustermesh::{ClusterMeshStatus, RemoteClusterStatus, SyncStatus, Timestamp};
+use meshpath_api::flow::{Direction, Outcome};
+use meshpath_api::service::BackendState;
+use meshpath_api::{DropReason, ForwardKind};
+use meshpath_control::clustermesh::{MeshStatus, RemoteStatus};
+use meshpath_dataplane as dp;
+
+pub fn drop_reason(reason: dp::DropReason) -> DropReason {
+    use dp::DropReason as D;
+    match reason {
+        D::InvalidHeader => DropReason::InvalidHeader,
+        D::UnsupportedProtocol => DropReason::UnsupportedProtocol,
+        D::UnsupportedFragment => DropReason::UnsupportedFragment,
+        D::SpoofedSource => DropReason::SpoofedSource,
+        D::UnknownPort => DropReason::UnknownPort,
+        D::PolicyDenied => DropReason::PolicyDenied,
+        D::NoRoute => DropReason::NoRoute,
+        D::NoBackend => DropReason::NoBackend,
+        D::CtTableFull => DropReason::CtTableFull,
+        D::InvalidIdentity => DropReason::InvalidIdentity,
+        D::TtlExceeded => DropReason::TtlExceeded,
+        D::NoHeadroom => DropReason::NoHeadroom,
+        D::FrameTooBig => DropReason::FrameTooBig,
+        D::UnansweredNeighbour => DropReason::UnansweredNeighbour,
+        D::UnknownTunnelPeer => DropReason::UnknownTunnelPeer,
+        D::LinkScope => DropReason::LinkScope,
+        D::NatPortExhausted => DropReason::NatPortExhausted,
+        D::NoNatMapping => DropReason::NoNatMapping,
+        D::UnrelatedIcmpError => DropReason::UnrelatedIcmpError,
+        D::ReservedIdentity => DropReason::ReservedIdentity,
+        D::IdentityClusterMismatch => DropReason::IdentityClusterMismatch,
+        D::ForeignInnerSource => DropReason::ForeignInnerSource,
+        D::CtEndpointQuota => DropReason::CtEndpointQuota,
+        D::Ipv4MappedAddress => DropReason::Ipv4MappedAddress,
+    }
+}
+
+pub fn forward_kind(forward: dp::stats::Forward) -> ForwardKind {
+    use dp::stats::Forward as F;
+    match forward {
+        F::LocalPod => ForwardKind::LocalPod,
+        F::Tunnel => ForwardKind::Tunnel,
+        F::Direct => ForwardKind::Direct,
+        F::NeighbourReply => ForwardKind::NeighbourReply,
+        F::ToKernel => ForwardKind::ToKernel,
+        F::IcmpError => ForwardKind::IcmpError,
+    }
+}
+
+pub fn outcome(verdict: dp::flowlog::FlowVerdict) -> Outcome {
+    match verdict {
+        dp::flowlog::FlowVerdict::Forwarded(how) => Outcome::Forwarded(forward_kind(how)),
+        dp::flowlog::FlowVerdict::Dropped(why) => Outcome::Dropped(drop_reason(why)),
+    }
+}
+
+pub fn direction(direction: dp::flowlog::Direction) -> Direction {
+    match direction {
+        dp::flowlog::Direction::FromPod => Direction::FromPod,
+        dp::flowlog::Direction::FromUplink => Direction::FromUplink,
+        dp::flowlog::Direction::FromHost => Direction::FromHost,
+    }
+}
+
+pub fn backend_state(state: dp::service::BackendState) -> BackendState {
+    match state {
+        dp::service::BackendState::Active => BackendState::Active,
+        dp::service::BackendState::Terminating => BackendState::Terminating,
+        dp::service::BackendState::Unhealthy => BackendState::Unhealthy,
+    }
+}
+
+pub fn socket_addr(addr: dp::Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(addr.ip(), port)
+}
+
+pub fn clustermesh(mesh: &MeshStatus) -> ClusterMeshStatus {
+    mesh.iter()
+        .map(|(name, remote)| (name.to_string(), remote_cluster(remote)))
+        .collect()
+}
+
+fn remote_cluster(r: &RemoteStatus) -> RemoteClusterStatus {
+    RemoteClusterStatus {
+        name: r.name.clone(),
+        ready: r.ready,
+        connected: r.connected,
+        endpoints_configured: r.endpoints_configured as u64,
+        config_retrieved: r.config_retrieved,
+        cluster_id: r.cluster_id,
+        sync_canaries: r.sync_canaries,
+        synced: SyncStatus {
+            nodes: r.synced.nodes,
+            endpoints: r.synced.endpoints,
+            identities: r.synced.identities,
+            services: r.synced.services,
+        },
+        nodes: r.nodes as u64,
+        endpoints: r.endpoints as u64,
+        identities: r.identities as u64,
+        services: r.services as u64,
+        rejected: r.rejected,
+        failures: r.failures,
+        last_failure: r.last_failure.map(Timestamp),
+        last_error: r.last_error.clone(),
+        connected_since: r.connected_since.map(Timestamp),
+        disconnected_since: r.disconnected_since.map(Timestamp),
+        withdrawn_at: r.withdrawn_at.map(Timestamp),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn every_drop_reason_maps_to_its_own_name() {
+        let mapped: HashSet<DropReason> = dp::DropReason::ALL
+            .iter()
+            .map(|r| {
+                assert_eq!(drop_reason(*r).name(), r.name());
+                drop_reason(*r)
+            })
+            .collect();
+        assert_eq!(
+            mapped.len(),
+            DropReason::ALL.len(),
+            "the mirror has no extra reasons"
+        );
+    }
+
+    #[test]
+    fn every_forward_kind_maps_to_its_own_name() {
+        for f in dp::stats::Forward::ALL {
+            assert_eq!(forward_kind(f).name(), f.name());
+        }
+        assert_eq!(dp::stats::Forward::ALL.len(), ForwardKind::ALL.len());
+        for d in [
+            dp::flowlog::Direction::FromPod,
+            dp::flowlog::Direction::FromUplink,
+        ] {
+            assert_eq!(direction(d).name(), d.name());
+        }
+    }
+
+    /// The status document's clustermesh section as it was when it was `RemoteStatus` serialised.
+    #[test]
+    fn remote_status_keeps_its_json() {
+        let name = meshpath_control::ClusterName::new("cluster2").unwrap();
+        let mut remote = RemoteStatus::new(&name, 2);
+        remote.ready = true;
+        remote.cluster_id = Some(2);
+        remote.synced.services = true;
+        remote.nodes = 3;
+        remote.failures = 1;
+        remote.last_failure = Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        let mut mesh = MeshStatus::new();
+        mesh.insert(name, remote);
+        let before = serde_json::to_value(&mesh).unwrap();
+        let after = serde_json::to_value(clustermesh(&mesh)).unwrap();
+        assert_eq!(before, after);
+    }
+}
