@@ -86,7 +86,11 @@ fn lab_up_builds_the_address_plan_and_down_removes_everything() {
 
     let status = lab.status();
     let namespaces = status["namespaces"].as_array().expect("namespaces");
-    assert_eq!(namespaces.len(), 1 + 2 * 2 * 3, "fabric, 4 nodes, 8 pods");
+    assert_eq!(
+        namespaces.len(),
+        2 + 2 * 2 * 3,
+        "fabric, outside host, 4 nodes, 8 pods"
+    );
     let pod = namespaces
         .iter()
         .find(|n| n["name"] == format!("{}-c2-n1-p2", lab.prefix))
@@ -98,19 +102,30 @@ fn lab_up_builds_the_address_plan_and_down_removes_everything() {
         .expect("eth0");
     assert_eq!(eth0["addresses"][0], "100.65.1.11/32");
 
-    assert!(lab.ping("c1-n1-p1", "100.64.1.11"), "pods on one node");
+    // Without agents no kernel carries pod traffic: only the dataplane does.
     assert!(
-        lab.ping("c1-n1-p1", "100.64.2.10"),
-        "pods on two nodes of one cluster"
+        !lab.ping("c1-n1-p1", "100.64.1.11"),
+        "no kernel path between pods of a node"
+    );
+    assert!(!lab.ping("c1-n1-p1", "100.64.2.10"), "nor across nodes");
+    assert!(!lab.ping("c1-n1-p1", "100.65.1.10"), "nor across clusters");
+    assert!(
+        !lab.ping("c1-n1-p1", "203.0.113.10"),
+        "nor to the outside host"
     );
     assert!(
         lab.ping("c1-n1", "198.18.2.2"),
         "nodes of two clusters, through the routed hop"
     );
     assert!(
-        !lab.ping("c1-n1-p1", "100.65.1.10"),
-        "pods of two clusters need the tunnel"
+        lab.ping("c1-n1", "203.0.113.10"),
+        "nodes reach the outside host"
     );
+    let outside = namespaces
+        .iter()
+        .find(|n| n["name"] == format!("{}-outside", lab.prefix))
+        .expect("the outside host");
+    assert_eq!(outside["role"], "outside");
 
     let mut sleeper = Command::new("ip")
         .args([
