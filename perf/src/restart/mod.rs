@@ -201,7 +201,14 @@ impl Lab {
                 meshpath_api::Client::new(&socket).status().is_ok()
             });
             if !back {
-                bail!("the agent did not come back after a restart");
+                let log =
+                    mesh::dir(&self.plan.prefix).join(format!("{}.log", self.plan.nodes[0].netns));
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                bail!(
+                    "the agent did not come back after a restart; its log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
             agent_down_ms.push(stopped.elapsed().as_secs_f64() * 1000.0);
             std::thread::sleep(Duration::from_secs(args.settle_s));
