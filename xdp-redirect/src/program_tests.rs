@@ -1,10 +1,12 @@
 //! The program's classification, run in the kernel over real frames built with etherparse
-//! (BPF_PROG_TEST_RUN): needs root; skipped with a printed reason only when not root. No socket is
-//! ever bound here, so every frame the dataplane owns shows the fail-closed path: dropped, counted.
+//! (BPF_PROG_TEST_RUN): needs root; not root, each test is reported as skipped (and fails under
+//! `scripts/test`). No socket is ever bound here, so every frame the dataplane owns shows the
+//! fail-closed path: dropped, counted.
 
 use super::*;
 use crate::MasqueradePorts;
 use etherparse::PacketBuilder;
+use meshpath_testkit::needs_root;
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -21,14 +23,6 @@ const NODE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x18, 1, 0, 0, 0, 1);
 const POD_NET4: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 0);
 const POD_NET6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0x64, 1, 0, 0, 0, 0);
 const MACS: ([u8; 6], [u8; 6]) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
-
-pub(crate) fn is_root() -> bool {
-    let root = crate::sys::effective_uid() == 0;
-    if !root {
-        eprintln!("skipped: needs root for BPF_PROG_TEST_RUN");
-    }
-    root
-}
 
 fn uplink() -> XdpRedirect {
     let node = NodeAddrs {
@@ -122,7 +116,7 @@ fn owned(prog: &XdpRedirect, frame: &[u8]) -> bool {
 
 #[test]
 fn uplink_takes_tunnels_to_the_node_and_frames_for_local_pods() {
-    if !is_root() {
+    if !needs_root("uplink_takes_tunnels_to_the_node_and_frames_for_local_pods") {
         return;
     }
     let prog = uplink();
@@ -167,7 +161,7 @@ fn uplink_takes_tunnels_to_the_node_and_frames_for_local_pods() {
 
 #[test]
 fn tunnel_traffic_from_an_address_that_is_no_node_is_dropped_and_counted() {
-    if !is_root() {
+    if !needs_root("tunnel_traffic_from_an_address_that_is_no_node_is_dropped_and_counted") {
         return;
     }
     let mut prog = uplink();
@@ -241,7 +235,7 @@ fn echo_reply(v6: bool, id: u16) -> Vec<u8> {
 
 #[test]
 fn replies_to_masqueraded_flows_and_errors_about_them_are_the_dataplanes() {
-    if !is_root() {
+    if !needs_root("replies_to_masqueraded_flows_and_errors_about_them_are_the_dataplanes") {
         return;
     }
     let prog = uplink();
@@ -297,7 +291,7 @@ fn replies_to_masqueraded_flows_and_errors_about_them_are_the_dataplanes() {
 
 #[test]
 fn host_role_takes_everything_the_nodes_stack_sends() {
-    if !is_root() {
+    if !needs_root("host_role_takes_everything_the_nodes_stack_sends") {
         return;
     }
     let host = XdpRedirect::load(Role::Host, NodeAddrs::default()).expect("root can load");
@@ -312,7 +306,7 @@ fn host_role_takes_everything_the_nodes_stack_sends() {
 
 #[test]
 fn pod_role_takes_every_frame_and_removed_prefixes_stop_matching() {
-    if !is_root() {
+    if !needs_root("pod_role_takes_every_frame_and_removed_prefixes_stop_matching") {
         return;
     }
     let pod = XdpRedirect::load(Role::Pod, NodeAddrs::default()).expect("root can load");
@@ -340,7 +334,7 @@ fn pod_role_takes_every_frame_and_removed_prefixes_stop_matching() {
 
 #[test]
 fn register_socket_rejects_a_queue_beyond_the_map() {
-    if !is_root() {
+    if !needs_root("register_socket_rejects_a_queue_beyond_the_map") {
         return;
     }
     let prog = uplink();
@@ -422,7 +416,7 @@ proptest! {
         (dst, is_node, is_pod) in any::<bool>().prop_flat_map(addr_strategy),
         l4 in l4_strategy(),
     ) {
-        if !is_root() {
+        if !needs_root("uplink_classification_matches_the_rule") {
             return Ok(());
         }
         let src = if dst.is_ipv4() { IpAddr::V4(Ipv4Addr::new(198, 18, 1, 9)) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) };
@@ -436,7 +430,7 @@ proptest! {
 
 #[test]
 fn pinned_maps_carry_peers_prefixes_and_counters_over_to_the_next_load() {
-    if !is_root() {
+    if !needs_root("pinned_maps_carry_peers_prefixes_and_counters_over_to_the_next_load") {
         return;
     }
     let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/meshpath-test-{}", std::process::id()));
