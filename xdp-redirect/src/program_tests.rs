@@ -461,3 +461,121 @@ fn pinned_maps_carry_peers_prefixes_and_counters_over_to_the_next_load() {
     drop(second);
     std::fs::remove_dir_all(&dir).expect("pins removed");
 }
+
+/// Inserts `bytes` at `at`.
+fn insert(frame: &[u8], at: usize, bytes: &[u8]) -> Vec<u8> {
+    [&frame[..at], bytes, &frame[at..]].concat()
+}
+
+/// Adds `n` to the 16-bit big-endian length at `at`.
+fn grow(frame: &mut [u8], at: usize, n: u16) {
+    let len = u16::from_be_bytes([frame[at], frame[at + 1]]) + n;
+    frame[at..at + 2].copy_from_slice(&len.to_be_bytes());
+}
+
+/// An 802.1Q tag (VLAN 10) in front of the ethertype.
+fn vlan_tagged(frame: &[u8]) -> Vec<u8> {
+    insert(frame, 12, &[0x81, 0x00, 0x00, 0x0a])
+}
+
+/// Four bytes of IPv4 options (NOPs): a 24-byte header.
+fn ipv4_options(frame: &[u8]) -> Vec<u8> {
+    let mut out = insert(frame, 14 + 20, &[1, 1, 1, 1]);
+    out[14] = 0x46;
+    grow(&mut out, 14 + 2, 4);
+    out
+}
+
+/// Sets the IPv4 fragment field: more fragments, and the offset in 8-byte units.
+fn ipv4_fragment(frame: &[u8], more: bool, offset: u16) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    let field = u16::from(more) << 13 | offset;
+    out[14 + 6..14 + 8].copy_from_slice(&field.to_be_bytes());
+    out
+}
+
+/// An IPv6 extension header (hop-by-hop 0 or fragment 44) between the fixed header and UDP.
+fn ipv6_extension(frame: &[u8], kind: u8) -> Vec<u8> {
+    let next = frame[14 + 6];
+    let mut out = insert(frame, 14 + 40, &[next, 0, 1, 4, 0, 0, 0, 0]);
+    out[14 + 6] = kind;
+    grow(&mut out, 14 + 4, 8);
+    out
+}
+
+/// The uplink's classification of frames that carry more than the plain headers: VLAN tags, IPv4
+/// options and fragments, IPv6 extension headers. Tunnels to the node are recognised only where the
+/// UDP header is found without guessing (IPv4 with options: yes; a non-first fragment or behind an
+/// IPv6 extension header: no, the kernel's); a local pod's prefix is the dataplane's whatever follows
+/// (the pipeline counts what it cannot forward); a tagged frame is the kernel's (its VLAN device's).
+#[test]
+fn uplink_classifies_tags_options_fragments_and_extension_headers() {
+    if !needs_root("uplink_classifies_tags_options_fragments_and_extension_headers") {
+        return;
+    }
+    use Owner::{Dataplane, Kernel};
+    let prog = uplink();
+    let peer4 = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 2));
+    let peer6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x198, 0x18, 1, 0, 0, 0, 2));
+    let pod4 = IpAddr::V4(Ipv4Addr::new(100, 64, 1, 10));
+    let pod6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x100, 0x64, 1, 0, 0, 0, 10));
+    let vxlan4 = frame(peer4, IpAddr::V4(NODE4), L4::Udp(8472));
+    let geneve6 = frame(peer6, IpAddr::V6(NODE6), L4::Udp(6081));
+    let to_pod4 = frame(peer4, pod4, L4::Tcp(80));
+    let to_pod6 = frame(peer6, pod6, L4::Udp(53));
+    let cases: [(&str, Vec<u8>, Owner); 14] = [
+        ("VXLAN to the node", vxlan4.clone(), Dataplane),
+        ("VXLAN, VLAN-tagged", vlan_tagged(&vxlan4), Kernel),
+        ("to a pod, VLAN-tagged", vlan_tagged(&to_pod4), Kernel),
+        ("VXLAN with IPv4 options", ipv4_options(&vxlan4), Dataplane),
+        (
+            "to a pod with IPv4 options",
+            ipv4_options(&to_pod4),
+            Dataplane,
+        ),
+        (
+            "VXLAN, first fragment",
+            ipv4_fragment(&vxlan4, true, 0),
+            Dataplane,
+        ),
+        (
+            "VXLAN, later fragment",
+            ipv4_fragment(&vxlan4, false, 4),
+            Kernel,
+        ),
+        (
+            "to a pod, later fragment",
+            ipv4_fragment(&to_pod4, false, 4),
+            Dataplane,
+        ),
+        ("Geneve over IPv6 to the node", geneve6.clone(), Dataplane),
+        (
+            "Geneve behind hop-by-hop",
+            ipv6_extension(&geneve6, 0),
+            Kernel,
+        ),
+        (
+            "Geneve behind a fragment header",
+            ipv6_extension(&geneve6, 44),
+            Kernel,
+        ),
+        (
+            "to an IPv6 pod behind hop-by-hop",
+            ipv6_extension(&to_pod6, 0),
+            Dataplane,
+        ),
+        (
+            "IPv4 header length below 5",
+            {
+                let mut short = vxlan4.clone();
+                short[14] = 0x44;
+                short
+            },
+            Kernel,
+        ),
+        ("IPv4 header cut short", vxlan4[..14 + 12].to_vec(), Kernel),
+    ];
+    for (name, bytes, want) in cases {
+        assert_eq!(owner(&prog, &bytes), want, "{name}");
+    }
+}
