@@ -1,5 +1,6 @@
 //! Test harness: real etcd servers on 127.0.0.1 with free ports, temp data dirs and TLS certificates made
-//! here with rcgen; RBAC with a `root` user and a read-only `remote` user (by client-certificate CN).
+//! here with rcgen; RBAC with a `root` user and a read-only `remote` user (by client-certificate CN);
+//! and a [`Partition`] to put between a client and its etcd.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
