@@ -305,26 +305,33 @@ async fn concurrent_agents_never_disagree_on_identities() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_is_kept_alive_beyond_its_ttl_and_across_an_etcd_restart() {
     let mut etcd = Etcd::start("cluster2").await;
-    let mut p = publisher(&etcd, 2, "c2-n1", Duration::from_secs(2)).await;
+    let ttl = Duration::from_secs(2);
+    let mut p = publisher(&etcd, 2, "c2-n1", ttl).await;
     p.publish_node(&node(2)).await.unwrap();
-    let node_key = "cilium/state/nodes/v1/cluster2/c2-n1";
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let mut client = etcd.client("root").await.unwrap();
-    assert_eq!(
-        client.get(node_key, None).await.unwrap().kvs().len(),
-        1,
-        "outlived two TTLs"
-    );
-
+    kept_for_two_ttls(&etcd, ttl, "from the start").await;
     etcd.restart().await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let mut client = etcd.client("root").await.unwrap();
-    assert_eq!(
-        client.get(node_key, None).await.unwrap().kvs().len(),
-        1,
-        "renewed after the restart"
-    );
+    kept_for_two_ttls(&etcd, ttl, "after the restart").await;
     assert!(!*p.lease().lost.borrow());
+}
+
+/// Looks at the node key again and again for two TTLs: it must be there every time, which only
+/// renewals of its lease can make true.
+async fn kept_for_two_ttls(etcd: &Etcd, ttl: Duration, when: &str) {
+    let node_key = "cilium/state/nodes/v1/cluster2/c2-n1";
+    let client = etcd.client("root").await.unwrap();
+    let start = tokio::time::Instant::now();
+    let what = format!("two TTLs with the node key kept, {when}");
+    meshpath_testkit::until_async(&what, ttl * 5, || {
+        let mut client = client.clone();
+        async move {
+            let held = client.get(node_key, None).await.unwrap().kvs().len();
+            let elapsed = start.elapsed();
+            assert_eq!(held, 1, "the key vanished {elapsed:?} {when}");
+            meshpath_testkit::wait::check(elapsed >= ttl * 2, elapsed)
+        }
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
