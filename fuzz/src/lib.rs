@@ -25,8 +25,11 @@ pub mod pipeline;
 pub mod seeds;
 pub mod tunnel;
 
+/// A target: panics when an invariant breaks on `data`.
+pub type Target = fn(data: &[u8]);
+
 /// Every target by name, as `scripts/fuzz` and the corpus replay know them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("parse", parse::run),
     ("pipeline", pipeline::run),
     ("tunnel", tunnel::run),

@@ -91,7 +91,7 @@ impl Worker {
         let chunks = (config.ports.len() as u32)
             .saturating_mul(ring * 2)
             .saturating_add(BURST as u32);
-        let mut umem = Umem::new(chunks).map_err(|source| AfXdpError::Umem { chunks, source })?;
+        let umem = Umem::new(chunks).map_err(|source| AfXdpError::Umem { chunks, source })?;
         let mut ports: Vec<Port> = Vec::with_capacity(config.ports.len());
         for pc in &config.ports {
             let opts = BindOptions {
