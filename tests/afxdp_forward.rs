@@ -218,11 +218,10 @@ fn forward_through_afxdp(tag: &str, busy_poll: bool) -> WorkerStats {
     // The datagrams are in flight when `bash` returns: wait until the worker has counted them.
     let taken = meshpath_testkit::until("the three tunnel datagrams on the uplink", WAIT, || {
         let stats = handle.stats();
-        let up = stats.port(UPLINK).cloned();
-        match up {
-            Some(up) if up.drops[DropReason::UnknownPort.index()] >= 3 => Ok(()),
-            _ => Err(up),
-        }
+        let dropped = stats
+            .port(UPLINK)
+            .map_or(0, |up| up.drops[DropReason::UnknownPort.index()]);
+        meshpath_testkit::wait::check(dropped >= 3, format!("{dropped} dropped as unknown_port"))
     });
 
     stop.store(true, Ordering::Relaxed);
