@@ -10,9 +10,7 @@ use std::process::Command;
 
 #[test]
 fn the_clustermesh_demo_works_end_to_end() {
-    let uid = Command::new("id").arg("-u").output().expect("id(1)");
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        eprintln!("skipped: the demo needs root");
+    if !meshpath_testkit::needs_root("the_clustermesh_demo_works_end_to_end") {
         return;
     }
     let prefix = format!("d{}", std::process::id() % 100_000);
