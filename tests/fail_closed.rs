@@ -3,9 +3,10 @@
 //! that stay attached count what they dropped in their pinned maps; the restarted agent carries the
 //! pods' traffic again and still refuses a spoofed source.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use meshpath_lab::capture::Capture;
 use meshpath_lab::mesh::{self, Stop};
 use meshpath_lab::plan::{Plan, Size};
 use meshpath_xdp_redirect::XdpRedirect;
@@ -86,36 +87,11 @@ impl Drop for Lab {
     }
 }
 
-/// tcpdump, inbound only, on `interface` in `netns`: frames that reached that kernel's stack.
-fn capture(netns: &str, interface: &str) -> Child {
-    let child = Command::new("ip")
-        .args([
-            "netns", "exec", netns, "tcpdump", "-i", interface, "-Q", "in", "-n", "-l", "-q",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tcpdump (setup-host installs it)");
-    std::thread::sleep(Duration::from_millis(500));
-    child
-}
-
-fn captured(child: Child) -> Vec<String> {
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
-    let out = child.wait_with_output().expect("tcpdump ends");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
 #[test]
 fn a_node_without_its_agent_drops_its_pods_traffic_and_counts_it() {
-    let uid = Command::new("id").arg("-u").output().expect("id(1)");
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        eprintln!("skipped: needs root");
+    if !meshpath_testkit::needs_root(
+        "a_node_without_its_agent_drops_its_pods_traffic_and_counts_it",
+    ) {
         return;
     }
     let lab = Lab::build(&format!("fc{}", std::process::id() % 100_000));
@@ -147,14 +123,15 @@ fn a_node_without_its_agent_drops_its_pods_traffic_and_counts_it() {
     for how in [Stop::Planned, Stop::Killed] {
         let before = lab.pod_port_verdicts();
         mesh::stop_agent(&lab.plan, 1, 1, how).expect("the agent stops");
-        let into_node = capture(&lab.node(1), "pod1");
-        let into_peer = capture(&lab.pod(2), "eth0");
+        let into_node = Capture::start(&lab.node(1), "pod1").expect("a capture on node 1");
+        let into_peer = Capture::start(&lab.pod(2), "eth0").expect("a capture in pod 2");
         assert!(!lab.ping(1, &peer, None), "{how:?}: no agent, no path");
         assert!(
             !lab.ping(1, &peer, Some(spoofed)),
             "{how:?}: nor for a spoofed source"
         );
-        let (node_saw, peer_saw) = (captured(into_node), captured(into_peer));
+        let node_saw = into_node.stop().expect("node 1's capture");
+        let peer_saw = into_peer.stop().expect("pod 2's capture");
         assert!(
             node_saw.is_empty(),
             "{how:?}: the node's kernel got pod frames: {node_saw:?}"

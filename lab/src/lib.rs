@@ -8,8 +8,10 @@
 //! through `meshpath_api`, and start them with the `meshpath` binary [`agent_binary`] finds.
 
 pub mod agent_binary;
+pub mod capture;
 pub mod demo;
 pub mod down;
+pub mod echo;
 pub mod ip;
 pub mod mesh;
 pub mod plan;
