@@ -17,6 +17,7 @@ pub mod identity_alloc;
 pub mod kvstore;
 pub mod local;
 pub mod publish;
+pub mod refusal;
 pub mod resolve;
 pub mod snapshot;
 pub mod state;
