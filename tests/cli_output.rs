@@ -8,7 +8,9 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use meshpath_api::clustermesh::{ClusterMeshStatus, RemoteClusterStatus, SyncStatus};
+use meshpath_api::clustermesh::{
+    CidrConflict, ClusterMeshStatus, Refusal, RemoteClusterStatus, SyncStatus,
+};
 use meshpath_api::identity::IdentityRow;
 use meshpath_api::node::NodeRow;
 use meshpath_api::policy::{AllowRow, DirectionRow, EndpointPolicyRow, PolicyPeer};
@@ -38,7 +40,30 @@ fn mesh() -> ClusterMeshStatus {
         failures: 1,
         ..Default::default()
     };
-    [("cluster2".to_owned(), remote)].into()
+    let hostile = RemoteClusterStatus {
+        name: "cluster3".into(),
+        connected: true,
+        endpoints_configured: 1,
+        refused: [
+            (Refusal::ReservedIdentity, 2),
+            (Refusal::OverKeyLimit, 7),
+            (Refusal::PodCidrOverlap, 1),
+        ]
+        .into(),
+        cidr_conflicts: vec![CidrConflict {
+            node: "n1".into(),
+            prefix: "10.1.0.0/25".into(),
+            other_cluster: "cluster1".into(),
+            other_prefix: "10.1.0.0/24".into(),
+        }],
+        degraded: Some("7 keys ignored past the key limit (250000)".into()),
+        ..Default::default()
+    };
+    [
+        ("cluster2".to_owned(), remote),
+        ("cluster3".to_owned(), hostile),
+    ]
+    .into()
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -266,9 +291,18 @@ fn clustermesh_status() {
     let socket = fake_agent("clustermesh");
     let text = table(&socket, &["clustermesh", "status"]);
     assert!(
-        text.starts_with("ClusterMesh: 1/1 clusters ready\n"),
+        text.starts_with("ClusterMesh: 1/2 clusters ready\n"),
         "{text}"
     );
+    let cluster3 = text.split("  cluster3: ").nth(1).unwrap_or_default();
+    assert!(cluster3.starts_with("degraded, 0 nodes"), "{text}");
+    for line in [
+        "  └ refused: 7 over_key_limit, 1 pod_cidr_overlap, 2 reserved_identity\n",
+        "  └ pod CIDR 10.1.0.0/25 of node n1 refused: overlaps cluster1's 10.1.0.0/24\n",
+        "  └ degraded: 7 keys ignored past the key limit (250000)\n",
+    ] {
+        assert!(cluster3.contains(line), "{line}: {text}");
+    }
     assert!(
         text.contains(
             "cluster2: ready, 2 nodes, 4 endpoints, 3 identities, 1 services, 1 failures"
@@ -281,6 +315,11 @@ fn clustermesh_status() {
     assert_eq!(doc["cluster2"]["connected"], true);
     assert_eq!(doc["cluster2"]["identities"], 3);
     assert_eq!(doc["cluster2"]["synced"]["services"], true);
+    assert_eq!(doc["cluster3"]["refused"]["over_key_limit"], 7);
+    assert_eq!(
+        doc["cluster3"]["cidr_conflicts"][0]["other_cluster"],
+        "cluster1"
+    );
 }
 
 #[test]

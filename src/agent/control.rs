@@ -43,6 +43,7 @@ pub async fn start(
 ) -> anyhow::Result<(JoinSet<()>, Option<watch::Receiver<MeshStatus>>)> {
     let mut tasks = JoinSet::new();
     let mut mesh_status = None;
+    let mut board = None;
     let (changes_tx, changes) = mpsc::channel(64);
     let (remote_tx, remote) = mpsc::channel(4096);
     let cluster = spec.cluster.clone();
@@ -77,12 +78,14 @@ pub async fn start(
         let options = RemoteOptions {
             grace: mesh.grace_period,
             local_id: Some(spec.cluster_id),
+            limits: mesh.remote_limits(),
             ..RemoteOptions::default()
         };
         let (mesh_tx, mesh_rx) = mpsc::channel(4096);
         let mesh = run_clustermesh(watch.config, options, mesh_tx, cancel.clone());
         tasks.spawn(record_remote_nodes(mesh_rx, remote_tx, directories));
         mesh_status = Some(mesh.status.clone());
+        board = Some(mesh.board.clone());
         tasks.spawn(async move {
             let _ = mesh.task.await;
         });
@@ -90,7 +93,10 @@ pub async fn start(
         drop(remote_tx);
     }
     let ports = spec.ports.clone();
-    let builder = SnapshotBuilder::new(spec);
+    let mut builder = SnapshotBuilder::new(spec);
+    if let Some(board) = board {
+        builder = builder.with_status_board(board);
+    }
     tasks.spawn(async move {
         let _ = changes_tx.send(Change::Ports(ports)).await;
         run_builder(builder, changes, remote, sink, cancel, MAX_BATCH).await;

@@ -315,7 +315,7 @@ fn encode_mesh(
     let per_remote: [(&str, &str, Field); 6] = [
         (
             "readiness_status",
-            "1 when connected, configured and every kind synced",
+            "1 when connected, configured, every kind synced and within its limits",
             |r| i64::from(r.ready),
         ),
         (
@@ -354,7 +354,65 @@ fn encode_mesh(
         let name = format!("clustermesh_remote_cluster_{name}");
         encode_family(encoder, &name, help, &family)?;
     }
-    Ok(())
+    encode_refusals(mesh, source, encoder)
+}
+
+/// Per remote: keys refused now by reason, and pod CIDRs refused for overlapping another cluster's.
+fn encode_refusals(
+    mesh: &MeshStatus,
+    source: &[(&str, &str); 2],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), fmt::Error> {
+    let [a, b] = *source;
+    let refused: Vec<_> = mesh
+        .iter()
+        .flat_map(|(cluster, r)| {
+            r.refused.iter().map(move |(reason, n)| {
+                let labels = [
+                    a,
+                    b,
+                    ("target_cluster", cluster.as_str()),
+                    ("reason", reason.name()),
+                ];
+                (
+                    labels,
+                    ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX)),
+                )
+            })
+        })
+        .collect();
+    encode_family(
+        encoder,
+        "clustermesh_remote_cluster_refused",
+        "Keys of the remote refused now, per reason (over_*_limit: ignored since the last listing)",
+        &refused,
+    )?;
+    let mut conflicts: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+    for (cluster, r) in mesh {
+        for c in &r.cidr_conflicts {
+            *conflicts
+                .entry((cluster.as_str(), c.other_cluster.as_str()))
+                .or_default() += 1;
+        }
+    }
+    let conflicts: Vec<_> = conflicts
+        .into_iter()
+        .map(|((target, other), n)| {
+            let labels = [
+                a,
+                b,
+                ("target_cluster", target),
+                ("conflicting_cluster", other),
+            ];
+            (labels, ConstGauge::new(n))
+        })
+        .collect();
+    encode_family(
+        encoder,
+        "clustermesh_remote_cluster_pod_cidr_conflicts",
+        "Pod CIDRs of the remote refused because they overlap another cluster's",
+        &conflicts,
+    )
 }
 
 fn encode_counts<L: prometheus_client::encoding::EncodeLabelSet + Copy>(
@@ -412,6 +470,7 @@ mod tests {
     use super::*;
     use meshpath_control::clustermesh::RemoteStatus;
     use meshpath_control::local::{Affinity, LocalService, ObjectRef};
+    use meshpath_control::refusal::Refusal;
     use meshpath_control::ClusterName;
     use meshpath_dataplane::gateway::Gateway;
     use meshpath_dataplane::route::{RoutingMode, Underlay};
@@ -453,7 +512,7 @@ mod tests {
         counters.count_forward(Forward::Tunnel, 150);
         counters.count_drop(DropReason::PolicyDenied, 60);
         let c2 = ClusterName::new("cluster2").unwrap();
-        let remote = RemoteStatus {
+        let mut remote = RemoteStatus {
             ready: true,
             failures: 3,
             nodes: 2,
@@ -462,6 +521,14 @@ mod tests {
             services: 1,
             ..RemoteStatus::new(&c2, 1)
         };
+        remote.set_refused_on_receipt([(Refusal::ReservedIdentity, 4)].into());
+        remote.set_refused_on_admission([(Refusal::PodCidrOverlap, 1)].into());
+        remote.cidr_conflicts = vec![meshpath_control::clustermesh::CidrConflict {
+            node: "n1".into(),
+            prefix: "100.64.1.0/25".into(),
+            other_cluster: "cluster1".into(),
+            other_prefix: "100.64.1.0/24".into(),
+        }];
         let (_, mesh) = watch::channel(MeshStatus::from([(c2, remote)]));
         let local = LocalState {
             services: [service("rebel-base", true), service("local-only", false)].into(),
@@ -573,6 +640,15 @@ mod tests {
                 r#"meshpath_clustermesh_remote_cluster_services{{{source},target_cluster="cluster2"}} 1"#
             ),
             format!("meshpath_clustermesh_global_services{{{source}}} 1"),
+            format!(
+                r#"meshpath_clustermesh_remote_cluster_refused{{{source},target_cluster="cluster2",reason="reserved_identity"}} 4"#
+            ),
+            format!(
+                r#"meshpath_clustermesh_remote_cluster_refused{{{source},target_cluster="cluster2",reason="pod_cidr_overlap"}} 1"#
+            ),
+            format!(
+                r#"meshpath_clustermesh_remote_cluster_pod_cidr_conflicts{{{source},target_cluster="cluster2",conflicting_cluster="cluster1"}} 1"#
+            ),
             "meshpath_snapshot_publish_latency_seconds_count 1".into(),
             "# TYPE meshpath_dropped_packets counter".into(),
             "# TYPE meshpath_snapshot_publish_latency_seconds histogram".into(),

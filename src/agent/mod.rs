@@ -307,6 +307,11 @@ fn node_spec(config: &AgentConfig, local: &LocalState) -> anyhow::Result<NodeSpe
             .as_ref()
             .map_or(0.0, |m| m.local_affinity_threshold),
         policy_limits: Default::default(),
+        admission: config
+            .clustermesh
+            .as_ref()
+            .map(|m| m.admission())
+            .unwrap_or_default(),
     })
 }
 

@@ -12,9 +12,13 @@ use meshpath_dataplane::service::{Frontend, Service, ServiceId};
 use meshpath_dataplane::snapshot::Tables;
 use meshpath_dataplane::{Addr, ClusterId, PortId};
 
+use super::admission::AdmissionLog;
 use super::sources::{Dirty, Sources};
 use super::{ipcache, services, Change, NodeSpec, PodPorts};
+use crate::cluster_name::ClusterName;
+use crate::clustermesh::{CidrConflict, StatusBoard};
 use crate::local::ObjectRef;
+use crate::refusal::RefusalCounts;
 use crate::resolve::local_node_addr;
 use crate::state::ServiceName;
 
@@ -42,6 +46,8 @@ pub struct SnapshotBuilder {
     next_service_id: u32,
     current: Arc<Tables>,
     stats: BuildStats,
+    /// What of the remotes' state the tables refused.
+    admission: AdmissionLog,
 }
 
 impl SnapshotBuilder {
@@ -56,7 +62,24 @@ impl SnapshotBuilder {
             next_service_id: 1,
             current,
             stats: BuildStats::default(),
+            admission: AdmissionLog::default(),
         }
+    }
+
+    /// Reports what the tables refuse of each remote into its status on `board`.
+    pub fn with_status_board(mut self, board: StatusBoard) -> Self {
+        self.admission.set_board(board);
+        self
+    }
+
+    /// What the tables refuse of `cluster` now, per reason.
+    pub fn refused(&self, cluster: &ClusterName) -> RefusalCounts {
+        self.admission.counts(cluster)
+    }
+
+    /// `cluster`'s pod CIDRs refused for overlapping another cluster's.
+    pub fn cidr_conflicts(&self, cluster: &ClusterName) -> Vec<CidrConflict> {
+        self.admission.conflicts(cluster)
     }
 
     pub fn current(&self) -> Arc<Tables> {
@@ -90,16 +113,25 @@ impl SnapshotBuilder {
         if dirty.is_empty() {
             return None;
         }
+        if dirty.claims {
+            let spec = &self.spec;
+            let verdicts = self
+                .sources
+                .readmit(&spec.cluster, &spec.admission, &mut dirty);
+            self.admission.record_cidrs(&self.sources, &verdicts);
+        }
         let mut tables = Tables::clone(&self.current);
         self.update_ipcache(&mut tables, &dirty);
         self.update_nodes(&mut tables, &dirty);
         self.update_endpoints(&mut tables, &dirty.pods);
         for name in &dirty.services {
             self.update_service(&mut tables, name);
+            self.admission.record_service(&self.sources, name);
         }
         if dirty.policy {
             self.update_policy(&mut tables);
         }
+        self.admission.publish();
         self.current = Arc::new(tables);
         self.stats.snapshots += 1;
         Some(self.current.clone())
@@ -119,6 +151,9 @@ impl SnapshotBuilder {
 
     fn update_ipcache(&mut self, tables: &mut Tables, dirty: &Dirty) {
         for prefix in &dirty.prefixes {
+            if prefix.mapped_len() == 128 {
+                self.admission.record_endpoint(&self.sources, prefix.addr());
+            }
             match ipcache::desired(&self.sources, &self.spec, prefix) {
                 Some(entry) if tables.ipcache.get(prefix) == Some(&entry) => {}
                 Some(entry) => {

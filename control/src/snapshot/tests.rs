@@ -27,27 +27,27 @@ use crate::resolve::{MemoryAllocator, ResolvedLocal, Resolver};
 use crate::state::*;
 
 const UPLINK: PortId = PortId(0);
-const X_WING_PORT: PortId = PortId(1);
+pub(super) const X_WING_PORT: PortId = PortId(1);
 const REBEL_PORT: PortId = PortId(2);
 const GATEWAY_MAC: [u8; 6] = [2, 0xaa, 0, 0, 0, 1];
-const VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 255, 10);
-const X_WING: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 10);
-const REBEL_C1: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 11);
-const REBEL_C2: Ipv4Addr = Ipv4Addr::new(100, 65, 1, 10);
-const NODE_C2: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+pub(super) const VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 255, 10);
+pub(super) const X_WING: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 10);
+pub(super) const REBEL_C1: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 11);
+pub(super) const REBEL_C2: Ipv4Addr = Ipv4Addr::new(100, 65, 1, 10);
+pub(super) const NODE_C2: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 
-fn obj(name: &str) -> ObjectRef {
+pub(super) fn obj(name: &str) -> ObjectRef {
     ObjectRef {
         namespace: "default".into(),
         name: name.into(),
     }
 }
 
-fn c1() -> ClusterId {
+pub(super) fn c1() -> ClusterId {
     ClusterId::new(1).unwrap()
 }
 
-fn c2_name() -> crate::ClusterName {
+pub(super) fn c2_name() -> crate::ClusterName {
     crate::ClusterName::new("cluster2").unwrap()
 }
 
@@ -55,7 +55,7 @@ fn mac(last: u8) -> [u8; 6] {
     [2, 0, 0, 1, 1, last]
 }
 
-fn spec() -> NodeSpec {
+pub(super) fn spec() -> NodeSpec {
     NodeSpec {
         cluster: crate::ClusterName::new("cluster1").unwrap(),
         cluster_id: c1(),
@@ -83,6 +83,7 @@ fn spec() -> NodeSpec {
         ]),
         local_affinity_threshold: 0.0,
         policy_limits: Default::default(),
+        admission: Default::default(),
     }
 }
 
@@ -128,7 +129,7 @@ fn x_wing_policy() -> LocalPolicy {
 }
 
 /// Cluster1: node n1 with x-wing and a rebel-base behind the global service `rebel-base`.
-fn local_state(rebel_ready: bool, affinity: Affinity) -> LocalState {
+pub(super) fn local_state(rebel_ready: bool, affinity: Affinity) -> LocalState {
     let mut local = LocalState::default();
     local.nodes.insert(
         "n1".into(),
@@ -178,13 +179,13 @@ fn local_state(rebel_ready: bool, affinity: Affinity) -> LocalState {
     local
 }
 
-async fn resolve(local: LocalState) -> Arc<ResolvedLocal> {
+pub(super) async fn resolve(local: LocalState) -> Arc<ResolvedLocal> {
     let name = crate::ClusterName::new("cluster1").unwrap();
     let mut resolver = Resolver::new(name, c1(), MemoryAllocator::new(c1()));
     Arc::new(resolver.resolve(Arc::new(local)).await.unwrap())
 }
 
-fn remote(event: StateEvent) -> Change {
+pub(super) fn remote(event: StateEvent) -> Change {
     Change::Remote(RemoteEvent {
         cluster: c2_name(),
         event,
@@ -192,7 +193,7 @@ fn remote(event: StateEvent) -> Change {
 }
 
 /// Cluster2 as its watcher emits it: one node, its rebel-base and the shared service.
-fn cluster2() -> Vec<Change> {
+pub(super) fn cluster2() -> Vec<Change> {
     let id = Identity::new(0x2_0100).unwrap();
     let labels = LabelSet::parse(
         "k8s:io.cilium.k8s.policy.cluster=cluster2;k8s:io.kubernetes.pod.namespace=default;k8s:name=rebel-base;",
@@ -277,7 +278,12 @@ fn run(t: &Tables, s: &mut WorkerState, port: PortId, bytes: &[u8]) -> (Verdict,
     (verdict, dst)
 }
 
-fn x_wing_to(t: &Tables, dst: Ipv4Addr, dport: u16, sport: u16) -> (Verdict, Option<Ipv4Addr>) {
+pub(super) fn x_wing_to(
+    t: &Tables,
+    dst: Ipv4Addr,
+    dport: u16,
+    sport: u16,
+) -> (Verdict, Option<Ipv4Addr>) {
     run(
         t,
         &mut worker(),
@@ -286,7 +292,7 @@ fn x_wing_to(t: &Tables, dst: Ipv4Addr, dport: u16, sport: u16) -> (Verdict, Opt
     )
 }
 
-async fn built(rebel_ready: bool, affinity: Affinity) -> SnapshotBuilder {
+pub(super) async fn built(rebel_ready: bool, affinity: Affinity) -> SnapshotBuilder {
     let mut builder = SnapshotBuilder::new(spec());
     let mut changes = vec![Change::Local(
         resolve(local_state(rebel_ready, affinity)).await,
@@ -315,7 +321,7 @@ async fn x_wing_reaches_the_cluster2_rebel_base_and_not_the_cluster1_one() {
     assert_eq!(builder.stats().policy_refused, 0);
 }
 
-fn states(t: &Tables) -> Vec<(Ipv4Addr, BackendState)> {
+pub(super) fn states(t: &Tables) -> Vec<(Ipv4Addr, BackendState)> {
     let frontend = Frontend {
         addr: VIP.into(),
         port: 80,
@@ -489,8 +495,24 @@ fn one_endpoint_change_shares_the_rest_of_a_100k_table() {
         namespace: "default".into(),
         pod_name: format!("p{i}"),
     };
+    // The 100k addresses run from 100.65.0.0 into 100.66.134.159: two /16s of node n1.
+    let node = NodeInfo {
+        name: "n1".into(),
+        cluster_id: ClusterId::new(2).unwrap(),
+        addresses: vec![(NodeAddressKind::Internal, NODE_C2.into())],
+        pod_cidrs: [65, 66]
+            .map(|b| Cidr {
+                addr: Ipv4Addr::new(100, b, 0, 0).into(),
+                prefix_len: 16,
+            })
+            .to_vec(),
+        health_ips: vec![],
+        encryption_key: 0,
+        wireguard_pub_key: None,
+    };
     let all = (0..100_000).map(|i| remote(StateEvent::Upsert(Entry::Endpoint(endpoint(i, 300)))));
-    let before = builder.apply(all).unwrap();
+    let node = remote(StateEvent::Upsert(Entry::Node(node)));
+    let before = builder.apply(std::iter::once(node).chain(all)).unwrap();
     let after = builder
         .apply([remote(StateEvent::Upsert(Entry::Endpoint(endpoint(
             7, 301,
@@ -785,6 +807,9 @@ proptest! {
         let probes: Vec<Addr> = (2u8..4).flat_map(|c| (0u8..3).map(move |n| node_addr(c, n))).collect();
         let fresh = full_rebuild(&builder);
         prop_assert_eq!(digest(&builder.current(), &probes), digest(&fresh.current(), &probes));
+        for c in 2u8..4 {
+            prop_assert_eq!(builder.refused(&cluster_name(c)), fresh.refused(&cluster_name(c)));
+        }
         let _ = IpPrefix::host(X_WING.into());
     }
 }

@@ -84,14 +84,19 @@ fn identity_kv(shape: &Shape, k: u32) -> anyhow::Result<(String, Vec<u8>)> {
     ))
 }
 
-fn node_kv(n: u32) -> anyhow::Result<(String, Vec<u8>)> {
+/// Node `n`'s pod CIDR; the node after the last holds the timed changes' pods.
+fn node_kv(shape: &Shape, n: u32) -> anyhow::Result<(String, Vec<u8>)> {
     let name = c2_name()?;
+    let pods = match n == shape.nodes {
+        true => CHANGED_PODS,
+        false => REMOTE_PODS + n * PER_NODE,
+    };
     let node = NodeInfo {
         name: format!("node-{n}"),
         cluster_id: c2(),
         addresses: vec![(NodeAddressKind::Internal, node_addr(n))],
         pod_cidrs: vec![Cidr {
-            addr: Addr::from_v4_bits(REMOTE_PODS + n * PER_NODE),
+            addr: Addr::from_v4_bits(pods),
             prefix_len: 22,
         }],
         health_ips: vec![],
@@ -185,15 +190,16 @@ async fn write_each(
 /// The remote cluster in Cilium's layout, the cluster-config and canaries last.
 pub async fn write_remote(client: &mut Client, shape: &Shape) -> anyhow::Result<()> {
     write_each(client, shape.identities, |k| identity_kv(shape, k)).await?;
-    write_each(client, shape.nodes, node_kv).await?;
+    write_each(client, shape.nodes + 1, |n| node_kv(shape, n)).await?;
     write_each(client, shape.endpoints, |i| endpoint_kv(shape, i)).await?;
     write_each(client, shape.services, |j| service_kv(shape, j)).await?;
     put_all(client, &announce_kvs()?).await
 }
 
-/// The `i`th timed change: a new endpoint on node 0.
+/// The `i`th timed change: a new endpoint on the node after the last (at most 1024 of them).
 pub fn change(shape: &Shape, i: u32) -> anyhow::Result<(String, Vec<u8>, Addr)> {
-    let ep = endpoint(shape, CHANGED_PODS + i, 0)?;
+    anyhow::ensure!(i < PER_NODE, "at most {PER_NODE} timed changes");
+    let ep = endpoint(shape, CHANGED_PODS + i, shape.nodes)?;
     Ok((
         Key::Endpoint(ep.ip.ip()).to_string(),
         json(&ep.to_kvstore())?,
@@ -201,9 +207,9 @@ pub fn change(shape: &Shape, i: u32) -> anyhow::Result<(String, Vec<u8>, Addr)> 
     ))
 }
 
-/// Local pod, local node CIDR, remote endpoints and remote node CIDRs.
+/// Local pod, local node CIDR, remote endpoints and remote node CIDRs (the changes' node's too).
 pub fn expected_ipcache(shape: &Shape) -> usize {
-    2 + shape.endpoints as usize + shape.nodes as usize
+    2 + shape.endpoints as usize + shape.nodes as usize + 1
 }
 
 fn obj(name: &str) -> ObjectRef {
@@ -240,6 +246,7 @@ pub fn spec() -> NodeSpec {
         ports: BTreeMap::from([(obj("client"), (PortId(1), [2, 0, 0, 1, 1, 10]))]),
         local_affinity_threshold: 0.0,
         policy_limits: Default::default(),
+        admission: Default::default(),
     }
 }
 

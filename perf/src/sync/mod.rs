@@ -16,6 +16,7 @@ use meshpath_control::clustermesh::{config, spawn_remote, MeshStatus, RemoteOpti
 use meshpath_control::snapshot::{run_builder, Change, SnapshotBuilder};
 use meshpath_control::state::ClusterState;
 use meshpath_control::ClusterName;
+use meshpath_dataplane::ipcache::IpPrefix;
 use meshpath_dataplane::snapshot::Tables;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -219,8 +220,9 @@ async fn run_async(args: &Args) -> anyhow::Result<SyncReport> {
         let (key, value, addr) = cluster::change(&shape, i)?;
         let put = Instant::now();
         client.put(key, value, None).await?;
+        let host = IpPrefix::host(addr);
         until(&mut snapshots, "the change", Duration::from_secs(30), |t| {
-            t.ipcache.lookup(addr).is_some()
+            t.ipcache.get(&host).is_some()
         })
         .await?;
         histogram.record(put.elapsed().as_micros().max(1) as u64)?;
