@@ -13,7 +13,9 @@ use meshpath_api::clustermesh::{
 };
 use meshpath_api::identity::IdentityRow;
 use meshpath_api::node::NodeRow;
-use meshpath_api::policy::{AllowRow, DirectionRow, EndpointPolicyRow, PolicyPeer};
+use meshpath_api::policy::{
+    AllowRow, DirectionRow, EndpointPolicyRow, PolicyPeer, PolicyRefusalRow,
+};
 use meshpath_api::service::{BackendInfo, BackendState, ServiceStatus};
 use meshpath_api::status::{AgentStatus, DataplaneStatus, PortStatus, TableSizes};
 use meshpath_api::{DropReason, ForwardKind};
@@ -156,14 +158,26 @@ fn canned() -> AgentStatus {
                     peer: PolicyPeer::Identity(131073),
                     ports: vec!["80/TCP".parse().unwrap()],
                 }],
+                denied_by: vec![],
             },
             egress: DirectionRow {
-                enforced: false,
+                enforced: true,
                 allow: vec![],
+                denied_by: vec![REFUSED.into()],
             },
+        }],
+        policy_refusals: vec![PolicyRefusalRow {
+            policy: "CiliumNetworkPolicy default/office".into(),
+            why: "`spec.egress[0]`: unknown field `toCIDR`".into(),
+            endpoints: vec![65538],
+            ingress: false,
+            egress: true,
         }],
     }
 }
+
+const REFUSED: &str =
+    "CiliumNetworkPolicy default/office: `spec.egress[0]`: unknown field `toCIDR`";
 
 /// A fake agent on a fresh socket: every connection gets the canned document, then the socket closes.
 fn fake_agent(test: &str) -> PathBuf {
@@ -231,8 +245,13 @@ fn status() {
         &text,
         &["Port", "0", "rx", "1234", "tx", "1200", "tx-ring-full", "3"]
     ));
+    assert!(
+        text.contains("Policy refused: CiliumNetworkPolicy default/office — 1 endpoint(s) denied egress: `spec.egress[0]`: unknown field `toCIDR`\n"),
+        "{text}"
+    );
     let doc = json(&socket, &["status"]);
     assert_eq!(doc["cluster"], "cluster1");
+    assert_eq!(doc["policy_refusals"][0]["endpoints"][0], 65538);
     assert_eq!(doc["dataplane"]["received"], 1234);
     assert_eq!(doc["dataplane"]["dropped"]["policy_denied"], 34);
     assert_eq!(doc["tables"]["ipcache"], 9);
@@ -360,7 +379,8 @@ fn policy_get() {
     ];
     assert!(has_line(&text, &ingress), "{text}");
     assert!(
-        has_line(&text, &["egress", "all", "(not", "enforced)"]),
+        text.lines()
+            .any(|l| l.contains("egress") && l.ends_with(&format!("none (refused: {REFUSED})"))),
         "{text}"
     );
     let doc = json(&socket, &["policy", "get"]);
@@ -368,7 +388,8 @@ fn policy_get() {
     assert_eq!(doc[0]["ingress"]["enforced"], true);
     assert_eq!(doc[0]["ingress"]["allow"][0]["peer"], "131073");
     assert_eq!(doc[0]["ingress"]["allow"][0]["ports"][0], "80/TCP");
-    assert_eq!(doc[0]["egress"]["enforced"], false);
+    assert_eq!(doc[0]["egress"]["enforced"], true);
+    assert_eq!(doc[0]["egress"]["denied_by"][0], REFUSED);
 }
 
 #[test]

@@ -56,6 +56,8 @@ pub struct MetricsSources<P> {
     pub ports: P,
     pub mesh: Option<watch::Receiver<MeshStatus>>,
     pub local: watch::Receiver<Arc<LocalState>>,
+    /// The snapshot the workers use: its policy refusals.
+    pub tables: Arc<ArcSwap<Tables>>,
 }
 
 /// The histogram of the time from a builder batch being taken to its snapshot being stored.
@@ -184,8 +186,30 @@ impl<P: PortCounters> Collector for Scrape<P> {
             "clustermesh_global_services",
             "Global services of this cluster (service.cilium.io/global)",
             &family,
-        )
+        )?;
+        encode_policy_refusals(&s.tables.load(), &mut encoder)
     }
+}
+
+/// Per refused policy: the endpoints it denies because it cannot be enforced as written.
+fn encode_policy_refusals(
+    tables: &Tables,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), fmt::Error> {
+    let refusals = tables.policy.refusals();
+    let family: Vec<_> = refusals
+        .iter()
+        .map(|r| {
+            let labels = [("policy", r.policy.as_str())];
+            (labels, ConstGauge::new(r.endpoints.len() as i64))
+        })
+        .collect();
+    encode_family(
+        encoder,
+        "policy_refused_endpoints",
+        "Endpoints denied by a policy that cannot be enforced as written",
+        &family,
+    )
 }
 
 /// Forwards by kind and drops by reason, in packets and bytes, from the pipeline's counters.
@@ -543,7 +567,35 @@ mod tests {
             ports: FixedPorts(ports),
             mesh: Some(mesh),
             local,
+            tables: Arc::new(ArcSwap::from_pointee(refusing_tables())),
         }
+    }
+
+    /// Tables whose policy refuses `default/office`, denying one endpoint.
+    fn refusing_tables() -> Tables {
+        use meshpath_dataplane::policy::{
+            compile_policies, LabelSelector, PolicyRule, PolicySource,
+        };
+        let mut tables = tables();
+        let rules = [PolicyRule {
+            endpoint_selector: LabelSelector::all(),
+            ingress: Some(vec![]),
+            egress: None,
+        }];
+        let office = PolicySource {
+            name: "CiliumNetworkPolicy default/office",
+            rules: &rules,
+            refused: Some("`fromCIDR` is not supported"),
+        };
+        let identity = meshpath_dataplane::Identity::new(0x1_0100).unwrap();
+        let ids = [(identity, Default::default())].into();
+        tables.policy = compile_policies(
+            &[office],
+            &ids,
+            ClusterId::new(1).unwrap(),
+            &Default::default(),
+        );
+        tables
     }
 
     fn tables() -> Tables {
@@ -640,6 +692,8 @@ mod tests {
                 r#"meshpath_clustermesh_remote_cluster_services{{{source},target_cluster="cluster2"}} 1"#
             ),
             format!("meshpath_clustermesh_global_services{{{source}}} 1"),
+            r#"meshpath_policy_refused_endpoints{policy="CiliumNetworkPolicy default/office"} 1"#
+                .into(),
             format!(
                 r#"meshpath_clustermesh_remote_cluster_refused{{{source},target_cluster="cluster2",reason="reserved_identity"}} 4"#
             ),

@@ -144,6 +144,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
             ports: stats.clone(),
             mesh: mesh.clone(),
             local: source.state.clone(),
+            tables: tables.clone(),
         };
         let registry = Arc::new(metrics::registry(sources, latency));
         let metrics_cancel = cancel.clone();

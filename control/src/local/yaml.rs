@@ -4,7 +4,9 @@
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use super::model::PolicyKind;
 use super::object::KubeObject;
+use super::refused::{Lenient, UnsupportedPolicy};
 
 /// One object read from a file.
 #[derive(Clone, Debug, PartialEq)]
@@ -194,8 +196,14 @@ fn decode(meta: &TypeMeta, source: &impl Source) -> Result<KubeObject, ParseErro
         ("v1", "Pod") => KubeObject::Pod(source.read()?),
         ("v1", "Service") => KubeObject::Service(source.read()?),
         ("discovery.k8s.io/v1", "EndpointSlice") => KubeObject::EndpointSlice(source.read()?),
-        ("networking.k8s.io/v1", "NetworkPolicy") => KubeObject::NetworkPolicy(source.read()?),
-        ("cilium.io/v2", "CiliumNetworkPolicy") => KubeObject::CiliumNetworkPolicy(source.read()?),
+        ("networking.k8s.io/v1", "NetworkPolicy") => match source.read() {
+            Ok(policy) => KubeObject::NetworkPolicy(policy),
+            Err(e) => unsupported(PolicyKind::NetworkPolicy, e, source)?,
+        },
+        ("cilium.io/v2", "CiliumNetworkPolicy") => match source.read() {
+            Ok(policy) => KubeObject::CiliumNetworkPolicy(policy),
+            Err(e) => unsupported(PolicyKind::CiliumNetworkPolicy, e, source)?,
+        },
         (api_version, kind) => {
             return Err(source.error(format!(
                 "unsupported kind `{kind}` of apiVersion `{api_version}` (Node, Pod, Service, \
@@ -203,6 +211,21 @@ fn decode(meta: &TypeMeta, source: &impl Source) -> Result<KubeObject, ParseErro
             )))
         }
     })
+}
+
+/// A policy document that does not parse as its kind, read for what it covers so that it can be
+/// refused closed; if it has not even a policy's general shape, the parse error stands.
+fn unsupported(
+    kind: PolicyKind,
+    error: ParseError,
+    source: &impl Source,
+) -> Result<KubeObject, ParseError> {
+    match source.read::<Lenient>() {
+        Ok(lenient) => Ok(KubeObject::UnsupportedPolicy(Box::new(
+            UnsupportedPolicy::new(kind, error.problem, lenient),
+        ))),
+        Err(_) => Err(error),
+    }
 }
 
 #[cfg(test)]

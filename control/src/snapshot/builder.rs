@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use meshpath_dataplane::endpoint::Endpoint;
-use meshpath_dataplane::policy::{compile, PolicyRule};
+use meshpath_dataplane::policy::{compile_policies, PolicySource};
 use meshpath_dataplane::route::RemoteNode;
 use meshpath_dataplane::service::{Frontend, Service, ServiceId};
 use meshpath_dataplane::snapshot::Tables;
@@ -31,6 +31,7 @@ pub struct BuildStats {
     pub endpoints_refused: u64,
     pub nodes_refused: u64,
     pub services_refused: u64,
+    /// Policies (or parts) refused in the last compilation: their endpoints are denied.
     pub policy_refused: u64,
 }
 
@@ -302,28 +303,46 @@ impl SnapshotBuilder {
         }
     }
 
-    /// Compiles every local policy against every identity of the mesh; on error the old policy stays.
+    /// Compiles every local policy against every identity of the mesh. It fails closed: what cannot
+    /// be enforced as written denies the endpoints it selects (see [`compile_policies`]), and each
+    /// refusal is logged when it first appears.
     fn update_policy(&mut self, tables: &mut Tables) {
-        let rules: Vec<PolicyRule> = self
-            .sources
-            .local
-            .local
+        let local = &self.sources.local.local;
+        let names: Vec<String> = local.policies.keys().map(ToString::to_string).collect();
+        let policies: Vec<PolicySource<'_>> = local
             .policies
             .values()
-            .flat_map(|p| p.rules.iter().cloned())
+            .zip(&names)
+            .map(|(p, name)| PolicySource {
+                name,
+                rules: &p.rules,
+                refused: p.refused.as_deref(),
+            })
             .collect();
         let limits = &self.spec.policy_limits;
-        match compile(
-            &rules,
+        let policy = compile_policies(
+            &policies,
             &self.sources.identities,
             self.spec.cluster_id,
             limits,
-        ) {
-            Ok(policy) => tables.policy = policy,
-            Err(err) => {
-                self.stats.policy_refused += 1;
-                tracing::warn!(%err, "policy refused: the previous one stays");
+        );
+        for refusal in policy.refusals() {
+            let known = tables.policy.refusals().iter().any(|r| {
+                (&r.policy, &r.why, &r.endpoints)
+                    == (&refusal.policy, &refusal.why, &refusal.endpoints)
+            });
+            if !known {
+                tracing::warn!(
+                    policy = %refusal.policy,
+                    why = %refusal.why,
+                    endpoints = refusal.endpoints.len(),
+                    ingress = refusal.ingress,
+                    egress = refusal.egress,
+                    "policy refused: the endpoints it selects are denied"
+                );
             }
         }
+        self.stats.policy_refused = policy.refusals().len() as u64;
+        tables.policy = policy;
     }
 }

@@ -20,6 +20,8 @@ pub mod sources;
 #[cfg(test)]
 mod admission_tests;
 #[cfg(test)]
+mod policy_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
