@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use meshpath_dataplane::endpoint::Endpoint;
 use meshpath_dataplane::policy::{compile_policies, PolicySource};
@@ -49,7 +50,12 @@ pub struct SnapshotBuilder {
     stats: BuildStats,
     /// What of the remotes' state the tables refused.
     admission: AdmissionLog,
+    /// Since when a policy recompile for remote identities has been put off within a burst.
+    policy_pending: Option<Instant>,
 }
+
+/// The longest a policy recompile for remote identities waits while a burst is still queued.
+const POLICY_DEFERRAL: Duration = Duration::from_secs(1);
 
 impl SnapshotBuilder {
     pub fn new(spec: NodeSpec) -> Self {
@@ -64,6 +70,7 @@ impl SnapshotBuilder {
             current,
             stats: BuildStats::default(),
             admission: AdmissionLog::default(),
+            policy_pending: None,
         }
     }
 
@@ -102,13 +109,38 @@ impl SnapshotBuilder {
 
     /// Applies a batch; a new snapshot if it changed anything.
     pub fn apply(&mut self, changes: impl IntoIterator<Item = Change>) -> Option<Arc<Tables>> {
+        self.apply_queued(changes, false)
+    }
+
+    /// Applies a batch taken while more changes are `queued` behind it. Within such a burst, a
+    /// policy recompile that only remote identities asked for waits for the burst's end (at most
+    /// [`POLICY_DEFERRAL`]): meanwhile their new identities have no grants yet (denied, not
+    /// allowed), and a recompile per batch of a 100k-identity burst is not paid. A local change
+    /// (endpoints, policies) is always compiled into the same snapshot.
+    pub fn apply_queued(
+        &mut self,
+        changes: impl IntoIterator<Item = Change>,
+        queued: bool,
+    ) -> Option<Arc<Tables>> {
         let mut dirty = Dirty::default();
+        let mut local = false;
         for change in changes {
             self.stats.changes += 1;
             match change {
-                Change::Local(local) => self.sources.set_local(local, &mut dirty),
+                Change::Local(l) => {
+                    local = true;
+                    self.sources.set_local(l, &mut dirty);
+                }
                 Change::Remote(event) => self.sources.apply_remote(event, &mut dirty),
                 Change::Ports(ports) => self.set_ports(ports, &mut dirty),
+            }
+        }
+        if dirty.policy || self.policy_pending.is_some() {
+            let since = *self.policy_pending.get_or_insert_with(Instant::now);
+            let defer = queued && !local && since.elapsed() < POLICY_DEFERRAL;
+            dirty.policy = !defer;
+            if !defer {
+                self.policy_pending = None;
             }
         }
         if dirty.is_empty() {

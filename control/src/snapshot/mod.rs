@@ -6,7 +6,7 @@
 //!
 //! [`sources`] keeps what the builder knows and marks what a change touches; [`admission`] decides
 //! what of each remote cluster is believed; [`ipcache`], [`services`] and [`builder`] turn the
-//! touched keys into table entries; [`driver`] is the tokio loop.
+//! touched keys into table entries; [`driver`] is the loop, on a thread of its own.
 //! A remote event costs work in proportion to what it touches; a new local state (the local source
 //! hands over whole states) is compared with the previous one map by map, in proportion to its size.
 
@@ -38,7 +38,7 @@ use crate::resolve::ResolvedLocal;
 
 pub use admission::AdmissionRules;
 pub use builder::{BuildStats, SnapshotBuilder};
-pub use driver::{run_builder, SnapshotSink};
+pub use driver::{run_builder, spawn_builder, SnapshotSink};
 
 /// The pods attached to this node: their port and MAC. The agent fills it as it wires pods up.
 pub type PodPorts = BTreeMap<ObjectRef, (PortId, [u8; 6])>;

@@ -104,3 +104,48 @@ async fn an_unsupported_policy_in_a_file_denies_what_it_selects() {
         .collect();
     assert_eq!(refusals, ["CiliumNetworkPolicy default/office"]);
 }
+
+/// A remote identity the x-wing policy would grant: rebel-base of cluster2.
+fn rebel_c2_identity(n: u32) -> Change {
+    let labels = crate::kvstore::LabelSet::parse(&format!(
+        "k8s:io.cilium.k8s.policy.cluster=cluster2;k8s:io.kubernetes.pod.namespace=default;k8s:name=rebel-base;k8s:n=n{n};"
+    ))
+    .unwrap();
+    let id = meshpath_dataplane::Identity::new(0x2_0200 + n).unwrap();
+    remote(crate::state::StateEvent::Upsert(
+        crate::state::Entry::Identity(id, labels),
+    ))
+}
+
+fn x_wing_grants(builder: &SnapshotBuilder) -> usize {
+    let tables = builder.current();
+    let x_wing = *builder.sources().local.pods.get(&obj("x-wing")).unwrap();
+    match &tables.policy.policy(x_wing).egress {
+        meshpath_dataplane::policy::DirectionPolicy::Enforced(p) => p.entries(),
+        meshpath_dataplane::policy::DirectionPolicy::AllowAll => usize::MAX,
+    }
+}
+
+#[tokio::test]
+async fn within_a_burst_of_remote_identities_policy_is_recompiled_once_at_its_end() {
+    let mut builder = built(true, Affinity::None).await;
+    let before = x_wing_grants(&builder);
+    builder.apply_queued([rebel_c2_identity(1)], true);
+    builder.apply_queued([rebel_c2_identity(2)], true);
+    assert_eq!(
+        x_wing_grants(&builder),
+        before,
+        "put off while the burst is queued"
+    );
+    builder.apply_queued([rebel_c2_identity(3)], false);
+    assert_eq!(
+        x_wing_grants(&builder),
+        before + 3,
+        "all three at the burst's end"
+    );
+    // A local change is compiled at once, queued or not.
+    builder.apply_queued([rebel_c2_identity(4)], true);
+    let local = resolve(local_state(true, Affinity::Local)).await;
+    builder.apply_queued([Change::Local(local)], true);
+    assert_eq!(x_wing_grants(&builder), before + 4);
+}

@@ -62,8 +62,8 @@ pub struct RemoteCluster {
     pub by_host: HashMap<Addr, HashSet<Addr>>,
     /// Every address of every node, and how many nodes have it.
     pub node_addrs: HashMap<Addr, usize>,
-    /// The services that list an address as a backend.
-    pub backends_of: HashMap<Addr, BTreeSet<ServiceName>>,
+    /// The services that list an address as a backend (their names shared, not copied per backend).
+    pub backends_of: HashMap<Addr, Vec<Arc<ServiceName>>>,
 }
 
 #[derive(Debug, Default)]
@@ -237,9 +237,12 @@ impl Sources {
             StateEvent::Upsert(Entry::Service(s)) => {
                 remote.forget_backends(&s.name);
                 dirty.services.insert(s.name.clone());
+                let name = Arc::new(s.name.clone());
                 for backend in &s.backends {
                     let services = remote.backends_of.entry(backend.addr).or_default();
-                    services.insert(s.name.clone());
+                    if !services.contains(&name) {
+                        services.push(name.clone());
+                    }
                 }
                 remote.state.upsert(Entry::Service(s));
             }
@@ -258,7 +261,9 @@ impl RemoteCluster {
     pub fn touch_endpoint(&self, addr: Addr, dirty: &mut Dirty) {
         dirty.prefixes.insert(IpPrefix::host(addr));
         if let Some(services) = self.backends_of.get(&addr) {
-            dirty.services.extend(services.iter().cloned());
+            dirty
+                .services
+                .extend(services.iter().map(|s| ServiceName::clone(s)));
         }
     }
 
@@ -296,7 +301,7 @@ impl RemoteCluster {
         };
         for backend in &old.backends {
             if let Some(services) = self.backends_of.get_mut(&backend.addr) {
-                services.remove(name);
+                services.retain(|s| **s != *name);
                 if services.is_empty() {
                     self.backends_of.remove(&backend.addr);
                 }

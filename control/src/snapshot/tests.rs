@@ -860,3 +860,55 @@ async fn the_driver_coalesces_a_burst_and_stops_when_inputs_close() {
     assert_eq!(swap.load().endpoints.len(), 2);
     assert!(swap.load().ipcache.lookup(REBEL_C2.into()).is_some());
 }
+
+/// A sink that holds the builder inside `publish` until told to go on: a build that takes forever.
+struct StuckSink {
+    entered: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+}
+
+impl SnapshotSink for StuckSink {
+    fn publish(&mut self, _: Arc<Tables>) {
+        let _ = self.entered.send(());
+        let _ = self.release.recv();
+    }
+}
+
+/// While a build runs, the runtime that feeds the builder (the agent's, with the status socket and
+/// the remotes' keepalives) still runs its tasks: the builder has a thread of its own.
+#[test]
+fn a_build_never_holds_up_the_runtime_that_feeds_the_builder() {
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let feeder = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let (rtx, rrx) = tokio::sync::mpsc::channel(16);
+            let sink = StuckSink {
+                entered: entered_tx,
+                release: release_rx,
+            };
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let builder =
+                spawn_builder(SnapshotBuilder::new(spec()), rx, rrx, sink, cancel, 1024).unwrap();
+            let mut ports = spec().ports;
+            ports.remove(&obj("rebel-base"));
+            tx.send(Change::Ports(ports)).await.unwrap();
+            // The builder is now stuck in its build; this runtime must still run a task.
+            let status = tokio::spawn(async { "answered" });
+            let _ = done_tx.send(status.await.unwrap());
+            drop((tx, rtx));
+            builder
+        })
+    });
+    let deadline = std::time::Duration::from_secs(30);
+    entered.recv_timeout(deadline).expect("the build started");
+    assert_eq!(done.recv_timeout(deadline), Ok("answered"));
+    release.send(()).unwrap();
+    let builder = feeder.join().unwrap();
+    assert_eq!(builder.join().unwrap().stats().snapshots, 1);
+}

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use etcd_client::{Client, Txn, TxnOp};
 use meshpath_control::kvstore::{ClusterConfig, Key, Kind, LabelSet};
 use meshpath_control::local::{
-    LocalNode, LocalPod, LocalService, LocalServicePort, LocalState, ObjectRef,
+    LocalNode, LocalPod, LocalPolicy, LocalService, LocalServicePort, LocalState, ObjectRef,
+    PolicyKind, PolicyRef,
 };
 use meshpath_control::resolve::{MemoryAllocator, ResolvedLocal, Resolver};
 use meshpath_control::snapshot::NodeSpec;
@@ -17,6 +18,7 @@ use meshpath_control::state::{
 };
 use meshpath_control::ClusterName;
 use meshpath_dataplane::gateway::Gateway;
+use meshpath_dataplane::policy::{IngressRule, LabelSelector, Peer, PolicyLimits, PolicyRule};
 use meshpath_dataplane::route::{RoutingMode, Underlay};
 use meshpath_dataplane::snapshot::{Capacities, NodeConfig};
 use meshpath_dataplane::tunnel::TunnelProtocol;
@@ -31,6 +33,7 @@ const CHANGED_PODS: u32 = 0x0ac8_0000; // 10.200.0.0
 const LOCAL_VIPS: u32 = 0x0a60_0000; // 10.96.0.0
 
 pub struct Shape {
+    pub policy_rules: u32,
     pub endpoints: u32,
     pub services: u32,
     pub backends: u32,
@@ -145,11 +148,11 @@ fn service_kv(shape: &Shape, j: u32) -> anyhow::Result<(String, Vec<u8>)> {
     Ok((key.to_string(), json(&service.to_kvstore(&name, c2()))?))
 }
 
-fn announce_kvs() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let name = c2_name()?;
+fn announce_kvs(cluster: u8) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let name = ClusterName::new(&format!("cluster{cluster}"))?;
     let mut kvs = vec![(
         Key::ClusterConfig(name.clone()).to_string(),
-        json(&ClusterConfig::new(2))?,
+        json(&ClusterConfig::new(cluster.into()))?,
     )];
     for kind in Kind::ALL {
         let key = Key::SyncCanary {
@@ -193,7 +196,34 @@ pub async fn write_remote(client: &mut Client, shape: &Shape) -> anyhow::Result<
     write_each(client, shape.nodes + 1, |n| node_kv(shape, n)).await?;
     write_each(client, shape.endpoints, |i| endpoint_kv(shape, i)).await?;
     write_each(client, shape.services, |j| service_kv(shape, j)).await?;
-    put_all(client, &announce_kvs()?).await
+    put_all(client, &announce_kvs(2)?).await
+}
+
+/// A remote cluster with nothing but its cluster-config and canaries.
+pub async fn announce(client: &mut Client, cluster: u8) -> anyhow::Result<()> {
+    put_all(client, &announce_kvs(cluster)?).await
+}
+
+/// The first identity of `cluster`'s share of the burst: past cluster2's own identities.
+fn burst_base(cluster: u8) -> u32 {
+    (u32::from(cluster) << 16) + if cluster == 2 { 0x1000 } else { 256 }
+}
+
+/// `share` new identities of `cluster`, every one labelled `burst=yes`.
+pub async fn write_burst(client: &mut Client, cluster: u8, share: u32) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        burst_base(cluster) + share <= (u32::from(cluster) << 16) + 0xffff,
+        "{share} identities do not fit cluster{cluster}'s range"
+    );
+    write_each(client, share, |k| {
+        let id = Identity::new(burst_base(cluster) + k)
+            .ok_or_else(|| anyhow::anyhow!("identity out of range"))?;
+        let labels = format!(
+            "k8s:app=burst-{k};k8s:burst=yes;k8s:io.cilium.k8s.policy.cluster=cluster{cluster};k8s:io.kubernetes.pod.namespace=bench;"
+        );
+        Ok((Key::Identity(id).to_string(), labels.into_bytes()))
+    })
+    .await
 }
 
 /// The `i`th timed change: a new endpoint on the node after the last (at most 1024 of them).
@@ -245,8 +275,35 @@ pub fn spec() -> NodeSpec {
         capacities: Capacities::default(),
         ports: BTreeMap::from([(obj("client"), (PortId(1), [2, 0, 0, 1, 1, 10]))]),
         local_affinity_threshold: 0.0,
-        policy_limits: Default::default(),
+        // The burst's identities are all peers of the client's ingress policy.
+        policy_limits: PolicyLimits {
+            max_entries: 1 << 20,
+            ..PolicyLimits::default()
+        },
         admission: Default::default(),
+    }
+}
+
+/// The client admits every identity labelled `burst=yes`, and `rules - 1` more rules each admit
+/// one app: policy is compiled against every identity, once per rule.
+fn client_policy(rules: u32) -> LocalPolicy {
+    let admit = |key: &str, value: &str| PolicyRule {
+        endpoint_selector: LabelSelector::all().with_label("app", "client"),
+        ingress: Some(vec![IngressRule {
+            from: vec![Peer::Endpoints(LabelSelector::all().with_label(key, value))],
+            to_ports: vec![],
+        }]),
+        egress: None,
+    };
+    let mut all = vec![admit("burst", "yes")];
+    all.extend((1..rules).map(|i| admit("app", &format!("app-{i}"))));
+    LocalPolicy {
+        policy: PolicyRef {
+            kind: PolicyKind::CiliumNetworkPolicy,
+            policy: obj("client-ingress"),
+        },
+        rules: all,
+        refused: None,
     }
 }
 
@@ -293,6 +350,8 @@ pub async fn local(shape: &Shape) -> anyhow::Result<Arc<ResolvedLocal>> {
             },
         );
     }
+    let policy = client_policy(shape.policy_rules);
+    state.policies.insert(policy.policy.clone(), policy);
     let mut resolver = Resolver::new(
         ClusterName::new("cluster1")?,
         c1(),
