@@ -21,5 +21,6 @@ pub mod refusal;
 pub mod resolve;
 pub mod snapshot;
 pub mod state;
+pub mod yaml;
 
 pub use cluster_name::{ClusterName, ClusterNameError};

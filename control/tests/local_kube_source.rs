@@ -14,7 +14,6 @@ use meshpath_control::local::{
     KubeSource, LocalSourceHandle, LocalState, ObjectRef, PolicyKind, PolicyRef, SourceError,
     SourceStatus,
 };
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -130,8 +129,8 @@ fn fixture(name: &str) -> Vec<Value> {
         .join(name);
     let text = std::fs::read_to_string(path).unwrap();
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let value = Value::deserialize(doc).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple(&text).unwrap();
+    for value in docs {
         match value["items"].as_array() {
             Some(items) => out.extend(items.iter().cloned()),
             None => out.push(value),

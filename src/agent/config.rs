@@ -23,7 +23,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// serde_yaml names the key (unknown field, wrong type) and the line.
+    /// The parser names the key (unknown field, wrong type) and the line.
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{path}: `{key}`: {problem}")]
@@ -456,10 +456,11 @@ impl AgentConfig {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
-        let config: AgentConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let config: AgentConfig =
+            meshpath_control::yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
         config
             .validate()
             .map_err(|(key, problem)| ConfigError::Invalid {
@@ -765,8 +766,25 @@ metrics: 127.0.0.1:9962
     fn a_typo_is_refused_with_the_key_it_names() {
         let typo = GOOD.replace("conntrack-capacity", "conntrak-capacity");
         let error = parse(&typo).unwrap_err().to_string();
-        assert!(error.contains("conntrak-capacity"), "{error}");
+        assert!(
+            error.contains("unknown field `conntrak-capacity`"),
+            "{error}"
+        );
         assert!(error.starts_with("agent.yaml:"), "{error}");
+    }
+
+    #[test]
+    fn an_error_names_its_line() {
+        // `dataplane:` is the 10th line of GOOD (which starts with a newline).
+        let typo = GOOD.replace("conntrack-capacity", "conntrak-capacity");
+        let error = parse(&typo).unwrap_err().to_string();
+        assert!(error.contains(" at line 10, column "), "{error}");
+        let bad_type = GOOD.replace("mtu: 1500", "mtu: [1500]");
+        let error = parse(&bad_type).unwrap_err().to_string();
+        assert!(error.contains(" at line 10, column "), "{error}");
+        let syntax = GOOD.replace("status-socket: /run", "status-socket: [/run");
+        let error = parse(&syntax).unwrap_err().to_string();
+        assert!(error.contains(" at line "), "{error}");
     }
 
     #[test]
