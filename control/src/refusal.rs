@@ -108,7 +108,7 @@ pub fn add_counts(into: &mut RefusalCounts, more: &RefusalCounts) {
 const LOG_LINES: u32 = 20;
 const LOG_WINDOW: Duration = Duration::from_secs(10);
 
-/// A log rate limit: [`LOG_LINES`] per [`LOG_WINDOW`].
+/// A log rate limit: 20 lines per 10 seconds.
 #[derive(Debug)]
 pub struct LogBudget {
     window_start: Option<Instant>,

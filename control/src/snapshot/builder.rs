@@ -114,7 +114,7 @@ impl SnapshotBuilder {
 
     /// Applies a batch taken while more changes are `queued` behind it. Within such a burst, a
     /// policy recompile that only remote identities asked for waits for the burst's end (at most
-    /// [`POLICY_DEFERRAL`]): meanwhile their new identities have no grants yet (denied, not
+    /// a second): meanwhile their new identities have no grants yet (denied, not
     /// allowed), and a recompile per batch of a 100k-identity burst is not paid. A local change
     /// (endpoints, policies) is always compiled into the same snapshot.
     pub fn apply_queued(
