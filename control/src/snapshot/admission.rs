@@ -258,11 +258,15 @@ impl AdmissionLog {
 
     /// Records the verdict on every claim; claims no longer made are forgotten.
     pub fn record_cidrs(&mut self, sources: &Sources, verdicts: &CidrVerdicts) {
-        for log in self.remotes.values_mut() {
+        let claimed = |cluster: &ClusterName, prefix: &IpPrefix| {
+            verdicts.iter().any(|(c, p, _)| c == cluster && p == prefix)
+        };
+        for (name, log) in &mut self.remotes {
             log.refusals.retain(|key| match key {
-                AdmissionKey::PodCidr(p) => verdicts.iter().any(|(_, v, _)| v == p),
+                AdmissionKey::PodCidr(p) => claimed(name, p),
                 _ => true,
             });
+            log.conflicts.retain(|p, _| claimed(name, p));
         }
         for (cluster, prefix, verdict) in verdicts {
             let node = sources
@@ -297,14 +301,6 @@ impl AdmissionLog {
                         format!("{cluster}: {conflict}")
                     });
                     log.conflicts.insert(*prefix, conflict);
-                }
-            }
-        }
-        for log in self.remotes.values_mut() {
-            let claimed: Vec<IpPrefix> = log.conflicts.keys().copied().collect();
-            for prefix in claimed {
-                if !verdicts.iter().any(|(_, p, _)| *p == prefix) {
-                    log.conflicts.remove(&prefix);
                 }
             }
         }

@@ -309,3 +309,18 @@ async fn refusals_and_conflicts_reach_the_status_board() {
         "└ pod CIDR 100.64.1.0/24 of node n9 refused: overlaps cluster1's 100.64.1.0/24"
     ));
 }
+
+#[tokio::test]
+async fn a_refused_claim_given_up_is_forgotten_even_if_another_cluster_claims_the_prefix() {
+    let mut builder = SnapshotBuilder::new(spec());
+    builder.apply([node_at(3, "a", v4(198, 18, 3, 1), &["100.70.1.0/24"])]);
+    builder.apply([node_at(2, "b", v4(198, 18, 2, 1), &["100.70.1.0/24"])]);
+    assert_eq!(
+        builder.refused(&name(2)),
+        counts(&[(Refusal::PodCidrOverlap, 1)])
+    );
+    // cluster2 gives the prefix up while cluster3 still holds it.
+    builder.apply([node_at(2, "b", v4(198, 18, 2, 1), &["100.71.1.0/24"])]);
+    assert!(builder.refused(&name(2)).is_empty());
+    assert!(builder.cidr_conflicts(&name(2)).is_empty());
+}
