@@ -8,10 +8,14 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use meshpath_api::clustermesh::{ClusterMeshStatus, RemoteClusterStatus, SyncStatus};
+use meshpath_api::clustermesh::{
+    CidrConflict, ClusterMeshStatus, Refusal, RemoteClusterStatus, SyncStatus,
+};
 use meshpath_api::identity::IdentityRow;
 use meshpath_api::node::NodeRow;
-use meshpath_api::policy::{AllowRow, DirectionRow, EndpointPolicyRow, PolicyPeer};
+use meshpath_api::policy::{
+    AllowRow, DirectionRow, EndpointPolicyRow, PolicyPeer, PolicyRefusalRow,
+};
 use meshpath_api::service::{BackendInfo, BackendState, ServiceStatus};
 use meshpath_api::status::{AgentStatus, DataplaneStatus, PortStatus, TableSizes};
 use meshpath_api::{DropReason, ForwardKind};
@@ -38,7 +42,30 @@ fn mesh() -> ClusterMeshStatus {
         failures: 1,
         ..Default::default()
     };
-    [("cluster2".to_owned(), remote)].into()
+    let hostile = RemoteClusterStatus {
+        name: "cluster3".into(),
+        connected: true,
+        endpoints_configured: 1,
+        refused: [
+            (Refusal::ReservedIdentity, 2),
+            (Refusal::OverKeyLimit, 7),
+            (Refusal::PodCidrOverlap, 1),
+        ]
+        .into(),
+        cidr_conflicts: vec![CidrConflict {
+            node: "n1".into(),
+            prefix: "10.1.0.0/25".into(),
+            other_cluster: "cluster1".into(),
+            other_prefix: "10.1.0.0/24".into(),
+        }],
+        degraded: Some("7 keys ignored past the key limit (250000)".into()),
+        ..Default::default()
+    };
+    [
+        ("cluster2".to_owned(), remote),
+        ("cluster3".to_owned(), hostile),
+    ]
+    .into()
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -131,14 +158,26 @@ fn canned() -> AgentStatus {
                     peer: PolicyPeer::Identity(131073),
                     ports: vec!["80/TCP".parse().unwrap()],
                 }],
+                denied_by: vec![],
             },
             egress: DirectionRow {
-                enforced: false,
+                enforced: true,
                 allow: vec![],
+                denied_by: vec![REFUSED.into()],
             },
+        }],
+        policy_refusals: vec![PolicyRefusalRow {
+            policy: "CiliumNetworkPolicy default/office".into(),
+            why: "`spec.egress[0]`: unknown field `toCIDR`".into(),
+            endpoints: vec![65538],
+            ingress: false,
+            egress: true,
         }],
     }
 }
+
+const REFUSED: &str =
+    "CiliumNetworkPolicy default/office: `spec.egress[0]`: unknown field `toCIDR`";
 
 /// A fake agent on a fresh socket: every connection gets the canned document, then the socket closes.
 fn fake_agent(test: &str) -> PathBuf {
@@ -206,8 +245,13 @@ fn status() {
         &text,
         &["Port", "0", "rx", "1234", "tx", "1200", "tx-ring-full", "3"]
     ));
+    assert!(
+        text.contains("Policy refused: CiliumNetworkPolicy default/office — 1 endpoint(s) denied egress: `spec.egress[0]`: unknown field `toCIDR`\n"),
+        "{text}"
+    );
     let doc = json(&socket, &["status"]);
     assert_eq!(doc["cluster"], "cluster1");
+    assert_eq!(doc["policy_refusals"][0]["endpoints"][0], 65538);
     assert_eq!(doc["dataplane"]["received"], 1234);
     assert_eq!(doc["dataplane"]["dropped"]["policy_denied"], 34);
     assert_eq!(doc["tables"]["ipcache"], 9);
@@ -266,9 +310,18 @@ fn clustermesh_status() {
     let socket = fake_agent("clustermesh");
     let text = table(&socket, &["clustermesh", "status"]);
     assert!(
-        text.starts_with("ClusterMesh: 1/1 clusters ready\n"),
+        text.starts_with("ClusterMesh: 1/2 clusters ready\n"),
         "{text}"
     );
+    let cluster3 = text.split("  cluster3: ").nth(1).unwrap_or_default();
+    assert!(cluster3.starts_with("degraded, 0 nodes"), "{text}");
+    for line in [
+        "  └ refused: 7 over_key_limit, 1 pod_cidr_overlap, 2 reserved_identity\n",
+        "  └ pod CIDR 10.1.0.0/25 of node n1 refused: overlaps cluster1's 10.1.0.0/24\n",
+        "  └ degraded: 7 keys ignored past the key limit (250000)\n",
+    ] {
+        assert!(cluster3.contains(line), "{line}: {text}");
+    }
     assert!(
         text.contains(
             "cluster2: ready, 2 nodes, 4 endpoints, 3 identities, 1 services, 1 failures"
@@ -281,6 +334,11 @@ fn clustermesh_status() {
     assert_eq!(doc["cluster2"]["connected"], true);
     assert_eq!(doc["cluster2"]["identities"], 3);
     assert_eq!(doc["cluster2"]["synced"]["services"], true);
+    assert_eq!(doc["cluster3"]["refused"]["over_key_limit"], 7);
+    assert_eq!(
+        doc["cluster3"]["cidr_conflicts"][0]["other_cluster"],
+        "cluster1"
+    );
 }
 
 #[test]
@@ -321,7 +379,8 @@ fn policy_get() {
     ];
     assert!(has_line(&text, &ingress), "{text}");
     assert!(
-        has_line(&text, &["egress", "all", "(not", "enforced)"]),
+        text.lines()
+            .any(|l| l.contains("egress") && l.ends_with(&format!("none (refused: {REFUSED})"))),
         "{text}"
     );
     let doc = json(&socket, &["policy", "get"]);
@@ -329,7 +388,8 @@ fn policy_get() {
     assert_eq!(doc[0]["ingress"]["enforced"], true);
     assert_eq!(doc[0]["ingress"]["allow"][0]["peer"], "131073");
     assert_eq!(doc[0]["ingress"]["allow"][0]["ports"][0], "80/TCP");
-    assert_eq!(doc[0]["egress"]["enforced"], false);
+    assert_eq!(doc[0]["egress"]["enforced"], true);
+    assert_eq!(doc[0]["egress"]["denied_by"][0], REFUSED);
 }
 
 #[test]

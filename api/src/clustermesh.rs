@@ -27,8 +27,15 @@ pub struct RemoteClusterStatus {
     pub endpoints: u64,
     pub identities: u64,
     pub services: u64,
-    /// Values refused because they do not match their key or this cluster (since start).
-    pub rejected: u64,
+    /// Keys refused now, per reason (on receipt and on admission to the tables); for the
+    /// `over_*_limit` reasons, keys ignored since the last listing.
+    pub refused: BTreeMap<Refusal, u64>,
+    /// Pod CIDRs refused because another cluster holds an overlapping one, naming it.
+    pub cidr_conflicts: Vec<CidrConflict>,
+    /// Why the remote is degraded, while it is: past a limit, its excess keys are ignored.
+    pub degraded: Option<String>,
+    pub usage: RemoteUsage,
+    pub limits: RemoteLimits,
     pub failures: u64,
     pub last_failure: Option<Timestamp>,
     pub last_error: Option<String>,
@@ -36,6 +43,63 @@ pub struct RemoteClusterStatus {
     pub disconnected_since: Option<Timestamp>,
     /// Entries withdrawn after the grace period; `last_error` says why.
     pub withdrawn_at: Option<Timestamp>,
+}
+
+named_enum! {
+    /// Why a remote's key or entry is refused: the control plane's `Refusal`, name for name.
+    pub enum Refusal ("refusal reason") {
+        Malformed => "malformed",
+        WrongCluster => "wrong_cluster",
+        ReservedIdentity => "reserved_identity",
+        Ipv4Mapped => "ipv4_mapped",
+        NotShared => "not_shared",
+        ValueTooLarge => "value_too_large",
+        PodCidrTooShort => "pod_cidr_too_short",
+        PodCidrOverlap => "pod_cidr_overlap",
+        EndpointOutsidePodCidrs => "endpoint_outside_pod_cidrs",
+        HostIpNotANode => "host_ip_not_a_node",
+        BackendNotAnEndpoint => "backend_not_an_endpoint",
+        OverKeyLimit => "over_key_limit",
+        OverByteLimit => "over_byte_limit",
+        OverIdentityLimit => "over_identity_limit",
+    }
+}
+
+/// A remote's pod CIDR refused because it overlaps another cluster's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CidrConflict {
+    pub node: String,
+    pub prefix: String,
+    pub other_cluster: String,
+    pub other_prefix: String,
+}
+
+impl fmt::Display for CidrConflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pod CIDR {} of node {} refused: overlaps {}'s {}",
+            self.prefix, self.node, self.other_cluster, self.other_prefix
+        )
+    }
+}
+
+/// What a remote holds in the agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteUsage {
+    pub keys: u64,
+    /// Estimated from the entries' decoded size.
+    pub bytes: u64,
+    pub identities: u64,
+}
+
+/// What a remote may hold in the agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteLimits {
+    pub max_keys: u64,
+    pub max_bytes: u64,
+    pub max_identities: u64,
+    pub max_value_bytes: u64,
 }
 
 /// Per kind: has the remote's sync canary been seen since the last (re)connection.
@@ -75,7 +139,11 @@ pub fn render(mesh: Option<&ClusterMeshStatus>) -> String {
     let ready = remotes.values().filter(|r| r.ready).count();
     let mut out = format!("ClusterMesh: {ready}/{} clusters ready\n", remotes.len());
     for (name, r) in remotes {
-        let state = if r.ready { "ready" } else { "not ready" };
+        let state = match (r.ready, &r.degraded) {
+            (true, _) => "ready",
+            (false, Some(_)) => "degraded",
+            (false, None) => "not ready",
+        };
         let last = r.last_failure.map_or("never".to_owned(), |t| t.to_string());
         let _ = writeln!(
             out,
@@ -100,8 +168,36 @@ pub fn render(mesh: Option<&ClusterMeshStatus>) -> String {
         if let Some(error) = &r.last_error {
             let _ = writeln!(out, "  └ last error: {error}");
         }
+        render_refusals(&mut out, r);
     }
     out
+}
+
+/// Like Cilium's failures line: what is refused, per reason; overlapping pod CIDRs naming the other
+/// cluster; and why the remote is degraded, against its limits.
+fn render_refusals(out: &mut String, r: &RemoteClusterStatus) {
+    if !r.refused.is_empty() {
+        let counts: Vec<String> = r.refused.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let _ = writeln!(out, "  └ refused: {}", counts.join(", "));
+    }
+    for conflict in &r.cidr_conflicts {
+        let _ = writeln!(out, "  └ {conflict}");
+    }
+    if let Some(why) = &r.degraded {
+        let (u, l) = (&r.usage, &r.limits);
+        let mib = |b: u64| b as f64 / f64::from(1 << 20);
+        let _ = writeln!(out, "  └ degraded: {why}");
+        let _ = writeln!(
+            out,
+            "  └ limits: {}/{} keys, {:.1}/{:.1} MiB, {}/{} identities",
+            u.keys,
+            l.max_keys,
+            mib(u.bytes),
+            mib(l.max_bytes),
+            u.identities,
+            l.max_identities
+        );
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +232,50 @@ mod tests {
             lines[4].ends_with("nodes=false, endpoints=false, identities=false, services=false")
         );
         assert!(lines[5].ends_with("connection refused"));
+        assert_eq!(
+            lines.len(),
+            6,
+            "nothing refused, not degraded: no more lines"
+        );
+    }
+
+    #[test]
+    fn renders_refusals_conflicts_and_degradation() {
+        let remote = RemoteClusterStatus {
+            name: "cluster3".into(),
+            connected: true,
+            refused: [(Refusal::ReservedIdentity, 2), (Refusal::OverKeyLimit, 7)].into(),
+            cidr_conflicts: vec![CidrConflict {
+                node: "n1".into(),
+                prefix: "10.1.0.0/25".into(),
+                other_cluster: "cluster1".into(),
+                other_prefix: "10.1.0.0/24".into(),
+            }],
+            degraded: Some("7 keys ignored past the key limit (3)".into()),
+            usage: RemoteUsage {
+                keys: 3,
+                bytes: 1 << 20,
+                identities: 0,
+            },
+            limits: RemoteLimits {
+                max_keys: 3,
+                max_bytes: 2 << 20,
+                max_identities: 9,
+                max_value_bytes: 1,
+            },
+            ..Default::default()
+        };
+        let mesh: ClusterMeshStatus = [("cluster3".to_owned(), remote)].into();
+        let text = render(Some(&mesh));
+        assert!(text.contains("  cluster3: degraded, 0 nodes"), "{text}");
+        for line in [
+            "  └ refused: 7 over_key_limit, 2 reserved_identity\n",
+            "  └ pod CIDR 10.1.0.0/25 of node n1 refused: overlaps cluster1's 10.1.0.0/24\n",
+            "  └ degraded: 7 keys ignored past the key limit (3)\n",
+            "  └ limits: 3/3 keys, 1.0/2.0 MiB, 0/9 identities\n",
+        ] {
+            assert!(text.contains(line), "{line}{text}");
+        }
     }
 
     #[test]

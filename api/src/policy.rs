@@ -25,6 +25,34 @@ pub struct EndpointPolicyRow {
 pub struct DirectionRow {
     pub enforced: bool,
     pub allow: Vec<AllowRow>,
+    /// Policies that cannot be enforced as written and so deny this direction: `policy: why`.
+    #[serde(default)]
+    pub denied_by: Vec<String>,
+}
+
+/// A policy that cannot be enforced as written: the endpoints it selects are denied in the
+/// directions it covers (`meshpath status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRefusalRow {
+    /// `CiliumNetworkPolicy default/name` (several, comma-separated, when their merged grants were
+    /// too many together).
+    pub policy: String,
+    pub why: String,
+    /// The local endpoint identities it denies.
+    pub endpoints: Vec<u32>,
+    pub ingress: bool,
+    pub egress: bool,
+}
+
+impl PolicyRefusalRow {
+    /// `ingress`, `egress` or `ingress and egress`.
+    pub fn directions(&self) -> &'static str {
+        match (self.ingress, self.egress) {
+            (true, true) => "ingress and egress",
+            (true, false) => "ingress",
+            (false, _) => "egress",
+        }
+    }
 }
 
 /// What one peer may do.
@@ -160,7 +188,18 @@ pub fn render(rows: &[EndpointPolicyRow], identities: &[IdentityRow]) -> String 
     for row in rows {
         let (mut endpoint, mut identity) = (row.endpoint.clone(), row.identity.to_string());
         for (name, dir) in [("ingress", &row.ingress), ("egress", &row.egress)] {
+            let refused = dir
+                .denied_by
+                .first()
+                .map(|why| format!("none (refused: {why})"));
             let lines: Vec<(String, String, String)> = match (dir.enforced, dir.allow.is_empty()) {
+                _ if refused.is_some() => {
+                    vec![(
+                        "-".into(),
+                        refused.clone().unwrap_or_default(),
+                        String::new(),
+                    )]
+                }
                 (false, _) => vec![("all".into(), "all (not enforced)".into(), String::new())],
                 (true, true) => vec![("-".into(), "none (deny all)".into(), String::new())],
                 (true, false) => dir
@@ -195,6 +234,7 @@ mod tests {
             egress: DirectionRow {
                 enforced: false,
                 allow: vec![],
+                denied_by: vec![],
             },
         }
     }
@@ -207,6 +247,7 @@ mod tests {
                 peer: PolicyPeer::Identity(131073),
                 ports: vec!["80/TCP".parse().unwrap()],
             }],
+            denied_by: vec![],
         };
         let peer = IdentityRow {
             id: 131073,
@@ -224,10 +265,24 @@ mod tests {
             &[row(DirectionRow {
                 enforced: true,
                 allow: vec![],
+                denied_by: vec![],
             })],
             &[],
         );
         assert!(denied.contains("none (deny all)"));
+        let refused = render(
+            &[row(DirectionRow {
+                enforced: true,
+                allow: vec![],
+                denied_by: vec!["CiliumNetworkPolicy default/office: `fromCIDR` unknown".into()],
+            })],
+            &[],
+        );
+        assert!(
+            refused
+                .contains("none (refused: CiliumNetworkPolicy default/office: `fromCIDR` unknown)"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::drop_reason::DropReason;
 use crate::forward::ForwardKind;
 use crate::identity::IdentityRow;
 use crate::node::NodeRow;
-use crate::policy::EndpointPolicyRow;
+use crate::policy::{EndpointPolicyRow, PolicyRefusalRow};
 use crate::service::ServiceStatus;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +33,9 @@ pub struct AgentStatus {
     /// Each pod on this node with its compiled policy, as the workers enforce it now.
     #[serde(default)]
     pub policies: Vec<EndpointPolicyRow>,
+    /// Policies that cannot be enforced as written: the endpoints they select are denied.
+    #[serde(default)]
+    pub policy_refusals: Vec<PolicyRefusalRow>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +91,16 @@ pub fn render(status: &AgentStatus) -> String {
             p.port, p.rx, p.tx, p.tx_ring_full
         );
     }
+    for r in &status.policy_refusals {
+        let _ = writeln!(
+            out,
+            "Policy refused: {} — {} endpoint(s) denied {}: {}",
+            r.policy,
+            r.endpoints.len(),
+            r.directions(),
+            r.why
+        );
+    }
     out
 }
 
@@ -121,6 +134,7 @@ mod tests {
             nodes: vec![],
             identities: vec![],
             policies: vec![],
+            policy_refusals: vec![],
         }
     }
 

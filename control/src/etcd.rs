@@ -80,10 +80,27 @@ pub async fn list_prefix(
     prefix: &str,
     page: i64,
 ) -> Result<(i64, Vec<KeyValue>), etcd_client::Error> {
+    let mut out = Vec::new();
+    let (revision, _) = list_pages(kv, prefix, page, 0, |kvs| {
+        out.extend(kvs);
+        true
+    })
+    .await?;
+    Ok((revision, out))
+}
+
+/// Lists `prefix` at `revision` (0: the current one) a page at a time, handing each page to `take`
+/// until it returns `false`, so that a huge range is never held whole. Returns the revision read and
+/// how many keys of the range were left unread.
+pub async fn list_pages(
+    kv: &mut KvClient,
+    prefix: &str,
+    page: i64,
+    mut revision: i64,
+    mut take: impl FnMut(Vec<KeyValue>) -> bool,
+) -> Result<(i64, u64), etcd_client::Error> {
     let end = prefix_end(prefix.as_bytes());
     let mut start = prefix.as_bytes().to_vec();
-    let mut revision = 0;
-    let mut out = Vec::new();
     loop {
         let mut options = GetOptions::new().with_range(end.clone()).with_limit(page);
         if revision != 0 {
@@ -94,14 +111,19 @@ pub async fn list_prefix(
             revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         }
         let more = resp.more();
+        // `count` is every key from `start` to the end of the range, this page's included.
+        let in_range = u64::try_from(resp.count()).unwrap_or_default();
         let kvs = resp.take_kvs();
+        let read = kvs.len() as u64;
         if let Some(last) = kvs.last() {
             start = last.key().to_vec();
             start.push(0);
         }
-        out.extend(kvs);
+        if !take(kvs) {
+            return Ok((revision, in_range.saturating_sub(read)));
+        }
         if !more {
-            return Ok((revision, out));
+            return Ok((revision, 0));
         }
     }
 }

@@ -4,11 +4,13 @@
 //!
 //! Modules: [`kvstore`] (Cilium's key layout and values), [`state`] (one cluster's state as the mesh sees
 //! it, and its change events), [`clustermesh`] (remote clusters: configuration directory, one watcher task
-//! per remote, status), [`publish`] (this agent's state into its own cluster's etcd, under a lease),
-//! [`identity_alloc`] (cluster-wide identities through etcd transactions) and [`etcd`] (connecting, listing).
+//! per remote, their limits, status), [`refusal`] (why something a remote wrote is not believed),
+//! [`publish`] (this agent's state into its own cluster's etcd, under a lease), [`identity_alloc`]
+//! (cluster-wide identities through etcd transactions), [`etcd`] (connecting, listing), [`local`] (this
+//! cluster's state from Kubernetes or YAML files), [`resolve`] (identities and this cluster's mesh view),
+//! [`snapshot`] (the table builder, with what it admits of each remote) and [`yaml`] (reading YAML).
 //!
-//! Not here: anything on the packet path. Not yet here: the Kubernetes watchers, the YAML local source and
-//! the turning of [`state::ClusterState`] into dataplane snapshots.
+//! Not here: anything on the packet path.
 
 pub mod cluster_name;
 pub mod clustermesh;
@@ -17,8 +19,10 @@ pub mod identity_alloc;
 pub mod kvstore;
 pub mod local;
 pub mod publish;
+pub mod refusal;
 pub mod resolve;
 pub mod snapshot;
 pub mod state;
+pub mod yaml;
 
 pub use cluster_name::{ClusterName, ClusterNameError};

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use common::{Etcd, Pki};
 use meshpath_control::clustermesh::{
-    spawn_remote, MeshStatus, RemoteEvent, RemoteOptions, RemoteStatus, StatusBoard,
+    spawn_remote, MeshStatus, RemoteEvent, RemoteLimits, RemoteOptions, RemoteStatus, StatusBoard,
 };
 use meshpath_control::kvstore::{ClusterConfig, Key, Kind};
+use meshpath_control::refusal::{Refusal, RefusalCounts};
 use meshpath_control::state::{ClusterState, EndpointInfo, StateEvent};
 use meshpath_control::ClusterName;
 use meshpath_dataplane::{Addr, Identity};
@@ -234,7 +235,7 @@ async fn values_claiming_another_cluster_are_rejected_and_counted() {
         ClusterState::default(),
     );
     w.until("ready", |_, st| st.ready).await;
-    assert_eq!(w.status().rejected, 1);
+    assert_eq!(w.status().refused, refused(&[(Refusal::WrongCluster, 1)]));
     let foreign_identity = "k8s:app=x;k8s:io.cilium.k8s.policy.cluster=cluster9;";
     put(
         &etcd,
@@ -252,10 +253,112 @@ async fn values_claiming_another_cluster_are_rejected_and_counted() {
     .await;
     put_endpoint(&etcd, &endpoint(4)).await;
     w.until("the good endpoint", has(&endpoint(4))).await;
-    assert_eq!(w.status().rejected, 3);
+    let counts = [(Refusal::WrongCluster, 2), (Refusal::ReservedIdentity, 1)];
+    w.until("the refusals counted", |_, st| {
+        st.refused == refused(&counts)
+    })
+    .await;
     assert!(
         w.state.nodes.is_empty() && w.state.identities.is_empty() && w.state.endpoints.len() == 1
     );
+    // The same bad value again is the same refusal: counted once.
+    put(&etcd, "cilium/state/nodes/v1/cluster2/n1", node).await;
+    put_endpoint(&etcd, &endpoint(5)).await;
+    w.until("the next endpoint", has(&endpoint(5))).await;
+    assert_eq!(w.status().refused, refused(&counts));
+    let text = w.status().to_string();
+    assert!(
+        text.contains("└ refused: 2 wrong_cluster, 1 reserved_identity"),
+        "{text}"
+    );
+    // A refused key deleted is no longer refused.
+    delete(&etcd, "cilium/state/nodes/v1/cluster2/n1").await;
+    let counts = [(Refusal::WrongCluster, 1), (Refusal::ReservedIdentity, 1)];
+    w.until("the deletion", |_, st| st.refused == refused(&counts))
+        .await;
+    w.stop().await;
+}
+
+fn refused(counts: &[(Refusal, u64)]) -> RefusalCounts {
+    counts.iter().copied().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_value_overwritten_by_a_refused_one_is_withdrawn() {
+    let etcd = Etcd::start("cluster2").await;
+    announce(&etcd, 2).await;
+    put_endpoint(&etcd, &endpoint(1)).await;
+    let mut w = Watcher::start(
+        etcd.remote_config("cluster2", None),
+        options(Duration::from_secs(30)),
+        ClusterState::default(),
+    );
+    w.until("the endpoint", has(&endpoint(1))).await;
+    let mut reserved = endpoint(1).to_kvstore();
+    reserved.id = 6;
+    put(
+        &etcd,
+        Key::Endpoint(endpoint(1).ip.ip()),
+        serde_json::to_vec(&reserved).unwrap(),
+    )
+    .await;
+    w.until("the withdrawal", |s, _| s.endpoints.is_empty())
+        .await;
+    assert_eq!(
+        w.status().refused,
+        refused(&[(Refusal::ReservedIdentity, 1)])
+    );
+    // Put right again, it is taken again and no longer refused.
+    put_endpoint(&etcd, &endpoint(1)).await;
+    w.until("the endpoint back", has(&endpoint(1))).await;
+    w.until("no refusal", |_, st| st.refused.is_empty()).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_past_its_key_limit_is_degraded_and_keeps_the_first_keys() {
+    let etcd = Etcd::start("cluster2").await;
+    announce(&etcd, 2).await;
+    for last in 1..=5 {
+        put_endpoint(&etcd, &endpoint(last)).await;
+    }
+    let limits = RemoteLimits {
+        max_keys: 3,
+        ..RemoteLimits::default()
+    };
+    let mut w = Watcher::start(
+        etcd.remote_config("cluster2", None),
+        RemoteOptions {
+            limits,
+            ..options(Duration::from_secs(30))
+        },
+        ClusterState::default(),
+    );
+    w.until("the first three endpoints", |s, st| {
+        s.endpoints.len() == 3 && st.connected && st.synced.all()
+    })
+    .await;
+    // Key order: 100.65.1.1, .2, .3 come first.
+    for last in 1..=3 {
+        assert!(has(&endpoint(last))(&w.state, &w.status()), "{last}");
+    }
+    let status = w.status();
+    assert!(!status.ready, "degraded is not ready");
+    assert_eq!(status.refused, refused(&[(Refusal::OverKeyLimit, 2)]));
+    let text = status.to_string();
+    assert!(
+        text.contains("└ degraded: 2 keys ignored past the key limit (3)"),
+        "{text}"
+    );
+    assert!(text.contains("└ limits: 3/3 keys"), "{text}");
+    // While watched, a new key past the limit is ignored too; a replaced one is not new.
+    put_endpoint(&etcd, &endpoint(9)).await;
+    let mut moved = endpoint(2);
+    moved.pod_name = "moved".into();
+    put_endpoint(&etcd, &moved).await;
+    w.until("the replacement", has(&moved)).await;
+    assert_eq!(w.state.endpoints.len(), 3);
+    assert_eq!(w.status().refused, refused(&[(Refusal::OverKeyLimit, 3)]));
     w.stop().await;
 }
 

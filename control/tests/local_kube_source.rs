@@ -14,7 +14,6 @@ use meshpath_control::local::{
     KubeSource, LocalSourceHandle, LocalState, ObjectRef, PolicyKind, PolicyRef, SourceError,
     SourceStatus,
 };
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -130,8 +129,8 @@ fn fixture(name: &str) -> Vec<Value> {
         .join(name);
     let text = std::fs::read_to_string(path).unwrap();
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let value = Value::deserialize(doc).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple(&text).unwrap();
+    for value in docs {
         match value["items"].as_array() {
             Some(items) => out.extend(items.iter().cloned()),
             None => out.push(value),
@@ -246,23 +245,22 @@ async fn lists_watch_events_gone_and_relist() {
     send(Command::Watch(CNPS, vec![event("DELETED", &deleted)]));
     until(&mut state, "the policy gone", |s| s.policies.is_empty()).await;
 
-    // 5. A NetworkPolicy that cannot be translated: reported, the state otherwise unchanged.
+    // 5. A NetworkPolicy that cannot be translated: refused, and in the state as such, so that the
+    // pods it selects are denied rather than left open.
     let bad = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": "from-office", "namespace": "default", "resourceVersion": "49003"},
         "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "192.0.2.0/24"}}]}]}});
     send(Command::Watch(NETPOLS, vec![event("ADDED", &bad)]));
-    let st = until(&mut status, "the policy error", |s| !s.errors.is_empty()).await;
-    let SourceError::Object(e) = &st.errors[0] else {
-        panic!("{:?}", st.errors)
-    };
-    assert_eq!(
-        (e.object.as_str(), e.field.as_str()),
-        (
-            "NetworkPolicy default/from-office",
-            "spec.ingress[0].from[0].ipBlock"
-        )
+    let s = until(&mut state, "the refused policy", |s| !s.policies.is_empty()).await;
+    let policy = s.policies.values().next().unwrap();
+    let why = policy.refused.clone().unwrap_or_default();
+    assert!(
+        why.starts_with("NetworkPolicy default/from-office: `spec.ingress[0].from[0].ipBlock`"),
+        "{why}"
     );
-    assert!(state.borrow().policies.is_empty());
+    assert_eq!(policy.rules.len(), 1);
+    assert_eq!(policy.rules[0].ingress, Some(vec![]), "ingress denied");
+    assert!(status.borrow().errors.is_empty());
 
     // 6. 410 Gone on pods; meanwhile the fixture's x-wing pod disappeared. The re-list drops it.
     let before: LocalState = (**state.borrow()).clone();
@@ -306,10 +304,14 @@ async fn lists_watch_events_gone_and_relist() {
             .any(|e| matches!(e, SourceError::Watch { .. }))
     })
     .await;
+    assert!(st.synced && st.errors.is_empty(), "{:?}", st.errors);
     assert!(
-        st.synced && st.errors.len() == 1,
-        "the policy error stays: {:?}",
-        st.errors
+        state
+            .borrow()
+            .policies
+            .values()
+            .all(|p| p.refused.is_some()),
+        "the refused policy stays"
     );
 
     cancel.cancel();

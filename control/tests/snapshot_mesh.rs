@@ -99,6 +99,7 @@ fn spec() -> NodeSpec {
         ports: BTreeMap::from([(obj("x-wing"), (PortId(1), [2, 0, 0, 1, 1, 10]))]),
         local_affinity_threshold: 0.0,
         policy_limits: Default::default(),
+        admission: Default::default(),
     }
 }
 

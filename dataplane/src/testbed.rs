@@ -158,8 +158,11 @@ impl Testbed {
         add_services(&mut tables, &scale);
         let rules = policy_rules(&scale);
         let local = ClusterId::new(1).expect("1 is a mesh id");
-        tables.policy = policy::compile(&rules, &identities, local, &Default::default())
-            .expect("the testbed's policy fits the default limits");
+        tables.policy = policy::compile(&rules, &identities, local, &Default::default());
+        assert!(
+            tables.policy.refusals().is_empty(),
+            "the testbed's policy fits the default limits"
+        );
         let flows = (0..scale.flows)
             .map(|f| Flow {
                 pod: f % scale.local_pods,

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use meshpath_control::clustermesh::RemoteLimits;
 use meshpath_control::resolve::parse_cidr;
+use meshpath_control::snapshot::AdmissionRules;
 use meshpath_control::ClusterName;
 use meshpath_dataplane::ipcache::IpPrefix;
 use meshpath_dataplane::route::RoutingMode;
@@ -21,7 +23,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// serde_yaml names the key (unknown field, wrong type) and the line.
+    /// The parser names the key (unknown field, wrong type) and the line.
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{path}: `{key}`: {problem}")]
@@ -266,6 +268,107 @@ pub struct ClusterMeshSection {
     /// local backends falls below this (0.0: only when none is ready, as Cilium does).
     #[serde(default)]
     pub local_affinity_threshold: f64,
+    /// The shortest pod CIDR a remote may claim, per family; shorter ones are refused (default
+    /// `{ipv4: 16, ipv6: 48}`).
+    #[serde(default)]
+    pub min_pod_cidr_prefix: MinPodCidrPrefix,
+    /// What one remote cluster may hold in this agent; past a limit it is degraded and its excess
+    /// keys are ignored.
+    #[serde(default)]
+    pub limits: RemoteLimitsSection,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MinPodCidrPrefix {
+    #[serde(default = "default_min_ipv4")]
+    pub ipv4: u8,
+    #[serde(default = "default_min_ipv6")]
+    pub ipv6: u8,
+}
+
+impl Default for MinPodCidrPrefix {
+    fn default() -> Self {
+        MinPodCidrPrefix {
+            ipv4: default_min_ipv4(),
+            ipv6: default_min_ipv6(),
+        }
+    }
+}
+
+fn default_min_ipv4() -> u8 {
+    AdmissionRules::default().min_pod_cidr_ipv4
+}
+
+fn default_min_ipv6() -> u8 {
+    AdmissionRules::default().min_pod_cidr_ipv6
+}
+
+/// Per remote cluster; the defaults hold 100k endpoints, 10k services and the 65,536 identities of a
+/// cluster id's range.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RemoteLimitsSection {
+    /// Keys of every kind (default 250000).
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+    /// Memory the remote's entries take here, in bytes, as estimated from their decoded size
+    /// (default 268435456: 256 MiB).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// Identities (default 65536).
+    #[serde(default = "default_max_identities")]
+    pub max_identities: usize,
+    /// A bigger value is refused unread (default 1048576: 1 MiB).
+    #[serde(default = "default_max_value_bytes")]
+    pub max_value_bytes: usize,
+}
+
+impl Default for RemoteLimitsSection {
+    fn default() -> Self {
+        let d = RemoteLimits::default();
+        RemoteLimitsSection {
+            max_keys: d.max_keys,
+            max_bytes: d.max_bytes,
+            max_identities: d.max_identities,
+            max_value_bytes: d.max_value_bytes,
+        }
+    }
+}
+
+fn default_max_keys() -> usize {
+    RemoteLimits::default().max_keys
+}
+
+fn default_max_bytes() -> usize {
+    RemoteLimits::default().max_bytes
+}
+
+fn default_max_identities() -> usize {
+    RemoteLimits::default().max_identities
+}
+
+fn default_max_value_bytes() -> usize {
+    RemoteLimits::default().max_value_bytes
+}
+
+impl ClusterMeshSection {
+    pub fn admission(&self) -> AdmissionRules {
+        AdmissionRules {
+            min_pod_cidr_ipv4: self.min_pod_cidr_prefix.ipv4,
+            min_pod_cidr_ipv6: self.min_pod_cidr_prefix.ipv6,
+        }
+    }
+
+    pub fn remote_limits(&self) -> RemoteLimits {
+        let l = &self.limits;
+        RemoteLimits {
+            max_keys: l.max_keys,
+            max_bytes: l.max_bytes,
+            max_identities: l.max_identities,
+            max_value_bytes: l.max_value_bytes,
+        }
+    }
 }
 
 /// Where the local state comes from: exactly one of these.
@@ -353,10 +456,11 @@ impl AgentConfig {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
-        let config: AgentConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let config: AgentConfig =
+            meshpath_control::yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
         config
             .validate()
             .map_err(|(key, problem)| ConfigError::Invalid {
@@ -431,12 +535,7 @@ impl AgentConfig {
             check_etcd(etcd)?;
         }
         if let Some(mesh) = &self.clustermesh {
-            if !(0.0..=1.0).contains(&mesh.local_affinity_threshold) {
-                return Err((
-                    "clustermesh.local-affinity-threshold",
-                    "must be within 0.0..=1.0".into(),
-                ));
-            }
+            check_clustermesh(mesh)?;
         }
         Ok(())
     }
@@ -491,6 +590,40 @@ fn check_host_port(
             "host-port.kernel-interface",
             "must differ from host-port.interface".into(),
         ));
+    }
+    Ok(())
+}
+
+fn check_clustermesh(mesh: &ClusterMeshSection) -> Result<(), (&'static str, String)> {
+    if !(0.0..=1.0).contains(&mesh.local_affinity_threshold) {
+        return Err((
+            "clustermesh.local-affinity-threshold",
+            "must be within 0.0..=1.0".into(),
+        ));
+    }
+    let min = &mesh.min_pod_cidr_prefix;
+    if min.ipv4 > 32 {
+        return Err((
+            "clustermesh.min-pod-cidr-prefix.ipv4",
+            format!("{} is longer than an IPv4 address", min.ipv4),
+        ));
+    }
+    if min.ipv6 > 128 {
+        return Err((
+            "clustermesh.min-pod-cidr-prefix.ipv6",
+            format!("{} is longer than an IPv6 address", min.ipv6),
+        ));
+    }
+    let l = &mesh.limits;
+    for (key, value) in [
+        ("clustermesh.limits.max-keys", l.max_keys),
+        ("clustermesh.limits.max-bytes", l.max_bytes),
+        ("clustermesh.limits.max-identities", l.max_identities),
+        ("clustermesh.limits.max-value-bytes", l.max_value_bytes),
+    ] {
+        if value == 0 {
+            return Err((key, "must be positive".into()));
+        }
     }
     Ok(())
 }
@@ -633,8 +766,65 @@ metrics: 127.0.0.1:9962
     fn a_typo_is_refused_with_the_key_it_names() {
         let typo = GOOD.replace("conntrack-capacity", "conntrak-capacity");
         let error = parse(&typo).unwrap_err().to_string();
-        assert!(error.contains("conntrak-capacity"), "{error}");
+        assert!(
+            error.contains("unknown field `conntrak-capacity`"),
+            "{error}"
+        );
         assert!(error.starts_with("agent.yaml:"), "{error}");
+    }
+
+    #[test]
+    fn an_error_names_its_line() {
+        // `dataplane:` is the 10th line of GOOD (which starts with a newline).
+        let typo = GOOD.replace("conntrack-capacity", "conntrak-capacity");
+        let error = parse(&typo).unwrap_err().to_string();
+        assert!(error.contains(" at line 10, column "), "{error}");
+        let bad_type = GOOD.replace("mtu: 1500", "mtu: [1500]");
+        let error = parse(&bad_type).unwrap_err().to_string();
+        assert!(error.contains(" at line 10, column "), "{error}");
+        let syntax = GOOD.replace("status-socket: /run", "status-socket: [/run");
+        let error = parse(&syntax).unwrap_err().to_string();
+        assert!(error.contains(" at line "), "{error}");
+    }
+
+    #[test]
+    fn the_clustermesh_trust_keys_have_documented_defaults_and_are_checked() {
+        let mesh = parse(GOOD).unwrap().clustermesh.unwrap();
+        assert_eq!(mesh.admission(), AdmissionRules::default());
+        assert_eq!(
+            (
+                mesh.admission().min_pod_cidr_ipv4,
+                mesh.admission().min_pod_cidr_ipv6
+            ),
+            (16, 48)
+        );
+        assert_eq!(mesh.remote_limits(), RemoteLimits::default());
+        let set = GOOD.replace(
+            "grace-period: 5s}",
+            "grace-period: 5s, min-pod-cidr-prefix: {ipv4: 20}, limits: {max-keys: 1000}}",
+        );
+        let mesh = parse(&set).unwrap().clustermesh.unwrap();
+        assert_eq!(mesh.admission().min_pod_cidr_ipv4, 20);
+        assert_eq!(mesh.admission().min_pod_cidr_ipv6, 48);
+        assert_eq!(mesh.remote_limits().max_keys, 1000);
+        assert_eq!(mesh.remote_limits().max_identities, 65_536);
+        for (bad, key) in [
+            (
+                "min-pod-cidr-prefix: {ipv4: 33}",
+                "clustermesh.min-pod-cidr-prefix.ipv4",
+            ),
+            ("limits: {max-keys: 0}", "clustermesh.limits.max-keys"),
+        ] {
+            let text = GOOD.replace("grace-period: 5s}", &format!("grace-period: 5s, {bad}}}"));
+            let error = parse(&text).unwrap_err().to_string();
+            assert!(error.contains(&format!("`{key}`")), "{bad}: {error}");
+        }
+        let typo = GOOD.replace(
+            "grace-period: 5s}",
+            "grace-period: 5s, limits: {max-key: 9}}",
+        );
+        let error = parse(&typo).unwrap_err().to_string();
+        assert!(error.contains("max-key"), "{error}");
     }
 
     #[test]

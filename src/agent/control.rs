@@ -1,5 +1,6 @@
-//! The control task: the local source, identity resolution, the remote clusters and the snapshot
-//! builder, wired together on the agent's tokio runtime. A remote's failure stays in its watcher.
+//! The control task: the local source, identity resolution and the remote clusters, wired together
+//! on the agent's tokio runtime, feeding the snapshot builder on a thread of its own. A remote's
+//! failure stays in its watcher.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use meshpath_control::identity_alloc::IdentityAllocator;
 use meshpath_control::local::LocalState;
 use meshpath_control::publish::Publisher;
 use meshpath_control::resolve::{IdentitySource, MemoryAllocator, Resolver};
-use meshpath_control::snapshot::{run_builder, Change, NodeSpec, SnapshotBuilder, SnapshotSink};
+use meshpath_control::snapshot::{spawn_builder, Change, NodeSpec, SnapshotBuilder, SnapshotSink};
 use meshpath_control::ClusterName;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -43,6 +44,7 @@ pub async fn start(
 ) -> anyhow::Result<(JoinSet<()>, Option<watch::Receiver<MeshStatus>>)> {
     let mut tasks = JoinSet::new();
     let mut mesh_status = None;
+    let mut board = None;
     let (changes_tx, changes) = mpsc::channel(64);
     let (remote_tx, remote) = mpsc::channel(4096);
     let cluster = spec.cluster.clone();
@@ -77,12 +79,14 @@ pub async fn start(
         let options = RemoteOptions {
             grace: mesh.grace_period,
             local_id: Some(spec.cluster_id),
+            limits: mesh.remote_limits(),
             ..RemoteOptions::default()
         };
         let (mesh_tx, mesh_rx) = mpsc::channel(4096);
         let mesh = run_clustermesh(watch.config, options, mesh_tx, cancel.clone());
         tasks.spawn(record_remote_nodes(mesh_rx, remote_tx, directories));
         mesh_status = Some(mesh.status.clone());
+        board = Some(mesh.board.clone());
         tasks.spawn(async move {
             let _ = mesh.task.await;
         });
@@ -90,10 +94,17 @@ pub async fn start(
         drop(remote_tx);
     }
     let ports = spec.ports.clone();
-    let builder = SnapshotBuilder::new(spec);
+    let mut builder = SnapshotBuilder::new(spec);
+    if let Some(board) = board {
+        builder = builder.with_status_board(board);
+    }
+    // Off this runtime: a build (a policy recompile against the whole mesh among it) must not hold
+    // up the status socket or the remotes' keepalives.
+    let thread = spawn_builder(builder, changes, remote, sink, cancel, MAX_BATCH)
+        .context("starting the snapshot builder's thread")?;
     tasks.spawn(async move {
         let _ = changes_tx.send(Change::Ports(ports)).await;
-        run_builder(builder, changes, remote, sink, cancel, MAX_BATCH).await;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     });
     Ok((tasks, mesh_status))
 }

@@ -4,7 +4,10 @@
 
 use std::net::SocketAddr;
 
-use meshpath_api::clustermesh::{ClusterMeshStatus, RemoteClusterStatus, SyncStatus, Timestamp};
+use meshpath_api::clustermesh::{
+    CidrConflict, ClusterMeshStatus, Refusal, RemoteClusterStatus, RemoteLimits, RemoteUsage,
+    SyncStatus, Timestamp,
+};
 use meshpath_api::flow::{Direction, Outcome};
 use meshpath_api::service::BackendState;
 use meshpath_api::{DropReason, ForwardKind};
@@ -76,6 +79,26 @@ pub fn backend_state(state: dp::service::BackendState) -> BackendState {
     }
 }
 
+pub fn refusal(reason: meshpath_control::refusal::Refusal) -> Refusal {
+    use meshpath_control::refusal::Refusal as R;
+    match reason {
+        R::Malformed => Refusal::Malformed,
+        R::WrongCluster => Refusal::WrongCluster,
+        R::ReservedIdentity => Refusal::ReservedIdentity,
+        R::Ipv4Mapped => Refusal::Ipv4Mapped,
+        R::NotShared => Refusal::NotShared,
+        R::ValueTooLarge => Refusal::ValueTooLarge,
+        R::PodCidrTooShort => Refusal::PodCidrTooShort,
+        R::PodCidrOverlap => Refusal::PodCidrOverlap,
+        R::EndpointOutsidePodCidrs => Refusal::EndpointOutsidePodCidrs,
+        R::HostIpNotANode => Refusal::HostIpNotANode,
+        R::BackendNotAnEndpoint => Refusal::BackendNotAnEndpoint,
+        R::OverKeyLimit => Refusal::OverKeyLimit,
+        R::OverByteLimit => Refusal::OverByteLimit,
+        R::OverIdentityLimit => Refusal::OverIdentityLimit,
+    }
+}
+
 pub fn socket_addr(addr: dp::Addr, port: u16) -> SocketAddr {
     SocketAddr::new(addr.ip(), port)
 }
@@ -105,7 +128,33 @@ fn remote_cluster(r: &RemoteStatus) -> RemoteClusterStatus {
         endpoints: r.endpoints as u64,
         identities: r.identities as u64,
         services: r.services as u64,
-        rejected: r.rejected,
+        refused: r
+            .refused
+            .iter()
+            .map(|(reason, n)| (refusal(*reason), *n))
+            .collect(),
+        cidr_conflicts: r
+            .cidr_conflicts
+            .iter()
+            .map(|c| CidrConflict {
+                node: c.node.clone(),
+                prefix: c.prefix.clone(),
+                other_cluster: c.other_cluster.clone(),
+                other_prefix: c.other_prefix.clone(),
+            })
+            .collect(),
+        degraded: r.degraded.clone(),
+        usage: RemoteUsage {
+            keys: r.usage.keys as u64,
+            bytes: r.usage.bytes as u64,
+            identities: r.usage.identities as u64,
+        },
+        limits: RemoteLimits {
+            max_keys: r.limits.max_keys as u64,
+            max_bytes: r.limits.max_bytes as u64,
+            max_identities: r.limits.max_identities as u64,
+            max_value_bytes: r.limits.max_value_bytes as u64,
+        },
         failures: r.failures,
         last_failure: r.last_failure.map(Timestamp),
         last_error: r.last_error.clone(),
@@ -151,6 +200,15 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_refusal_maps_to_its_own_name() {
+        use meshpath_control::refusal::Refusal as R;
+        for r in R::ALL {
+            assert_eq!(refusal(r).name(), r.name());
+        }
+        assert_eq!(R::ALL.len(), Refusal::ALL.len());
+    }
+
     /// The status document's clustermesh section as it was when it was `RemoteStatus` serialised.
     #[test]
     fn remote_status_keeps_its_json() {
@@ -162,6 +220,9 @@ mod tests {
         remote.nodes = 3;
         remote.failures = 1;
         remote.last_failure = Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        remote.set_refused_on_receipt([(meshpath_control::refusal::Refusal::NotShared, 2)].into());
+        remote.degraded = Some("3 keys ignored past the key limit (250000)".into());
+        remote.limits = Default::default();
         let mut mesh = MeshStatus::new();
         mesh.insert(name, remote);
         let before = serde_json::to_value(&mesh).unwrap();

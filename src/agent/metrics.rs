@@ -56,6 +56,8 @@ pub struct MetricsSources<P> {
     pub ports: P,
     pub mesh: Option<watch::Receiver<MeshStatus>>,
     pub local: watch::Receiver<Arc<LocalState>>,
+    /// The snapshot the workers use: its policy refusals.
+    pub tables: Arc<ArcSwap<Tables>>,
 }
 
 /// The histogram of the time from a builder batch being taken to its snapshot being stored.
@@ -184,8 +186,30 @@ impl<P: PortCounters> Collector for Scrape<P> {
             "clustermesh_global_services",
             "Global services of this cluster (service.cilium.io/global)",
             &family,
-        )
+        )?;
+        encode_policy_refusals(&s.tables.load(), &mut encoder)
     }
+}
+
+/// Per refused policy: the endpoints it denies because it cannot be enforced as written.
+fn encode_policy_refusals(
+    tables: &Tables,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), fmt::Error> {
+    let refusals = tables.policy.refusals();
+    let family: Vec<_> = refusals
+        .iter()
+        .map(|r| {
+            let labels = [("policy", r.policy.as_str())];
+            (labels, ConstGauge::new(r.endpoints.len() as i64))
+        })
+        .collect();
+    encode_family(
+        encoder,
+        "policy_refused_endpoints",
+        "Endpoints denied by a policy that cannot be enforced as written",
+        &family,
+    )
 }
 
 /// Forwards by kind and drops by reason, in packets and bytes, from the pipeline's counters.
@@ -315,7 +339,7 @@ fn encode_mesh(
     let per_remote: [(&str, &str, Field); 6] = [
         (
             "readiness_status",
-            "1 when connected, configured and every kind synced",
+            "1 when connected, configured, every kind synced and within its limits",
             |r| i64::from(r.ready),
         ),
         (
@@ -354,7 +378,65 @@ fn encode_mesh(
         let name = format!("clustermesh_remote_cluster_{name}");
         encode_family(encoder, &name, help, &family)?;
     }
-    Ok(())
+    encode_refusals(mesh, source, encoder)
+}
+
+/// Per remote: keys refused now by reason, and pod CIDRs refused for overlapping another cluster's.
+fn encode_refusals(
+    mesh: &MeshStatus,
+    source: &[(&str, &str); 2],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), fmt::Error> {
+    let [a, b] = *source;
+    let refused: Vec<_> = mesh
+        .iter()
+        .flat_map(|(cluster, r)| {
+            r.refused.iter().map(move |(reason, n)| {
+                let labels = [
+                    a,
+                    b,
+                    ("target_cluster", cluster.as_str()),
+                    ("reason", reason.name()),
+                ];
+                (
+                    labels,
+                    ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX)),
+                )
+            })
+        })
+        .collect();
+    encode_family(
+        encoder,
+        "clustermesh_remote_cluster_refused",
+        "Keys of the remote refused now, per reason (over_*_limit: ignored since the last listing)",
+        &refused,
+    )?;
+    let mut conflicts: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+    for (cluster, r) in mesh {
+        for c in &r.cidr_conflicts {
+            *conflicts
+                .entry((cluster.as_str(), c.other_cluster.as_str()))
+                .or_default() += 1;
+        }
+    }
+    let conflicts: Vec<_> = conflicts
+        .into_iter()
+        .map(|((target, other), n)| {
+            let labels = [
+                a,
+                b,
+                ("target_cluster", target),
+                ("conflicting_cluster", other),
+            ];
+            (labels, ConstGauge::new(n))
+        })
+        .collect();
+    encode_family(
+        encoder,
+        "clustermesh_remote_cluster_pod_cidr_conflicts",
+        "Pod CIDRs of the remote refused because they overlap another cluster's",
+        &conflicts,
+    )
 }
 
 fn encode_counts<L: prometheus_client::encoding::EncodeLabelSet + Copy>(
@@ -412,6 +494,7 @@ mod tests {
     use super::*;
     use meshpath_control::clustermesh::RemoteStatus;
     use meshpath_control::local::{Affinity, LocalService, ObjectRef};
+    use meshpath_control::refusal::Refusal;
     use meshpath_control::ClusterName;
     use meshpath_dataplane::gateway::Gateway;
     use meshpath_dataplane::route::{RoutingMode, Underlay};
@@ -453,7 +536,7 @@ mod tests {
         counters.count_forward(Forward::Tunnel, 150);
         counters.count_drop(DropReason::PolicyDenied, 60);
         let c2 = ClusterName::new("cluster2").unwrap();
-        let remote = RemoteStatus {
+        let mut remote = RemoteStatus {
             ready: true,
             failures: 3,
             nodes: 2,
@@ -462,6 +545,14 @@ mod tests {
             services: 1,
             ..RemoteStatus::new(&c2, 1)
         };
+        remote.set_refused_on_receipt([(Refusal::ReservedIdentity, 4)].into());
+        remote.set_refused_on_admission([(Refusal::PodCidrOverlap, 1)].into());
+        remote.cidr_conflicts = vec![meshpath_control::clustermesh::CidrConflict {
+            node: "n1".into(),
+            prefix: "100.64.1.0/25".into(),
+            other_cluster: "cluster1".into(),
+            other_prefix: "100.64.1.0/24".into(),
+        }];
         let (_, mesh) = watch::channel(MeshStatus::from([(c2, remote)]));
         let local = LocalState {
             services: [service("rebel-base", true), service("local-only", false)].into(),
@@ -476,7 +567,35 @@ mod tests {
             ports: FixedPorts(ports),
             mesh: Some(mesh),
             local,
+            tables: Arc::new(ArcSwap::from_pointee(refusing_tables())),
         }
+    }
+
+    /// Tables whose policy refuses `default/office`, denying one endpoint.
+    fn refusing_tables() -> Tables {
+        use meshpath_dataplane::policy::{
+            compile_policies, LabelSelector, PolicyRule, PolicySource,
+        };
+        let mut tables = tables();
+        let rules = [PolicyRule {
+            endpoint_selector: LabelSelector::all(),
+            ingress: Some(vec![]),
+            egress: None,
+        }];
+        let office = PolicySource {
+            name: "CiliumNetworkPolicy default/office",
+            rules: &rules,
+            refused: Some("`fromCIDR` is not supported"),
+        };
+        let identity = meshpath_dataplane::Identity::new(0x1_0100).unwrap();
+        let ids = [(identity, Default::default())].into();
+        tables.policy = compile_policies(
+            &[office],
+            &ids,
+            ClusterId::new(1).unwrap(),
+            &Default::default(),
+        );
+        tables
     }
 
     fn tables() -> Tables {
@@ -573,6 +692,17 @@ mod tests {
                 r#"meshpath_clustermesh_remote_cluster_services{{{source},target_cluster="cluster2"}} 1"#
             ),
             format!("meshpath_clustermesh_global_services{{{source}}} 1"),
+            r#"meshpath_policy_refused_endpoints{policy="CiliumNetworkPolicy default/office"} 1"#
+                .into(),
+            format!(
+                r#"meshpath_clustermesh_remote_cluster_refused{{{source},target_cluster="cluster2",reason="reserved_identity"}} 4"#
+            ),
+            format!(
+                r#"meshpath_clustermesh_remote_cluster_refused{{{source},target_cluster="cluster2",reason="pod_cidr_overlap"}} 1"#
+            ),
+            format!(
+                r#"meshpath_clustermesh_remote_cluster_pod_cidr_conflicts{{{source},target_cluster="cluster2",conflicting_cluster="cluster1"}} 1"#
+            ),
             "meshpath_snapshot_publish_latency_seconds_count 1".into(),
             "# TYPE meshpath_dropped_packets counter".into(),
             "# TYPE meshpath_snapshot_publish_latency_seconds histogram".into(),

@@ -144,6 +144,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
             ports: stats.clone(),
             mesh: mesh.clone(),
             local: source.state.clone(),
+            tables: tables.clone(),
         };
         let registry = Arc::new(metrics::registry(sources, latency));
         let metrics_cancel = cancel.clone();
@@ -307,6 +308,11 @@ fn node_spec(config: &AgentConfig, local: &LocalState) -> anyhow::Result<NodeSpe
             .as_ref()
             .map_or(0.0, |m| m.local_affinity_threshold),
         policy_limits: Default::default(),
+        admission: config
+            .clustermesh
+            .as_ref()
+            .map(|m| m.admission())
+            .unwrap_or_default(),
     })
 }
 

@@ -1,7 +1,9 @@
 //! The compiled policy of every pod on this node, for `meshpath policy get`: read from the snapshot
 //! the workers use now, so it is what is enforced, not what was written. Off the packet path.
 
-use meshpath_api::policy::{AllowRow, DirectionRow, EndpointPolicyRow, PolicyPeer, PortGrant};
+use meshpath_api::policy::{
+    AllowRow, DirectionRow, EndpointPolicyRow, PolicyPeer, PolicyRefusalRow, PortGrant,
+};
 use meshpath_api::Protocol;
 use meshpath_dataplane::policy::{DirectionPolicy, PeerGrant, PortSet};
 use meshpath_dataplane::snapshot::Tables;
@@ -15,11 +17,22 @@ pub fn rows(tables: &Tables) -> Vec<EndpointPolicyRow> {
         .iter()
         .map(|endpoint| {
             let policy = tables.policy.policy(endpoint.identity);
+            let denied_by = |ingress: bool| -> Vec<String> {
+                let refusals = tables.policy.refusals_of(endpoint.identity);
+                refusals
+                    .filter(|r| if ingress { r.ingress } else { r.egress })
+                    .map(|r| format!("{}: {}", r.policy, r.why))
+                    .collect()
+            };
+            let mut ingress = direction(&policy.ingress);
+            ingress.denied_by = denied_by(true);
+            let mut egress = direction(&policy.egress);
+            egress.denied_by = denied_by(false);
             EndpointPolicyRow {
                 endpoint: endpoint.name.to_string(),
                 identity: endpoint.identity.get(),
-                ingress: direction(&policy.ingress),
-                egress: direction(&policy.egress),
+                ingress,
+                egress,
             }
         })
         .collect();
@@ -32,6 +45,7 @@ fn direction(policy: &DirectionPolicy) -> DirectionRow {
         return DirectionRow {
             enforced: false,
             allow: Vec::new(),
+            denied_by: Vec::new(),
         };
     };
     let mut peers: Vec<_> = enforced.peers().collect();
@@ -48,7 +62,24 @@ fn direction(policy: &DirectionPolicy) -> DirectionRow {
     DirectionRow {
         enforced: true,
         allow,
+        denied_by: Vec::new(),
     }
+}
+
+/// Every policy refusal of `tables`, for `meshpath status`.
+pub fn refusals(tables: &Tables) -> Vec<PolicyRefusalRow> {
+    tables
+        .policy
+        .refusals()
+        .iter()
+        .map(|r| PolicyRefusalRow {
+            policy: r.policy.clone(),
+            why: r.why.clone(),
+            endpoints: r.endpoints.iter().map(|e| e.get()).collect(),
+            ingress: r.ingress,
+            egress: r.egress,
+        })
+        .collect()
 }
 
 fn ports(grant: &PeerGrant) -> Vec<PortGrant> {
@@ -133,8 +164,7 @@ mod tests {
             &ids,
             ClusterId::new(1).unwrap(),
             &Default::default(),
-        )
-        .unwrap();
+        );
         for (port, id, name) in [
             (1, base, "default/rebel-base"),
             (2, xwing, "default/x-wing"),

@@ -58,6 +58,7 @@ impl StatusSources {
             nodes: self.nodes.rows(),
             identities: self.identities.rows(),
             policies: super::policy::rows(&tables),
+            policy_refusals: super::policy::refusals(&tables),
         }
     }
 }

@@ -69,7 +69,7 @@ pub enum ConfigError {
     Yaml {
         path: PathBuf,
         line: Option<usize>,
-        source: serde_yaml::Error,
+        source: serde_saphyr::Error,
     },
     #[error("{path}: {why}")]
     Invalid { path: PathBuf, why: String },
@@ -188,9 +188,9 @@ pub fn load_file(name: &ClusterName, path: &Path) -> Result<RemoteConfig, Config
         path: path.to_owned(),
         source,
     })?;
-    let file: RemoteFile = serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml {
+    let file: RemoteFile = crate::yaml::from_str(&text).map_err(|source| ConfigError::Yaml {
         path: path.to_owned(),
-        line: source.location().map(|l| l.line()),
+        line: crate::yaml::line(&source),
         source,
     })?;
     let invalid = |why: String| ConfigError::Invalid {
@@ -322,8 +322,26 @@ mod tests {
         let msg = loaded.errors[0].to_string();
         assert!(msg.contains("cluster2:"), "{msg}");
         assert!(
-            matches!(loaded.errors[0], ConfigError::Yaml { line: Some(_), .. }),
+            matches!(loaded.errors[0], ConfigError::Yaml { line: Some(3), .. }),
             "{msg}"
+        );
+        assert!(msg.contains("cluster2:3: "), "{msg}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster2");
+        fs::write(
+            &path,
+            "endpoints:\n- http://a:2379\ninsecure: true\nkey-fil: x\n",
+        )
+        .unwrap();
+        let err = load_file(&ClusterName::new("cluster2").unwrap(), &path).unwrap_err();
+        assert!(err.to_string().contains("unknown field `key-fil`"), "{err}");
+        assert!(
+            matches!(err, ConfigError::Yaml { line: Some(4), .. }),
+            "{err}"
         );
     }
 

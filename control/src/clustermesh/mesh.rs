@@ -18,6 +18,8 @@ use crate::state::ClusterState;
 /// The running mesh: every remote's status, and the supervising task.
 pub struct ClusterMesh {
     pub status: watch::Receiver<MeshStatus>,
+    /// Where the snapshot builder adds what it refuses of each remote.
+    pub board: StatusBoard,
     pub task: JoinHandle<()>,
 }
 
@@ -29,15 +31,17 @@ pub fn run_clustermesh(
     cancel: CancellationToken,
 ) -> ClusterMesh {
     let (board, status) = watch::channel(MeshStatus::new());
+    let board = Arc::new(board);
     let mesh = Supervisor {
         options,
         events,
-        board: Arc::new(board),
+        board: board.clone(),
         cancel,
         remotes: BTreeMap::new(),
     };
     ClusterMesh {
         status,
+        board,
         task: tokio::spawn(mesh.run(config)),
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 
+use super::limits::{footprint, held_footprint, Usage};
 use super::status::SyncStatus;
 use crate::kvstore::Kind;
 use crate::state::{ClusterState, Entry, EntryKey, StateEvent};
@@ -14,19 +15,35 @@ pub struct Mirror {
     state: ClusterState,
     stale: HashSet<EntryKey>,
     synced: SyncStatus,
+    /// What `state` holds, kept in step with it.
+    usage: Usage,
 }
 
 impl Mirror {
     /// Starts from what a previous watcher of the same cluster had emitted.
     pub fn new(seed: ClusterState) -> Self {
-        Mirror {
+        let mut mirror = Mirror {
             state: seed,
             ..Default::default()
-        }
+        };
+        mirror.recount();
+        mirror
     }
 
     pub fn state(&self) -> &ClusterState {
         &self.state
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn recount(&mut self) {
+        self.usage = Usage::default();
+        for entry in self.state.entries() {
+            let identity = matches!(entry, Entry::Identity(..));
+            self.usage.add(identity, footprint(&entry));
+        }
     }
 
     pub fn into_state(self) -> ClusterState {
@@ -53,6 +70,7 @@ impl Mirror {
         for event in &events {
             self.state.apply(event.clone());
         }
+        self.recount();
         self.synced = SyncStatus::default();
         for kind in Kind::ALL.into_iter().filter(|k| synced.get(*k)) {
             events.extend(self.mark_synced(kind));
@@ -61,15 +79,27 @@ impl Mirror {
     }
 
     pub fn upsert(&mut self, entry: Entry) -> Option<StateEvent> {
-        self.stale.remove(&entry.key());
-        self.state
-            .upsert(entry.clone())
-            .then_some(StateEvent::Upsert(entry))
+        let key = entry.key();
+        self.stale.remove(&key);
+        let identity = matches!(entry, Entry::Identity(..));
+        let old = held_footprint(&self.state, &key);
+        let new = footprint(&entry);
+        if !self.state.upsert(entry.clone()) {
+            return None;
+        }
+        if let Some(old) = old {
+            self.usage.remove(identity, old);
+        }
+        self.usage.add(identity, new);
+        Some(StateEvent::Upsert(entry))
     }
 
     pub fn delete(&mut self, key: EntryKey) -> Option<StateEvent> {
         self.stale.remove(&key);
-        self.state.remove(&key).then_some(StateEvent::Delete(key))
+        let old = held_footprint(&self.state, &key)?;
+        self.state.remove(&key);
+        self.usage.remove(matches!(key, EntryKey::Identity(_)), old);
+        Some(StateEvent::Delete(key))
     }
 
     /// The remote finished writing `kind`: what we still hold of it from before is gone.
@@ -183,6 +213,8 @@ mod tests {
             }
             prop_assert_eq!(&consumer, &state_of(&after));
             prop_assert_eq!(mirror.state(), &consumer);
+            let fresh = Mirror::new(consumer.clone());
+            prop_assert_eq!(mirror.usage(), fresh.usage(), "usage kept in step with the state");
         }
     }
 }

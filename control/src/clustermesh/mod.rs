@@ -4,14 +4,16 @@
 
 pub mod config;
 pub mod config_watch;
+pub mod limits;
 pub mod mesh;
 pub mod mirror;
 pub mod remote;
 mod session;
 pub mod status;
 
+pub use limits::{RemoteLimits, Usage};
 pub use mesh::{run_clustermesh, ClusterMesh};
 pub use remote::{
     spawn_remote, IdClaims, RemoteError, RemoteEvent, RemoteHandle, RemoteOptions, StatusBoard,
 };
-pub use status::{render as render_status, MeshStatus, RemoteStatus, SyncStatus};
+pub use status::{render as render_status, CidrConflict, MeshStatus, RemoteStatus, SyncStatus};

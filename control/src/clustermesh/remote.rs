@@ -5,6 +5,10 @@
 //!
 //! The etcd session runs as a child task and reports over a channel, so the grace timer and cancellation
 //! keep working while a connection attempt hangs.
+//!
+//! What the session refuses on receipt is remembered per key (counted and logged once, see
+//! [`Refusals`]), and a key refused after it held a good value takes that value away: what a remote
+//! no longer vouches for is not kept. The remote's limits ([`RemoteLimits`]) are held here.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -17,12 +21,14 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::config::RemoteConfig;
+use super::limits::{held_footprint, RemoteLimits, Usage};
 use super::mirror::Mirror;
-use super::session::{run_session, Msg};
-use super::status::{MeshStatus, RemoteStatus, SyncStatus};
+use super::session::{run_session, Listing, Msg, Refused};
+use super::status::{MeshStatus, RemoteStatus};
 use crate::cluster_name::ClusterName;
 use crate::kvstore::Kind;
-use crate::state::{ClusterState, StateEvent};
+use crate::refusal::{Refusal, RefusalCounts, Refusals};
+use crate::state::{ClusterState, Entry, StateEvent};
 
 /// Cluster ids announced by connected remotes, so that two remotes cannot both be cluster 5.
 pub type IdClaims = Arc<Mutex<BTreeMap<ClusterId, ClusterName>>>;
@@ -45,6 +51,7 @@ pub struct RemoteOptions {
     /// This cluster's own id, which no remote may announce.
     pub local_id: Option<ClusterId>,
     pub claims: IdClaims,
+    pub limits: RemoteLimits,
 }
 
 impl Default for RemoteOptions {
@@ -59,6 +66,7 @@ impl Default for RemoteOptions {
             list_page: 10_000,
             local_id: None,
             claims: IdClaims::default(),
+            limits: RemoteLimits::default(),
         }
     }
 }
@@ -121,7 +129,9 @@ pub fn spawn_remote(
     cancel: CancellationToken,
 ) -> RemoteHandle {
     let cancel = cancel.child_token();
-    let status = RemoteStatus::new(&config.name, config.endpoints.len());
+    let mut status = RemoteStatus::new(&config.name, config.endpoints.len());
+    status.limits = options.limits;
+    let refusals = Refusals::new(config.name.to_string());
     let remote = Remote {
         config: Arc::new(config),
         options,
@@ -129,6 +139,9 @@ pub fn spawn_remote(
         board,
         cancel: cancel.clone(),
         mirror: Mirror::new(seed),
+        refusals,
+        refused_usage: Usage::default(),
+        ignored: RefusalCounts::new(),
         status,
         down_since: Some(Instant::now()),
         withdrawn: false,
@@ -151,6 +164,12 @@ struct Remote {
     board: StatusBoard,
     cancel: CancellationToken,
     mirror: Mirror,
+    /// Keys refused on receipt, by key.
+    refusals: Refusals<String>,
+    /// What remembering the refused keys costs against the limits.
+    refused_usage: Usage,
+    /// Keys ignored past a limit since the last listing, per limit.
+    ignored: RefusalCounts,
     status: RemoteStatus,
     down_since: Option<Instant>,
     withdrawn: bool,
@@ -174,9 +193,9 @@ impl Remote {
                         retry_at = Instant::now() + backoff;
                         backoff = (backoff * 2).min(self.options.backoff_max);
                     }
-                    Msg::Listed { state, synced, rejected } => {
+                    Msg::Listed(listing) => {
                         backoff = self.options.backoff_min;
-                        self.on_listed(state, synced, rejected).await;
+                        self.on_listed(*listing).await;
                     }
                     other => self.on_msg(other).await,
                 },
@@ -229,15 +248,25 @@ impl Remote {
         self.down_since.get_or_insert_with(Instant::now);
     }
 
-    async fn on_listed(&mut self, state: ClusterState, synced: SyncStatus, rejected: u64) {
-        self.status.rejected += rejected;
+    async fn on_listed(&mut self, listing: Listing) {
         self.status.connected = true;
         self.status.connected_since = Some(SystemTime::now());
         self.status.disconnected_since = None;
         self.status.withdrawn_at = None;
         self.down_since = None;
         self.withdrawn = false;
-        let events = self.mirror.resync(state, synced);
+        let listed: std::collections::HashSet<&str> =
+            listing.refused.iter().map(|r| r.key.as_str()).collect();
+        self.refusals.retain(|key| listed.contains(key.as_str()));
+        for refused in listing.refused {
+            self.remember(refused);
+        }
+        self.refused_usage = Usage::default();
+        for key in self.refusals.keys() {
+            self.refused_usage.add_refused(key);
+        }
+        self.ignored = listing.ignored;
+        let events = self.mirror.resync(listing.state, listing.synced);
         self.emit(events).await;
     }
 
@@ -249,17 +278,79 @@ impl Remote {
                 self.status.sync_canaries = canaries;
                 return;
             }
-            Msg::Upsert(entry) => self.mirror.upsert(entry).into_iter().collect(),
-            Msg::Delete(key) => self.mirror.delete(key).into_iter().collect(),
-            Msg::Synced(kind) => self.mirror.mark_synced(kind),
-            Msg::Rejected(why) => {
-                tracing::warn!(cluster = %self.config.name, %why, "clustermesh remote: value rejected");
-                self.status.rejected += 1;
-                return;
+            Msg::Upsert { key, entry } => self.on_upsert(&key, entry),
+            Msg::Delete { key, entry } => {
+                self.forget_refusal(&key);
+                entry
+                    .and_then(|e| self.mirror.delete(e))
+                    .into_iter()
+                    .collect()
             }
-            Msg::Listed { .. } | Msg::Failed(_) => return,
+            Msg::Synced(kind) => self.mirror.mark_synced(kind),
+            Msg::Refused(refused) => self.on_refused(refused),
+            Msg::Listed(_) | Msg::Failed(_) => return,
         };
         self.emit(events).await;
+    }
+
+    /// A good value: taken if it fits the limits; if not, ignored, and what the key held goes too.
+    fn on_upsert(&mut self, key: &str, entry: Entry) -> Vec<StateEvent> {
+        self.forget_refusal(key);
+        let entry_key = entry.key();
+        let old = held_footprint(self.mirror.state(), &entry_key);
+        let mut total = self.mirror.usage().plus(self.refused_usage);
+        match total.admit(&self.options.limits, &entry, old) {
+            Ok(()) => self.mirror.upsert(entry).into_iter().collect(),
+            Err(limit) => {
+                self.over_limit(limit, key);
+                self.mirror.delete(entry_key).into_iter().collect()
+            }
+        }
+    }
+
+    /// A refused value: remembered (if the limits allow), and what the key held is withdrawn.
+    fn on_refused(&mut self, refused: Refused) -> Vec<StateEvent> {
+        let withdrawn: Vec<StateEvent> = refused
+            .entry
+            .clone()
+            .and_then(|e| self.mirror.delete(e))
+            .into_iter()
+            .collect();
+        if self.refusals.reason(&refused.key).is_none() {
+            let mut total = self.mirror.usage().plus(self.refused_usage);
+            if let Err(limit) = total.admit_refused(&self.options.limits, &refused.key) {
+                self.over_limit(limit, &refused.key);
+                return withdrawn;
+            }
+            self.refused_usage.add_refused(&refused.key);
+        }
+        self.remember(refused);
+        withdrawn
+    }
+
+    /// Notes a refused key (its usage is the caller's to count).
+    fn remember(&mut self, refused: Refused) {
+        let Refused {
+            key,
+            reason,
+            detail,
+            ..
+        } = refused;
+        self.refusals.refuse(key, reason, || detail);
+    }
+
+    fn forget_refusal(&mut self, key: &str) {
+        if self.refusals.clear(&key.to_owned()) {
+            self.refused_usage.remove_refused(key);
+        }
+    }
+
+    fn over_limit(&mut self, limit: Refusal, key: &str) {
+        let count = self.ignored.entry(limit).or_default();
+        if *count == 0 {
+            tracing::warn!(cluster = %self.config.name, %key, limit = limit.name(), limits = ?self.options.limits, "clustermesh remote degraded: keys past its limit are ignored");
+        }
+        *count += 1;
     }
 
     async fn withdraw(&mut self) {
@@ -300,9 +391,20 @@ impl Remote {
             *self.status.count_mut(kind) = state.count(kind);
         }
         self.status.synced = self.mirror.synced();
-        self.status.ready = self.status.connected && self.status.synced.all();
-        let status = self.status.clone();
+        self.status.usage = self.mirror.usage().plus(self.refused_usage);
+        self.status.degraded = degraded(&self.ignored, &self.options.limits);
+        let mut refused = self.refusals.counts().clone();
+        refused.extend(self.ignored.iter().map(|(r, n)| (*r, *n)));
+        self.status.set_refused_on_receipt(refused);
+        self.status.ready =
+            self.status.connected && self.status.synced.all() && self.status.degraded.is_none();
+        let mut status = self.status.clone();
         self.board.send_if_modified(|b| {
+            // What the snapshot builder found is its own to write.
+            if let Some(current) = b.get(&self.config.name) {
+                status.cidr_conflicts = current.cidr_conflicts.clone();
+                status.set_refused_on_admission(current.refused_on_admission.clone());
+            }
             let changed = b.get(&self.config.name) != Some(&status);
             b.insert(self.config.name.clone(), status);
             changed
@@ -314,6 +416,25 @@ impl Remote {
             claims.retain(|_, name| *name != self.config.name);
         }
     }
+}
+
+/// Why a remote is degraded: the limits it passed, and how many keys each left out.
+fn degraded(ignored: &RefusalCounts, limits: &RemoteLimits) -> Option<String> {
+    let parts: Vec<String> = ignored
+        .iter()
+        .map(|(limit, n)| {
+            let bound = match limit {
+                Refusal::OverKeyLimit => format!("the key limit ({})", limits.max_keys),
+                Refusal::OverByteLimit => format!("the byte limit ({} bytes)", limits.max_bytes),
+                Refusal::OverIdentityLimit => {
+                    format!("the identity limit ({})", limits.max_identities)
+                }
+                other => other.name().to_owned(),
+            };
+            format!("{n} keys ignored past {bound}")
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 async fn next_msg(session: &mut Option<Session>) -> Msg {

@@ -10,11 +10,13 @@ use meshpath_dataplane::{Addr, ClusterId};
 use tokio::sync::mpsc;
 
 use super::config::RemoteConfig;
+use super::limits::{held_footprint, RemoteLimits, Usage};
 use super::remote::{RemoteError, RemoteOptions};
 use super::status::SyncStatus;
 use crate::cluster_name::ClusterName;
 use crate::etcd::{self, EtcdTarget};
-use crate::kvstore::{ClusterConfig, Key, KeyError, Kind, Origin, Record, ROOT};
+use crate::kvstore::{is_ipv4_mapped, ClusterConfig, Key, KeyError, Kind, Origin, Record, ROOT};
+use crate::refusal::{Refusal, RefusalCounts};
 use crate::state::{ClusterState, Entry, EntryKey};
 
 /// What a session reports to its remote's task.
@@ -23,16 +25,41 @@ pub(super) enum Msg {
         id: ClusterId,
         canaries: bool,
     },
-    Listed {
-        state: ClusterState,
-        synced: SyncStatus,
-        rejected: u64,
+    Listed(Box<Listing>),
+    /// A key now holding a good value.
+    Upsert {
+        key: String,
+        entry: Entry,
     },
-    Upsert(Entry),
-    Delete(EntryKey),
+    /// A key deleted; `entry` is what it held, if it was one of ours.
+    Delete {
+        key: String,
+        entry: Option<EntryKey>,
+    },
     Synced(Kind),
-    Rejected(String),
+    Refused(Refused),
     Failed(RemoteError),
+}
+
+/// A key whose value is not believed.
+#[derive(Debug)]
+pub(super) struct Refused {
+    pub key: String,
+    /// The entry the key names, when it names one: what it held before is not believed either.
+    pub entry: Option<EntryKey>,
+    pub reason: Refusal,
+    pub detail: String,
+}
+
+/// A full listing, already held to the remote's limits.
+#[derive(Debug, Default)]
+pub(super) struct Listing {
+    pub state: ClusterState,
+    pub usage: Usage,
+    pub refused: Vec<Refused>,
+    pub synced: SyncStatus,
+    /// Keys left out past a limit, per limit.
+    pub ignored: RefusalCounts,
 }
 
 pub(super) async fn run_session(
@@ -56,8 +83,7 @@ pub(super) async fn run_session(
     let value = value.ok_or_else(|| RemoteError::NoClusterConfig {
         key: config_key.clone(),
     })?;
-    let announced: ClusterConfig = serde_json::from_slice(value.value())
-        .map_err(|e| RemoteError::ClusterConfig(e.to_string()))?;
+    let announced = cluster_config(value.value(), &options.limits)?;
     let id = check_id(config, options, &announced)?;
     let canaries = announced.capabilities.synced_canaries;
     send(tx, Msg::Configured { id, canaries }).await?;
@@ -73,7 +99,20 @@ pub(super) async fn run_session(
     watch_changes(&client, &endpoints, options, watch, &config_key, origin, tx).await
 }
 
-/// Lists everything at one revision and reports it as one [`Msg::Listed`]; returns the revision.
+fn cluster_config(value: &[u8], limits: &RemoteLimits) -> Result<ClusterConfig, RemoteError> {
+    if value.len() > limits.max_value_bytes {
+        return Err(RemoteError::ClusterConfig(format!(
+            "{} bytes, over the {}-byte value limit",
+            value.len(),
+            limits.max_value_bytes
+        )));
+    }
+    serde_json::from_slice(value).map_err(|e| RemoteError::ClusterConfig(e.to_string()))
+}
+
+/// Lists the remote's state prefix by prefix at one revision, held to its limits, and reports it as
+/// one [`Msg::Listed`]; returns the revision. Past the key limit the rest of the state is not read
+/// (only counted); the canaries always are.
 async fn list(
     kv: &mut KvClient,
     endpoints: &str,
@@ -82,43 +121,65 @@ async fn list(
     canaries: bool,
     tx: &mpsc::Sender<Msg>,
 ) -> Result<i64, RemoteError> {
-    let listing = etcd::list_prefix(kv, ROOT, options.list_page);
-    let (revision, kvs) = timed(endpoints, options.request_timeout, listing).await?;
-    let mut state = ClusterState::default();
-    let mut synced = SyncStatus::default();
-    let mut rejected = 0;
-    for kv in kvs {
-        match decode_put(kv.key(), kv.value(), origin) {
-            Ok(Some(Decoded::Entry(entry))) => {
-                state.upsert(entry);
+    let mut listing = Listing::default();
+    let mut revision = 0;
+    let limits = &options.limits;
+    for prefix in Key::LISTED {
+        let state = prefix != Key::LISTED[4];
+        let pages = etcd::list_pages(kv, prefix, options.list_page, revision, |kvs| {
+            for kv in kvs {
+                listing.take(kv.key(), kv.value(), origin, limits);
             }
-            Ok(Some(Decoded::Synced(kind))) => synced.set(kind, true),
-            Ok(None) => {}
-            Err(why) => {
-                tracing::warn!(cluster = %origin.name, %why, "clustermesh remote: value rejected");
-                rejected += 1;
-            }
+            !state || listing.usage.keys < limits.max_keys
+        });
+        let (read_at, unread) = timed(endpoints, options.request_timeout, pages).await?;
+        revision = read_at;
+        if unread > 0 {
+            *listing.ignored.entry(Refusal::OverKeyLimit).or_default() += unread;
         }
     }
     if !canaries {
         // A remote that writes no canaries is complete as soon as it is listed.
-        synced = SyncStatus {
+        listing.synced = SyncStatus {
             nodes: true,
             endpoints: true,
             identities: true,
             services: true,
         };
     }
-    send(
-        tx,
-        Msg::Listed {
-            state,
-            synced,
-            rejected,
-        },
-    )
-    .await?;
+    send(tx, Msg::Listed(Box::new(listing))).await?;
     Ok(revision)
+}
+
+impl Listing {
+    /// One listed key: an entry if it is good and fits, else refused or ignored.
+    fn take(&mut self, key: &[u8], value: &[u8], origin: Origin<'_>, limits: &RemoteLimits) {
+        let fits = match decode_put(key, value, origin, limits) {
+            Ok(Received::Entry(entry)) => {
+                let old = held_footprint(&self.state, &entry.key());
+                let fits = self.usage.admit(limits, &entry, old);
+                if fits.is_ok() {
+                    self.state.upsert(entry);
+                }
+                fits
+            }
+            Ok(Received::Synced(kind)) => {
+                self.synced.set(kind, true);
+                Ok(())
+            }
+            Ok(Received::Foreign) => Ok(()),
+            Err(refused) => {
+                let fits = self.usage.admit_refused(limits, &refused.key);
+                if fits.is_ok() {
+                    self.refused.push(refused);
+                }
+                fits
+            }
+        };
+        if let Err(limit) = fits {
+            *self.ignored.entry(limit).or_default() += 1;
+        }
+    }
 }
 
 /// Reports every change until the watch fails; it only returns with the reason it ended.
@@ -146,8 +207,14 @@ async fn watch_changes(
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
             if kv.key() == config_key.as_bytes() {
-                cluster_config_still(kv, event.event_type(), config_key, origin.id)?;
-            } else if let Some(msg) = change(kv, event.event_type(), origin) {
+                cluster_config_still(
+                    kv,
+                    event.event_type(),
+                    config_key,
+                    origin.id,
+                    &options.limits,
+                )?;
+            } else if let Some(msg) = change(kv, event.event_type(), origin, &options.limits) {
                 send(tx, msg).await?;
             }
         }
@@ -155,15 +222,26 @@ async fn watch_changes(
 }
 
 /// What one watched event means for the remote's state; `None` for keys that are not ours.
-fn change(kv: &KeyValue, event: EventType, origin: Origin<'_>) -> Option<Msg> {
+fn change(
+    kv: &KeyValue,
+    event: EventType,
+    origin: Origin<'_>,
+    limits: &RemoteLimits,
+) -> Option<Msg> {
+    let key = || String::from_utf8_lossy(kv.key()).into_owned();
     match event {
-        EventType::Put => match decode_put(kv.key(), kv.value(), origin) {
-            Ok(Some(Decoded::Entry(entry))) => Some(Msg::Upsert(entry)),
-            Ok(Some(Decoded::Synced(kind))) => Some(Msg::Synced(kind)),
-            Ok(None) => None,
-            Err(why) => Some(Msg::Rejected(why)),
+        EventType::Put => match decode_put(kv.key(), kv.value(), origin, limits) {
+            Ok(Received::Entry(entry)) => Some(Msg::Upsert { key: key(), entry }),
+            Ok(Received::Synced(kind)) => Some(Msg::Synced(kind)),
+            Ok(Received::Foreign) => None,
+            Err(refused) => Some(Msg::Refused(refused)),
         },
-        EventType::Delete => deleted_entry(kv.key(), origin).map(Msg::Delete),
+        EventType::Delete => {
+            let key = key();
+            let parsed = Key::parse(&key).ok()?;
+            let entry = entry_key(&parsed, origin);
+            Some(Msg::Delete { key, entry })
+        }
     }
 }
 
@@ -174,14 +252,14 @@ fn cluster_config_still(
     event: EventType,
     key: &str,
     id: ClusterId,
+    limits: &RemoteLimits,
 ) -> Result<(), RemoteError> {
     if event == EventType::Delete {
         return Err(RemoteError::NoClusterConfig {
             key: key.to_owned(),
         });
     }
-    let announced: ClusterConfig = serde_json::from_slice(kv.value())
-        .map_err(|e| RemoteError::ClusterConfig(e.to_string()))?;
+    let announced = cluster_config(kv.value(), limits)?;
     if announced.id != u32::from(id.get()) {
         let found = u8::try_from(announced.id).ok().and_then(ClusterId::new);
         return Err(match found {
@@ -229,42 +307,77 @@ fn check_id(
     Ok(id)
 }
 
-enum Decoded {
+/// A good put under `cilium/`.
+enum Received {
     Entry(Entry),
     Synced(Kind),
+    /// A key outside the layout we read (other Cilium state): nothing of ours.
+    Foreign,
 }
 
-/// A put under `cilium/`: an entry, a canary, nothing of ours (`None`), or a refusal naming the key.
-fn decode_put(key: &[u8], value: &[u8], origin: Origin<'_>) -> Result<Option<Decoded>, String> {
-    let key = std::str::from_utf8(key).map_err(|_| format!("key {key:?} is not UTF-8"))?;
-    let key = match Key::parse(key) {
-        Ok(key) => key,
-        Err(KeyError::Foreign(_)) => return Ok(None),
-        Err(err) => return Err(err.to_string()),
+/// A put under `cilium/`: an entry, a canary, nothing of ours, or a refusal naming the key and why.
+fn decode_put(
+    key: &[u8],
+    value: &[u8],
+    origin: Origin<'_>,
+    limits: &RemoteLimits,
+) -> Result<Received, Refused> {
+    let text = String::from_utf8_lossy(key);
+    let refused = |entry, reason, detail: String| Refused {
+        key: text.clone().into_owned(),
+        entry,
+        reason,
+        detail,
     };
-    let record = Record::decode(&key, value, origin).map_err(|e| e.to_string())?;
-    if let Record::SyncCanary(kind) = record {
-        return Ok(Some(Decoded::Synced(kind)));
+    let Ok(key_text) = std::str::from_utf8(key) else {
+        return Err(refused(
+            None,
+            Refusal::Malformed,
+            "the key is not UTF-8".into(),
+        ));
+    };
+    let key = match Key::parse(key_text) {
+        Ok(key) => key,
+        Err(KeyError::Foreign(_)) => return Ok(Received::Foreign),
+        Err(err) => return Err(refused(None, Refusal::Malformed, err.to_string())),
+    };
+    let entry = entry_key(&key, origin);
+    if value.len() > limits.max_value_bytes {
+        let why = format!(
+            "{} bytes, over the {}-byte value limit: not parsed",
+            value.len(),
+            limits.max_value_bytes
+        );
+        return Err(refused(entry, Refusal::ValueTooLarge, why));
     }
-    let entry = Entry::from_record(&key, record).map_err(|e| e.to_string())?;
-    Ok(entry.map(Decoded::Entry))
+    let record = Record::decode(&key, value, origin)
+        .map_err(|e| refused(entry.clone(), e.refusal(), e.to_string()))?;
+    if let Record::SyncCanary(kind) = record {
+        return Ok(Received::Synced(kind));
+    }
+    match Entry::from_record(&key, record) {
+        Ok(Some(entry)) => Ok(Received::Entry(entry)),
+        Ok(None) => Ok(Received::Foreign),
+        Err(err) => Err(refused(entry, Refusal::Malformed, err.to_string())),
+    }
 }
 
-/// The entry a deleted key named, if it was one of `origin`'s.
-fn deleted_entry(key: &[u8], origin: Origin<'_>) -> Option<EntryKey> {
+/// The entry a key names, if it is one of `origin`'s (an IPv4-mapped endpoint key names none: it
+/// would alias the IPv4 endpoint).
+fn entry_key(key: &Key, origin: Origin<'_>) -> Option<EntryKey> {
     let ours = |cluster: &ClusterName| cluster == origin.name;
-    match Key::parse(std::str::from_utf8(key).ok()?).ok()? {
-        Key::Node { cluster, node } if ours(&cluster) => Some(EntryKey::Node(node)),
+    match key {
+        Key::Node { cluster, node } if ours(cluster) => Some(EntryKey::Node(node.clone())),
         Key::Service {
             cluster,
             namespace,
             name,
-        } if ours(&cluster) => Some(EntryKey::Service(crate::state::ServiceName {
-            namespace,
-            name,
+        } if ours(cluster) => Some(EntryKey::Service(crate::state::ServiceName {
+            namespace: namespace.clone(),
+            name: name.clone(),
         })),
-        Key::Identity(id) => Some(EntryKey::Identity(id)),
-        Key::Endpoint(ip) => Some(EntryKey::Endpoint(Addr::from(ip))),
+        Key::Identity(id) => Some(EntryKey::Identity(*id)),
+        Key::Endpoint(ip) if !is_ipv4_mapped(ip) => Some(EntryKey::Endpoint(Addr::from(*ip))),
         _ => None,
     }
 }
@@ -357,50 +470,84 @@ mod tests {
         assert!(freed.is_ok(), "2 is free again");
     }
 
-    #[test]
-    fn deletes_name_only_entries_of_the_origin() {
-        let name = ClusterName::new("cluster2").unwrap();
-        let origin = Origin {
-            name: &name,
+    fn origin(name: &ClusterName) -> Origin<'_> {
+        Origin {
+            name,
             id: ClusterId::new(2).unwrap(),
-        };
-        let node = deleted_entry(b"cilium/state/nodes/v1/cluster2/n1", origin);
+        }
+    }
+
+    fn named(key: &str, origin: Origin<'_>) -> Option<EntryKey> {
+        entry_key(&Key::parse(key).unwrap(), origin)
+    }
+
+    #[test]
+    fn keys_name_only_entries_of_the_origin() {
+        let name = ClusterName::new("cluster2").unwrap();
+        let origin = origin(&name);
+        let node = named("cilium/state/nodes/v1/cluster2/n1", origin);
         assert_eq!(node, Some(EntryKey::Node("n1".into())));
+        assert_eq!(named("cilium/state/nodes/v1/cluster3/n1", origin), None);
         assert_eq!(
-            deleted_entry(b"cilium/state/nodes/v1/cluster3/n1", origin),
-            None
-        );
-        assert_eq!(
-            deleted_entry(b"cilium/synced/cluster2/cilium/state/nodes/v1", origin),
+            named("cilium/synced/cluster2/cilium/state/nodes/v1", origin),
             None
         );
         assert!(matches!(
-            deleted_entry(b"cilium/state/ip/v1/default/10.0.0.1", origin),
+            named("cilium/state/ip/v1/default/10.0.0.1", origin),
             Some(EntryKey::Endpoint(_))
         ));
+        assert_eq!(
+            named("cilium/state/ip/v1/default/::ffff:10.0.0.1", origin),
+            None,
+            "a mapped key must not name (and delete) the IPv4 endpoint"
+        );
     }
 
     #[test]
     fn puts_of_foreign_keys_are_ignored_and_bad_ones_named() {
         let name = ClusterName::new("cluster2").unwrap();
-        let origin = Origin {
-            name: &name,
-            id: ClusterId::new(2).unwrap(),
-        };
+        let limits = RemoteLimits::default();
+        let decode = |key: &[u8], value: &[u8]| decode_put(key, value, origin(&name), &limits);
         assert!(matches!(
-            decode_put(
-                b"cilium/state/identities/v1/value/k8s:a=b;/n1",
-                b"131073",
-                origin
-            ),
-            Ok(None)
+            decode(b"cilium/state/identities/v1/value/k8s:a=b;/n1", b"131073"),
+            Ok(Received::Foreign)
         ));
-        let err = decode_put(b"cilium/state/ip/v1/default/10.0.0.1", b"{", origin)
+        let err = decode(b"cilium/state/ip/v1/default/10.0.0.1", b"{")
             .err()
             .unwrap();
-        assert!(
-            err.starts_with("cilium/state/ip/v1/default/10.0.0.1:"),
-            "{err}"
-        );
+        assert_eq!(err.key, "cilium/state/ip/v1/default/10.0.0.1");
+        assert_eq!(err.reason, Refusal::Malformed);
+        assert!(matches!(err.entry, Some(EntryKey::Endpoint(_))), "{err:?}");
+        let err = decode(b"cilium/state/ip/v1/default/10.0.0.1.5", b"{}")
+            .err()
+            .unwrap();
+        assert_eq!((err.reason, err.entry), (Refusal::Malformed, None));
+        let err = decode(b"cilium/\xff", b"").err().unwrap();
+        assert_eq!(err.reason, Refusal::Malformed);
+    }
+
+    #[test]
+    fn a_value_over_the_size_limit_is_refused_unread() {
+        let name = ClusterName::new("cluster2").unwrap();
+        let limits = RemoteLimits {
+            max_value_bytes: 1024,
+            ..RemoteLimits::default()
+        };
+        // Ten megabytes of a JSON value that would take a while to parse, were it parsed.
+        let mut huge = b"{\"IP\":\"10.0.0.1\",\"ID\":131073,\"K8sPodName\":\"".to_vec();
+        huge.resize(10 << 20, b'a');
+        huge.extend_from_slice(b"\"}");
+        let err = decode_put(
+            b"cilium/state/ip/v1/default/10.0.0.1",
+            &huge,
+            origin(&name),
+            &limits,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.reason, Refusal::ValueTooLarge);
+        assert!(err.detail.contains("10485762 bytes"), "{}", err.detail);
+        let config = cluster_config(&huge, &limits).unwrap_err();
+        assert!(config.to_string().contains("value limit"), "{config}");
     }
 }

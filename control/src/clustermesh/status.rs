@@ -7,8 +7,10 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use super::limits::{RemoteLimits, Usage};
 use crate::cluster_name::ClusterName;
 use crate::kvstore::Kind;
+use crate::refusal::{add_counts, RefusalCounts};
 
 /// Per kind: has the remote's sync canary been seen since the last (re)connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -58,8 +60,19 @@ pub struct RemoteStatus {
     pub endpoints: usize,
     pub identities: usize,
     pub services: usize,
-    /// Values refused because they do not match their key or this cluster (since start).
-    pub rejected: u64,
+    /// Keys refused now, per reason: on receipt (by the watcher) and on admission to the tables (by
+    /// the snapshot builder). For the `over_*_limit` reasons: keys ignored since the last listing.
+    pub refused: RefusalCounts,
+    #[serde(skip)]
+    pub refused_on_receipt: RefusalCounts,
+    #[serde(skip)]
+    pub refused_on_admission: RefusalCounts,
+    /// Pod CIDRs refused because another cluster holds an overlapping one, naming it.
+    pub cidr_conflicts: Vec<CidrConflict>,
+    /// Why the remote is degraded, while it is: past a limit, its excess keys are ignored.
+    pub degraded: Option<String>,
+    pub usage: Usage,
+    pub limits: RemoteLimits,
     pub failures: u64,
     #[serde(serialize_with = "rfc3339")]
     pub last_failure: Option<SystemTime>,
@@ -80,6 +93,26 @@ fn rfc3339<S: serde::Serializer>(time: &Option<SystemTime>, s: S) -> Result<S::O
     }
 }
 
+/// A remote's pod CIDR refused because it overlaps another cluster's: the local cluster's always,
+/// another remote's when that remote claimed it first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CidrConflict {
+    pub node: String,
+    pub prefix: String,
+    pub other_cluster: String,
+    pub other_prefix: String,
+}
+
+impl fmt::Display for CidrConflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pod CIDR {} of node {} refused: overlaps {}'s {}",
+            self.prefix, self.node, self.other_cluster, self.other_prefix
+        )
+    }
+}
+
 /// Every remote's status, by cluster name.
 pub type MeshStatus = BTreeMap<ClusterName, RemoteStatus>;
 
@@ -90,6 +123,23 @@ impl RemoteStatus {
             endpoints_configured,
             ..Default::default()
         }
+    }
+
+    /// What the watcher refused on receipt (and ignored past a limit).
+    pub fn set_refused_on_receipt(&mut self, counts: RefusalCounts) {
+        self.refused_on_receipt = counts;
+        self.sum_refused();
+    }
+
+    /// What the snapshot builder refused to put into the tables.
+    pub fn set_refused_on_admission(&mut self, counts: RefusalCounts) {
+        self.refused_on_admission = counts;
+        self.sum_refused();
+    }
+
+    fn sum_refused(&mut self) {
+        self.refused = self.refused_on_receipt.clone();
+        add_counts(&mut self.refused, &self.refused_on_admission);
     }
 
     pub fn count_mut(&mut self, kind: Kind) -> &mut usize {
@@ -143,8 +193,30 @@ impl fmt::Display for RemoteStatus {
         if let Some(err) = &self.last_error {
             write!(f, "\n└ last error: {err}")?;
         }
-        if self.rejected > 0 {
-            write!(f, "\n└ rejected values: {}", self.rejected)?;
+        if !self.refused.is_empty() {
+            let counts: Vec<String> = self
+                .refused
+                .iter()
+                .map(|(reason, n)| format!("{n} {reason}"))
+                .collect();
+            write!(f, "\n└ refused: {}", counts.join(", "))?;
+        }
+        for conflict in &self.cidr_conflicts {
+            write!(f, "\n└ {conflict}")?;
+        }
+        if let Some(why) = &self.degraded {
+            let (u, l) = (&self.usage, &self.limits);
+            let mib = |b: usize| b as f64 / f64::from(1 << 20);
+            write!(
+                f,
+                "\n└ degraded: {why}\n└ limits: {}/{} keys, {:.1}/{:.1} MiB, {}/{} identities",
+                u.keys,
+                l.max_keys,
+                mib(u.bytes),
+                mib(l.max_bytes),
+                u.identities,
+                l.max_identities
+            )?;
         }
         Ok(())
     }

@@ -103,15 +103,18 @@ impl Key {
     pub fn parse(key: &str) -> Result<Key, KeyError> {
         if let Some(rest) = key.strip_prefix(IDENTITY_IDS) {
             let id = rest.parse::<u32>().ok().and_then(Identity::new);
+            let id = id.filter(|id| id.get().to_string() == rest);
             return id
                 .map(Key::Identity)
-                .ok_or_else(|| KeyError::malformed(key, "not a 24-bit identity"));
+                .ok_or_else(|| KeyError::malformed(key, "not a 24-bit identity in decimal"));
         }
         if let Some(rest) = key.strip_prefix(IP_DEFAULT) {
-            return rest
-                .parse()
-                .map(Key::Endpoint)
-                .map_err(|e| KeyError::malformed(key, e));
+            let ip: IpAddr = rest.parse().map_err(|e| KeyError::malformed(key, e))?;
+            // One address, one key: `fd00:0::1` would name the entry of `fd00::1` a second time.
+            if ip.to_string() != rest {
+                return Err(KeyError::malformed(key, format!("not written as {ip}")));
+            }
+            return Ok(Key::Endpoint(ip));
         }
         if let Some(rest) = key.strip_prefix(CLUSTER_CONFIG) {
             return Ok(Key::ClusterConfig(cluster(key, rest)?));
@@ -146,6 +149,16 @@ impl Key {
         }
         Err(KeyError::Foreign(key.to_owned()))
     }
+
+    /// The prefixes a remote's state is listed from, in listing order: nodes, identities (their ids, not
+    /// the per-node value keys), endpoints, services, then the sync canaries.
+    pub const LISTED: [&'static str; 5] = [
+        "cilium/state/nodes/v1/",
+        IDENTITY_IDS,
+        IP_DEFAULT,
+        "cilium/state/services/v1/",
+        SYNCED,
+    ];
 
     /// The kind of state the key holds; `None` for cluster-config.
     pub fn kind(&self) -> Option<Kind> {
@@ -261,6 +274,21 @@ mod tests {
     }
 
     #[test]
+    fn the_listed_prefixes_hold_every_kind_and_the_canaries() {
+        for kind in Kind::ALL {
+            assert!(
+                Key::LISTED.iter().any(|p| p.starts_with(kind.prefix())),
+                "{kind:?}"
+            );
+        }
+        let canary = Key::SyncCanary {
+            cluster: c3(),
+            kind: Kind::Nodes,
+        };
+        assert!(canary.to_string().starts_with(Key::LISTED[4]));
+    }
+
+    #[test]
     fn tells_foreign_keys_from_malformed_ones() {
         let foreign = "cilium/state/identities/v1/value/k8s:a=b;/10.0.0.1";
         assert_eq!(Key::parse(foreign), Err(KeyError::Foreign(foreign.into())));
@@ -274,6 +302,19 @@ mod tests {
         ));
         assert!(matches!(
             Key::parse("cilium/state/ip/v1/default/10.0.0"),
+            Err(KeyError::Malformed { .. })
+        ));
+        for twin in [
+            "cilium/state/identities/v1/id/0196915",
+            "cilium/state/identities/v1/id/+196915",
+        ] {
+            assert!(
+                matches!(Key::parse(twin), Err(KeyError::Malformed { .. })),
+                "{twin}"
+            );
+        }
+        assert!(matches!(
+            Key::parse("cilium/state/ip/v1/default/fd00:0::1"),
             Err(KeyError::Malformed { .. })
         ));
         assert!(matches!(

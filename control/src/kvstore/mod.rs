@@ -10,6 +10,8 @@ mod labels;
 mod node;
 mod service;
 
+use std::net::IpAddr;
+
 use meshpath_dataplane::{ClusterId, Identity};
 
 pub use cluster_config::{Capabilities, ClusterConfig};
@@ -21,6 +23,7 @@ pub use node::{Node, NodeAddress};
 pub use service::{ClusterService, L4Addr, PortsByAddress};
 
 use crate::cluster_name::ClusterName;
+use crate::refusal::Refusal;
 
 /// The cluster whose etcd a value was read from: what every key and value must agree with.
 #[derive(Clone, Copy, Debug)]
@@ -76,8 +79,54 @@ pub enum ValueError {
         id: u32,
         cluster: ClusterId,
     },
+    #[error("{key}: identity {id} is reserved (below 256), not an endpoint's")]
+    ReservedIdentity { key: String, id: u32 },
+    #[error(
+        "{key}: {field} holds the IPv4-mapped address {addr}, which would alias {}",
+        mapped_v4(addr)
+    )]
+    Ipv4Mapped {
+        key: String,
+        field: &'static str,
+        addr: IpAddr,
+    },
+    #[error("{key}: the service is not shared (`shared: false`)")]
+    NotShared { key: String },
     #[error("{key}: CIDR entries are not shared across clusters")]
     Cidr { key: String },
+}
+
+impl ValueError {
+    /// The reason, as status and metrics count it.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            ValueError::Json { .. }
+            | ValueError::Utf8 { .. }
+            | ValueError::Labels { .. }
+            | ValueError::Mismatch { .. }
+            | ValueError::Cidr { .. } => Refusal::Malformed,
+            ValueError::ClusterName { .. } | ValueError::ClusterId { .. } => Refusal::WrongCluster,
+            ValueError::IdentityRange { .. } | ValueError::ReservedIdentity { .. } => {
+                Refusal::ReservedIdentity
+            }
+            ValueError::Ipv4Mapped { .. } => Refusal::Ipv4Mapped,
+            ValueError::NotShared { .. } => Refusal::NotShared,
+        }
+    }
+}
+
+fn mapped_v4(addr: &IpAddr) -> String {
+    match addr {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or_else(|| addr.to_string(), |v4| v4.to_string()),
+        IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+/// `true` for `::ffff:a.b.c.d`, which the dataplane could not tell from `a.b.c.d`.
+pub fn is_ipv4_mapped(addr: &IpAddr) -> bool {
+    matches!(addr, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
 }
 
 impl Record {
@@ -113,6 +162,7 @@ impl Record {
                 name_matches(&value.cluster)?;
                 id_matches(value.cluster_id)?;
                 same(key, "Name", node, &value.name)?;
+                node_addresses_unmapped(key, &value)?;
                 Ok(Record::Node(value))
             }
             Key::Service {
@@ -126,6 +176,10 @@ impl Record {
                 id_matches(value.cluster_id)?;
                 same(key, "namespace", namespace, &value.namespace)?;
                 same(key, "name", name, &value.name)?;
+                service_addresses_unmapped(key, &value)?;
+                if !value.shared {
+                    return Err(ValueError::NotShared { key: k() });
+                }
                 Ok(Record::Service(value))
             }
             Key::Identity(id) => {
@@ -139,8 +193,12 @@ impl Record {
                 Ok(Record::Identity(*id, labels))
             }
             Key::Endpoint(ip) => {
+                unmapped(key, "key", ip)?;
                 let value: IpIdentityPair = from_json(key, value)?;
                 same(key, "IP", &ip.to_string(), &value.ip.to_string())?;
+                if let Some(host) = &value.host_ip {
+                    unmapped(key, "HostIP", host)?;
+                }
                 if value.mask.is_some() {
                     return Err(ValueError::Cidr { key: k() });
                 }
@@ -149,9 +207,13 @@ impl Record {
                     id: value.id,
                     cluster: origin.id,
                 })?;
-                if !id.is_reserved() {
-                    owned_by(key, id, origin.id)?;
+                if id.is_reserved() {
+                    return Err(ValueError::ReservedIdentity {
+                        key: k(),
+                        id: id.get(),
+                    });
                 }
+                owned_by(key, id, origin.id)?;
                 Ok(Record::Endpoint(value))
             }
             Key::ClusterConfig(cluster) => {
@@ -185,6 +247,53 @@ fn same(key: &Key, field: &'static str, in_key: &str, in_value: &str) -> Result<
             found: in_value.to_owned(),
         })
     }
+}
+
+fn unmapped(key: &Key, field: &'static str, addr: &IpAddr) -> Result<(), ValueError> {
+    if is_ipv4_mapped(addr) {
+        return Err(ValueError::Ipv4Mapped {
+            key: key.to_string(),
+            field,
+            addr: *addr,
+        });
+    }
+    Ok(())
+}
+
+fn node_addresses_unmapped(key: &Key, node: &Node) -> Result<(), ValueError> {
+    for address in &node.ip_addresses {
+        unmapped(key, "IPAddresses", &address.ip)?;
+    }
+    for (field, cidr) in [
+        ("IPv4AllocCIDR", &node.ipv4_alloc_cidr),
+        ("IPv6AllocCIDR", &node.ipv6_alloc_cidr),
+    ] {
+        if let Some(cidr) = cidr {
+            unmapped(key, field, &cidr.ip)?;
+        }
+    }
+    for (field, ip) in [
+        ("IPv4HealthIP", &node.ipv4_health_ip),
+        ("IPv6HealthIP", &node.ipv6_health_ip),
+    ] {
+        if let Some(ip) = ip {
+            unmapped(key, field, ip)?;
+        }
+    }
+    Ok(())
+}
+
+/// Addresses that do not parse are left for the conversion to refuse.
+fn service_addresses_unmapped(key: &Key, service: &ClusterService) -> Result<(), ValueError> {
+    for (field, by_addr) in [
+        ("frontends", &service.frontends),
+        ("backends", &service.backends),
+    ] {
+        for addr in by_addr.keys().filter_map(|a| a.parse::<IpAddr>().ok()) {
+            unmapped(key, field, &addr)?;
+        }
+    }
+    Ok(())
 }
 
 fn owned_by(key: &Key, id: Identity, cluster: ClusterId) -> Result<(), ValueError> {

@@ -255,17 +255,25 @@ fn port_rules(
 
 #[cfg(test)]
 mod tests {
-    use super::super::model::NAMESPACE_LABEL;
-    use super::super::object::{KubeObject, LocalObject};
+    use super::super::model::{LocalPolicy, NAMESPACE_LABEL};
+    use super::super::object::LocalObject;
     use super::super::yaml::parse_objects;
     use super::*;
     use meshpath_dataplane::policy::Operator;
 
-    fn rules(yaml: &str) -> Result<Vec<PolicyRule>, TranslateError> {
+    /// The policy's rules, or why it is refused.
+    fn rules(yaml: &str) -> Result<Vec<PolicyRule>, String> {
+        let policy = refused_or_rules(yaml);
+        match policy.refused {
+            None => Ok(policy.rules),
+            Some(why) => Err(why),
+        }
+    }
+
+    fn refused_or_rules(yaml: &str) -> LocalPolicy {
         let object = parse_objects(yaml).unwrap().remove(0).object;
-        assert!(matches!(object, KubeObject::CiliumNetworkPolicy(_)));
-        match object.translate()?.1 {
-            Some(LocalObject::Policy(p)) => Ok(p.rules),
+        match object.translate().unwrap().1 {
+            Some(LocalObject::Policy(p)) => p,
             other => panic!("policy expected, got {other:?}"),
         }
     }
@@ -365,41 +373,103 @@ mod tests {
         );
     }
 
-    #[test]
-    fn unsupported_fields_are_refused_by_name() {
-        let cidr = r#"{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "c"},
-          "spec": {"endpointSelector": {}, "ingress": [{"fromCIDR": ["10.0.0.0/8"], "toPorts": [{"ports": [{"port": "80"}]}]}]}}"#;
-        let err = parse_objects(cidr).unwrap_err();
-        assert!(err.problem.contains("fromCIDR"), "{err}");
-        let l7 = r#"{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "c"},
-          "spec": {"endpointSelector": {}, "egress": [{"toPorts": [{"ports": [{"port": "53"}], "rules": {"dns": [{"matchPattern": "*"}]}}]}]}}"#;
-        assert!(parse_objects(l7).unwrap_err().problem.contains("rules"));
+    /// What a refused policy covers, denied: its selector (in its namespace) and its directions.
+    fn denied(policy: &LocalPolicy) -> Vec<(Option<&str>, bool, bool)> {
+        policy
+            .rules
+            .iter()
+            .map(|r| {
+                let grants = |d: &Option<Vec<_>>| d.as_ref().map(Vec::len);
+                assert!(
+                    grants(&r.ingress).unwrap_or(0) == 0
+                        && r.egress.as_ref().is_none_or(|e| e.is_empty())
+                );
+                (
+                    r.endpoint_selector
+                        .match_labels
+                        .get("app")
+                        .map(String::as_str),
+                    r.ingress.is_some(),
+                    r.egress.is_some(),
+                )
+            })
+            .collect()
     }
 
     #[test]
-    fn untranslatable_values_name_the_policy_and_field() {
+    fn unsupported_fields_refuse_the_policy_closed_naming_the_field() {
+        let cidr = r#"{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "c", "namespace": "prod"},
+          "spec": {"endpointSelector": {"matchLabels": {"app": "db"}}, "ingress": [{"fromCIDR": ["10.0.0.0/8"], "toPorts": [{"ports": [{"port": "80"}]}]}]}}"#;
+        let policy = refused_or_rules(cidr);
+        let why = policy.refused.clone().unwrap();
+        assert!(why.starts_with("CiliumNetworkPolicy prod/c: "), "{why}");
+        assert!(why.contains("fromCIDR"), "{why}");
+        assert_eq!(denied(&policy), [(Some("db"), true, false)]);
+        assert_eq!(
+            policy.rules[0]
+                .endpoint_selector
+                .match_labels
+                .get(NAMESPACE_LABEL)
+                .map(String::as_str),
+            Some("prod")
+        );
+        let l7 = r#"{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "c"},
+          "spec": {"endpointSelector": {}, "egress": [{"toPorts": [{"ports": [{"port": "53"}], "rules": {"dns": [{"matchPattern": "*"}]}}]}]}}"#;
+        let policy = refused_or_rules(l7);
+        assert!(policy.refused.as_deref().unwrap().contains("rules"));
+        assert_eq!(denied(&policy), [(None, false, true)]);
+        let deny = r#"{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "d"},
+          "specs": [{"endpointSelector": {"matchLabels": {"app": "a"}}, "ingressDeny": [{"fromEntities": ["world"]}]},
+                    {"endpointSelector": {"matchLabels": {"app": "b"}}, "egress": []}]}"#;
+        assert_eq!(
+            denied(&refused_or_rules(deny)),
+            [(Some("a"), true, false), (Some("b"), false, true)]
+        );
+        // A selector that cannot be read either: the whole namespace.
+        let bad_selector = r#"{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "e"},
+          "spec": {"endpointSelector": {"matchLabels": "app"}, "ingress": [{"fromCIDR": ["0.0.0.0/0"]}]}}"#;
+        let policy = refused_or_rules(bad_selector);
+        assert_eq!(
+            policy.rules[0].endpoint_selector.match_labels.len(),
+            1,
+            "namespace only"
+        );
+    }
+
+    #[test]
+    fn untranslatable_values_refuse_the_policy_naming_it_and_the_field() {
         let with = |ingress: &str| {
             format!(
                 r#"{{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
             "metadata": {{"name": "bad", "namespace": "prod"}}, "spec": {{"endpointSelector": {{}}, "ingress": [{ingress}]}}}}"#
             )
         };
-        let err = rules(&with(r#"{"fromEntities": ["kube-apiserver"]}"#)).unwrap_err();
-        assert_eq!(err.object, "CiliumNetworkPolicy prod/bad");
-        assert_eq!(err.field, "spec.ingress[0].fromEntities[0]");
-        let err = rules(&with(r#"{"toPorts": [{"ports": [{"port": "http"}]}]}"#)).unwrap_err();
-        assert_eq!(err.field, "spec.ingress[0].toPorts[0].ports[0].port");
-        let err = rules(&with(
+        let why = rules(&with(r#"{"fromEntities": ["kube-apiserver"]}"#)).unwrap_err();
+        assert!(
+            why.starts_with("CiliumNetworkPolicy prod/bad: `spec.ingress[0].fromEntities[0]`"),
+            "{why}"
+        );
+        let why = rules(&with(r#"{"toPorts": [{"ports": [{"port": "http"}]}]}"#)).unwrap_err();
+        assert!(
+            why.contains("`spec.ingress[0].toPorts[0].ports[0].port`"),
+            "{why}"
+        );
+        let why = rules(&with(
             r#"{"toPorts": [{"ports": [{"port": "80", "protocol": "SCTP"}]}]}"#,
         ))
         .unwrap_err();
-        assert_eq!(err.field, "spec.ingress[0].toPorts[0].ports[0].protocol");
-        let err = rules(&with(
+        assert!(
+            why.contains("`spec.ingress[0].toPorts[0].ports[0].protocol`"),
+            "{why}"
+        );
+        let why = rules(&with(
             r#"{"fromEndpoints": [{"matchLabels": {"reserved:host": ""}}]}"#,
         ))
         .unwrap_err();
-        assert_eq!(err.field, "spec.ingress[0].fromEndpoints[0]");
+        assert!(why.contains("`spec.ingress[0].fromEndpoints[0]`"), "{why}");
+        let policy = refused_or_rules(&with(r#"{"fromEntities": ["kube-apiserver"]}"#));
+        assert_eq!(denied(&policy), [(None, true, false)]);
         let none = r#"{"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "n"}}"#;
-        assert_eq!(rules(none).unwrap_err().field, "spec");
+        assert!(rules(none).unwrap_err().contains("`spec`"));
     }
 }

@@ -120,11 +120,26 @@ pub struct PolicyRef {
     pub policy: ObjectRef,
 }
 
+impl std::fmt::Display for PolicyRef {
+    /// `CiliumNetworkPolicy default/x-wing`, as `kubectl` names it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            PolicyKind::NetworkPolicy => "NetworkPolicy",
+            PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
+        };
+        write!(f, "{kind} {}/{}", self.policy.namespace, self.policy.name)
+    }
+}
+
 /// A policy object translated into dataplane rules. Selectors are scoped as Kubernetes and Cilium scope
 /// them: a namespaced policy selects only endpoints of its namespace (its `endpoint_selector` carries
 /// `NAMESPACE_LABEL`), and a peer selector without a namespace means the policy's namespace.
+///
+/// A policy that cannot be enforced as written (`refused`: why) keeps rules that say only what it
+/// selects and which directions it covers, with no grants: those endpoints are denied there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalPolicy {
     pub policy: PolicyRef,
     pub rules: Vec<PolicyRule>,
+    pub refused: Option<String>,
 }

@@ -198,13 +198,24 @@ mod tests {
     use super::super::yaml::parse_objects;
     use super::*;
 
-    fn policy(spec: &str) -> Result<PolicyRule, TranslateError> {
+    /// The policy's rule, or why it is refused (its rules then only deny what it covers).
+    fn policy(spec: &str) -> Result<PolicyRule, String> {
         let yaml = format!(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: np\n  namespace: shop\n  resourceVersion: \"3\"\nspec:\n{spec}"
         );
         let object = parse_objects(&yaml).unwrap().remove(0).object;
-        match object.translate()?.1 {
-            Some(LocalObject::Policy(mut p)) => Ok(p.rules.remove(0)),
+        match object.translate().unwrap().1 {
+            Some(LocalObject::Policy(mut p)) => match p.refused {
+                None => Ok(p.rules.remove(0)),
+                Some(why) => {
+                    let denies = p.rules.iter().all(|r| {
+                        r.ingress.as_ref().is_none_or(Vec::is_empty)
+                            && r.egress.as_ref().is_none_or(Vec::is_empty)
+                    });
+                    assert!(denies, "a refused policy grants nothing: {:?}", p.rules);
+                    Err(why)
+                }
+            },
             other => panic!("policy expected, got {other:?}"),
         }
     }
@@ -296,19 +307,20 @@ mod tests {
     }
 
     #[test]
-    fn what_cannot_be_expressed_is_an_error_naming_the_field() {
-        let err = policy("  podSelector: {}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {team: a}}\n").unwrap_err();
-        assert_eq!(err.object, "NetworkPolicy shop/np");
-        assert_eq!(
-            err.field,
-            "spec.ingress[0].from[0].namespaceSelector.matchLabels"
+    fn what_cannot_be_expressed_refuses_the_policy_naming_the_field() {
+        let why = policy("  podSelector: {}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {team: a}}\n").unwrap_err();
+        assert!(
+            why.starts_with(
+                "NetworkPolicy shop/np: `spec.ingress[0].from[0].namespaceSelector.matchLabels`"
+            ),
+            "{why}"
         );
-        let err =
+        let why =
             policy("  podSelector: {}\n  egress:\n  - to:\n    - ipBlock: {cidr: 10.0.0.0/8}\n")
                 .unwrap_err();
-        assert_eq!(err.field, "spec.egress[0].to[0].ipBlock");
-        let err =
+        assert!(why.contains("`spec.egress[0].to[0].ipBlock`"), "{why}");
+        let why =
             policy("  podSelector: {}\n  ingress:\n  - ports:\n    - port: http\n").unwrap_err();
-        assert_eq!(err.field, "spec.ingress[0].ports[0].port");
+        assert!(why.contains("`spec.ingress[0].ports[0].port`"), "{why}");
     }
 }

@@ -12,6 +12,7 @@ use super::model::{
     LocalEndpointSlice, LocalNode, LocalPod, LocalPolicy, LocalService, LocalState, ObjectRef,
     PolicyKind, PolicyRef,
 };
+use super::refused::{cilium_coverage, netpol_coverage, refused_policy, UnsupportedPolicy};
 use super::{netpol, service, workload};
 
 /// A namespaced object without `metadata.namespace` (as in a hand-written file) is in this one.
@@ -26,6 +27,8 @@ pub enum KubeObject {
     EndpointSlice(Box<EndpointSlice>),
     NetworkPolicy(Box<NetworkPolicy>),
     CiliumNetworkPolicy(Box<CiliumNetworkPolicy>),
+    /// A policy document that does not parse as its kind: it is refused, and fails closed.
+    UnsupportedPolicy(Box<UnsupportedPolicy>),
 }
 
 /// Where an object lives in [`LocalState`].
@@ -73,6 +76,10 @@ impl KubeObject {
             KubeObject::EndpointSlice(_) => "EndpointSlice",
             KubeObject::NetworkPolicy(_) => "NetworkPolicy",
             KubeObject::CiliumNetworkPolicy(_) => "CiliumNetworkPolicy",
+            KubeObject::UnsupportedPolicy(p) => match p.kind {
+                PolicyKind::NetworkPolicy => "NetworkPolicy",
+                PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
+            },
         }
     }
 
@@ -84,6 +91,7 @@ impl KubeObject {
             KubeObject::EndpointSlice(o) => &o.metadata,
             KubeObject::NetworkPolicy(o) => &o.metadata,
             KubeObject::CiliumNetworkPolicy(o) => &o.metadata,
+            KubeObject::UnsupportedPolicy(o) => &o.metadata,
         }
     }
 
@@ -120,10 +128,12 @@ impl KubeObject {
             KubeObject::EndpointSlice(_) => ObjectKey::EndpointSlice(at),
             KubeObject::NetworkPolicy(_) => policy(PolicyKind::NetworkPolicy),
             KubeObject::CiliumNetworkPolicy(_) => policy(PolicyKind::CiliumNetworkPolicy),
+            KubeObject::UnsupportedPolicy(p) => policy(p.kind),
         })
     }
 
-    /// The object as local state: `None` if it is valid but not part of it (a host-network pod).
+    /// The object as local state: `None` if it is valid but not part of it (a host-network pod). A
+    /// policy that cannot be translated is not an error: it is refused, and denies what it covers.
     pub fn translate(&self) -> Result<(ObjectKey, Option<LocalObject>), TranslateError> {
         let key = self.key()?;
         let subject = self.subject();
@@ -141,20 +151,46 @@ impl KubeObject {
                 LocalObject::EndpointSlice(service::endpoint_slice(s, at.clone(), &subject)?),
             ),
             (ObjectKey::Policy(policy), KubeObject::NetworkPolicy(p)) => {
-                Some(LocalObject::Policy(LocalPolicy {
-                    policy: policy.clone(),
-                    rules: netpol::translate(p, &policy.policy.namespace, &subject)?,
-                }))
+                let ns = &policy.policy.namespace;
+                let rules = netpol::translate(p, ns, &subject);
+                Some(LocalObject::Policy(enforceable(policy, rules, || {
+                    netpol_coverage(p)
+                })))
             }
             (ObjectKey::Policy(policy), KubeObject::CiliumNetworkPolicy(p)) => {
-                Some(LocalObject::Policy(LocalPolicy {
-                    policy: policy.clone(),
-                    rules: cilium::translate(p, &policy.policy.namespace, &subject)?,
-                }))
+                let ns = &policy.policy.namespace;
+                let rules = cilium::translate(p, ns, &subject);
+                Some(LocalObject::Policy(enforceable(policy, rules, || {
+                    cilium_coverage(p)
+                })))
+            }
+            (ObjectKey::Policy(policy), KubeObject::UnsupportedPolicy(p)) => {
+                let why = format!("{key}: {}", p.problem);
+                Some(LocalObject::Policy(refused_policy(
+                    policy.clone(),
+                    why,
+                    &p.coverage,
+                )))
             }
             _ => None,
         };
         Ok((key, object))
+    }
+}
+
+/// The policy as translated, or, if it cannot be, refused: what it covers is denied (fail closed).
+fn enforceable(
+    policy: &PolicyRef,
+    rules: Result<Vec<meshpath_dataplane::policy::PolicyRule>, TranslateError>,
+    coverage: impl FnOnce() -> Vec<super::refused::Coverage>,
+) -> LocalPolicy {
+    match rules {
+        Ok(rules) => LocalPolicy {
+            policy: policy.clone(),
+            rules,
+            refused: None,
+        },
+        Err(e) => refused_policy(policy.clone(), e.to_string(), &coverage()),
     }
 }
 

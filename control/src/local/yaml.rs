@@ -1,10 +1,12 @@
 //! Multi-document YAML text (`---`, also `kind: List`) → [`KubeObject`]s, each with the line its
-//! document starts on, and errors that say the line where serde_yaml found the problem.
+//! document starts on, and errors that say the line where the parser found the problem.
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use super::model::PolicyKind;
 use super::object::KubeObject;
+use super::refused::{Lenient, UnsupportedPolicy};
 
 /// One object read from a file.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,7 +36,7 @@ struct TypeMeta {
 #[derive(Deserialize)]
 struct List {
     #[serde(default)]
-    items: Vec<serde_yaml::Value>,
+    items: Vec<serde_json::Value>,
 }
 
 /// Every object of every document in `text`. The first problem found ends the parse.
@@ -52,7 +54,7 @@ pub fn parse_objects(text: &str) -> Result<Vec<ParsedObject>, ParseError> {
 }
 
 /// Splits at `---` lines. A document starts on the line after its marker (on the marker's line if
-/// content follows it there, the marker itself blanked), so serde_yaml's line numbers are offsets
+/// content follows it there, the marker itself blanked), so the parser's line numbers are offsets
 /// from the document's first line.
 fn documents(text: &str) -> Vec<(usize, String)> {
     let mut docs = Vec::new();
@@ -87,7 +89,7 @@ fn documents(text: &str) -> Vec<(usize, String)> {
 
 fn parse_document(text: &str, start: usize, out: &mut Vec<ParsedObject>) -> Result<(), ParseError> {
     let doc = Document { text, start };
-    let value: serde_yaml::Value = doc.read()?;
+    let value: serde_json::Value = doc.read()?;
     if value.is_null() {
         return Ok(());
     }
@@ -131,7 +133,7 @@ fn is_list(kind: &str) -> bool {
             .is_some_and(|k| KINDS.contains(&k))
 }
 
-/// Where typed values are read from: a document's text (errors carry serde_yaml's line) or an item
+/// Where typed values are read from: a document's text (errors carry the parser's line) or an item
 /// of a `List` (already parsed, so errors can only name the item).
 trait Source {
     fn read<T: DeserializeOwned>(&self) -> Result<T, ParseError>;
@@ -145,19 +147,14 @@ struct Document<'a> {
 
 impl Source for Document<'_> {
     fn read<T: DeserializeOwned>(&self) -> Result<T, ParseError> {
-        serde_yaml::from_str(self.text).map_err(|e| {
-            let Some(at) = e.location() else {
+        crate::yaml::from_str(self.text).map_err(|e| {
+            let Some((line, column)) = crate::yaml::position(&e) else {
                 return self.error(e.to_string());
             };
-            // serde_yaml's own "at line L column C" counts from the document, not the file.
-            let problem = e.to_string();
-            let suffix = format!(" at line {} column {}", at.line(), at.column());
+            // The parser counts lines from the document, not the file.
             ParseError {
-                line: self.start + at.line().saturating_sub(1),
-                problem: match problem.strip_suffix(&suffix) {
-                    Some(p) => format!("{p} (column {})", at.column()),
-                    None => problem,
-                },
+                line: self.start + line.saturating_sub(1),
+                problem: format!("{} (column {column})", crate::yaml::problem(&e)),
             }
         })
     }
@@ -170,14 +167,14 @@ impl Source for Document<'_> {
 }
 
 struct ListItem<'a> {
-    value: &'a serde_yaml::Value,
+    value: &'a serde_json::Value,
     line: usize,
     index: usize,
 }
 
 impl Source for ListItem<'_> {
     fn read<T: DeserializeOwned>(&self) -> Result<T, ParseError> {
-        serde_yaml::from_value(self.value.clone()).map_err(|e| self.error(e.to_string()))
+        serde_json::from_value(self.value.clone()).map_err(|e| self.error(e.to_string()))
     }
     fn error(&self, problem: String) -> ParseError {
         ParseError {
@@ -194,8 +191,14 @@ fn decode(meta: &TypeMeta, source: &impl Source) -> Result<KubeObject, ParseErro
         ("v1", "Pod") => KubeObject::Pod(source.read()?),
         ("v1", "Service") => KubeObject::Service(source.read()?),
         ("discovery.k8s.io/v1", "EndpointSlice") => KubeObject::EndpointSlice(source.read()?),
-        ("networking.k8s.io/v1", "NetworkPolicy") => KubeObject::NetworkPolicy(source.read()?),
-        ("cilium.io/v2", "CiliumNetworkPolicy") => KubeObject::CiliumNetworkPolicy(source.read()?),
+        ("networking.k8s.io/v1", "NetworkPolicy") => match source.read() {
+            Ok(policy) => KubeObject::NetworkPolicy(policy),
+            Err(e) => unsupported(PolicyKind::NetworkPolicy, e, source)?,
+        },
+        ("cilium.io/v2", "CiliumNetworkPolicy") => match source.read() {
+            Ok(policy) => KubeObject::CiliumNetworkPolicy(policy),
+            Err(e) => unsupported(PolicyKind::CiliumNetworkPolicy, e, source)?,
+        },
         (api_version, kind) => {
             return Err(source.error(format!(
                 "unsupported kind `{kind}` of apiVersion `{api_version}` (Node, Pod, Service, \
@@ -203,6 +206,21 @@ fn decode(meta: &TypeMeta, source: &impl Source) -> Result<KubeObject, ParseErro
             )))
         }
     })
+}
+
+/// A policy document that does not parse as its kind, read for what it covers so that it can be
+/// refused closed; if it has not even a policy's general shape, the parse error stands.
+fn unsupported(
+    kind: PolicyKind,
+    error: ParseError,
+    source: &impl Source,
+) -> Result<KubeObject, ParseError> {
+    match source.read::<Lenient>() {
+        Ok(lenient) => Ok(KubeObject::UnsupportedPolicy(Box::new(
+            UnsupportedPolicy::new(kind, error.problem, lenient),
+        ))),
+        Err(_) => Err(error),
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //! that adding, changing or removing a file changes the [`LocalState`] without a restart.
 //!
 //! A file is all or nothing: if any document in it cannot be parsed or translated, the file's last
-//! good content stays in force and the problem is reported with the file's path and line.
+//! good content stays in force and the problem is reported with the file's path and line. A policy
+//! that cannot be enforced as written is no such problem: it is taken, refused, and denies what it
+//! selects (see `refused`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

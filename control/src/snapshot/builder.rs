@@ -4,17 +4,22 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use meshpath_dataplane::endpoint::Endpoint;
-use meshpath_dataplane::policy::{compile, PolicyRule};
+use meshpath_dataplane::policy::{compile_policies, PolicySource};
 use meshpath_dataplane::route::RemoteNode;
 use meshpath_dataplane::service::{Frontend, Service, ServiceId};
 use meshpath_dataplane::snapshot::Tables;
 use meshpath_dataplane::{Addr, ClusterId, PortId};
 
+use super::admission::AdmissionLog;
 use super::sources::{Dirty, Sources};
 use super::{ipcache, services, Change, NodeSpec, PodPorts};
+use crate::cluster_name::ClusterName;
+use crate::clustermesh::{CidrConflict, StatusBoard};
 use crate::local::ObjectRef;
+use crate::refusal::RefusalCounts;
 use crate::resolve::local_node_addr;
 use crate::state::ServiceName;
 
@@ -27,6 +32,7 @@ pub struct BuildStats {
     pub endpoints_refused: u64,
     pub nodes_refused: u64,
     pub services_refused: u64,
+    /// Policies (or parts) refused in the last compilation: their endpoints are denied.
     pub policy_refused: u64,
 }
 
@@ -42,7 +48,14 @@ pub struct SnapshotBuilder {
     next_service_id: u32,
     current: Arc<Tables>,
     stats: BuildStats,
+    /// What of the remotes' state the tables refused.
+    admission: AdmissionLog,
+    /// Since when a policy recompile for remote identities has been put off within a burst.
+    policy_pending: Option<Instant>,
 }
+
+/// The longest a policy recompile for remote identities waits while a burst is still queued.
+const POLICY_DEFERRAL: Duration = Duration::from_secs(1);
 
 impl SnapshotBuilder {
     pub fn new(spec: NodeSpec) -> Self {
@@ -56,7 +69,25 @@ impl SnapshotBuilder {
             next_service_id: 1,
             current,
             stats: BuildStats::default(),
+            admission: AdmissionLog::default(),
+            policy_pending: None,
         }
+    }
+
+    /// Reports what the tables refuse of each remote into its status on `board`.
+    pub fn with_status_board(mut self, board: StatusBoard) -> Self {
+        self.admission.set_board(board);
+        self
+    }
+
+    /// What the tables refuse of `cluster` now, per reason.
+    pub fn refused(&self, cluster: &ClusterName) -> RefusalCounts {
+        self.admission.counts(cluster)
+    }
+
+    /// `cluster`'s pod CIDRs refused for overlapping another cluster's.
+    pub fn cidr_conflicts(&self, cluster: &ClusterName) -> Vec<CidrConflict> {
+        self.admission.conflicts(cluster)
     }
 
     pub fn current(&self) -> Arc<Tables> {
@@ -78,17 +109,49 @@ impl SnapshotBuilder {
 
     /// Applies a batch; a new snapshot if it changed anything.
     pub fn apply(&mut self, changes: impl IntoIterator<Item = Change>) -> Option<Arc<Tables>> {
+        self.apply_queued(changes, false)
+    }
+
+    /// Applies a batch taken while more changes are `queued` behind it. Within such a burst, a
+    /// policy recompile that only remote identities asked for waits for the burst's end (at most
+    /// a second): meanwhile their new identities have no grants yet (denied, not
+    /// allowed), and a recompile per batch of a 100k-identity burst is not paid. A local change
+    /// (endpoints, policies) is always compiled into the same snapshot.
+    pub fn apply_queued(
+        &mut self,
+        changes: impl IntoIterator<Item = Change>,
+        queued: bool,
+    ) -> Option<Arc<Tables>> {
         let mut dirty = Dirty::default();
+        let mut local = false;
         for change in changes {
             self.stats.changes += 1;
             match change {
-                Change::Local(local) => self.sources.set_local(local, &mut dirty),
+                Change::Local(l) => {
+                    local = true;
+                    self.sources.set_local(l, &mut dirty);
+                }
                 Change::Remote(event) => self.sources.apply_remote(event, &mut dirty),
                 Change::Ports(ports) => self.set_ports(ports, &mut dirty),
             }
         }
+        if dirty.policy || self.policy_pending.is_some() {
+            let since = *self.policy_pending.get_or_insert_with(Instant::now);
+            let defer = queued && !local && since.elapsed() < POLICY_DEFERRAL;
+            dirty.policy = !defer;
+            if !defer {
+                self.policy_pending = None;
+            }
+        }
         if dirty.is_empty() {
             return None;
+        }
+        if dirty.claims {
+            let spec = &self.spec;
+            let verdicts = self
+                .sources
+                .readmit(&spec.cluster, &spec.admission, &mut dirty);
+            self.admission.record_cidrs(&self.sources, &verdicts);
         }
         let mut tables = Tables::clone(&self.current);
         self.update_ipcache(&mut tables, &dirty);
@@ -96,10 +159,12 @@ impl SnapshotBuilder {
         self.update_endpoints(&mut tables, &dirty.pods);
         for name in &dirty.services {
             self.update_service(&mut tables, name);
+            self.admission.record_service(&self.sources, name);
         }
         if dirty.policy {
             self.update_policy(&mut tables);
         }
+        self.admission.publish();
         self.current = Arc::new(tables);
         self.stats.snapshots += 1;
         Some(self.current.clone())
@@ -119,6 +184,9 @@ impl SnapshotBuilder {
 
     fn update_ipcache(&mut self, tables: &mut Tables, dirty: &Dirty) {
         for prefix in &dirty.prefixes {
+            if prefix.mapped_len() == 128 {
+                self.admission.record_endpoint(&self.sources, prefix.addr());
+            }
             match ipcache::desired(&self.sources, &self.spec, prefix) {
                 Some(entry) if tables.ipcache.get(prefix) == Some(&entry) => {}
                 Some(entry) => {
@@ -267,28 +335,46 @@ impl SnapshotBuilder {
         }
     }
 
-    /// Compiles every local policy against every identity of the mesh; on error the old policy stays.
+    /// Compiles every local policy against every identity of the mesh. It fails closed: what cannot
+    /// be enforced as written denies the endpoints it selects (see [`compile_policies`]), and each
+    /// refusal is logged when it first appears.
     fn update_policy(&mut self, tables: &mut Tables) {
-        let rules: Vec<PolicyRule> = self
-            .sources
-            .local
-            .local
+        let local = &self.sources.local.local;
+        let names: Vec<String> = local.policies.keys().map(ToString::to_string).collect();
+        let policies: Vec<PolicySource<'_>> = local
             .policies
             .values()
-            .flat_map(|p| p.rules.iter().cloned())
+            .zip(&names)
+            .map(|(p, name)| PolicySource {
+                name,
+                rules: &p.rules,
+                refused: p.refused.as_deref(),
+            })
             .collect();
         let limits = &self.spec.policy_limits;
-        match compile(
-            &rules,
+        let policy = compile_policies(
+            &policies,
             &self.sources.identities,
             self.spec.cluster_id,
             limits,
-        ) {
-            Ok(policy) => tables.policy = policy,
-            Err(err) => {
-                self.stats.policy_refused += 1;
-                tracing::warn!(%err, "policy refused: the previous one stays");
+        );
+        for refusal in policy.refusals() {
+            let known = tables.policy.refusals().iter().any(|r| {
+                (&r.policy, &r.why, &r.endpoints)
+                    == (&refusal.policy, &refusal.why, &refusal.endpoints)
+            });
+            if !known {
+                tracing::warn!(
+                    policy = %refusal.policy,
+                    why = %refusal.why,
+                    endpoints = refusal.endpoints.len(),
+                    ingress = refusal.ingress,
+                    egress = refusal.egress,
+                    "policy refused: the endpoints it selects are denied"
+                );
             }
         }
+        self.stats.policy_refused = policy.refusals().len() as u64;
+        tables.policy = policy;
     }
 }

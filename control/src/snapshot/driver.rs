@@ -1,7 +1,15 @@
-//! The builder as a tokio task: waits for a change, takes everything else already queued (up to a
-//! batch limit) so that a burst becomes one snapshot, and hands each snapshot to the sink.
+//! The builder's loop: waits for a change, takes everything else already queued (up to a batch
+//! limit) so that a burst becomes one snapshot, and hands each snapshot to the sink.
+//!
+//! It runs on a thread of its own ([`spawn_builder`]), never on the runtime of the agent's control
+//! tasks: applying a batch is CPU work (a full policy recompile against every identity of the mesh
+//! among it) that would hold up the status socket and the remote clusters' keepalives. The bounded
+//! input channels are the back-pressure: while the builder works, remote watchers wait to hand over
+//! their events, and bursts pile up into bigger batches. Within a burst of remote identities the
+//! policy recompile itself is coalesced too (see [`SnapshotBuilder::apply_queued`]).
 
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -76,9 +84,31 @@ pub async fn run_builder(
                 None => break,
             }
         }
-        if let Some(tables) = builder.apply(batch) {
+        let queued = !changes.is_empty() || !remote.is_empty();
+        if let Some(tables) = builder.apply_queued(batch, queued) {
             sink.publish_batch(tables, taken);
         }
     }
     builder
+}
+
+/// The builder on a thread of its own (named `meshpath-builder`), off the caller's runtime; joining
+/// the handle returns the builder once cancelled or once both inputs are closed.
+pub fn spawn_builder(
+    builder: SnapshotBuilder,
+    changes: mpsc::Receiver<Change>,
+    remote: mpsc::Receiver<RemoteEvent>,
+    sink: impl SnapshotSink + 'static,
+    cancel: CancellationToken,
+    max_batch: usize,
+) -> std::io::Result<JoinHandle<SnapshotBuilder>> {
+    // Its own runtime, for this thread only: it waits on the channels, nothing else.
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    std::thread::Builder::new()
+        .name("meshpath-builder".into())
+        .spawn(move || {
+            runtime.block_on(run_builder(
+                builder, changes, remote, sink, cancel, max_batch,
+            ))
+        })
 }

@@ -1,6 +1,7 @@
 //! The ipcache entry a prefix should have, from every source that may claim it, in order of trust:
-//! this cluster's pods, this cluster's node pod CIDRs, then each remote cluster (by name) with its
-//! endpoints and its nodes' pod CIDRs. A remote can never take over a local address.
+//! this cluster's pods, this cluster's node pod CIDRs, then the remote clusters with their admitted
+//! endpoints and pod CIDRs ([`super::admission`]): since those never overlap another cluster's, a
+//! remote can never take over a local address, nor another remote's.
 
 use meshpath_dataplane::ipcache::{IpCacheEntry, IpPrefix};
 use meshpath_dataplane::{Addr, Identity};
@@ -56,13 +57,7 @@ fn local_cidr(sources: &Sources, spec: &NodeSpec, prefix: &IpPrefix) -> Option<I
 }
 
 fn remote_endpoint(remote: &RemoteCluster, addr: Addr) -> Option<IpCacheEntry> {
-    let endpoint = remote.state.endpoints.get(&addr)?;
-    let tunnel = endpoint.host_ip.or_else(|| {
-        // No HostIP: the node whose pod CIDR holds the address.
-        let holding = remote.cidrs.iter().filter(|(cidr, _)| cidr.contains(addr));
-        let (_, owners) = holding.max_by_key(|(cidr, _)| (cidr.mapped_len(), **cidr))?;
-        remote.state.nodes.get(owners.first()?)?.tunnel_addr()
-    })?;
+    let (endpoint, tunnel) = remote.admitted_endpoint(addr)?.ok()?;
     Some(IpCacheEntry {
         identity: endpoint.identity,
         tunnel_endpoint: Some(tunnel),
@@ -71,6 +66,9 @@ fn remote_endpoint(remote: &RemoteCluster, addr: Addr) -> Option<IpCacheEntry> {
 }
 
 fn remote_cidr(remote: &RemoteCluster, prefix: &IpPrefix) -> Option<IpCacheEntry> {
+    if !remote.admitted.contains(prefix) {
+        return None;
+    }
     let owner = remote.cidrs.get(prefix)?.first()?;
     let node = remote.state.nodes.get(owner)?;
     Some(IpCacheEntry {

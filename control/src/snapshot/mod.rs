@@ -4,17 +4,23 @@
 //! (the big tables are sharded behind `Arc`s, so one change copies one shard) and handed to a
 //! [`SnapshotSink`] as a new `Arc<Tables>`: a worker never sees a half-applied change.
 //!
-//! [`sources`] keeps what the builder knows and marks what a change touches; [`ipcache`],
-//! [`services`] and [`builder`] turn the touched keys into table entries; [`driver`] is the tokio loop.
+//! [`sources`] keeps what the builder knows and marks what a change touches; [`admission`] decides
+//! what of each remote cluster is believed; [`ipcache`], [`services`] and [`builder`] turn the
+//! touched keys into table entries; [`driver`] is the loop, on a thread of its own.
 //! A remote event costs work in proportion to what it touches; a new local state (the local source
 //! hands over whole states) is compared with the previous one map by map, in proportion to its size.
 
+pub mod admission;
 pub mod builder;
 pub mod driver;
 pub mod ipcache;
 pub mod services;
 pub mod sources;
 
+#[cfg(test)]
+mod admission_tests;
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod tests;
 
@@ -30,8 +36,9 @@ use crate::clustermesh::RemoteEvent;
 use crate::local::ObjectRef;
 use crate::resolve::ResolvedLocal;
 
+pub use admission::AdmissionRules;
 pub use builder::{BuildStats, SnapshotBuilder};
-pub use driver::{run_builder, SnapshotSink};
+pub use driver::{run_builder, spawn_builder, SnapshotSink};
 
 /// The pods attached to this node: their port and MAC. The agent fills it as it wires pods up.
 pub type PodPorts = BTreeMap<ObjectRef, (PortId, [u8; 6])>;
@@ -50,6 +57,8 @@ pub struct NodeSpec {
     /// falls below this. 0.0 is Cilium's behaviour: only when no local backend is ready.
     pub local_affinity_threshold: f64,
     pub policy_limits: PolicyLimits,
+    /// What a remote's pod CIDRs must be to be admitted.
+    pub admission: AdmissionRules,
 }
 
 /// One input change.

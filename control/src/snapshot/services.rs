@@ -1,6 +1,7 @@
 //! Service load balancing entries: a local service's frontends (ClusterIP × port) with backends from
 //! its EndpointSlices and, for a global service, from every remote cluster's service of the same
-//! namespace and name, chosen by the service's affinity.
+//! namespace and name (only backends that are that cluster's admitted endpoints), chosen by the
+//! service's affinity.
 //!
 //! Backend states follow Kubernetes: ready and not terminating → Active; terminating → Terminating
 //! (keeps its flows, takes no new ones); not ready → Unhealthy. Remote clusters export only ready
@@ -112,6 +113,7 @@ fn remote_backends(
             b.port_name == port.name
                 && b.protocol == port.protocol
                 && b.addr.is_ipv4() == family.is_ipv4()
+                && remote.admits_backend(b.addr)
         });
         let backends = matching.map(|b| Backend {
             addr: b.addr,

@@ -8,12 +8,15 @@ use meshpath_dataplane::ipcache::IpPrefix;
 use meshpath_dataplane::policy::{IdentityLabels, Labels};
 use meshpath_dataplane::{Addr, ClusterId};
 
+use super::admission::last;
 use crate::cluster_name::ClusterName;
 use crate::clustermesh::RemoteEvent;
 use crate::kvstore::LabelSet;
 use crate::local::{LocalNode, ObjectRef};
 use crate::resolve::{local_node_addr, parse_cidr, ResolvedLocal};
-use crate::state::{Cidr, ClusterState, Entry, EntryKey, NodeInfo, ServiceName, StateEvent};
+use crate::state::{
+    Cidr, ClusterState, EndpointInfo, Entry, EntryKey, NodeInfo, ServiceName, StateEvent,
+};
 
 /// The table keys a batch of changes touched.
 #[derive(Debug, Default)]
@@ -23,6 +26,8 @@ pub struct Dirty {
     pub nodes: HashSet<Addr>,
     pub services: BTreeSet<ServiceName>,
     pub policy: bool,
+    /// A pod CIDR of some cluster came or went: every remote claim is weighed again.
+    pub claims: bool,
 }
 
 impl Dirty {
@@ -32,19 +37,33 @@ impl Dirty {
             && self.nodes.is_empty()
             && self.services.is_empty()
             && !self.policy
+            && !self.claims
     }
 }
 
-/// One remote cluster: its state as its watcher emitted it, and its pod CIDRs by prefix.
+/// One remote cluster: its state as its watcher emitted it, indexed for admission.
 #[derive(Debug, Default)]
 pub struct RemoteCluster {
     pub state: ClusterState,
     /// Pod CIDR → the nodes claiming it; the first by name owns it.
     pub cidrs: HashMap<IpPrefix, BTreeSet<String>>,
+    /// When each pod CIDR was first claimed, in the order of every cluster's claims.
+    pub claimed_at: HashMap<IpPrefix, u64>,
+    /// The pod CIDRs admitted, and their mapped lengths (to find the one holding an address).
+    pub admitted: HashSet<IpPrefix>,
+    pub admitted_lens: BTreeSet<u8>,
     /// Learned from its nodes or identities; tags its service backends.
     pub id: Option<ClusterId>,
     /// Endpoints without a HostIP: their tunnel endpoint is the node whose pod CIDR holds them.
     pub orphans: HashSet<Addr>,
+    /// Every endpoint address, in order: those inside a prefix are a range.
+    pub endpoint_addrs: BTreeSet<Addr>,
+    /// Endpoints by their HostIP.
+    pub by_host: HashMap<Addr, HashSet<Addr>>,
+    /// Every address of every node, and how many nodes have it.
+    pub node_addrs: HashMap<Addr, usize>,
+    /// The services that list an address as a backend (their names shared, not copied per backend).
+    pub backends_of: HashMap<Addr, Vec<Arc<ServiceName>>>,
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +75,8 @@ pub struct Sources {
     pub remotes: BTreeMap<ClusterName, RemoteCluster>,
     /// Every identity of the mesh with its labels: what policy compiles against.
     pub identities: IdentityLabels,
+    /// The order remote pod CIDR claims arrive in.
+    next_claim: u64,
 }
 
 pub fn cidr_prefix(cidr: &Cidr) -> Option<IpPrefix> {
@@ -104,6 +125,7 @@ impl Sources {
         pods.extend(changed_keys(&old.pods, &new.pods));
         let changed_nodes: BTreeSet<String> =
             changed_keys(&o.nodes, &n.nodes).into_iter().collect();
+        dirty.claims |= !changed_nodes.is_empty();
         for state in [o, n] {
             for name in &changed_nodes {
                 if let Some(node) = state.nodes.get(name) {
@@ -182,24 +204,19 @@ impl Sources {
         let remote = self.remotes.entry(event.cluster).or_default();
         match event.event {
             StateEvent::Upsert(Entry::Endpoint(e)) => {
-                dirty.prefixes.insert(IpPrefix::host(e.ip));
-                if e.host_ip.is_none() {
-                    remote.orphans.insert(e.ip);
-                } else {
-                    remote.orphans.remove(&e.ip);
-                }
+                remote.forget_endpoint(e.ip, dirty);
+                remote.learn_endpoint(&e, dirty);
                 remote.state.upsert(Entry::Endpoint(e));
             }
             StateEvent::Delete(EntryKey::Endpoint(ip)) => {
-                dirty.prefixes.insert(IpPrefix::host(ip));
-                remote.orphans.remove(&ip);
+                remote.forget_endpoint(ip, dirty);
                 remote.state.remove(&EntryKey::Endpoint(ip));
             }
             StateEvent::Upsert(Entry::Node(node)) => {
                 if let Some(old) = remote.state.nodes.remove(&node.name) {
                     remote.forget_node(&old, dirty);
                 }
-                remote.learn_node(&node, dirty);
+                remote.learn_node(&node, &mut self.next_claim, dirty);
                 remote.state.upsert(Entry::Node(node));
             }
             StateEvent::Delete(EntryKey::Node(name)) => {
@@ -218,10 +235,19 @@ impl Sources {
                 dirty.policy = true;
             }
             StateEvent::Upsert(Entry::Service(s)) => {
+                remote.forget_backends(&s.name);
                 dirty.services.insert(s.name.clone());
+                let name = Arc::new(s.name.clone());
+                for backend in &s.backends {
+                    let services = remote.backends_of.entry(backend.addr).or_default();
+                    if !services.contains(&name) {
+                        services.push(name.clone());
+                    }
+                }
                 remote.state.upsert(Entry::Service(s));
             }
             StateEvent::Delete(EntryKey::Service(name)) => {
+                remote.forget_backends(&name);
                 remote.state.remove(&EntryKey::Service(name.clone()));
                 dirty.services.insert(name);
             }
@@ -231,6 +257,58 @@ impl Sources {
 }
 
 impl RemoteCluster {
+    /// Marks the ipcache entry of the endpoint at `addr` and the services it backs.
+    pub fn touch_endpoint(&self, addr: Addr, dirty: &mut Dirty) {
+        dirty.prefixes.insert(IpPrefix::host(addr));
+        if let Some(services) = self.backends_of.get(&addr) {
+            dirty
+                .services
+                .extend(services.iter().map(|s| ServiceName::clone(s)));
+        }
+    }
+
+    fn learn_endpoint(&mut self, e: &EndpointInfo, dirty: &mut Dirty) {
+        self.touch_endpoint(e.ip, dirty);
+        self.endpoint_addrs.insert(e.ip);
+        match e.host_ip {
+            None => {
+                self.orphans.insert(e.ip);
+            }
+            Some(host) => {
+                self.by_host.entry(host).or_default().insert(e.ip);
+            }
+        }
+    }
+
+    fn forget_endpoint(&mut self, ip: Addr, dirty: &mut Dirty) {
+        self.touch_endpoint(ip, dirty);
+        self.orphans.remove(&ip);
+        self.endpoint_addrs.remove(&ip);
+        let host = self.state.endpoints.get(&ip).and_then(|e| e.host_ip);
+        if let Some(host) = host {
+            if let Some(on_host) = self.by_host.get_mut(&host) {
+                on_host.remove(&ip);
+                if on_host.is_empty() {
+                    self.by_host.remove(&host);
+                }
+            }
+        }
+    }
+
+    fn forget_backends(&mut self, name: &ServiceName) {
+        let Some(old) = self.state.services.get(name) else {
+            return;
+        };
+        for backend in &old.backends {
+            if let Some(services) = self.backends_of.get_mut(&backend.addr) {
+                services.retain(|s| **s != *name);
+                if services.is_empty() {
+                    self.backends_of.remove(&backend.addr);
+                }
+            }
+        }
+    }
+
     /// Marks `prefix` and the endpoints without HostIP it holds.
     fn touch_cidr(&self, prefix: IpPrefix, dirty: &mut Dirty) {
         dirty.prefixes.insert(prefix);
@@ -238,15 +316,33 @@ impl RemoteCluster {
         dirty.prefixes.extend(held.map(|a| IpPrefix::host(*a)));
     }
 
-    fn learn_node(&mut self, node: &NodeInfo, dirty: &mut Dirty) {
+    /// Marks the endpoints whose HostIP is one of `node`'s addresses: whether it is a node changed.
+    fn touch_hosted(&self, node: &NodeInfo, dirty: &mut Dirty) {
+        for (_, addr) in &node.addresses {
+            for ip in self.by_host.get(addr).into_iter().flatten() {
+                self.touch_endpoint(*ip, dirty);
+            }
+        }
+    }
+
+    fn learn_node(&mut self, node: &NodeInfo, next_claim: &mut u64, dirty: &mut Dirty) {
         for prefix in node.pod_cidrs.iter().filter_map(cidr_prefix) {
             self.touch_cidr(prefix, dirty);
             self.cidrs
                 .entry(prefix)
                 .or_default()
                 .insert(node.name.clone());
+            self.claimed_at.entry(prefix).or_insert_with(|| {
+                *next_claim += 1;
+                *next_claim
+            });
         }
+        for (_, addr) in &node.addresses {
+            *self.node_addrs.entry(*addr).or_default() += 1;
+        }
+        self.touch_hosted(node, dirty);
         dirty.nodes.extend(node.tunnel_addr());
+        dirty.claims = true;
     }
 
     fn forget_node(&mut self, node: &NodeInfo, dirty: &mut Dirty) {
@@ -256,10 +352,42 @@ impl RemoteCluster {
                 nodes.remove(&node.name);
                 if nodes.is_empty() {
                     self.cidrs.remove(&prefix);
+                    self.claimed_at.remove(&prefix);
                 }
             }
         }
+        for (_, addr) in &node.addresses {
+            if let Some(n) = self.node_addrs.get_mut(addr) {
+                *n -= 1;
+                if *n == 0 {
+                    self.node_addrs.remove(addr);
+                }
+            }
+        }
+        self.touch_hosted(node, dirty);
         dirty.nodes.extend(node.tunnel_addr());
+        dirty.claims = true;
+    }
+
+    /// Takes the newly weighed admitted pod CIDRs; marks the prefixes whose admission changed and
+    /// every endpoint inside them.
+    pub fn set_admitted(&mut self, now: BTreeSet<IpPrefix>, dirty: &mut Dirty) {
+        let changed: Vec<IpPrefix> = self
+            .admitted
+            .iter()
+            .filter(|p| !now.contains(*p))
+            .chain(now.iter().filter(|p| !self.admitted.contains(*p)))
+            .copied()
+            .collect();
+        for prefix in &changed {
+            dirty.prefixes.insert(*prefix);
+            let inside = self.endpoint_addrs.range(prefix.addr()..=last(prefix));
+            for ip in inside.filter(|ip| prefix.contains(**ip)) {
+                self.touch_endpoint(*ip, dirty);
+            }
+        }
+        self.admitted_lens = now.iter().map(IpPrefix::mapped_len).collect();
+        self.admitted = now.into_iter().collect();
     }
 
     /// The cluster id as its nodes or identities tell it; its services are rebuilt when it changes.

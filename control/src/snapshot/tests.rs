@@ -27,35 +27,35 @@ use crate::resolve::{MemoryAllocator, ResolvedLocal, Resolver};
 use crate::state::*;
 
 const UPLINK: PortId = PortId(0);
-const X_WING_PORT: PortId = PortId(1);
-const REBEL_PORT: PortId = PortId(2);
+pub(super) const X_WING_PORT: PortId = PortId(1);
+pub(super) const REBEL_PORT: PortId = PortId(2);
 const GATEWAY_MAC: [u8; 6] = [2, 0xaa, 0, 0, 0, 1];
-const VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 255, 10);
-const X_WING: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 10);
-const REBEL_C1: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 11);
-const REBEL_C2: Ipv4Addr = Ipv4Addr::new(100, 65, 1, 10);
-const NODE_C2: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+pub(super) const VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 255, 10);
+pub(super) const X_WING: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 10);
+pub(super) const REBEL_C1: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 11);
+pub(super) const REBEL_C2: Ipv4Addr = Ipv4Addr::new(100, 65, 1, 10);
+pub(super) const NODE_C2: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 
-fn obj(name: &str) -> ObjectRef {
+pub(super) fn obj(name: &str) -> ObjectRef {
     ObjectRef {
         namespace: "default".into(),
         name: name.into(),
     }
 }
 
-fn c1() -> ClusterId {
+pub(super) fn c1() -> ClusterId {
     ClusterId::new(1).unwrap()
 }
 
-fn c2_name() -> crate::ClusterName {
+pub(super) fn c2_name() -> crate::ClusterName {
     crate::ClusterName::new("cluster2").unwrap()
 }
 
-fn mac(last: u8) -> [u8; 6] {
+pub(super) fn mac(last: u8) -> [u8; 6] {
     [2, 0, 0, 1, 1, last]
 }
 
-fn spec() -> NodeSpec {
+pub(super) fn spec() -> NodeSpec {
     NodeSpec {
         cluster: crate::ClusterName::new("cluster1").unwrap(),
         cluster_id: c1(),
@@ -83,6 +83,7 @@ fn spec() -> NodeSpec {
         ]),
         local_affinity_threshold: 0.0,
         policy_limits: Default::default(),
+        admission: Default::default(),
     }
 }
 
@@ -124,11 +125,12 @@ fn x_wing_policy() -> LocalPolicy {
                 to_ports: vec![],
             }]),
         }],
+        refused: None,
     }
 }
 
 /// Cluster1: node n1 with x-wing and a rebel-base behind the global service `rebel-base`.
-fn local_state(rebel_ready: bool, affinity: Affinity) -> LocalState {
+pub(super) fn local_state(rebel_ready: bool, affinity: Affinity) -> LocalState {
     let mut local = LocalState::default();
     local.nodes.insert(
         "n1".into(),
@@ -178,13 +180,13 @@ fn local_state(rebel_ready: bool, affinity: Affinity) -> LocalState {
     local
 }
 
-async fn resolve(local: LocalState) -> Arc<ResolvedLocal> {
+pub(super) async fn resolve(local: LocalState) -> Arc<ResolvedLocal> {
     let name = crate::ClusterName::new("cluster1").unwrap();
     let mut resolver = Resolver::new(name, c1(), MemoryAllocator::new(c1()));
     Arc::new(resolver.resolve(Arc::new(local)).await.unwrap())
 }
 
-fn remote(event: StateEvent) -> Change {
+pub(super) fn remote(event: StateEvent) -> Change {
     Change::Remote(RemoteEvent {
         cluster: c2_name(),
         event,
@@ -192,7 +194,7 @@ fn remote(event: StateEvent) -> Change {
 }
 
 /// Cluster2 as its watcher emits it: one node, its rebel-base and the shared service.
-fn cluster2() -> Vec<Change> {
+pub(super) fn cluster2() -> Vec<Change> {
     let id = Identity::new(0x2_0100).unwrap();
     let labels = LabelSet::parse(
         "k8s:io.cilium.k8s.policy.cluster=cluster2;k8s:io.kubernetes.pod.namespace=default;k8s:name=rebel-base;",
@@ -244,7 +246,7 @@ fn cluster2() -> Vec<Change> {
     .collect()
 }
 
-fn worker() -> WorkerState {
+pub(super) fn worker() -> WorkerState {
     WorkerState::new(ConntrackConfig {
         capacity: 1024,
         timeouts: Timeouts::default(),
@@ -252,7 +254,13 @@ fn worker() -> WorkerState {
     })
 }
 
-fn syn(src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+pub(super) fn syn(
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(src_mac, GATEWAY_MAC)
         .ipv4(src.octets(), dst.octets(), 64)
@@ -264,7 +272,12 @@ fn syn(src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -
 }
 
 /// The verdict, and the outer destination address when the frame leaves tunnelled.
-fn run(t: &Tables, s: &mut WorkerState, port: PortId, bytes: &[u8]) -> (Verdict, Option<Ipv4Addr>) {
+pub(super) fn run(
+    t: &Tables,
+    s: &mut WorkerState,
+    port: PortId,
+    bytes: &[u8],
+) -> (Verdict, Option<Ipv4Addr>) {
     let mut buf = vec![0u8; HEADROOM + bytes.len() + 64];
     buf[HEADROOM..][..bytes.len()].copy_from_slice(bytes);
     let mut frame = Frame::new(&mut buf, HEADROOM, bytes.len(), port).unwrap();
@@ -277,7 +290,12 @@ fn run(t: &Tables, s: &mut WorkerState, port: PortId, bytes: &[u8]) -> (Verdict,
     (verdict, dst)
 }
 
-fn x_wing_to(t: &Tables, dst: Ipv4Addr, dport: u16, sport: u16) -> (Verdict, Option<Ipv4Addr>) {
+pub(super) fn x_wing_to(
+    t: &Tables,
+    dst: Ipv4Addr,
+    dport: u16,
+    sport: u16,
+) -> (Verdict, Option<Ipv4Addr>) {
     run(
         t,
         &mut worker(),
@@ -286,7 +304,7 @@ fn x_wing_to(t: &Tables, dst: Ipv4Addr, dport: u16, sport: u16) -> (Verdict, Opt
     )
 }
 
-async fn built(rebel_ready: bool, affinity: Affinity) -> SnapshotBuilder {
+pub(super) async fn built(rebel_ready: bool, affinity: Affinity) -> SnapshotBuilder {
     let mut builder = SnapshotBuilder::new(spec());
     let mut changes = vec![Change::Local(
         resolve(local_state(rebel_ready, affinity)).await,
@@ -312,10 +330,10 @@ async fn x_wing_reaches_the_cluster2_rebel_base_and_not_the_cluster1_one() {
         x_wing_to(&t, REBEL_C1, 8080, 40001).0,
         Verdict::Drop(DropReason::PolicyDenied)
     );
-    assert_eq!(builder.stats().policy_refused, 0);
+    assert!(builder.current().policy.refusals().is_empty());
 }
 
-fn states(t: &Tables) -> Vec<(Ipv4Addr, BackendState)> {
+pub(super) fn states(t: &Tables) -> Vec<(Ipv4Addr, BackendState)> {
     let frontend = Frontend {
         addr: VIP.into(),
         port: 80,
@@ -489,8 +507,24 @@ fn one_endpoint_change_shares_the_rest_of_a_100k_table() {
         namespace: "default".into(),
         pod_name: format!("p{i}"),
     };
+    // The 100k addresses run from 100.65.0.0 into 100.66.134.159: two /16s of node n1.
+    let node = NodeInfo {
+        name: "n1".into(),
+        cluster_id: ClusterId::new(2).unwrap(),
+        addresses: vec![(NodeAddressKind::Internal, NODE_C2.into())],
+        pod_cidrs: [65, 66]
+            .map(|b| Cidr {
+                addr: Ipv4Addr::new(100, b, 0, 0).into(),
+                prefix_len: 16,
+            })
+            .to_vec(),
+        health_ips: vec![],
+        encryption_key: 0,
+        wireguard_pub_key: None,
+    };
     let all = (0..100_000).map(|i| remote(StateEvent::Upsert(Entry::Endpoint(endpoint(i, 300)))));
-    let before = builder.apply(all).unwrap();
+    let node = remote(StateEvent::Upsert(Entry::Node(node)));
+    let before = builder.apply(std::iter::once(node).chain(all)).unwrap();
     let after = builder
         .apply([remote(StateEvent::Upsert(Entry::Endpoint(endpoint(
             7, 301,
@@ -828,6 +862,9 @@ proptest! {
         let probes: Vec<Addr> = (2u8..4).flat_map(|c| (0u8..3).map(move |n| node_addr(c, n))).collect();
         let fresh = reference.rebuild();
         prop_assert_eq!(digest(&builder.current(), &probes), digest(&fresh.current(), &probes));
+        for c in 2u8..4 {
+            prop_assert_eq!(builder.refused(&cluster_name(c)), fresh.refused(&cluster_name(c)));
+        }
         let _ = IpPrefix::host(X_WING.into());
     }
 }
@@ -865,4 +902,56 @@ async fn the_driver_coalesces_a_burst_and_stops_when_inputs_close() {
     assert_eq!(builder.stats().snapshots, 1, "one burst, one snapshot");
     assert_eq!(swap.load().endpoints.len(), 2);
     assert!(swap.load().ipcache.lookup(REBEL_C2.into()).is_some());
+}
+
+/// A sink that holds the builder inside `publish` until told to go on: a build that takes forever.
+struct StuckSink {
+    entered: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+}
+
+impl SnapshotSink for StuckSink {
+    fn publish(&mut self, _: Arc<Tables>) {
+        let _ = self.entered.send(());
+        let _ = self.release.recv();
+    }
+}
+
+/// While a build runs, the runtime that feeds the builder (the agent's, with the status socket and
+/// the remotes' keepalives) still runs its tasks: the builder has a thread of its own.
+#[test]
+fn a_build_never_holds_up_the_runtime_that_feeds_the_builder() {
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let feeder = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let (rtx, rrx) = tokio::sync::mpsc::channel(16);
+            let sink = StuckSink {
+                entered: entered_tx,
+                release: release_rx,
+            };
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let builder =
+                spawn_builder(SnapshotBuilder::new(spec()), rx, rrx, sink, cancel, 1024).unwrap();
+            let mut ports = spec().ports;
+            ports.remove(&obj("rebel-base"));
+            tx.send(Change::Ports(ports)).await.unwrap();
+            // The builder is now stuck in its build; this runtime must still run a task.
+            let status = tokio::spawn(async { "answered" });
+            let _ = done_tx.send(status.await.unwrap());
+            drop((tx, rtx));
+            builder
+        })
+    });
+    let deadline = std::time::Duration::from_secs(30);
+    entered.recv_timeout(deadline).expect("the build started");
+    assert_eq!(done.recv_timeout(deadline), Ok("answered"));
+    release.send(()).unwrap();
+    let builder = feeder.join().unwrap();
+    assert_eq!(builder.join().unwrap().stats().snapshots, 1);
 }

@@ -179,6 +179,19 @@ impl ClusterState {
         }
     }
 
+    /// A copy of the entry at `key`.
+    pub fn get(&self, key: &EntryKey) -> Option<Entry> {
+        match key {
+            EntryKey::Node(name) => self.nodes.get(name).cloned().map(Entry::Node),
+            EntryKey::Endpoint(ip) => self.endpoints.get(ip).cloned().map(Entry::Endpoint),
+            EntryKey::Identity(id) => self
+                .identities
+                .get(id)
+                .map(|labels| Entry::Identity(*id, labels.clone())),
+            EntryKey::Service(name) => self.services.get(name).cloned().map(Entry::Service),
+        }
+    }
+
     pub fn contains(&self, key: &EntryKey) -> bool {
         match key {
             EntryKey::Node(name) => self.nodes.contains_key(name),

@@ -114,8 +114,7 @@ fn tables(cluster: u8, local: &[(PortId, Pod)], remote: &[Pod], rules: &[PolicyR
         &identities,
         ClusterId::new(cluster).unwrap(),
         &Default::default(),
-    )
-    .unwrap();
+    );
     t
 }
 
@@ -862,8 +861,7 @@ fn a_direct_flow_reusing_a_service_flows_port_still_faces_policy() {
         .collect(),
         ClusterId::new(1).unwrap(),
         &Default::default(),
-    )
-    .unwrap();
+    );
     t.policy = policy;
     let direct = tcp(&x_wing(), rebel_c1().ip, 40000, 8080, true);
     assert_eq!(

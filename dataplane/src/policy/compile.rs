@@ -1,7 +1,13 @@
 //! Compiles rules against the identity table into per-endpoint lookup tables. Runs in the control
 //! plane when rules or identities change; the result goes into the next snapshot.
+//!
+//! Compilation fails closed and never as a whole: a rule that cannot be compiled (a bad port range,
+//! more rules than the bound), a policy the control plane could not translate, and an endpoint whose
+//! merged policy passes the entry bound all deny the endpoints concerned in the directions concerned,
+//! whatever other rules allow them. Each such refusal is recorded in the table
+//! ([`PolicyTable::refusals`]) with the policy's name, why, and the endpoints it denies.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -10,7 +16,9 @@ use crate::{ClusterId, Identity};
 
 use super::rule::{DirectionRule, Entity, Peer, PolicyRule};
 use super::selector::Labels;
-use super::table::{DirectionPolicy, EndpointPolicy, EnforcedPolicy, PeerGrant, PolicyTable};
+use super::table::{
+    DirectionPolicy, EndpointPolicy, EnforcedPolicy, PeerGrant, PolicyRefusal, PolicyTable,
+};
 
 /// Every identity the mesh knows, of all clusters, with its labels.
 pub type IdentityLabels = BTreeMap<Identity, Labels>;
@@ -50,10 +58,28 @@ pub enum PolicyError {
     },
 }
 
+/// One policy as the compiler reads it: a name for its refusals, and its rules. A policy the control
+/// plane refused (`refused`: why) keeps only what its rules select and the directions they cover:
+/// those endpoints are denied there.
+#[derive(Clone, Copy, Debug)]
+pub struct PolicySource<'a> {
+    pub name: &'a str,
+    pub rules: &'a [PolicyRule],
+    pub refused: Option<&'a str>,
+}
+
 /// What one rule contributes to each direction of the endpoints it selects.
 struct Compiled {
     ingress: Option<EnforcedPolicy>,
     egress: Option<EnforcedPolicy>,
+}
+
+/// One rule, and what became of it.
+struct Flat<'a> {
+    policy: usize,
+    rule: &'a PolicyRule,
+    /// `Err`: the rule denies what it selects, for this reason (index into the refusal reasons).
+    compiled: Result<Compiled, usize>,
 }
 
 /// The policy of every local endpoint identity (those `local` allocated) under `rules`.
@@ -62,90 +88,204 @@ pub fn compile(
     identities: &IdentityLabels,
     local: ClusterId,
     limits: &PolicyLimits,
-) -> Result<PolicyTable, PolicyError> {
-    if rules.len() > limits.max_rules {
-        return Err(PolicyError::TooManyRules {
-            count: rules.len(),
-            max: limits.max_rules,
-        });
-    }
-    let resolver = Resolver::new(identities, local);
-    let compiled: Vec<Compiled> = rules
-        .iter()
-        .enumerate()
-        .map(|(i, rule)| {
-            Ok(Compiled {
-                ingress: rule
-                    .ingress
-                    .as_deref()
-                    .map(|r| resolver.direction(i, r))
-                    .transpose()?,
-                egress: rule
-                    .egress
-                    .as_deref()
-                    .map(|r| resolver.direction(i, r))
-                    .transpose()?,
-            })
-        })
-        .collect::<Result<_, PolicyError>>()?;
+) -> PolicyTable {
+    let source = PolicySource {
+        name: "rules",
+        rules,
+        refused: None,
+    };
+    compile_policies(&[source], identities, local, limits)
+}
 
-    let mut shared: FxHashMap<Vec<usize>, Arc<EndpointPolicy>> = FxHashMap::default();
+/// The policy of every local endpoint identity under `policies`, failing closed (see the module).
+pub fn compile_policies(
+    policies: &[PolicySource<'_>],
+    identities: &IdentityLabels,
+    local: ClusterId,
+    limits: &PolicyLimits,
+) -> PolicyTable {
+    let resolver = Resolver::new(identities, local);
+    let mut refusals = Refusals::default();
+    let count: usize = policies.iter().map(|p| p.rules.len()).sum();
+    let too_many = (count > limits.max_rules).then(|| {
+        let why = PolicyError::TooManyRules {
+            count,
+            max: limits.max_rules,
+        };
+        why.to_string()
+    });
+    let mut flat = Vec::with_capacity(count);
+    for (policy, source) in policies.iter().enumerate() {
+        for rule in source.rules {
+            let index = flat.len();
+            let compiled = match (source.refused, too_many.as_deref()) {
+                (Some(why), _) | (None, Some(why)) => Err(refusals.reason(policy, why)),
+                (None, None) => resolver
+                    .rule(index, rule)
+                    .map_err(|e| refusals.reason(policy, &e.to_string())),
+            };
+            flat.push(Flat {
+                policy,
+                rule,
+                compiled,
+            });
+        }
+    }
+    let mut shared: FxHashMap<Vec<usize>, Merged> = FxHashMap::default();
     let mut table = PolicyTable::default();
-    for (endpoint, labels) in identities
+    let local_ids = identities
         .iter()
-        .filter(|(id, _)| id.cluster() == Some(local))
-    {
-        let selecting: Vec<usize> = (0..rules.len())
-            .filter(|i| {
-                rules
-                    .get(*i)
-                    .is_some_and(|r| r.endpoint_selector.matches(labels))
-            })
+        .filter(|(id, _)| id.cluster() == Some(local));
+    for (endpoint, labels) in local_ids {
+        let selecting: Vec<usize> = (0..flat.len())
+            .filter(|i| flat[*i].rule.endpoint_selector.matches(labels))
             .collect();
         if selecting.is_empty() {
             continue;
         }
-        let policy = match shared.get(&selecting) {
-            Some(policy) => policy.clone(),
-            None => {
-                let policy = Arc::new(merge(&selecting, &compiled, *endpoint, limits)?);
-                shared.insert(selecting, policy.clone());
-                policy
-            }
-        };
-        table.by_endpoint.insert(*endpoint, policy);
+        let merged = shared
+            .entry(selecting.clone())
+            .or_insert_with(|| merge(&selecting, &flat, limits, policies));
+        for too_big in &merged.too_big {
+            refusals.too_big(too_big, *endpoint);
+        }
+        refusals.deny(*endpoint, &selecting, &flat);
+        table.by_endpoint.insert(*endpoint, merged.policy.clone());
     }
-    Ok(table)
+    table.refusals = Arc::from(refusals.into_records(policies));
+    table
+}
+
+/// A direction of a rule: its compiled grants, and whether the rule covers it at all.
+type Part = fn(&Compiled) -> Option<&EnforcedPolicy>;
+
+/// A direction whose merged policy passed the entry bound: the policies merged, why, which direction.
+struct TooBig {
+    policies: String,
+    why: String,
+    ingress: bool,
+}
+
+/// The policy endpoints selected by the same rules share, and what passed the bound in it.
+struct Merged {
+    policy: Arc<EndpointPolicy>,
+    too_big: Vec<TooBig>,
 }
 
 fn merge(
     selecting: &[usize],
-    compiled: &[Compiled],
-    endpoint: Identity,
+    flat: &[Flat<'_>],
     limits: &PolicyLimits,
-) -> Result<EndpointPolicy, PolicyError> {
-    let rules = || selecting.iter().filter_map(|i| compiled.get(*i));
-    let direction = |part: fn(&Compiled) -> Option<&EnforcedPolicy>| {
-        let mut merged: Option<EnforcedPolicy> = None;
-        for grant in rules().filter_map(part) {
-            merged
-                .get_or_insert_with(EnforcedPolicy::default)
-                .union(grant);
+    policies: &[PolicySource<'_>],
+) -> Merged {
+    let mut too_big = Vec::new();
+    let mut direction = |covers: fn(&PolicyRule) -> bool, part: Part, ingress: bool| {
+        let rules = || selecting.iter().map(|i| &flat[*i]);
+        let covering = || rules().filter(|f| covers(f.rule));
+        if covering().next().is_none() {
+            return DirectionPolicy::AllowAll;
         }
-        match merged {
-            None => Ok(DirectionPolicy::AllowAll),
-            Some(p) if p.entries() > limits.max_entries => Err(PolicyError::TooManyEntries {
-                endpoint,
-                entries: p.entries(),
-                max: limits.max_entries,
-            }),
-            Some(p) => Ok(DirectionPolicy::Enforced(p)),
+        if covering().any(|f| f.compiled.is_err()) {
+            return DirectionPolicy::Enforced(EnforcedPolicy::default());
         }
+        let mut merged = EnforcedPolicy::default();
+        for grant in rules().filter_map(|f| f.compiled.as_ref().ok().and_then(part)) {
+            merged.union(grant);
+        }
+        if merged.entries() > limits.max_entries {
+            let names: BTreeSet<&str> = covering().map(|f| policies[f.policy].name).collect();
+            too_big.push(TooBig {
+                policies: names.into_iter().collect::<Vec<_>>().join(", "),
+                why: format!(
+                    "{} policy entries for one endpoint, at most {}",
+                    merged.entries(),
+                    limits.max_entries
+                ),
+                ingress,
+            });
+            return DirectionPolicy::Enforced(EnforcedPolicy::default());
+        }
+        DirectionPolicy::Enforced(merged)
     };
-    Ok(EndpointPolicy {
-        ingress: direction(|c| c.ingress.as_ref())?,
-        egress: direction(|c| c.egress.as_ref())?,
-    })
+    let policy = EndpointPolicy {
+        ingress: direction(|r| r.ingress.is_some(), |c| c.ingress.as_ref(), true),
+        egress: direction(|r| r.egress.is_some(), |c| c.egress.as_ref(), false),
+    };
+    Merged {
+        policy: Arc::new(policy),
+        too_big,
+    }
+}
+
+/// The refusals of one compilation, gathered as endpoints are compiled.
+#[derive(Default)]
+struct Refusals {
+    /// (policy, why) of each refused rule's reason, by index.
+    reasons: Vec<(usize, String)>,
+    /// Per reason: the endpoints denied and the directions.
+    denied: BTreeMap<usize, (BTreeSet<Identity>, bool, bool)>,
+    /// Endpoints whose merged policy passed the bound: by (policies, why).
+    too_big: BTreeMap<(String, String), (BTreeSet<Identity>, bool, bool)>,
+}
+
+impl Refusals {
+    fn reason(&mut self, policy: usize, why: &str) -> usize {
+        let found = self
+            .reasons
+            .iter()
+            .position(|(p, w)| *p == policy && w == why);
+        found.unwrap_or_else(|| {
+            self.reasons.push((policy, why.to_owned()));
+            self.reasons.len() - 1
+        })
+    }
+
+    /// Notes the endpoint under every refused rule selecting it.
+    fn deny(&mut self, endpoint: Identity, selecting: &[usize], flat: &[Flat<'_>]) {
+        for f in selecting.iter().map(|i| &flat[*i]) {
+            if let Err(reason) = f.compiled {
+                let entry = self.denied.entry(reason).or_default();
+                entry.0.insert(endpoint);
+                entry.1 |= f.rule.ingress.is_some();
+                entry.2 |= f.rule.egress.is_some();
+            }
+        }
+    }
+
+    fn too_big(&mut self, too_big: &TooBig, endpoint: Identity) {
+        let key = (too_big.policies.clone(), too_big.why.clone());
+        let entry = self.too_big.entry(key).or_default();
+        entry.0.insert(endpoint);
+        if too_big.ingress {
+            entry.1 = true;
+        } else {
+            entry.2 = true;
+        }
+    }
+
+    fn into_records(mut self, policies: &[PolicySource<'_>]) -> Vec<PolicyRefusal> {
+        let mut out: Vec<PolicyRefusal> = Vec::new();
+        for (index, (policy, why)) in self.reasons.iter().enumerate() {
+            let (endpoints, ingress, egress) = self.denied.remove(&index).unwrap_or_default();
+            out.push(PolicyRefusal {
+                policy: policies[*policy].name.to_owned(),
+                why: why.clone(),
+                endpoints: endpoints.into_iter().collect(),
+                ingress,
+                egress,
+            });
+        }
+        for ((policy, why), (endpoints, ingress, egress)) in self.too_big {
+            out.push(PolicyRefusal {
+                policy,
+                why,
+                endpoints: endpoints.into_iter().collect(),
+                ingress,
+                egress,
+            });
+        }
+        out
+    }
 }
 
 /// Turns peer sets into identity sets.
@@ -192,6 +332,22 @@ impl<'a> Resolver<'a> {
                     .collect(),
             ),
         }
+    }
+
+    /// Both directions of rule `index`.
+    fn rule(&self, index: usize, rule: &PolicyRule) -> Result<Compiled, PolicyError> {
+        Ok(Compiled {
+            ingress: rule
+                .ingress
+                .as_deref()
+                .map(|r| self.direction(index, r))
+                .transpose()?,
+            egress: rule
+                .egress
+                .as_deref()
+                .map(|r| self.direction(index, r))
+                .transpose()?,
+        })
     }
 
     /// The grants of one direction of rule `index`.
@@ -297,7 +453,7 @@ mod tests {
     }
 
     fn build(rules: &[PolicyRule]) -> PolicyTable {
-        compile(rules, &identities(), c(1), &PolicyLimits::default()).unwrap()
+        compile(rules, &identities(), c(1), &PolicyLimits::default())
     }
 
     #[test]
@@ -387,25 +543,98 @@ mod tests {
         );
         let l3 = build(&[ingress(web(), vec![])]);
         assert!(l3.allows_ingress(db, w, ICMP, 0) && l3.allows_ingress(db, w, 132, 9));
+    }
+
+    /// A rule that cannot be compiled denies what it selects, in the directions it covers, whatever
+    /// other rules allow; everything else compiles as before.
+    #[test]
+    fn a_rule_that_cannot_be_compiled_denies_what_it_selects() {
+        let (db, web) = (id(1, 2), id(1, 3));
         let bad = PortRule {
             protocol: Protocol::Tcp,
             port: 90,
             end_port: Some(80),
         };
-        let err = compile(
-            &[ingress(web(), vec![bad])],
-            &identities(),
-            c(1),
-            &PolicyLimits::default(),
+        let allow_web = ingress(
+            vec![Peer::Endpoints(name("web"))],
+            vec![PortRule::new(Protocol::Tcp, 5432)],
+        );
+        let broken = ingress(vec![Peer::Endpoints(name("web"))], vec![bad]);
+        let web_policy = PolicyRule {
+            endpoint_selector: name("web"),
+            ingress: Some(vec![IngressRule {
+                from: vec![],
+                to_ports: vec![PortRule::new(Protocol::Tcp, 80)],
+            }]),
+            egress: None,
+        };
+        let table = build(&[allow_web, broken, web_policy]);
+        assert!(
+            !table.allows_ingress(db, web, TCP, 5432),
+            "db's ingress is denied, even what another rule allows"
+        );
+        assert!(
+            table.allows_egress(db, web, TCP, 80),
+            "egress is not covered"
+        );
+        assert!(
+            table.allows_ingress(web, db, TCP, 80),
+            "web is not selected"
         );
         assert_eq!(
-            err.unwrap_err(),
-            PolicyError::InvalidPortRange {
-                rule: 0,
-                port: 90,
-                end_port: 80
-            }
+            table.refusals(),
+            [PolicyRefusal {
+                policy: "rules".into(),
+                why: "policy rule 1: port range 90-80 ends before it starts".into(),
+                endpoints: vec![db],
+                ingress: true,
+                egress: false,
+            }]
         );
+        assert_eq!(table.refusals_of(db).count(), 1);
+        assert_eq!(table.refusals_of(web).count(), 0);
+    }
+
+    /// A policy the control plane could not translate denies what it selects.
+    #[test]
+    fn a_refused_policy_denies_what_it_selects_whatever_else_allows() {
+        let (db, web) = (id(1, 2), id(1, 3));
+        let allow_all = [ingress(vec![Peer::Entity(Entity::All)], vec![])];
+        let refused = [PolicyRule {
+            endpoint_selector: name("db"),
+            ingress: None,
+            egress: Some(vec![]),
+        }];
+        let sources = [
+            PolicySource {
+                name: "CiliumNetworkPolicy default/open",
+                rules: &allow_all,
+                refused: None,
+            },
+            PolicySource {
+                name: "CiliumNetworkPolicy default/cidr",
+                rules: &refused,
+                refused: Some("`fromCIDR` is not supported"),
+            },
+        ];
+        let table = compile_policies(&sources, &identities(), c(1), &PolicyLimits::default());
+        assert!(
+            table.allows_ingress(db, web, TCP, 1),
+            "ingress is not covered"
+        );
+        assert!(!table.allows_egress(db, web, TCP, 1), "egress is denied");
+        assert!(!table.allows_egress(db, Identity::WORLD, ICMP, 0));
+        assert!(table.allows_egress(web, db, TCP, 1));
+        let refusal = &table.refusals()[0];
+        assert_eq!(
+            (refusal.policy.as_str(), refusal.why.as_str()),
+            (
+                "CiliumNetworkPolicy default/cidr",
+                "`fromCIDR` is not supported"
+            )
+        );
+        assert_eq!(refusal.endpoints, [db]);
+        assert!(refusal.egress && !refusal.ingress);
     }
 
     #[test]
@@ -449,24 +678,31 @@ mod tests {
             max_rules: 1,
             max_entries: 3,
         };
+        // Past the rule bound, every rule is refused: every endpoint a rule selects is denied.
         let too_many = compile(&[rule.clone(), rule.clone()], &identities(), c(1), &limits);
-        assert_eq!(
-            too_many.unwrap_err(),
-            PolicyError::TooManyRules { count: 2, max: 1 }
-        );
+        let (db, web) = (id(1, 2), id(1, 3));
+        assert!(!too_many.allows_ingress(db, web, TCP, 1));
+        assert!(too_many.allows_egress(db, web, TCP, 1));
+        assert_eq!(too_many.refusals()[0].why, "2 policy rules, at most 1");
+        assert_eq!(too_many.refusals()[0].endpoints, [db]);
+        // Past the entry bound, the endpoint's direction is denied rather than cut short.
         let entries = compile(std::slice::from_ref(&rule), &identities(), c(1), &limits);
+        assert!(!entries.allows_ingress(db, web, TCP, 1));
         assert_eq!(
-            entries.unwrap_err(),
-            PolicyError::TooManyEntries {
-                endpoint: id(1, 2),
-                entries: 6,
-                max: 3
-            }
+            entries.refusals(),
+            [PolicyRefusal {
+                policy: "rules".into(),
+                why: "6 policy entries for one endpoint, at most 3".into(),
+                endpoints: vec![db],
+                ingress: true,
+                egress: false,
+            }]
         );
         let mut ids = identities();
         ids.insert(id(1, 9), pod(1, "db"));
-        let table = compile(&[rule], &ids, c(1), &PolicyLimits::default()).unwrap();
+        let table = compile(&[rule], &ids, c(1), &PolicyLimits::default());
         assert_eq!((table.len(), table.distinct_policies()), (2, 1));
+        assert!(table.refusals().is_empty());
         let sel = LabelSelector::all()
             .with_expression("name", Operator::In(vec!["db".into(), "web".into()]));
         let deny = PolicyRule {
@@ -475,9 +711,7 @@ mod tests {
             egress: None,
         };
         assert_eq!(
-            compile(&[deny], &ids, c(1), &PolicyLimits::default())
-                .unwrap()
-                .len(),
+            compile(&[deny], &ids, c(1), &PolicyLimits::default()).len(),
             3
         );
     }
@@ -633,7 +867,7 @@ mod tests {
     proptest! {
         #[test]
         fn compiled_agrees_with_the_rules(rules in prop::collection::vec(arb_rule(), 0..5), ids in arb_identities()) {
-            let table = compile(&rules, &ids, c(1), &PolicyLimits::default()).unwrap();
+            let table = compile(&rules, &ids, c(1), &PolicyLimits::default());
             for (e, p, pr, po) in probes(&ids) {
                 let (el, pl) = (&ids[&e], ids.get(&p));
                 let want_in = naive(&rules, |r| r.ingress.as_deref(), el, (p, pl), (pr, po));
@@ -650,10 +884,10 @@ mod tests {
             extra in arb_rule(),
             ids in arb_identities(),
         ) {
-            let before = compile(&rules, &ids, c(1), &PolicyLimits::default()).unwrap();
+            let before = compile(&rules, &ids, c(1), &PolicyLimits::default());
             let mut more = rules.clone();
             more.push(extra);
-            let after = compile(&more, &ids, c(1), &PolicyLimits::default()).unwrap();
+            let after = compile(&more, &ids, c(1), &PolicyLimits::default());
             for (e, p, pr, po) in probes(&ids) {
                 let (b, a) = (before.policy(e), after.policy(e));
                 // Only a direction that was already enforced keeps every allow; a newly enforced one
@@ -701,7 +935,7 @@ mod tests {
             })
             .collect();
         let start = Instant::now();
-        let table = compile(&rules, &ids, c(1), &PolicyLimits::default()).unwrap();
+        let table = compile(&rules, &ids, c(1), &PolicyLimits::default());
         let compile_ms = start.elapsed().as_millis();
         let endpoints: Vec<Identity> = ids
             .keys()

@@ -11,9 +11,13 @@ pub mod rule;
 pub mod selector;
 pub mod table;
 
-pub use compile::{compile, IdentityLabels, PolicyError, PolicyLimits};
+pub use compile::{
+    compile, compile_policies, IdentityLabels, PolicyError, PolicyLimits, PolicySource,
+};
 pub use rule::{
     DirectionRule, EgressRule, Entity, IngressRule, Peer, PolicyRule, PortRule, Protocol,
 };
 pub use selector::{LabelExpression, LabelSelector, Labels, Operator, CLUSTER_LABEL};
-pub use table::{DirectionPolicy, EndpointPolicy, EnforcedPolicy, PeerGrant, PolicyTable, PortSet};
+pub use table::{
+    DirectionPolicy, EndpointPolicy, EnforcedPolicy, PeerGrant, PolicyRefusal, PolicyTable, PortSet,
+};

@@ -160,10 +160,24 @@ impl EndpointPolicy {
 
 static ALLOW_ALL: EndpointPolicy = EndpointPolicy::ALLOW_ALL;
 
+/// A policy, or part of one, that could not be enforced as written: the endpoints it selects are
+/// denied in the directions it covers. Read by the CLI and metrics, never by the packet path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRefusal {
+    /// The policy's name (several, comma-separated, when their merged grants were too many).
+    pub policy: String,
+    pub why: String,
+    /// The local endpoint identities denied because of it.
+    pub endpoints: Vec<Identity>,
+    pub ingress: bool,
+    pub egress: bool,
+}
+
 /// Local endpoint identity → its policy; endpoints with the same selecting rules share one policy.
 #[derive(Clone, Debug, Default)]
 pub struct PolicyTable {
     pub(crate) by_endpoint: KeyedMap<Identity, Arc<EndpointPolicy>>,
+    pub(crate) refusals: Arc<[PolicyRefusal]>,
 }
 
 impl PolicyTable {
@@ -198,6 +212,18 @@ impl PolicyTable {
         self.policy(endpoint)
             .egress
             .allows(peer, ip_proto, dst_port)
+    }
+
+    /// What could not be enforced as written, and whom it denies.
+    pub fn refusals(&self) -> &[PolicyRefusal] {
+        &self.refusals
+    }
+
+    /// The refusals that deny `endpoint`.
+    pub fn refusals_of(&self, endpoint: Identity) -> impl Iterator<Item = &PolicyRefusal> {
+        self.refusals
+            .iter()
+            .filter(move |r| r.endpoints.contains(&endpoint))
     }
 
     /// Endpoint identities with a compiled policy.

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use etcd_client::{Client, Txn, TxnOp};
 use meshpath_control::kvstore::{ClusterConfig, Key, Kind, LabelSet};
 use meshpath_control::local::{
-    LocalNode, LocalPod, LocalService, LocalServicePort, LocalState, ObjectRef,
+    LocalNode, LocalPod, LocalPolicy, LocalService, LocalServicePort, LocalState, ObjectRef,
+    PolicyKind, PolicyRef,
 };
 use meshpath_control::resolve::{MemoryAllocator, ResolvedLocal, Resolver};
 use meshpath_control::snapshot::NodeSpec;
@@ -17,6 +18,7 @@ use meshpath_control::state::{
 };
 use meshpath_control::ClusterName;
 use meshpath_dataplane::gateway::Gateway;
+use meshpath_dataplane::policy::{IngressRule, LabelSelector, Peer, PolicyLimits, PolicyRule};
 use meshpath_dataplane::route::{RoutingMode, Underlay};
 use meshpath_dataplane::snapshot::{Capacities, NodeConfig};
 use meshpath_dataplane::tunnel::TunnelProtocol;
@@ -31,6 +33,7 @@ const CHANGED_PODS: u32 = 0x0ac8_0000; // 10.200.0.0
 const LOCAL_VIPS: u32 = 0x0a60_0000; // 10.96.0.0
 
 pub struct Shape {
+    pub policy_rules: u32,
     pub endpoints: u32,
     pub services: u32,
     pub backends: u32,
@@ -84,14 +87,19 @@ fn identity_kv(shape: &Shape, k: u32) -> anyhow::Result<(String, Vec<u8>)> {
     ))
 }
 
-fn node_kv(n: u32) -> anyhow::Result<(String, Vec<u8>)> {
+/// Node `n`'s pod CIDR; the node after the last holds the timed changes' pods.
+fn node_kv(shape: &Shape, n: u32) -> anyhow::Result<(String, Vec<u8>)> {
     let name = c2_name()?;
+    let pods = match n == shape.nodes {
+        true => CHANGED_PODS,
+        false => REMOTE_PODS + n * PER_NODE,
+    };
     let node = NodeInfo {
         name: format!("node-{n}"),
         cluster_id: c2(),
         addresses: vec![(NodeAddressKind::Internal, node_addr(n))],
         pod_cidrs: vec![Cidr {
-            addr: Addr::from_v4_bits(REMOTE_PODS + n * PER_NODE),
+            addr: Addr::from_v4_bits(pods),
             prefix_len: 22,
         }],
         health_ips: vec![],
@@ -140,11 +148,11 @@ fn service_kv(shape: &Shape, j: u32) -> anyhow::Result<(String, Vec<u8>)> {
     Ok((key.to_string(), json(&service.to_kvstore(&name, c2()))?))
 }
 
-fn announce_kvs() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let name = c2_name()?;
+fn announce_kvs(cluster: u8) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let name = ClusterName::new(&format!("cluster{cluster}"))?;
     let mut kvs = vec![(
         Key::ClusterConfig(name.clone()).to_string(),
-        json(&ClusterConfig::new(2))?,
+        json(&ClusterConfig::new(cluster.into()))?,
     )];
     for kind in Kind::ALL {
         let key = Key::SyncCanary {
@@ -185,15 +193,43 @@ async fn write_each(
 /// The remote cluster in Cilium's layout, the cluster-config and canaries last.
 pub async fn write_remote(client: &mut Client, shape: &Shape) -> anyhow::Result<()> {
     write_each(client, shape.identities, |k| identity_kv(shape, k)).await?;
-    write_each(client, shape.nodes, node_kv).await?;
+    write_each(client, shape.nodes + 1, |n| node_kv(shape, n)).await?;
     write_each(client, shape.endpoints, |i| endpoint_kv(shape, i)).await?;
     write_each(client, shape.services, |j| service_kv(shape, j)).await?;
-    put_all(client, &announce_kvs()?).await
+    put_all(client, &announce_kvs(2)?).await
 }
 
-/// The `i`th timed change: a new endpoint on node 0.
+/// A remote cluster with nothing but its cluster-config and canaries.
+pub async fn announce(client: &mut Client, cluster: u8) -> anyhow::Result<()> {
+    put_all(client, &announce_kvs(cluster)?).await
+}
+
+/// The first identity of `cluster`'s share of the burst: past cluster2's own identities.
+fn burst_base(cluster: u8) -> u32 {
+    (u32::from(cluster) << 16) + if cluster == 2 { 0x1000 } else { 256 }
+}
+
+/// `share` new identities of `cluster`, every one labelled `burst=yes`.
+pub async fn write_burst(client: &mut Client, cluster: u8, share: u32) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        burst_base(cluster) + share <= (u32::from(cluster) << 16) + 0xffff,
+        "{share} identities do not fit cluster{cluster}'s range"
+    );
+    write_each(client, share, |k| {
+        let id = Identity::new(burst_base(cluster) + k)
+            .ok_or_else(|| anyhow::anyhow!("identity out of range"))?;
+        let labels = format!(
+            "k8s:app=burst-{k};k8s:burst=yes;k8s:io.cilium.k8s.policy.cluster=cluster{cluster};k8s:io.kubernetes.pod.namespace=bench;"
+        );
+        Ok((Key::Identity(id).to_string(), labels.into_bytes()))
+    })
+    .await
+}
+
+/// The `i`th timed change: a new endpoint on the node after the last (at most 1024 of them).
 pub fn change(shape: &Shape, i: u32) -> anyhow::Result<(String, Vec<u8>, Addr)> {
-    let ep = endpoint(shape, CHANGED_PODS + i, 0)?;
+    anyhow::ensure!(i < PER_NODE, "at most {PER_NODE} timed changes");
+    let ep = endpoint(shape, CHANGED_PODS + i, shape.nodes)?;
     Ok((
         Key::Endpoint(ep.ip.ip()).to_string(),
         json(&ep.to_kvstore())?,
@@ -201,9 +237,9 @@ pub fn change(shape: &Shape, i: u32) -> anyhow::Result<(String, Vec<u8>, Addr)> 
     ))
 }
 
-/// Local pod, local node CIDR, remote endpoints and remote node CIDRs.
+/// Local pod, local node CIDR, remote endpoints and remote node CIDRs (the changes' node's too).
 pub fn expected_ipcache(shape: &Shape) -> usize {
-    2 + shape.endpoints as usize + shape.nodes as usize
+    2 + shape.endpoints as usize + shape.nodes as usize + 1
 }
 
 fn obj(name: &str) -> ObjectRef {
@@ -239,7 +275,35 @@ pub fn spec() -> NodeSpec {
         capacities: Capacities::default(),
         ports: BTreeMap::from([(obj("client"), (PortId(1), [2, 0, 0, 1, 1, 10]))]),
         local_affinity_threshold: 0.0,
-        policy_limits: Default::default(),
+        // The burst's identities are all peers of the client's ingress policy.
+        policy_limits: PolicyLimits {
+            max_entries: 1 << 20,
+            ..PolicyLimits::default()
+        },
+        admission: Default::default(),
+    }
+}
+
+/// The client admits every identity labelled `burst=yes`, and `rules - 1` more rules each admit
+/// one app: policy is compiled against every identity, once per rule.
+fn client_policy(rules: u32) -> LocalPolicy {
+    let admit = |key: &str, value: &str| PolicyRule {
+        endpoint_selector: LabelSelector::all().with_label("app", "client"),
+        ingress: Some(vec![IngressRule {
+            from: vec![Peer::Endpoints(LabelSelector::all().with_label(key, value))],
+            to_ports: vec![],
+        }]),
+        egress: None,
+    };
+    let mut all = vec![admit("burst", "yes")];
+    all.extend((1..rules).map(|i| admit("app", &format!("app-{i}"))));
+    LocalPolicy {
+        policy: PolicyRef {
+            kind: PolicyKind::CiliumNetworkPolicy,
+            policy: obj("client-ingress"),
+        },
+        rules: all,
+        refused: None,
     }
 }
 
@@ -286,6 +350,8 @@ pub async fn local(shape: &Shape) -> anyhow::Result<Arc<ResolvedLocal>> {
             },
         );
     }
+    let policy = client_policy(shape.policy_rules);
+    state.policies.insert(policy.policy.clone(), policy);
     let mut resolver = Resolver::new(
         ClusterName::new("cluster1")?,
         c1(),

@@ -1,9 +1,12 @@
 //! `meshpath-perf sync`: the control plane at scale against a real etcd. A remote cluster of 100k
 //! endpoints and 10k services is written to a local etcd; then the remote watcher and the snapshot
-//! builder run as the agent runs them, and the benchmark measures the time from connecting to a complete
-//! dataplane snapshot, the latency from a put in the remote etcd to the snapshot that holds it, and the
-//! process's RSS at that size.
+//! builder run as the agent runs them (on a runtime of one worker thread), and the benchmark measures
+//! the time from connecting to a complete dataplane snapshot, the latency from a put in the remote
+//! etcd to the snapshot that holds it, and the process's RSS at that size. Then a second remote joins
+//! and both push a burst of 100k identities ([`burst`]): how long a status-like request and an etcd
+//! lease keepalive wait on the agent's runtime meanwhile.
 
+mod burst;
 mod cluster;
 mod etcd;
 
@@ -13,9 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use meshpath_control::clustermesh::{config, spawn_remote, MeshStatus, RemoteOptions, StatusBoard};
-use meshpath_control::snapshot::{run_builder, Change, SnapshotBuilder};
+use meshpath_control::snapshot::{spawn_builder, Change, SnapshotBuilder};
 use meshpath_control::state::ClusterState;
 use meshpath_control::ClusterName;
+use meshpath_dataplane::ipcache::IpPrefix;
 use meshpath_dataplane::snapshot::Tables;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -26,6 +30,8 @@ use crate::report::{against_ceiling, Report};
 const TARGET_SYNC_S: f64 = 2.0;
 const TARGET_P99_MS: f64 = 50.0;
 const TARGET_RSS_MIB: f64 = 200.0;
+/// Neither a status answer nor a keepalive may wait longer during the burst.
+const TARGET_BURST_DELAY_MS: f64 = 100.0;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,6 +50,12 @@ pub struct Args {
     changes: u32,
     #[arg(long, default_value = "/usr/bin/etcd")]
     etcd: String,
+    /// Rules of the local policy compiled against every identity of the mesh.
+    #[arg(long, default_value_t = 50)]
+    policy_rules: u32,
+    /// Identities the two remotes push at once at the end.
+    #[arg(long, default_value_t = 100_000)]
+    burst_identities: u32,
 }
 
 #[derive(Serialize)]
@@ -67,6 +79,17 @@ pub struct SyncReport {
     services: usize,
     endpoints: u32,
     remote_services: u32,
+    burst_identities: u32,
+    /// From the burst's first put to the snapshot whose policy holds every burst identity.
+    burst_absorb_s: f64,
+    /// A status-like request every 10 ms on the agent's runtime during the burst.
+    status_latency_ms: burst::Percentiles,
+    /// The longest an etcd lease keepalive left the agent after its tick, during the burst.
+    keepalive_delay_ms: f64,
+    /// The longest from a keepalive's tick to etcd's answer (etcd takes the burst's writes too).
+    keepalive_answer_ms: f64,
+    status_requests: u64,
+    keepalives: u64,
 }
 
 impl Report for SyncReport {
@@ -99,13 +122,33 @@ impl Report for SyncReport {
                 "snapshot: {} ipcache entries, {} services, {} snapshots built",
                 self.ipcache_entries, self.services, self.snapshots
             ),
+            format!(
+                "burst: {} identities from two remotes, absorbed in {:.2} s",
+                self.burst_identities, self.burst_absorb_s
+            ),
+            format!(
+                "status latency p50 {:>6.2} ms   p99 {:.2} ms  max {:.2} ms   max {}",
+                self.status_latency_ms.p50,
+                self.status_latency_ms.p99,
+                self.status_latency_ms.max,
+                against_ceiling(self.status_latency_ms.max, TARGET_BURST_DELAY_MS)
+            ),
+            format!(
+                "keepalive delay max {:>6.2} ms   {}  (answered within {:.2} ms; {} keepalives, {} status requests)",
+                self.keepalive_delay_ms,
+                against_ceiling(self.keepalive_delay_ms, TARGET_BURST_DELAY_MS),
+                self.keepalive_answer_ms,
+                self.keepalives,
+                self.status_requests
+            ),
         ]
     }
 }
 
 pub fn run(args: &Args) -> anyhow::Result<SyncReport> {
+    // The agent's runtime: one worker thread for every control task.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()?;
     runtime.block_on(run_async(args))
@@ -141,6 +184,7 @@ async fn until(
 
 async fn run_async(args: &Args) -> anyhow::Result<SyncReport> {
     let shape = cluster::Shape {
+        policy_rules: args.policy_rules.max(1),
         endpoints: args.endpoints,
         services: args.services,
         backends: args.backends,
@@ -148,27 +192,27 @@ async fn run_async(args: &Args) -> anyhow::Result<SyncReport> {
         nodes: args.nodes,
     };
     let server = etcd::Server::start(&args.etcd).await?;
+    let server3 = etcd::Server::start(&args.etcd).await?;
     let mut client = server.client().await?;
     let written = Instant::now();
     cluster::write_remote(&mut client, &shape).await?;
     let write_s = written.elapsed().as_secs_f64();
 
-    let builder = SnapshotBuilder::new(cluster::spec());
+    let (board_tx, board) = watch::channel(MeshStatus::new());
+    let board_tx: StatusBoard = Arc::new(board_tx);
+    let builder = SnapshotBuilder::new(cluster::spec()).with_status_board(board_tx.clone());
     let (sink, mut snapshots) = watch::channel(builder.current());
     let (changes, changes_rx) = mpsc::channel(16);
     let (events, events_rx) = mpsc::channel(65_536);
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(run_builder(
-        builder,
-        changes_rx,
-        events_rx,
-        sink,
-        cancel.clone(),
-        8192,
-    ));
-    changes
-        .send(Change::Local(cluster::local(&shape).await?))
-        .await?;
+    let task = spawn_builder(builder, changes_rx, events_rx, sink, cancel.clone(), 8192)?;
+    let local = cluster::local(&shape).await?;
+    let client_identity = *local
+        .pods
+        .values()
+        .next()
+        .context("the local client has no identity")?;
+    changes.send(Change::Local(local)).await?;
     until(
         &mut snapshots,
         "the local state",
@@ -187,15 +231,14 @@ async fn run_async(args: &Args) -> anyhow::Result<SyncReport> {
         local_id: meshpath_dataplane::ClusterId::new(1),
         ..RemoteOptions::default()
     };
-    let board: StatusBoard = Arc::new(watch::channel(MeshStatus::new()).0);
     let rss_before_remote_mib = rss_mib()?;
     let start = Instant::now();
     let remote = spawn_remote(
         remote_config,
-        options,
+        options.clone(),
         ClusterState::default(),
-        events,
-        board,
+        events.clone(),
+        board_tx.clone(),
         cancel.clone(),
     );
     let expected = cluster::expected_ipcache(&shape);
@@ -219,16 +262,54 @@ async fn run_async(args: &Args) -> anyhow::Result<SyncReport> {
         let (key, value, addr) = cluster::change(&shape, i)?;
         let put = Instant::now();
         client.put(key, value, None).await?;
+        let host = IpPrefix::host(addr);
         until(&mut snapshots, "the change", Duration::from_secs(30), |t| {
-            t.ipcache.lookup(addr).is_some()
+            t.ipcache.get(&host).is_some()
         })
         .await?;
         histogram.record(put.elapsed().as_micros().max(1) as u64)?;
     }
     let last = snapshots.borrow().clone();
+    let rss_synced = rss.max(rss_mib()?);
+
+    let mut client3 = server3.client().await?;
+    cluster::announce(&mut client3, 3).await?;
+    let file3 = server3.dir.path().join("cluster3");
+    std::fs::write(
+        &file3,
+        format!("endpoints:\n- {}\ninsecure: true\n", server3.url),
+    )?;
+    let config3 = config::load_file(&ClusterName::new("cluster3")?, &file3)?;
+    let remote3 = spawn_remote(
+        config3,
+        options,
+        ClusterState::default(),
+        events,
+        board_tx,
+        cancel.clone(),
+    );
+    let mut ready = board.clone();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        ready.wait_for(|b| b.len() == 2 && b.values().all(|r| r.ready)),
+    )
+    .await
+    .context("cluster3 not ready within 30 s")??;
+    let burst = burst::run(burst::Burst {
+        identities: args.burst_identities,
+        remotes: vec![(server.client().await?, 2), (client3, 3)],
+        lease_etcd: server.client().await?,
+        board,
+        snapshots: &mut snapshots,
+        client: client_identity,
+    })
+    .await?;
     cancel.cancel();
     remote.stop().await;
-    let builder = task.await?;
+    remote3.stop().await;
+    let builder = tokio::task::spawn_blocking(move || task.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the builder's thread panicked"))?;
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Ok(SyncReport {
         full_sync_s,
@@ -237,7 +318,7 @@ async fn run_async(args: &Args) -> anyhow::Result<SyncReport> {
             p99: ms(0.99),
             max: histogram.max() as f64 / 1000.0,
         },
-        rss_mib: rss.max(rss_mib()?),
+        rss_mib: rss_synced,
         rss_before_remote_mib,
         write_s,
         snapshots: builder.stats().snapshots,
@@ -245,5 +326,12 @@ async fn run_async(args: &Args) -> anyhow::Result<SyncReport> {
         services: last.services.len(),
         endpoints: args.endpoints,
         remote_services: args.services,
+        burst_identities: burst.identities,
+        burst_absorb_s: burst.absorb_s,
+        status_latency_ms: burst.status_latency_ms,
+        keepalive_delay_ms: burst.keepalive_delay_ms,
+        keepalive_answer_ms: burst.keepalive_answer_ms,
+        status_requests: burst.status_requests,
+        keepalives: burst.keepalives,
     })
 }
