@@ -265,8 +265,8 @@ fn forward_through_afxdp(tag: &str, busy_poll: bool) -> WorkerStats {
         "the cross-connect owns no uplink traffic"
     );
     assert!(
-        uplink_verdicts.pass >= 4,
-        "pings (and ARP) were passed to the kernel: {uplink_verdicts:?}"
+        uplink_verdicts.pass >= 3,
+        "two pings and the peer's ARP request were passed to the kernel: {uplink_verdicts:?}"
     );
     drop(attachments);
     stats

@@ -16,10 +16,10 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use meshpath_control::clustermesh::config::load_file;
-use meshpath_control::clustermesh::RemoteEvent;
-use meshpath_control::kvstore::{Key, KeyError, LabelSet, Origin, Record};
+use meshpath_control::clustermesh::{decode_remote_entry, RemoteEvent, RemoteLimits};
+use meshpath_control::kvstore::{Key, LabelSet, Origin};
 use meshpath_control::snapshot::{Change, NodeSpec, SnapshotBuilder};
-use meshpath_control::state::{ClusterState, Entry, StateEvent};
+use meshpath_control::state::{ClusterState, StateEvent};
 use meshpath_control::ClusterName;
 use meshpath_dataplane::gateway::Gateway;
 use meshpath_dataplane::route::{RoutingMode, Underlay};
@@ -95,7 +95,8 @@ fn remote_etcd(data: &[u8]) {
         let event = if op.delete {
             deleted(op.key).map(StateEvent::Delete)
         } else {
-            decode_put(op.key, op.value, origin).map(StateEvent::Upsert)
+            decode_remote_entry(op.key, op.value, origin, &RemoteLimits::default())
+                .map(StateEvent::Upsert)
         };
         if let Some(event) = event {
             if state.apply(event.clone()) {
@@ -112,21 +113,6 @@ fn remote_etcd(data: &[u8]) {
         })
     }));
     assert_eq!(builder.stats().changes, changes);
-}
-
-/// What a watcher makes of a put: the key must be one of Cilium's, the value must agree with it and
-/// with the remote; canaries and foreign keys carry no entry.
-fn decode_put(key: &[u8], value: &[u8], origin: Origin<'_>) -> Option<Entry> {
-    let key = match Key::parse(std::str::from_utf8(key).ok()?) {
-        Ok(key) => key,
-        Err(KeyError::Foreign(_)) => return None,
-        Err(_) => return None,
-    };
-    let record = Record::decode(&key, value, origin).ok()?;
-    if let Record::SyncCanary(_) = record {
-        return None;
-    }
-    Entry::from_record(&key, record).ok().flatten()
 }
 
 fn deleted(key: &[u8]) -> Option<meshpath_control::state::EntryKey> {
@@ -218,5 +204,6 @@ fn spec() -> NodeSpec {
         ports: BTreeMap::new(),
         local_affinity_threshold: 0.0,
         policy_limits: Default::default(),
+        admission: Default::default(),
     }
 }

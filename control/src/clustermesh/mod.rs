@@ -16,4 +16,5 @@ pub use mesh::{run_clustermesh, ClusterMesh};
 pub use remote::{
     spawn_remote, IdClaims, RemoteError, RemoteEvent, RemoteHandle, RemoteOptions, StatusBoard,
 };
+pub use session::decode_remote_entry;
 pub use status::{render as render_status, CidrConflict, MeshStatus, RemoteStatus, SyncStatus};

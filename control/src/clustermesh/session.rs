@@ -315,6 +315,20 @@ enum Received {
     Foreign,
 }
 
+/// What a watcher makes of a remote's put: the entry it admits, if any (canaries, foreign keys and
+/// refusals carry none). The same checks the watcher runs, for the fuzzer of remote bytes.
+pub fn decode_remote_entry(
+    key: &[u8],
+    value: &[u8],
+    origin: Origin<'_>,
+    limits: &RemoteLimits,
+) -> Option<Entry> {
+    match decode_put(key, value, origin, limits) {
+        Ok(Received::Entry(entry)) => Some(entry),
+        _ => None,
+    }
+}
+
 /// A put under `cilium/`: an entry, a canary, nothing of ours, or a refusal naming the key and why.
 fn decode_put(
     key: &[u8],
