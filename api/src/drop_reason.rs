@@ -29,6 +29,9 @@ named_enum! {
         ForeignInnerSource => "foreign_inner_source",
         CtEndpointQuota => "ct_endpoint_quota",
         Ipv4MappedAddress => "ipv4_mapped_address",
+        SpoofedUnderlaySource => "spoofed_underlay_source",
+        NodeOffSegment => "node_off_segment",
+        NodeMacUnresolved => "node_mac_unresolved",
     }
 }
 

@@ -55,7 +55,7 @@ impl StatusSources {
                 .mesh
                 .as_ref()
                 .map(|m| convert::clustermesh(&m.borrow())),
-            nodes: self.nodes.rows(),
+            nodes: self.nodes.rows_reached(&tables),
             identities: self.identities.rows(),
             policies: super::policy::rows(&tables),
             policy_refusals: super::policy::refusals(&tables),
