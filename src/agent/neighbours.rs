@@ -305,4 +305,102 @@ mod tests {
         assert!(needs_use(entry("198.18.1.3"), false));
         assert!(!needs_use(entry("198.18.1.2"), false));
     }
+
+    /// Two namespaces joined by a veth pair, removed on drop.
+    struct Segment {
+        ours: String,
+        theirs: String,
+    }
+
+    impl Segment {
+        fn new() -> Segment {
+            let tag = format!("nb{}", std::process::id() % 100_000);
+            let segment = Segment {
+                ours: format!("{tag}-a"),
+                theirs: format!("{tag}-b"),
+            };
+            for ns in [&segment.ours, &segment.theirs] {
+                ip(&["netns", "add", ns]);
+            }
+            ip(
+                &["-n", &segment.ours, "link", "add", "uplink", "type", "veth"]
+                    .into_iter()
+                    .chain(["peer", "name", "eth0", "netns", &segment.theirs])
+                    .collect::<Vec<_>>(),
+            );
+            for (ns, dev, addr) in [
+                (&segment.ours, "uplink", "198.18.77.1/24"),
+                (&segment.theirs, "eth0", "198.18.77.2/24"),
+            ] {
+                ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+                ip(&["-n", ns, "link", "set", dev, "up"]);
+            }
+            segment
+        }
+
+        fn their_mac(&self) -> [u8; 6] {
+            let out = Command::new("ip")
+                .args(["-n", &self.theirs, "-j", "link", "show", "dev", "eth0"])
+                .output()
+                .unwrap();
+            let links: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+            let mac: crate::agent::config::Mac =
+                links[0]["address"].as_str().unwrap().parse().unwrap();
+            mac.0
+        }
+    }
+
+    impl Drop for Segment {
+        fn drop(&mut self) {
+            for ns in [&self.ours, &self.theirs] {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+
+    fn ip(args: &[&str]) {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    }
+
+    #[test]
+    fn the_kernel_resolves_the_neighbours_and_forgets_those_that_leave() {
+        if !meshpath_testkit::needs_root(
+            "the_kernel_resolves_the_neighbours_and_forgets_those_that_leave",
+        ) {
+            return;
+        }
+        let segment = Segment::new();
+        let their_mac = segment.their_mac();
+        let netns = meshpath_xdp_redirect::netns::Netns::named(&segment.ours).unwrap();
+        netns
+            .run(|| {
+                let segments = vec!["198.18.77.0/24".parse().unwrap()];
+                let mut neighbours = Neighbours::new("uplink", segments);
+                let peer: IpAddr = "198.18.77.2".parse().unwrap();
+                let elsewhere: IpAddr = "198.18.78.2".parse().unwrap();
+                let resolved = meshpath_testkit::until(
+                    "the neighbour's MAC",
+                    std::time::Duration::from_secs(10),
+                    || {
+                        let resolved = neighbours.sync(&[peer, elsewhere]).unwrap();
+                        meshpath_testkit::wait::check(resolved.pending == 0, resolved)
+                    },
+                );
+                assert!(resolved.is_ok(), "{resolved:?}");
+                let macs = neighbours.sync(&[peer, elsewhere]).unwrap().macs;
+                assert_eq!(
+                    macs,
+                    NodeMacs::from([(peer.into(), their_mac)]),
+                    "a node off the segment is not looked up"
+                );
+                assert_eq!(neighbours.sync(&[]).unwrap(), Resolved::default());
+                let table = neighbours.read().unwrap();
+                assert!(
+                    !table.contains_key(&peer),
+                    "the entry of a node gone: {table:?}"
+                );
+            })
+            .unwrap();
+    }
 }
