@@ -47,8 +47,11 @@ pub struct AgentConfig {
     pub etcd: Option<EtcdSection>,
     pub clustermesh: Option<ClusterMeshSection>,
     pub source: SourceSection,
-    /// The unix socket the operator CLI talks to.
+    /// The unix socket the operator CLI talks to (and `<status-socket>.observe` beside it). Both
+    /// are root's alone (mode 0600) unless this names a group (by name or number) whose members
+    /// may connect too (mode 0660).
     pub status_socket: PathBuf,
+    pub socket_group: Option<String>,
     /// Where Prometheus scrapes `GET /metrics`, as `address:port` (e.g. `127.0.0.1:9962`); no
     /// endpoint without it.
     pub metrics: Option<String>,
@@ -420,6 +423,8 @@ impl AgentConfig {
         if let Some(text) = &self.metrics {
             check_metrics(text)?;
         }
+        self.socket_access()
+            .map_err(|problem| ("socket-group", problem))?;
         check_host_port(&self.host_port, &self.node, &self.pods)?;
         self.masquerade
             .port_range()
@@ -443,6 +448,14 @@ impl AgentConfig {
 }
 
 impl AgentConfig {
+    /// Who may connect to the agent's sockets besides root.
+    pub fn socket_access(&self) -> Result<super::socket::Access, String> {
+        let group = self.socket_group.as_deref().map(super::socket::group_id);
+        Ok(super::socket::Access {
+            group: group.transpose()?,
+        })
+    }
+
     /// The checked `metrics` address, if one is configured.
     pub fn metrics_address(&self) -> Option<SocketAddr> {
         self.metrics.as_deref().and_then(|text| text.parse().ok())
@@ -572,6 +585,13 @@ metrics: 127.0.0.1:9962
         assert_eq!(config.masquerade.port_range(), Ok((61000, 65535)));
         let without = parse(&GOOD.replace("metrics: 127.0.0.1:9962", "")).unwrap();
         assert_eq!(without.metrics_address(), None);
+        assert_eq!(
+            without.socket_access(),
+            Ok(Default::default()),
+            "root's alone"
+        );
+        let shared = parse(&format!("{GOOD}socket-group: root\n")).unwrap();
+        assert_eq!(shared.socket_access().map(|a| a.group), Ok(Some(0)));
     }
 
     #[test]
@@ -670,6 +690,10 @@ metrics: 127.0.0.1:9962
             (
                 GOOD.replace("{yaml-dir: /etc/meshpath/state}", "{kubernetes: false}"),
                 "source",
+            ),
+            (
+                format!("{GOOD}socket-group: no-such-group-here\n"),
+                "socket-group",
             ),
         ];
         for (text, key) in cases {

@@ -22,6 +22,8 @@ mod node_sync;
 mod nodes;
 mod observe;
 mod policy;
+mod serving;
+mod socket;
 mod status;
 mod wiring;
 
@@ -90,11 +92,8 @@ fn colour_on_stderr() -> bool {
 
 async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
-    // Before any interface is touched: a taken metrics port stops the agent with nothing to undo.
-    let metrics_listener = match config.metrics_address() {
-        Some(address) => Some(metrics::bind(address).await?),
-        None => None,
-    };
+    // Before any interface is touched: a taken port stops the agent with nothing to undo.
+    let listeners = serving::Listeners::bind(&config).await?;
     let Some(dir) = config.source.yaml_dir.clone() else {
         bail!("`source.kubernetes`: the Kubernetes source is not wired into the agent yet; use `source.yaml-dir`");
     };
@@ -135,25 +134,15 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         own_addresses(&config),
         cancel.clone(),
     ));
-    if let Some(listener) = metrics_listener {
-        let sources = metrics::MetricsSources {
-            cluster: config.cluster.name.clone(),
-            node: config.node.name.clone(),
-            uplink: wiring::UPLINK,
-            counters: counters.clone(),
-            ports: stats.clone(),
-            mesh: mesh.clone(),
-            local: source.state.clone(),
-        };
-        let registry = Arc::new(metrics::registry(sources, latency));
-        let metrics_cancel = cancel.clone();
-        tasks.spawn(async move {
-            if let Err(error) = metrics::serve(listener, registry, metrics_cancel).await {
-                tracing::error!(%error, "metrics endpoint");
-            }
-        });
-        tracing::info!(address = ?config.metrics_address(), "metrics endpoint");
-    }
+    let metrics_sources = metrics::MetricsSources {
+        cluster: config.cluster.name.clone(),
+        node: config.node.name.clone(),
+        uplink: wiring::UPLINK,
+        counters: counters.clone(),
+        ports: stats.clone(),
+        mesh: mesh.clone(),
+        local: source.state.clone(),
+    };
     let names = observe::Names {
         cluster: config.cluster.name.clone(),
         node: config.node.name.clone(),
@@ -168,13 +157,6 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         hub.clone(),
         cancel.clone(),
     ));
-    let observe_socket = meshpath_api::client::observe_socket(&config.status_socket);
-    let observe_cancel = cancel.clone();
-    tasks.spawn(async move {
-        if let Err(error) = observe::serve(&observe_socket, hub, observe_cancel).await {
-            tracing::error!(%error, "observe socket");
-        }
-    });
     let sources = StatusSources {
         cluster: config.cluster.name.clone(),
         node: config.node.name.clone(),
@@ -185,13 +167,13 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         nodes,
         identities,
     };
-    let socket = config.status_socket.clone();
-    let status_cancel = cancel.clone();
-    tasks.spawn(async move {
-        if let Err(error) = status::serve(&socket, sources, status_cancel).await {
-            tracing::error!(%error, "status socket");
-        }
-    });
+    listeners.serve(
+        &mut tasks,
+        sources,
+        hub,
+        || metrics::registry(metrics_sources, latency),
+        &cancel,
+    );
     tracing::info!(node = %config.node.name, cluster = %config.cluster.name, "agent running");
     wait_for_signal().await;
     tracing::info!("stopping: the XDP programs stay attached and closed until the next agent");

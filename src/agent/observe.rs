@@ -22,12 +22,12 @@ use meshpath_control::local::LocalState;
 use meshpath_dataplane::flowlog::{Direction, FlowEvent};
 use meshpath_dataplane::snapshot::Tables;
 use meshpath_dataplane::{Addr, Identity};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::convert;
+use super::socket::{self, ConnectionError};
 
 /// Flows the agent keeps for `meshpath observe` without `--follow`.
 pub const KEEP: usize = 1024;
@@ -257,51 +257,41 @@ pub async fn collect(
     }
 }
 
-/// Serves observers until cancelled: the kept flows, then (when asked) every new one.
-pub async fn serve(path: &Path, hub: FlowHub, cancel: CancellationToken) -> anyhow::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = cancel.cancelled() => break,
-            accepted = listener.accept() => accepted?,
-        };
-        let hub = hub.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = observer(stream, hub) => {}
-            }
-        });
-    }
-    let _ = std::fs::remove_file(path);
-    Ok(())
+/// Serves observers on `listener` (bound at `path`) until cancelled: the kept flows, then (when
+/// asked) every new one.
+pub async fn serve(
+    listener: UnixListener,
+    path: &Path,
+    hub: FlowHub,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    socket::accept(listener, path, cancel, move |stream| {
+        observer(stream, hub.clone())
+    })
+    .await
 }
 
-async fn observer(stream: UnixStream, hub: FlowHub) -> anyhow::Result<()> {
+async fn observer(stream: UnixStream, hub: FlowHub) -> Result<(), ConnectionError> {
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
-    let request: ObserveRequest = serde_json::from_str(&line)?;
+    let request: ObserveRequest = socket::read_request(read).await?;
     // Subscribe first: a flow published meanwhile is then not missed (at worst printed twice).
     let mut live = hub.live.subscribe();
     for flow in hub.recent() {
-        write.write_all(&json_line(&flow)?).await?;
+        socket::write(&mut write, &json_line(&flow)?).await?;
     }
     if !request.follow {
         return Ok(());
     }
     loop {
         match live.recv().await {
-            Ok(flow) => write.write_all(&json_line(&flow)?).await?,
+            Ok(flow) => socket::write(&mut write, &json_line(&flow)?).await?,
             Err(broadcast::error::RecvError::Lagged(_)) => continue,
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
         }
     }
 }
 
-fn json_line(flow: &Flow) -> anyhow::Result<Vec<u8>> {
+fn json_line(flow: &Flow) -> Result<Vec<u8>, serde_json::Error> {
     let mut line = serde_json::to_vec(flow)?;
     line.push(b'\n');
     Ok(line)
@@ -499,7 +489,8 @@ mod tests {
     }
 
     async fn serve_owned(path: PathBuf, hub: FlowHub, cancel: CancellationToken) {
-        serve(&path, hub, cancel).await.unwrap();
+        let listener = socket::bind(&path, socket::Access::default()).unwrap();
+        serve(listener, &path, hub, cancel).await.unwrap();
     }
 
     async fn wait_for_socket(path: &Path) -> bool {

@@ -1,5 +1,5 @@
 //! The agent's status socket: one status document (`meshpath_api::AgentStatus`) per connection, then
-//! the socket closes. The document is collected on each connection from the live snapshot, the
+//! the socket closes (one task per connection, see [`super::socket`]). The document is collected on each connection from the live snapshot, the
 //! workers' copied-out counters and the control plane's directories.
 
 use std::path::Path;
@@ -14,7 +14,6 @@ use meshpath_dataplane::afxdp::StatsReader;
 use meshpath_dataplane::snapshot::Tables;
 use meshpath_dataplane::stats::{Counters, Forward};
 use meshpath_dataplane::DropReason;
-use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::convert;
 use super::identities::IdentityDirectory;
 use super::nodes::NodeDirectory;
+use super::socket;
 
 /// What the status is made of: the live snapshot and the workers' copied-out counters.
 #[derive(Clone)]
@@ -116,25 +116,74 @@ fn services(tables: &Tables) -> Vec<ServiceStatus> {
     out
 }
 
-/// Serves the status on `path` until `cancel`.
+/// Serves the status on `listener` (bound at `path`) until `cancel`.
 pub async fn serve(
+    listener: UnixListener,
     path: &Path,
     sources: StatusSources,
     cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+) -> std::io::Result<()> {
+    let sources = Arc::new(sources);
+    serve_documents(listener, path, cancel, move || {
+        Ok(serde_json::to_vec(&sources.collect())?)
+    })
+    .await
+}
+
+/// One document per connection, made by `document` off the runtime's thread (a status of 100k
+/// endpoints takes a while to collect and serialise) and written within the write deadline.
+async fn serve_documents<D>(
+    listener: UnixListener,
+    path: &Path,
+    cancel: CancellationToken,
+    document: D,
+) -> std::io::Result<()>
+where
+    D: Fn() -> anyhow::Result<Vec<u8>> + Clone + Send + Sync + 'static,
+{
+    socket::accept(listener, path, cancel, move |mut stream| {
+        let document = document.clone();
+        async move {
+            let body = tokio::task::spawn_blocking(document)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+                .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+            socket::write(&mut stream, &body).await
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::UnixStream;
+
+    /// One client that connects and never reads must not hold up the next: the old socket wrote
+    /// each answer inline, so a document bigger than the socket's buffer stopped it for everyone.
+    #[tokio::test]
+    async fn a_client_that_does_not_read_holds_up_nobody() {
+        let dir = std::env::temp_dir().join(format!("mp-status-{}", std::process::id()));
+        let path = dir.join("agent.sock");
+        let listener = socket::bind(&path, socket::Access::default()).unwrap();
+        let cancel = CancellationToken::new();
+        let big = Arc::new(vec![b' '; 8 << 20]);
+        let server = tokio::spawn({
+            let (path, cancel) = (path.clone(), cancel.clone());
+            async move { serve_documents(listener, &path, cancel, move || Ok(big.to_vec())).await }
+        });
+        let _stuck = UnixStream::connect(&path).await.unwrap();
+        let mut second = UnixStream::connect(&path).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut got))
+            .await
+            .expect("answered while the first client holds its connection")
+            .unwrap();
+        assert_eq!(got.len(), 8 << 20);
+        cancel.cancel();
+        server.await.unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    loop {
-        let (mut stream, _) = tokio::select! {
-            _ = cancel.cancelled() => break,
-            accepted = listener.accept() => accepted?,
-        };
-        let body = serde_json::to_vec(&sources.collect())?;
-        let _ = stream.write_all(&body).await;
-    }
-    let _ = std::fs::remove_file(path);
-    Ok(())
 }
