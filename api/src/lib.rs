@@ -19,6 +19,7 @@ pub mod clustermesh;
 pub mod drop_reason;
 pub mod flow;
 pub mod forward;
+pub mod health;
 pub mod identity;
 pub mod node;
 pub mod policy;

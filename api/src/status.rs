@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::clustermesh::ClusterMeshStatus;
 use crate::drop_reason::DropReason;
 use crate::forward::ForwardKind;
+use crate::health::Health;
 use crate::identity::IdentityRow;
 use crate::node::NodeRow;
 use crate::policy::EndpointPolicyRow;
@@ -33,6 +34,10 @@ pub struct AgentStatus {
     /// Each pod on this node with its compiled policy, as the workers enforce it now.
     #[serde(default)]
     pub policies: Vec<EndpointPolicyRow>,
+    /// Liveness and readiness, as the health endpoint answers them; `null` from an agent that
+    /// predates them.
+    #[serde(default)]
+    pub health: Option<Health>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +126,7 @@ mod tests {
             nodes: vec![],
             identities: vec![],
             policies: vec![],
+            health: None,
         }
     }
 

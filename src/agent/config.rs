@@ -55,6 +55,10 @@ pub struct AgentConfig {
     /// Where Prometheus scrapes `GET /metrics`, as `address:port` (e.g. `127.0.0.1:9962`); no
     /// endpoint without it.
     pub metrics: Option<String>,
+    /// Where the health endpoint listens (`/livez`, `/readyz`, `/healthz`), as `address:port`;
+    /// 127.0.0.1:9879 unless set, as Cilium's agent; `null` turns it off.
+    #[serde(default = "default_health")]
+    pub health: Option<String>,
     /// The node's own path: the veth pair through which the node's stack reaches the mesh and the
     /// mesh reaches the node and the world.
     #[serde(default)]
@@ -333,6 +337,10 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from("/run/meshpath/state")
 }
 
+fn default_health() -> Option<String> {
+    Some("127.0.0.1:9879".into())
+}
+
 fn default_bpf_pin_dir() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/meshpath")
 }
@@ -421,7 +429,10 @@ impl AgentConfig {
             ));
         }
         if let Some(text) = &self.metrics {
-            check_metrics(text)?;
+            check_listen("metrics", text)?;
+        }
+        if let Some(text) = &self.health {
+            check_listen("health", text)?;
         }
         self.socket_access()
             .map_err(|problem| ("socket-group", problem))?;
@@ -460,20 +471,23 @@ impl AgentConfig {
     pub fn metrics_address(&self) -> Option<SocketAddr> {
         self.metrics.as_deref().and_then(|text| text.parse().ok())
     }
+
+    /// The checked `health` address, unless it is turned off.
+    pub fn health_address(&self) -> Option<SocketAddr> {
+        self.health.as_deref().and_then(|text| text.parse().ok())
+    }
 }
 
-fn check_metrics(text: &str) -> Result<(), (&'static str, String)> {
+/// An address to listen on that others are told: a fixed port.
+fn check_listen(key: &'static str, text: &str) -> Result<(), (&'static str, String)> {
     let address: SocketAddr = text.parse().map_err(|_| {
         (
-            "metrics",
+            key,
             format!("`{text}` is not an address:port such as 127.0.0.1:9962"),
         )
     })?;
     if address.port() == 0 {
-        return Err((
-            "metrics",
-            format!("`{text}`: port 0 is no fixed port to scrape"),
-        ));
+        return Err((key, format!("`{text}`: port 0 is no fixed port to reach")));
     }
     Ok(())
 }
@@ -695,6 +709,7 @@ metrics: 127.0.0.1:9962
                 format!("{GOOD}socket-group: no-such-group-here\n"),
                 "socket-group",
             ),
+            (format!("{GOOD}health: 127.0.0.1:0\n"), "health"),
         ];
         for (text, key) in cases {
             let error = parse(&text).unwrap_err().to_string();

@@ -20,11 +20,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{AgentConfig, EtcdSection};
+use super::health::Readiness;
 use super::identities::IdentityDirectory;
 use super::nodes::NodeDirectory;
 
-/// Where the control task notes what the CLI lists: nodes and identities.
-type Directories = (NodeDirectory, IdentityDirectory);
+/// Where the control task notes what the CLI lists (nodes and identities) and what readiness waits for.
+type Directories = (NodeDirectory, IdentityDirectory, Readiness);
 
 /// How long this agent's keys outlive it in etcd if it dies without withdrawing them.
 const LEASE_TTL: Duration = Duration::from_secs(30);
@@ -103,7 +104,7 @@ pub async fn start(
 async fn resolve_forever<A: IdentitySource + Send>(
     mut resolver: Resolver<A>,
     mut local: watch::Receiver<Arc<LocalState>>,
-    ((nodes, identities), cluster): (Directories, String),
+    ((nodes, identities, readiness), cluster): (Directories, String),
     changes: mpsc::Sender<Change>,
     cancel: CancellationToken,
 ) {
@@ -114,6 +115,7 @@ async fn resolve_forever<A: IdentitySource + Send>(
         match resolver.resolve(state).await {
             Ok(resolved) => {
                 identities.record_local(&cluster, &resolved.identities);
+                readiness.local_synced();
                 if changes
                     .send(Change::Local(Arc::new(resolved)))
                     .await
@@ -144,7 +146,7 @@ async fn resolve_forever<A: IdentitySource + Send>(
 async fn record_remote_nodes(
     mut events: mpsc::Receiver<RemoteEvent>,
     builder: mpsc::Sender<RemoteEvent>,
-    (nodes, identities): Directories,
+    (nodes, identities, _): Directories,
 ) {
     while let Some(event) = events.recv().await {
         nodes.record_remote(&event);

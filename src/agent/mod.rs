@@ -15,6 +15,7 @@ pub mod config;
 mod control;
 mod convert;
 mod handler;
+mod health;
 mod host_port;
 mod identities;
 pub mod metrics;
@@ -118,15 +119,25 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let nodes = nodes::NodeDirectory::default();
     let identities = identities::IdentityDirectory::default();
     let latency = metrics::publish_latency();
+    let readiness = health::Readiness::default();
+    let sink = metrics::TimedSink::new(tables.clone(), latency.clone());
     let (mut tasks, mesh) = control::start(
         &config,
         spec,
         source.state.clone(),
-        metrics::TimedSink::new(tables.clone(), latency.clone()),
-        (nodes.clone(), identities.clone()),
+        health::ReadySink::new(sink, readiness.clone()),
+        (nodes.clone(), identities.clone(), readiness.clone()),
         cancel.clone(),
     )
     .await?;
+    let control_beat = health::ControlBeat::default();
+    tasks.spawn(control_beat.clone().run(cancel.clone()));
+    let worker_beat = stats.clone();
+    let monitor = Arc::new(health::HealthMonitor::new(
+        Arc::new(move || worker_beat.heartbeat()),
+        control_beat.beat(),
+        readiness,
+    ));
     tasks.spawn(node_sync::sync_forever(
         nodes.clone(),
         uplink.clone(),
@@ -166,6 +177,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         mesh,
         nodes,
         identities,
+        health: monitor,
     };
     listeners.serve(
         &mut tasks,
@@ -173,7 +185,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         hub,
         || metrics::registry(metrics_sources, latency),
         &cancel,
-    );
+    )?;
     tracing::info!(node = %config.node.name, cluster = %config.cluster.name, "agent running");
     wait_for_signal().await;
     tracing::info!("stopping: the XDP programs stay attached and closed until the next agent");

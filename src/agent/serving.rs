@@ -1,4 +1,5 @@
-//! The agent's operator interfaces: the status and observe sockets and the metrics endpoint. Each is
+//! The agent's operator interfaces: the status and observe sockets, the metrics endpoint and the health
+//! endpoint. Each is
 //! bound before anything on the node is touched — a taken port or an unusable socket path stops the
 //! agent with nothing to undo — and served on the agent's runtime until it stops.
 
@@ -14,13 +15,14 @@ use tokio_util::sync::CancellationToken;
 use super::config::AgentConfig;
 use super::observe::{self, FlowHub};
 use super::status::{self, StatusSources};
-use super::{metrics, socket};
+use super::{health, metrics, socket};
 
 /// Every listener of the agent, bound.
 pub struct Listeners {
     status: (UnixListener, PathBuf),
     observe: (UnixListener, PathBuf),
     metrics: Option<TcpListener>,
+    health: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
@@ -36,14 +38,16 @@ impl Listeners {
             Some(address) => Some(metrics::bind(address).await?),
             None => None,
         };
+        let health = config.health_address().map(health::bind).transpose()?;
         Ok(Listeners {
             status: (status, status_path),
             observe: (observe, observe_path),
             metrics,
+            health,
         })
     }
 
-    /// Serves each interface as a task of `tasks`, until `cancel`.
+    /// Serves each interface as a task of `tasks` (health from its own thread), until `cancel`.
     pub fn serve(
         self,
         tasks: &mut JoinSet<()>,
@@ -51,7 +55,13 @@ impl Listeners {
         hub: FlowHub,
         registry: impl FnOnce() -> Registry,
         cancel: &CancellationToken,
-    ) {
+    ) -> anyhow::Result<()> {
+        if let Some(listener) = self.health {
+            let address = listener.local_addr().ok();
+            health::spawn(listener, sources.health.clone(), cancel.clone())
+                .context("starting the health endpoint's thread")?;
+            tracing::info!(?address, "health endpoint");
+        }
         let (listener, path) = self.status;
         let cancelled = cancel.clone();
         tasks.spawn(async move {
@@ -77,5 +87,6 @@ impl Listeners {
             });
             tracing::info!(?address, "metrics endpoint");
         }
+        Ok(())
     }
 }

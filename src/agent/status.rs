@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::convert;
+use super::health::HealthMonitor;
 use super::identities::IdentityDirectory;
 use super::nodes::NodeDirectory;
 use super::socket;
@@ -34,6 +35,7 @@ pub struct StatusSources {
     pub mesh: Option<watch::Receiver<MeshStatus>>,
     pub nodes: NodeDirectory,
     pub identities: IdentityDirectory,
+    pub health: Arc<HealthMonitor>,
 }
 
 impl StatusSources {
@@ -58,6 +60,7 @@ impl StatusSources {
             nodes: self.nodes.rows(),
             identities: self.identities.rows(),
             policies: super::policy::rows(&tables),
+            health: Some(self.health.check()),
         }
     }
 }
