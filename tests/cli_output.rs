@@ -9,11 +9,17 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use meshpath_api::clustermesh::{ClusterMeshStatus, RemoteClusterStatus, SyncStatus};
+use meshpath_api::health::{Check, CheckKind, CheckName, CheckState, Health};
 use meshpath_api::identity::IdentityRow;
+use meshpath_api::kvstore::KvStoreStatus;
 use meshpath_api::node::NodeRow;
 use meshpath_api::policy::{AllowRow, DirectionRow, EndpointPolicyRow, PolicyPeer};
 use meshpath_api::service::{BackendInfo, BackendState, ServiceStatus};
-use meshpath_api::status::{AgentStatus, DataplaneStatus, PortStatus, TableSizes};
+use meshpath_api::status::{
+    AgentStatus, ConntrackStatus, DataplaneStatus, FlowLogStatus, KernelDrops, PortRole,
+    PortStatus, TableSizes,
+};
+use meshpath_api::version::VersionInfo;
 use meshpath_api::{DropReason, ForwardKind};
 
 fn mesh() -> ClusterMeshStatus {
@@ -58,9 +64,15 @@ fn canned() -> AgentStatus {
             dropped: [(DropReason::PolicyDenied, 34)].into(),
             ports: vec![PortStatus {
                 port: 0,
+                interface: Some("uplink".into()),
+                role: Some(PortRole::Uplink),
                 rx: 1234,
                 tx: 1200,
                 tx_ring_full: 3,
+                kernel: KernelDrops {
+                    rx_ring_full: 68,
+                    ..Default::default()
+                },
             }],
         },
         tables: TableSizes {
@@ -137,15 +149,40 @@ fn canned() -> AgentStatus {
                 allow: vec![],
             },
         }],
+        health: Some(healthy()),
+        version: Some(VersionInfo::new("0.1.0", "3f2a9c1d0e4b")),
+        kvstore: Some(KvStoreStatus::disabled()),
+        global_services: 1,
+        conntrack: Some(ConntrackStatus {
+            entries: 12,
+            capacity: 65536,
+            ..Default::default()
+        }),
+        xdp: vec![],
+        flows: Some(FlowLogStatus::default()),
     }
+}
+
+fn healthy() -> Health {
+    Health::of(vec![Check {
+        name: CheckName::Worker,
+        kind: CheckKind::Liveness,
+        state: CheckState::Ok,
+        detail: "beat 1".into(),
+    }])
 }
 
 /// A fake agent on a fresh socket: every connection gets the canned document, then the socket closes.
 fn fake_agent(test: &str) -> PathBuf {
+    serve(test, canned())
+}
+
+/// A fake agent serving `status` to every connection.
+fn serve(test: &str, status: AgentStatus) -> PathBuf {
     let path = std::env::temp_dir().join(format!("mp-cli-{}-{test}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).unwrap();
-    let body = serde_json::to_vec(&canned()).unwrap();
+    let body = serde_json::to_vec(&status).unwrap();
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
             let _ = stream.write_all(&body);
@@ -202,10 +239,32 @@ fn status() {
         has_line(&text, &["Dropped:", "34", "policy_denied"]),
         "{text}"
     );
-    assert!(has_line(
-        &text,
-        &["Port", "0", "rx", "1234", "tx", "1200", "tx-ring-full", "3"]
-    ));
+    assert!(
+        has_line(&text, &["0", "uplink", "uplink", "1234", "1200", "3", "68"]),
+        "per port, with the kernel's drops: {text}"
+    );
+    assert!(
+        has_line(
+            &text,
+            &[
+                "ClusterMesh:",
+                "1/1",
+                "remote",
+                "clusters",
+                "ready,",
+                "1",
+                "global-services"
+            ]
+        ),
+        "{text}"
+    );
+    assert!(has_line(&text, &["KVStore:", "Ok", "Disabled"]), "{text}");
+    assert!(
+        has_line(&text, &["Meshpath:", "Ok", "0.1.0", "(0.1.0-3f2a9c1d0e4b)"]),
+        "{text}"
+    );
+    assert!(text.contains("Conntrack:     12/65536 entries"), "{text}");
+    assert_eq!(table(&socket, &["status", "--brief"]), "OK\n");
     let doc = json(&socket, &["status"]);
     assert_eq!(doc["cluster"], "cluster1");
     assert_eq!(doc["dataplane"]["received"], 1234);
@@ -330,6 +389,90 @@ fn policy_get() {
     assert_eq!(doc[0]["ingress"]["allow"][0]["peer"], "131073");
     assert_eq!(doc[0]["ingress"]["allow"][0]["ports"][0], "80/TCP");
     assert_eq!(doc[0]["egress"]["enforced"], false);
+}
+
+#[test]
+fn an_unhealthy_agent_exits_non_zero_and_says_why() {
+    let mut sick = canned();
+    sick.health = Some(Health::of(vec![Check {
+        name: CheckName::Worker,
+        kind: CheckKind::Liveness,
+        state: CheckState::Failing,
+        detail: "no progress for 7.0s (at beat 12)".into(),
+    }]));
+    let socket = serve("sick", sick);
+    let out = meshpath(&socket, &["status", "--brief"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text, "Failing: worker: no progress for 7.0s (at beat 12)\n");
+    let out = meshpath(&socket, &["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Meshpath:      Failing: worker"));
+    // Waiting for a health that does not come gives up in time, still saying why.
+    let out = meshpath(
+        &socket,
+        &["status", "--brief", "--wait", "--wait-duration", "1s"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Failing: worker"));
+}
+
+#[test]
+fn waiting_for_an_agent_that_comes_up() {
+    let socket = std::env::temp_dir().join(format!("mp-cli-{}-late.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let waiting = Command::new(env!("CARGO_BIN_EXE_meshpath"))
+        .args([
+            "status",
+            "--brief",
+            "--wait",
+            "--wait-duration",
+            "20s",
+            "--socket",
+        ])
+        .arg(&socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let served = serve("late", canned());
+    std::fs::rename(&served, &socket).unwrap();
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
+    let _ = std::fs::remove_file(&socket);
+}
+
+#[test]
+fn a_reader_that_stops_reading_ends_the_command_quietly() {
+    let mut many = canned();
+    many.nodes = (0..5000)
+        .map(|i| NodeRow {
+            cluster: "cluster1".into(),
+            name: format!("node{i}"),
+            address: Some("198.18.1.1".parse().unwrap()),
+            pod_cidrs: vec!["10.1.0.0/24".parse().unwrap()],
+        })
+        .collect();
+    let socket = serve("pipe", many);
+    let script = format!(
+        "{} node list -o json --socket {} | head -n 3",
+        env!("CARGO_BIN_EXE_meshpath"),
+        socket.display()
+    );
+    let out = Command::new("bash")
+        .args(["-o", "pipefail", "-c", &script])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    assert!(
+        out.status.success(),
+        "meshpath's own exit status is 0: {:?}",
+        out.status
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
 }
 
 #[test]

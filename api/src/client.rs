@@ -19,6 +19,26 @@ pub const DEFAULT_SOCKET: &str = "/run/meshpath/agent.sock";
 /// How long a client waits for an agent that accepted the connection to answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a reader of the status socket asks for, as its first line. An agent waits a moment for it,
+/// and none is a request for the full document: the client sends none for that, so that agents that
+/// predate requests answer it too (one of those, asked for a summary, resets the connection and is
+/// asked again without a request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRequest {
+    pub view: StatusView,
+}
+
+/// How much of the status document to answer with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusView {
+    /// Everything, with every service, node, identity and policy.
+    #[default]
+    Full,
+    /// Health, versions, counters and sizes, without the lists: cheap at any scale.
+    Summary,
+}
+
 /// What an observer asks for, as its first line on the observe socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObserveRequest {
@@ -75,9 +95,38 @@ impl Client {
         &self.socket
     }
 
-    /// The agent's status document.
+    /// The agent's whole status document.
     pub fn status(&self) -> Result<AgentStatus, ClientError> {
+        self.status_view(None)
+    }
+
+    /// The agent's status document without its lists (services, nodes, identities, policies).
+    pub fn summary(&self) -> Result<AgentStatus, ClientError> {
+        let summary = StatusRequest {
+            view: StatusView::Summary,
+        };
+        match self.status_view(Some(summary)) {
+            Err(ClientError::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                self.status_view(None)
+            }
+            answer => answer,
+        }
+    }
+
+    fn status_view(&self, request: Option<StatusRequest>) -> Result<AgentStatus, ClientError> {
         let mut stream = self.connect(&self.socket)?;
+        if let Some(request) = request {
+            let mut line = serde_json::to_vec(&request).unwrap_or_default();
+            line.push(b'\n');
+            stream
+                .write_all(&line)
+                .map_err(|e| self.io(&self.socket, e))?;
+        }
         let mut body = Vec::new();
         stream
             .read_to_end(&mut body)
@@ -194,6 +243,47 @@ mod tests {
         let error = Client::new(&path).status().unwrap_err();
         assert!(matches!(error, ClientError::Decode { .. }), "{error:?}");
         assert!(error.to_string().contains("cannot read"), "{error}");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    const OLD_STATUS: &str = r#"{"cluster":"c1","node":"n1",
+        "dataplane":{"received":5,"forwarded":{},"dropped":{},"ports":[]},
+        "tables":{"endpoints":1,"ipcache":2,"services":0,"nodes":1},
+        "services":[],"clustermesh":null,"nodes":[]}"#;
+
+    #[test]
+    fn a_summary_is_asked_for() {
+        let path = socket("summary");
+        let listener = UnixListener::bind(&path).unwrap();
+        let agent = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut request = String::new();
+            BufReader::new(&stream).read_line(&mut request).unwrap();
+            let _ = (&stream).write_all(OLD_STATUS.as_bytes());
+            request
+        });
+        let status = Client::new(&path).summary().unwrap();
+        assert_eq!(status.cluster, "c1");
+        let request: StatusRequest = serde_json::from_str(&agent.join().unwrap()).unwrap();
+        assert_eq!(request.view, StatusView::Summary);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// An agent that predates requests answers and closes without reading: asked for a summary, it
+    /// resets the connection, and is asked again without a request.
+    #[test]
+    fn old_agents_still_answer_a_summary() {
+        let path = socket("old-agent");
+        let listener = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let _ = stream.write_all(OLD_STATUS.as_bytes());
+            }
+        });
+        for _ in 0..20 {
+            let status = Client::new(&path).summary().unwrap();
+            assert_eq!(status.node, "n1");
+        }
         let _ = std::fs::remove_file(&path);
     }
 

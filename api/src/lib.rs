@@ -21,15 +21,17 @@ pub mod flow;
 pub mod forward;
 pub mod health;
 pub mod identity;
+pub mod kvstore;
 pub mod node;
 pub mod policy;
 pub mod protocol;
 pub mod service;
 pub mod status;
+pub mod version;
 
 pub use client::{Client, ClientError};
 pub use drop_reason::DropReason;
 pub use forward::ForwardKind;
 pub use protocol::Protocol;
 pub use status::AgentStatus;
-pub use text::UnknownName;
+pub use text::{Table, UnknownName};

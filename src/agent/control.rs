@@ -192,7 +192,8 @@ async fn etcd_resolver(
     Ok(Resolver::new(spec.cluster.clone(), spec.cluster_id, alloc).with_publisher(publisher))
 }
 
-fn tls_material(etcd: &EtcdSection) -> anyhow::Result<Option<TlsMaterial>> {
+/// The TLS files `etcd` names, read; none for an insecure lab etcd.
+pub fn tls_material(etcd: &EtcdSection) -> anyhow::Result<Option<TlsMaterial>> {
     if etcd.insecure && etcd.trusted_ca_file.is_none() {
         return Ok(None);
     }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use meshpath_api::clustermesh::{ClusterMeshStatus, RemoteClusterStatus, SyncStatus, Timestamp};
 use meshpath_api::flow::{Direction, Outcome};
 use meshpath_api::service::BackendState;
+use meshpath_api::status::KernelDrops;
 use meshpath_api::{DropReason, ForwardKind};
 use meshpath_control::clustermesh::{MeshStatus, RemoteStatus};
 use meshpath_dataplane as dp;
@@ -73,6 +74,16 @@ pub fn backend_state(state: dp::service::BackendState) -> BackendState {
         dp::service::BackendState::Active => BackendState::Active,
         dp::service::BackendState::Terminating => BackendState::Terminating,
         dp::service::BackendState::Unhealthy => BackendState::Unhealthy,
+    }
+}
+
+pub fn kernel_drops(k: &dp::afxdp::KernelCounters) -> KernelDrops {
+    KernelDrops {
+        rx_dropped: k.rx_dropped,
+        rx_ring_full: k.rx_ring_full,
+        fill_ring_empty: k.fill_ring_empty,
+        rx_invalid_descs: k.rx_invalid_descs,
+        tx_invalid_descs: k.tx_invalid_descs,
     }
 }
 

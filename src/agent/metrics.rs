@@ -33,6 +33,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::report::WorkerReport;
+
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Where the per-port AF_XDP counters come from: the running worker, or a fixed set in tests.
@@ -52,7 +54,7 @@ pub struct MetricsSources<P> {
     pub node: String,
     /// The port frames from the fabric arrive on; every other port is a pod's.
     pub uplink: PortId,
-    pub counters: Arc<ArcSwap<Counters>>,
+    pub report: Arc<ArcSwap<WorkerReport>>,
     pub ports: P,
     pub mesh: Option<watch::Receiver<MeshStatus>>,
     pub local: watch::Receiver<Arc<LocalState>>,
@@ -162,7 +164,7 @@ impl<P> fmt::Debug for Scrape<P> {
 impl<P: PortCounters> Collector for Scrape<P> {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let s = &self.0;
-        encode_pipeline(&s.counters.load(), &mut encoder)?;
+        encode_pipeline(&s.report.load().counters, &mut encoder)?;
         encode_ports(&s.ports.ports(), s.uplink, &mut encoder)?;
         let labels = [
             ("source_cluster", s.cluster.as_str()),
@@ -472,7 +474,10 @@ mod tests {
             cluster: "cluster1".into(),
             node: "c1-n1".into(),
             uplink: PortId(0),
-            counters: Arc::new(ArcSwap::from_pointee(counters)),
+            report: Arc::new(ArcSwap::from_pointee(WorkerReport {
+                counters,
+                ..Default::default()
+            })),
             ports: FixedPorts(ports),
             mesh: Some(mesh),
             local,

@@ -18,25 +18,29 @@ mod handler;
 mod health;
 mod host_port;
 mod identities;
+mod kvstore;
 pub mod metrics;
 mod node_sync;
 mod nodes;
 mod observe;
 mod policy;
+mod report;
 mod serving;
 mod socket;
 mod status;
 mod wiring;
+mod xdp_counters;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
+use meshpath_api::status::PortRole;
 use meshpath_control::local::{LocalState, ObjectRef, YamlSource};
 use meshpath_control::resolve::parse_cidr;
 use meshpath_control::snapshot::{NodeSpec, PodPorts};
@@ -47,15 +51,16 @@ use meshpath_dataplane::masquerade::{Masquerade, PortRange};
 use meshpath_dataplane::pipeline::WorkerState;
 use meshpath_dataplane::route::Underlay;
 use meshpath_dataplane::snapshot::{Capacities, HostPort, NodeConfig, Tables};
-use meshpath_dataplane::stats::Counters;
-use meshpath_dataplane::ClusterId;
+use meshpath_dataplane::{ClusterId, PortId};
 use meshpath_xdp_redirect::netns::Netns;
 use meshpath_xdp_redirect::PodPrefix;
 use tokio_util::sync::CancellationToken;
 
 use config::AgentConfig;
 use handler::PipelineHandler;
+use report::WorkerReport;
 use status::StatusSources;
+use xdp_counters::XdpPrograms;
 
 /// The file a planned stop hands conntrack over in, inside `state-dir`.
 const CONNTRACK_FILE: &str = "conntrack.v1";
@@ -109,12 +114,13 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let (flow_sink, flow_source) = observe::channel();
     let state = restore_worker_state(&config, flow_sink.epoch);
     let mut wiring = wiring::wire(&config, &pod_prefixes(&config, &first), &config.bpf_pin_dir)?;
-    let counters = Arc::new(ArcSwap::from_pointee(Counters::default()));
+    let report = Arc::new(ArcSwap::from_pointee(WorkerReport::default()));
     let stats = wiring.worker.stats_reader();
     let stop = Arc::new(AtomicBool::new(false));
-    let handler = PipelineHandler::new(tables.clone(), state, counters.clone(), flow_sink);
+    let handler = PipelineHandler::new(tables.clone(), state, report.clone(), flow_sink);
     let worker = wiring.worker.spawn(handler, stop.clone())?;
-    let uplink = Arc::new(Mutex::new(wiring.programs.remove(0)));
+    let programs = XdpPrograms::new(&config, std::mem::take(&mut wiring.programs));
+    let uplink = programs.uplink().context("the uplink's XDP program")?;
 
     let nodes = nodes::NodeDirectory::default();
     let identities = identities::IdentityDirectory::default();
@@ -145,11 +151,17 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         own_addresses(&config),
         cancel.clone(),
     ));
+    let kvstore = kvstore::spawn(
+        &config,
+        &mut tasks,
+        kvstore::operation_latency(),
+        cancel.clone(),
+    )?;
     let metrics_sources = metrics::MetricsSources {
         cluster: config.cluster.name.clone(),
         node: config.node.name.clone(),
         uplink: wiring::UPLINK,
-        counters: counters.clone(),
+        report: report.clone(),
         ports: stats.clone(),
         mesh: mesh.clone(),
         local: source.state.clone(),
@@ -172,11 +184,16 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         cluster: config.cluster.name.clone(),
         node: config.node.name.clone(),
         tables,
-        counters,
+        report,
         worker: stats,
+        ports: port_names(&config),
+        programs,
         mesh,
+        kvstore,
+        local: source.state.clone(),
         nodes,
         identities,
+        flows: hub.clone(),
         health: monitor,
     };
     listeners.serve(
@@ -237,6 +254,14 @@ fn hand_over(config: &AgentConfig, handler: PipelineHandler) {
         Ok(flows) => tracing::info!(flows, file = %path.display(), "conntrack handed over"),
         Err(error) => tracing::warn!(%error, file = %path.display(), "conntrack not handed over"),
     }
+}
+
+/// Each port's interface and role, for the status.
+fn port_names(config: &AgentConfig) -> Vec<(PortId, String, PortRole)> {
+    wiring::interfaces(config)
+        .into_iter()
+        .map(|i| (i.port, i.name.to_owned(), xdp_counters::port_role(i.role)))
+        .collect()
 }
 
 fn own_addresses(config: &AgentConfig) -> Vec<IpAddr> {

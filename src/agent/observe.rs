@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use meshpath_api::client::ObserveRequest;
 use meshpath_api::flow::{Flow, Peer};
+use meshpath_api::status::FlowLogStatus;
 use meshpath_api::Protocol;
 use meshpath_control::clustermesh::MeshStatus;
 use meshpath_control::local::LocalState;
@@ -185,11 +186,14 @@ impl Names {
     }
 }
 
-/// The flows kept for observers that do not follow, and the stream of new ones.
+/// The flows kept for observers that do not follow, the stream of new ones, and how many were seen
+/// and lost.
 #[derive(Clone)]
 pub struct FlowHub {
     recent: Arc<Mutex<VecDeque<Flow>>>,
     live: broadcast::Sender<Flow>,
+    seen: Arc<AtomicU64>,
+    lost: Arc<AtomicU64>,
 }
 
 impl Default for FlowHub {
@@ -197,12 +201,25 @@ impl Default for FlowHub {
         FlowHub {
             recent: Arc::default(),
             live: broadcast::channel(KEEP).0,
+            seen: Arc::default(),
+            lost: Arc::default(),
         }
     }
 }
 
 impl FlowHub {
+    /// What the status reports of the flow log.
+    pub fn status(&self) -> FlowLogStatus {
+        FlowLogStatus {
+            kept: self.recent.lock().map_or(0, |r| r.len() as u64),
+            capacity: KEEP as u64,
+            seen: self.seen.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
+        }
+    }
+
     fn publish(&self, flow: Flow) {
+        self.seen.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut recent) = self.recent.lock() {
             if recent.len() == KEEP {
                 recent.pop_front();
@@ -250,6 +267,7 @@ pub async fn collect(
             hub.publish(names.flow(&view, wall, &event));
         }
         let lost = source.lost.load(Ordering::Relaxed);
+        hub.lost.store(lost, Ordering::Relaxed);
         if lost != reported_lost {
             tracing::warn!(lost, "flow events lost: the observe queue was full");
             reported_lost = lost;

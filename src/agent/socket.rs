@@ -140,6 +140,33 @@ where
     Ok(serde_json::from_slice(&line)?)
 }
 
+/// Reads a request line if the client sends one within `wait`: clients that predate requests send
+/// none and get the default answer.
+pub async fn read_optional_request<R, T>(
+    reader: R,
+    wait: Duration,
+) -> Result<Option<T>, ConnectionError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    T: serde::de::DeserializeOwned,
+{
+    let mut line = Vec::new();
+    let limited = tokio::io::AsyncReadExt::take(reader, REQUEST_LIMIT as u64 + 1);
+    let mut buffered = BufReader::new(limited);
+    match tokio::time::timeout(wait, buffered.read_until(b'\n', &mut line)).await {
+        Err(_) if line.is_empty() => return Ok(None),
+        Err(_) => return Err(ConnectionError::RequestTimeout),
+        Ok(read) => read?,
+    };
+    if line.len() > REQUEST_LIMIT {
+        return Err(ConnectionError::RequestTooLong);
+    }
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    Ok(Some(serde_json::from_slice(&line)?))
+}
+
 /// Writes `bytes` within [`WRITE_TIMEOUT`].
 pub async fn write<W: AsyncWrite + Unpin>(
     writer: &mut W,
@@ -249,6 +276,19 @@ mod tests {
             matches!(result, Err(ConnectionError::WriteTimeout)),
             "{result:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_is_optional_where_old_clients_send_none() {
+        let wait = Duration::from_millis(100);
+        let (client, server) = UnixStream::pair().unwrap();
+        let none: Option<serde_json::Value> = read_optional_request(server, wait).await.unwrap();
+        assert_eq!(none, None, "nothing within the wait");
+        drop(client);
+        let (mut client, server) = UnixStream::pair().unwrap();
+        client.write_all(b"{\"view\":\"summary\"}\n").await.unwrap();
+        let some: Option<serde_json::Value> = read_optional_request(server, wait).await.unwrap();
+        assert_eq!(some.unwrap()["view"], "summary");
     }
 
     #[test]

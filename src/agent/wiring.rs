@@ -33,10 +33,10 @@ pub struct Wiring {
 }
 
 /// An interface the dataplane serves.
-struct Interface<'a> {
-    port: PortId,
-    name: &'a str,
-    role: Role,
+pub struct Interface<'a> {
+    pub port: PortId,
+    pub name: &'a str,
+    pub role: Role,
 }
 
 /// Binds the sockets, loads the programs (maps pinned under `pins`), registers the sockets, attaches.
@@ -89,7 +89,8 @@ pub fn wire(
     })
 }
 
-fn interfaces(config: &AgentConfig) -> Vec<Interface<'_>> {
+/// The interfaces of the node, in the order of their ports and programs: uplink, host, pods.
+pub fn interfaces(config: &AgentConfig) -> Vec<Interface<'_>> {
     let mut out = vec![
         Interface {
             port: UPLINK,
