@@ -151,21 +151,8 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         own_addresses(&config),
         cancel.clone(),
     ));
-    let kvstore = kvstore::spawn(
-        &config,
-        &mut tasks,
-        kvstore::operation_latency(),
-        cancel.clone(),
-    )?;
-    let metrics_sources = metrics::MetricsSources {
-        cluster: config.cluster.name.clone(),
-        node: config.node.name.clone(),
-        uplink: wiring::UPLINK,
-        report: report.clone(),
-        ports: stats.clone(),
-        mesh: mesh.clone(),
-        local: source.state.clone(),
-    };
+    let etcd_latency = kvstore::operation_latency();
+    let kvstore = kvstore::spawn(&config, &mut tasks, etcd_latency.clone(), cancel.clone())?;
     let names = observe::Names {
         cluster: config.cluster.name.clone(),
         node: config.node.name.clone(),
@@ -196,11 +183,12 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         flows: hub.clone(),
         health: monitor,
     };
+    let scraped = sources.clone();
     listeners.serve(
         &mut tasks,
         sources,
         hub,
-        || metrics::registry(metrics_sources, latency),
+        || metrics::registry(scraped, latency, etcd_latency),
         &cancel,
     )?;
     tracing::info!(node = %config.node.name, cluster = %config.cluster.name, "agent running");

@@ -82,16 +82,21 @@ impl Traffic {
     /// them as it hands them on, or cannot).
     pub fn count(&mut self, tables: &Tables, frames: &[Frame<'_>], verdicts: &[Verdict]) {
         for (frame, verdict) in frames.iter().zip(verdicts) {
-            let d = TrafficDirection::of(tables, frame) as usize;
-            let bytes = frame.len() as u64;
-            let count = match verdict {
-                Verdict::Transmit(_) => &mut self.forwarded[d],
-                Verdict::Drop(reason) => &mut self.dropped[d][reason.index()],
-                Verdict::ToKernel => continue,
-            };
-            count.packets += 1;
-            count.bytes += bytes;
+            let direction = TrafficDirection::of(tables, frame);
+            self.record(direction, *verdict, frame.len() as u64);
         }
+    }
+
+    /// One frame of `bytes` that went `direction` with `verdict`.
+    pub fn record(&mut self, direction: TrafficDirection, verdict: Verdict, bytes: u64) {
+        let d = direction as usize;
+        let count = match verdict {
+            Verdict::Transmit(_) => &mut self.forwarded[d],
+            Verdict::Drop(reason) => &mut self.dropped[d][reason.index()],
+            Verdict::ToKernel => return,
+        };
+        count.packets += 1;
+        count.bytes += bytes;
     }
 
     pub fn forwarded(&self, direction: TrafficDirection) -> Count {
