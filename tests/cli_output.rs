@@ -2,7 +2,6 @@
 //! socket: the real binary against a fake agent, a test-owned unix socket serving a canned status
 //! document built from the interface's types (`meshpath_api`), as the agent builds it.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -10,7 +9,7 @@ use std::process::{Command, Output};
 
 use meshpath_api::clustermesh::{ClusterMeshStatus, RemoteClusterStatus, SyncStatus};
 use meshpath_api::health::{Check, CheckKind, CheckName, CheckState, Health};
-use meshpath_api::identity::IdentityRow;
+use meshpath_api::identity::{IdentityRow, Label};
 use meshpath_api::kvstore::KvStoreStatus;
 use meshpath_api::node::NodeRow;
 use meshpath_api::policy::{AllowRow, DirectionRow, EndpointPolicyRow, PolicyPeer};
@@ -47,11 +46,8 @@ fn mesh() -> ClusterMeshStatus {
     [("cluster2".to_owned(), remote)].into()
 }
 
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+fn labels(labels: &[&str]) -> Vec<Label> {
+    labels.iter().map(|l| l.parse().unwrap()).collect()
 }
 
 fn canned() -> AgentStatus {
@@ -118,20 +114,20 @@ fn canned() -> AgentStatus {
             IdentityRow {
                 id: 2,
                 cluster: None,
-                labels: labels(&[("reserved:world", "")]),
+                labels: labels(&["reserved:world"]),
             },
             IdentityRow {
                 id: 65537,
                 cluster: Some("cluster1".into()),
                 labels: labels(&[
-                    ("app", "x-wing"),
-                    ("io.cilium.k8s.policy.cluster", "cluster1"),
+                    "k8s:app=x-wing",
+                    "k8s:io.cilium.k8s.policy.cluster=cluster1",
                 ]),
             },
             IdentityRow {
                 id: 131073,
                 cluster: Some("cluster2".into()),
-                labels: labels(&[("app", "rebel-base")]),
+                labels: labels(&["k8s:app=rebel-base"]),
             },
         ],
         policies: vec![EndpointPolicyRow {
@@ -347,20 +343,26 @@ fn identity_list() {
     let socket = fake_agent("identity");
     let text = table(&socket, &["identity", "list"]);
     let lines: Vec<&str> = text.lines().collect();
-    assert!(has_line(lines[0], &["ID", "LABELS"]), "{text}");
-    assert!(has_line(&text, &["65537", "app=x-wing"]), "{text}");
+    assert!(has_line(lines[0], &["ID", "CLUSTER", "LABELS"]), "{text}");
     assert!(
-        has_line(&text, &["io.cilium.k8s.policy.cluster=cluster1"]),
+        has_line(&text, &["65537", "cluster1", "k8s:app=x-wing"]),
         "{text}"
     );
-    assert!(has_line(&text, &["131073", "app=rebel-base"]), "{text}");
-    assert!(has_line(&text, &["2", "reserved:world"]), "{text}");
+    assert!(
+        has_line(&text, &["k8s:io.cilium.k8s.policy.cluster=cluster1"]),
+        "{text}"
+    );
+    assert!(
+        has_line(&text, &["131073", "cluster2", "k8s:app=rebel-base"]),
+        "{text}"
+    );
+    assert!(has_line(&text, &["2", "-", "reserved:world"]), "{text}");
     assert_eq!(lines.len(), 5, "{text}");
     let doc = json(&socket, &["identity", "list"]);
     assert_eq!(doc[0]["id"], 2);
     assert_eq!(doc[0]["cluster"], serde_json::Value::Null);
     assert_eq!(doc[1]["id"], 65537);
-    assert_eq!(doc[1]["labels"]["app"], "x-wing");
+    assert_eq!(doc[1]["labels"][0], "k8s:app=x-wing");
     assert_eq!(doc[2]["cluster"], "cluster2");
 }
 
@@ -376,7 +378,7 @@ fn policy_get() {
         "ingress",
         "131073",
         "80/TCP",
-        "app=rebel-base",
+        "k8s:app=rebel-base",
     ];
     assert!(has_line(&text, &ingress), "{text}");
     assert!(

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{label, IdentityRow, ReservedIdentity};
+use crate::identity::{IdentityRow, ReservedIdentity};
 use crate::protocol::Protocol;
 use crate::text::join;
 
@@ -150,7 +150,7 @@ pub fn render(rows: &[EndpointPolicyRow], identities: &[IdentityRow]) -> String 
         let Some(row) = identities.iter().find(|r| r.id == id) else {
             return String::new();
         };
-        let labels: Vec<String> = row.labels.iter().map(|(k, v)| label(k, v)).collect();
+        let labels: Vec<String> = row.labels.iter().map(ToString::to_string).collect();
         labels.join(",")
     };
     let mut out = format!(
@@ -211,14 +211,14 @@ mod tests {
         let peer = IdentityRow {
             id: 131073,
             cluster: Some("cluster2".into()),
-            labels: [("app".to_owned(), "x-wing".to_owned())].into(),
+            labels: vec!["k8s:app=x-wing".parse().unwrap()],
         };
         let table = render(&[row(enforced)], &[peer]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3, "{table}");
         assert!(lines[1].starts_with("default/rebel-base"));
         assert!(lines[1].contains("ingress"), "{table}");
-        assert!(lines[1].ends_with("131073       80/TCP               app=x-wing"));
+        assert!(lines[1].ends_with("131073       80/TCP               k8s:app=x-wing"));
         assert!(lines[2].contains("egress") && lines[2].ends_with("all (not enforced)"));
         let denied = render(
             &[row(DirectionRow {
