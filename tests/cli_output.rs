@@ -493,3 +493,112 @@ fn missing_socket_is_a_clear_error() {
         assert!(out.stdout.is_empty());
     }
 }
+
+/// A fake agent's observe socket beside `status`: reads the request line, answers `events`.
+fn serve_flows(status: &std::path::Path, events: Vec<String>) {
+    use std::io::BufRead;
+    let path = meshpath_api::client::observe_socket(status);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut request = String::new();
+            let _ = std::io::BufReader::new(&stream).read_line(&mut request);
+            let mut stream = stream;
+            for event in &events {
+                let _ = writeln!(stream, "{event}");
+            }
+        }
+    });
+}
+
+fn flow_line(node: &str, time: &str, pod: &str) -> String {
+    format!(
+        r#"{{"flow":{{"time":"{time}","verdict":"FORWARDED","IP":{{"source":"10.0.0.1","destination":"10.0.0.2","ipVersion":"IPv4"}},"l4":{{"UDP":{{"source_port":1,"destination_port":53}}}},"source":{{"identity":65537,"namespace":"default","pod_name":"{pod}"}},"destination":{{"identity":2}},"Type":"L3_L4","node_name":"{node}","event_type":{{"type":4}},"traffic_direction":"EGRESS","trace_observation_point":"TO_OVERLAY","is_reply":false,"Summary":"UDP","extensions":{{"@type":"type.googleapis.com/meshpath.FlowDetails","forward":"tunnel","arrival":"from_pod"}}}},"node_name":"{node}","time":"{time}"}}"#
+    )
+}
+
+/// `--socket` once per agent: every agent's flows merged in time order, each line with its node.
+#[test]
+fn observe_merges_agents_in_time_order() {
+    let dir = std::env::temp_dir().join(format!("mp-cli-{}-merge", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b) = (dir.join("a.sock"), dir.join("b.sock"));
+    serve_flows(
+        &a,
+        vec![
+            flow_line("cluster1/n1", "2025-01-31T12:00:01.000Z", "a1"),
+            flow_line("cluster1/n1", "2025-01-31T12:00:03.000Z", "a3"),
+        ],
+    );
+    serve_flows(
+        &b,
+        vec![
+            flow_line("cluster2/n1", "2025-01-31T12:00:02.000Z", "b2"),
+            flow_line("cluster2/n1", "2025-01-31T12:00:04.000Z", "b4"),
+        ],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_meshpath"))
+        .args(["observe", "--all", "-o", "json", "--socket"])
+        .arg(&a)
+        .arg("--socket")
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pods: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["flow"]["source"]["pod_name"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(pods, ["a1", "b2", "a3", "b4"]);
+    // Followed, the streams are merged as they come (these end, so all comes out, in order).
+    let out = Command::new(env!("CARGO_BIN_EXE_meshpath"))
+        .args(["observe", "-f", "-o", "json", "--socket"])
+        .arg(&a)
+        .arg("--socket")
+        .arg(&b)
+        .output()
+        .unwrap();
+    let followed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["flow"]["source"]["pod_name"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(followed, ["a1", "b2", "a3", "b4"]);
+    // The last N of all of them; the node of each line.
+    let out = Command::new(env!("CARGO_BIN_EXE_meshpath"))
+        .args(["observe", "--last", "2"])
+        .env(
+            "MESHPATH_SOCKET",
+            format!("{},{}", a.display(), b.display()),
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("Jan 31 12:00:03.000 [cluster1/n1]: default/a3:1 (ID:65537) -> 10.0.0.2:53 (world) to-overlay FORWARDED (UDP)"), "{text}");
+    assert!(lines[1].contains("[cluster2/n1]: default/b4:1"), "{text}");
+    // One agent down: the others are shown, the missing one named, the exit status says so.
+    let gone = dir.join("gone.sock");
+    let out = Command::new(env!("CARGO_BIN_EXE_meshpath"))
+        .args(["observe", "--all", "--socket"])
+        .arg(&a)
+        .arg("--socket")
+        .arg(&gone)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no agent answers on"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,7 +1,7 @@
 //! Reading a running agent: its status document from the status socket (one JSON document per
 //! connection, then the agent closes it) and its flows from the observe socket beside it
 //! (`<status-socket>.observe`: the client sends one [`ObserveRequest`] line, the agent answers one
-//! JSON [`Flow`] per line).
+//! JSON [`FlowResponse`] per line, flows and lost events, as Hubble's `GetFlowsResponse`).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::flow::Flow;
+use crate::flow::{FlowResponse, FlowTime};
+use crate::flow_filter::FlowFilters;
 use crate::status::AgentStatus;
 
 /// Where the agent serves its status unless configured otherwise.
@@ -39,11 +40,23 @@ pub enum StatusView {
     Summary,
 }
 
-/// What an observer asks for, as its first line on the observe socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What an observer asks for, as its first line on the observe socket: the agent filters, so only
+/// what is wanted crosses the socket.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObserveRequest {
-    /// After the flows the agent kept, every new one until the observer hangs up.
+    /// After the events the agent kept, every new one until the observer hangs up (or `until`).
     pub follow: bool,
+    /// Of the events kept that pass, only the last so many; none: all of them.
+    #[serde(default)]
+    pub last: Option<u64>,
+    /// Only events from this time on.
+    #[serde(default)]
+    pub since: Option<FlowTime>,
+    /// Only events up to this time; a follower's stream ends there.
+    #[serde(default)]
+    pub until: Option<FlowTime>,
+    #[serde(default)]
+    pub filters: FlowFilters,
 }
 
 /// The observe socket's path beside the status socket's.
@@ -137,19 +150,19 @@ impl Client {
         })
     }
 
-    /// Calls `each` with every flow the agent kept, then (with `follow`) every new one, until the
-    /// agent closes the stream or `each` returns `false`.
+    /// Calls `each` with every event the agent kept that `request` wants, then (with `follow`) every
+    /// new one, until the agent closes the stream or `each` returns `false`.
     pub fn observe(
         &self,
-        follow: bool,
-        mut each: impl FnMut(Flow) -> bool,
+        request: &ObserveRequest,
+        mut each: impl FnMut(FlowResponse) -> bool,
     ) -> Result<(), ClientError> {
         let path = observe_socket(&self.socket);
         let mut stream = self.connect(&path)?;
-        let mut request = serde_json::to_vec(&ObserveRequest { follow }).unwrap_or_default();
-        request.push(b'\n');
-        stream.write_all(&request).map_err(|e| self.io(&path, e))?;
-        if follow {
+        let mut line = serde_json::to_vec(request).unwrap_or_default();
+        line.push(b'\n');
+        stream.write_all(&line).map_err(|e| self.io(&path, e))?;
+        if request.follow {
             // A quiet node sends nothing for as long as it stays quiet.
             stream
                 .set_read_timeout(None)
@@ -297,7 +310,7 @@ mod tests {
         );
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).unwrap();
-        let flow = r#"{"time_ms":1,"node":"n1","source":{"ip":"10.0.0.1","port":1,"identity":1,"cluster":null,"namespace":null,"pod":null},"destination":{"ip":"10.0.0.2","port":2,"identity":2,"cluster":null,"namespace":null,"pod":null},"protocol":"UDP","verdict":"forwarded","reason":"local_pod","direction":"from_pod","backend":null}"#;
+        let flow = r#"{"flow":{"time":"2023-11-14T22:13:20.123Z","verdict":"FORWARDED","IP":{"source":"10.0.0.1","destination":"10.0.0.2","ipVersion":"IPv4"},"l4":{"UDP":{"source_port":1,"destination_port":2}},"source":{"identity":1},"destination":{"identity":2},"Type":"L3_L4","node_name":"c1/n1","event_type":{"type":4},"traffic_direction":"EGRESS","trace_observation_point":"TO_ENDPOINT","is_reply":false,"Summary":"UDP","extensions":{"@type":"type.googleapis.com/meshpath.FlowDetails","forward":"local_pod","arrival":"from_pod"}},"node_name":"c1/n1","time":"2023-11-14T22:13:20.123Z"}"#;
         let agent = std::thread::spawn(move || {
             let (stream, _) = listener.accept().unwrap();
             let mut request = String::new();
@@ -309,16 +322,22 @@ mod tests {
             request
         });
         let mut seen = 0;
+        let asked = ObserveRequest {
+            follow: true,
+            last: Some(5),
+            ..Default::default()
+        };
         Client::new(&status)
-            .observe(true, |f| {
-                assert_eq!(f.outcome.reason(), "local_pod");
+            .observe(&asked, |event| {
+                let forward = event.flow().and_then(|f| f.extensions.forward);
+                assert_eq!(forward, Some(crate::ForwardKind::LocalPod));
                 seen += 1;
                 seen < 2
             })
             .unwrap();
         assert_eq!(seen, 2);
         let request: ObserveRequest = serde_json::from_str(&agent.join().unwrap()).unwrap();
-        assert!(request.follow);
+        assert_eq!(request, asked);
         let _ = std::fs::remove_file(&path);
     }
 }

@@ -2,7 +2,8 @@
 //! the tests.
 //!
 //! It owns the documents the agent serves on its status socket ([`status::AgentStatus`] and the rows
-//! in it) and on its observe socket ([`flow::Flow`]), the [`client`] that fetches them, and the human
+//! in it) and on its observe socket ([`flow::FlowResponse`], in Hubble's shape, and the filters of
+//! [`flow_filter`]), the [`client`] that fetches them, and the human
 //! tables the CLI prints of them. Every field is typed — enums for verdicts, drop reasons, directions
 //! and backend states; addresses, frontends and port ranges as values, not strings — and serialises to
 //! the JSON `-o json` has always printed.
@@ -18,6 +19,7 @@ pub mod client;
 pub mod clustermesh;
 pub mod drop_reason;
 pub mod flow;
+pub mod flow_filter;
 pub mod forward;
 pub mod health;
 pub mod identity;

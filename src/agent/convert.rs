@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use meshpath_api::clustermesh::{ClusterMeshStatus, RemoteClusterStatus, SyncStatus, Timestamp};
-use meshpath_api::flow::{Direction, Outcome};
+use meshpath_api::flow::{Arrival, Outcome};
 use meshpath_api::service::BackendState;
 use meshpath_api::status::KernelDrops;
 use meshpath_api::{DropReason, ForwardKind};
@@ -61,11 +61,11 @@ pub fn outcome(verdict: dp::flowlog::FlowVerdict) -> Outcome {
     }
 }
 
-pub fn direction(direction: dp::flowlog::Direction) -> Direction {
+pub fn direction(direction: dp::flowlog::Direction) -> Arrival {
     match direction {
-        dp::flowlog::Direction::FromPod => Direction::FromPod,
-        dp::flowlog::Direction::FromUplink => Direction::FromUplink,
-        dp::flowlog::Direction::FromHost => Direction::FromHost,
+        dp::flowlog::Direction::FromPod => Arrival::FromPod,
+        dp::flowlog::Direction::FromUplink => Arrival::FromUplink,
+        dp::flowlog::Direction::FromHost => Arrival::FromHost,
     }
 }
 

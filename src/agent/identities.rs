@@ -64,6 +64,18 @@ impl IdentityDirectory {
         }
     }
 
+    /// The labels of `id`, reserved or allocated; none for an identity nobody announced.
+    pub fn labels(&self, id: u32) -> Vec<Label> {
+        if let Some((_, name)) = RESERVED.iter().find(|(r, _)| r.get() == id) {
+            return vec![Label::new("reserved", name.name(), "")];
+        }
+        self.0
+            .lock()
+            .ok()
+            .and_then(|rows| rows.get(&id).map(|r| r.labels.clone()))
+            .unwrap_or_default()
+    }
+
     /// The reserved identities the dataplane uses, then every allocated one, by value.
     pub fn rows(&self) -> Vec<IdentityRow> {
         let reserved = RESERVED.iter().map(|(id, name)| IdentityRow {

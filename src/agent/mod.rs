@@ -14,6 +14,7 @@
 pub mod config;
 mod control;
 mod convert;
+mod endpoints;
 mod handler;
 mod health;
 mod host_port;
@@ -122,17 +123,22 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let programs = XdpPrograms::new(&config, std::mem::take(&mut wiring.programs));
     let uplink = programs.uplink().context("the uplink's XDP program")?;
 
-    let nodes = nodes::NodeDirectory::default();
-    let identities = identities::IdentityDirectory::default();
+    let directories = control::Directories {
+        nodes: nodes::NodeDirectory::default(),
+        identities: identities::IdentityDirectory::default(),
+        endpoints: endpoints::EndpointDirectory::default(),
+        readiness: health::Readiness::default(),
+    };
+    let (nodes, identities) = (directories.nodes.clone(), directories.identities.clone());
+    let readiness = directories.readiness.clone();
     let latency = metrics::publish_latency();
-    let readiness = health::Readiness::default();
     let sink = metrics::TimedSink::new(tables.clone(), latency.clone());
     let (mut tasks, mesh) = control::start(
         &config,
         spec,
         source.state.clone(),
         health::ReadySink::new(sink, readiness.clone()),
-        (nodes.clone(), identities.clone(), readiness.clone()),
+        directories.clone(),
         cancel.clone(),
     )
     .await?;
@@ -155,15 +161,19 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let kvstore = kvstore::spawn(&config, &mut tasks, etcd_latency.clone(), cancel.clone())?;
     let names = observe::Names {
         cluster: config.cluster.name.clone(),
-        node: config.node.name.clone(),
+        node_name: format!("{}/{}", config.cluster.name, config.node.name),
         tables: tables.clone(),
         mesh: mesh.clone(),
-        local: Some(source.state.clone()),
+        endpoints: directories.endpoints,
+        identities: directories.identities,
     };
+    let interfaces = port_names(&config).into_iter().map(|(p, i, _)| (p, i));
+    let kernel = observe::KernelDrops::of(stats.clone(), interfaces.collect());
     let hub = observe::FlowHub::default();
     tasks.spawn(observe::collect(
         flow_source,
         names,
+        kernel,
         hub.clone(),
         cancel.clone(),
     ));

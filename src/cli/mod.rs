@@ -3,6 +3,7 @@
 //! pages are all generated.
 
 mod args;
+mod merge;
 mod observe;
 pub mod output;
 mod status;
