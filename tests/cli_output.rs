@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use meshpath_api::clustermesh::{ClusterMeshStatus, RemoteClusterStatus, SyncStatus};
+use meshpath_api::endpoint::{EndpointRow, EndpointState};
 use meshpath_api::health::{Check, CheckKind, CheckName, CheckState, Health};
 use meshpath_api::identity::{IdentityRow, Label};
 use meshpath_api::kvstore::KvStoreStatus;
 use meshpath_api::node::NodeRow;
 use meshpath_api::policy::{AllowRow, DirectionRow, EndpointPolicyRow, PolicyPeer};
-use meshpath_api::service::{BackendInfo, BackendState, ServiceStatus};
+use meshpath_api::service::{BackendInfo, BackendState, ServiceStatus, ServiceType};
 use meshpath_api::status::{
     AgentStatus, ConntrackStatus, DataplaneStatus, FlowLogStatus, KernelDrops, PortRole,
     PortStatus, TableSizes,
@@ -78,7 +79,9 @@ fn canned() -> AgentStatus {
             nodes: 3,
         },
         services: vec![ServiceStatus {
+            id: Some(3),
             frontend: "10.96.0.10:80/TCP".parse().unwrap(),
+            service_type: ServiceType::ClusterIp,
             backends: vec![
                 BackendInfo {
                     backend: "10.1.0.3:80".parse().unwrap(),
@@ -144,6 +147,21 @@ fn canned() -> AgentStatus {
                 enforced: false,
                 allow: vec![],
             },
+        }],
+        endpoints: vec![EndpointRow {
+            id: 2,
+            pod: "default/x-wing".into(),
+            interface: Some("pod1".into()),
+            identity: 65537,
+            labels: labels(&[
+                "k8s:app=x-wing",
+                "k8s:io.cilium.k8s.policy.cluster=cluster1",
+            ]),
+            ipv4: Some("10.1.0.3".parse().unwrap()),
+            ipv6: Some("fd00:1::3".parse().unwrap()),
+            ingress_enforced: true,
+            egress_enforced: false,
+            state: EndpointState::Ready,
         }],
         health: Some(healthy()),
         version: Some(VersionInfo::new("0.1.0", "3f2a9c1d0e4b")),
@@ -276,22 +294,123 @@ fn status() {
 fn service_list() {
     let socket = fake_agent("service");
     let text = table(&socket, &["service", "list"]);
+    let lines: Vec<&str> = text.lines().collect();
     assert!(
-        has_line(&text, &["FRONTEND", "BACKEND", "CLUSTER", "STATE"]),
+        lines[0].starts_with("ID  Frontend           Service Type  Backend"),
         "{text}"
     );
     assert!(
-        has_line(&text, &["10.96.0.10:80/TCP", "10.1.0.3:80", "1", "active"]),
+        has_line(
+            &text,
+            &[
+                "3",
+                "10.96.0.10:80/TCP",
+                "ClusterIP",
+                "1",
+                "=>",
+                "10.1.0.3:80/TCP",
+                "(active)"
+            ]
+        ),
         "{text}"
     );
     assert!(
-        has_line(&text, &["10.2.0.3:80", "2", "terminating"]),
+        has_line(&text, &["2", "=>", "10.2.0.3:80/TCP", "(terminating)"]),
         "{text}"
     );
     let doc = json(&socket, &["service", "list"]);
+    assert_eq!(doc[0]["id"], 3);
+    assert_eq!(doc[0]["type"], "ClusterIP");
     assert_eq!(doc[0]["frontend"], "10.96.0.10:80/TCP");
     assert_eq!(doc[0]["backends"][1]["cluster"], 2);
     assert_eq!(doc[0]["backends"][1]["state"], "terminating");
+}
+
+#[test]
+fn endpoint_list() {
+    let socket = fake_agent("endpoint");
+    let text = table(&socket, &["endpoint", "list"]);
+    assert!(
+        has_line(&text, &["ENDPOINT", "POLICY", "(ingress)", "IDENTITY"]),
+        "{text}"
+    );
+    assert!(
+        has_line(
+            &text,
+            &[
+                "2",
+                "Enabled",
+                "Disabled",
+                "65537",
+                "k8s:app=x-wing",
+                "fd00:1::3",
+                "10.1.0.3",
+                "ready"
+            ]
+        ),
+        "{text}"
+    );
+    assert!(
+        has_line(&text, &["k8s:io.cilium.k8s.policy.cluster=cluster1"]),
+        "{text}"
+    );
+    let doc = json(&socket, &["endpoint", "list"]);
+    assert_eq!(doc[0]["pod"], "default/x-wing");
+    assert_eq!(doc[0]["labels"][0], "k8s:app=x-wing");
+}
+
+#[test]
+fn version_of_client_and_agent() {
+    let socket = fake_agent("version");
+    let text = table(&socket, &["version"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("Client: 0.1.0 (0.1.0-"), "{text}");
+    assert_eq!(lines[1], "Agent:  0.1.0 (0.1.0-3f2a9c1d0e4b)");
+    let doc = json(&socket, &["version"]);
+    assert_eq!(doc["agent"]["commit"], "3f2a9c1d0e4b");
+    assert_eq!(doc["client"]["version"], env!("CARGO_PKG_VERSION"));
+    let commit = doc["client"]["commit"].as_str().unwrap();
+    assert!(commit == "unknown" || commit.len() == 12, "{commit}");
+    let gone = std::env::temp_dir().join(format!("mp-cli-{}-no-agent.sock", std::process::id()));
+    let out = meshpath(&gone, &["version"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("Client: 0.1.0") && text.contains("Agent:  unavailable: no agent answers"),
+        "{text}"
+    );
+}
+
+#[test]
+fn completions_and_man_pages() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_meshpath"))
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("clustermesh"),
+            "{shell}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_meshpath"))
+        .arg("man")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(".ie"),
+        "roff on stdout"
+    );
+    let dir = std::env::temp_dir().join(format!("mp-cli-{}-man", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_meshpath"))
+        .args(["man", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(dir.join("meshpath-observe.1").exists());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

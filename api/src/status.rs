@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clustermesh::ClusterMeshStatus;
 use crate::drop_reason::DropReason;
+use crate::endpoint::EndpointRow;
 use crate::forward::ForwardKind;
 use crate::health::Health;
 use crate::identity::IdentityRow;
@@ -37,6 +38,9 @@ pub struct AgentStatus {
     /// Each pod on this node with its compiled policy, as the workers enforce it now.
     #[serde(default)]
     pub policies: Vec<EndpointPolicyRow>,
+    /// Each pod on this node: its identity, labels, addresses and enforcement.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointRow>,
     /// Liveness and readiness, as the health endpoint answers them; `null` from an agent that
     /// predates them.
     #[serde(default)]
@@ -395,6 +399,7 @@ mod tests {
             nodes: vec![],
             identities: vec![],
             policies: vec![],
+            endpoints: vec![],
             health: Some(Health::of(vec![])),
             version: Some(VersionInfo::new("0.1.0", "3f2a9c1d0e4b")),
             kvstore: Some(KvStoreStatus::disabled()),

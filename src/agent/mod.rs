@@ -14,6 +14,7 @@
 pub mod config;
 mod control;
 mod convert;
+mod endpoint_list;
 mod endpoints;
 mod handler;
 mod health;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use meshpath_api::client::{StatusRequest, StatusView};
 use meshpath_api::kvstore::KvStoreStatus;
-use meshpath_api::service::{BackendInfo, Frontend, ServiceStatus};
+use meshpath_api::service::{BackendInfo, Frontend, ServiceStatus, ServiceType};
 use meshpath_api::status::{
     AgentStatus, ConntrackStatus, DataplaneStatus, PortRole, PortStatus, TableSizes,
 };
@@ -82,6 +82,14 @@ impl StatusSources {
             },
             policies: if full {
                 super::policy::rows(&tables)
+            } else {
+                Vec::new()
+            },
+            endpoints: if full {
+                super::endpoint_list::rows(&tables, &self.identities, |port| {
+                    let named = self.ports.iter().find(|(id, _, _)| *id == port);
+                    named.map(|(_, name, _)| name.clone())
+                })
             } else {
                 Vec::new()
             },
@@ -165,10 +173,12 @@ fn services(tables: &Tables) -> Vec<ServiceStatus> {
         .map(|service| {
             let f = service.frontend;
             ServiceStatus {
+                id: Some(service.id.0),
                 frontend: Frontend {
                     address: convert::socket_addr(f.addr, f.port),
                     protocol: Protocol::from_number(f.proto),
                 },
+                service_type: ServiceType::ClusterIp,
                 backends: service
                     .backends()
                     .iter()

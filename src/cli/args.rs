@@ -51,35 +51,67 @@ pub enum Command {
     )]
     Status(StatusArgs),
     /// Every node of every cluster the local agent knows.
+    #[command(after_help = "Examples:\n  meshpath node list")]
     Node {
         #[command(subcommand)]
         command: NodeCommand,
     },
     /// The local agent's services.
+    #[command(after_help = "Examples:\n  meshpath service list")]
     Service {
         #[command(subcommand)]
         command: ServiceCommand,
     },
     /// The local agent's remote clusters.
+    #[command(after_help = "Examples:\n  meshpath clustermesh status --wait")]
     Clustermesh {
         #[command(subcommand)]
         command: ClustermeshCommand,
     },
     /// Security identities the local agent knows.
+    #[command(after_help = "Examples:\n  meshpath identity list")]
     Identity {
         #[command(subcommand)]
         command: IdentityCommand,
     },
     /// The compiled policy of the local agent's pods.
+    #[command(after_help = "Examples:\n  meshpath policy get")]
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
     },
     /// Flows the local agent decided on, like `hubble observe`.
     #[command(
-        after_help = "Examples:\n  meshpath observe --verdict dropped\n  meshpath observe --pod default/x-wing -f\n  meshpath observe -o json | jq .flow.source.pod_name"
+        after_help = "Examples:\n  meshpath observe --verdict DROPPED\n  meshpath observe --pod default/x-wing -f\n  meshpath observe --not --verdict forwarded --since 5m\n  meshpath observe -o json | jq .flow.source.pod_name\n  meshpath observe --socket /run/meshpath/c1-n1.sock --socket /run/meshpath/c1-n2.sock -f"
     )]
     Observe(super::observe::ObserveArgs),
+    /// The pods the local agent serves, like `cilium-dbg endpoint list`.
+    #[command(after_help = "Examples:\n  meshpath endpoint list")]
+    Endpoint {
+        #[command(subcommand)]
+        command: EndpointCommand,
+    },
+    /// The client's version and the running agent's, each with its git commit.
+    #[command(after_help = "Examples:\n  meshpath version\n  meshpath version -o json")]
+    Version(AgentQuery),
+    /// A shell completion script, generated from these very commands.
+    #[command(
+        after_help = "Examples:\n  meshpath completion bash > /etc/bash_completion.d/meshpath\n  meshpath completion zsh > \"${fpath[1]}/_meshpath\"\n  meshpath completion fish > ~/.config/fish/completions/meshpath.fish"
+    )]
+    Completion {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Man pages, generated from these very commands: one per command.
+    #[command(
+        after_help = "Examples:\n  meshpath man | man -l -\n  meshpath man --dir /usr/local/share/man/man1"
+    )]
+    Man {
+        /// Write a page per command into this directory (otherwise meshpath(1) to standard output).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// `meshpath-COMMAND ARGS…`, found next to this binary or on PATH (`lab`, `demo`).
     #[command(external_subcommand)]
     External(Vec<OsString>),
@@ -142,8 +174,10 @@ pub enum NodeCommand {
 
 #[derive(Subcommand)]
 pub enum ServiceCommand {
-    /// Frontends → backends, with their cluster and state.
-    #[command(after_help = "Examples:\n  meshpath service list\n  meshpath service list -o json")]
+    /// ID, frontend, type and each backend with its protocol and state, as cilium-dbg lists them.
+    #[command(
+        after_help = "Examples:\n  meshpath service list\n  meshpath service list -o json | jq '.[].backends[].backend'"
+    )]
     List(AgentQuery),
 }
 
@@ -166,6 +200,15 @@ pub enum IdentityCommand {
 }
 
 #[derive(Subcommand)]
+pub enum EndpointCommand {
+    /// Per pod on this node: id, policy enforcement per direction, identity, labels, addresses.
+    #[command(
+        after_help = "Examples:\n  meshpath endpoint list\n  meshpath endpoint list -o json"
+    )]
+    List(AgentQuery),
+}
+
+#[derive(Subcommand)]
 pub enum PolicyCommand {
     /// Per pod on this node: its identity and, per direction, whether enforced and what is allowed.
     #[command(after_help = "Examples:\n  meshpath policy get\n  meshpath policy get -o json")]
@@ -178,4 +221,41 @@ pub enum Output {
     Table,
     /// JSON for programs.
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag says what it does, and every command shows how it is used.
+    #[test]
+    fn help_on_every_flag_and_examples_on_every_command() {
+        fn walk(command: &clap::Command, path: &str, problems: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() {
+                    problems.push(format!("{path}: --{} has no help", arg.get_id()));
+                }
+            }
+            let subcommands: Vec<_> = command
+                .get_subcommands()
+                .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+                .collect();
+            let examples = command
+                .get_after_help()
+                .is_some_and(|h| h.to_string().contains("Examples:"));
+            if path != " meshpath" && !examples {
+                problems.push(format!("{path}: no examples"));
+            }
+            for sub in subcommands {
+                walk(sub, &path, problems);
+            }
+        }
+        let mut problems = Vec::new();
+        walk(&Cli::command(), "", &mut problems);
+        assert!(problems.is_empty(), "{problems:#?}");
+        Cli::command().debug_assert();
+    }
 }

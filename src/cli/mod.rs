@@ -3,18 +3,20 @@
 //! pages are all generated.
 
 mod args;
+mod docs;
 mod merge;
 mod observe;
 pub mod output;
 mod status;
+mod version;
 
 use std::process::ExitCode;
 
-use meshpath_api::{identity, node, policy, service, AgentStatus, Client};
+use meshpath_api::{endpoint, identity, node, policy, service, AgentStatus, Client};
 
 use args::{
-    AgentQuery, ClustermeshCommand, IdentityCommand, NodeCommand, Output, PolicyCommand,
-    ServiceCommand,
+    AgentQuery, ClustermeshCommand, EndpointCommand, IdentityCommand, NodeCommand, Output,
+    PolicyCommand, ServiceCommand,
 };
 pub use args::{Cli, Command};
 
@@ -46,7 +48,13 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Endpoint {
+            command: EndpointCommand::List(query),
+        } => query.print(|s| s.endpoints, |rows| endpoint::render(rows)),
         Command::Observe(args) => observe::observe(args),
+        Command::Version(query) => version::version(query),
+        Command::Completion { shell } => docs::completion(shell),
+        Command::Man { dir } => docs::man(dir.as_deref()),
         Command::Agent { .. } | Command::External(_) => {
             anyhow::bail!("not a command of the CLI (the binary runs it)")
         }
