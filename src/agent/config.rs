@@ -55,6 +55,9 @@ pub struct AgentConfig {
     /// Where Prometheus scrapes `GET /metrics`, as `address:port` (e.g. `127.0.0.1:9962`); no
     /// endpoint without it.
     pub metrics: Option<String>,
+    /// `text` (the default: plain, in colour only at a terminal) or `json` (one object per line).
+    #[serde(default)]
+    pub log_format: super::logging::LogFormat,
     /// Where the health endpoint listens (`/livez`, `/readyz`, `/healthz`), as `address:port`;
     /// 127.0.0.1:9879 unless set, as Cilium's agent; `null` turns it off.
     #[serde(default = "default_health")]

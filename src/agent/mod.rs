@@ -21,6 +21,7 @@ mod health;
 mod host_port;
 mod identities;
 mod kvstore;
+mod logging;
 pub mod metrics;
 mod node_sync;
 mod nodes;
@@ -69,14 +70,8 @@ const CONNTRACK_FILE: &str = "conntrack.v1";
 
 /// Runs the agent until SIGINT, SIGTERM or SIGHUP.
 pub fn run(config_path: PathBuf, netns: Option<String>) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(colour_on_stderr())
-        .with_writer(std::io::stderr)
-        .try_init();
     let config = AgentConfig::load(&config_path)?;
+    logging::init(config.log_format);
     // Before any thread exists: every socket, interface lookup and thread then lives in the node.
     if let Some(name) = &netns {
         Netns::named(name)
@@ -88,14 +83,6 @@ pub fn run(config_path: PathBuf, netns: Option<String>) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(run_node(config))
-}
-
-/// Colour only for a person at a terminal: log files, journald and Kubernetes get plain text, and
-/// `NO_COLOR` (any non-empty value, as no-color.org defines it) turns it off everywhere.
-fn colour_on_stderr() -> bool {
-    use std::io::IsTerminal;
-    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    !no_color && std::io::stderr().is_terminal()
 }
 
 async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
