@@ -281,6 +281,7 @@ impl<S: SnapshotSink> SnapshotSink for ReadySink<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn counter() -> (Arc<AtomicU64>, Beat) {
@@ -387,6 +388,48 @@ mod tests {
         assert_eq!(get(address, "/livez").await.0, 200, "it beat again");
         cancel.cancel();
         server.join().unwrap();
+    }
+
+    /// The DaemonSet in deploy/ probes this endpoint, runs on Linux nodes only, and mounts its secrets
+    /// readable by the agent alone.
+    #[test]
+    fn the_daemonset_probes_this_endpoint() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/daemonset.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+            .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+            .collect();
+        let ds = docs
+            .iter()
+            .find(|d| d["kind"] == "DaemonSet")
+            .expect("a DaemonSet");
+        let pod = &ds["spec"]["template"]["spec"];
+        assert_eq!(pod["nodeSelector"]["kubernetes.io/os"], "linux");
+        let agent = &pod["containers"][0];
+        for (probe, path) in [
+            ("startupProbe", "/readyz"),
+            ("livenessProbe", "/livez"),
+            ("readinessProbe", "/readyz"),
+        ] {
+            let get = &agent[probe]["httpGet"];
+            assert_eq!(get["port"], 9879, "{probe}");
+            assert_eq!(get["host"], "127.0.0.1", "{probe}");
+            assert_eq!(get["path"], path, "{probe}");
+        }
+        let caps = agent["securityContext"]["capabilities"]["add"]
+            .as_sequence()
+            .unwrap();
+        assert!(
+            caps.iter().any(|c| c == "SYS_RESOURCE"),
+            "to lift RLIMIT_MEMLOCK on old kernels"
+        );
+        let env = agent["env"].as_sequence().unwrap();
+        assert!(env.iter().any(|e| e["name"] == "NO_COLOR"));
+        for volume in pod["volumes"].as_sequence().unwrap() {
+            if let Some(secret) = volume.get("secret") {
+                assert_eq!(secret["defaultMode"], 0o400, "{volume:?}");
+            }
+        }
     }
 
     async fn wait_for<F, Fut>(mut condition: F) -> bool

@@ -22,6 +22,7 @@ mod host_port;
 mod identities;
 mod kvstore;
 mod logging;
+mod memlock;
 pub mod metrics;
 mod node_sync;
 mod nodes;
@@ -72,6 +73,10 @@ const CONNTRACK_FILE: &str = "conntrack.v1";
 pub fn run(config_path: PathBuf, netns: Option<String>) -> anyhow::Result<()> {
     let config = AgentConfig::load(&config_path)?;
     logging::init(config.log_format);
+    if let Err(error) = memlock::lift() {
+        // Kernels from 5.11 do not charge BPF maps to it; older ones will refuse them below.
+        tracing::debug!(%error, "RLIMIT_MEMLOCK not lifted");
+    }
     // Before any thread exists: every socket, interface lookup and thread then lives in the node.
     if let Some(name) = &netns {
         Netns::named(name)
