@@ -2,7 +2,7 @@
 //! carry the XDP program and AF_XDP sockets, patched together by a cross-connect handler. A ping
 //! between the pods must cross the AF_XDP path (port counters prove it) while the node's own traffic on
 //! its uplink still reaches the kernel (XDP_PASS), and tunnel-port traffic to the node is taken.
-//! Needs root; skipped with a printed reason only when not root.
+//! Needs root: not root, it is reported as skipped (and fails under `scripts/test`).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
@@ -15,10 +15,13 @@ use meshpath_dataplane::afxdp::{
 };
 use meshpath_dataplane::frame::HEADROOM;
 use meshpath_dataplane::{DropReason, Frame, PortId, Verdict};
+use meshpath_testkit::needs_root;
 use meshpath_xdp_redirect::netns::{ifindex, Netns};
 use meshpath_xdp_redirect::{Attachment, NodeAddrs, Role, XdpRedirect};
 
 const UPLINK: PortId = PortId(0);
+/// How long a frame already sent may take to be counted on a loaded machine.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 const POD_A: PortId = PortId(1);
 const POD_B: PortId = PortId(2);
 
@@ -122,18 +125,9 @@ fn ip(args: &[&str]) {
     assert!(status.success(), "ip {args:?}: {status}");
 }
 
-fn is_root() -> bool {
-    let uid = Command::new("id").arg("-u").output().expect("id(1)");
-    let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
-    if !root {
-        eprintln!("skipped: real AF_XDP needs root");
-    }
-    root
-}
-
 #[test]
 fn pods_talk_through_afxdp_while_the_node_keeps_its_own_traffic() {
-    if !is_root() {
+    if !needs_root("pods_talk_through_afxdp_while_the_node_keeps_its_own_traffic") {
         return;
     }
     let stats = forward_through_afxdp("fwd", false);
@@ -142,7 +136,7 @@ fn pods_talk_through_afxdp_while_the_node_keeps_its_own_traffic() {
 
 #[test]
 fn busy_polling_worker_forwards_without_sleeping() {
-    if !is_root() {
+    if !needs_root("busy_polling_worker_forwards_without_sleeping") {
         return;
     }
     let stats = forward_through_afxdp("busy", true);
@@ -252,12 +246,20 @@ fn forward_through_afxdp(tag: &str, busy_poll: bool) -> WorkerStats {
             "for i in 1 2 3; do echo vxlan > /dev/udp/198.18.1.1/8472; done",
         ],
     );
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The datagrams are in flight when `bash` returns: wait until the worker has counted them.
+    let taken = meshpath_testkit::until("the three tunnel datagrams on the uplink", WAIT, || {
+        let stats = wired.stats.read();
+        let dropped = stats
+            .port(UPLINK)
+            .map_or(0, |up| up.drops[DropReason::UnknownPort.index()]);
+        meshpath_testkit::wait::check(dropped >= 3, format!("{dropped} dropped as unknown_port"))
+    });
 
     let (stats, programs) = wired.stop();
     let uplink_verdicts = programs[0].verdicts().expect("uplink counters");
     eprintln!("{stats:#?}\nuplink program: {uplink_verdicts:?}");
 
+    taken.expect("the worker counts what it took");
     assert!(pods_ping, "pod a could not ping pod b through AF_XDP");
     assert_eq!(
         short_headroom.load(Ordering::Relaxed),
@@ -318,7 +320,7 @@ impl BatchHandler for Stall {
 
 #[test]
 fn the_heartbeat_beats_while_idle_and_stops_with_a_stuck_worker() {
-    if !is_root() {
+    if !needs_root("the_heartbeat_beats_while_idle_and_stops_with_a_stuck_worker") {
         return;
     }
     let lab = Lab::build("beat");
@@ -374,7 +376,7 @@ impl BatchHandler for Slow {
 /// counters must show while it is saturated, not only once it idles again.
 #[test]
 fn kernel_drops_show_while_the_worker_is_saturated() {
-    if !is_root() {
+    if !needs_root("kernel_drops_show_while_the_worker_is_saturated") {
         return;
     }
     let lab = Lab::build("sat");
@@ -417,14 +419,11 @@ while time.time() < end:\n    s.sendto(b'x' * 64, ('100.64.1.11', 9))\n";
     assert!(kernel_drops(&stats) > 0);
 }
 
-/// Polls `condition` for up to five seconds.
+/// Whether `condition` holds within five seconds.
 fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::time::Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    false
+    let five = std::time::Duration::from_secs(5);
+    meshpath_testkit::until("the condition", five, || {
+        meshpath_testkit::wait::check(condition(), ())
+    })
+    .is_ok()
 }

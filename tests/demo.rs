@@ -1,6 +1,8 @@
 //! The demo of Cilium's ClusterMesh docs, end to end on the lab (root): two clusters, an etcd and an
 //! agent each, meshed. The report must show the global service answered from both clusters, failover
-//! without a failed request, and the cross-cluster policy's verdicts. Run as users run it, `meshpath
+//! without a failed request, the cross-cluster policy's verdicts, and the node's own path: the world
+//! reached behind the node's address, node and pod reaching each other, path MTU discovery across
+//! the tunnel. Run as users run it, `meshpath
 //! demo`, which execs `meshpath-demo` beside `meshpath` (`cargo test --workspace` builds every
 //! package's binaries before it runs a test; `cargo test -p meshpath` alone does not build it).
 
@@ -8,9 +10,7 @@ use std::process::Command;
 
 #[test]
 fn the_clustermesh_demo_works_end_to_end() {
-    let uid = Command::new("id").arg("-u").output().expect("id(1)");
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        eprintln!("skipped: the demo needs root");
+    if !meshpath_testkit::needs_root("the_clustermesh_demo_works_end_to_end") {
         return;
     }
     let prefix = format!("d{}", std::process::id() % 100_000);
@@ -93,6 +93,17 @@ fn the_clustermesh_demo_works_end_to_end() {
             "cluster2/c2-n2"
         ]
     );
+
+    let beyond = &report["beyond_mesh"];
+    for check in [
+        "outside_reached",
+        "outside_saw_node_address",
+        "node_to_pod",
+        "pod_to_node",
+        "pmtu_large_transfer",
+    ] {
+        assert_eq!(beyond[check], true, "beyond the mesh: {check}: {report:#}");
+    }
 
     let leftovers = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let leftovers = String::from_utf8_lossy(&leftovers.stdout);

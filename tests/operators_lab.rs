@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshpath");
 
@@ -91,28 +91,15 @@ fn ok(out: &Output) -> bool {
 }
 
 fn wait_for(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if ready() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
-}
-
-fn is_root() -> bool {
-    let uid = Command::new("id").arg("-u").output().expect("id(1)");
-    let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
-    if !root {
-        eprintln!("skipped: the lab needs root");
-    }
-    root
+    meshpath_testkit::until("the condition", timeout, || {
+        meshpath_testkit::wait::check(ready(), ())
+    })
+    .is_ok()
 }
 
 #[test]
 fn operators_read_a_meshed_lab_as_they_read_cilium() {
-    if !is_root() {
+    if !meshpath_testkit::needs_root("operators_read_a_meshed_lab_as_they_read_cilium") {
         return;
     }
     let lab = MeshLab::up();

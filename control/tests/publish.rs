@@ -213,25 +213,33 @@ async fn what_cluster2_publishes_cluster1_sees_and_sees_go() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_agents_never_disagree_on_identities() {
     let etcd = Etcd::start("cluster2").await;
+    let nodes = ["c2-n1", "c2-n2", "c2-n3", "c2-n4"];
     let mut agents = Vec::new();
-    for node in ["c2-n1", "c2-n2", "c2-n3"] {
+    for node in nodes {
         agents.push(publisher(&etcd, 2, node, Duration::from_secs(10)).await);
     }
+    // Every agent asks for the same label set at the same moment: a barrier before each one, so the
+    // transactions of all agents race on one value prefix and one candidate id every time.
     let apps: Vec<String> = (0..12).map(|i| format!("app{i}")).collect();
-    let runs = agents.into_iter().enumerate().map(|(n, mut agent)| {
-        let mut apps = apps.clone();
-        apps.rotate_left(n * 4);
-        tokio::spawn(async move {
-            let mut got = Vec::new();
-            for app in apps {
-                got.push((
-                    app.clone(),
-                    agent.identity(&pod_labels(2, &app)).await.unwrap(),
-                ));
-            }
-            (agent, got)
+    let start = Arc::new(tokio::sync::Barrier::new(nodes.len()));
+    // Collected, so that every agent is spawned before the first is awaited.
+    let runs: Vec<_> = agents
+        .into_iter()
+        .map(|mut agent| {
+            let (apps, start) = (apps.clone(), start.clone());
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for app in apps {
+                    start.wait().await;
+                    got.push((
+                        app.clone(),
+                        agent.identity(&pod_labels(2, &app)).await.unwrap(),
+                    ));
+                }
+                (agent, got)
+            })
         })
-    });
+        .collect();
     let mut by_app: std::collections::BTreeMap<String, Identity> = Default::default();
     let mut agents = Vec::new();
     for run in runs {
@@ -255,8 +263,25 @@ async fn concurrent_agents_never_disagree_on_identities() {
         .iter()
         .all(|i| i.cluster() == Some(id(2)) && !i.is_reserved()));
 
-    // The master keys hold the label strings, in Cilium's layout.
+    // The master keys hold the label strings, in Cilium's layout; every agent holds its own claim on
+    // every label set, with the one id.
     let mut client = etcd.client("root").await.unwrap();
+    for (app, identity) in &by_app {
+        for node in nodes {
+            let claim = format!(
+                "cilium/state/identities/v1/value/{}/{node}",
+                pod_labels(2, app)
+            );
+            let resp = client.get(claim.clone(), None).await.unwrap();
+            assert_eq!(
+                resp.kvs()
+                    .first()
+                    .map(|kv| kv.value_str().unwrap().to_owned()),
+                Some(identity.to_string()),
+                "{claim}"
+            );
+        }
+    }
     let first = by_app["app0"];
     let resp = client
         .get(format!("cilium/state/identities/v1/id/{first}"), None)
@@ -271,7 +296,7 @@ async fn concurrent_agents_never_disagree_on_identities() {
     for agent in agents {
         agent.close().await.unwrap();
     }
-    let mut late = publisher(&etcd, 2, "c2-n4", Duration::from_secs(10)).await;
+    let mut late = publisher(&etcd, 2, "c2-n5", Duration::from_secs(10)).await;
     assert_eq!(late.identity(&pod_labels(2, "app0")).await.unwrap(), first);
     let fresh = late.identity(&pod_labels(2, "new")).await.unwrap();
     assert!(!ids.contains(&fresh));
@@ -280,26 +305,33 @@ async fn concurrent_agents_never_disagree_on_identities() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_is_kept_alive_beyond_its_ttl_and_across_an_etcd_restart() {
     let mut etcd = Etcd::start("cluster2").await;
-    let mut p = publisher(&etcd, 2, "c2-n1", Duration::from_secs(2)).await;
+    let ttl = Duration::from_secs(2);
+    let mut p = publisher(&etcd, 2, "c2-n1", ttl).await;
     p.publish_node(&node(2)).await.unwrap();
-    let node_key = "cilium/state/nodes/v1/cluster2/c2-n1";
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let mut client = etcd.client("root").await.unwrap();
-    assert_eq!(
-        client.get(node_key, None).await.unwrap().kvs().len(),
-        1,
-        "outlived two TTLs"
-    );
-
+    kept_for_two_ttls(&etcd, ttl, "from the start").await;
     etcd.restart().await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let mut client = etcd.client("root").await.unwrap();
-    assert_eq!(
-        client.get(node_key, None).await.unwrap().kvs().len(),
-        1,
-        "renewed after the restart"
-    );
+    kept_for_two_ttls(&etcd, ttl, "after the restart").await;
     assert!(!*p.lease().lost.borrow());
+}
+
+/// Looks at the node key again and again for two TTLs: it must be there every time, which only
+/// renewals of its lease can make true.
+async fn kept_for_two_ttls(etcd: &Etcd, ttl: Duration, when: &str) {
+    let node_key = "cilium/state/nodes/v1/cluster2/c2-n1";
+    let client = etcd.client("root").await.unwrap();
+    let start = tokio::time::Instant::now();
+    let what = format!("two TTLs with the node key kept, {when}");
+    meshpath_testkit::until_async(&what, ttl * 5, || {
+        let mut client = client.clone();
+        async move {
+            let held = client.get(node_key, None).await.unwrap().kvs().len();
+            let elapsed = start.elapsed();
+            assert_eq!(held, 1, "the key vanished {elapsed:?} {when}");
+            meshpath_testkit::wait::check(elapsed >= ttl * 2, elapsed)
+        }
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,13 +103,13 @@ fn spec() -> NodeSpec {
 }
 
 async fn until(swap: &ArcSwap<Tables>, what: &str, done: impl Fn(&Tables) -> bool) {
-    for _ in 0..200 {
-        if done(&swap.load()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no snapshot with {what} within 10 s");
+    let what = format!("a snapshot with {what}");
+    meshpath_testkit::until_async(&what, Duration::from_secs(10), || {
+        let held = done(&swap.load());
+        async move { meshpath_testkit::wait::check(held, "not yet") }
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -246,8 +246,11 @@ fn start_agent(plan: &Plan, node: &Node, agent: &Path) -> anyhow::Result<()> {
     );
     let path = dir(&plan.prefix).join(format!("c{c}-n{n}.yaml"));
     std::fs::write(&path, config)?;
-    let out = std::fs::File::create(log(plan, &node.netns))?;
-    Command::new(agent)
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log(plan, &node.netns))?;
+    let child = Command::new(agent)
         .args(["agent", "--config"])
         .arg(&path)
         .args(["--netns", &node.netns])
@@ -256,7 +259,60 @@ fn start_agent(plan: &Plan, node: &Node, agent: &Path) -> anyhow::Result<()> {
         .stderr(out)
         .spawn()
         .with_context(|| format!("starting the agent of {}", node.netns))?;
+    std::fs::write(pid_file(&plan.prefix, c, n), child.id().to_string())?;
     Ok(())
+}
+
+fn pid_file(prefix: &str, c: u8, n: u8) -> PathBuf {
+    dir(prefix).join(format!("c{c}-n{n}.pid"))
+}
+
+/// How an agent is stopped: the planned way (SIGTERM: it hands conntrack over) or killed (SIGKILL, as
+/// an OOM kill does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Planned,
+    Killed,
+}
+
+/// Stops the agent of node `n` of cluster `c` and waits until its process is gone.
+pub fn stop_agent(plan: &Plan, c: u8, n: u8, how: Stop) -> anyhow::Result<()> {
+    let pid = std::fs::read_to_string(pid_file(&plan.prefix, c, n))
+        .context("the agent's pid file")?
+        .trim()
+        .to_owned();
+    let signal = match how {
+        Stop::Planned => "TERM",
+        Stop::Killed => "KILL",
+    };
+    Command::new("kill").args(["-s", signal, &pid]).status()?;
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    if !wait(Duration::from_secs(20), || {
+        !proc_dir.exists() || zombie(&proc_dir)
+    }) {
+        bail!("the agent of c{c}-n{n} (pid {pid}) did not exit");
+    }
+    Ok(())
+}
+
+/// A child that exited but was never waited for: `lab` does not wait for the agents it started.
+fn zombie(proc_dir: &Path) -> bool {
+    std::fs::read_to_string(proc_dir.join("stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Starts the agent of node `n` of cluster `c` again (after [`stop_agent`]), with its configuration.
+pub fn start_agent_again(plan: &Plan, c: u8, n: u8) -> anyhow::Result<()> {
+    let agent = crate::agent_binary::agent_binary()?;
+    let node = plan
+        .nodes
+        .iter()
+        .find(|node| node.cluster == c && node.node == n)
+        .with_context(|| format!("no node c{c}-n{n} in the plan"))?;
+    start_agent(plan, node, &agent)
 }
 
 fn interface_mac(netns: &str, interface: &str) -> anyhow::Result<String> {

@@ -38,7 +38,8 @@ pub struct Node {
     pub fabric_port: String,
     pub underlay: Ipv4Addr,
     pub pod_cidr: (Ipv4Addr, u8),
-    /// The pods' default gateway, held by the node on every pod-facing veth.
+    /// The pods' default gateway: an on-link address whose ARP the agent answers (no interface holds
+    /// it).
     pub gateway: Ipv4Addr,
     pub pods: Vec<Pod>,
 }
@@ -51,10 +52,16 @@ pub struct Pod {
     pub addr: Ipv4Addr,
 }
 
+/// The host outside every cluster (TEST-NET-3, RFC 5737), and the fabric router's address towards it.
+pub const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const OUTSIDE_ROUTER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Plan {
     pub prefix: String,
     pub fabric: String,
+    /// The namespace of the host outside the mesh, at [`OUTSIDE`].
+    pub outside: String,
     pub clusters: Vec<u8>,
     pub nodes: Vec<Node>,
 }
@@ -95,17 +102,20 @@ impl Plan {
         Ok(Plan {
             prefix: prefix.to_owned(),
             fabric: format!("{prefix}-fabric"),
+            outside: format!("{prefix}-outside"),
             clusters,
             nodes,
         })
     }
 
-    /// Every namespace of the plan, fabric first.
+    /// Every namespace of the plan, fabric and outside host first.
     pub fn namespaces(&self) -> impl Iterator<Item = &str> {
         let nodes = self.nodes.iter().flat_map(|n| {
             std::iter::once(n.netns.as_str()).chain(n.pods.iter().map(|p| p.netns.as_str()))
         });
-        std::iter::once(self.fabric.as_str()).chain(nodes)
+        [self.fabric.as_str(), self.outside.as_str()]
+            .into_iter()
+            .chain(nodes)
     }
 }
 
@@ -136,6 +146,7 @@ pub fn is_lab_netns(prefix: &str, name: &str) -> bool {
         return false;
     };
     rest == "fabric"
+        || rest == "outside"
         || rest
             .strip_prefix('c')
             .is_some_and(|r| r.starts_with(|ch: char| ch.is_ascii_digit()) && r.contains("-n"))
@@ -154,7 +165,7 @@ mod tests {
         ) {
             let plan = Plan::new("mp", Size { clusters, nodes, pods }).expect("valid size");
             let ns: Vec<&str> = plan.namespaces().collect();
-            prop_assert_eq!(ns.len(), 1 + clusters as usize * nodes as usize * (1 + pods as usize));
+            prop_assert_eq!(ns.len(), 2 + clusters as usize * nodes as usize * (1 + pods as usize));
             prop_assert_eq!(ns.iter().collect::<HashSet<_>>().len(), ns.len());
             prop_assert!(ns.iter().all(|n| is_lab_netns("mp", n)));
             let mut addrs = HashSet::new();

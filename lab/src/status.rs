@@ -15,7 +15,7 @@ pub struct Status {
 #[derive(Debug, Serialize)]
 pub struct Netns {
     pub name: String,
-    /// fabric, node or pod.
+    /// fabric, outside, node or pod.
     pub role: &'static str,
     pub interfaces: Vec<Interface>,
     /// Processes running inside (the node agent, once there is one), by pid.
@@ -60,6 +60,7 @@ pub fn status(prefix: &str) -> Result<Status, IpError> {
 fn role_of(prefix: &str, name: &str) -> &'static str {
     match name.strip_prefix(prefix).unwrap_or(name) {
         "-fabric" => "fabric",
+        "-outside" => "outside",
         rest if rest.contains("-p") => "pod",
         _ => "node",
     }

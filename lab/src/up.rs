@@ -1,10 +1,13 @@
 //! `meshpath lab up`: creates whatever of the plan is missing; running it again changes nothing.
+//!
+//! The nodes get no kernel path for pod traffic: no address or route on the pods' veths and no routes
+//! to other nodes' pods. Only an agent carries it (its XDP programs, its host port and the routes it
+//! installs there), so a test that sees pods talk knows the dataplane carried them. Pods keep the
+//! kernel's default offloads and an MTU of 1500: the dataplane finishes offloaded checksums and
+//! answers frames too big for the tunnel with "fragmentation needed".
 
-use crate::ip::{complete_checksums, enable_forwarding, ensure_netns, ip, link_exists, IpError};
-use crate::plan::{bridge, fabric_router, Node, Plan};
-
-/// The pods' MTU: the underlay's 1500 less the tunnel's overhead.
-pub const POD_MTU: u16 = 1450;
+use crate::ip::{enable_forwarding, ensure_netns, ip, link_exists, IpError};
+use crate::plan::{bridge, fabric_router, Node, Plan, OUTSIDE, OUTSIDE_ROUTER};
 
 pub fn up(plan: &Plan) -> Result<(), IpError> {
     let fabric = plan.fabric.as_str();
@@ -19,12 +22,55 @@ pub fn up(plan: &Plan) -> Result<(), IpError> {
         ip(&["-n", fabric, "addr", "replace", &router, "dev", &br])?;
         ip(&["-n", fabric, "link", "set", &br, "up"])?;
     }
+    outside_up(plan)?;
     for node in &plan.nodes {
         node_up(plan, node)?;
     }
     Ok(())
 }
 
+/// A host outside every cluster, behind the fabric's router: what pods reach beyond the mesh.
+fn outside_up(plan: &Plan) -> Result<(), IpError> {
+    let (ns, fabric) = (plan.outside.as_str(), plan.fabric.as_str());
+    ensure_netns(ns)?;
+    if !link_exists(ns, "eth0") {
+        ip(&[
+            "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "outside", "netns",
+            fabric,
+        ])?;
+    }
+    ip(&[
+        "-n",
+        fabric,
+        "addr",
+        "replace",
+        &format!("{OUTSIDE_ROUTER}/24"),
+        "dev",
+        "outside",
+    ])?;
+    ip(&["-n", fabric, "link", "set", "outside", "up"])?;
+    ip(&[
+        "-n",
+        ns,
+        "addr",
+        "replace",
+        &format!("{OUTSIDE}/24"),
+        "dev",
+        "eth0",
+    ])?;
+    ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    ip(&[
+        "-n",
+        ns,
+        "route",
+        "replace",
+        "default",
+        "via",
+        &OUTSIDE_ROUTER.to_string(),
+    ])
+    .map(drop)
+}
 fn node_up(plan: &Plan, node: &Node) -> Result<(), IpError> {
     let (ns, fabric) = (node.netns.as_str(), plan.fabric.as_str());
     ensure_netns(ns)?;
@@ -47,7 +93,7 @@ fn node_up(plan: &Plan, node: &Node) -> Result<(), IpError> {
         "up",
     ])?;
     ip(&["-n", ns, "link", "set", "uplink", "up"])?;
-    complete_checksums(ns, "uplink")?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
     ip(&[
         "-n",
         ns,
@@ -59,24 +105,6 @@ fn node_up(plan: &Plan, node: &Node) -> Result<(), IpError> {
     ])?;
     let router = fabric_router(node.cluster).to_string();
     ip(&["-n", ns, "route", "replace", "default", "via", &router])?;
-    // Without an agent the kernel still routes pods between the nodes of one cluster; between
-    // clusters only the tunnel can (the fabric knows no pod routes).
-    for peer in plan
-        .nodes
-        .iter()
-        .filter(|p| p.cluster == node.cluster && p.node != node.node)
-    {
-        let cidr = format!("{}/{}", peer.pod_cidr.0, peer.pod_cidr.1);
-        ip(&[
-            "-n",
-            ns,
-            "route",
-            "replace",
-            &cidr,
-            "via",
-            &peer.underlay.to_string(),
-        ])?;
-    }
     let gateway = node.gateway.to_string();
     for pod in &node.pods {
         ensure_netns(&pod.netns)?;
@@ -98,29 +126,9 @@ fn node_up(plan: &Plan, node: &Node) -> Result<(), IpError> {
             ])?;
         }
         ip(&["-n", ns, "link", "set", &pod.node_port, "up"])?;
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "replace",
-            &format!("{gateway}/32"),
-            "dev",
-            &pod.node_port,
-        ])?;
-        ip(&[
-            "-n",
-            ns,
-            "route",
-            "replace",
-            &format!("{}/32", pod.addr),
-            "dev",
-            &pod.node_port,
-        ])?;
         let p = pod.netns.as_str();
         ip(&["-n", p, "link", "set", "eth0", "up"])?;
-        complete_checksums(p, "eth0")?;
-        // Room for VXLAN's 50 bytes on the 1500-byte underlay, as Cilium sizes pod MTUs.
-        ip(&["-n", p, "link", "set", "eth0", "mtu", &POD_MTU.to_string()])?;
+        ip(&["-n", p, "link", "set", "lo", "up"])?;
         ip(&[
             "-n",
             p,

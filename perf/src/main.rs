@@ -5,6 +5,7 @@ mod forward;
 mod measure;
 mod pipeline;
 mod report;
+mod restart;
 mod sync;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,9 @@ enum Scenario {
     /// Real 64-byte UDP frames through a node in namespaces: bare AF_XDP, the kernel with VXLAN and
     /// meshpath's pipeline, Mpps, ratios, latency at half rate and a chart.
     Forward(forward::Args),
+    /// Established TCP connections through a service while the agent restarts (planned, then killed):
+    /// connections kept, the longest gap, frames the kernel got while no agent ran.
+    Restart(restart::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +40,6 @@ fn main() -> anyhow::Result<()> {
         Scenario::Pipeline(args) => report::print(&pipeline::run(&args)?, cli.json),
         Scenario::Sync(args) => report::print(&sync::run(&args)?, cli.json),
         Scenario::Forward(args) => report::print(&forward::run(&args)?, cli.json),
+        Scenario::Restart(args) => report::print(&restart::run(&args)?, cli.json),
     }
 }

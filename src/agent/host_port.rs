@@ -8,7 +8,9 @@
 //! the kernel routes to. The kernel end does no ARP or neighbour discovery (its routes are on-link and
 //! every frame it sends is ours, addressed to its own MAC, which the dataplane does not check), accepts
 //! packets from the node's own address (masqueraded pod traffic the kernel then forwards to the world),
-//! uses loose reverse-path filtering for the same reason, and the node forwards IP (the world path).
+//! uses loose reverse-path filtering for the same reason (with a link-local address of its own, without
+//! which the kernel's reverse-path check refuses every source), and the node forwards IP (the world
+//! path).
 //! The masquerade port range is reserved in the kernel so that no local socket takes one of its ports.
 
 use std::collections::BTreeSet;
@@ -19,6 +21,10 @@ use anyhow::{bail, Context};
 use meshpath_control::state::Cidr;
 
 use super::config::AgentConfig;
+
+/// The kernel end's own address (IPv4 link-local): the node never uses it as a source (its routes
+/// into the host port name the node's address), it only makes reverse-path filtering work.
+const KERNEL_END_ADDRESS: &str = "169.254.42.1/32";
 
 /// Creates the pair (if missing) and sets the kernel end up as described above. Idempotent.
 pub fn ensure(config: &AgentConfig) -> anyhow::Result<()> {
@@ -33,6 +39,17 @@ pub fn ensure(config: &AgentConfig) -> anyhow::Result<()> {
     let mtu = config.dataplane.mtu.to_string();
     ip(&["link", "set", kernel, "addrgenmode", "none"])?;
     ip(&["link", "set", kernel, "arp", "off", "mtu", &mtu, "up"])?;
+    // Reverse-path filtering refuses any source on an interface without an address, even a loose
+    // one: a link-local address of its own makes the kernel end a routed interface like any other.
+    ip(&[
+        "addr",
+        "replace",
+        KERNEL_END_ADDRESS,
+        "dev",
+        kernel,
+        "scope",
+        "link",
+    ])?;
     ip(&["link", "set", ours, "mtu", &mtu, "up"])?;
     sysctl(&format!("net/ipv4/conf/{kernel}/accept_local"), "1")?;
     sysctl(&format!("net/ipv4/conf/{kernel}/rp_filter"), "2")?;

@@ -7,9 +7,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use meshpath_dataplane::afxdp::{PortConfig, Worker, WorkerConfig};
+use meshpath_dataplane::afxdp::{AfXdpError, PortConfig, Worker, WorkerConfig};
 use meshpath_dataplane::PortId;
 use meshpath_xdp_redirect::netns::{ifindex, rx_queues};
 use meshpath_xdp_redirect::{Attachment, MasqueradePorts, NodeAddrs, PodPrefix, Role, XdpRedirect};
@@ -58,7 +59,7 @@ pub fn wire(
     }
     let mut worker_config = WorkerConfig::new(ports.clone());
     worker_config.core = config.dataplane.cores.first().copied();
-    let worker = Worker::bind(worker_config).context("AF_XDP sockets")?;
+    let worker = bind(worker_config)?;
     let node = NodeAddrs {
         ipv4: config.node.ipv4,
         ipv6: config.node.ipv6,
@@ -88,6 +89,26 @@ pub fn wire(
         worker,
     })
 }
+
+/// Binds the worker's sockets. A queue the last agent's socket held stays busy until the kernel has
+/// released that socket's UMEM, which it does after the process is gone (a killed agent's, too):
+/// retried for a few seconds.
+fn bind(config: WorkerConfig) -> anyhow::Result<Worker> {
+    let deadline = Instant::now() + BIND_RETRY;
+    loop {
+        match Worker::bind(config.clone()) {
+            Err(AfXdpError::Bind { source, .. })
+                if source.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other.context("AF_XDP sockets"),
+        }
+    }
+}
+
+/// How long a busy queue is waited for.
+const BIND_RETRY: Duration = Duration::from_secs(5);
 
 /// The interfaces of the node, in the order of their ports and programs: uplink, host, pods.
 pub fn interfaces(config: &AgentConfig) -> Vec<Interface<'_>> {

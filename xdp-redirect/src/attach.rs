@@ -233,7 +233,9 @@ mod tests {
 
     #[test]
     fn restart_replaces_atomically_and_detach_removes_only_our_program() {
-        if !crate::program::tests::is_root() {
+        if !meshpath_testkit::needs_root(
+            "restart_replaces_atomically_and_detach_removes_only_our_program",
+        ) {
             return;
         }
         let scratch = Scratch::new("replace");
@@ -270,7 +272,9 @@ mod tests {
 
     #[test]
     fn a_device_without_native_xdp_gets_the_program_in_generic_mode() {
-        if !crate::program::tests::is_root() {
+        if !meshpath_testkit::needs_root(
+            "a_device_without_native_xdp_gets_the_program_in_generic_mode",
+        ) {
             return;
         }
         let scratch = Scratch::new("generic");
@@ -289,7 +293,7 @@ mod tests {
 
     #[test]
     fn a_program_that_is_not_ours_is_never_replaced() {
-        if !crate::program::tests::is_root() {
+        if !meshpath_testkit::needs_root("a_program_that_is_not_ours_is_never_replaced") {
             return;
         }
         let scratch = Scratch::new("foreign");
@@ -318,7 +322,7 @@ mod tests {
 
     #[test]
     fn receive_queues_are_what_the_driver_uses_now() {
-        if !crate::program::tests::is_root() {
+        if !meshpath_testkit::needs_root("receive_queues_are_what_the_driver_uses_now") {
             return;
         }
         let scratch = Scratch::new("queues");

@@ -238,33 +238,46 @@ impl XdpRedirect {
 
     /// The program's verdict counters, summed over CPUs.
     pub fn verdicts(&self) -> Result<VerdictCounts> {
-        let slot = |i: u32| -> Result<u64> {
-            let per_cpu = self
-                .verdicts
-                .lookup_percpu(&i.to_ne_bytes(), MapFlags::ANY)
-                .map_err(|source| Error::Map {
-                    map: "verdicts",
-                    source,
-                })?
-                .unwrap_or_default();
-            Ok(per_cpu
-                .iter()
-                .filter_map(|v| v.get(..8)?.try_into().ok())
-                .map(u64::from_ne_bytes)
-                .sum())
-        };
-        Ok(VerdictCounts {
-            pass: slot(0)?,
-            to_xsk: slot(1)?,
-            dropped_no_socket: slot(2)?,
-            dropped_unknown_peer: slot(3)?,
-        })
+        read_verdicts(&self.verdicts)
     }
 
+    /// The verdict counters pinned under `dir` by an agent's program (running or not): what a node
+    /// without its agent dropped is counted there.
+    pub fn pinned_verdicts(dir: &Path) -> Result<VerdictCounts> {
+        let map =
+            MapHandle::from_pinned_path(dir.join("verdicts")).map_err(|source| Error::Map {
+                map: "verdicts",
+                source,
+            })?;
+        read_verdicts(&map)
+    }
     /// Runs the program over `frame` without any interface (BPF_PROG_TEST_RUN); returns the XDP action.
     pub fn test_run(&self, frame: &[u8]) -> std::io::Result<u32> {
         crate::sys::test_run(self.prog.as_fd(), frame)
     }
+}
+
+fn read_verdicts(verdicts: &MapHandle) -> Result<VerdictCounts> {
+    let slot = |i: u32| -> Result<u64> {
+        let per_cpu = verdicts
+            .lookup_percpu(&i.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| Error::Map {
+                map: "verdicts",
+                source,
+            })?
+            .unwrap_or_default();
+        Ok(per_cpu
+            .iter()
+            .filter_map(|v| v.get(..8)?.try_into().ok())
+            .map(u64::from_ne_bytes)
+            .sum())
+    };
+    Ok(VerdictCounts {
+        pass: slot(0)?,
+        to_xsk: slot(1)?,
+        dropped_no_socket: slot(2)?,
+        dropped_unknown_peer: slot(3)?,
+    })
 }
 
 /// The prefixes an LPM map holds.

@@ -1,10 +1,12 @@
 //! The program's classification, run in the kernel over real frames built with etherparse
-//! (BPF_PROG_TEST_RUN): needs root; skipped with a printed reason only when not root. No socket is
-//! ever bound here, so every frame the dataplane owns shows the fail-closed path: dropped, counted.
+//! (BPF_PROG_TEST_RUN): needs root; not root, each test is reported as skipped (and fails under
+//! `scripts/test`). No socket is ever bound here, so every frame the dataplane owns shows the
+//! fail-closed path: dropped, counted.
 
 use super::*;
 use crate::MasqueradePorts;
 use etherparse::PacketBuilder;
+use meshpath_testkit::needs_root;
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -21,14 +23,6 @@ const NODE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x18, 1, 0, 0, 0, 1);
 const POD_NET4: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 0);
 const POD_NET6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0x64, 1, 0, 0, 0, 0);
 const MACS: ([u8; 6], [u8; 6]) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
-
-pub(crate) fn is_root() -> bool {
-    let root = crate::sys::effective_uid() == 0;
-    if !root {
-        eprintln!("skipped: needs root for BPF_PROG_TEST_RUN");
-    }
-    root
-}
 
 fn uplink() -> XdpRedirect {
     let node = NodeAddrs {
@@ -122,7 +116,7 @@ fn owned(prog: &XdpRedirect, frame: &[u8]) -> bool {
 
 #[test]
 fn uplink_takes_tunnels_to_the_node_and_frames_for_local_pods() {
-    if !is_root() {
+    if !needs_root("uplink_takes_tunnels_to_the_node_and_frames_for_local_pods") {
         return;
     }
     let prog = uplink();
@@ -167,7 +161,7 @@ fn uplink_takes_tunnels_to_the_node_and_frames_for_local_pods() {
 
 #[test]
 fn tunnel_traffic_from_an_address_that_is_no_node_is_dropped_and_counted() {
-    if !is_root() {
+    if !needs_root("tunnel_traffic_from_an_address_that_is_no_node_is_dropped_and_counted") {
         return;
     }
     let mut prog = uplink();
@@ -241,7 +235,7 @@ fn echo_reply(v6: bool, id: u16) -> Vec<u8> {
 
 #[test]
 fn replies_to_masqueraded_flows_and_errors_about_them_are_the_dataplanes() {
-    if !is_root() {
+    if !needs_root("replies_to_masqueraded_flows_and_errors_about_them_are_the_dataplanes") {
         return;
     }
     let prog = uplink();
@@ -297,7 +291,7 @@ fn replies_to_masqueraded_flows_and_errors_about_them_are_the_dataplanes() {
 
 #[test]
 fn host_role_takes_everything_the_nodes_stack_sends() {
-    if !is_root() {
+    if !needs_root("host_role_takes_everything_the_nodes_stack_sends") {
         return;
     }
     let host = XdpRedirect::load(Role::Host, NodeAddrs::default()).expect("root can load");
@@ -312,7 +306,7 @@ fn host_role_takes_everything_the_nodes_stack_sends() {
 
 #[test]
 fn pod_role_takes_every_frame_and_removed_prefixes_stop_matching() {
-    if !is_root() {
+    if !needs_root("pod_role_takes_every_frame_and_removed_prefixes_stop_matching") {
         return;
     }
     let pod = XdpRedirect::load(Role::Pod, NodeAddrs::default()).expect("root can load");
@@ -340,7 +334,7 @@ fn pod_role_takes_every_frame_and_removed_prefixes_stop_matching() {
 
 #[test]
 fn register_socket_rejects_a_queue_beyond_the_map() {
-    if !is_root() {
+    if !needs_root("register_socket_rejects_a_queue_beyond_the_map") {
         return;
     }
     let prog = uplink();
@@ -422,7 +416,7 @@ proptest! {
         (dst, is_node, is_pod) in any::<bool>().prop_flat_map(addr_strategy),
         l4 in l4_strategy(),
     ) {
-        if !is_root() {
+        if !needs_root("uplink_classification_matches_the_rule") {
             return Ok(());
         }
         let src = if dst.is_ipv4() { IpAddr::V4(Ipv4Addr::new(198, 18, 1, 9)) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) };
@@ -436,7 +430,7 @@ proptest! {
 
 #[test]
 fn pinned_maps_carry_peers_prefixes_and_counters_over_to_the_next_load() {
-    if !is_root() {
+    if !needs_root("pinned_maps_carry_peers_prefixes_and_counters_over_to_the_next_load") {
         return;
     }
     let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/meshpath-test-{}", std::process::id()));
@@ -466,4 +460,122 @@ fn pinned_maps_carry_peers_prefixes_and_counters_over_to_the_next_load() {
     );
     drop(second);
     std::fs::remove_dir_all(&dir).expect("pins removed");
+}
+
+/// Inserts `bytes` at `at`.
+fn insert(frame: &[u8], at: usize, bytes: &[u8]) -> Vec<u8> {
+    [&frame[..at], bytes, &frame[at..]].concat()
+}
+
+/// Adds `n` to the 16-bit big-endian length at `at`.
+fn grow(frame: &mut [u8], at: usize, n: u16) {
+    let len = u16::from_be_bytes([frame[at], frame[at + 1]]) + n;
+    frame[at..at + 2].copy_from_slice(&len.to_be_bytes());
+}
+
+/// An 802.1Q tag (VLAN 10) in front of the ethertype.
+fn vlan_tagged(frame: &[u8]) -> Vec<u8> {
+    insert(frame, 12, &[0x81, 0x00, 0x00, 0x0a])
+}
+
+/// Four bytes of IPv4 options (NOPs): a 24-byte header.
+fn ipv4_options(frame: &[u8]) -> Vec<u8> {
+    let mut out = insert(frame, 14 + 20, &[1, 1, 1, 1]);
+    out[14] = 0x46;
+    grow(&mut out, 14 + 2, 4);
+    out
+}
+
+/// Sets the IPv4 fragment field: more fragments, and the offset in 8-byte units.
+fn ipv4_fragment(frame: &[u8], more: bool, offset: u16) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    let field = u16::from(more) << 13 | offset;
+    out[14 + 6..14 + 8].copy_from_slice(&field.to_be_bytes());
+    out
+}
+
+/// An IPv6 extension header (hop-by-hop 0 or fragment 44) between the fixed header and UDP.
+fn ipv6_extension(frame: &[u8], kind: u8) -> Vec<u8> {
+    let next = frame[14 + 6];
+    let mut out = insert(frame, 14 + 40, &[next, 0, 1, 4, 0, 0, 0, 0]);
+    out[14 + 6] = kind;
+    grow(&mut out, 14 + 4, 8);
+    out
+}
+
+/// The uplink's classification of frames that carry more than the plain headers: VLAN tags, IPv4
+/// options and fragments, IPv6 extension headers. Tunnels to the node are recognised only where the
+/// UDP header is found without guessing (IPv4 with options: yes; a non-first fragment or behind an
+/// IPv6 extension header: no, the kernel's); a local pod's prefix is the dataplane's whatever follows
+/// (the pipeline counts what it cannot forward); a tagged frame is the kernel's (its VLAN device's).
+#[test]
+fn uplink_classifies_tags_options_fragments_and_extension_headers() {
+    if !needs_root("uplink_classifies_tags_options_fragments_and_extension_headers") {
+        return;
+    }
+    use Owner::{Dataplane, Kernel};
+    let prog = uplink();
+    let peer4 = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 2));
+    let peer6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x198, 0x18, 1, 0, 0, 0, 2));
+    let pod4 = IpAddr::V4(Ipv4Addr::new(100, 64, 1, 10));
+    let pod6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0x100, 0x64, 1, 0, 0, 0, 10));
+    let vxlan4 = frame(peer4, IpAddr::V4(NODE4), L4::Udp(8472));
+    let geneve6 = frame(peer6, IpAddr::V6(NODE6), L4::Udp(6081));
+    let to_pod4 = frame(peer4, pod4, L4::Tcp(80));
+    let to_pod6 = frame(peer6, pod6, L4::Udp(53));
+    let cases: [(&str, Vec<u8>, Owner); 14] = [
+        ("VXLAN to the node", vxlan4.clone(), Dataplane),
+        ("VXLAN, VLAN-tagged", vlan_tagged(&vxlan4), Kernel),
+        ("to a pod, VLAN-tagged", vlan_tagged(&to_pod4), Kernel),
+        ("VXLAN with IPv4 options", ipv4_options(&vxlan4), Dataplane),
+        (
+            "to a pod with IPv4 options",
+            ipv4_options(&to_pod4),
+            Dataplane,
+        ),
+        (
+            "VXLAN, first fragment",
+            ipv4_fragment(&vxlan4, true, 0),
+            Dataplane,
+        ),
+        (
+            "VXLAN, later fragment",
+            ipv4_fragment(&vxlan4, false, 4),
+            Kernel,
+        ),
+        (
+            "to a pod, later fragment",
+            ipv4_fragment(&to_pod4, false, 4),
+            Dataplane,
+        ),
+        ("Geneve over IPv6 to the node", geneve6.clone(), Dataplane),
+        (
+            "Geneve behind hop-by-hop",
+            ipv6_extension(&geneve6, 0),
+            Kernel,
+        ),
+        (
+            "Geneve behind a fragment header",
+            ipv6_extension(&geneve6, 44),
+            Kernel,
+        ),
+        (
+            "to an IPv6 pod behind hop-by-hop",
+            ipv6_extension(&to_pod6, 0),
+            Dataplane,
+        ),
+        (
+            "IPv4 header length below 5",
+            {
+                let mut short = vxlan4.clone();
+                short[14] = 0x44;
+                short
+            },
+            Kernel,
+        ),
+        ("IPv4 header cut short", vxlan4[..14 + 12].to_vec(), Kernel),
+    ];
+    for (name, bytes, want) in cases {
+        assert_eq!(owner(&prog, &bytes), want, "{name}");
+    }
 }

@@ -187,12 +187,6 @@ fn unsafe_zeroed_ifreq() -> libc::ifreq {
     unsafe { std::mem::zeroed() }
 }
 
-#[cfg(test)]
-pub(crate) fn effective_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
 /// Loads `r0 = XDP_PASS; exit` as an XDP program named `name`: a program that is not ours, for tests.
 #[cfg(test)]
 pub(crate) fn load_foreign_xdp(name: &str) -> io::Result<OwnedFd> {

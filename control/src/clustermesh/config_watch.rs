@@ -211,15 +211,17 @@ mod tests {
         assert!(changed(&mut w.config).await.remotes.contains_key(&c3));
 
         fs::write(d.join("cluster3"), "endpoints: [").unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let errors = w.errors.clone();
+        meshpath_testkit::until_async("the broken file's error", Duration::from_secs(10), || {
+            let errors = errors.borrow().clone();
+            let named = errors.iter().any(|e| e.contains("cluster3"));
+            async move { meshpath_testkit::wait::check(named, errors) }
+        })
+        .await
+        .unwrap();
         assert!(
             w.config.borrow().remotes.contains_key(&c3),
             "last good config stays"
-        );
-        assert!(
-            w.errors.borrow().iter().any(|e| e.contains("cluster3")),
-            "{:?}",
-            w.errors.borrow()
         );
 
         fs::remove_file(d.join("cluster3")).unwrap();

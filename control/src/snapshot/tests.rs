@@ -748,20 +748,61 @@ fn resolved_locals() -> Vec<Arc<ResolvedLocal>> {
     out
 }
 
-/// The final state, as a fresh builder sees it in one batch.
-fn full_rebuild(incremental: &SnapshotBuilder) -> SnapshotBuilder {
-    let mut fresh = SnapshotBuilder::new(incremental.spec().clone());
-    let mut changes = vec![Change::Local(incremental.sources().local.clone())];
-    for (name, remote) in &incremental.sources().remotes {
-        changes.extend(remote.state.entries().map(|e| {
-            Change::Remote(RemoteEvent {
-                cluster: name.clone(),
-                event: StateEvent::Upsert(e),
-            })
-        }));
+/// The final state the raw change list leaves, folded here without the builder (whose own sources
+/// would carry any event it dropped into the reference too): the last local state, the last pod
+/// ports, and per remote cluster the last upsert of every key not deleted since.
+struct FinalState {
+    local: Arc<ResolvedLocal>,
+    ports: Option<PodPorts>,
+    remotes: BTreeMap<crate::ClusterName, BTreeMap<EntryKey, Entry>>,
+}
+
+impl FinalState {
+    fn new(local: Arc<ResolvedLocal>) -> Self {
+        FinalState {
+            local,
+            ports: None,
+            remotes: BTreeMap::new(),
+        }
     }
-    fresh.apply(changes);
-    fresh
+
+    fn fold(&mut self, change: &Change) {
+        match change {
+            Change::Local(local) => self.local = local.clone(),
+            Change::Ports(ports) => self.ports = Some(ports.clone()),
+            Change::Remote(RemoteEvent { cluster, event }) => {
+                let entries = self.remotes.entry(cluster.clone()).or_default();
+                match event {
+                    StateEvent::Upsert(entry) => {
+                        entries.insert(entry.key(), entry.clone());
+                    }
+                    StateEvent::Delete(key) => {
+                        entries.remove(key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A fresh builder given the final state in one batch.
+    fn rebuild(&self) -> SnapshotBuilder {
+        let mut spec = spec();
+        if let Some(ports) = &self.ports {
+            spec.ports = ports.clone();
+        }
+        let mut fresh = SnapshotBuilder::new(spec);
+        let mut changes = vec![Change::Local(self.local.clone())];
+        for (cluster, entries) in &self.remotes {
+            changes.extend(entries.values().map(|e| {
+                Change::Remote(RemoteEvent {
+                    cluster: cluster.clone(),
+                    event: StateEvent::Upsert(e.clone()),
+                })
+            }));
+        }
+        fresh.apply(changes);
+        fresh
+    }
 }
 
 proptest! {
@@ -774,16 +815,18 @@ proptest! {
         let locals = resolved_locals();
         let mut builder = SnapshotBuilder::new(spec());
         builder.apply([Change::Local(locals[3].clone())]);
+        let mut reference = FinalState::new(locals[3].clone());
         let mut ops = ops.iter();
         for cut in cuts.iter().cycle() {
             let batch: Vec<Change> = ops.by_ref().take(*cut).map(|o| to_change(o, &locals)).collect();
             if batch.is_empty() {
                 break;
             }
+            batch.iter().for_each(|c| reference.fold(c));
             builder.apply(batch);
         }
         let probes: Vec<Addr> = (2u8..4).flat_map(|c| (0u8..3).map(move |n| node_addr(c, n))).collect();
-        let fresh = full_rebuild(&builder);
+        let fresh = reference.rebuild();
         prop_assert_eq!(digest(&builder.current(), &probes), digest(&fresh.current(), &probes));
         let _ = IpPrefix::host(X_WING.into());
     }

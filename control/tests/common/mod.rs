@@ -1,10 +1,12 @@
 //! Test harness: real etcd servers on 127.0.0.1 with free ports, temp data dirs and TLS certificates made
-//! here with rcgen; RBAC with a `root` user and a read-only `remote` user (by client-certificate CN).
+//! here with rcgen; RBAC with a `root` user and a read-only `remote` user (by client-certificate CN);
+//! and a [`Partition`] to put between a client and its etcd.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, Permission, TlsOptions};
@@ -221,5 +223,75 @@ impl Etcd {
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A TCP relay in front of a server that a test can cut off and restore, as a network partition
+/// would: cut, it stops relaying (open connections stall, new ones are accepted and left silent).
+pub struct Partition {
+    pub url: String,
+    cut: Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Partition {
+    /// Relays `https://127.0.0.1:<new port>` to `target` (an `https://host:port` URL).
+    pub async fn start(target: &str) -> Partition {
+        let upstream = target
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let (cut, _) = tokio::sync::watch::channel(false);
+        let cut = Arc::new(cut);
+        let relay_cut = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (upstream, cut) = (upstream.clone(), relay_cut.subscribe());
+                tokio::spawn(relay(client, upstream, cut));
+            }
+        });
+        Partition { url, cut, task }
+    }
+
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Relays one connection until either side closes or the partition is cut; a connection that
+/// arrives while cut is held silent until the partition is restored, then dropped (its client
+/// has given up and reconnects).
+async fn relay(
+    mut client: tokio::net::TcpStream,
+    upstream: String,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+) {
+    if *cut.borrow() {
+        let _ = cut.wait_for(|c| !*c).await;
+        return;
+    }
+    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+        return;
+    };
+    let cut_off = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+        _ = cut.wait_for(|c| *c) => true,
+    };
+    // Cut: stop relaying but keep both sockets open (no RST, no FIN) until restored, like a
+    // partition that drops packets; the client's keepalive has to notice.
+    if cut_off {
+        let _ = cut.wait_for(|c| !*c).await;
     }
 }

@@ -138,9 +138,7 @@ mod tests {
     /// As root: frames sent on one end of a veth pair in a private namespace arrive at the other.
     #[test]
     fn sent_frames_reach_the_peer_and_their_chunks_come_back() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: AF_XDP sockets need root");
+        if !meshpath_testkit::needs_root("sent_frames_reach_the_peer_and_their_chunks_come_back") {
             return;
         }
         let arrived = std::thread::spawn(|| {
@@ -156,16 +154,15 @@ mod tests {
             let mut port = TrafficPort::bind(index, 0, 64).expect("bind on the veth");
             let frame = [0x02u8; 60];
             let mut sent = 0;
-            for _ in 0..100 {
+            let wait = std::time::Duration::from_secs(10);
+            let _ = meshpath_testkit::until("200 frames sent and completed", wait, || {
                 sent += port.send(200 - sent, |chunk| {
                     chunk[..60].copy_from_slice(&frame);
                     60
                 });
-                if sent == 200 && port.tx_in_flight() == 0 {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
+                let in_flight = port.tx_in_flight();
+                meshpath_testkit::wait::check(sent == 200 && in_flight == 0, (sent, in_flight))
+            });
             assert_eq!(
                 sent, 200,
                 "a 64-slot ring sends 200 frames only if completions free chunks"

@@ -634,6 +634,22 @@ fn map_ring<T>(
         return Err(io::Error::last_os_error());
     }
     let map = NonNull::new(map).ok_or_else(|| io::Error::other("mmap returned null"))?;
+    // SAFETY: the kernel laid the ring out in this mapping at the offsets it reported.
+    Ok(unsafe { ring_in(map, map_len, off, size, side) })
+}
+
+/// The ring laid out at `off` in the mapping `map` of `map_len` bytes, which it owns from now on.
+///
+/// # Safety
+/// `map` is a live mapping of `map_len` bytes, owned by nobody else, holding the producer, consumer
+/// and flags words and `size` slots of `T` at the offsets of `off`.
+unsafe fn ring_in<T>(
+    map: NonNull<libc::c_void>,
+    map_len: usize,
+    off: &libc::xdp_ring_offset,
+    size: u32,
+    side: Side,
+) -> Ring<T> {
     let at = |offset: u64| {
         // SAFETY: the kernel's offsets lie inside the mapping of `map_len` bytes.
         unsafe { NonNull::new_unchecked(map.as_ptr().cast::<u8>().add(offset as usize)) }
@@ -647,7 +663,7 @@ fn map_ring<T>(
             consumer.as_ref().load(Ordering::Acquire),
         )
     };
-    Ok(Ring {
+    Ring {
         producer,
         consumer,
         flags: at(off.flags).cast(),
@@ -657,7 +673,121 @@ fn map_ring<T>(
         remote: if side == Side::Producer { cons } else { prod },
         map,
         map_len,
-    })
+    }
+}
+
+/// The kernel's side of a socket, played by a test: rings in anonymous memory laid out as the
+/// kernel lays them out, so that the worker's error paths (refused descriptors, a full tx ring, an
+/// empty fill ring) can be driven exactly.
+#[cfg(test)]
+pub(super) mod fake_kernel {
+    use super::*;
+
+    const OFFSETS: libc::xdp_ring_offset = libc::xdp_ring_offset {
+        producer: 0,
+        consumer: 64,
+        desc: 192,
+        flags: 128,
+    };
+
+    fn anonymous_ring<T>(size: u32, side: Side) -> Ring<T> {
+        let map_len = OFFSETS.desc as usize + size as usize * std::mem::size_of::<T>();
+        // SAFETY: an anonymous private mapping with no address hint touches no existing memory.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED, "mmap");
+        let map = NonNull::new(map).expect("mmap returned null");
+        // SAFETY: a fresh zeroed mapping of map_len bytes, owned by the ring, holding the words and
+        // `size` slots at OFFSETS.
+        unsafe { ring_in(map, map_len, &OFFSETS, size, side) }
+    }
+
+    /// A socket whose kernel is the test: /dev/null stands in for the fd (kicks and counters fail
+    /// harmlessly), and no ring asks for a wakeup.
+    pub fn socket(ring_size: u32) -> Xsk {
+        let fd = OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"));
+        Xsk {
+            fd,
+            rx: anonymous_ring(ring_size, Side::Consumer),
+            tx: anonymous_ring(ring_size, Side::Producer),
+            fill: anonymous_ring(ring_size, Side::Producer),
+            comp: anonymous_ring(ring_size, Side::Consumer),
+        }
+    }
+
+    impl<T: Copy> Ring<T> {
+        /// The kernel consuming what we produced (fill, tx).
+        fn peer_pop(&self) -> Option<T> {
+            // SAFETY: both index words live in the ring's mapping.
+            let (prod, cons) = unsafe {
+                (
+                    self.producer.as_ref().load(Ordering::Acquire),
+                    self.consumer.as_ref().load(Ordering::Acquire),
+                )
+            };
+            if prod == cons {
+                return None;
+            }
+            // SAFETY: the slot lies between the consumer and producer indices: we published it.
+            let item = unsafe { self.slot(cons).read() };
+            // SAFETY: as above.
+            unsafe { self.consumer.as_ref() }.store(cons.wrapping_add(1), Ordering::Release);
+            Some(item)
+        }
+
+        /// The kernel producing for us (rx, completion); false if the ring is full.
+        fn peer_push(&self, item: T) -> bool {
+            // SAFETY: both index words live in the ring's mapping.
+            let (prod, cons) = unsafe {
+                (
+                    self.producer.as_ref().load(Ordering::Acquire),
+                    self.consumer.as_ref().load(Ordering::Acquire),
+                )
+            };
+            if prod.wrapping_sub(cons) > self.mask {
+                return false;
+            }
+            // SAFETY: the slot is outside what we may read until the producer index moves past it.
+            unsafe { self.slot(prod).write(item) };
+            // SAFETY: as above.
+            unsafe { self.producer.as_ref() }.store(prod.wrapping_add(1), Ordering::Release);
+            true
+        }
+    }
+
+    impl Xsk {
+        /// The kernel takes a buffer from the fill ring.
+        pub fn kernel_take_fill(&mut self) -> Option<u64> {
+            self.fill.peer_pop()
+        }
+
+        /// The kernel hands a received frame of `len` bytes at `addr` to the rx ring.
+        pub fn kernel_receive(&mut self, addr: u64, len: u32) -> bool {
+            self.rx.peer_push(libc::xdp_desc {
+                addr,
+                len,
+                options: 0,
+            })
+        }
+
+        /// The kernel takes a frame to send from the tx ring.
+        pub fn kernel_take_tx(&mut self) -> Option<libc::xdp_desc> {
+            self.tx.peer_pop()
+        }
+
+        /// The kernel reports a sent frame's buffer on the completion ring.
+        pub fn kernel_complete(&mut self, addr: u64) -> bool {
+            self.comp.peer_push(addr)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ impl Worker {
         let chunks = (config.ports.len() as u32)
             .saturating_mul(ring * 2)
             .saturating_add(BURST as u32);
-        let mut umem = Umem::new(chunks).map_err(|source| AfXdpError::Umem { chunks, source })?;
+        let umem = Umem::new(chunks).map_err(|source| AfXdpError::Umem { chunks, source })?;
         let mut ports: Vec<Port> = Vec::with_capacity(config.ports.len());
         for pc in &config.ports {
             let opts = BindOptions {
@@ -123,6 +123,11 @@ impl Worker {
             }
             ports.push(Port { id: pc.id, xsk });
         }
+        Ok(Worker::assemble(config, umem, ports))
+    }
+
+    /// The worker of bound sockets: their fill rings stocked, their counters ready.
+    fn assemble(config: WorkerConfig, mut umem: Umem, mut ports: Vec<Port>) -> Worker {
         for port in &mut ports {
             umem.fill(&mut port.xsk);
         }
@@ -146,7 +151,7 @@ impl Worker {
                 revents: 0,
             })
             .collect();
-        Ok(Worker {
+        Worker {
             config,
             umem,
             ports,
@@ -155,7 +160,7 @@ impl Worker {
             turns: 0,
             shared: Arc::new(SharedStats::new(ids)),
             pollfds,
-        })
+        }
     }
 
     /// Each port's socket, to register in its interface's XSKMAP at the port's queue.
@@ -396,7 +401,151 @@ impl<H> WorkerHandle<H> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sys::{fake_kernel, CHUNK_SIZE, RX_OFFSET};
     use super::*;
+    use crate::afxdp::CrossConnect;
+
+    const RING: u32 = BURST as u32;
+    const A: PortId = PortId(0);
+    const B: PortId = PortId(1);
+
+    /// A worker on ports A and B (cross-connected by the tests' handler) whose kernel is the test,
+    /// with a UMEM sized as `bind` sizes it.
+    fn worker() -> Worker {
+        worker_with(2 * RING * 2 + BURST as u32)
+    }
+
+    fn worker_with(chunks: u32) -> Worker {
+        let config = WorkerConfig {
+            ring_size: RING,
+            ..WorkerConfig::new(vec![
+                PortConfig {
+                    id: A,
+                    ifindex: 1,
+                    queue: 0,
+                },
+                PortConfig {
+                    id: B,
+                    ifindex: 2,
+                    queue: 0,
+                },
+            ])
+        };
+        let umem = Umem::new(chunks).expect("mmap");
+        let ports = [A, B]
+            .into_iter()
+            .map(|id| Port {
+                id,
+                xsk: fake_kernel::socket(RING),
+            })
+            .collect();
+        Worker::assemble(config, umem, ports)
+    }
+
+    fn cross() -> CrossConnect {
+        CrossConnect::new(vec![(A, B)])
+    }
+
+    fn xsk(w: &mut Worker, port: usize) -> &mut Xsk {
+        &mut w.ports[port].xsk
+    }
+
+    /// The kernel receives `n` 60-byte frames on `port` into buffers from its fill ring; returns how
+    /// many buffers it had.
+    fn receive(w: &mut Worker, port: usize, n: usize) -> usize {
+        let mut received = 0;
+        while received < n {
+            let Some(base) = xsk(w, port).kernel_take_fill() else {
+                break;
+            };
+            assert!(xsk(w, port).kernel_receive(base + RX_OFFSET as u64, 60));
+            received += 1;
+        }
+        received
+    }
+
+    #[test]
+    fn descriptors_the_worker_did_not_hand_out_are_refused_and_counted() {
+        let mut w = worker();
+        let mut h = cross();
+        let good = xsk(&mut w, 0).kernel_take_fill().expect("a posted buffer");
+        let other = xsk(&mut w, 0).kernel_take_fill().expect("a posted buffer");
+        let never_posted = (2 * RING * 2 + BURST as u32 - 1) as u64 * CHUNK_SIZE as u64;
+        let k = xsk(&mut w, 0);
+        assert!(k.kernel_receive(good + RX_OFFSET as u64, 60));
+        assert!(
+            k.kernel_receive(good + RX_OFFSET as u64, 60),
+            "the same buffer twice"
+        );
+        assert!(
+            k.kernel_receive(other + CHUNK_SIZE as u64 - 10, 60),
+            "past its chunk"
+        );
+        assert!(k.kernel_receive(never_posted, 60), "a free chunk");
+        assert!(k.kernel_receive(1 << 40, 60), "outside the UMEM");
+        w.poll_once(&mut h);
+        let a = &w.stats.ports[0];
+        assert_eq!((a.rx, a.rx_refused), (1, 4), "{a:?}");
+        assert_eq!(w.stats.ports[1].tx, 1, "the good frame went on");
+        let sent = xsk(&mut w, 1).kernel_take_tx().expect("queued on B");
+        assert_eq!((sent.addr, sent.len), (good + RX_OFFSET as u64, 60));
+    }
+
+    #[test]
+    fn a_full_tx_ring_drops_the_frame_and_frees_its_buffer() {
+        let mut w = worker();
+        let mut h = cross();
+        // B's kernel sends nothing: its tx ring takes one ring's worth, then is full.
+        assert_eq!(receive(&mut w, 0, BURST), BURST);
+        w.poll_once(&mut h);
+        assert_eq!(
+            receive(&mut w, 0, BURST),
+            BURST,
+            "A's fill ring was stocked again"
+        );
+        w.poll_once(&mut h);
+        let b = &w.stats.ports[1];
+        assert_eq!((b.tx, b.tx_ring_full), (RING as u64, BURST as u64), "{b:?}");
+        // The dropped frames' buffers are free again: A's fill ring is stocked a third time.
+        w.poll_once(&mut h);
+        assert_eq!(receive(&mut w, 0, BURST), BURST, "no buffer was lost");
+    }
+
+    #[test]
+    fn an_empty_fill_ring_is_stocked_again_as_sent_buffers_complete() {
+        // No spare buffers: each fill ring holds a ring's worth and the free list is empty.
+        let mut w = worker_with(2 * RING);
+        let mut h = cross();
+        let held: Vec<u64> = std::iter::from_fn(|| xsk(&mut w, 1).kernel_take_fill()).collect();
+        assert_eq!(held.len(), BURST);
+        w.poll_once(&mut h);
+        assert!(
+            xsk(&mut w, 1).kernel_take_fill().is_none(),
+            "B's fill ring is empty"
+        );
+        // Frames arrive on B in the buffers the kernel held; they go out on A, still the kernel's.
+        for base in held {
+            assert!(xsk(&mut w, 1).kernel_receive(base + RX_OFFSET as u64, 60));
+        }
+        w.poll_once(&mut h);
+        assert_eq!(w.stats.ports[0].tx, BURST as u64);
+        assert!(
+            xsk(&mut w, 1).kernel_take_fill().is_none(),
+            "nothing to stock it with yet"
+        );
+        let sent: Vec<u64> = std::iter::from_fn(|| xsk(&mut w, 0).kernel_take_tx())
+            .map(|d| d.addr)
+            .collect();
+        for addr in sent {
+            assert!(xsk(&mut w, 0).kernel_complete(addr));
+        }
+        w.poll_once(&mut h);
+        let stocked = std::iter::from_fn(|| xsk(&mut w, 1).kernel_take_fill()).count();
+        assert_eq!(
+            stocked, BURST,
+            "completed buffers stock B's fill ring again"
+        );
+    }
 
     #[test]
     fn every_is_due_once_per_period_without_catching_up() {

@@ -872,4 +872,123 @@ fn a_direct_flow_reusing_a_service_flows_port_still_faces_policy() {
     );
 }
 
+/// Runs one frame at `now_ms`, as a worker whose clock has moved on.
+fn run_at(t: &Tables, s: &mut WorkerState, port: PortId, now_ms: u64, bytes: &[u8]) -> Verdict {
+    let mut buf = vec![0u8; crate::frame::HEADROOM + bytes.len() + 64];
+    buf[crate::frame::HEADROOM..][..bytes.len()].copy_from_slice(bytes);
+    let mut frame = Frame::new(&mut buf, crate::frame::HEADROOM, bytes.len(), port).unwrap();
+    process_one(t, s, now_ms, &mut frame)
+}
+
+#[test]
+fn a_frame_without_a_hop_left_is_dropped_as_ttl_exceeded() {
+    let local = [(X_WING_PORT, x_wing()), (REBEL_PORT, rebel_c1())];
+    let t = tables(1, &local, &[rebel_c2()], &[]);
+    let mut s = state();
+    for (ttl, to) in [(1, rebel_c1().ip), (0, rebel_c1().ip), (1, rebel_c2().ip)] {
+        let mut frame = tcp(&x_wing(), to, 40000, 8080, true);
+        frame[14 + 8] = ttl;
+        fix_ipv4_checksum(&mut frame);
+        assert_eq!(
+            run(&t, &mut s, X_WING_PORT, &frame).0,
+            Verdict::Drop(DropReason::TtlExceeded),
+            "TTL {ttl} to {to}"
+        );
+    }
+    assert_eq!(s.counters.dropped(DropReason::TtlExceeded).packets, 3);
+    let mut two = tcp(&x_wing(), rebel_c1().ip, 40000, 8080, true);
+    two[14 + 8] = 2;
+    fix_ipv4_checksum(&mut two);
+    let (verdict, out) = run(&t, &mut s, X_WING_PORT, &two);
+    assert_eq!(
+        verdict,
+        Verdict::Transmit(REBEL_PORT),
+        "one hop left is enough"
+    );
+    assert_eq!(out[14 + 8], 1);
+    assert_checksums(&out);
+}
+
+fn udp(from: &Pod, to: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(from.mac, GATEWAY_MAC)
+        .ipv4(from.ip.octets(), to.octets(), 64)
+        .udp(sport, dport)
+        .write(&mut frame, b"hello")
+        .unwrap();
+    frame
+}
+
+#[test]
+fn conntrack_ages_flows_as_the_clock_moves() {
+    // rebel-base may send nothing on its own: its replies pass only while x-wing's flow is tracked.
+    let deny_rebel_egress = PolicyRule {
+        endpoint_selector: LabelSelector::all().with_label("name", "rebel-base"),
+        ingress: None,
+        egress: Some(vec![]),
+    };
+    let local = [(X_WING_PORT, x_wing()), (REBEL_PORT, rebel_c1())];
+    let t = tables(1, &local, &[], &[deny_rebel_egress]);
+    let timeouts = Timeouts::default();
+    let mut s = state();
+
+    // A UDP flow lives for the UDP timeout after its last packet, whichever way it went.
+    let request = udp(&x_wing(), rebel_c1().ip, 5353, 53);
+    let answer = udp(&rebel_c1(), x_wing().ip, 53, 5353);
+    let t0 = 1_000;
+    assert_eq!(
+        run_at(&t, &mut s, X_WING_PORT, t0, &request),
+        Verdict::Transmit(REBEL_PORT)
+    );
+    let renewed = t0 + timeouts.udp_ms - 1;
+    assert_eq!(
+        run_at(&t, &mut s, REBEL_PORT, renewed, &answer),
+        Verdict::Transmit(X_WING_PORT),
+        "just before the timeout"
+    );
+    let still = renewed + timeouts.udp_ms - 1;
+    assert_eq!(
+        run_at(&t, &mut s, REBEL_PORT, still, &answer),
+        Verdict::Transmit(X_WING_PORT),
+        "the answer renewed the flow"
+    );
+    // Idle past its timeout, the flow is gone: the same answer is now a new flow, and denied.
+    let expired = still + timeouts.udp_ms;
+    assert_eq!(
+        run_at(&t, &mut s, REBEL_PORT, expired, &answer),
+        Verdict::Drop(DropReason::PolicyDenied)
+    );
+    assert!(
+        s.conntrack.iter().all(|(_, e)| e.is_expired(expired)),
+        "no live entry is left of the aged flow"
+    );
+
+    // An established TCP flow outlives the SYN and UDP timeouts by far, but not its own.
+    let syn = tcp(&x_wing(), rebel_c1().ip, 40001, 80, true);
+    let ack = tcp(&x_wing(), rebel_c1().ip, 40001, 80, false);
+    let reply = tcp(&rebel_c1(), x_wing().ip, 80, 40001, false);
+    let t1 = expired + 1;
+    for (port, frame) in [
+        (X_WING_PORT, &syn),
+        (REBEL_PORT, &reply),
+        (X_WING_PORT, &ack),
+    ] {
+        assert!(matches!(
+            run_at(&t, &mut s, port, t1, frame),
+            Verdict::Transmit(_)
+        ));
+    }
+    let later = t1 + timeouts.tcp_syn_ms * 10;
+    assert_eq!(
+        run_at(&t, &mut s, REBEL_PORT, later, &reply),
+        Verdict::Transmit(X_WING_PORT),
+        "established"
+    );
+    let gone = later + timeouts.tcp_established_ms;
+    assert_eq!(
+        run_at(&t, &mut s, REBEL_PORT, gone, &reply),
+        Verdict::Drop(DropReason::PolicyDenied)
+    );
+}
+
 mod node_path;

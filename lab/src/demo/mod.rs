@@ -6,8 +6,10 @@
 //! 2. rebel-base scaled to zero in cluster2: every answer comes from cluster1 and none fails; back;
 //!    then the same the other way round;
 //! 3. the CiliumNetworkPolicy that lets x-wing in cluster1 reach rebel-base in cluster2 only;
-//! 4. the nodes of both clusters.
+//! 4. the nodes of both clusters;
+//! 5. beyond the mesh: the world, the node and a large transfer across clusters ([`beyond`]).
 
+mod beyond;
 mod scene;
 mod steps;
 
@@ -27,6 +29,7 @@ pub struct DemoReport {
     pub failover: Vec<steps::Failover>,
     pub policy: steps::PolicyReport,
     pub nodes: Vec<meshpath_api::node::NodeRow>,
+    pub beyond_mesh: beyond::BeyondMesh,
     pub seconds: f64,
 }
 
@@ -42,6 +45,8 @@ pub fn run(prefix: &str, requests: usize) -> anyhow::Result<DemoReport> {
     eprintln!("step 3: the cross-cluster policy …");
     let policy = steps::policy(&scene)?;
     let nodes = steps::nodes(&scene)?;
+    eprintln!("step 5: beyond the mesh …");
+    let beyond_mesh = beyond::beyond_mesh(&scene)?;
     Ok(DemoReport {
         requests_per_cluster: calls.per_cluster,
         failed_requests: calls.failed,
@@ -49,6 +54,7 @@ pub fn run(prefix: &str, requests: usize) -> anyhow::Result<DemoReport> {
         failover,
         policy,
         nodes,
+        beyond_mesh,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -106,6 +112,30 @@ impl DemoReport {
         for line in meshpath_api::node::render(&self.nodes).lines() {
             let _ = writeln!(out, "   {line}");
         }
+        let b = &self.beyond_mesh;
+        let yes = |ok: bool| if ok { "yes" } else { "NO" };
+        out += "\n5. beyond the mesh\n";
+        let _ = writeln!(
+            out,
+            "   x-wing → the outside host (203.0.113.10): {}",
+            yes(b.outside_reached)
+        );
+        let _ = writeln!(
+            out,
+            "   the outside host saw the node's address, not the pod's: {}",
+            yes(b.outside_saw_node_address)
+        );
+        let _ = writeln!(
+            out,
+            "   the node → x-wing over TCP (a kubelet probe): {}",
+            yes(b.node_to_pod)
+        );
+        let _ = writeln!(out, "   x-wing → its node over TCP: {}", yes(b.pod_to_node));
+        let _ = writeln!(
+            out,
+            "   x-wing (MTU 1500) fetched 4 MB from rebel-base in cluster2: {}",
+            yes(b.pmtu_large_transfer)
+        );
         let _ = writeln!(
             out,
             "\n(done in {:.1} s; the lab is torn down)",

@@ -3,7 +3,7 @@
 //! and a small HTTP server in every rebel-base pod that answers with its cluster's name. Everything is
 //! torn down on drop, and on SIGINT, SIGTERM or SIGHUP.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -82,7 +82,8 @@ impl Scene {
             .with_context(|| format!("running {args:?} in {ns}"))
     }
 
-    fn www(&self, c: u8) -> PathBuf {
+    /// rebel-base's files in cluster `c`.
+    pub fn www(&self, c: u8) -> PathBuf {
         mesh::cluster_dir(&self.prefix, c).join("www")
     }
 
@@ -91,16 +92,35 @@ impl Scene {
         let root = self.www(c);
         std::fs::create_dir_all(&root)?;
         std::fs::write(root.join("index.html"), format!("cluster{c}\n"))?;
-        let log =
-            std::fs::File::create(mesh::dir(&self.prefix).join(format!("rebel-base-c{c}.log")))?;
-        let port = BACKEND_PORT.to_string();
+        let url = format!("http://{}:{BACKEND_PORT}/", rebel_ip(c));
+        self.serve(
+            &self.pod_ns(c, true),
+            &root,
+            BACKEND_PORT,
+            &url,
+            &format!("rebel-base-c{c}"),
+        )
+        .with_context(|| format!("the rebel-base server of cluster{c}"))
+    }
+
+    /// An HTTP server for `root` on `port` in namespace `ns` (python3's http.server, which logs each
+    /// client's address), up once `url` answers from inside that namespace.
+    pub fn serve(
+        &self,
+        ns: &str,
+        root: &Path,
+        port: u16,
+        url: &str,
+        name: &str,
+    ) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.server_log(name))?;
         Command::new("ip")
-            .args(["netns", "exec", &self.pod_ns(c, true)])
+            .args(["netns", "exec", ns])
             .args([
                 "python3",
                 "-m",
                 "http.server",
-                &port,
+                &port.to_string(),
                 "--directory",
                 &root.to_string_lossy(),
             ])
@@ -108,16 +128,49 @@ impl Scene {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("starting the rebel-base server")?;
-        let url = format!("http://{}:{BACKEND_PORT}/", rebel_ip(c));
+            .context("starting python3's http.server")?;
         let up = wait(Duration::from_secs(10), || {
-            self.exec(&self.pod_ns(c, true), &["curl", "-s", "-m", "1", &url])
+            self.exec(ns, &["curl", "-s", "-m", "1", "-o", "/dev/null", url])
                 .is_ok_and(|o| o.status.success())
         });
         if !up {
-            bail!("the rebel-base server of cluster{c} did not start");
+            bail!("the server {name} in {ns} did not answer {url}");
         }
         Ok(())
+    }
+
+    /// Where the server `name` logs its requests.
+    pub fn server_log(&self, name: &str) -> PathBuf {
+        mesh::dir(&self.prefix).join(format!("{name}.log"))
+    }
+
+    /// A directory for a server's files.
+    pub fn www_dir(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let dir = mesh::dir(&self.prefix).join(format!("www-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// The namespace of the host outside the mesh.
+    pub fn outside_ns(&self) -> &str {
+        &self.plan.outside
+    }
+
+    /// The namespace of x-wing's node in cluster `c`, and its underlay address.
+    pub fn x_wing_node(&self, c: u8) -> (String, String) {
+        let node = self
+            .plan
+            .nodes
+            .iter()
+            .find(|n| n.cluster == c && n.node == X_WING_NODE);
+        node.map_or_else(Default::default, |n| {
+            (n.netns.clone(), n.underlay.to_string())
+        })
+    }
+
+    /// x-wing's address in cluster `c`.
+    pub fn x_wing_ip(&self, c: u8) -> String {
+        format!("100.{}.{X_WING_NODE}.10", 63 + c)
     }
 
     pub fn stop_server(&self, c: u8) -> anyhow::Result<()> {

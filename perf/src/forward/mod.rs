@@ -355,8 +355,7 @@ mod tests {
     /// A 0.3 s run of each way: every one moved frames and the JSON has every key.
     #[test]
     fn smoke_every_way_forwards_frames() {
-        if !is_root() {
-            eprintln!("skipped: the forward benchmark needs root (namespaces, XDP, AF_XDP)");
+        if !meshpath_testkit::needs_root("smoke_every_way_forwards_frames") {
             return;
         }
         let dir = tempfile::tempdir().expect("a temporary directory");

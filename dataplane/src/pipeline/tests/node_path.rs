@@ -3,6 +3,7 @@
 //! errors, path MTU errors, offloaded checksums, and what a tunnel frame must prove.
 
 use super::*;
+use crate::endpoint::Endpoint;
 use crate::ipcache::IpPrefix;
 use crate::masquerade::{Masquerade, PortRange};
 use crate::snapshot::HostPort;
@@ -346,4 +347,78 @@ fn tunnelled(from: &Pod, to: Ipv4Addr, vni: u32) -> Vec<u8> {
 fn vni_of(wire: &[u8]) -> u32 {
     let vni = &wire[14 + 20 + 8 + 4..14 + 20 + 8 + 7];
     u32::from_be_bytes([0, vni[0], vni[1], vni[2]])
+}
+
+#[test]
+fn ipv6_traffic_leaving_the_mesh_is_masqueraded_and_its_replies_come_back() {
+    let pod6: std::net::Ipv6Addr = "fd00:64:1::10".parse().unwrap();
+    let node6: std::net::Ipv6Addr = "2001:db8:1::1".parse().unwrap();
+    let world6: std::net::Ipv6Addr = "2001:db8:ff::10".parse().unwrap();
+    let mut t = node_tables(1, &[], &[], &[]);
+    t.node.ipv6 = Some(node6);
+    if let Some(m) = t.node.masquerade.as_mut() {
+        m.ipv6 = Some(node6);
+    }
+    t.endpoints
+        .insert(Endpoint {
+            port: X_WING_PORT,
+            mac: x_wing().mac,
+            ipv4: None,
+            ipv6: Some(pod6),
+            identity: x_wing().identity,
+            name: "default/x-wing".into(),
+        })
+        .unwrap();
+    let mut s = state();
+    let mut out_frame = Vec::new();
+    PacketBuilder::ethernet2(x_wing().mac, GATEWAY_MAC)
+        .ipv6(pod6.octets(), world6.octets(), 64)
+        .tcp(40000, 443, 1, 1024)
+        .syn()
+        .write(&mut out_frame, b"hello")
+        .unwrap();
+    let (verdict, out) = run(&t, &mut s, X_WING_PORT, &out_frame);
+    assert_eq!(verdict, Verdict::Transmit(HOST_PORT));
+    let sliced = SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(etherparse::NetSlice::Ipv6(ip)) = sliced.net else {
+        panic!("not IPv6")
+    };
+    let Some(TransportSlice::Tcp(tcp)) = sliced.transport else {
+        panic!("not TCP")
+    };
+    assert_eq!(ip.header().source(), node6.octets());
+    let port = tcp.source_port();
+    assert!(PortRange::DEFAULT.contains(port));
+    let header = ip.header().to_header();
+    let want = tcp
+        .to_header()
+        .calc_checksum_ipv6(&header, tcp.payload())
+        .unwrap();
+    assert_eq!(tcp.checksum(), want);
+
+    let mut reply = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xfe], node_mac(1))
+        .ipv6(world6.octets(), node6.octets(), 60)
+        .tcp(443, port, 9, 1024)
+        .syn()
+        .ack(2)
+        .write(&mut reply, b"")
+        .unwrap();
+    let (verdict, back) = run(&t, &mut s, UPLINK, &reply);
+    assert_eq!(verdict, Verdict::Transmit(X_WING_PORT));
+    let sliced = SlicedPacket::from_ethernet(&back).unwrap();
+    let Some(etherparse::NetSlice::Ipv6(ip)) = sliced.net else {
+        panic!("not IPv6")
+    };
+    let Some(TransportSlice::Tcp(tcp)) = sliced.transport else {
+        panic!("not TCP")
+    };
+    assert_eq!(ip.header().destination(), pod6.octets());
+    assert_eq!(tcp.destination_port(), 40000);
+    let header = ip.header().to_header();
+    let want = tcp
+        .to_header()
+        .calc_checksum_ipv6(&header, tcp.payload())
+        .unwrap();
+    assert_eq!(tcp.checksum(), want);
 }
