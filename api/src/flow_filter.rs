@@ -287,7 +287,7 @@ impl FromStr for LabelSelector {
             problem: problem.to_owned(),
         };
         let mut requirements = Vec::new();
-        for part in split_top_level(text).map_err(|p| bad(p))? {
+        for part in split_top_level(text).map_err(bad)? {
             requirements.push(requirement(part.trim()).map_err(|p| bad(&p))?);
         }
         if requirements.is_empty() {

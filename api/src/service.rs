@@ -24,15 +24,11 @@ pub struct ServiceStatus {
 
 named_enum! {
     /// What kind of service a frontend is, by Kubernetes' names.
+    #[derive(Default)]
     pub enum ServiceType ("service type") {
         /// A virtual address inside the mesh (a Kubernetes ClusterIP, local or global).
+        #[default]
         ClusterIp => "ClusterIP",
-    }
-}
-
-impl Default for ServiceType {
-    fn default() -> Self {
-        ServiceType::ClusterIp
     }
 }
 
@@ -187,7 +183,7 @@ mod tests {
             "                                     2 => [fd00:2::3]:80/TCP (terminating)"
         );
         assert_eq!(lines[3], "8   10.96.0.11:53/UDP  ClusterIP");
-        let json = serde_json::to_value(&render_input()).unwrap();
+        let json = serde_json::to_value(render_input()).unwrap();
         assert_eq!(json[0]["type"], "ClusterIP");
     }
 

@@ -31,6 +31,8 @@ pub const LONG_VERSION: &str = concat!(
     ")"
 );
 
+// Parsed once per run: the size of the observe variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Command {
     /// Run one node: its dataplane worker and its control task.
