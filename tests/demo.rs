@@ -158,7 +158,7 @@ fn assert_demo_checks(report: &Value, mode: &str) {
     let sample = report["policy"]["observed_sample"]
         .as_str()
         .unwrap_or_default();
-    assert!(sample.contains("policy_denied"), "{sample}");
+    assert!(sample.contains("Policy denied DROPPED"), "{sample}");
 
     let nodes: Vec<String> = report["nodes"]
         .as_array()

@@ -300,6 +300,7 @@ fn write_agent_config(plan: &Plan, node: &Node, options: MeshOptions) -> anyhow:
          clustermesh: {{config-dir: {mesh}, grace-period: 10s}}\n\
          source: {{yaml-dir: {state}}}\n\
          status-socket: {socket}\n\
+         metrics: {ip}:9962\n\
          state-dir: {node_state}\n\
          bpf-pin-dir: {pins}\n",
         ip = node.underlay,

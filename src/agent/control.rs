@@ -21,11 +21,20 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{AgentConfig, EtcdSection};
+use super::endpoints::EndpointDirectory;
+use super::health::Readiness;
 use super::identities::IdentityDirectory;
 use super::nodes::NodeDirectory;
 
-/// Where the control task notes what the CLI lists: nodes and identities.
-type Directories = (NodeDirectory, IdentityDirectory);
+/// Where the control task notes what the CLI lists and observe names (nodes, identities, endpoints),
+/// and what readiness waits for.
+#[derive(Clone)]
+pub struct Directories {
+    pub nodes: NodeDirectory,
+    pub identities: IdentityDirectory,
+    pub endpoints: EndpointDirectory,
+    pub readiness: Readiness,
+}
 
 /// How long this agent's keys outlive it in etcd if it dies without withdrawing them.
 const LEASE_TTL: Duration = Duration::from_secs(30);
@@ -123,17 +132,21 @@ pub async fn start(
 async fn resolve_forever<A: IdentitySource + Send>(
     mut resolver: Resolver<A>,
     mut local: watch::Receiver<Arc<LocalState>>,
-    ((nodes, identities), cluster): (Directories, String),
+    (directories, cluster): (Directories, String),
     changes: mpsc::Sender<Change>,
     cancel: CancellationToken,
 ) {
     let mut synced = false;
     loop {
         let state = local.borrow_and_update().clone();
-        nodes.record_local(&cluster, &state);
+        directories.nodes.record_local(&cluster, &state);
+        directories.endpoints.record_local(&cluster, &state);
         match resolver.resolve(state).await {
             Ok(resolved) => {
-                identities.record_local(&cluster, &resolved.identities);
+                directories
+                    .identities
+                    .record_local(&cluster, &resolved.identities);
+                directories.readiness.local_synced();
                 if changes
                     .send(Change::Local(Arc::new(resolved)))
                     .await
@@ -164,11 +177,12 @@ async fn resolve_forever<A: IdentitySource + Send>(
 async fn record_remote_nodes(
     mut events: mpsc::Receiver<RemoteEvent>,
     builder: mpsc::Sender<RemoteEvent>,
-    (nodes, identities): Directories,
+    directories: Directories,
 ) {
     while let Some(event) = events.recv().await {
-        nodes.record_remote(&event);
-        identities.record_remote(&event);
+        directories.nodes.record_remote(&event);
+        directories.identities.record_remote(&event);
+        directories.endpoints.record_remote(&event);
         if builder.send(event).await.is_err() {
             return;
         }
@@ -210,7 +224,8 @@ async fn etcd_resolver(
     Ok(Resolver::new(spec.cluster.clone(), spec.cluster_id, alloc).with_publisher(publisher))
 }
 
-fn tls_material(etcd: &EtcdSection) -> anyhow::Result<Option<TlsMaterial>> {
+/// The TLS files `etcd` names, read; none for an insecure lab etcd.
+pub fn tls_material(etcd: &EtcdSection) -> anyhow::Result<Option<TlsMaterial>> {
     if etcd.insecure && etcd.trusted_ca_file.is_none() {
         return Ok(None);
     }
