@@ -205,7 +205,15 @@ pub fn segments(config: &AgentConfig) -> anyhow::Result<Vec<IpPrefix>> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    uplink_prefixes(&out.stdout).with_context(|| format!("the addresses of `{uplink}`"))
+    let prefixes =
+        uplink_prefixes(&out.stdout).with_context(|| format!("the addresses of `{uplink}`"))?;
+    if prefixes.is_empty() {
+        tracing::warn!(
+            uplink,
+            "the uplink has no global address and node.segment-cidrs is not set: every other node is taken to be behind the router"
+        );
+    }
+    Ok(prefixes)
 }
 
 #[derive(Deserialize)]
