@@ -47,9 +47,22 @@ pub enum Tunnel {
 pub struct MeshOptions {
     pub routing: Routing,
     pub tunnel: Tunnel,
+    /// The fabric routes every node's pod CIDR to it (native routing tells its agents so); without
+    /// it, native routing reaches only the nodes of the sender's own cluster and refuses the others.
+    pub fabric_routes_pods: bool,
 }
 
 impl MeshOptions {
+    /// The options `meshpath lab up --mesh` and `meshpath demo` take: native routing over a fabric
+    /// that routes the pod CIDRs.
+    pub fn new(routing: Routing, tunnel: Tunnel) -> MeshOptions {
+        MeshOptions {
+            routing,
+            tunnel,
+            fabric_routes_pods: routing == Routing::Native,
+        }
+    }
+
     /// The agent configuration's `dataplane` keys for them.
     fn dataplane_keys(self) -> String {
         let tunnel = match self.tunnel {
@@ -57,9 +70,12 @@ impl MeshOptions {
             Tunnel::Geneve => "geneve",
         };
         let routing = match self.routing {
-            Routing::Tunnel => "tunnel",
-            Routing::Native => "native, underlay-routes-pod-cidrs: true",
-            Routing::Hybrid => "hybrid",
+            Routing::Tunnel => "tunnel".to_owned(),
+            Routing::Native => format!(
+                "native, underlay-routes-pod-cidrs: {}",
+                self.fabric_routes_pods
+            ),
+            Routing::Hybrid => "hybrid".to_owned(),
         };
         format!("routing: {routing}, tunnel: {tunnel}")
     }
@@ -90,12 +106,12 @@ pub fn start(plan: &Plan) -> anyhow::Result<()> {
     start_with(plan, MeshOptions::default())
 }
 
-/// Starts the etcds and the agents of `plan`, routing as `options` say (native routing first has the
-/// fabric route the pod CIDRs), and waits until every agent answers.
+/// Starts the etcds and the agents of `plan`, routing as `options` say (first having the fabric route
+/// the pod CIDRs if they say so), and waits until every agent answers.
 pub fn start_with(plan: &Plan, options: MeshOptions) -> anyhow::Result<()> {
     // Before anything starts: a missing agent binary leaves nothing to undo.
     let agent = crate::agent_binary::agent_binary()?;
-    if options.routing == Routing::Native {
+    if options.fabric_routes_pods {
         crate::up::route_pod_cidrs(plan)?;
     }
     let root = dir(&plan.prefix);

@@ -40,10 +40,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let options = MeshOptions {
-        routing: cli.routing,
-        tunnel: cli.tunnel,
-    };
+    let options = MeshOptions::new(cli.routing, cli.tunnel);
     let report = demo::run(&cli.prefix, cli.requests, options)?;
     match cli.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),

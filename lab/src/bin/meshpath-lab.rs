@@ -98,7 +98,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             up::up(&plan)?;
             println!("lab up: {} namespaces", plan.namespaces().count());
             if mesh {
-                mesh::start_with(&plan, MeshOptions { routing, tunnel })?;
+                mesh::start_with(&plan, MeshOptions::new(routing, tunnel))?;
                 println!(
                     "lab meshed: {} etcd, {} agents; sockets and logs in {}",
                     plan.clusters.len(),
