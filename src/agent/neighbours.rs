@@ -9,7 +9,8 @@
 //! re-probing as the entry ages, retrying a failed one and noticing a new MAC. On an older kernel the
 //! entry is a plain `use` one, which each sync refreshes while it is not reachable. Each sync reads the
 //! table back (`ip -j neigh show dev UPLINK`); what it resolved goes to the snapshot builder as
-//! `Change::NodeMacs`. The entries of nodes that left are deleted. Until a neighbour is resolved,
+//! `Change::NodeMacs`. The entries of nodes that left are deleted, and so are managed entries an
+//! earlier agent left on the segment for nodes gone since. Until a neighbour is resolved,
 //! native routing refuses it (`node_mac_unresolved`) and hybrid tunnels to it via the router.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,6 +42,13 @@ struct NeighbourEntry {
     lladdr: Option<String>,
     #[serde(default)]
     state: Vec<String>,
+    /// ip(8) prints a flag as a key with a null value: `"managed": null`.
+    #[serde(default, deserialize_with = "flag")]
+    managed: bool,
+}
+
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
 }
 
 /// What a sync found.
@@ -73,7 +81,19 @@ impl Neighbours {
             .copied()
             .filter(|a| self.on_segment(*a))
             .collect();
-        let gone: Vec<IpAddr> = self.installed.difference(&wanted).copied().collect();
+        let mut table = self.read()?;
+        // Ours that left, and the managed entries an earlier agent left for nodes gone since.
+        let leftover = table
+            .values()
+            .filter(|e| e.managed && self.on_segment(e.dst))
+            .map(|e| e.dst);
+        let gone: BTreeSet<IpAddr> = self
+            .installed
+            .iter()
+            .copied()
+            .chain(leftover)
+            .filter(|a| !wanted.contains(a))
+            .collect();
         if !gone.is_empty() {
             let lines = gone
                 .iter()
@@ -81,8 +101,8 @@ impl Neighbours {
             // An entry someone else removed already is no failure.
             let _ = ip_batch(lines.collect());
             self.installed.retain(|a| wanted.contains(a));
+            table.retain(|a, _| !gone.contains(a));
         }
-        let table = self.read()?;
         let refresh: Vec<IpAddr> = wanted
             .iter()
             .copied()
@@ -301,6 +321,8 @@ mod tests {
         assert_eq!(mac(4), None);
         assert_eq!(mac(5), None);
         assert_eq!(mac(6), Some([2, 0, 0, 1, 0, 6]));
+        let managed: Vec<bool> = table.values().map(|e| e.managed).collect();
+        assert_eq!(managed, [false, false, false, false, true]);
         assert!(parse_table(b"").unwrap().is_empty());
         assert!(parse_table(b"not json").is_err());
 
@@ -383,8 +405,8 @@ mod tests {
         let netns = meshpath_xdp_redirect::netns::Netns::named(&segment.ours).unwrap();
         netns
             .run(|| {
-                let segments = vec!["198.18.77.0/24".parse().unwrap()];
-                let mut neighbours = Neighbours::new("uplink", segments);
+                let segments: Vec<IpPrefix> = vec!["198.18.77.0/24".parse().unwrap()];
+                let mut neighbours = Neighbours::new("uplink", segments.clone());
                 let peer: IpAddr = "198.18.77.2".parse().unwrap();
                 let elsewhere: IpAddr = "198.18.78.2".parse().unwrap();
                 let resolved = meshpath_testkit::until(
@@ -408,6 +430,14 @@ mod tests {
                     !table.contains_key(&peer),
                     "the entry of a node gone: {table:?}"
                 );
+
+                // A managed entry an earlier agent left goes when the next one finds no such node.
+                neighbours.sync(&[peer]).unwrap();
+                assert!(neighbours.read().unwrap()[&peer].managed);
+                let mut restarted = Neighbours::new("uplink", segments.clone());
+                assert_eq!(restarted.sync(&[]).unwrap(), Resolved::default());
+                let table = restarted.read().unwrap();
+                assert!(!table.contains_key(&peer), "left over: {table:?}");
             })
             .unwrap();
     }
