@@ -17,6 +17,7 @@ mod convert;
 mod handler;
 mod host_port;
 mod identities;
+mod last_known;
 pub mod metrics;
 mod node_sync;
 mod nodes;
@@ -30,7 +31,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
@@ -112,22 +113,27 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let counters = Arc::new(ArcSwap::from_pointee(Counters::default()));
     let stats = wiring.worker.stats_reader();
     let stop = Arc::new(AtomicBool::new(false));
-    let handler = PipelineHandler::new(tables.clone(), state, counters.clone(), flow_sink);
-    let worker = wiring.worker.spawn(handler, stop.clone())?;
     let uplink = Arc::new(Mutex::new(wiring.programs.remove(0)));
 
     let nodes = nodes::NodeDirectory::default();
     let identities = identities::IdentityDirectory::default();
+    let known = last_known::Recorder::load(&config, control::cluster_name(&config)?);
     let latency = metrics::publish_latency();
+    let empty = tables.load_full();
     let (mut tasks, mesh) = control::start(
         &config,
         spec,
         source.state.clone(),
         metrics::TimedSink::new(tables.clone(), latency.clone()),
-        (nodes.clone(), identities.clone()),
+        (nodes.clone(), identities.clone(), known.clone()),
         cancel.clone(),
     )
     .await?;
+    tasks.spawn(known.clone().write_forever(cancel.clone()));
+    // The sockets are registered: frames wait in their rings for a worker with tables to read.
+    wait_for_first_snapshot(&tables, &empty).await;
+    let handler = PipelineHandler::new(tables.clone(), state, counters.clone(), flow_sink);
+    let worker = wiring.worker.spawn(handler, stop.clone())?;
     tasks.spawn(node_sync::sync_forever(
         nodes.clone(),
         uplink.clone(),
@@ -199,12 +205,30 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let (_, handler) = worker.join_with_handler().context("joining the worker")?;
     hand_over(&config, handler);
+    known.write();
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
     for attachment in wiring.attachments {
         attachment.keep();
     }
     Ok(())
+}
+
+/// How long the worker waits for its first table snapshot before it starts with empty tables.
+const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits until the builder replaced the empty snapshot (from the last known state, at start-up, within
+/// milliseconds), so the first frames meet the node's tables rather than none.
+async fn wait_for_first_snapshot(tables: &ArcSwap<Tables>, empty: &Arc<Tables>) {
+    let started = Instant::now();
+    while Arc::ptr_eq(&tables.load_full(), empty) {
+        if started.elapsed() > FIRST_SNAPSHOT_WAIT {
+            tracing::warn!("no table snapshot yet: the worker starts with empty tables");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::info!(after = ?started.elapsed(), "first table snapshot installed");
 }
 
 /// A fresh worker state, or the conntrack the last agent handed over (used once, then removed).
