@@ -10,13 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use meshpath_dataplane::afxdp::{
-    BatchHandler, CrossConnect, PortConfig, Worker, WorkerConfig, WorkerStats,
+    BatchHandler, CrossConnect, PortConfig, StatsReader, Worker, WorkerConfig, WorkerHandle,
+    WorkerStats,
 };
 use meshpath_dataplane::frame::HEADROOM;
 use meshpath_dataplane::{DropReason, Frame, PortId, Verdict};
 use meshpath_testkit::needs_root;
 use meshpath_xdp_redirect::netns::{ifindex, Netns};
-use meshpath_xdp_redirect::{NodeAddrs, Role, XdpRedirect};
+use meshpath_xdp_redirect::{Attachment, NodeAddrs, Role, XdpRedirect};
 
 const UPLINK: PortId = PortId(0);
 /// How long a frame already sent may take to be counted on a loaded machine.
@@ -143,16 +144,31 @@ fn busy_polling_worker_forwards_without_sleeping() {
     assert!(stats.rx_kicks > 0, "it drives the queues with rx kicks");
 }
 
-/// Builds the namespaces, runs the worker with the cross-connect, checks what every variant must
-/// show and returns the worker's final counters.
-fn forward_through_afxdp(tag: &str, busy_poll: bool) -> WorkerStats {
-    let lab = Lab::build(tag);
+/// The node namespace of a lab wired for AF_XDP: a worker bound to its three ports, their programs
+/// loaded and attached with the sockets registered, the worker running `handler`.
+struct Wired<H> {
+    handle: WorkerHandle<H>,
+    stats: StatsReader,
+    stop: Arc<AtomicBool>,
+    programs: Vec<XdpRedirect>,
+    attachments: Vec<Attachment>,
+}
+
+impl<H> Wired<H> {
+    fn stop(self) -> (WorkerStats, Vec<XdpRedirect>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let stats = self.handle.join().expect("worker ends cleanly");
+        drop(self.attachments);
+        (stats, self.programs)
+    }
+}
+
+fn wire<H: BatchHandler + Send + 'static>(lab: &Lab, handler: H, busy_poll: bool) -> Wired<H> {
     let home = Netns::current().expect("own namespace");
     Netns::named(&lab.ns("node"))
         .expect("node namespace")
         .enter()
         .expect("setns into the node");
-
     let node = NodeAddrs {
         ipv4: Some(Ipv4Addr::new(198, 18, 1, 1)),
         ipv6: None,
@@ -191,13 +207,28 @@ fn forward_through_afxdp(tag: &str, busy_poll: bool) -> WorkerStats {
         programs.push(prog);
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let stats = worker.stats_reader();
+    let handle = worker.spawn(handler, stop.clone()).expect("worker thread");
+    home.enter().expect("back home");
+    Wired {
+        handle,
+        stats,
+        stop,
+        programs,
+        attachments,
+    }
+}
+
+/// Builds the namespaces, runs the worker with the cross-connect, checks what every variant must
+/// show and returns the worker's final counters.
+fn forward_through_afxdp(tag: &str, busy_poll: bool) -> WorkerStats {
+    let lab = Lab::build(tag);
     let short_headroom = Arc::new(AtomicU64::new(0));
     let handler = ShiftingCrossConnect {
         inner: CrossConnect::new(vec![(POD_A, POD_B)]),
         short_headroom: short_headroom.clone(),
     };
-    let handle = worker.spawn(handler, stop.clone()).expect("worker thread");
-    home.enter().expect("back home");
+    let wired = wire(&lab, handler, busy_poll);
 
     let pods_ping = lab.exec(
         "a",
@@ -217,15 +248,14 @@ fn forward_through_afxdp(tag: &str, busy_poll: bool) -> WorkerStats {
     );
     // The datagrams are in flight when `bash` returns: wait until the worker has counted them.
     let taken = meshpath_testkit::until("the three tunnel datagrams on the uplink", WAIT, || {
-        let stats = handle.stats();
+        let stats = wired.stats.read();
         let dropped = stats
             .port(UPLINK)
             .map_or(0, |up| up.drops[DropReason::UnknownPort.index()]);
         meshpath_testkit::wait::check(dropped >= 3, format!("{dropped} dropped as unknown_port"))
     });
 
-    stop.store(true, Ordering::Relaxed);
-    let stats = handle.join().expect("worker ends cleanly");
+    let (stats, programs) = wired.stop();
     let uplink_verdicts = programs[0].verdicts().expect("uplink counters");
     eprintln!("{stats:#?}\nuplink program: {uplink_verdicts:?}");
 
@@ -268,6 +298,132 @@ fn forward_through_afxdp(tag: &str, busy_poll: bool) -> WorkerStats {
         uplink_verdicts.pass >= 3,
         "two pings and the peer's ARP request were passed to the kernel: {uplink_verdicts:?}"
     );
-    drop(attachments);
     stats
+}
+
+/// Holds the worker inside its handler once armed and a frame comes, until released.
+struct Stall {
+    armed: Arc<AtomicBool>,
+    inside: Arc<AtomicBool>,
+    release: std::sync::mpsc::Receiver<()>,
+}
+
+impl BatchHandler for Stall {
+    fn handle(&mut self, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.inside.store(true, Ordering::SeqCst);
+            let _ = self.release.recv();
+        }
+        verdicts[..frames.len()].fill(Verdict::Drop(DropReason::UnknownPort));
+    }
+}
+
+#[test]
+fn the_heartbeat_beats_while_idle_and_stops_with_a_stuck_worker() {
+    if !needs_root("the_heartbeat_beats_while_idle_and_stops_with_a_stuck_worker") {
+        return;
+    }
+    let lab = Lab::build("beat");
+    let (armed, inside) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (release, held) = std::sync::mpsc::channel();
+    let stall = Stall {
+        armed: armed.clone(),
+        inside: inside.clone(),
+        release: held,
+    };
+    let wired = wire(&lab, stall, false);
+    // No traffic: an idle worker wakes from poll(2) and beats all the same.
+    let first = wired.stats.heartbeat();
+    assert!(
+        wait_until(|| wired.stats.heartbeat() > first + 10),
+        "an idle worker's heartbeat advances"
+    );
+
+    armed.store(true, Ordering::SeqCst);
+    lab.exec("a", &["ping", "-c", "1", "-W", "1", "100.64.1.11"]);
+    assert!(wait_until(|| inside.load(Ordering::SeqCst)), "a frame came");
+    let stuck = wired.stats.heartbeat();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(
+        wired.stats.heartbeat(),
+        stuck,
+        "a stuck worker does not beat"
+    );
+    release.send(()).unwrap();
+    assert!(
+        wait_until(|| wired.stats.heartbeat() > stuck),
+        "released, it beats again"
+    );
+    wired.stop();
+}
+
+/// Takes `delay` per batch and drops it: a worker that cannot keep up and never idles.
+struct Slow {
+    delay: std::time::Duration,
+}
+
+impl BatchHandler for Slow {
+    fn handle(&mut self, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
+        std::thread::sleep(self.delay);
+        verdicts[..frames.len()].fill(Verdict::Drop(DropReason::UnknownPort));
+    }
+}
+
+/// The kernel drops what a saturated worker cannot take (rx ring full, fill ring empty); those
+/// counters must show while it is saturated, not only once it idles again.
+#[test]
+fn kernel_drops_show_while_the_worker_is_saturated() {
+    if !needs_root("kernel_drops_show_while_the_worker_is_saturated") {
+        return;
+    }
+    let lab = Lab::build("sat");
+    let slow = Slow {
+        delay: std::time::Duration::from_millis(2),
+    };
+    let wired = wire(&lab, slow, false);
+    // The handler answers no ARP: the destination's neighbour entry is set by hand.
+    let neighbour = [
+        "ip",
+        "neigh",
+        "replace",
+        "100.64.1.11",
+        "lladdr",
+        "02:00:00:00:00:0b",
+        "dev",
+        "eth0",
+    ];
+    assert!(lab.exec("a", &neighbour));
+    let flood = "import socket, time\n\
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+end = time.time() + 6\n\
+while time.time() < end:\n    s.sendto(b'x' * 64, ('100.64.1.11', 9))\n";
+    let mut sender = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("a"), "python3", "-c", flood])
+        .spawn()
+        .expect("python3 floods");
+    let kernel_drops = |s: &WorkerStats| {
+        let k = s.port(POD_A).map(|p| p.kernel).unwrap_or_default();
+        k.rx_dropped + k.rx_ring_full + k.fill_ring_empty
+    };
+    let seen = wait_until(|| kernel_drops(&wired.stats.read()) > 0);
+    let flooding = matches!(sender.try_wait(), Ok(None));
+    let _ = sender.kill();
+    let _ = sender.wait();
+    let (stats, _) = wired.stop();
+    eprintln!("{stats:#?}");
+    assert!(seen, "the kernel's drops were published: {stats:?}");
+    assert!(flooding, "and while the flood still ran");
+    assert!(kernel_drops(&stats) > 0);
+}
+
+/// Whether `condition` holds within five seconds.
+fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
+    let five = std::time::Duration::from_secs(5);
+    meshpath_testkit::until("the condition", five, || {
+        meshpath_testkit::wait::check(condition(), ())
+    })
+    .is_ok()
 }

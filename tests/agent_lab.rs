@@ -20,8 +20,9 @@ struct Lab {
 }
 
 impl Lab {
-    fn up() -> Lab {
-        let prefix = format!("e{}", std::process::id() % 100_000);
+    /// A lab of its own for each test (`tag`: one letter), as tests run side by side.
+    fn up(tag: &str) -> Lab {
+        let prefix = format!("e{tag}{}", std::process::id() % 100_000);
         let dir = std::env::temp_dir().join(format!("meshpath-e2e-{prefix}"));
         std::fs::create_dir_all(dir.join("state")).unwrap();
         let lab = Lab {
@@ -96,13 +97,15 @@ impl Lab {
             .then(|| serde_json::from_slice(&out.stdout).ok())?
     }
 
-    /// `meshpath observe -o json` on node `n`'s agent: the flows it keeps.
+    /// `meshpath observe -o json` on node `n`'s agent: the flows it keeps (in Hubble's shape, one
+    /// GetFlowsResponse per line) that pass `filters`, as the agent filters them.
     fn observe(&self, n: u8, filters: &[&str]) -> Vec<serde_json::Value> {
         let socket = self.socket(n);
         let mut args = vec![
             "observe",
             "-o",
             "json",
+            "--all",
             "--socket",
             socket.to_str().unwrap(),
         ];
@@ -115,8 +118,8 @@ impl Lab {
             .collect()
     }
 
-    /// `meshpath observe --follow -o json` on node `n`'s agent, from now on: the first flow it
-    /// streams with `reason` (the agent's kept flows before now are skipped by their time).
+    /// `meshpath observe --follow -o json` on node `n`'s agent, from now on (following starts now):
+    /// the first flow it streams whose Hubble drop reason is `reason`.
     fn follow(
         &mut self,
         n: u8,
@@ -124,10 +127,6 @@ impl Lab {
         reason: &str,
     ) -> std::sync::mpsc::Receiver<serde_json::Value> {
         use std::io::BufRead;
-        let since_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
         let socket = self.socket(n);
         let mut child = Command::new(BIN)
             .args(["observe", "--follow", "-o", "json", "--socket"])
@@ -144,9 +143,9 @@ impl Lab {
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
-                let flow: serde_json::Value = serde_json::from_str(&line).expect("a JSON flow");
-                if flow["time_ms"].as_u64() >= Some(since_ms) && flow["reason"] == reason {
-                    let _ = tx.send(flow);
+                let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON event");
+                if event["flow"]["drop_reason_desc"] == reason {
+                    let _ = tx.send(event);
                     return;
                 }
             }
@@ -229,6 +228,7 @@ fn agent_config(lab: &Lab, n: u8) -> String {
          dataplane: {{cores: [{core}], routing: tunnel, tunnel: vxlan, conntrack-capacity: 65536, mtu: 1500}}\n\
          source: {{yaml-dir: {state}}}\n\
          status-socket: {socket}\n\
+         metrics: 198.18.1.{n}:9962\n\
          state-dir: {node_state}\n\
          bpf-pin-dir: {pins}\n",
         core = n % 2,
@@ -304,7 +304,7 @@ fn pods_talk_through_the_agents_on_real_afxdp() {
     if !meshpath_testkit::needs_root("pods_talk_through_the_agents_on_real_afxdp") {
         return;
     }
-    let mut lab = Lab::up();
+    let mut lab = Lab::up("");
     // Room for the 50 bytes of VXLAN on the 1500-byte underlay, as Cilium sizes pod MTUs.
     for (n, k) in [(1, 1), (1, 2), (2, 1), (2, 2)] {
         assert!(ok(&lab.exec(
@@ -403,8 +403,8 @@ fn pods_talk_through_the_agents_on_real_afxdp() {
     // flows sees the drops as they happen.
     let follower = lab.follow(
         1,
-        &["--verdict", "dropped", "--pod", "p12"],
-        "spoofed_source",
+        &["--verdict", "DROPPED", "--to-pod", "default/p12"],
+        "INVALID_SOURCE_IP",
     );
     assert!(ok(&lab.exec(
         &p11,
@@ -432,7 +432,10 @@ fn pods_talk_through_the_agents_on_real_afxdp() {
     let followed = follower
         .recv_timeout(Duration::from_secs(5))
         .expect("observe --follow streams the drop");
-    assert_eq!(followed["source"]["ip"], "100.64.1.99", "{followed:#}");
+    assert_eq!(
+        followed["flow"]["IP"]["source"], "100.64.1.99",
+        "{followed:#}"
+    );
     let n1 = lab.status(1).expect("status of node 1");
     assert!(
         counter(&n1, "dropped", "spoofed_source") >= 2,
@@ -449,33 +452,83 @@ fn pods_talk_through_the_agents_on_real_afxdp() {
             spoofed_flows = lab
                 .observe(1, &["--verdict", "dropped"])
                 .into_iter()
-                .filter(|f| f["reason"] == "spoofed_source")
+                .filter(|e| e["flow"]["drop_reason_desc"] == "INVALID_SOURCE_IP")
                 .collect();
             spoofed_flows.len() >= 2
         },
     );
     assert!(spoofed_flows.len() >= 2, "{spoofed_flows:#?}");
-    for flow in &spoofed_flows {
-        assert_eq!(flow["verdict"], "dropped");
-        assert_eq!(flow["protocol"], "ICMPv4");
-        assert_eq!(flow["source"]["ip"], "100.64.1.99");
-        assert_eq!(flow["source"]["pod"], "p11", "{flow:#}");
-        assert_eq!(flow["source"]["cluster"], "cluster1");
-        assert_eq!(flow["destination"]["pod"], "p12", "{flow:#}");
+    for event in &spoofed_flows {
+        let flow = &event["flow"];
+        assert_eq!(flow["verdict"], "DROPPED");
+        assert_eq!(
+            flow["drop_reason"], 132,
+            "Cilium's code for an invalid source"
+        );
+        assert_eq!(flow["l4"]["ICMPv4"]["type"], 8, "{flow:#}");
+        assert_eq!(flow["IP"]["source"], "100.64.1.99");
+        assert_eq!(flow["source"]["pod_name"], "p11", "{flow:#}");
+        assert_eq!(flow["source"]["namespace"], "default");
+        assert_eq!(flow["source"]["cluster_name"], "cluster1");
+        assert!(
+            flow["source"]["labels"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|l| l == "k8s:app=demo")),
+            "{flow:#}"
+        );
+        assert_eq!(flow["destination"]["pod_name"], "p12", "{flow:#}");
+        assert_eq!(flow["traffic_direction"], "EGRESS");
+        assert_eq!(flow["node_name"], "cluster1/c1-n1");
+        assert_eq!(event["node_name"], "cluster1/c1-n1");
     }
+    // A jq expression written for Hubble's JSON reads meshpath's.
+    let script = format!(
+        "{BIN} observe -o json --all --verdict DROPPED --socket {} | jq -r 'select(.flow.drop_reason_desc == \"INVALID_SOURCE_IP\") | .flow.source.pod_name + \" \" + .flow.destination.pod_name'",
+        lab.socket(1).display()
+    );
+    let jq = Command::new("bash")
+        .args(["-o", "pipefail", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(ok(&jq), "jq over observe's JSON");
+    let named = String::from_utf8_lossy(&jq.stdout);
+    assert!(
+        named.lines().count() >= 2 && named.lines().all(|l| l == "p11 p12"),
+        "{named}"
+    );
     // New flows are there too, forwarded: TCP to iperf3 across nodes, through the tunnel.
     let forwarded = lab.observe(1, &["--verdict", "forwarded", "--pod", "default/p21"]);
     assert!(
-        forwarded.iter().any(|f| f["protocol"] == "TCP"
-            && f["destination"]["port"] == 5201
-            && f["source"]["pod"] == "p11"
-            && f["reason"] == "tunnel"),
+        forwarded
+            .iter()
+            .any(|e| e["flow"]["l4"]["TCP"]["destination_port"] == 5201
+                && e["flow"]["l4"]["TCP"]["flags"]["SYN"] == true
+                && e["flow"]["source"]["pod_name"] == "p11"
+                && e["flow"]["trace_observation_point"] == "TO_OVERLAY"),
         "{forwarded:#?}"
     );
     assert!(
-        forwarded.iter().all(|f| f["verdict"] == "forwarded"),
+        forwarded
+            .iter()
+            .all(|e| e["flow"]["verdict"] == "FORWARDED"),
         "filtered by verdict"
     );
+    // The agent filters as hubble does: by port and protocol, by address, and --not.
+    let to_iperf = lab.observe(1, &["--to-port", "5201", "--protocol", "tcp"]);
+    assert!(!to_iperf.is_empty());
+    assert!(
+        to_iperf
+            .iter()
+            .all(|e| e["flow"]["l4"]["TCP"]["destination_port"] == 5201),
+        "{to_iperf:#?}"
+    );
+    let liar = lab.observe(1, &["--from-ip", "100.64.1.99"]);
+    assert_eq!(liar.len(), spoofed_flows.len(), "{liar:#?}");
+    let not_forwarded = lab.observe(1, &["--not", "--verdict", "forwarded"]);
+    assert!(not_forwarded
+        .iter()
+        .all(|e| e["flow"]["verdict"] != "FORWARDED"));
+    assert!(not_forwarded.len() >= spoofed_flows.len());
     let socket = lab.socket(1);
     let human = meshpath(&[
         "observe",
@@ -486,10 +539,9 @@ fn pods_talk_through_the_agents_on_real_afxdp() {
     ]);
     let human = String::from_utf8_lossy(&human.stdout);
     assert!(
-        human.lines().any(
-            |l| l.contains("cluster1/default/p11 → cluster1/default/p12")
-                && l.contains("DROPPED (spoofed_source)")
-        ),
+        human.lines().any(|l| l.contains(": default/p11 (ID:")
+            && l.contains("<> default/p12 (ID:")
+            && l.contains(" Invalid source ip DROPPED (ICMPv4 EchoRequest)")),
         "{human}"
     );
 
@@ -505,4 +557,115 @@ fn pods_talk_through_the_agents_on_real_afxdp() {
         &["ping", "-c", "2", "-i", "0.2", "-W", "2", "198.18.1.2"],
     );
     assert!(ok(&node_ping), "node to node on the underlay");
+}
+
+/// `curl` in node `n`'s namespace: the HTTP status code and the body.
+fn curl(lab: &Lab, n: u8, url: &str) -> (u16, String) {
+    let out = lab.exec(
+        &lab.node_ns(n),
+        &["curl", "-s", "-m", "3", "-w", "\\n%{http_code}", url],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// One thread of another process held stopped (ptrace), until dropped.
+struct StoppedThread(libc::pid_t);
+
+impl StoppedThread {
+    fn stop(tid: libc::pid_t) -> StoppedThread {
+        let none = std::ptr::null_mut::<libc::c_void>();
+        // SAFETY: ptrace(2) with SEIZE then INTERRUPT on a thread id of a process this test
+        // started; the kernel checks the id and our right to trace it, and touches no memory of ours.
+        let seized = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, none, none) };
+        assert_eq!(
+            seized,
+            0,
+            "seize thread {tid}: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: as above.
+        let interrupted = unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, none, none) };
+        assert_eq!(interrupted, 0, "{}", std::io::Error::last_os_error());
+        let mut status = 0;
+        // SAFETY: waitpid(2) writes the stop status into `status`, a live local.
+        let waited = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        assert_eq!(waited, tid, "{}", std::io::Error::last_os_error());
+        StoppedThread(tid)
+    }
+}
+
+impl Drop for StoppedThread {
+    fn drop(&mut self) {
+        let none = std::ptr::null_mut::<libc::c_void>();
+        // SAFETY: detaching (and so resuming) the thread this value stopped.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, none, none) };
+    }
+}
+
+/// The thread of `pid` named `name`.
+fn thread_named(pid: u32, name: &str) -> Option<libc::pid_t> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .find(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .and_then(|task| task.file_name().to_str()?.parse().ok())
+}
+
+/// The health endpoint on the node's 127.0.0.1:9879 turns unhealthy while the dataplane worker is
+/// stopped, and healthy again when it runs; `meshpath status` says so with its exit code; the
+/// metrics on the node's address carry Cilium's names.
+#[test]
+fn health_fails_while_the_worker_is_stopped() {
+    if !meshpath_testkit::needs_root("health_fails_while_the_worker_is_stopped") {
+        return;
+    }
+    let mut lab = Lab::up("h");
+    write_state(&lab);
+    lab.start_agent(1);
+    let ready = wait_for("readiness", Duration::from_secs(20), || {
+        curl(&lab, 1, "http://127.0.0.1:9879/readyz").0 == 200
+    });
+    assert!(ready, "agent log:\n{}", lab.agent_log(1));
+    let socket = lab.socket(1);
+    let brief = meshpath(&["status", "--brief", "--socket", socket.to_str().unwrap()]);
+    assert!(ok(&brief));
+    assert_eq!(String::from_utf8_lossy(&brief.stdout), "OK\n");
+    let (code, metrics) = curl(&lab, 1, "http://198.18.1.1:9962/metrics");
+    assert_eq!(code, 200);
+    for family in [
+        "cilium_forward_count_total{direction=\"EGRESS\"}",
+        "cilium_bpf_map_pressure{map_name=\"conntrack\"}",
+        "cilium_version{",
+        "cilium_process_resident_memory_bytes ",
+        "meshpath_agent_ready 1",
+        "meshpath_xdp_verdicts_total{interface=\"uplink\",role=\"uplink\",verdict=\"pass\"}",
+    ] {
+        assert!(metrics.contains(family), "{family} in\n{metrics}");
+    }
+
+    let agent = lab.agents[0].id();
+    let worker = thread_named(agent, "meshpath-worker").expect("the worker thread");
+    let stopped = StoppedThread::stop(worker);
+    let failing = wait_for("liveness to fail", Duration::from_secs(20), || {
+        curl(&lab, 1, "http://127.0.0.1:9879/livez").0 == 503
+    });
+    assert!(
+        failing,
+        "the endpoint turns unhealthy with the worker stopped"
+    );
+    let (code, body) = curl(&lab, 1, "http://127.0.0.1:9879/healthz");
+    assert_eq!(code, 503);
+    assert!(body.contains("no progress"), "{body}");
+    let brief = meshpath(&["status", "--brief", "--socket", socket.to_str().unwrap()]);
+    assert_eq!(brief.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&brief.stdout).starts_with("Failing: worker: no progress"));
+    drop(stopped);
+    let healthy = wait_for("liveness again", Duration::from_secs(20), || {
+        curl(&lab, 1, "http://127.0.0.1:9879/livez").0 == 200
+    });
+    assert!(healthy, "healthy again once the worker runs");
 }

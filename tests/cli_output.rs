@@ -2,7 +2,6 @@
 //! socket: the real binary against a fake agent, a test-owned unix socket serving a canned status
 //! document built from the interface's types (`meshpath_api`), as the agent builds it.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -11,13 +10,20 @@ use std::process::{Command, Output};
 use meshpath_api::clustermesh::{
     CidrConflict, ClusterMeshStatus, Refusal, RemoteClusterStatus, SyncStatus,
 };
-use meshpath_api::identity::IdentityRow;
+use meshpath_api::endpoint::{EndpointRow, EndpointState};
+use meshpath_api::health::{Check, CheckKind, CheckName, CheckState, Health};
+use meshpath_api::identity::{IdentityRow, Label};
+use meshpath_api::kvstore::KvStoreStatus;
 use meshpath_api::node::NodeRow;
 use meshpath_api::policy::{
     AllowRow, DirectionRow, EndpointPolicyRow, PolicyPeer, PolicyRefusalRow,
 };
-use meshpath_api::service::{BackendInfo, BackendState, ServiceStatus};
-use meshpath_api::status::{AgentStatus, DataplaneStatus, PortStatus, TableSizes};
+use meshpath_api::service::{BackendInfo, BackendState, ServiceStatus, ServiceType};
+use meshpath_api::status::{
+    AgentStatus, ConntrackStatus, DataplaneStatus, FlowLogStatus, KernelDrops, PortRole,
+    PortStatus, TableSizes,
+};
+use meshpath_api::version::VersionInfo;
 use meshpath_api::{DropReason, ForwardKind};
 
 fn mesh() -> ClusterMeshStatus {
@@ -68,11 +74,8 @@ fn mesh() -> ClusterMeshStatus {
     .into()
 }
 
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+fn labels(labels: &[&str]) -> Vec<Label> {
+    labels.iter().map(|l| l.parse().unwrap()).collect()
 }
 
 fn canned() -> AgentStatus {
@@ -85,9 +88,15 @@ fn canned() -> AgentStatus {
             dropped: [(DropReason::PolicyDenied, 34)].into(),
             ports: vec![PortStatus {
                 port: 0,
+                interface: Some("uplink".into()),
+                role: Some(PortRole::Uplink),
                 rx: 1234,
                 tx: 1200,
                 tx_ring_full: 3,
+                kernel: KernelDrops {
+                    rx_ring_full: 68,
+                    ..Default::default()
+                },
             }],
         },
         tables: TableSizes {
@@ -97,7 +106,9 @@ fn canned() -> AgentStatus {
             nodes: 3,
         },
         services: vec![ServiceStatus {
+            id: Some(3),
             frontend: "10.96.0.10:80/TCP".parse().unwrap(),
+            service_type: ServiceType::ClusterIp,
             backends: vec![
                 BackendInfo {
                     backend: "10.1.0.3:80".parse().unwrap(),
@@ -133,20 +144,20 @@ fn canned() -> AgentStatus {
             IdentityRow {
                 id: 2,
                 cluster: None,
-                labels: labels(&[("reserved:world", "")]),
+                labels: labels(&["reserved:world"]),
             },
             IdentityRow {
                 id: 65537,
                 cluster: Some("cluster1".into()),
                 labels: labels(&[
-                    ("app", "x-wing"),
-                    ("io.cilium.k8s.policy.cluster", "cluster1"),
+                    "k8s:app=x-wing",
+                    "k8s:io.cilium.k8s.policy.cluster=cluster1",
                 ]),
             },
             IdentityRow {
                 id: 131073,
                 cluster: Some("cluster2".into()),
-                labels: labels(&[("app", "rebel-base")]),
+                labels: labels(&["k8s:app=rebel-base"]),
             },
         ],
         policies: vec![EndpointPolicyRow {
@@ -173,18 +184,58 @@ fn canned() -> AgentStatus {
             ingress: false,
             egress: true,
         }],
+        endpoints: vec![EndpointRow {
+            id: 2,
+            pod: "default/x-wing".into(),
+            interface: Some("pod1".into()),
+            identity: 65537,
+            labels: labels(&[
+                "k8s:app=x-wing",
+                "k8s:io.cilium.k8s.policy.cluster=cluster1",
+            ]),
+            ipv4: Some("10.1.0.3".parse().unwrap()),
+            ipv6: Some("fd00:1::3".parse().unwrap()),
+            ingress_enforced: true,
+            egress_enforced: false,
+            state: EndpointState::Ready,
+        }],
+        health: Some(healthy()),
+        version: Some(VersionInfo::new("0.1.0", "3f2a9c1d0e4b")),
+        kvstore: Some(KvStoreStatus::disabled()),
+        global_services: 1,
+        conntrack: Some(ConntrackStatus {
+            entries: 12,
+            capacity: 65536,
+            ..Default::default()
+        }),
+        xdp: vec![],
+        flows: Some(FlowLogStatus::default()),
     }
 }
 
 const REFUSED: &str =
     "CiliumNetworkPolicy default/office: `spec.egress[0]`: unknown field `toCIDR`";
 
+fn healthy() -> Health {
+    Health::of(vec![Check {
+        name: CheckName::Worker,
+        kind: CheckKind::Liveness,
+        state: CheckState::Ok,
+        detail: "beat 1".into(),
+    }])
+}
+
 /// A fake agent on a fresh socket: every connection gets the canned document, then the socket closes.
 fn fake_agent(test: &str) -> PathBuf {
+    serve(test, canned())
+}
+
+/// A fake agent serving `status` to every connection.
+fn serve(test: &str, status: AgentStatus) -> PathBuf {
     let path = std::env::temp_dir().join(format!("mp-cli-{}-{test}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).unwrap();
-    let body = serde_json::to_vec(&canned()).unwrap();
+    let body = serde_json::to_vec(&status).unwrap();
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
             let _ = stream.write_all(&body);
@@ -241,12 +292,34 @@ fn status() {
         has_line(&text, &["Dropped:", "34", "policy_denied"]),
         "{text}"
     );
-    assert!(has_line(
-        &text,
-        &["Port", "0", "rx", "1234", "tx", "1200", "tx-ring-full", "3"]
-    ));
     assert!(
-        text.contains("Policy refused: CiliumNetworkPolicy default/office — 1 endpoint(s) denied egress: `spec.egress[0]`: unknown field `toCIDR`\n"),
+        has_line(&text, &["0", "uplink", "uplink", "1234", "1200", "3", "68"]),
+        "per port, with the kernel's drops: {text}"
+    );
+    assert!(
+        has_line(
+            &text,
+            &[
+                "ClusterMesh:",
+                "1/2",
+                "remote",
+                "clusters",
+                "ready,",
+                "1",
+                "global-services"
+            ]
+        ),
+        "{text}"
+    );
+    assert!(has_line(&text, &["KVStore:", "Ok", "Disabled"]), "{text}");
+    assert!(
+        has_line(&text, &["Meshpath:", "Ok", "0.1.0", "(0.1.0-3f2a9c1d0e4b)"]),
+        "{text}"
+    );
+    assert!(text.contains("Conntrack:     12/65536 entries"), "{text}");
+    assert_eq!(table(&socket, &["status", "--brief"]), "OK\n");
+    assert!(
+        text.contains("Policy:        refused CiliumNetworkPolicy default/office — 1 endpoint(s) denied egress: `spec.egress[0]`: unknown field `toCIDR`\n"),
         "{text}"
     );
     let doc = json(&socket, &["status"]);
@@ -265,22 +338,123 @@ fn status() {
 fn service_list() {
     let socket = fake_agent("service");
     let text = table(&socket, &["service", "list"]);
+    let lines: Vec<&str> = text.lines().collect();
     assert!(
-        has_line(&text, &["FRONTEND", "BACKEND", "CLUSTER", "STATE"]),
+        lines[0].starts_with("ID  Frontend           Service Type  Backend"),
         "{text}"
     );
     assert!(
-        has_line(&text, &["10.96.0.10:80/TCP", "10.1.0.3:80", "1", "active"]),
+        has_line(
+            &text,
+            &[
+                "3",
+                "10.96.0.10:80/TCP",
+                "ClusterIP",
+                "1",
+                "=>",
+                "10.1.0.3:80/TCP",
+                "(active)"
+            ]
+        ),
         "{text}"
     );
     assert!(
-        has_line(&text, &["10.2.0.3:80", "2", "terminating"]),
+        has_line(&text, &["2", "=>", "10.2.0.3:80/TCP", "(terminating)"]),
         "{text}"
     );
     let doc = json(&socket, &["service", "list"]);
+    assert_eq!(doc[0]["id"], 3);
+    assert_eq!(doc[0]["type"], "ClusterIP");
     assert_eq!(doc[0]["frontend"], "10.96.0.10:80/TCP");
     assert_eq!(doc[0]["backends"][1]["cluster"], 2);
     assert_eq!(doc[0]["backends"][1]["state"], "terminating");
+}
+
+#[test]
+fn endpoint_list() {
+    let socket = fake_agent("endpoint");
+    let text = table(&socket, &["endpoint", "list"]);
+    assert!(
+        has_line(&text, &["ENDPOINT", "POLICY", "(ingress)", "IDENTITY"]),
+        "{text}"
+    );
+    assert!(
+        has_line(
+            &text,
+            &[
+                "2",
+                "Enabled",
+                "Disabled",
+                "65537",
+                "k8s:app=x-wing",
+                "fd00:1::3",
+                "10.1.0.3",
+                "ready"
+            ]
+        ),
+        "{text}"
+    );
+    assert!(
+        has_line(&text, &["k8s:io.cilium.k8s.policy.cluster=cluster1"]),
+        "{text}"
+    );
+    let doc = json(&socket, &["endpoint", "list"]);
+    assert_eq!(doc[0]["pod"], "default/x-wing");
+    assert_eq!(doc[0]["labels"][0], "k8s:app=x-wing");
+}
+
+#[test]
+fn version_of_client_and_agent() {
+    let socket = fake_agent("version");
+    let text = table(&socket, &["version"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("Client: 0.1.0 (0.1.0-"), "{text}");
+    assert_eq!(lines[1], "Agent:  0.1.0 (0.1.0-3f2a9c1d0e4b)");
+    let doc = json(&socket, &["version"]);
+    assert_eq!(doc["agent"]["commit"], "3f2a9c1d0e4b");
+    assert_eq!(doc["client"]["version"], env!("CARGO_PKG_VERSION"));
+    let commit = doc["client"]["commit"].as_str().unwrap();
+    assert!(commit == "unknown" || commit.len() == 12, "{commit}");
+    let gone = std::env::temp_dir().join(format!("mp-cli-{}-no-agent.sock", std::process::id()));
+    let out = meshpath(&gone, &["version"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("Client: 0.1.0") && text.contains("Agent:  unavailable: no agent answers"),
+        "{text}"
+    );
+}
+
+#[test]
+fn completions_and_man_pages() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_meshpath"))
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("clustermesh"),
+            "{shell}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_meshpath"))
+        .arg("man")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(".ie"),
+        "roff on stdout"
+    );
+    let dir = std::env::temp_dir().join(format!("mp-cli-{}-man", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_meshpath"))
+        .args(["man", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(dir.join("meshpath-observe.1").exists());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -308,7 +482,10 @@ fn node_list() {
 #[test]
 fn clustermesh_status() {
     let socket = fake_agent("clustermesh");
-    let text = table(&socket, &["clustermesh", "status"]);
+    // cluster3 is degraded: the command says so in full, and exits 1 as not all remotes are ready.
+    let out = meshpath(&socket, &["clustermesh", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
     assert!(
         text.starts_with("ClusterMesh: 1/2 clusters ready\n"),
         "{text}"
@@ -330,7 +507,9 @@ fn clustermesh_status() {
     );
     assert!(text.contains("etcd: connected=true"), "{text}");
     assert!(text.contains("cluster-id=2"), "{text}");
-    let doc = json(&socket, &["clustermesh", "status"]);
+    let out = meshpath(&socket, &["clustermesh", "status", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["cluster2"]["connected"], true);
     assert_eq!(doc["cluster2"]["identities"], 3);
     assert_eq!(doc["cluster2"]["synced"]["services"], true);
@@ -346,20 +525,26 @@ fn identity_list() {
     let socket = fake_agent("identity");
     let text = table(&socket, &["identity", "list"]);
     let lines: Vec<&str> = text.lines().collect();
-    assert!(has_line(lines[0], &["ID", "LABELS"]), "{text}");
-    assert!(has_line(&text, &["65537", "app=x-wing"]), "{text}");
+    assert!(has_line(lines[0], &["ID", "CLUSTER", "LABELS"]), "{text}");
     assert!(
-        has_line(&text, &["io.cilium.k8s.policy.cluster=cluster1"]),
+        has_line(&text, &["65537", "cluster1", "k8s:app=x-wing"]),
         "{text}"
     );
-    assert!(has_line(&text, &["131073", "app=rebel-base"]), "{text}");
-    assert!(has_line(&text, &["2", "reserved:world"]), "{text}");
+    assert!(
+        has_line(&text, &["k8s:io.cilium.k8s.policy.cluster=cluster1"]),
+        "{text}"
+    );
+    assert!(
+        has_line(&text, &["131073", "cluster2", "k8s:app=rebel-base"]),
+        "{text}"
+    );
+    assert!(has_line(&text, &["2", "-", "reserved:world"]), "{text}");
     assert_eq!(lines.len(), 5, "{text}");
     let doc = json(&socket, &["identity", "list"]);
     assert_eq!(doc[0]["id"], 2);
     assert_eq!(doc[0]["cluster"], serde_json::Value::Null);
     assert_eq!(doc[1]["id"], 65537);
-    assert_eq!(doc[1]["labels"]["app"], "x-wing");
+    assert_eq!(doc[1]["labels"][0], "k8s:app=x-wing");
     assert_eq!(doc[2]["cluster"], "cluster2");
 }
 
@@ -375,7 +560,7 @@ fn policy_get() {
         "ingress",
         "131073",
         "80/TCP",
-        "app=rebel-base",
+        "k8s:app=rebel-base",
     ];
     assert!(has_line(&text, &ingress), "{text}");
     assert!(
@@ -393,6 +578,90 @@ fn policy_get() {
 }
 
 #[test]
+fn an_unhealthy_agent_exits_non_zero_and_says_why() {
+    let mut sick = canned();
+    sick.health = Some(Health::of(vec![Check {
+        name: CheckName::Worker,
+        kind: CheckKind::Liveness,
+        state: CheckState::Failing,
+        detail: "no progress for 7.0s (at beat 12)".into(),
+    }]));
+    let socket = serve("sick", sick);
+    let out = meshpath(&socket, &["status", "--brief"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text, "Failing: worker: no progress for 7.0s (at beat 12)\n");
+    let out = meshpath(&socket, &["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Meshpath:      Failing: worker"));
+    // Waiting for a health that does not come gives up in time, still saying why.
+    let out = meshpath(
+        &socket,
+        &["status", "--brief", "--wait", "--wait-duration", "1s"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Failing: worker"));
+}
+
+#[test]
+fn waiting_for_an_agent_that_comes_up() {
+    let socket = std::env::temp_dir().join(format!("mp-cli-{}-late.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let waiting = Command::new(env!("CARGO_BIN_EXE_meshpath"))
+        .args([
+            "status",
+            "--brief",
+            "--wait",
+            "--wait-duration",
+            "20s",
+            "--socket",
+        ])
+        .arg(&socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let served = serve("late", canned());
+    std::fs::rename(&served, &socket).unwrap();
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
+    let _ = std::fs::remove_file(&socket);
+}
+
+#[test]
+fn a_reader_that_stops_reading_ends_the_command_quietly() {
+    let mut many = canned();
+    many.nodes = (0..5000)
+        .map(|i| NodeRow {
+            cluster: "cluster1".into(),
+            name: format!("node{i}"),
+            address: Some("198.18.1.1".parse().unwrap()),
+            pod_cidrs: vec!["10.1.0.0/24".parse().unwrap()],
+        })
+        .collect();
+    let socket = serve("pipe", many);
+    let script = format!(
+        "{} node list -o json --socket {} | head -n 3",
+        env!("CARGO_BIN_EXE_meshpath"),
+        socket.display()
+    );
+    let out = Command::new("bash")
+        .args(["-o", "pipefail", "-c", &script])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    assert!(
+        out.status.success(),
+        "meshpath's own exit status is 0: {:?}",
+        out.status
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+}
+
+#[test]
 fn missing_socket_is_a_clear_error() {
     let socket = std::env::temp_dir().join(format!("mp-cli-{}-none.sock", std::process::id()));
     for args in [
@@ -407,4 +676,113 @@ fn missing_socket_is_a_clear_error() {
         assert!(stderr.contains(&*socket.to_string_lossy()), "{stderr}");
         assert!(out.stdout.is_empty());
     }
+}
+
+/// A fake agent's observe socket beside `status`: reads the request line, answers `events`.
+fn serve_flows(status: &std::path::Path, events: Vec<String>) {
+    use std::io::BufRead;
+    let path = meshpath_api::client::observe_socket(status);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut request = String::new();
+            let _ = std::io::BufReader::new(&stream).read_line(&mut request);
+            let mut stream = stream;
+            for event in &events {
+                let _ = writeln!(stream, "{event}");
+            }
+        }
+    });
+}
+
+fn flow_line(node: &str, time: &str, pod: &str) -> String {
+    format!(
+        r#"{{"flow":{{"time":"{time}","verdict":"FORWARDED","IP":{{"source":"10.0.0.1","destination":"10.0.0.2","ipVersion":"IPv4"}},"l4":{{"UDP":{{"source_port":1,"destination_port":53}}}},"source":{{"identity":65537,"namespace":"default","pod_name":"{pod}"}},"destination":{{"identity":2}},"Type":"L3_L4","node_name":"{node}","event_type":{{"type":4}},"traffic_direction":"EGRESS","trace_observation_point":"TO_OVERLAY","is_reply":false,"Summary":"UDP","extensions":{{"@type":"type.googleapis.com/meshpath.FlowDetails","forward":"tunnel","arrival":"from_pod"}}}},"node_name":"{node}","time":"{time}"}}"#
+    )
+}
+
+/// `--socket` once per agent: every agent's flows merged in time order, each line with its node.
+#[test]
+fn observe_merges_agents_in_time_order() {
+    let dir = std::env::temp_dir().join(format!("mp-cli-{}-merge", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b) = (dir.join("a.sock"), dir.join("b.sock"));
+    serve_flows(
+        &a,
+        vec![
+            flow_line("cluster1/n1", "2025-01-31T12:00:01.000Z", "a1"),
+            flow_line("cluster1/n1", "2025-01-31T12:00:03.000Z", "a3"),
+        ],
+    );
+    serve_flows(
+        &b,
+        vec![
+            flow_line("cluster2/n1", "2025-01-31T12:00:02.000Z", "b2"),
+            flow_line("cluster2/n1", "2025-01-31T12:00:04.000Z", "b4"),
+        ],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_meshpath"))
+        .args(["observe", "--all", "-o", "json", "--socket"])
+        .arg(&a)
+        .arg("--socket")
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pods: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["flow"]["source"]["pod_name"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(pods, ["a1", "b2", "a3", "b4"]);
+    // Followed, the streams are merged as they come (these end, so all comes out, in order).
+    let out = Command::new(env!("CARGO_BIN_EXE_meshpath"))
+        .args(["observe", "-f", "-o", "json", "--socket"])
+        .arg(&a)
+        .arg("--socket")
+        .arg(&b)
+        .output()
+        .unwrap();
+    let followed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["flow"]["source"]["pod_name"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(followed, ["a1", "b2", "a3", "b4"]);
+    // The last N of all of them; the node of each line.
+    let out = Command::new(env!("CARGO_BIN_EXE_meshpath"))
+        .args(["observe", "--last", "2"])
+        .env(
+            "MESHPATH_SOCKET",
+            format!("{},{}", a.display(), b.display()),
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("Jan 31 12:00:03.000 [cluster1/n1]: default/a3:1 (ID:65537) -> 10.0.0.2:53 (world) to-overlay FORWARDED (UDP)"), "{text}");
+    assert!(lines[1].contains("[cluster2/n1]: default/b4:1"), "{text}");
+    // One agent down: the others are shown, the missing one named, the exit status says so.
+    let gone = dir.join("gone.sock");
+    let out = Command::new(env!("CARGO_BIN_EXE_meshpath"))
+        .args(["observe", "--all", "--socket"])
+        .arg(&a)
+        .arg("--socket")
+        .arg(&gone)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no agent answers on"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -70,7 +70,7 @@ fn the_clustermesh_demo_works_end_to_end() {
     let sample = report["policy"]["observed_sample"]
         .as_str()
         .unwrap_or_default();
-    assert!(sample.contains("policy_denied"), "{sample}");
+    assert!(sample.contains("Policy denied DROPPED"), "{sample}");
 
     let nodes: Vec<String> = report["nodes"]
         .as_array()

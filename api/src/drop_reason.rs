@@ -32,9 +32,119 @@ named_enum! {
     }
 }
 
+/// How Cilium (and Hubble) name a drop reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CiliumName {
+    /// Cilium's drop code (`DROP_*` in `bpf/lib/common.h`); none for a reason Cilium does not have.
+    pub code: Option<u8>,
+    /// Hubble's `DropReason` enum value: `flow.drop_reason_desc` (`POLICY_DENIED`).
+    pub hubble: &'static str,
+    /// The text Cilium's metrics carry as `reason` and its monitor prints (`Policy denied`).
+    pub description: &'static str,
+}
+
+impl DropReason {
+    /// Cilium's name for this reason where Cilium has the same one (so that its dashboards, alerts and
+    /// `jq` filters find it); for the reasons only meshpath has, names in Cilium's style.
+    pub const fn cilium(self) -> CiliumName {
+        use DropReason::*;
+        let (code, hubble, description) = match self {
+            InvalidHeader => (Some(134), "INVALID_PACKET_DROPPED", "Invalid packet"),
+            UnsupportedProtocol => (None, "UNSUPPORTED_PROTOCOL", "Unsupported protocol"),
+            UnsupportedFragment => (
+                Some(157),
+                "IP_FRAGMENTATION_NOT_SUPPORTED",
+                "IP fragmentation not supported",
+            ),
+            SpoofedSource => (Some(132), "INVALID_SOURCE_IP", "Invalid source ip"),
+            UnknownPort => (None, "UNKNOWN_PORT", "Unknown port"),
+            PolicyDenied => (Some(133), "POLICY_DENIED", "Policy denied"),
+            NoRoute => (
+                Some(150),
+                "UNKNOWN_L3_TARGET_ADDRESS",
+                "Unknown L3 target address",
+            ),
+            NoBackend => (
+                Some(158),
+                "SERVICE_BACKEND_NOT_FOUND",
+                "Service backend not found",
+            ),
+            CtTableFull => (
+                Some(155),
+                "CT_MAP_INSERTION_FAILED",
+                "CT: Map insertion failed",
+            ),
+            InvalidIdentity => (Some(171), "INVALID_IDENTITY", "Invalid identity"),
+            TtlExceeded => (Some(196), "TTL_EXCEEDED", "TTL exceeded"),
+            NoHeadroom => (None, "NO_HEADROOM", "No headroom for encapsulation"),
+            FrameTooBig => (None, "FRAME_TOO_BIG", "Frame too big for the underlay"),
+            UnansweredNeighbour => (
+                None,
+                "UNANSWERED_NEIGHBOUR",
+                "Neighbour message not answered",
+            ),
+            UnknownTunnelPeer => (Some(172), "UNKNOWN_SENDER", "Unknown sender"),
+            LinkScope => (None, "LINK_SCOPE", "Link-scoped traffic not routed"),
+            NatPortExhausted => (
+                None,
+                "NAT_PORT_EXHAUSTED",
+                "No port left for NAT masquerade",
+            ),
+            NoNatMapping => (
+                Some(167),
+                "NO_MAPPING_FOR_NAT_MASQUERADE",
+                "No mapping for NAT masquerade",
+            ),
+            UnrelatedIcmpError => (None, "UNRELATED_ICMP_ERROR", "ICMP error of no known flow"),
+            ReservedIdentity => (None, "RESERVED_IDENTITY", "Reserved identity from a tunnel"),
+            IdentityClusterMismatch => (
+                None,
+                "IDENTITY_CLUSTER_MISMATCH",
+                "Identity of another cluster than the sender's",
+            ),
+            ForeignInnerSource => (
+                None,
+                "FOREIGN_INNER_SOURCE",
+                "Inner source not of the sending node",
+            ),
+            CtEndpointQuota => (None, "CT_ENDPOINT_QUOTA", "CT: Endpoint quota reached"),
+            Ipv4MappedAddress => (None, "IPV4_MAPPED_ADDRESS", "IPv4-mapped IPv6 address"),
+        };
+        CiliumName {
+            code,
+            hubble,
+            description,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each reason has names of its own: no two share a metric label or a Hubble value, and those
+    /// of meshpath's own reasons are the stable name in upper case.
+    #[test]
+    fn cilium_names_are_unique_and_follow_the_stable_names() {
+        let mut hubble = std::collections::HashSet::new();
+        let mut descriptions = std::collections::HashSet::new();
+        for reason in DropReason::ALL {
+            let c = reason.cilium();
+            assert!(hubble.insert(c.hubble), "{reason}: {}", c.hubble);
+            assert!(
+                descriptions.insert(c.description),
+                "{reason}: {}",
+                c.description
+            );
+            if c.code.is_none() {
+                assert_eq!(c.hubble, reason.name().to_uppercase());
+            }
+        }
+        assert_eq!(
+            DropReason::PolicyDenied.cilium().description,
+            "Policy denied"
+        );
+    }
 
     #[test]
     fn serialised_by_name_and_parsed_back() {

@@ -2,7 +2,8 @@
 //! the tests.
 //!
 //! It owns the documents the agent serves on its status socket ([`status::AgentStatus`] and the rows
-//! in it) and on its observe socket ([`flow::Flow`]), the [`client`] that fetches them, and the human
+//! in it) and on its observe socket ([`flow::FlowResponse`], in Hubble's shape, and the filters of
+//! [`flow_filter`]), the [`client`] that fetches them, and the human
 //! tables the CLI prints of them. Every field is typed — enums for verdicts, drop reasons, directions
 //! and backend states; addresses, frontends and port ranges as values, not strings — and serialises to
 //! the JSON `-o json` has always printed.
@@ -17,18 +18,23 @@ mod text;
 pub mod client;
 pub mod clustermesh;
 pub mod drop_reason;
+pub mod endpoint;
 pub mod flow;
+pub mod flow_filter;
 pub mod forward;
+pub mod health;
 pub mod identity;
+pub mod kvstore;
 pub mod node;
 pub mod policy;
 pub mod protocol;
 pub mod service;
 pub mod status;
+pub mod version;
 
 pub use client::{Client, ClientError};
 pub use drop_reason::DropReason;
 pub use forward::ForwardKind;
 pub use protocol::Protocol;
 pub use status::AgentStatus;
-pub use text::UnknownName;
+pub use text::{Table, UnknownName};

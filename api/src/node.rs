@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::text::join;
+use crate::text::{join, Table};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRow {
@@ -56,18 +56,17 @@ impl FromStr for Cidr {
 
 serde_as_text!(Cidr);
 
-/// `meshpath node list` as a table.
+/// `meshpath node list` as a table, its columns as wide as their widest cell.
 pub fn render(rows: &[NodeRow]) -> String {
-    let mut out = format!("{:<32} {:<16} {}\n", "NODE", "ADDRESS", "POD CIDRS");
+    let mut table = Table::new(["NODE", "ADDRESS", "POD CIDRS"]);
     for row in rows {
-        let address = row.address.map_or("-".to_owned(), |a| a.to_string());
-        out += &format!(
-            "{:<32} {address:<16} {}\n",
+        table.row([
             format!("{}/{}", row.cluster, row.name),
-            join(&row.pod_cidrs, ",")
-        );
+            row.address.map_or("-".to_owned(), |a| a.to_string()),
+            join(&row.pod_cidrs, ","),
+        ]);
     }
-    out
+    table.render()
 }
 
 #[cfg(test)]
@@ -110,7 +109,7 @@ mod tests {
         let table = render(&rows);
         assert_eq!(
             table.lines().nth(1),
-            Some("cluster2/node1                   -                10.2.0.0/24,fd00:2::/64")
+            Some("cluster2/node1  -        10.2.0.0/24,fd00:2::/64")
         );
     }
 }

@@ -1,14 +1,14 @@
 //! The compiled policy of the agent's pods, as the workers enforce it now: `meshpath policy get`.
 
 use std::fmt;
-use std::fmt::Write;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{label, IdentityRow, ReservedIdentity};
+use crate::identity::{IdentityRow, ReservedIdentity};
 use crate::protocol::Protocol;
 use crate::text::join;
+use crate::text::Table;
 
 /// One local endpoint's policy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,13 +178,17 @@ pub fn render(rows: &[EndpointPolicyRow], identities: &[IdentityRow]) -> String 
         let Some(row) = identities.iter().find(|r| r.id == id) else {
             return String::new();
         };
-        let labels: Vec<String> = row.labels.iter().map(|(k, v)| label(k, v)).collect();
+        let labels: Vec<String> = row.labels.iter().map(ToString::to_string).collect();
         labels.join(",")
     };
-    let mut out = format!(
-        "{:<32} {:<10} {:<9} {:<12} {:<20} {}\n",
-        "ENDPOINT", "IDENTITY", "DIRECTION", "PEER", "PORTS", "PEER LABELS"
-    );
+    let mut table = Table::new([
+        "ENDPOINT",
+        "IDENTITY",
+        "DIRECTION",
+        "PEER",
+        "PORTS",
+        "PEER LABELS",
+    ]);
     for row in rows {
         let (mut endpoint, mut identity) = (row.endpoint.clone(), row.identity.to_string());
         for (name, dir) in [("ingress", &row.ingress), ("egress", &row.egress)] {
@@ -210,15 +214,12 @@ pub fn render(rows: &[EndpointPolicyRow], identities: &[IdentityRow]) -> String 
             };
             let mut direction = name;
             for (peer, ports, labels) in lines {
-                let line = format!(
-                    "{endpoint:<32} {identity:<10} {direction:<9} {peer:<12} {ports:<20} {labels}"
-                );
-                let _ = writeln!(out, "{}", line.trim_end());
+                table.row([&endpoint, &identity, direction, &peer, &ports, &labels]);
                 (endpoint, identity, direction) = (String::new(), String::new(), "");
             }
         }
     }
-    out
+    table.render()
 }
 
 #[cfg(test)]
@@ -252,14 +253,19 @@ mod tests {
         let peer = IdentityRow {
             id: 131073,
             cluster: Some("cluster2".into()),
-            labels: [("app".to_owned(), "x-wing".to_owned())].into(),
+            labels: vec!["k8s:app=x-wing".parse().unwrap()],
         };
         let table = render(&[row(enforced)], &[peer]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3, "{table}");
         assert!(lines[1].starts_with("default/rebel-base"));
         assert!(lines[1].contains("ingress"), "{table}");
-        assert!(lines[1].ends_with("131073       80/TCP               app=x-wing"));
+        let fields: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            fields[3..],
+            ["131073", "80/TCP", "k8s:app=x-wing"],
+            "{table}"
+        );
         assert!(lines[2].contains("egress") && lines[2].ends_with("all (not enforced)"));
         let denied = render(
             &[row(DirectionRow {

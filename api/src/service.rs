@@ -1,19 +1,35 @@
-//! Services as the workers balance them now: `meshpath service list`.
+//! Services as the workers balance them now: `meshpath service list`, as `cilium-dbg service list`
+//! shows them (ID, frontend, type, each backend with its protocol and state).
 
 use std::fmt;
-use std::fmt::Write;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::Protocol;
+use crate::text::Table;
 
 /// One frontend and its backends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStatus {
+    /// The dataplane's id of the service.
+    #[serde(default)]
+    pub id: Option<u32>,
     pub frontend: Frontend,
+    #[serde(default, rename = "type")]
+    pub service_type: ServiceType,
     pub backends: Vec<BackendInfo>,
+}
+
+named_enum! {
+    /// What kind of service a frontend is, by Kubernetes' names.
+    #[derive(Default)]
+    pub enum ServiceType ("service type") {
+        /// A virtual address inside the mesh (a Kubernetes ClusterIP, local or global).
+        #[default]
+        ClusterIp => "ClusterIP",
+    }
 }
 
 /// A service's address, port and protocol; as text `address:port/protocol` (`[fd00::a]:80/TCP`).
@@ -67,25 +83,35 @@ named_enum! {
     }
 }
 
-/// `meshpath service list`: frontends → backends with their cluster and state.
+/// `meshpath service list` as `cilium-dbg service list`: `ID  Frontend  Service Type  Backend`, each
+/// backend as `1 => 10.1.0.3:80/TCP (active)`, one per line.
 pub fn render(services: &[ServiceStatus]) -> String {
-    let mut out = format!(
-        "{:<28} {:<24} {:<8} {}\n",
-        "FRONTEND", "BACKEND", "CLUSTER", "STATE"
-    );
+    let mut table = Table::new(["ID", "Frontend", "Service Type", "Backend"]);
     for service in services {
-        let mut frontend = service.frontend.to_string();
-        for b in &service.backends {
-            let cluster = b.cluster.map_or("-".to_owned(), |c| c.to_string());
-            let backend = b.backend.to_string();
-            let _ = writeln!(out, "{frontend:<28} {backend:<24} {cluster:<8} {}", b.state);
-            frontend.clear();
-        }
+        let id = service.id.map_or("-".to_owned(), |id| id.to_string());
+        let mut first = [
+            id,
+            service.frontend.to_string(),
+            service.service_type.to_string(),
+        ];
         if service.backends.is_empty() {
-            let _ = writeln!(out, "{frontend:<28} (no backends)");
+            let [a, b, c] = first;
+            table.row([a, b, c, String::new()]);
+            continue;
+        }
+        for (i, b) in service.backends.iter().enumerate() {
+            let backend = format!(
+                "{} => {}/{} ({})",
+                i + 1,
+                b.backend,
+                service.frontend.protocol,
+                b.state
+            );
+            let [a, c, d] = std::mem::take(&mut first);
+            table.row([a, c, d, backend]);
         }
     }
-    out
+    table.render()
 }
 
 #[cfg(test)]
@@ -121,9 +147,11 @@ mod tests {
     }
 
     #[test]
-    fn table_lists_each_backend_under_its_frontend() {
+    fn table_as_cilium_dbg_lists_services() {
         let service = ServiceStatus {
+            id: Some(7),
             frontend: "10.96.0.10:80/TCP".parse().unwrap(),
+            service_type: ServiceType::ClusterIp,
             backends: vec![
                 BackendInfo {
                     backend: "10.1.0.3:80".parse().unwrap(),
@@ -131,29 +159,40 @@ mod tests {
                     state: BackendState::Active,
                 },
                 BackendInfo {
-                    backend: "10.2.0.3:80".parse().unwrap(),
+                    backend: "[fd00:2::3]:80".parse().unwrap(),
                     cluster: None,
                     state: BackendState::Terminating,
                 },
             ],
         };
         let empty = ServiceStatus {
+            id: Some(8),
             frontend: "10.96.0.11:53/UDP".parse().unwrap(),
+            service_type: ServiceType::ClusterIp,
             backends: vec![],
         };
         let table = render(&[service, empty]);
         let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "ID  Frontend           Service Type  Backend");
         assert_eq!(
             lines[1],
-            "10.96.0.10:80/TCP            10.1.0.3:80              1        active"
+            "7   10.96.0.10:80/TCP  ClusterIP     1 => 10.1.0.3:80/TCP (active)"
         );
         assert_eq!(
             lines[2],
-            "                             10.2.0.3:80              -        terminating"
+            "                                     2 => [fd00:2::3]:80/TCP (terminating)"
         );
-        assert_eq!(
-            lines[3].trim_end(),
-            "10.96.0.11:53/UDP            (no backends)"
-        );
+        assert_eq!(lines[3], "8   10.96.0.11:53/UDP  ClusterIP");
+        let json = serde_json::to_value(render_input()).unwrap();
+        assert_eq!(json[0]["type"], "ClusterIP");
+    }
+
+    fn render_input() -> Vec<ServiceStatus> {
+        vec![ServiceStatus {
+            id: None,
+            frontend: "10.96.0.10:80/TCP".parse().unwrap(),
+            service_type: ServiceType::default(),
+            backends: vec![],
+        }]
     }
 }

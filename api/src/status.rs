@@ -9,11 +9,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::clustermesh::ClusterMeshStatus;
 use crate::drop_reason::DropReason;
+use crate::endpoint::EndpointRow;
 use crate::forward::ForwardKind;
+use crate::health::Health;
 use crate::identity::IdentityRow;
+use crate::kvstore::KvStoreStatus;
 use crate::node::NodeRow;
 use crate::policy::{EndpointPolicyRow, PolicyRefusalRow};
 use crate::service::ServiceStatus;
+use crate::text::Table;
+use crate::version::VersionInfo;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentStatus {
@@ -36,6 +41,31 @@ pub struct AgentStatus {
     /// Policies that cannot be enforced as written: the endpoints they select are denied.
     #[serde(default)]
     pub policy_refusals: Vec<PolicyRefusalRow>,
+    /// Each pod on this node: its identity, labels, addresses and enforcement.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointRow>,
+    /// Liveness and readiness, as the health endpoint answers them; `null` from an agent that
+    /// predates them.
+    #[serde(default)]
+    pub health: Option<Health>,
+    /// The agent's build.
+    #[serde(default)]
+    pub version: Option<VersionInfo>,
+    /// This cluster's etcd as the agent last found it.
+    #[serde(default)]
+    pub kvstore: Option<KvStoreStatus>,
+    /// This cluster's global services (`service.cilium.io/global`).
+    #[serde(default)]
+    pub global_services: u64,
+    /// The worker's connection tracking: occupancy and what gave way under pressure.
+    #[serde(default)]
+    pub conntrack: Option<ConntrackStatus>,
+    /// What each interface's XDP program did with the frames it saw.
+    #[serde(default)]
+    pub xdp: Vec<XdpStatus>,
+    /// The flow log `meshpath observe` reads.
+    #[serde(default)]
+    pub flows: Option<FlowLogStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,16 +75,56 @@ pub struct DataplaneStatus {
     pub forwarded: BTreeMap<ForwardKind, u64>,
     /// Dropped packets by reason (only reasons seen).
     pub dropped: BTreeMap<DropReason, u64>,
-    /// Per AF_XDP port: rx, tx, ring-full events.
+    /// Per AF_XDP port: its frames, and the kernel's drops before the pipeline saw them.
     pub ports: Vec<PortStatus>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortStatus {
     pub port: u16,
+    /// The interface the port's socket is bound to.
+    #[serde(default)]
+    pub interface: Option<String>,
+    #[serde(default)]
+    pub role: Option<PortRole>,
     pub rx: u64,
     pub tx: u64,
     pub tx_ring_full: u64,
+    /// The kernel's own counters of the port's socket: frames dropped before the pipeline saw them.
+    #[serde(default)]
+    pub kernel: KernelDrops,
+}
+
+named_enum! {
+    /// What a port (and its interface's XDP program) serves.
+    pub enum PortRole ("port role") {
+        /// The node's interface towards the underlay.
+        Uplink => "uplink",
+        /// The node's own stack (its host port).
+        Host => "host",
+        /// A pod's veth.
+        Pod => "pod",
+    }
+}
+
+/// The kernel's counters of one AF_XDP socket (`XDP_STATISTICS`), read every 100 ms busy or idle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelDrops {
+    /// Frames dropped for any reason other than the two below.
+    pub rx_dropped: u64,
+    /// Frames dropped because the socket's rx ring was full: the worker fell behind.
+    pub rx_ring_full: u64,
+    /// Times a frame found no buffer in the fill ring.
+    pub fill_ring_empty: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+}
+
+impl KernelDrops {
+    /// Frames the kernel dropped on the way in.
+    pub fn lost(&self) -> u64 {
+        self.rx_dropped + self.rx_ring_full + self.rx_invalid_descs
+    }
 }
 
 /// Entries in the table snapshot the workers use now.
@@ -66,42 +136,246 @@ pub struct TableSizes {
     pub nodes: u64,
 }
 
-/// `meshpath status` as a person reads it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackStatus {
+    pub entries: u64,
+    pub capacity: u64,
+    /// Live flows never answered, evicted for a new one.
+    pub evicted_unreplied: u64,
+    /// Live closing TCP flows evicted for a new one.
+    pub evicted_closing: u64,
+    /// Live UDP, ICMP and other flows evicted for a new one.
+    pub evicted_datagram: u64,
+    /// New flows refused: their neighbourhood held only established TCP flows.
+    pub refused_full: u64,
+    /// New flows refused: their endpoint held its quota.
+    pub refused_quota: u64,
+}
+
+impl ConntrackStatus {
+    /// Occupancy, as Cilium's map pressure: entries / capacity.
+    pub fn pressure(&self) -> f64 {
+        match self.capacity {
+            0 => 0.0,
+            capacity => self.entries as f64 / capacity as f64,
+        }
+    }
+}
+
+/// One interface's XDP program's verdict counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XdpStatus {
+    pub interface: String,
+    pub role: PortRole,
+    /// Passed to the kernel.
+    pub pass: u64,
+    /// Redirected to the dataplane's socket.
+    pub to_xsk: u64,
+    /// The dataplane's frames dropped while no socket was registered (no agent ran): closed, not open.
+    pub dropped_no_socket: u64,
+    /// Tunnel datagrams from an address that is no node of the mesh.
+    pub dropped_unknown_peer: u64,
+    /// Why the counters could not be read, if they could not.
+    pub error: Option<String>,
+}
+
+/// The flows the agent keeps for `meshpath observe`, and those it could not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowLogStatus {
+    /// Flows kept for observers that do not follow.
+    pub kept: u64,
+    pub capacity: u64,
+    /// Flows the workers logged since the agent started.
+    pub seen: u64,
+    /// Flow events lost between the worker and the agent's flow log (its queue was full).
+    pub lost: u64,
+}
+
+impl AgentStatus {
+    /// What makes the agent unhealthy: not live, not ready, or its kvstore unusable. Empty when all
+    /// is well.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match &self.health {
+            Some(health) if !health.ready => problems.push(health.summary()),
+            Some(_) => {}
+            None => problems.push("the agent reports no health (an older agent?)".into()),
+        }
+        if let Some(kvstore) = self.kvstore.as_ref().filter(|k| !k.usable()) {
+            problems.push(format!("KVStore: {}", crate::kvstore::line(kvstore)));
+        }
+        problems
+    }
+
+    /// The number of remote clusters ready, and configured.
+    fn remotes_ready(&self) -> Option<(usize, usize)> {
+        let mesh = self.clustermesh.as_ref()?;
+        Some((mesh.values().filter(|r| r.ready).count(), mesh.len()))
+    }
+}
+
+/// `meshpath status --brief`: `OK`, or what is wrong.
+pub fn brief(status: &AgentStatus) -> String {
+    match status.problems() {
+        problems if problems.is_empty() => "OK".to_owned(),
+        problems => problems.join("\n"),
+    }
+}
+
+/// `meshpath status` as a person reads it: the summary lines of `cilium status` first, then the
+/// dataplane's counters.
 pub fn render(status: &AgentStatus) -> String {
     let mut out = String::new();
-    let d = &status.dataplane;
-    let _ = writeln!(out, "Node:        {}/{}", status.cluster, status.node);
-    let t = &status.tables;
-    let _ = writeln!(
-        out,
-        "Tables:      {} endpoints, {} ipcache entries, {} services, {} nodes",
-        t.endpoints, t.ipcache, t.services, t.nodes
+    let mut line = |key: &str, value: String| {
+        let _ = writeln!(out, "{:<15}{value}", format!("{key}:"));
+    };
+    if let Some(kvstore) = &status.kvstore {
+        line("KVStore", crate::kvstore::line(kvstore));
+    }
+    line(
+        "ClusterMesh",
+        match status.remotes_ready() {
+            None => "Disabled".to_owned(),
+            Some((ready, all)) => format!(
+                "{ready}/{all} remote clusters ready, {} global-services",
+                status.global_services
+            ),
+        },
     );
-    let _ = writeln!(out, "Received:    {}", d.received);
-    for (kind, packets) in d.forwarded.iter().filter(|(_, n)| **n > 0) {
-        let _ = writeln!(out, "Forwarded:   {packets:>10}  {kind}");
+    let health = status
+        .health
+        .as_ref()
+        .map_or("Unknown".to_owned(), Health::summary);
+    let version = status
+        .version
+        .as_ref()
+        .map_or(String::new(), |v| format!("   {v}"));
+    line("Meshpath", format!("{health}{version}"));
+    line("Node", format!("{}/{}", status.cluster, status.node));
+    let t = &status.tables;
+    line(
+        "Tables",
+        format!(
+            "{} endpoints, {} ipcache entries, {} services, {} nodes",
+            t.endpoints, t.ipcache, t.services, t.nodes
+        ),
+    );
+    if let Some(ct) = &status.conntrack {
+        line("Conntrack", conntrack_line(ct));
     }
-    for (reason, packets) in &d.dropped {
-        let _ = writeln!(out, "Dropped:     {packets:>10}  {reason}");
-    }
-    for p in &d.ports {
-        let _ = writeln!(
-            out,
-            "Port {:<6} rx {:>10}  tx {:>10}  tx-ring-full {}",
-            p.port, p.rx, p.tx, p.tx_ring_full
+    if let Some(flows) = &status.flows {
+        line(
+            "Flows",
+            format!(
+                "{}/{} kept, {} seen, {} lost",
+                flows.kept, flows.capacity, flows.seen, flows.lost
+            ),
         );
     }
     for r in &status.policy_refusals {
-        let _ = writeln!(
-            out,
-            "Policy refused: {} — {} endpoint(s) denied {}: {}",
-            r.policy,
-            r.endpoints.len(),
-            r.directions(),
-            r.why
+        line(
+            "Policy",
+            format!(
+                "refused {} — {} endpoint(s) denied {}: {}",
+                r.policy,
+                r.endpoints.len(),
+                r.directions(),
+                r.why
+            ),
         );
     }
+    let d = &status.dataplane;
+    line("Received", d.received.to_string());
+    for (kind, packets) in d.forwarded.iter().filter(|(_, n)| **n > 0) {
+        line("Forwarded", format!("{packets:>10}  {kind}"));
+    }
+    for (reason, packets) in &d.dropped {
+        line("Dropped", format!("{packets:>10}  {reason}"));
+    }
+    out.push_str(&ports_table(&d.ports));
+    if !status.xdp.is_empty() {
+        out.push_str(&xdp_table(&status.xdp));
+    }
     out
+}
+
+fn conntrack_line(ct: &ConntrackStatus) -> String {
+    format!(
+        "{}/{} entries ({:.2}%), evicted {} unreplied, {} closing, {} datagram; refused {} full, {} quota",
+        ct.entries,
+        ct.capacity,
+        ct.pressure() * 100.0,
+        ct.evicted_unreplied,
+        ct.evicted_closing,
+        ct.evicted_datagram,
+        ct.refused_full,
+        ct.refused_quota
+    )
+}
+
+/// Per port: what it moved, and what the kernel dropped before the pipeline saw it.
+fn ports_table(ports: &[PortStatus]) -> String {
+    let mut table = Table::new([
+        "PORT",
+        "INTERFACE",
+        "ROLE",
+        "RX",
+        "TX",
+        "TX-RING-FULL",
+        "RX-RING-FULL",
+        "FILL-RING-EMPTY",
+        "RX-DROPPED",
+        "INVALID-DESCS",
+    ]);
+    for p in ports {
+        let k = &p.kernel;
+        table.row([
+            p.port.to_string(),
+            p.interface.clone().unwrap_or_else(|| "-".into()),
+            p.role.map_or("-".into(), |r| r.to_string()),
+            p.rx.to_string(),
+            p.tx.to_string(),
+            p.tx_ring_full.to_string(),
+            k.rx_ring_full.to_string(),
+            k.fill_ring_empty.to_string(),
+            k.rx_dropped.to_string(),
+            (k.rx_invalid_descs + k.tx_invalid_descs).to_string(),
+        ]);
+    }
+    format!("Ports:\n{}", indent(&table.render()))
+}
+
+fn xdp_table(programs: &[XdpStatus]) -> String {
+    let mut table = Table::new([
+        "INTERFACE",
+        "ROLE",
+        "PASS",
+        "TO-XSK",
+        "DROPPED-NO-SOCKET",
+        "DROPPED-UNKNOWN-PEER",
+    ]);
+    for x in programs {
+        match &x.error {
+            Some(error) => table.row([
+                x.interface.clone(),
+                x.role.to_string(),
+                format!("unreadable: {error}"),
+            ]),
+            None => table.row([
+                x.interface.clone(),
+                x.role.to_string(),
+                x.pass.to_string(),
+                x.to_xsk.to_string(),
+                x.dropped_no_socket.to_string(),
+                x.dropped_unknown_peer.to_string(),
+            ]),
+        };
+    }
+    format!("XDP programs:\n{}", indent(&table.render()))
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
 }
 
 #[cfg(test)]
@@ -118,9 +392,15 @@ mod tests {
                 dropped: [(DropReason::PolicyDenied, 34)].into(),
                 ports: vec![PortStatus {
                     port: 0,
+                    interface: Some("uplink".into()),
+                    role: Some(PortRole::Uplink),
                     rx: 1234,
                     tx: 1200,
                     tx_ring_full: 3,
+                    kernel: KernelDrops {
+                        rx_ring_full: 68,
+                        ..Default::default()
+                    },
                 }],
             },
             tables: TableSizes {
@@ -135,6 +415,18 @@ mod tests {
             identities: vec![],
             policies: vec![],
             policy_refusals: vec![],
+            endpoints: vec![],
+            health: Some(Health::of(vec![])),
+            version: Some(VersionInfo::new("0.1.0", "3f2a9c1d0e4b")),
+            kvstore: Some(KvStoreStatus::disabled()),
+            global_services: 0,
+            conntrack: Some(ConntrackStatus {
+                entries: 1,
+                capacity: 4,
+                ..Default::default()
+            }),
+            xdp: vec![],
+            flows: None,
         }
     }
 
@@ -142,15 +434,43 @@ mod tests {
     fn table_shows_what_moved() {
         let text = render(&status());
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "Node:        cluster1/node1");
-        assert_eq!(lines[2], "Received:    1234");
-        assert_eq!(lines[3], "Forwarded:         1000  local_pod");
-        assert_eq!(lines[4], "Dropped:             34  policy_denied");
-        assert_eq!(
-            lines[5],
-            "Port 0      rx       1234  tx       1200  tx-ring-full 3"
+        assert_eq!(lines[0], "KVStore:       Ok   Disabled");
+        assert_eq!(lines[1], "ClusterMesh:   Disabled");
+        assert_eq!(lines[2], "Meshpath:      Ok   0.1.0 (0.1.0-3f2a9c1d0e4b)");
+        assert_eq!(lines[3], "Node:          cluster1/node1");
+        assert!(
+            lines[5].starts_with("Conntrack:     1/4 entries (25.00%)"),
+            "{text}"
         );
-        assert_eq!(lines.len(), 6, "kinds that moved nothing are left out");
+        assert_eq!(lines[6], "Received:      1234");
+        assert_eq!(lines[7], "Forwarded:           1000  local_pod");
+        assert_eq!(lines[8], "Dropped:               34  policy_denied");
+        assert_eq!(lines[9], "Ports:");
+        assert!(lines[10]
+            .starts_with("  PORT  INTERFACE  ROLE    RX    TX    TX-RING-FULL  RX-RING-FULL"));
+        assert!(
+            lines[11].starts_with("  0     uplink     uplink  1234  1200  3             68"),
+            "{text}"
+        );
+        assert_eq!(lines.len(), 12, "kinds that moved nothing are left out");
+        assert_eq!(brief(&status()), "OK");
+    }
+
+    #[test]
+    fn unhealthy_is_named_and_briefly_told() {
+        use crate::health::{Check, CheckKind, CheckName, CheckState};
+        let mut sick = status();
+        sick.health = Some(Health::of(vec![Check {
+            name: CheckName::Worker,
+            kind: CheckKind::Liveness,
+            state: CheckState::Failing,
+            detail: "no progress for 7.0s".into(),
+        }]));
+        assert_eq!(brief(&sick), "Failing: worker: no progress for 7.0s");
+        assert!(render(&sick).contains("Meshpath:      Failing: worker: no progress for 7.0s"));
+        let mut old = status();
+        old.health = None;
+        assert_eq!(old.problems().len(), 1);
     }
 
     /// A document of an agent that predates `identities` and `policies`, with no mesh configured.

@@ -104,3 +104,89 @@ pub(crate) fn join<T: fmt::Display>(items: &[T], sep: &str) -> String {
     }
     out
 }
+
+/// A table whose columns are as wide as their widest cell, two spaces apart, the last one unpadded:
+/// an IPv6 `[fd00::a]:8080` fits as an IPv4 address does, and nothing is cut.
+#[derive(Clone, Debug)]
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new<const N: usize>(headers: [&str; N]) -> Table {
+        Table {
+            rows: vec![headers.iter().map(|h| h.to_string()).collect()],
+        }
+    }
+
+    /// Adds a row; missing cells are empty.
+    pub fn row<I, S>(&mut self, cells: I) -> &mut Table
+    where
+        I: IntoIterator<Item = S>,
+        S: fmt::Display,
+    {
+        self.rows
+            .push(cells.into_iter().map(|c| c.to_string()).collect());
+        self
+    }
+
+    pub fn render(&self) -> String {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let mut widths = vec![0; columns];
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (i, width) in widths.iter().enumerate() {
+                let cell = row.get(i).map_or("", String::as_str);
+                line.push_str(cell);
+                if i + 1 < columns {
+                    let pad = width - cell.chars().count() + 2;
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_grow_to_their_widest_cell() {
+        let mut table = Table::new(["FRONTEND", "BACKEND", "STATE"]);
+        table.row(["10.96.0.10:80/TCP", "10.1.0.3:80", "active"]);
+        table.row([
+            "[fd00:10:96::a]:8080/TCP",
+            "[fd00:1::3]:8080",
+            "terminating",
+        ]);
+        table.row(["", "10.1.0.4:80"]);
+        let text = table.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "FRONTEND                  BACKEND           STATE"
+        );
+        assert_eq!(
+            lines[1],
+            "10.96.0.10:80/TCP         10.1.0.3:80       active"
+        );
+        assert_eq!(
+            lines[2],
+            "[fd00:10:96::a]:8080/TCP  [fd00:1::3]:8080  terminating"
+        );
+        assert_eq!(
+            lines[3], "                          10.1.0.4:80",
+            "no trailing blanks"
+        );
+    }
+}

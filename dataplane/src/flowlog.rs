@@ -6,7 +6,7 @@
 //! falls behind, the oldest events are overwritten and counted, and the packet path never waits.
 
 use crate::identity::Identity;
-use crate::parse;
+use crate::parse::{self, L4};
 use crate::snapshot::Tables;
 use crate::stats::Forward;
 use crate::{Addr, DropReason, FlowKey, Frame};
@@ -46,6 +46,8 @@ pub struct FlowEvent {
     pub time_ms: u64,
     /// The 5-tuple as received (before service translation); zero if the frame did not parse.
     pub flow: FlowKey,
+    /// The transport as received: TCP flags, ICMP message (`L4::None` if the frame did not parse).
+    pub l4: L4,
     /// The backend address and port, when a service was balanced.
     pub backend: Option<(Addr, u16)>,
     pub src_identity: Identity,
@@ -71,7 +73,8 @@ impl FlowEvent {
         } else {
             Direction::FromPod
         };
-        let flow = parse::parse(frame.data()).map_or(FlowKey::default(), |p| p.flow);
+        let (flow, l4) =
+            parse::parse(frame.data()).map_or((FlowKey::default(), L4::None), |p| (p.flow, p.l4));
         let ipcache_identity = |addr: Addr| {
             tables
                 .ipcache
@@ -94,6 +97,7 @@ impl FlowEvent {
         FlowEvent {
             time_ms,
             flow,
+            l4,
             backend: None,
             src_identity,
             dst_identity,
@@ -125,6 +129,7 @@ const EMPTY: FlowEvent = FlowEvent {
         dst_port: 0,
         proto: 0,
     },
+    l4: L4::None,
     backend: None,
     src_identity: Identity::UNKNOWN,
     dst_identity: Identity::UNKNOWN,
@@ -380,6 +385,7 @@ mod tests {
                 FlowEvent {
                     time_ms: 5,
                     flow: new_flow,
+                    l4: parse::L4::Udp,
                     backend: None,
                     src_identity: id1,
                     dst_identity: id2,

@@ -262,6 +262,7 @@ fn start_agent(plan: &Plan, node: &Node, agent: &Path) -> anyhow::Result<()> {
          clustermesh: {{config-dir: {mesh}, grace-period: 10s}}\n\
          source: {{yaml-dir: {state}}}\n\
          status-socket: {socket}\n\
+         metrics: {ip}:9962\n\
          state-dir: {node_state}\n\
          bpf-pin-dir: {pins}\n",
         ip = node.underlay,

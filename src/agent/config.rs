@@ -49,11 +49,21 @@ pub struct AgentConfig {
     pub etcd: Option<EtcdSection>,
     pub clustermesh: Option<ClusterMeshSection>,
     pub source: SourceSection,
-    /// The unix socket the operator CLI talks to.
+    /// The unix socket the operator CLI talks to (and `<status-socket>.observe` beside it). Both
+    /// are root's alone (mode 0600) unless this names a group (by name or number) whose members
+    /// may connect too (mode 0660).
     pub status_socket: PathBuf,
+    pub socket_group: Option<String>,
     /// Where Prometheus scrapes `GET /metrics`, as `address:port` (e.g. `127.0.0.1:9962`); no
     /// endpoint without it.
     pub metrics: Option<String>,
+    /// `text` (the default: plain, in colour only at a terminal) or `json` (one object per line).
+    #[serde(default)]
+    pub log_format: super::logging::LogFormat,
+    /// Where the health endpoint listens (`/livez`, `/readyz`, `/healthz`), as `address:port`;
+    /// 127.0.0.1:9879 unless set, as Cilium's agent; `null` turns it off.
+    #[serde(default = "default_health")]
+    pub health: Option<String>,
     /// The node's own path: the veth pair through which the node's stack reaches the mesh and the
     /// mesh reaches the node and the world.
     #[serde(default)]
@@ -433,6 +443,10 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from("/run/meshpath/state")
 }
 
+fn default_health() -> Option<String> {
+    Some("127.0.0.1:9879".into())
+}
+
 fn default_bpf_pin_dir() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/meshpath")
 }
@@ -522,8 +536,13 @@ impl AgentConfig {
             ));
         }
         if let Some(text) = &self.metrics {
-            check_metrics(text)?;
+            check_listen("metrics", text)?;
         }
+        if let Some(text) = &self.health {
+            check_listen("health", text)?;
+        }
+        self.socket_access()
+            .map_err(|problem| ("socket-group", problem))?;
         check_host_port(&self.host_port, &self.node, &self.pods)?;
         self.masquerade
             .port_range()
@@ -542,24 +561,35 @@ impl AgentConfig {
 }
 
 impl AgentConfig {
+    /// Who may connect to the agent's sockets besides root.
+    pub fn socket_access(&self) -> Result<super::socket::Access, String> {
+        let group = self.socket_group.as_deref().map(super::socket::group_id);
+        Ok(super::socket::Access {
+            group: group.transpose()?,
+        })
+    }
+
     /// The checked `metrics` address, if one is configured.
     pub fn metrics_address(&self) -> Option<SocketAddr> {
         self.metrics.as_deref().and_then(|text| text.parse().ok())
     }
+
+    /// The checked `health` address, unless it is turned off.
+    pub fn health_address(&self) -> Option<SocketAddr> {
+        self.health.as_deref().and_then(|text| text.parse().ok())
+    }
 }
 
-fn check_metrics(text: &str) -> Result<(), (&'static str, String)> {
+/// An address to listen on that others are told: a fixed port.
+fn check_listen(key: &'static str, text: &str) -> Result<(), (&'static str, String)> {
     let address: SocketAddr = text.parse().map_err(|_| {
         (
-            "metrics",
+            key,
             format!("`{text}` is not an address:port such as 127.0.0.1:9962"),
         )
     })?;
     if address.port() == 0 {
-        return Err((
-            "metrics",
-            format!("`{text}`: port 0 is no fixed port to scrape"),
-        ));
+        return Err((key, format!("`{text}`: port 0 is no fixed port to reach")));
     }
     Ok(())
 }
@@ -705,6 +735,13 @@ metrics: 127.0.0.1:9962
         assert_eq!(config.masquerade.port_range(), Ok((61000, 65535)));
         let without = parse(&GOOD.replace("metrics: 127.0.0.1:9962", "")).unwrap();
         assert_eq!(without.metrics_address(), None);
+        assert_eq!(
+            without.socket_access(),
+            Ok(Default::default()),
+            "root's alone"
+        );
+        let shared = parse(&format!("{GOOD}socket-group: root\n")).unwrap();
+        assert_eq!(shared.socket_access().map(|a| a.group), Ok(Some(0)));
     }
 
     #[test]
@@ -861,6 +898,11 @@ metrics: 127.0.0.1:9962
                 GOOD.replace("{yaml-dir: /etc/meshpath/state}", "{kubernetes: false}"),
                 "source",
             ),
+            (
+                format!("{GOOD}socket-group: no-such-group-here\n"),
+                "socket-group",
+            ),
+            (format!("{GOOD}health: 127.0.0.1:0\n"), "health"),
         ];
         for (text, key) in cases {
             let error = parse(&text).unwrap_err().to_string();

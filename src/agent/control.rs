@@ -21,13 +21,22 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{AgentConfig, EtcdSection};
+use super::endpoints::EndpointDirectory;
+use super::health::Readiness;
 use super::identities::IdentityDirectory;
 use super::last_known::Recorder;
 use super::nodes::NodeDirectory;
 
-/// Where the control task notes what the CLI lists (nodes and identities) and what the next agent
-/// starts from.
-type Directories = (NodeDirectory, IdentityDirectory, Recorder);
+/// Where the control task notes what the CLI lists and observe names (nodes, identities, endpoints),
+/// what readiness waits for, and what the next agent starts from.
+#[derive(Clone)]
+pub struct Directories {
+    pub nodes: NodeDirectory,
+    pub identities: IdentityDirectory,
+    pub endpoints: EndpointDirectory,
+    pub readiness: Readiness,
+    pub known: Recorder,
+}
 
 /// How long this agent's keys outlive it in etcd if it dies without withdrawing them.
 const LEASE_TTL: Duration = Duration::from_secs(30);
@@ -88,7 +97,7 @@ pub async fn start(
             ..RemoteOptions::default()
         };
         let (mesh_tx, mesh_rx) = mpsc::channel(4096);
-        let known = directories.2.remotes();
+        let known = directories.known.remotes();
         let mesh = run_clustermesh_from(watch.config, options, known, mesh_tx, cancel.clone());
         tasks.spawn(record_remote_nodes(mesh_rx, remote_tx, directories));
         mesh_status = Some(mesh.status.clone());
@@ -120,18 +129,22 @@ pub async fn start(
 async fn resolve_forever<A: IdentitySource + Send>(
     mut resolver: Resolver<A>,
     mut local: watch::Receiver<Arc<LocalState>>,
-    ((nodes, identities, known), cluster): (Directories, String),
+    (directories, cluster): (Directories, String),
     changes: mpsc::Sender<Change>,
     cancel: CancellationToken,
 ) {
     let mut synced = false;
     loop {
         let state = local.borrow_and_update().clone();
-        nodes.record_local(&cluster, &state);
+        directories.nodes.record_local(&cluster, &state);
+        directories.endpoints.record_local(&cluster, &state);
         match resolver.resolve(state).await {
             Ok(resolved) => {
-                identities.record_local(&cluster, &resolved.identities);
-                known.local_identities(&resolved.state);
+                directories
+                    .identities
+                    .record_local(&cluster, &resolved.identities);
+                directories.known.local_identities(&resolved.state);
+                directories.readiness.local_synced();
                 if changes
                     .send(Change::Local(Arc::new(resolved)))
                     .await
@@ -162,12 +175,13 @@ async fn resolve_forever<A: IdentitySource + Send>(
 async fn record_remote_nodes(
     mut events: mpsc::Receiver<RemoteEvent>,
     builder: mpsc::Sender<RemoteEvent>,
-    (nodes, identities, known): Directories,
+    directories: Directories,
 ) {
     while let Some(event) = events.recv().await {
-        nodes.record_remote(&event);
-        identities.record_remote(&event);
-        known.remote_event(&event);
+        directories.nodes.record_remote(&event);
+        directories.identities.record_remote(&event);
+        directories.endpoints.record_remote(&event);
+        directories.known.remote_event(&event);
         if builder.send(event).await.is_err() {
             return;
         }
@@ -189,13 +203,17 @@ async fn resolve_with_etcd(
     changes: mpsc::Sender<Change>,
     cancel: CancellationToken,
 ) {
-    let known = directories.2.snapshot().identities;
+    let known = directories.known.snapshot().identities;
     let (connected_tx, mut connected) = tokio::sync::oneshot::channel();
     let connecting = tokio::spawn(connect_etcd(etcd, tls, spec.clone(), connected_tx));
     let resolver = loop {
         let state = local.borrow_and_update().clone();
-        directories.0.record_local(&cluster, &state);
+        directories.nodes.record_local(&cluster, &state);
+        directories.endpoints.record_local(&cluster, &state);
         let resolved = resolve_known(state, &known, &spec.cluster, spec.cluster_id);
+        directories
+            .identities
+            .record_local(&cluster, &resolved.identities);
         if changes
             .send(Change::Local(Arc::new(resolved)))
             .await
@@ -278,7 +296,8 @@ async fn etcd_resolver(
     Ok(Resolver::new(spec.cluster.clone(), spec.cluster_id, alloc).with_publisher(publisher))
 }
 
-fn tls_material(etcd: &EtcdSection) -> anyhow::Result<Option<TlsMaterial>> {
+/// The TLS files `etcd` names, read; none for an insecure lab etcd.
+pub fn tls_material(etcd: &EtcdSection) -> anyhow::Result<Option<TlsMaterial>> {
     if etcd.insecure && etcd.trusted_ca_file.is_none() {
         return Ok(None);
     }

@@ -8,8 +8,9 @@ use meshpath_api::clustermesh::{
     CidrConflict, ClusterMeshStatus, Refusal, RemoteClusterStatus, RemoteLimits, RemoteUsage,
     SyncStatus, Timestamp,
 };
-use meshpath_api::flow::{Direction, Outcome};
+use meshpath_api::flow::{Arrival, Outcome};
 use meshpath_api::service::BackendState;
+use meshpath_api::status::KernelDrops;
 use meshpath_api::{DropReason, ForwardKind};
 use meshpath_control::clustermesh::{MeshStatus, RemoteStatus};
 use meshpath_dataplane as dp;
@@ -63,11 +64,11 @@ pub fn outcome(verdict: dp::flowlog::FlowVerdict) -> Outcome {
     }
 }
 
-pub fn direction(direction: dp::flowlog::Direction) -> Direction {
+pub fn direction(direction: dp::flowlog::Direction) -> Arrival {
     match direction {
-        dp::flowlog::Direction::FromPod => Direction::FromPod,
-        dp::flowlog::Direction::FromUplink => Direction::FromUplink,
-        dp::flowlog::Direction::FromHost => Direction::FromHost,
+        dp::flowlog::Direction::FromPod => Arrival::FromPod,
+        dp::flowlog::Direction::FromUplink => Arrival::FromUplink,
+        dp::flowlog::Direction::FromHost => Arrival::FromHost,
     }
 }
 
@@ -96,6 +97,16 @@ pub fn refusal(reason: meshpath_control::refusal::Refusal) -> Refusal {
         R::OverKeyLimit => Refusal::OverKeyLimit,
         R::OverByteLimit => Refusal::OverByteLimit,
         R::OverIdentityLimit => Refusal::OverIdentityLimit,
+    }
+}
+
+pub fn kernel_drops(k: &dp::afxdp::KernelCounters) -> KernelDrops {
+    KernelDrops {
+        rx_dropped: k.rx_dropped,
+        rx_ring_full: k.rx_ring_full,
+        fill_ring_empty: k.fill_ring_empty,
+        rx_invalid_descs: k.rx_invalid_descs,
+        tx_invalid_descs: k.tx_invalid_descs,
     }
 }
 

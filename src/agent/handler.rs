@@ -1,6 +1,7 @@
 //! The pipeline as the worker's batch handler: loads the current table snapshot once per batch (no
-//! lock: an `ArcSwap` load), reads the clock once per batch, and copies its counters out for the
-//! status socket every so often; after each batch, hands its flow log to `meshpath observe`.
+//! lock: an `ArcSwap` load), reads the clock once per batch, and copies its report (counters,
+//! conntrack, traffic by direction) out for the status socket and the metrics every so often; after
+//! each batch, hands its flow log to `meshpath observe`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,19 +10,20 @@ use arc_swap::ArcSwap;
 use meshpath_dataplane::afxdp::BatchHandler;
 use meshpath_dataplane::pipeline::{self, WorkerState};
 use meshpath_dataplane::snapshot::Tables;
-use meshpath_dataplane::stats::Counters;
 use meshpath_dataplane::{Frame, Verdict};
 
 use super::observe::FlowSink;
+use super::report::{ConntrackReport, Traffic, WorkerReport};
 
-/// How often a worker copies its counters out.
+/// How often a worker copies its report out.
 const PUBLISH_EVERY_MS: u64 = 100;
 
 pub struct PipelineHandler {
     tables: Arc<ArcSwap<Tables>>,
     state: WorkerState,
     started: Instant,
-    counters: Arc<ArcSwap<Counters>>,
+    report: Arc<ArcSwap<WorkerReport>>,
+    traffic: Traffic,
     published_ms: u64,
     flows: FlowSink,
 }
@@ -30,7 +32,7 @@ impl PipelineHandler {
     pub fn new(
         tables: Arc<ArcSwap<Tables>>,
         state: WorkerState,
-        counters: Arc<ArcSwap<Counters>>,
+        report: Arc<ArcSwap<WorkerReport>>,
         flows: FlowSink,
     ) -> Self {
         PipelineHandler {
@@ -38,7 +40,8 @@ impl PipelineHandler {
             state,
             // The observe task turns event times into wall time from the same clock.
             started: flows.epoch,
-            counters,
+            report,
+            traffic: Traffic::default(),
             published_ms: 0,
             flows,
         }
@@ -63,11 +66,16 @@ impl BatchHandler for PipelineHandler {
         let now_ms = self.started.elapsed().as_millis() as u64;
         let tables = self.tables.load();
         pipeline::process(&tables, &mut self.state, now_ms, frames, verdicts);
+        self.traffic.count(&tables, frames, verdicts);
         for event in self.state.flowlog.drain() {
             self.flows.send(event);
         }
         if now_ms >= self.published_ms + PUBLISH_EVERY_MS {
-            self.counters.store(Arc::new(self.state.counters.clone()));
+            self.report.store(Arc::new(WorkerReport {
+                counters: self.state.counters.clone(),
+                conntrack: ConntrackReport::of(&self.state.conntrack),
+                traffic: self.traffic.clone(),
+            }));
             self.published_ms = now_ms;
         }
     }

@@ -5,10 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use meshpath_api::identity::{IdentityRow, ReservedIdentity};
+use meshpath_api::identity::{IdentityRow, Label, ReservedIdentity};
 use meshpath_api::policy::PolicyPeer;
 use meshpath_control::clustermesh::RemoteEvent;
-use meshpath_control::snapshot::sources::labels_of;
 use meshpath_control::state::{Entry, EntryKey, StateEvent};
 use meshpath_dataplane::policy::IdentityLabels;
 use meshpath_dataplane::Identity;
@@ -23,12 +22,13 @@ impl IdentityDirectory {
         let Ok(mut rows) = self.0.lock() else { return };
         rows.retain(|_, row| row.cluster.as_deref() != Some(cluster));
         for (id, labels) in identities {
+            // A pod's labels, its namespace's and its cluster's are all Kubernetes labels to Cilium.
             let row = IdentityRow {
                 id: id.get(),
                 cluster: Some(cluster.to_owned()),
                 labels: labels
                     .iter()
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .map(|(k, v)| Label::new("k8s", k, v))
                     .collect(),
             };
             rows.insert(id.get(), row);
@@ -41,9 +41,9 @@ impl IdentityDirectory {
         let cluster = event.cluster.to_string();
         match &event.event {
             StateEvent::Upsert(Entry::Identity(id, labels)) => {
-                let labels = labels_of(labels)
+                let labels = labels
                     .iter()
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .map(|(key, v)| Label::new(&v.source, key, &v.value))
                     .collect();
                 let row = IdentityRow {
                     id: id.get(),
@@ -64,12 +64,24 @@ impl IdentityDirectory {
         }
     }
 
+    /// The labels of `id`, reserved or allocated; none for an identity nobody announced.
+    pub fn labels(&self, id: u32) -> Vec<Label> {
+        if let Some((_, name)) = RESERVED.iter().find(|(r, _)| r.get() == id) {
+            return vec![Label::new("reserved", name.name(), "")];
+        }
+        self.0
+            .lock()
+            .ok()
+            .and_then(|rows| rows.get(&id).map(|r| r.labels.clone()))
+            .unwrap_or_default()
+    }
+
     /// The reserved identities the dataplane uses, then every allocated one, by value.
     pub fn rows(&self) -> Vec<IdentityRow> {
         let reserved = RESERVED.iter().map(|(id, name)| IdentityRow {
             id: id.get(),
             cluster: None,
-            labels: [(format!("reserved:{name}"), String::new())].into(),
+            labels: vec![Label::new("reserved", name.name(), "")],
         });
         let known = self
             .0
@@ -126,9 +138,14 @@ mod tests {
         let ids: Vec<u32> = dir.rows().iter().map(|r| r.id).collect();
         assert_eq!(ids, vec![1, 2, 6, 0x1_0001, 0x1_0002, 0x2_0001]);
         let rows = dir.rows();
-        assert_eq!(rows[1].labels["reserved:world"], "");
+        assert_eq!(rows[1].labels, ["reserved:world".parse().unwrap()]);
         assert_eq!(rows[1].cluster, None);
-        assert_eq!(rows[5].labels["app"], "rebel-base");
+        assert_eq!(rows[5].labels, ["k8s:app=rebel-base".parse().unwrap()]);
+        assert_eq!(
+            rows[3].labels,
+            ["k8s:app=x-wing".parse().unwrap()],
+            "local: k8s"
+        );
         assert_eq!(rows[5].cluster.as_deref(), Some("cluster2"));
 
         local.remove(&b);
@@ -145,8 +162,8 @@ mod tests {
     fn reserved_rows_first_by_their_cilium_names() {
         let rows = IdentityDirectory::default().rows();
         let table = meshpath_api::identity::render(&rows[1..2]);
-        assert_eq!(table.lines().nth(1), Some("2          reserved:world"));
-        assert_eq!(rows[2].labels["reserved:remote-node"], "");
+        assert_eq!(table.lines().nth(1), Some("2   -        reserved:world"));
+        assert_eq!(rows[2].labels[0].to_string(), "reserved:remote-node");
     }
 
     #[test]

@@ -14,27 +14,38 @@
 pub mod config;
 mod control;
 mod convert;
+mod endpoint_list;
+mod endpoints;
 mod handler;
+mod health;
 mod host_port;
 mod identities;
 mod last_known;
+mod kvstore;
+mod logging;
+mod memlock;
 pub mod metrics;
 mod node_sync;
 mod nodes;
 mod observe;
 mod policy;
+mod report;
+mod serving;
+mod socket;
 mod status;
 mod wiring;
+mod xdp_counters;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
+use meshpath_api::status::PortRole;
 use meshpath_control::local::{LocalState, ObjectRef, YamlSource};
 use meshpath_control::resolve::parse_cidr;
 use meshpath_control::snapshot::{NodeSpec, PodPorts};
@@ -45,29 +56,28 @@ use meshpath_dataplane::masquerade::{Masquerade, PortRange};
 use meshpath_dataplane::pipeline::WorkerState;
 use meshpath_dataplane::route::Underlay;
 use meshpath_dataplane::snapshot::{Capacities, HostPort, NodeConfig, Tables};
-use meshpath_dataplane::stats::Counters;
-use meshpath_dataplane::ClusterId;
+use meshpath_dataplane::{ClusterId, PortId};
 use meshpath_xdp_redirect::netns::Netns;
 use meshpath_xdp_redirect::PodPrefix;
 use tokio_util::sync::CancellationToken;
 
 use config::AgentConfig;
 use handler::PipelineHandler;
+use report::WorkerReport;
 use status::StatusSources;
+use xdp_counters::XdpPrograms;
 
 /// The file a planned stop hands conntrack over in, inside `state-dir`.
 const CONNTRACK_FILE: &str = "conntrack.v1";
 
 /// Runs the agent until SIGINT, SIGTERM or SIGHUP.
 pub fn run(config_path: PathBuf, netns: Option<String>) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(colour_on_stderr())
-        .with_writer(std::io::stderr)
-        .try_init();
     let config = AgentConfig::load(&config_path)?;
+    logging::init(config.log_format);
+    if let Err(error) = memlock::lift() {
+        // Kernels from 5.11 do not charge BPF maps to it; older ones will refuse them below.
+        tracing::debug!(%error, "RLIMIT_MEMLOCK not lifted");
+    }
     // Before any thread exists: every socket, interface lookup and thread then lives in the node.
     if let Some(name) = &netns {
         Netns::named(name)
@@ -81,21 +91,10 @@ pub fn run(config_path: PathBuf, netns: Option<String>) -> anyhow::Result<()> {
     runtime.block_on(run_node(config))
 }
 
-/// Colour only for a person at a terminal: log files, journald and Kubernetes get plain text, and
-/// `NO_COLOR` (any non-empty value, as no-color.org defines it) turns it off everywhere.
-fn colour_on_stderr() -> bool {
-    use std::io::IsTerminal;
-    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    !no_color && std::io::stderr().is_terminal()
-}
-
 async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
-    // Before any interface is touched: a taken metrics port stops the agent with nothing to undo.
-    let metrics_listener = match config.metrics_address() {
-        Some(address) => Some(metrics::bind(address).await?),
-        None => None,
-    };
+    // Before any interface is touched: a taken port stops the agent with nothing to undo.
+    let listeners = serving::Listeners::bind(&config).await?;
     let Some(dir) = config.source.yaml_dir.clone() else {
         bail!("`source.kubernetes`: the Kubernetes source is not wired into the agent yet; use `source.yaml-dir`");
     };
@@ -110,30 +109,46 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let (flow_sink, flow_source) = observe::channel();
     let state = restore_worker_state(&config, flow_sink.epoch);
     let mut wiring = wiring::wire(&config, &pod_prefixes(&config, &first), &config.bpf_pin_dir)?;
-    let counters = Arc::new(ArcSwap::from_pointee(Counters::default()));
+    let report = Arc::new(ArcSwap::from_pointee(WorkerReport::default()));
     let stats = wiring.worker.stats_reader();
     let stop = Arc::new(AtomicBool::new(false));
-    let uplink = Arc::new(Mutex::new(wiring.programs.remove(0)));
+    let programs = XdpPrograms::new(&config, std::mem::take(&mut wiring.programs));
+    let uplink = programs.uplink().context("the uplink's XDP program")?;
 
-    let nodes = nodes::NodeDirectory::default();
-    let identities = identities::IdentityDirectory::default();
-    let known = last_known::Recorder::load(&config, control::cluster_name(&config)?);
+    let directories = control::Directories {
+        nodes: nodes::NodeDirectory::default(),
+        identities: identities::IdentityDirectory::default(),
+        endpoints: endpoints::EndpointDirectory::default(),
+        readiness: health::Readiness::default(),
+        known: last_known::Recorder::load(&config, control::cluster_name(&config)?),
+    };
+    let (nodes, identities) = (directories.nodes.clone(), directories.identities.clone());
+    let (readiness, known) = (directories.readiness.clone(), directories.known.clone());
     let latency = metrics::publish_latency();
+    let sink = metrics::TimedSink::new(tables.clone(), latency.clone());
     let empty = tables.load_full();
     let (mut tasks, mesh) = control::start(
         &config,
         spec,
         source.state.clone(),
-        metrics::TimedSink::new(tables.clone(), latency.clone()),
-        (nodes.clone(), identities.clone(), known.clone()),
+        health::ReadySink::new(sink, readiness.clone()),
+        directories.clone(),
         cancel.clone(),
     )
     .await?;
     tasks.spawn(known.clone().write_forever(cancel.clone()));
     // The sockets are registered: frames wait in their rings for a worker with tables to read.
     wait_for_first_snapshot(&tables, &empty).await;
-    let handler = PipelineHandler::new(tables.clone(), state, counters.clone(), flow_sink);
+    let handler = PipelineHandler::new(tables.clone(), state, report.clone(), flow_sink);
     let worker = wiring.worker.spawn(handler, stop.clone())?;
+    let control_beat = health::ControlBeat::default();
+    tasks.spawn(control_beat.clone().run(cancel.clone()));
+    let worker_beat = stats.clone();
+    let monitor = Arc::new(health::HealthMonitor::new(
+        Arc::new(move || worker_beat.heartbeat()),
+        control_beat.beat(),
+        readiness,
+    ));
     tasks.spawn(node_sync::sync_forever(
         nodes.clone(),
         uplink.clone(),
@@ -141,64 +156,50 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         own_addresses(&config),
         cancel.clone(),
     ));
-    if let Some(listener) = metrics_listener {
-        let sources = metrics::MetricsSources {
-            cluster: config.cluster.name.clone(),
-            node: config.node.name.clone(),
-            uplink: wiring::UPLINK,
-            counters: counters.clone(),
-            ports: stats.clone(),
-            mesh: mesh.clone(),
-            local: source.state.clone(),
-            tables: tables.clone(),
-        };
-        let registry = Arc::new(metrics::registry(sources, latency));
-        let metrics_cancel = cancel.clone();
-        tasks.spawn(async move {
-            if let Err(error) = metrics::serve(listener, registry, metrics_cancel).await {
-                tracing::error!(%error, "metrics endpoint");
-            }
-        });
-        tracing::info!(address = ?config.metrics_address(), "metrics endpoint");
-    }
+    let etcd_latency = kvstore::operation_latency();
+    let kvstore = kvstore::spawn(&config, &mut tasks, etcd_latency.clone(), cancel.clone())?;
     let names = observe::Names {
         cluster: config.cluster.name.clone(),
-        node: config.node.name.clone(),
+        node_name: format!("{}/{}", config.cluster.name, config.node.name),
         tables: tables.clone(),
         mesh: mesh.clone(),
-        local: Some(source.state.clone()),
+        endpoints: directories.endpoints,
+        identities: directories.identities,
     };
+    let interfaces = port_names(&config).into_iter().map(|(p, i, _)| (p, i));
+    let kernel = observe::KernelDrops::of(stats.clone(), interfaces.collect());
     let hub = observe::FlowHub::default();
     tasks.spawn(observe::collect(
         flow_source,
         names,
+        kernel,
         hub.clone(),
         cancel.clone(),
     ));
-    let observe_socket = meshpath_api::client::observe_socket(&config.status_socket);
-    let observe_cancel = cancel.clone();
-    tasks.spawn(async move {
-        if let Err(error) = observe::serve(&observe_socket, hub, observe_cancel).await {
-            tracing::error!(%error, "observe socket");
-        }
-    });
     let sources = StatusSources {
         cluster: config.cluster.name.clone(),
         node: config.node.name.clone(),
         tables,
-        counters,
+        report,
         worker: stats,
+        ports: port_names(&config),
+        programs,
         mesh,
+        kvstore,
+        local: source.state.clone(),
         nodes,
         identities,
+        flows: hub.clone(),
+        health: monitor,
     };
-    let socket = config.status_socket.clone();
-    let status_cancel = cancel.clone();
-    tasks.spawn(async move {
-        if let Err(error) = status::serve(&socket, sources, status_cancel).await {
-            tracing::error!(%error, "status socket");
-        }
-    });
+    let scraped = sources.clone();
+    listeners.serve(
+        &mut tasks,
+        sources,
+        hub,
+        || metrics::registry(scraped, latency, etcd_latency),
+        &cancel,
+    )?;
     tracing::info!(node = %config.node.name, cluster = %config.cluster.name, "agent running");
     wait_for_signal().await;
     tracing::info!("stopping: the XDP programs stay attached and closed until the next agent");
@@ -268,6 +269,14 @@ fn hand_over(config: &AgentConfig, handler: PipelineHandler) {
         Ok(flows) => tracing::info!(flows, file = %path.display(), "conntrack handed over"),
         Err(error) => tracing::warn!(%error, file = %path.display(), "conntrack not handed over"),
     }
+}
+
+/// Each port's interface and role, for the status.
+fn port_names(config: &AgentConfig) -> Vec<(PortId, String, PortRole)> {
+    wiring::interfaces(config)
+        .into_iter()
+        .map(|i| (i.port, i.name.to_owned(), xdp_counters::port_role(i.role)))
+        .collect()
 }
 
 fn own_addresses(config: &AgentConfig) -> Vec<IpAddr> {

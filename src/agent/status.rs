@@ -1,69 +1,141 @@
 //! The agent's status socket: one status document (`meshpath_api::AgentStatus`) per connection, then
-//! the socket closes. The document is collected on each connection from the live snapshot, the
+//! the socket closes (one task per connection, see [`super::socket`]). The document is collected on each connection from the live snapshot, the
 //! workers' copied-out counters and the control plane's directories.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use meshpath_api::service::{BackendInfo, Frontend, ServiceStatus};
-use meshpath_api::status::{AgentStatus, DataplaneStatus, PortStatus, TableSizes};
+use meshpath_api::client::{StatusRequest, StatusView};
+use meshpath_api::kvstore::KvStoreStatus;
+use meshpath_api::service::{BackendInfo, Frontend, ServiceStatus, ServiceType};
+use meshpath_api::status::{
+    AgentStatus, ConntrackStatus, DataplaneStatus, PortRole, PortStatus, TableSizes,
+};
+use meshpath_api::version::VersionInfo;
 use meshpath_api::Protocol;
 use meshpath_control::clustermesh::MeshStatus;
+use meshpath_control::local::LocalState;
 use meshpath_dataplane::afxdp::StatsReader;
 use meshpath_dataplane::snapshot::Tables;
 use meshpath_dataplane::stats::{Counters, Forward};
-use meshpath_dataplane::DropReason;
-use tokio::io::AsyncWriteExt;
+use meshpath_dataplane::{DropReason, PortId};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::convert;
+use super::health::HealthMonitor;
 use super::identities::IdentityDirectory;
 use super::nodes::NodeDirectory;
+use super::observe::FlowHub;
+use super::report::{ConntrackReport, WorkerReport};
+use super::socket;
+use super::xdp_counters::XdpPrograms;
 
-/// What the status is made of: the live snapshot and the workers' copied-out counters.
+/// What the status is made of: the live snapshot, the worker's copied-out report and counters, the
+/// control plane's directories and boards.
 #[derive(Clone)]
 pub struct StatusSources {
     pub cluster: String,
     pub node: String,
     pub tables: Arc<ArcSwap<Tables>>,
-    pub counters: Arc<ArcSwap<Counters>>,
+    pub report: Arc<ArcSwap<WorkerReport>>,
     pub worker: StatsReader,
+    /// Each port's interface and role.
+    pub ports: Vec<(PortId, String, PortRole)>,
+    pub programs: XdpPrograms,
     pub mesh: Option<watch::Receiver<MeshStatus>>,
+    pub kvstore: Option<watch::Receiver<KvStoreStatus>>,
+    pub local: watch::Receiver<Arc<LocalState>>,
     pub nodes: NodeDirectory,
     pub identities: IdentityDirectory,
+    pub flows: FlowHub,
+    pub health: Arc<HealthMonitor>,
 }
 
 impl StatusSources {
-    pub fn collect(&self) -> AgentStatus {
-        let counters = self.counters.load();
+    pub fn collect(&self, view: StatusView) -> AgentStatus {
+        let report = self.report.load();
         let tables = self.tables.load();
+        let full = view == StatusView::Full;
         AgentStatus {
             cluster: self.cluster.clone(),
             node: self.node.clone(),
-            dataplane: dataplane(&counters, &self.worker),
+            dataplane: dataplane(&report.counters, &self.worker, &self.ports),
             tables: TableSizes {
                 endpoints: tables.endpoints.len() as u64,
                 ipcache: tables.ipcache.len() as u64,
                 services: tables.services.len() as u64,
                 nodes: tables.nodes.len() as u64,
             },
-            services: services(&tables),
+            services: if full { services(&tables) } else { Vec::new() },
             clustermesh: self
                 .mesh
                 .as_ref()
                 .map(|m| convert::clustermesh(&m.borrow())),
-            nodes: self.nodes.rows(),
-            identities: self.identities.rows(),
-            policies: super::policy::rows(&tables),
+            nodes: if full { self.nodes.rows() } else { Vec::new() },
+            identities: if full {
+                self.identities.rows()
+            } else {
+                Vec::new()
+            },
+            policies: if full {
+                super::policy::rows(&tables)
+            } else {
+                Vec::new()
+            },
             policy_refusals: super::policy::refusals(&tables),
+            endpoints: if full {
+                super::endpoint_list::rows(&tables, &self.identities, |port| {
+                    let named = self.ports.iter().find(|(id, _, _)| *id == port);
+                    named.map(|(_, name, _)| name.clone())
+                })
+            } else {
+                Vec::new()
+            },
+            health: Some(self.health.check()),
+            version: Some(version()),
+            kvstore: Some(
+                self.kvstore
+                    .as_ref()
+                    .map_or_else(KvStoreStatus::disabled, |k| k.borrow().clone()),
+            ),
+            global_services: global_services(&self.local.borrow()),
+            conntrack: Some(conntrack(&report.conntrack)),
+            xdp: self.programs.read(),
+            flows: Some(self.flows.status()),
         }
     }
 }
 
-fn dataplane(counters: &Counters, worker: &StatsReader) -> DataplaneStatus {
+/// This build of the agent.
+pub fn version() -> VersionInfo {
+    VersionInfo::new(env!("CARGO_PKG_VERSION"), env!("MESHPATH_GIT_COMMIT"))
+}
+
+/// This cluster's services marked global.
+pub fn global_services(local: &LocalState) -> u64 {
+    local.services.values().filter(|s| s.global).count() as u64
+}
+
+fn conntrack(ct: &ConntrackReport) -> ConntrackStatus {
+    ConntrackStatus {
+        entries: ct.entries as u64,
+        capacity: ct.capacity as u64,
+        evicted_unreplied: ct.stats.evicted_unreplied,
+        evicted_closing: ct.stats.evicted_closing,
+        evicted_datagram: ct.stats.evicted_datagram,
+        refused_full: ct.stats.refused_full,
+        refused_quota: ct.stats.refused_quota,
+    }
+}
+
+fn dataplane(
+    counters: &Counters,
+    worker: &StatsReader,
+    names: &[(PortId, String, PortRole)],
+) -> DataplaneStatus {
     DataplaneStatus {
         received: counters.received.packets,
         forwarded: Forward::ALL
@@ -79,11 +151,17 @@ fn dataplane(counters: &Counters, worker: &StatsReader) -> DataplaneStatus {
             .read()
             .ports
             .iter()
-            .map(|p| PortStatus {
-                port: p.port.0,
-                rx: p.rx,
-                tx: p.tx,
-                tx_ring_full: p.tx_ring_full,
+            .map(|p| {
+                let named = names.iter().find(|(id, _, _)| *id == p.port);
+                PortStatus {
+                    port: p.port.0,
+                    interface: named.map(|(_, name, _)| name.clone()),
+                    role: named.map(|(_, _, role)| *role),
+                    rx: p.rx,
+                    tx: p.tx,
+                    tx_ring_full: p.tx_ring_full,
+                    kernel: convert::kernel_drops(&p.kernel),
+                }
             })
             .collect(),
     }
@@ -96,10 +174,12 @@ fn services(tables: &Tables) -> Vec<ServiceStatus> {
         .map(|service| {
             let f = service.frontend;
             ServiceStatus {
+                id: Some(service.id.0),
                 frontend: Frontend {
                     address: convert::socket_addr(f.addr, f.port),
                     protocol: Protocol::from_number(f.proto),
                 },
+                service_type: ServiceType::ClusterIp,
                 backends: service
                     .backends()
                     .iter()
@@ -117,25 +197,81 @@ fn services(tables: &Tables) -> Vec<ServiceStatus> {
     out
 }
 
-/// Serves the status on `path` until `cancel`.
+/// Serves the status on `listener` (bound at `path`) until `cancel`.
 pub async fn serve(
+    listener: UnixListener,
     path: &Path,
     sources: StatusSources,
     cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+) -> std::io::Result<()> {
+    let sources = Arc::new(sources);
+    serve_documents(listener, path, cancel, move |view| {
+        Ok(serde_json::to_vec(&sources.collect(view))?)
+    })
+    .await
+}
+
+/// How long the agent waits for a request line before answering with the full document.
+const REQUEST_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// One document per connection, of the view the client asks for, made by `document` off the
+/// runtime's thread (a status of 100k endpoints takes a while to collect and serialise) and written
+/// within the write deadline.
+async fn serve_documents<D>(
+    listener: UnixListener,
+    path: &Path,
+    cancel: CancellationToken,
+    document: D,
+) -> std::io::Result<()>
+where
+    D: Fn(StatusView) -> anyhow::Result<Vec<u8>> + Clone + Send + Sync + 'static,
+{
+    socket::accept(listener, path, cancel, move |mut stream| {
+        let document = document.clone();
+        async move {
+            let request: Option<StatusRequest> =
+                socket::read_optional_request(&mut stream, REQUEST_WAIT).await?;
+            let view = request.map_or(StatusView::Full, |r| r.view);
+            let body = tokio::task::spawn_blocking(move || document(view))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+                .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+            socket::write(&mut stream, &body).await
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::UnixStream;
+
+    /// One client that connects and never reads must not hold up the next: the old socket wrote
+    /// each answer inline, so a document bigger than the socket's buffer stopped it for everyone.
+    #[tokio::test]
+    async fn a_client_that_does_not_read_holds_up_nobody() {
+        let dir = std::env::temp_dir().join(format!("mp-status-{}", std::process::id()));
+        let path = dir.join("agent.sock");
+        let listener = socket::bind(&path, socket::Access::default()).unwrap();
+        let cancel = CancellationToken::new();
+        let big = Arc::new(vec![b' '; 8 << 20]);
+        let server = tokio::spawn({
+            let (path, cancel) = (path.clone(), cancel.clone());
+            async move { serve_documents(listener, &path, cancel, move |_| Ok(big.to_vec())).await }
+        });
+        let _stuck = UnixStream::connect(&path).await.unwrap();
+        let mut second = UnixStream::connect(&path).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut got))
+            .await
+            .expect("answered while the first client holds its connection")
+            .unwrap();
+        assert_eq!(got.len(), 8 << 20);
+        cancel.cancel();
+        server.await.unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    loop {
-        let (mut stream, _) = tokio::select! {
-            _ = cancel.cancelled() => break,
-            accepted = listener.accept() => accepted?,
-        };
-        let body = serde_json::to_vec(&sources.collect())?;
-        let _ = stream.write_all(&body).await;
-    }
-    let _ = std::fs::remove_file(path);
-    Ok(())
 }

@@ -34,10 +34,10 @@ pub struct Wiring {
 }
 
 /// An interface the dataplane serves.
-struct Interface<'a> {
-    port: PortId,
-    name: &'a str,
-    role: Role,
+pub struct Interface<'a> {
+    pub port: PortId,
+    pub name: &'a str,
+    pub role: Role,
 }
 
 /// Binds the sockets, loads the programs (maps pinned under `pins`), registers the sockets, attaches.
@@ -110,7 +110,8 @@ fn bind(config: WorkerConfig) -> anyhow::Result<Worker> {
 /// How long a busy queue is waited for.
 const BIND_RETRY: Duration = Duration::from_secs(5);
 
-fn interfaces(config: &AgentConfig) -> Vec<Interface<'_>> {
+/// The interfaces of the node, in the order of their ports and programs: uplink, host, pods.
+pub fn interfaces(config: &AgentConfig) -> Vec<Interface<'_>> {
     let mut out = vec![
         Interface {
             port: UPLINK,

@@ -26,7 +26,7 @@ pub struct PortStats {
     /// Frames received here for a port this worker does not own.
     pub tx_unknown_port: u64,
     /// The kernel's counters of this port's socket (rx ring full, fill ring empty, ...), refreshed
-    /// when the worker idles and every few thousand turns.
+    /// every [`super::worker::KERNEL_COUNTERS_EVERY`], busy or idle.
     pub kernel: KernelCounters,
 }
 
@@ -90,6 +90,8 @@ const WORKER_FIELDS: usize = 4;
 pub(crate) struct SharedStats {
     ports: Vec<PortId>,
     cells: Vec<AtomicU64>,
+    /// Turns of the worker's loop; beaten every turn, apart from the counters.
+    heartbeat: AtomicU64,
 }
 
 impl SharedStats {
@@ -97,7 +99,20 @@ impl SharedStats {
         let cells = (0..WORKER_FIELDS + ports.len() * PORT_FIELDS)
             .map(|_| AtomicU64::new(0))
             .collect();
-        SharedStats { ports, cells }
+        SharedStats {
+            ports,
+            cells,
+            heartbeat: AtomicU64::new(0),
+        }
+    }
+
+    /// The worker's loop made its `turns`-th turn (the worker is the only writer).
+    pub(crate) fn beat(&self, turns: u64) {
+        self.heartbeat.store(turns, Ordering::Relaxed);
+    }
+
+    pub(crate) fn heartbeat(&self) -> u64 {
+        self.heartbeat.load(Ordering::Relaxed)
     }
 
     pub(crate) fn publish(&self, stats: &WorkerStats) {

@@ -1,11 +1,14 @@
 //! A worker: one thread, pinned to one core, owning one UMEM and the AF_XDP sockets of its ports.
 //! Loop: drain completions, top up fill rings, receive a burst per port → handler → transmit,
-//! publish counters; sleep in poll(2) only when no port had anything.
+//! publish counters; sleep in poll(2) only when no port had anything. Every turn, busy or idle, beats
+//! the heartbeat that liveness checks read, and every [`KERNEL_COUNTERS_EVERY`] the kernel's own
+//! socket counters are read: a saturated worker never idles, and that is when the kernel drops.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use arrayvec::ArrayVec;
 
@@ -52,8 +55,9 @@ impl WorkerConfig {
     }
 }
 
-/// Turns between reads of the kernel's socket counters while the worker is busy.
-const KERNEL_COUNTERS_EVERY: u64 = 4096;
+/// How often the kernel's socket counters (rx ring full, fill ring empty, invalid descriptors) are
+/// read and published, whatever the load.
+pub const KERNEL_COUNTERS_EVERY: Duration = Duration::from_millis(100);
 
 /// How long one busy-poll kick may spin in the driver.
 const BUSY_POLL_USECS: u32 = 20;
@@ -73,6 +77,7 @@ pub struct Worker {
     /// PortId.0 → index in `ports`.
     index: Vec<Option<u16>>,
     stats: WorkerStats,
+    /// Turns of the loop so far: the heartbeat.
     turns: u64,
     shared: Arc<SharedStats>,
     pollfds: Vec<libc::pollfd>,
@@ -197,14 +202,17 @@ impl Worker {
     }
 
     fn run<H: BatchHandler>(&mut self, handler: &mut H, stop: &AtomicBool) {
+        let mut kernel_counters = Every::new(KERNEL_COUNTERS_EVERY, Instant::now());
         while !stop.load(Ordering::Relaxed) {
             let (received, kicked) = self.poll_once(handler);
-            // Sleep only when there is nothing to receive and no tx backlog to kick.
             self.turns = self.turns.wrapping_add(1);
-            let idle = received == 0 && !kicked;
-            if idle || self.turns % KERNEL_COUNTERS_EVERY == 0 {
+            self.shared.beat(self.turns);
+            if kernel_counters.due(Instant::now()) {
                 self.refresh_kernel_counters();
+                self.shared.publish(&self.stats);
             }
+            // Sleep only when there is nothing to receive and no tx backlog to kick.
+            let idle = received == 0 && !kicked;
             if idle && !self.config.busy_poll {
                 self.stats.idle_polls += 1;
                 self.shared.publish(&self.stats);
@@ -327,6 +335,31 @@ fn warn_unpinned(core: usize) {
     eprintln!("meshpath worker: could not pin to core {core}; running unpinned");
 }
 
+/// A deadline that comes round every `period`: due at most once per call, and a late caller does not
+/// get a burst of catch-up ticks.
+#[derive(Clone, Copy, Debug)]
+struct Every {
+    period: Duration,
+    next: Instant,
+}
+
+impl Every {
+    fn new(period: Duration, now: Instant) -> Every {
+        Every {
+            period,
+            next: now + period,
+        }
+    }
+
+    fn due(&mut self, now: Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.next = now + self.period;
+        true
+    }
+}
+
 /// Reads a worker's published counters from any thread.
 #[derive(Clone, Debug)]
 pub struct StatsReader(Arc<SharedStats>);
@@ -334,6 +367,12 @@ pub struct StatsReader(Arc<SharedStats>);
 impl StatsReader {
     pub fn read(&self) -> WorkerStats {
         self.0.read()
+    }
+
+    /// The worker's turns so far: it grows while the worker's loop runs, busy or idle (an idle
+    /// worker wakes from poll(2) every `idle_poll_ms`), and stops when the thread is stuck or gone.
+    pub fn heartbeat(&self) -> u64 {
+        self.0.heartbeat()
     }
 }
 
@@ -506,5 +545,21 @@ mod tests {
             stocked, BURST,
             "completed buffers stock B's fill ring again"
         );
+    }
+
+    #[test]
+    fn every_is_due_once_per_period_without_catching_up() {
+        let start = Instant::now();
+        let period = Duration::from_millis(100);
+        let mut every = Every::new(period, start);
+        assert!(!every.due(start));
+        assert!(!every.due(start + Duration::from_millis(99)));
+        assert!(every.due(start + period));
+        assert!(!every.due(start + period), "once per period");
+        // A caller that was away for ten periods gets one tick, then waits a whole period again.
+        let late = start + period * 11;
+        assert!(every.due(late));
+        assert!(!every.due(late + Duration::from_millis(50)));
+        assert!(every.due(late + period));
     }
 }

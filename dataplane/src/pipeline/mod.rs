@@ -269,6 +269,7 @@ impl InFlight<'_> {
         FlowEvent {
             time_ms,
             flow: self.parsed.flow,
+            l4: self.parsed.l4,
             backend: self.tracked.backend(),
             src_identity: self.source.identity,
             dst_identity: self.destination.identity(),

@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::bail;
 use serde::Serialize;
 
-use meshpath_api::flow::{self, Flow, Outcome};
+use meshpath_api::client::ObserveRequest;
+use meshpath_api::flow::{self, FlowResponse, Outcome, RenderOptions};
 use meshpath_api::node::NodeRow;
 use meshpath_api::service::BackendState;
 use meshpath_api::{Client, DropReason};
@@ -155,18 +156,22 @@ pub fn policy(scene: &Scene) -> anyhow::Result<PolicyReport> {
         local_denied,
         policy_denied_drops: policy_denied(scene).saturating_sub(denied_before),
         observed_denials: denials.len() as u64,
-        observed_sample: denials.first().map(flow::render),
+        observed_sample: denials
+            .first()
+            .map(|d| flow::render(d, RenderOptions::default())),
     })
 }
 
 /// The `policy_denied` drops cluster1's agent kept since `since_ms`: `meshpath observe
 /// --verdict dropped` (the flows' wall-clock stamps may trail the step's start by a poll).
-fn observed_denials(scene: &Scene, since_ms: u64) -> anyhow::Result<Vec<Flow>> {
+fn observed_denials(scene: &Scene, since_ms: u64) -> anyhow::Result<Vec<FlowResponse>> {
     let mut denials = Vec::new();
-    Client::new(scene.socket(1)).observe(false, |flow| {
-        let denied = flow.outcome == Outcome::Dropped(DropReason::PolicyDenied);
-        if denied && flow.time_ms + 1000 >= since_ms {
-            denials.push(flow);
+    Client::new(scene.socket(1)).observe(&ObserveRequest::default(), |event| {
+        let denied = event
+            .flow()
+            .is_some_and(|f| f.outcome() == Some(Outcome::Dropped(DropReason::PolicyDenied)));
+        if denied && event.time.unix_ms() + 1000 >= since_ms {
+            denials.push(event);
         }
         true
     })?;

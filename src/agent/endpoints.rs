@@ -1,0 +1,152 @@
+//! Every pod the agent can name by its address, for `meshpath observe`: this cluster's (on any node)
+//! from the local state, the remote clusters' from their endpoints' kvstore values, which carry the
+//! pod's namespace and name (`K8sNamespace`, `K8sPodName`). Control-plane bookkeeping, off the
+//! packet path.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use meshpath_control::clustermesh::RemoteEvent;
+use meshpath_control::local::LocalState;
+use meshpath_control::state::{Entry, EntryKey, StateEvent};
+
+/// A pod by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodName {
+    pub cluster: String,
+    pub namespace: String,
+    pub pod: String,
+}
+
+/// Pods by address.
+#[derive(Clone, Default)]
+pub struct EndpointDirectory(Arc<RwLock<HashMap<IpAddr, PodName>>>);
+
+impl EndpointDirectory {
+    /// Replaces this cluster's own pods with those of `state`.
+    pub fn record_local(&self, cluster: &str, state: &LocalState) {
+        let Ok(mut pods) = self.0.write() else { return };
+        pods.retain(|_, p| p.cluster != cluster);
+        for pod in state.pods.values() {
+            for ip in &pod.ips {
+                let name = PodName {
+                    cluster: cluster.to_owned(),
+                    namespace: pod.pod.namespace.clone(),
+                    pod: pod.pod.name.clone(),
+                };
+                pods.insert(*ip, name);
+            }
+        }
+    }
+
+    /// Follows a remote cluster's endpoint events; an address another cluster names stays theirs
+    /// until they withdraw it.
+    pub fn record_remote(&self, event: &RemoteEvent) {
+        let cluster = event.cluster.to_string();
+        let Ok(mut pods) = self.0.write() else { return };
+        match &event.event {
+            StateEvent::Upsert(Entry::Endpoint(e)) if !e.pod_name.is_empty() => {
+                let ip = e.ip.ip();
+                if pods.get(&ip).is_none_or(|p| p.cluster == cluster) {
+                    let name = PodName {
+                        cluster,
+                        namespace: e.namespace.clone(),
+                        pod: e.pod_name.clone(),
+                    };
+                    pods.insert(ip, name);
+                }
+            }
+            StateEvent::Delete(EntryKey::Endpoint(addr)) => {
+                let ip = addr.ip();
+                if pods.get(&ip).is_some_and(|p| p.cluster == cluster) {
+                    pods.remove(&ip);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn get(&self, ip: IpAddr) -> Option<PodName> {
+        self.0.read().ok()?.get(&ip).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshpath_control::local::{LocalPod, ObjectRef};
+    use meshpath_control::state::EndpointInfo;
+    use meshpath_control::ClusterName;
+    use meshpath_dataplane::Identity;
+
+    fn remote(cluster: &str, event: StateEvent) -> RemoteEvent {
+        RemoteEvent {
+            cluster: ClusterName::new(cluster).unwrap(),
+            event,
+        }
+    }
+
+    fn endpoint(ip: &str, pod: &str) -> Entry {
+        Entry::Endpoint(EndpointInfo {
+            ip: ip.parse::<IpAddr>().unwrap().into(),
+            identity: Identity::new(0x2_0100).unwrap(),
+            host_ip: None,
+            namespace: "default".into(),
+            pod_name: pod.into(),
+        })
+    }
+
+    #[test]
+    fn local_pods_replaced_remote_ones_followed() {
+        let dir = EndpointDirectory::default();
+        let pod = ObjectRef {
+            namespace: "default".into(),
+            name: "x-wing".into(),
+        };
+        let local = LocalState {
+            pods: [(
+                pod.clone(),
+                LocalPod {
+                    pod,
+                    node: Some("c1-n2".into()),
+                    labels: Default::default(),
+                    ips: vec!["100.64.2.10".parse().unwrap()],
+                    service_account: "default".into(),
+                    ready: true,
+                    terminating: false,
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        dir.record_local("cluster1", &local);
+        let x_wing = dir.get("100.64.2.10".parse().unwrap()).unwrap();
+        assert_eq!(
+            (x_wing.cluster.as_str(), x_wing.pod.as_str()),
+            ("cluster1", "x-wing")
+        );
+
+        let rebel = "100.65.1.10";
+        dir.record_remote(&remote(
+            "cluster2",
+            StateEvent::Upsert(endpoint(rebel, "rebel-base")),
+        ));
+        let named = dir.get(rebel.parse().unwrap()).unwrap();
+        assert_eq!(named.cluster, "cluster2");
+        assert_eq!(named.pod, "rebel-base");
+        // Another remote cannot take or withdraw it.
+        dir.record_remote(&remote(
+            "cluster3",
+            StateEvent::Upsert(endpoint(rebel, "imposter")),
+        ));
+        let key = EntryKey::Endpoint(rebel.parse::<IpAddr>().unwrap().into());
+        dir.record_remote(&remote("cluster3", StateEvent::Delete(key.clone())));
+        assert_eq!(dir.get(rebel.parse().unwrap()).unwrap().pod, "rebel-base");
+        dir.record_remote(&remote("cluster2", StateEvent::Delete(key)));
+        assert_eq!(dir.get(rebel.parse().unwrap()), None);
+
+        dir.record_local("cluster1", &LocalState::default());
+        assert_eq!(dir.get("100.64.2.10".parse().unwrap()), None);
+    }
+}
