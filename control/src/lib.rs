@@ -17,6 +17,7 @@ pub mod clustermesh;
 pub mod etcd;
 pub mod identity_alloc;
 pub mod kvstore;
+pub mod last_known;
 pub mod local;
 pub mod publish;
 pub mod refusal;

@@ -492,3 +492,53 @@ async fn a_short_outage_keeps_entries_and_the_resync_leaves_no_leftovers() {
     assert_eq!(w.deletes, 1);
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_starts_from_what_was_known_and_its_listing_corrects_it() {
+    use meshpath_control::clustermesh::config::MeshConfig;
+    use meshpath_control::clustermesh::run_clustermesh_from;
+    use meshpath_control::state::Entry;
+
+    let etcd = Etcd::start("cluster2").await;
+    announce(&etcd, 2).await;
+    put_endpoint(&etcd, &endpoint(1)).await;
+    let mut known = ClusterState::default();
+    known.upsert(Entry::Endpoint(endpoint(1)));
+    known.upsert(Entry::Endpoint(endpoint(9)));
+    let mut config = MeshConfig::default();
+    config
+        .remotes
+        .insert(c2(), etcd.remote_config("cluster2", Some(2)));
+    let (_config_tx, config_rx) = watch::channel(config);
+    let (tx, mut events) = mpsc::channel(1024);
+    let cancel = CancellationToken::new();
+    let mesh = run_clustermesh_from(
+        config_rx,
+        options(Duration::from_secs(60)),
+        [(c2(), known)].into(),
+        tx,
+        cancel.clone(),
+    );
+    let mut state = ClusterState::default();
+    let mut order = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while state.endpoints.len() != 1
+        || state.endpoints.contains_key(&endpoint(9).ip)
+        || order.len() < 3
+    {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("the known entries, then the listing's correction")
+            .expect("the mesh runs");
+        order.push(matches!(event.event, StateEvent::Upsert(_)));
+        state.apply(event.event);
+    }
+    assert_eq!(order[..2], [true, true], "both known endpoints come first");
+    assert_eq!(
+        state.endpoints.get(&endpoint(1).ip),
+        Some(&endpoint(1)),
+        "the one still there stays"
+    );
+    cancel.cancel();
+    let _ = mesh.task.await;
+}

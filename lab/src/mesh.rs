@@ -119,7 +119,7 @@ pub fn start_with(plan: &Plan, options: MeshOptions) -> anyhow::Result<()> {
     for &c in &plan.clusters {
         let nodes: Vec<&Node> = plan.nodes.iter().filter(|n| n.cluster == c).collect();
         let first = nodes.first().context("a cluster without nodes")?;
-        start_etcd(plan, first)?;
+        start_etcd(plan, first, true)?;
         write_state(&plan.prefix, c, &lab_objects(&nodes))?;
         write_mesh_config(plan, c)?;
     }
@@ -152,9 +152,13 @@ fn etcd_url(c: u8) -> String {
 }
 
 /// Starts `args` inside `netns`, detached: it outlives this command, `lab down` ends it.
-fn spawn_in(netns: &str, args: &[&str], log: &Path) -> anyhow::Result<()> {
-    let out = std::fs::File::create(log)?;
-    Command::new("ip")
+/// Returns its pid (`ip netns exec` execs the command: the same process).
+fn spawn_in(netns: &str, args: &[&str], log: &Path) -> anyhow::Result<u32> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let child = Command::new("ip")
         .args(["netns", "exec", netns])
         .args(args)
         .stdin(Stdio::null())
@@ -162,13 +166,16 @@ fn spawn_in(netns: &str, args: &[&str], log: &Path) -> anyhow::Result<()> {
         .stderr(out)
         .spawn()
         .with_context(|| format!("starting {args:?} in {netns}"))?;
-    Ok(())
+    Ok(child.id())
 }
 
-fn start_etcd(plan: &Plan, node: &Node) -> anyhow::Result<()> {
+/// Starts cluster `node.cluster`'s etcd on `node`; `fresh`: with an empty data directory.
+fn start_etcd(plan: &Plan, node: &Node, fresh: bool) -> anyhow::Result<()> {
     let c = node.cluster;
     let data = cluster_dir(&plan.prefix, c).join("etcd");
-    let _ = std::fs::remove_dir_all(&data);
+    if fresh {
+        let _ = std::fs::remove_dir_all(&data);
+    }
     std::fs::create_dir_all(&data)?;
     let (client, name) = (etcd_url(c), format!("cluster{c}"));
     let args = [
@@ -193,7 +200,30 @@ fn start_etcd(plan: &Plan, node: &Node) -> anyhow::Result<()> {
         "--log-outputs",
         "stderr",
     ];
-    spawn_in(&node.netns, &args, &log(plan, &format!("etcd-c{c}")))
+    let pid = spawn_in(&node.netns, &args, &log(plan, &format!("etcd-c{c}")))?;
+    std::fs::write(
+        dir(&plan.prefix).join(format!("etcd-c{c}.pid")),
+        pid.to_string(),
+    )?;
+    Ok(())
+}
+
+/// Kills cluster `c`'s etcd (as a crash or a network partition would take it away).
+pub fn stop_etcd(plan: &Plan, c: u8) -> anyhow::Result<()> {
+    let pid = std::fs::read_to_string(dir(&plan.prefix).join(format!("etcd-c{c}.pid")))
+        .context("etcd's pid file")?;
+    stop_pid(pid.trim(), "KILL").with_context(|| format!("etcd of cluster{c}"))
+}
+
+/// Starts cluster `c`'s etcd again with its data, and waits until it answers.
+pub fn start_etcd_again(plan: &Plan, c: u8) -> anyhow::Result<()> {
+    let node = plan
+        .nodes
+        .iter()
+        .find(|n| n.cluster == c)
+        .context("a cluster without nodes")?;
+    start_etcd(plan, node, false)?;
+    wait_for_etcd(plan, c)
 }
 
 fn wait_for_etcd(plan: &Plan, c: u8) -> anyhow::Result<()> {
@@ -376,12 +406,17 @@ pub fn stop_agent(plan: &Plan, c: u8, n: u8, how: Stop) -> anyhow::Result<()> {
         Stop::Planned => "TERM",
         Stop::Killed => "KILL",
     };
-    Command::new("kill").args(["-s", signal, &pid]).status()?;
+    stop_pid(&pid, signal).with_context(|| format!("the agent of c{c}-n{n}"))
+}
+
+/// Signals `pid` and waits until it is gone.
+fn stop_pid(pid: &str, signal: &str) -> anyhow::Result<()> {
+    Command::new("kill").args(["-s", signal, pid]).status()?;
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     if !wait(Duration::from_secs(20), || {
         !proc_dir.exists() || zombie(&proc_dir)
     }) {
-        bail!("the agent of c{c}-n{n} (pid {pid}) did not exit");
+        bail!("pid {pid} did not exit");
     }
     Ok(())
 }

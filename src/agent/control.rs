@@ -8,12 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use meshpath_control::clustermesh::config::TlsMaterial;
 use meshpath_control::clustermesh::config_watch::watch_config_dir;
-use meshpath_control::clustermesh::{run_clustermesh, MeshStatus, RemoteEvent, RemoteOptions};
+use meshpath_control::clustermesh::{run_clustermesh_from, MeshStatus, RemoteEvent, RemoteOptions};
 use meshpath_control::etcd::{describe, EtcdTarget};
 use meshpath_control::identity_alloc::IdentityAllocator;
 use meshpath_control::local::LocalState;
 use meshpath_control::publish::Publisher;
-use meshpath_control::resolve::{IdentitySource, MemoryAllocator, Resolver};
+use meshpath_control::resolve::{resolve_known, IdentitySource, MemoryAllocator, Resolver};
 use meshpath_control::snapshot::{spawn_builder, Change, NodeSpec, SnapshotBuilder, SnapshotSink};
 use meshpath_control::ClusterName;
 use tokio::sync::{mpsc, watch};
@@ -24,16 +24,18 @@ use super::config::{AgentConfig, EtcdSection};
 use super::endpoints::EndpointDirectory;
 use super::health::Readiness;
 use super::identities::IdentityDirectory;
+use super::last_known::Recorder;
 use super::nodes::NodeDirectory;
 
 /// Where the control task notes what the CLI lists and observe names (nodes, identities, endpoints),
-/// and what readiness waits for.
+/// what readiness waits for, and what the next agent starts from.
 #[derive(Clone)]
 pub struct Directories {
     pub nodes: NodeDirectory,
     pub identities: IdentityDirectory,
     pub endpoints: EndpointDirectory,
     pub readiness: Readiness,
+    pub known: Recorder,
 }
 
 /// How long this agent's keys outlive it in etcd if it dies without withdrawing them.
@@ -67,10 +69,13 @@ pub async fn start(
     let cluster = spec.cluster.clone();
     match &config.etcd {
         Some(etcd) => {
-            let resolver = etcd_resolver(etcd, &spec).await?;
+            // Certificates are read now: a missing file is a configuration error, not an outage.
+            let tls = tls_material(etcd)?;
             let nodes = (directories.clone(), cluster.to_string());
-            tasks.spawn(resolve_forever(
-                resolver,
+            tasks.spawn(resolve_with_etcd(
+                etcd.clone(),
+                tls,
+                spec.clone(),
                 local,
                 nodes,
                 changes_tx.clone(),
@@ -100,7 +105,8 @@ pub async fn start(
             ..RemoteOptions::default()
         };
         let (mesh_tx, mesh_rx) = mpsc::channel(4096);
-        let mesh = run_clustermesh(watch.config, options, mesh_tx, cancel.clone());
+        let known = directories.known.remotes();
+        let mesh = run_clustermesh_from(watch.config, options, known, mesh_tx, cancel.clone());
         tasks.spawn(record_remote_nodes(mesh_rx, remote_tx, directories));
         mesh_status = Some(mesh.status.clone());
         board = Some(mesh.board.clone());
@@ -146,6 +152,7 @@ async fn resolve_forever<A: IdentitySource + Send>(
                 directories
                     .identities
                     .record_local(&cluster, &resolved.identities);
+                directories.known.local_identities(&resolved.state);
                 directories.readiness.local_synced();
                 if changes
                     .send(Change::Local(Arc::new(resolved)))
@@ -183,8 +190,82 @@ async fn record_remote_nodes(
         directories.nodes.record_remote(&event);
         directories.identities.record_remote(&event);
         directories.endpoints.record_remote(&event);
+        directories.known.remote_event(&event);
         if builder.send(event).await.is_err() {
             return;
+        }
+    }
+}
+
+/// How long between attempts to reach this cluster's etcd at start-up, at most.
+const ETCD_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Resolution with this cluster's etcd, which start-up does not wait for: until it answers, the local
+/// state is resolved from the identities last known (a pod whose labels have none waits), and the
+/// builder forwards from that; once it answers, the etcd-backed resolver takes over for good.
+async fn resolve_with_etcd(
+    etcd: EtcdSection,
+    tls: Option<TlsMaterial>,
+    spec: NodeSpec,
+    mut local: watch::Receiver<Arc<LocalState>>,
+    (directories, cluster): (Directories, String),
+    changes: mpsc::Sender<Change>,
+    cancel: CancellationToken,
+) {
+    let known = directories.known.snapshot().identities;
+    let (connected_tx, mut connected) = tokio::sync::oneshot::channel();
+    let connecting = tokio::spawn(connect_etcd(etcd, tls, spec.clone(), connected_tx));
+    let resolver = loop {
+        let state = local.borrow_and_update().clone();
+        directories.nodes.record_local(&cluster, &state);
+        directories.endpoints.record_local(&cluster, &state);
+        let resolved = resolve_known(state, &known, &spec.cluster, spec.cluster_id);
+        directories
+            .identities
+            .record_local(&cluster, &resolved.identities);
+        if changes
+            .send(Change::Local(Arc::new(resolved)))
+            .await
+            .is_err()
+        {
+            connecting.abort();
+            return;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                connecting.abort();
+                return;
+            }
+            changed = local.changed() => if changed.is_err() { return },
+            resolver = &mut connected => match resolver {
+                Ok(resolver) => break resolver,
+                Err(_) => return,
+            },
+        }
+    };
+    tracing::info!("this cluster's etcd answers: identities and publication from it now");
+    resolve_forever(resolver, local, (directories, cluster), changes, cancel).await;
+}
+
+/// Connects the etcd resolver, retrying with a growing pause until it works.
+async fn connect_etcd(
+    etcd: EtcdSection,
+    tls: Option<TlsMaterial>,
+    spec: NodeSpec,
+    connected: tokio::sync::oneshot::Sender<Resolver<IdentityAllocator>>,
+) {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match etcd_resolver(&etcd, tls.as_ref(), &spec).await {
+            Ok(resolver) => {
+                let _ = connected.send(resolver);
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), retry_in = ?pause, "this cluster's etcd does not answer yet; forwarding from the last known state");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(ETCD_RETRY_MAX);
+            }
         }
     }
 }
@@ -193,12 +274,12 @@ async fn record_remote_nodes(
 /// under this agent's lease.
 async fn etcd_resolver(
     etcd: &EtcdSection,
+    tls: Option<&TlsMaterial>,
     spec: &NodeSpec,
 ) -> anyhow::Result<Resolver<IdentityAllocator>> {
-    let tls = tls_material(etcd)?;
     let target = EtcdTarget {
         endpoints: &etcd.endpoints,
-        tls: tls.as_ref(),
+        tls,
         connect_timeout: Duration::from_secs(5),
         keep_alive: Duration::from_secs(10),
     };

@@ -21,6 +21,7 @@ mod health;
 mod host_port;
 mod identities;
 mod kvstore;
+mod last_known;
 mod logging;
 mod memlock;
 pub mod metrics;
@@ -41,7 +42,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
@@ -114,8 +115,6 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let report = Arc::new(ArcSwap::from_pointee(WorkerReport::default()));
     let stats = wiring.worker.stats_reader();
     let stop = Arc::new(AtomicBool::new(false));
-    let handler = PipelineHandler::new(tables.clone(), state, report.clone(), flow_sink);
-    let worker = wiring.worker.spawn(handler, stop.clone())?;
     let programs = XdpPrograms::new(&config, std::mem::take(&mut wiring.programs));
     let uplink = programs.uplink().context("the uplink's XDP program")?;
 
@@ -124,11 +123,13 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         identities: identities::IdentityDirectory::default(),
         endpoints: endpoints::EndpointDirectory::default(),
         readiness: health::Readiness::default(),
+        known: last_known::Recorder::load(&config, control::cluster_name(&config)?),
     };
     let (nodes, identities) = (directories.nodes.clone(), directories.identities.clone());
-    let readiness = directories.readiness.clone();
+    let (readiness, known) = (directories.readiness.clone(), directories.known.clone());
     let latency = metrics::publish_latency();
     let sink = metrics::TimedSink::new(tables.clone(), latency.clone());
+    let empty = tables.load_full();
     let (mut tasks, mesh, builder) = control::start(
         &config,
         spec,
@@ -138,6 +139,11 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         cancel.clone(),
     )
     .await?;
+    tasks.spawn(known.clone().write_forever(cancel.clone()));
+    // The sockets are registered: frames wait in their rings for a worker with tables to read.
+    wait_for_first_snapshot(&tables, &empty).await;
+    let handler = PipelineHandler::new(tables.clone(), state, report.clone(), flow_sink);
+    let worker = wiring.worker.spawn(handler, stop.clone())?;
     let control_beat = health::ControlBeat::default();
     tasks.spawn(control_beat.clone().run(cancel.clone()));
     let worker_beat = stats.clone();
@@ -205,12 +211,30 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let (_, handler) = worker.join_with_handler().context("joining the worker")?;
     hand_over(&config, handler);
+    known.write();
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
     for attachment in wiring.attachments {
         attachment.keep();
     }
     Ok(())
+}
+
+/// How long the worker waits for its first table snapshot before it starts with empty tables.
+const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits until the builder replaced the empty snapshot (from the last known state, at start-up, within
+/// milliseconds), so the first frames meet the node's tables rather than none.
+async fn wait_for_first_snapshot(tables: &ArcSwap<Tables>, empty: &Arc<Tables>) {
+    let started = Instant::now();
+    while Arc::ptr_eq(&tables.load_full(), empty) {
+        if started.elapsed() > FIRST_SNAPSHOT_WAIT {
+            tracing::warn!("no table snapshot yet: the worker starts with empty tables");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::info!(after = ?started.elapsed(), "first table snapshot installed");
 }
 
 /// A fresh worker state, or the conntrack the last agent handed over (used once, then removed).

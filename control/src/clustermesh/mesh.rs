@@ -30,6 +30,20 @@ pub fn run_clustermesh(
     events: mpsc::Sender<RemoteEvent>,
     cancel: CancellationToken,
 ) -> ClusterMesh {
+    run_clustermesh_from(config, options, BTreeMap::new(), events, cancel)
+}
+
+/// [`run_clustermesh`], starting each configured remote from what was last known of it (`known`): its
+/// entries are sent as events before its watcher connects, and the watcher's first full listing then
+/// corrects them (what vanished meanwhile goes once the remote's canaries say its listing is whole; a
+/// remote that never answers is withdrawn after the grace period, as a lost one is).
+pub fn run_clustermesh_from(
+    config: watch::Receiver<MeshConfig>,
+    options: RemoteOptions,
+    known: BTreeMap<ClusterName, ClusterState>,
+    events: mpsc::Sender<RemoteEvent>,
+    cancel: CancellationToken,
+) -> ClusterMesh {
     let (board, status) = watch::channel(MeshStatus::new());
     let board = Arc::new(board);
     let mesh = Supervisor {
@@ -38,6 +52,7 @@ pub fn run_clustermesh(
         board: board.clone(),
         cancel,
         remotes: BTreeMap::new(),
+        known,
     };
     ClusterMesh {
         status,
@@ -52,6 +67,8 @@ struct Supervisor {
     board: StatusBoard,
     cancel: CancellationToken,
     remotes: BTreeMap<ClusterName, (RemoteConfig, RemoteHandle)>,
+    /// What was last known of remotes not started yet.
+    known: BTreeMap<ClusterName, ClusterState>,
 }
 
 impl Supervisor {
@@ -87,21 +104,29 @@ impl Supervisor {
                 }
                 None => {
                     tracing::info!(cluster = %name, "clustermesh: remote removed, withdrawing its entries");
-                    for event in last.diff(&ClusterState::default()) {
-                        let _ = self
-                            .events
-                            .send(RemoteEvent {
-                                cluster: name.clone(),
-                                event,
-                            })
-                            .await;
-                    }
+                    self.send(&name, last.diff(&ClusterState::default())).await;
                 }
             }
         }
         for (name, config) in desired.remotes {
             if !self.remotes.contains_key(&name) {
-                self.start(config, ClusterState::default());
+                let seed = self.known.remove(&name).unwrap_or_default();
+                self.send(&name, ClusterState::default().diff(&seed)).await;
+                self.start(config, seed);
+            }
+        }
+        // What was known of remotes no longer configured is never used.
+        self.known.clear();
+    }
+
+    async fn send(&self, cluster: &ClusterName, events: Vec<crate::state::StateEvent>) {
+        for event in events {
+            let event = RemoteEvent {
+                cluster: cluster.clone(),
+                event,
+            };
+            if self.events.send(event).await.is_err() {
+                return;
             }
         }
     }

@@ -12,7 +12,7 @@ mod session;
 pub mod status;
 
 pub use limits::{RemoteLimits, Usage};
-pub use mesh::{run_clustermesh, ClusterMesh};
+pub use mesh::{run_clustermesh, run_clustermesh_from, ClusterMesh};
 pub use remote::{
     spawn_remote, IdClaims, RemoteError, RemoteEvent, RemoteHandle, RemoteOptions, StatusBoard,
 };

@@ -172,6 +172,40 @@ impl<A: IdentitySource> Resolver<A> {
     }
 }
 
+/// Resolves `local` from identities known from before, with no allocator (this cluster's etcd has not
+/// answered yet): a pod whose labels have no known identity is left out until one can be allocated;
+/// nothing is published.
+pub fn resolve_known(
+    local: Arc<LocalState>,
+    known: &BTreeMap<LabelSet, Identity>,
+    cluster: &ClusterName,
+    cluster_id: ClusterId,
+) -> ResolvedLocal {
+    let mut resolved = ResolvedLocal {
+        local: local.clone(),
+        ..ResolvedLocal::default()
+    };
+    let mut used: BTreeMap<Identity, LabelSet> = BTreeMap::new();
+    let scheduled = local
+        .pods
+        .values()
+        .filter(|p| p.node.is_some() && !p.ips.is_empty());
+    for pod in scheduled {
+        let labels = identity_labels(pod, cluster);
+        let Some(id) = label_set(&labels).ok().and_then(|set| {
+            let id = *known.get(&set)?;
+            used.insert(id, set);
+            Some(id)
+        }) else {
+            continue;
+        };
+        resolved.pods.insert(pod.pod.clone(), id);
+        resolved.identities.insert(id, labels);
+    }
+    resolved.state = mesh_view(&local, &resolved.pods, &used, cluster_id);
+    resolved
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +271,34 @@ mod tests {
             .unwrap();
         assert_eq!(second.identities.keys().collect::<Vec<_>>(), vec![&web]);
         assert_eq!(resolver.alloc.len(), 1, "db's identity was released");
+    }
+
+    #[tokio::test]
+    async fn known_identities_resolve_without_an_allocator_and_unknown_pods_wait() {
+        let cluster = ClusterName::new("cluster1").unwrap();
+        let id = ClusterId::new(1).unwrap();
+        let mut resolver = Resolver::new(cluster.clone(), id, MemoryAllocator::new(id));
+        let two = local(&[pod("a", "x-wing", 10), pod("b", "rebel", 11)]);
+        let online = resolver.resolve(two.clone()).await.unwrap();
+        let known: BTreeMap<LabelSet, Identity> = online
+            .state
+            .identities
+            .iter()
+            .map(|(id, labels)| (labels.clone(), *id))
+            .collect();
+        assert_eq!(resolve_known(two.clone(), &known, &cluster, id), online);
+
+        let three = local(&[
+            pod("a", "x-wing", 10),
+            pod("b", "rebel", 11),
+            pod("c", "new", 12),
+        ]);
+        let offline = resolve_known(three, &known, &cluster, id);
+        assert_eq!(
+            offline.pods.len(),
+            2,
+            "the pod with new labels waits for the allocator"
+        );
+        assert_eq!(offline.identities.len(), 2);
     }
 }

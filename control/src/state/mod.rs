@@ -292,4 +292,4 @@ fn replace<K: std::hash::Hash + Eq, V: PartialEq>(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

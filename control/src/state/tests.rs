@@ -5,11 +5,11 @@ use crate::cluster_name::ClusterName;
 use crate::kvstore::{Key, Origin, Record};
 use proptest::prelude::*;
 
-fn c2() -> ClusterId {
+pub(crate) fn c2() -> ClusterId {
     ClusterId::new(2).unwrap()
 }
 
-fn endpoint(last: u8, id: u32) -> EndpointInfo {
+pub(crate) fn endpoint(last: u8, id: u32) -> EndpointInfo {
     EndpointInfo {
         ip: Addr::from(std::net::Ipv4Addr::new(100, 65, 1, last)),
         identity: Identity::new(0x2_0000 + id).unwrap(),
@@ -19,7 +19,7 @@ fn endpoint(last: u8, id: u32) -> EndpointInfo {
     }
 }
 
-fn node(name: &str) -> NodeInfo {
+pub(crate) fn node(name: &str) -> NodeInfo {
     NodeInfo {
         name: name.into(),
         cluster_id: c2(),
@@ -43,7 +43,7 @@ fn node(name: &str) -> NodeInfo {
     }
 }
 
-fn service() -> ServiceInfo {
+pub(crate) fn service() -> ServiceInfo {
     let port = |ip: &str, port| ServicePort {
         addr: ip.parse::<std::net::IpAddr>().unwrap().into(),
         port_name: "http".into(),
