@@ -215,6 +215,7 @@ fn canned() -> AgentStatus {
         }),
         xdp: vec![],
         flows: Some(FlowLogStatus::default()),
+        encryption: None,
     }
 }
 

@@ -18,6 +18,7 @@ mod text;
 pub mod client;
 pub mod clustermesh;
 pub mod drop_reason;
+pub mod encryption;
 pub mod endpoint;
 pub mod flow;
 pub mod flow_filter;

@@ -34,6 +34,7 @@ mod report;
 mod serving;
 mod socket;
 mod status;
+mod wireguard_key;
 mod wiring;
 mod xdp_counters;
 
@@ -58,6 +59,7 @@ use meshpath_dataplane::masquerade::{Masquerade, PortRange};
 use meshpath_dataplane::pipeline::WorkerState;
 use meshpath_dataplane::route::Underlay;
 use meshpath_dataplane::snapshot::{Capacities, HostPort, NodeConfig, Tables};
+use meshpath_dataplane::wireguard::Tunnels;
 use meshpath_dataplane::{ClusterId, PortId};
 use meshpath_xdp_redirect::netns::Netns;
 use meshpath_xdp_redirect::PodPrefix;
@@ -97,11 +99,19 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     // Before any interface is touched: a taken port stops the agent with nothing to undo.
     let listeners = serving::Listeners::bind(&config).await?;
+    let key = node_key(&config)?;
     let Some(dir) = config.source.yaml_dir.clone() else {
         bail!("`source.kubernetes`: the Kubernetes source is not wired into the agent yet; use `source.yaml-dir`");
     };
     let source = YamlSource::spawn(dir, cancel.clone())?;
-    let first = source.state.borrow().clone();
+    let local = match &key {
+        Some(key) => {
+            let node = config.node.name.clone();
+            wireguard_key::announce(source.state.clone(), node, key, cancel.clone())
+        }
+        None => source.state.clone(),
+    };
+    let first = local.borrow().clone();
     host_port::ensure(&config).context("host port")?;
     let segments = neighbours::segments(&config).context("the uplink's segment")?;
     let spec = node_spec(&config, &first, segments.clone())?;
@@ -110,7 +120,10 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         spec.capacities,
     )));
     let (flow_sink, flow_source) = observe::channel();
-    let state = restore_worker_state(&config, flow_sink.epoch);
+    let mut state = restore_worker_state(&config, flow_sink.epoch);
+    if let Some(key) = &key {
+        state.wireguard = Tunnels::new(key.private);
+    }
     let mut wiring = wiring::wire(&config, &pod_prefixes(&config, &first), &config.bpf_pin_dir)?;
     let report = Arc::new(ArcSwap::from_pointee(WorkerReport::default()));
     let stats = wiring.worker.stats_reader();
@@ -133,7 +146,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let (mut tasks, mesh, builder) = control::start(
         &config,
         spec,
-        source.state.clone(),
+        local.clone(),
         health::ReadySink::new(sink, readiness.clone()),
         directories.clone(),
         cancel.clone(),
@@ -191,7 +204,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         programs,
         mesh,
         kvstore,
-        local: source.state.clone(),
+        local,
         nodes,
         identities,
         flows: hub.clone(),
@@ -218,6 +231,16 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         attachment.keep();
     }
     Ok(())
+}
+
+/// The node's WireGuard key when encryption is on: read from the state directory, or made there.
+fn node_key(config: &AgentConfig) -> anyhow::Result<Option<wireguard_key::NodeKey>> {
+    if config.encryption == config::Encryption::Off {
+        return Ok(None);
+    }
+    let key = wireguard_key::load_or_create(&config.state_dir).context("WireGuard key")?;
+    tracing::info!(public_key = %key.public_base64(), mode = ?config.encryption, "encryption between nodes");
+    Ok(Some(key))
 }
 
 /// How long the worker waits for its first table snapshot before it starts with empty tables.
@@ -334,6 +357,7 @@ fn node_spec(
             kernel_mac: host_port::mac(&config.host_port.kernel_interface)?,
         }),
         masquerade: masquerade(config)?,
+        encryption: config.encryption.into(),
     };
     if !local.nodes.contains_key(&config.node.name) {
         tracing::warn!(node = %config.node.name, "the local state has no such node yet");

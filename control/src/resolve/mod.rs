@@ -14,4 +14,4 @@ mod view;
 pub use allocator::{IdentitySource, MemoryAllocator};
 pub use labels::{identity_labels, label_set, LABEL_SOURCE};
 pub use resolver::{resolve_known, ResolveError, ResolvedLocal, Resolver};
-pub use view::{local_node_addr, mesh_view, parse_cidr, serving};
+pub use view::{local_node_addr, mesh_view, parse_cidr, parse_wireguard_key, serving};
