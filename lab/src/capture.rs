@@ -21,9 +21,25 @@ impl Capture {
 
     /// The same, for the frames a pcap-filter expression (`ip`, `udp port 6081`, …) selects.
     pub fn filtered(netns: &str, interface: &str, filter: &[&str]) -> anyhow::Result<Capture> {
+        Capture::spawn(netns, interface, &["-q"], filter)
+    }
+
+    /// The same, each frame's line followed by its bytes as text (`-A`: non-printable bytes as
+    /// dots), to look for a payload in clear.
+    pub fn with_payload(netns: &str, interface: &str, filter: &[&str]) -> anyhow::Result<Capture> {
+        Capture::spawn(netns, interface, &["-q", "-A"], filter)
+    }
+
+    fn spawn(
+        netns: &str,
+        interface: &str,
+        options: &[&str],
+        filter: &[&str],
+    ) -> anyhow::Result<Capture> {
         let mut child = Command::new("ip")
             .args(["netns", "exec", netns, "tcpdump", "-i", interface])
-            .args(["-Q", "in", "-n", "-l", "-q"])
+            .args(["-Q", "in", "-n", "-l"])
+            .args(options)
             .args(filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

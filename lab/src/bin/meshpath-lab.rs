@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use meshpath_lab::mesh::{MeshOptions, Routing, Tunnel};
+use meshpath_lab::mesh::{Encryption, MeshOptions, Routing, Tunnel};
 use meshpath_lab::plan::{Plan, Size};
 use meshpath_lab::{agent_binary, down, mesh, status, up, Output};
 
@@ -45,6 +45,10 @@ enum Command {
         /// With --mesh: what tunnels encapsulate with.
         #[arg(long, value_enum, default_value_t = Tunnel::Vxlan, requires = "mesh")]
         tunnel: Tunnel,
+        /// With --mesh: WireGuard between the nodes (the agents make their keys, the lab annotates
+        /// their Nodes with the public keys).
+        #[arg(long, value_enum, default_value_t = Encryption::Off, requires = "mesh")]
+        encryption: Encryption,
         #[command(flatten)]
         prefix: LabPrefix,
     },
@@ -81,6 +85,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             mesh,
             routing,
             tunnel,
+            encryption,
             prefix,
         } => {
             let plan = Plan::new(
@@ -98,7 +103,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             up::up(&plan)?;
             println!("lab up: {} namespaces", plan.namespaces().count());
             if mesh {
-                mesh::start_with(&plan, MeshOptions::new(routing, tunnel))?;
+                let options = MeshOptions {
+                    encryption,
+                    ..MeshOptions::new(routing, tunnel)
+                };
+                mesh::start_with(&plan, options)?;
                 println!(
                     "lab meshed: {} etcd, {} agents; sockets and logs in {}",
                     plan.clusters.len(),
