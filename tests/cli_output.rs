@@ -202,6 +202,7 @@ fn canned() -> AgentStatus {
         health: Some(healthy()),
         version: Some(VersionInfo::new("0.1.0", "3f2a9c1d0e4b")),
         kvstore: Some(KvStoreStatus::disabled()),
+        local_source: None,
         global_services: 1,
         conntrack: Some(ConntrackStatus {
             entries: 12,
