@@ -2,34 +2,122 @@
 //! agent each, meshed. The report must show the global service answered from both clusters, failover
 //! without a failed request, the cross-cluster policy's verdicts, and the node's own path: the world
 //! reached behind the node's address, node and pod reaching each other, path MTU discovery across
-//! the tunnel. Run as users run it, `meshpath
-//! demo`, which execs `meshpath-demo` beside `meshpath` (`cargo test --workspace` builds every
-//! package's binaries before it runs a test; `cargo test -p meshpath` alone does not build it).
+//! the tunnel. It runs in every routing mode — VXLAN and Geneve tunnels, native routing (the fabric
+//! routing pod CIDRs), hybrid — and the capture on the fabric must show what each mode puts on the
+//! wire. Run as users run it, `meshpath demo`, which execs `meshpath-demo` beside `meshpath`
+//! (`cargo test --workspace` builds every package's binaries before it runs a test; `cargo test -p
+//! meshpath` alone does not build it).
 
 use std::process::Command;
 
+use serde_json::{json, Value};
+
+/// Requests per step: enough for both clusters to answer, few enough for four runs.
+const REQUESTS: u64 = 12;
+
+/// One after the other: four labs at once would share two cores with every other test.
 #[test]
-fn the_clustermesh_demo_works_end_to_end() {
-    if !meshpath_testkit::needs_root("the_clustermesh_demo_works_end_to_end") {
+fn the_clustermesh_demo_works_end_to_end_in_every_routing_mode() {
+    if !meshpath_testkit::needs_root("the_clustermesh_demo_works_end_to_end_in_every_routing_mode")
+    {
         return;
     }
-    let prefix = format!("d{}", std::process::id() % 100_000);
+    // (routing, tunnel, intra-cluster encapsulated, cross-cluster encapsulated)
+    let modes = [
+        ("tunnel", "vxlan", true, true),
+        ("tunnel", "geneve", true, true),
+        ("native", "vxlan", false, false),
+        ("hybrid", "vxlan", false, true),
+    ];
+    for (i, (routing, tunnel, intra, cross)) in modes.into_iter().enumerate() {
+        let report = demo(i, routing, tunnel);
+        let mode = format!("{routing}/{tunnel}");
+        assert_demo_checks(&report, &mode);
+        let wire = &report["routing"];
+        assert_eq!(
+            (&wire["mode"], &wire["tunnel"]),
+            (&json!(routing), &json!(tunnel)),
+            "{mode}"
+        );
+        assert_eq!(
+            (
+                &wire["intra_cluster_encapsulated"],
+                &wire["cross_cluster_encapsulated"]
+            ),
+            (&json!(intra), &json!(cross)),
+            "{mode}: what the fabric carried: {wire:#}"
+        );
+        let other = if tunnel == "vxlan" { "geneve" } else { "vxlan" };
+        let captured = &wire["captured"];
+        for class in ["intra_cluster", "cross_cluster"] {
+            assert_eq!(captured[class][other], 0, "{mode}: no {other}: {wire:#}");
+        }
+        assert_reach(&report, routing, tunnel);
+    }
+}
+
+fn demo(run: usize, routing: &str, tunnel: &str) -> Value {
+    let prefix = format!("d{}{run}", std::process::id() % 10_000);
+    let requests = REQUESTS.to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_meshpath"))
+        .args(["demo", "-o", "json", "--requests", &requests])
         .args([
-            "demo",
-            "-o",
-            "json",
-            "--requests",
-            "20",
+            "--routing",
+            routing,
+            "--tunnel",
+            tunnel,
             "--prefix",
             &prefix,
         ])
         .output()
         .expect("meshpath runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "demo failed:\n{stderr}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(
+        out.status.success(),
+        "demo {routing}/{tunnel} failed:\n{stderr}"
+    );
+    let leftovers = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let leftovers = String::from_utf8_lossy(&leftovers.stdout);
+    assert!(
+        !leftovers.contains(&format!("{prefix}-")),
+        "the demo cleans up: {leftovers}"
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
 
+/// How cluster1's agent lists the other nodes in each mode: its neighbour on the segment, and the
+/// nodes of cluster2 behind the fabric's router.
+fn assert_reach(report: &Value, routing: &str, tunnel: &str) {
+    let reach = |name: &str| {
+        let nodes = report["nodes"].as_array().expect("nodes");
+        let node = nodes.iter().find(|n| n["name"] == name).expect(name);
+        node["reach"].clone()
+    };
+    assert_eq!(reach("c1-n1"), json!({"mode": "local"}));
+    let neighbour = reach("c1-n2");
+    let remote = reach("c2-n2");
+    let segment = neighbour["next_hop"]["segment"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(
+        segment.len(),
+        17,
+        "{routing}: a MAC on the segment: {neighbour}"
+    );
+    let (near, far) = match routing {
+        "tunnel" => ("tunnel", "tunnel"),
+        "native" => ("direct", "direct"),
+        _ => ("direct", "tunnel"),
+    };
+    assert_eq!(neighbour["mode"], near, "{neighbour}");
+    assert_eq!(remote["mode"], far, "{remote}");
+    assert_eq!(remote["next_hop"], "router", "{remote}");
+    if far == "tunnel" {
+        assert_eq!(remote["protocol"], tunnel, "{remote}");
+    }
+}
+
+fn assert_demo_checks(report: &Value, mode: &str) {
     let per_cluster = &report["requests_per_cluster"];
     let answered = |c: &str| per_cluster[c].as_u64().unwrap_or(0);
     assert!(
@@ -38,20 +126,20 @@ fn the_clustermesh_demo_works_end_to_end() {
     );
     assert_eq!(
         answered("cluster1") + answered("cluster2"),
-        20,
-        "{report:#}"
+        REQUESTS,
+        "{mode}: {report:#}"
     );
     assert_eq!(report["failed_requests"], 0, "{report:#}");
 
     assert_eq!(report["failover_failed_requests"], 0, "{report:#}");
     let failover = report["failover"].as_array().expect("failover steps");
     assert_eq!(
-        failover[0]["per_cluster"]["cluster1"], 20,
-        "cluster2 down: all from cluster1"
+        failover[0]["per_cluster"]["cluster1"], REQUESTS,
+        "{mode}: cluster2 down: all from cluster1"
     );
     assert_eq!(
-        failover[2]["per_cluster"]["cluster2"], 20,
-        "cluster1 down: all from cluster2"
+        failover[2]["per_cluster"]["cluster2"], REQUESTS,
+        "{mode}: cluster1 down: all from cluster2"
     );
 
     assert_eq!(
@@ -104,11 +192,4 @@ fn the_clustermesh_demo_works_end_to_end() {
     ] {
         assert_eq!(beyond[check], true, "beyond the mesh: {check}: {report:#}");
     }
-
-    let leftovers = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let leftovers = String::from_utf8_lossy(&leftovers.stdout);
-    assert!(
-        !leftovers.contains(&format!("{prefix}-")),
-        "the demo cleans up: {leftovers}"
-    );
 }

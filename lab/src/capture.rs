@@ -16,9 +16,15 @@ pub struct Capture {
 impl Capture {
     /// Starts tcpdump on `interface` in `netns` and returns once it listens.
     pub fn start(netns: &str, interface: &str) -> anyhow::Result<Capture> {
+        Capture::filtered(netns, interface, &[])
+    }
+
+    /// The same, for the frames a pcap-filter expression (`ip`, `udp port 6081`, …) selects.
+    pub fn filtered(netns: &str, interface: &str, filter: &[&str]) -> anyhow::Result<Capture> {
         let mut child = Command::new("ip")
             .args(["netns", "exec", netns, "tcpdump", "-i", interface])
             .args(["-Q", "in", "-n", "-l", "-q"])
+            .args(filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

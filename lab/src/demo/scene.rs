@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::mesh::{self, wait};
+use crate::mesh::{self, wait, MeshOptions};
 use crate::plan::{Plan, Size};
 
 pub const CLUSTERS: [u8; 2] = [1, 2];
@@ -33,7 +33,7 @@ pub fn service_ip(c: u8) -> String {
 }
 
 impl Scene {
-    pub fn build(prefix: &str) -> anyhow::Result<Scene> {
+    pub fn build(prefix: &str, options: MeshOptions) -> anyhow::Result<Scene> {
         // Before the lab is built: without agents there is no demo.
         crate::agent_binary::agent_binary()?;
         let on_interrupt = prefix.to_owned();
@@ -55,7 +55,7 @@ impl Scene {
             plan,
         };
         crate::up::up(&scene.plan)?;
-        mesh::start(&scene.plan)?;
+        mesh::start_with(&scene.plan, options)?;
         for c in CLUSTERS {
             scene.write_state(c, true, false)?;
             scene.start_server(c)?;
@@ -149,6 +149,20 @@ impl Scene {
         let dir = mesh::dir(&self.prefix).join(format!("www-{name}"));
         std::fs::create_dir_all(&dir)?;
         Ok(dir)
+    }
+
+    /// The fabric's namespace.
+    pub fn fabric_ns(&self) -> &str {
+        &self.plan.fabric
+    }
+
+    /// Every node's port on the fabric.
+    pub fn fabric_ports(&self) -> Vec<String> {
+        self.plan
+            .nodes
+            .iter()
+            .map(|n| n.fabric_port.clone())
+            .collect()
     }
 
     /// The namespace of the host outside the mesh.
