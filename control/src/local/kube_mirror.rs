@@ -18,7 +18,7 @@ use super::status::{ApiServerHealth, SourceError, SourceStatus};
 
 /// An object as the watcher delivered it: decoded, or why it does not decode (with its key, if its
 /// metadata names it).
-pub(crate) type Decoded = Result<KubeObject, Undecodable>;
+pub(crate) type Decoded = Result<KubeObject, Box<Undecodable>>;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Undecodable {
@@ -179,16 +179,19 @@ impl Mirror {
     }
 
     fn put(&mut self, object: Decoded) {
-        let translated = object
-            .map_err(|u| (u.key, u.error))
-            .and_then(|o| o.translate().map_err(|e| (o.key().ok(), e)));
-        match translated {
-            Ok((key, local)) => {
-                self.untranslatable.remove(&key);
-                self.set(&key, local);
-            }
-            Err((Some(key), error)) => drop(self.untranslatable.insert(key, error)),
-            Err((None, error)) => tracing::warn!("object without a name: {error}"),
+        let (key, error) = match object {
+            Ok(object) => match object.translate() {
+                Ok((key, local)) => {
+                    self.untranslatable.remove(&key);
+                    return self.set(&key, local);
+                }
+                Err(error) => (object.key().ok(), error),
+            },
+            Err(undecodable) => (undecodable.key, undecodable.error),
+        };
+        match key {
+            Some(key) => drop(self.untranslatable.insert(key, error)),
+            None => tracing::warn!("object without a name: {error}"),
         }
     }
 
@@ -457,7 +460,7 @@ mod tests {
                 problem: "invalid type".into(),
             },
         };
-        mirror.apply(Change::Apply(Kind::Pod, Err(bad)));
+        mirror.apply(Change::Apply(Kind::Pod, Err(Box::new(bad))));
         assert_eq!(mirror.state.pods.len(), 1, "its last good version stays");
         let errors = mirror.status().errors;
         assert_eq!(errors.len(), 1);

@@ -253,14 +253,14 @@ impl<M: KindMarker> Raw<M> {
                 Some(key) => key.to_string(),
                 None => format!("{} without a name", M::KIND),
             };
-            Undecodable {
+            Box::new(Undecodable {
                 key,
                 error: TranslateError {
                     object,
                     field: String::new(),
                     problem: format!("does not decode as a {}: {problem}", M::KIND),
                 },
-            }
+            })
         })
     }
 }
