@@ -10,9 +10,10 @@
 //! only reads — a stand-in, never part of the agent.
 //!
 //! The lab runs one per cluster, in the network namespace of the cluster's first node beside its etcd,
-//! on port 6443 of the node's address (see `mesh`).
+//! on port 6443 of the node's address ([`process`]).
 
 mod http;
+pub mod process;
 mod rbac;
 mod selector;
 pub mod store;
@@ -64,8 +65,10 @@ pub struct ApiServer {
 pub fn run(options: Options) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_current_thread()

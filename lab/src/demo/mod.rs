@@ -8,9 +8,12 @@
 //!    then the same the other way round;
 //! 3. the CiliumNetworkPolicy that lets x-wing in cluster1 reach rebel-base in cluster2 only;
 //! 4. the nodes of both clusters;
-//! 5. beyond the mesh: the world, the node and a large transfer across clusters ([`beyond`]).
+//! 5. beyond the mesh: the world, the node and a large transfer across clusters ([`beyond`]);
+//! 6. the platform it ran on, as the agents report it ([`platform`]): their local state from the
+//!    Kubernetes API (each cluster's stand-in API server, which serves what the steps above write).
 
 mod beyond;
+pub mod platform;
 pub mod routing;
 mod scene;
 mod steps;
@@ -18,6 +21,7 @@ mod steps;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use meshpath_api::local_source::LocalSourceKind;
 use serde::Serialize;
 
 use crate::mesh::MeshOptions;
@@ -34,6 +38,7 @@ pub struct DemoReport {
     pub policy: steps::PolicyReport,
     pub nodes: Vec<meshpath_api::node::NodeRow>,
     pub beyond_mesh: beyond::BeyondMesh,
+    pub platform: platform::Platform,
     pub seconds: f64,
 }
 
@@ -56,6 +61,7 @@ pub fn run(prefix: &str, requests: usize, options: MeshOptions) -> anyhow::Resul
     let nodes = steps::nodes(&scene)?;
     eprintln!("step 5: beyond the mesh …");
     let beyond_mesh = beyond::beyond_mesh(&scene)?;
+    let platform = platform::platform(&scene)?;
     Ok(DemoReport {
         requests_per_cluster: calls.per_cluster,
         failed_requests: calls.failed,
@@ -65,6 +71,7 @@ pub fn run(prefix: &str, requests: usize, options: MeshOptions) -> anyhow::Resul
         policy,
         nodes,
         beyond_mesh,
+        platform,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -153,6 +160,16 @@ impl DemoReport {
             out,
             "   x-wing (MTU 1500) fetched 4 MB from rebel-base in cluster2: {}",
             yes(b.pmtu_large_transfer)
+        );
+        out += "\n6. platform\n";
+        let _ = writeln!(
+            out,
+            "   every agent's local state from: {}",
+            match self.platform.source {
+                LocalSourceKind::Kubernetes =>
+                    "the Kubernetes API server (the lab's stand-in, over HTTPS)",
+                LocalSourceKind::YamlDir => "a YAML directory",
+            }
         );
         let _ = writeln!(
             out,
