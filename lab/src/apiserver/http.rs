@@ -198,8 +198,9 @@ fn watch(shared: Arc<Shared>, scope: Scope, query: &Query) -> Response<Body> {
         };
         (backlog, events)
     };
-    let backlog = match backlog {
-        Ok(lines) => lines,
+    // A version no longer kept: the one event is the 410, and the watch ends (as the server ends it).
+    let (backlog, ends) = match backlog {
+        Ok(lines) => (lines, false),
         Err(rv) => {
             let gone = status_object(
                 StatusCode::GONE,
@@ -207,19 +208,16 @@ fn watch(shared: Arc<Shared>, scope: Scope, query: &Query) -> Response<Body> {
                 &format!("too old resource version: {rv}"),
                 None,
             );
-            vec![line("ERROR", &gone)]
+            (vec![line("ERROR", &gone)], true)
         }
     };
-    let expired = backlog
-        .first()
-        .is_some_and(|l| l.starts_with(b"{\"type\":\"ERROR\""));
     tokio::spawn(async move {
         for line in backlog {
             if tx.send(line).await.is_err() {
                 return;
             }
         }
-        if !expired {
+        if !ends {
             follow(
                 &shared,
                 &scope,
