@@ -4,7 +4,7 @@
 //! reached behind the node's address, node and pod reaching each other, path MTU discovery across
 //! the tunnel. It runs in every routing mode — VXLAN and Geneve tunnels, native routing (the fabric
 //! routing pod CIDRs), hybrid — and the capture on the fabric must show what each mode puts on the
-//! wire. Run as users run it, `meshpath demo`, which execs `meshpath-demo` beside `meshpath`
+//! wire, every tunnelled frame's VNI the identity of the pod that sent it. Run as users run it, `meshpath demo`, which execs `meshpath-demo` beside `meshpath`
 //! (`cargo test --workspace` builds every package's binaries before it runs a test; `cargo test -p
 //! meshpath` alone does not build it).
 
@@ -53,6 +53,25 @@ fn the_clustermesh_demo_works_end_to_end_in_every_routing_mode() {
             assert_eq!(captured[class][other], 0, "{mode}: no {other}: {wire:#}");
         }
         assert_reach(&report, routing, tunnel);
+        assert_identity_in_vni(&wire["identity_in_vni"], intra, cross, &mode);
+    }
+}
+
+/// Every tunnelled frame between pods carried the identity of the pod that sent it, in both
+/// directions (x-wing's requests, rebel-base's answers) wherever the mode tunnels.
+fn assert_identity_in_vni(vni: &Value, intra: bool, cross: bool, mode: &str) {
+    assert_eq!(vni["mismatched"], 0, "{mode}: {vni:#}");
+    let tunnelled = |from: u8, to: u8| {
+        vni["checked"][format!("cluster{from}->cluster{to}")]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    for (from, to, expected) in [(1, 1, intra), (1, 2, cross), (2, 1, cross)] {
+        assert_eq!(
+            tunnelled(from, to) > 0,
+            expected,
+            "{mode}: tunnelled frames cluster{from}->cluster{to}: {vni:#}"
+        );
     }
 }
 

@@ -14,6 +14,7 @@ mod beyond;
 pub mod routing;
 mod scene;
 mod steps;
+mod vni;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -46,9 +47,10 @@ pub fn run(prefix: &str, requests: usize, options: MeshOptions) -> anyhow::Resul
     let scene = Scene::build(prefix, options)?;
     steps::wait_for_mesh(&scene)?;
     eprintln!("step 1: x-wing calls the global service rebel-base {requests} times …");
-    let capture = routing::FabricCapture::start(&scene)?;
+    let capture = routing::FabricCapture::start(&scene, options)?;
     let calls = steps::call_service(&scene, 1, requests)?;
-    let routing = capture.stop(options)?;
+    let identities = vni::Identities::of_every_pod(&scene.agent_sockets())?;
+    let routing = capture.stop(options, &identities)?;
     eprintln!("step 2: failover …");
     let failover = steps::failover(&scene, requests)?;
     eprintln!("step 3: the cross-cluster policy …");
@@ -85,6 +87,15 @@ impl DemoReport {
             wire(&r.captured.intra_cluster),
             wire(&r.captured.cross_cluster),
         );
+        let vni = &r.identity_in_vni;
+        let checked: u64 = vni.checked.values().sum();
+        if checked > 0 {
+            let _ = writeln!(
+                out,
+                "   sender's identity in the VNI: {} of {checked} tunnelled frames",
+                checked - vni.mismatched,
+            );
+        }
         out += "\n2. failover\n";
         for f in &self.failover {
             let answers: Vec<String> = f

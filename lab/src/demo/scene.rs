@@ -74,6 +74,15 @@ impl Scene {
         mesh::socket(&self.prefix, c, X_WING_NODE)
     }
 
+    /// Every node's agent.
+    pub fn agent_sockets(&self) -> Vec<PathBuf> {
+        self.plan
+            .nodes
+            .iter()
+            .map(|n| mesh::socket(&self.prefix, n.cluster, n.node))
+            .collect()
+    }
+
     pub fn exec(&self, ns: &str, args: &[&str]) -> anyhow::Result<Output> {
         Command::new("ip")
             .args(["netns", "exec", ns])
