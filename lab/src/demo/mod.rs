@@ -4,16 +4,19 @@
 //! 1. x-wing in cluster1 calls the global service rebel-base, whose pods in both clusters answer
 //!    with their cluster's name: the count per cluster, and what the routing mode put on the fabric
 //!    meanwhile ([`routing`]);
-//! 2. rebel-base scaled to zero in cluster2: every answer comes from cluster1 and none fails; back;
-//!    then the same the other way round;
+//! 2. rebel-base scaled to zero in cluster2 the way Kubernetes does it while x-wing keeps opening
+//!    new connections: every request issued meanwhile is counted, none may fail; back; then the same
+//!    the other way round ([`failover`]);
 //! 3. the CiliumNetworkPolicy that lets x-wing in cluster1 reach rebel-base in cluster2 only;
 //! 4. the nodes of both clusters;
 //! 5. beyond the mesh: the world, the node and a large transfer across clusters ([`beyond`]).
 
 mod beyond;
+mod failover;
 pub mod routing;
 mod scene;
 mod steps;
+mod stream;
 mod vni;
 
 use std::collections::BTreeMap;
@@ -31,7 +34,7 @@ pub struct DemoReport {
     pub failed_requests: u64,
     pub routing: routing::RoutingReport,
     pub failover_failed_requests: u64,
-    pub failover: Vec<steps::Failover>,
+    pub failover: Vec<failover::Failover>,
     pub policy: steps::PolicyReport,
     pub nodes: Vec<meshpath_api::node::NodeRow>,
     pub beyond_mesh: beyond::BeyondMesh,
@@ -51,8 +54,11 @@ pub fn run(prefix: &str, requests: usize, options: MeshOptions) -> anyhow::Resul
     let calls = steps::call_service(&scene, 1, requests)?;
     let identities = vni::Identities::of_every_pod(&scene.agent_sockets())?;
     let routing = capture.stop(options, &identities)?;
-    eprintln!("step 2: failover …");
-    let failover = steps::failover(&scene, requests)?;
+    eprintln!(
+        "step 2: failover, x-wing opening {} connections a second …",
+        failover::RATE
+    );
+    let failover = failover::failover(&scene)?;
     eprintln!("step 3: the cross-cluster policy …");
     let policy = steps::policy(&scene)?;
     let nodes = steps::nodes(&scene)?;
@@ -96,7 +102,11 @@ impl DemoReport {
                 checked - vni.mismatched,
             );
         }
-        out += "\n2. failover\n";
+        let _ = writeln!(
+            out,
+            "\n2. failover (x-wing opening {} new connections a second throughout)",
+            failover::RATE
+        );
         for f in &self.failover {
             let answers: Vec<String> = f
                 .per_cluster
@@ -105,8 +115,9 @@ impl DemoReport {
                 .collect();
             let _ = writeln!(
                 out,
-                "   {:<44} {}  failed: {}",
+                "   {:<44} {:>3} requests  {}  failed: {}",
                 f.situation,
+                f.issued,
                 answers.join(", "),
                 f.failed
             );
