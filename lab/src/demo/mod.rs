@@ -4,8 +4,9 @@
 //! 1. x-wing in cluster1 calls the global service rebel-base, whose pods in both clusters answer
 //!    with their cluster's name: the count per cluster, and what the routing mode put on the fabric
 //!    meanwhile ([`routing`]);
-//! 2. rebel-base scaled to zero in cluster2: every answer comes from cluster1 and none fails; back;
-//!    then the same the other way round;
+//! 2. rebel-base scaled to zero in cluster2 the way Kubernetes does it while x-wing keeps opening
+//!    new connections: every request issued meanwhile is counted, none may fail; back; then the same
+//!    the other way round ([`failover`]);
 //! 3. the CiliumNetworkPolicy that lets x-wing in cluster1 reach rebel-base in cluster2 only;
 //! 4. the nodes of both clusters;
 //! 5. beyond the mesh: the world, the node and a large transfer across clusters ([`beyond`]);
@@ -13,10 +14,13 @@
 //!    Kubernetes API (each cluster's stand-in API server, which serves what the steps above write).
 
 mod beyond;
+mod failover;
 pub mod platform;
 pub mod routing;
 mod scene;
 mod steps;
+mod stream;
+mod vni;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -34,7 +38,7 @@ pub struct DemoReport {
     pub failed_requests: u64,
     pub routing: routing::RoutingReport,
     pub failover_failed_requests: u64,
-    pub failover: Vec<steps::Failover>,
+    pub failover: Vec<failover::Failover>,
     pub policy: steps::PolicyReport,
     pub nodes: Vec<meshpath_api::node::NodeRow>,
     pub beyond_mesh: beyond::BeyondMesh,
@@ -51,11 +55,15 @@ pub fn run(prefix: &str, requests: usize, options: MeshOptions) -> anyhow::Resul
     let scene = Scene::build(prefix, options)?;
     steps::wait_for_mesh(&scene)?;
     eprintln!("step 1: x-wing calls the global service rebel-base {requests} times …");
-    let capture = routing::FabricCapture::start(&scene)?;
+    let capture = routing::FabricCapture::start(&scene, options)?;
     let calls = steps::call_service(&scene, 1, requests)?;
-    let routing = capture.stop(options)?;
-    eprintln!("step 2: failover …");
-    let failover = steps::failover(&scene, requests)?;
+    let identities = vni::Identities::of_every_pod(&scene.agent_sockets())?;
+    let routing = capture.stop(options, &identities)?;
+    eprintln!(
+        "step 2: failover, x-wing opening {} connections a second …",
+        failover::RATE
+    );
+    let failover = failover::failover(&scene)?;
     eprintln!("step 3: the cross-cluster policy …");
     let policy = steps::policy(&scene)?;
     let nodes = steps::nodes(&scene)?;
@@ -92,7 +100,20 @@ impl DemoReport {
             wire(&r.captured.intra_cluster),
             wire(&r.captured.cross_cluster),
         );
-        out += "\n2. failover\n";
+        let vni = &r.identity_in_vni;
+        let checked: u64 = vni.checked.values().sum();
+        if checked > 0 {
+            let _ = writeln!(
+                out,
+                "   sender's identity in the VNI: {} of {checked} tunnelled frames",
+                checked - vni.mismatched,
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n2. failover (x-wing opening {} new connections a second throughout)",
+            failover::RATE
+        );
         for f in &self.failover {
             let answers: Vec<String> = f
                 .per_cluster
@@ -101,8 +122,9 @@ impl DemoReport {
                 .collect();
             let _ = writeln!(
                 out,
-                "   {:<44} {}  failed: {}",
+                "   {:<44} {:>3} requests  {}  failed: {}",
                 f.situation,
+                f.issued,
                 answers.join(", "),
                 f.failed
             );
