@@ -4,7 +4,9 @@
 //! reached behind the node's address, node and pod reaching each other, path MTU discovery across
 //! the tunnel. It runs in every routing mode — VXLAN and Geneve tunnels, native routing (the fabric
 //! routing pod CIDRs), hybrid — and the capture on the fabric must show what each mode puts on the
-//! wire, every tunnelled frame's VNI the identity of the pod that sent it. Run as users run it, `meshpath demo`, which execs `meshpath-demo` beside `meshpath`
+//! wire, every tunnelled frame's VNI the identity of the pod that sent it. Every agent reads its
+//! cluster from the lab's stand-in Kubernetes API server (`platform.source`), which serves what the
+//! demo's steps change. Run as users run it, `meshpath demo`, which execs `meshpath-demo` beside `meshpath`
 //! (`cargo test --workspace` builds every package's binaries before it runs a test; `cargo test -p
 //! meshpath` alone does not build it).
 
@@ -173,6 +175,10 @@ fn assert_failover(report: &Value, mode: &str) {
 }
 
 fn assert_demo_checks(report: &Value, mode: &str) {
+    assert_eq!(
+        report["platform"]["source"], "kubernetes",
+        "{mode}: every agent read the stand-in API server: {report:#}"
+    );
     let per_cluster = &report["requests_per_cluster"];
     let answered = |c: &str| per_cluster[c].as_u64().unwrap_or(0);
     assert!(

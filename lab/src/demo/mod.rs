@@ -9,10 +9,13 @@
 //!    the other way round ([`failover`]);
 //! 3. the CiliumNetworkPolicy that lets x-wing in cluster1 reach rebel-base in cluster2 only;
 //! 4. the nodes of both clusters;
-//! 5. beyond the mesh: the world, the node and a large transfer across clusters ([`beyond`]).
+//! 5. beyond the mesh: the world, the node and a large transfer across clusters ([`beyond`]);
+//! 6. the platform it ran on, as the agents report it ([`platform`]): their local state from the
+//!    Kubernetes API (each cluster's stand-in API server, which serves what the steps above write).
 
 mod beyond;
 mod failover;
+pub mod platform;
 pub mod routing;
 mod scene;
 mod steps;
@@ -22,6 +25,7 @@ mod vni;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use meshpath_api::local_source::LocalSourceKind;
 use serde::Serialize;
 
 use crate::mesh::MeshOptions;
@@ -38,6 +42,7 @@ pub struct DemoReport {
     pub policy: steps::PolicyReport,
     pub nodes: Vec<meshpath_api::node::NodeRow>,
     pub beyond_mesh: beyond::BeyondMesh,
+    pub platform: platform::Platform,
     pub seconds: f64,
 }
 
@@ -64,6 +69,7 @@ pub fn run(prefix: &str, requests: usize, options: MeshOptions) -> anyhow::Resul
     let nodes = steps::nodes(&scene)?;
     eprintln!("step 5: beyond the mesh …");
     let beyond_mesh = beyond::beyond_mesh(&scene)?;
+    let platform = platform::platform(&scene)?;
     Ok(DemoReport {
         requests_per_cluster: calls.per_cluster,
         failed_requests: calls.failed,
@@ -73,6 +79,7 @@ pub fn run(prefix: &str, requests: usize, options: MeshOptions) -> anyhow::Resul
         policy,
         nodes,
         beyond_mesh,
+        platform,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -175,6 +182,16 @@ impl DemoReport {
             out,
             "   x-wing (MTU 1500) fetched 4 MB from rebel-base in cluster2: {}",
             yes(b.pmtu_large_transfer)
+        );
+        out += "\n6. platform\n";
+        let _ = writeln!(
+            out,
+            "   every agent's local state from: {}",
+            match self.platform.source {
+                LocalSourceKind::Kubernetes =>
+                    "the Kubernetes API server (the lab's stand-in, over HTTPS)",
+                LocalSourceKind::YamlDir => "a YAML directory",
+            }
         );
         let _ = writeln!(
             out,

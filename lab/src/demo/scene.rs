@@ -70,6 +70,18 @@ impl Scene {
     }
 
     /// The agent of x-wing's node: the one whose view of the mesh the demo reports.
+    /// Every agent of the scene: its node's name (`c1-n2`) and status socket.
+    pub fn agents(&self) -> Vec<(String, PathBuf)> {
+        self.plan
+            .nodes
+            .iter()
+            .map(|n| {
+                let name = format!("c{}-n{}", n.cluster, n.node);
+                (name, mesh::socket(&self.prefix, n.cluster, n.node))
+            })
+            .collect()
+    }
+
     pub fn socket(&self, c: u8) -> PathBuf {
         mesh::socket(&self.prefix, c, X_WING_NODE)
     }
