@@ -14,6 +14,9 @@ use meshpath_api::endpoint::{EndpointRow, EndpointState};
 use meshpath_api::health::{Check, CheckKind, CheckName, CheckState, Health};
 use meshpath_api::identity::{IdentityRow, Label};
 use meshpath_api::kvstore::KvStoreStatus;
+use meshpath_api::local_source::{
+    LocalSourceKind, LocalSourceState, LocalSourceStatus, WatchedResource,
+};
 use meshpath_api::node::{NextHop, NodeRow, Reach, TunnelProtocol};
 use meshpath_api::policy::{
     AllowRow, DirectionRow, EndpointPolicyRow, PolicyPeer, PolicyRefusalRow,
@@ -207,6 +210,22 @@ fn canned() -> AgentStatus {
         health: Some(healthy()),
         version: Some(VersionInfo::new("0.1.0", "3f2a9c1d0e4b")),
         kvstore: Some(KvStoreStatus::disabled()),
+        local_source: Some(LocalSourceStatus {
+            kind: LocalSourceKind::Kubernetes,
+            location: "https://10.96.0.1:443/".into(),
+            state: LocalSourceState::Ok,
+            problem: None,
+            server_version: Some("v1.37.0".into()),
+            since: None,
+            resources: vec![WatchedResource {
+                api: "core/v1::Pods".into(),
+                resource: "pods".into(),
+                served: true,
+                failing: None,
+                failures: 0,
+            }],
+            errors: vec![],
+        }),
         global_services: 1,
         conntrack: Some(ConntrackStatus {
             entries: 12,
@@ -318,6 +337,28 @@ fn status() {
         "{text}"
     );
     assert!(has_line(&text, &["KVStore:", "Ok", "Disabled"]), "{text}");
+    assert!(
+        has_line(
+            &text,
+            &[
+                "Kubernetes:",
+                "Ok",
+                "v1.37.0",
+                "at",
+                "https://10.96.0.1:443/"
+            ]
+        ),
+        "{text}"
+    );
+    assert!(
+        has_line(&text, &["Kubernetes", "APIs:", r#"["core/v1::Pods"]"#]),
+        "{text}"
+    );
+    assert_eq!(
+        json(&socket, &["status"])["local_source"]["state"],
+        "ok",
+        "the status's JSON carries the source"
+    );
     assert!(
         has_line(&text, &["Meshpath:", "Ok", "0.1.0", "(0.1.0-3f2a9c1d0e4b)"]),
         "{text}"

@@ -19,18 +19,21 @@ impl Capture {
         Capture::filtered(netns, interface, &[])
     }
 
-    /// The same, for the frames a pcap-filter expression (`ip`, `udp port 6081`, …) selects.
+    /// The same, for the frames a pcap-filter expression (`ip`, `udp port 6081`, …) selects, one
+    /// line each (tcpdump's `-q`).
     pub fn filtered(netns: &str, interface: &str, filter: &[&str]) -> anyhow::Result<Capture> {
-        Capture::spawn(netns, interface, &["-q"], filter)
+        Capture::decoded(netns, interface, &["-q"], filter)
     }
 
     /// The same, each frame's line followed by its bytes as text (`-A`: non-printable bytes as
     /// dots), to look for a payload in clear.
     pub fn with_payload(netns: &str, interface: &str, filter: &[&str]) -> anyhow::Result<Capture> {
-        Capture::spawn(netns, interface, &["-q", "-A"], filter)
+        Capture::decoded(netns, interface, &["-q", "-A"], filter)
     }
 
-    fn spawn(
+    /// The same with tcpdump's decoding `options` (`-T vxlan` to decode UDP as VXLAN, …): without
+    /// `-q`, an encapsulated frame's inner packet may come on a line of its own, after its outer one.
+    pub fn decoded(
         netns: &str,
         interface: &str,
         options: &[&str],

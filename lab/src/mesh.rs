@@ -1,6 +1,8 @@
-//! `meshpath lab up --mesh`: on top of the namespaces, one etcd per cluster (on its first node) and one
-//! agent per node, every cluster meshed with every other, the local state of each cluster a YAML
-//! directory listing its nodes and the lab's pods. The processes run on after `lab up` returns;
+//! `meshpath lab up --mesh`: on top of the namespaces, one etcd and one stand-in Kubernetes API server
+//! per cluster (on its first node) and one agent per node, every cluster meshed with every other. Each
+//! cluster's objects (its nodes and the lab's pods, as manifests) are a YAML directory that its
+//! stand-in serves ([`apiserver::process`](crate::apiserver::process)), and its agents read them
+//! from there with `source: kubernetes`, as from a cluster's API server. The processes run on after `lab up` returns;
 //! `lab down` ends them with the namespaces. Files live in [`dir`]. The agents are the `meshpath`
 //! binary [`agent_binary`](crate::agent_binary::agent_binary) finds.
 //!
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
+use crate::apiserver::process as apiserver;
 use crate::plan::{Node, Plan};
 
 /// How the lab's agents carry pod traffic between nodes: `dataplane.routing` of their configuration.
@@ -142,6 +145,7 @@ pub fn start_with(plan: &Plan, options: MeshOptions) -> anyhow::Result<()> {
         let first = nodes.first().context("a cluster without nodes")?;
         start_etcd(plan, first, true)?;
         write_state(&plan.prefix, c, &lab_objects(&plan.prefix, &nodes))?;
+        apiserver::start(plan, c, true)?;
         write_mesh_config(plan, c)?;
     }
     for &c in &plan.clusters {
@@ -167,7 +171,7 @@ pub fn start_with(plan: &Plan, options: MeshOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn log(plan: &Plan, name: &str) -> PathBuf {
+pub(crate) fn log(plan: &Plan, name: &str) -> PathBuf {
     dir(&plan.prefix).join(format!("{name}.log"))
 }
 
@@ -177,7 +181,7 @@ fn etcd_url(c: u8) -> String {
 
 /// Starts `args` inside `netns`, detached: it outlives this command, `lab down` ends it.
 /// Returns its pid (`ip netns exec` execs the command: the same process).
-fn spawn_in(netns: &str, args: &[&str], log: &Path) -> anyhow::Result<u32> {
+pub(crate) fn spawn_in(netns: &str, args: &[&str], log: &Path) -> anyhow::Result<u32> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -364,7 +368,7 @@ pub fn pod_object(node: &Node, k: u8, name: &str, labels: &str) -> String {
     )
 }
 
-/// Replaces cluster `c`'s local state (the YAML every agent of the cluster watches).
+/// Replaces cluster `c`'s objects (the YAML its stand-in API server serves to the cluster's agents).
 pub fn write_state(prefix: &str, c: u8, yaml: &str) -> anyhow::Result<()> {
     let state = cluster_dir(prefix, c).join("state");
     std::fs::create_dir_all(&state)?;
@@ -414,7 +418,7 @@ fn write_agent_config(plan: &Plan, node: &Node, options: MeshOptions) -> anyhow:
          dataplane: {{cores: [{core}], {routing}, conntrack-capacity: 65536, mtu: 1500}}\n\
          etcd: {{endpoints: [\"{etcd}\"], insecure: true}}\n\
          clustermesh: {{config-dir: {mesh}, grace-period: 10s}}\n\
-         source: {{yaml-dir: {state}}}\n\
+         source: {{kubernetes: {{kubeconfig: {kubeconfig}}}}}\n\
          status-socket: {socket}\n\
          metrics: {ip}:9962\n\
          state-dir: {node_state}\n\
@@ -428,7 +432,7 @@ fn write_agent_config(plan: &Plan, node: &Node, options: MeshOptions) -> anyhow:
         routing = options.dataplane_keys(),
         etcd = etcd_url(c),
         mesh = cluster.join("clustermesh").display(),
-        state = cluster.join("state").display(),
+        kubeconfig = apiserver::kubeconfig(&plan.prefix, c).display(),
         socket = socket(&plan.prefix, c, n).display(),
     );
     std::fs::write(agent_config(&plan.prefix, c, n), config)?;
@@ -482,7 +486,7 @@ pub fn stop_agent(plan: &Plan, c: u8, n: u8, how: Stop) -> anyhow::Result<()> {
 }
 
 /// Signals `pid` and waits until it is gone.
-fn stop_pid(pid: &str, signal: &str) -> anyhow::Result<()> {
+pub(crate) fn stop_pid(pid: &str, signal: &str) -> anyhow::Result<()> {
     Command::new("kill").args(["-s", signal, pid]).status()?;
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     if !wait(Duration::from_secs(20), || {

@@ -447,9 +447,19 @@ impl ClusterMeshSection {
 pub struct SourceSection {
     /// A directory of Kubernetes-shaped YAML files, watched.
     pub yaml_dir: Option<PathBuf>,
-    /// The Kubernetes API server of the in-cluster service account or the kubeconfig.
-    #[serde(default)]
-    pub kubernetes: bool,
+    /// The Kubernetes API server: `{}` for the pod's own service account (its token and CA under
+    /// /var/run/secrets/kubernetes.io/serviceaccount, the server from `KUBERNETES_SERVICE_HOST` and
+    /// `KUBERNETES_SERVICE_PORT`), or `{kubeconfig: PATH}`.
+    pub kubernetes: Option<KubernetesSection>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KubernetesSection {
+    /// A kubeconfig file: its server, CA and credentials; in-cluster configuration without it.
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig's context to use; its current context unless set.
+    pub context: Option<String>,
 }
 
 /// A MAC address written `02:00:00:00:00:01`.
@@ -598,11 +608,20 @@ impl AgentConfig {
                 return Err(("pods[].pod", format!("`{}` is not namespace/name", pod.pod)));
             }
         }
-        if self.source.yaml_dir.is_some() == self.source.kubernetes {
+        if self.source.yaml_dir.is_some() == self.source.kubernetes.is_some() {
             return Err((
                 "source",
-                "exactly one of `yaml-dir` and `kubernetes: true`".into(),
+                "exactly one of `yaml-dir: DIR` and `kubernetes: {}` (or `{kubeconfig: PATH}`)"
+                    .into(),
             ));
+        }
+        if let Some(k) = &self.source.kubernetes {
+            if k.context.is_some() && k.kubeconfig.is_none() {
+                return Err((
+                    "source.kubernetes.context",
+                    "a context is one of a kubeconfig's: set `kubeconfig` too".into(),
+                ));
+            }
         }
         if let Some(text) = &self.metrics {
             check_listen("metrics", text)?;
@@ -814,6 +833,27 @@ metrics: 127.0.0.1:9962
     }
 
     #[test]
+    fn the_kubernetes_source_in_cluster_or_from_a_kubeconfig() {
+        let in_cluster = GOOD.replace("{yaml-dir: /etc/meshpath/state}", "{kubernetes: {}}");
+        let source = parse(&in_cluster).unwrap().source;
+        assert!(source.yaml_dir.is_none());
+        assert!(source.kubernetes.unwrap().kubeconfig.is_none());
+        let file = GOOD.replace(
+            "{yaml-dir: /etc/meshpath/state}",
+            "{kubernetes: {kubeconfig: /etc/meshpath/kubeconfig, context: lab}}",
+        );
+        let k = parse(&file).unwrap().source.kubernetes.unwrap();
+        assert_eq!(k.kubeconfig.unwrap(), Path::new("/etc/meshpath/kubeconfig"));
+        assert_eq!(k.context.as_deref(), Some("lab"));
+        let typo = GOOD.replace(
+            "{yaml-dir: /etc/meshpath/state}",
+            "{kubernetes: {kubeconf: /x}}",
+        );
+        let error = parse(&typo).unwrap_err().to_string();
+        assert!(error.contains("kubeconf"), "{error}");
+    }
+
+    #[test]
     fn a_bad_metrics_address_is_refused_naming_the_key() {
         for bad in [
             "localhost:9962",
@@ -975,8 +1015,22 @@ metrics: 127.0.0.1:9962
                 "host-port.interface",
             ),
             (
-                GOOD.replace("{yaml-dir: /etc/meshpath/state}", "{kubernetes: false}"),
+                GOOD.replace(
+                    "{yaml-dir: /etc/meshpath/state}",
+                    "{yaml-dir: /etc/meshpath/state, kubernetes: {}}",
+                ),
                 "source",
+            ),
+            (
+                GOOD.replace("{yaml-dir: /etc/meshpath/state}", "{}"),
+                "source",
+            ),
+            (
+                GOOD.replace(
+                    "{yaml-dir: /etc/meshpath/state}",
+                    "{kubernetes: {context: lab}}",
+                ),
+                "source.kubernetes.context",
             ),
             (
                 format!("{GOOD}socket-group: no-such-group-here\n"),

@@ -1,6 +1,8 @@
 //! `meshpath agent`: one node's dataplane worker and its control task, from one configuration file.
 //!
-//! Start-up: read the local state once (so the node's pod prefixes are known); set up the host port;
+//! Start-up: wait for the local source's first complete state (a directory reads at once; the API
+//! server's watchers list every kind first — see `local_source`), so the node's pod prefixes are
+//! known from its Node object; set up the host port;
 //! read back the conntrack a planned stop handed over; bind the AF_XDP sockets, load the XDP programs
 //! (maps pinned), register the sockets and only then attach, in the node's network namespace; start
 //! the worker with the pipeline, then the control task that keeps the table snapshot current and the
@@ -22,6 +24,7 @@ mod host_port;
 mod identities;
 mod kvstore;
 mod last_known;
+mod local_source;
 mod logging;
 mod memlock;
 pub mod metrics;
@@ -45,10 +48,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use arc_swap::ArcSwap;
 use meshpath_api::status::PortRole;
-use meshpath_control::local::{LocalState, ObjectRef, YamlSource};
+use meshpath_control::local::{LocalState, ObjectRef};
 use meshpath_control::resolve::parse_cidr;
 use meshpath_control::snapshot::{NodeSpec, PodPorts};
 use meshpath_dataplane::conntrack::{ConntrackConfig, Timeouts};
@@ -100,10 +103,11 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     // Before any interface is touched: a taken port stops the agent with nothing to undo.
     let listeners = serving::Listeners::bind(&config).await?;
     let key = node_key(&config)?;
-    let Some(dir) = config.source.yaml_dir.clone() else {
-        bail!("`source.kubernetes`: the Kubernetes source is not wired into the agent yet; use `source.yaml-dir`");
-    };
-    let source = YamlSource::spawn(dir, cancel.clone())?;
+    let local_source::LocalSource {
+        handle: source,
+        describe: source_info,
+    } = local_source::spawn(&config, cancel.clone()).await?;
+    let first = local_source::first_state(&source, &source_info).await?;
     let local = match &key {
         Some(key) => {
             let node = config.node.name.clone();
@@ -111,7 +115,6 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         }
         None => source.state.clone(),
     };
-    let first = local.borrow().clone();
     host_port::ensure(&config).context("host port")?;
     let segments = neighbours::segments(&config).context("the uplink's segment")?;
     let spec = node_spec(&config, &first, segments.clone())?;
@@ -160,11 +163,15 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let control_beat = health::ControlBeat::default();
     tasks.spawn(control_beat.clone().run(cancel.clone()));
     let worker_beat = stats.clone();
-    let monitor = Arc::new(health::HealthMonitor::new(
-        Arc::new(move || worker_beat.heartbeat()),
-        control_beat.beat(),
-        readiness,
-    ));
+    let lost_source = source_info.clone();
+    let monitor = Arc::new(
+        health::HealthMonitor::new(
+            Arc::new(move || worker_beat.heartbeat()),
+            control_beat.beat(),
+            readiness,
+        )
+        .watching_source(Arc::new(move || lost_source.lost())),
+    );
     let sync = node_sync::NodeSync {
         nodes: nodes.clone(),
         uplink: uplink.clone(),
@@ -205,6 +212,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         mesh,
         kvstore,
         local,
+        source: source_info,
         nodes,
         identities,
         flows: hub.clone(),

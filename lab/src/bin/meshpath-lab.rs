@@ -1,12 +1,17 @@
 //! `meshpath-lab` (run as `meshpath lab …`): clusters, nodes and pods in network namespaces on this
 //! machine, optionally meshed with an etcd per cluster and an agent per node.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
 
 use clap::{Args, Parser, Subcommand};
 use meshpath_lab::mesh::{Encryption, MeshOptions, Routing, Tunnel};
 use meshpath_lab::plan::{Plan, Size};
-use meshpath_lab::{agent_binary, down, mesh, status, up, Output};
+use meshpath_lab::{agent_binary, apiserver, down, mesh, status, up, Output};
 
 /// Clusters, nodes and pods in network namespaces on this machine.
 #[derive(Parser)]
@@ -56,6 +61,25 @@ enum Command {
     Down {
         #[command(flatten)]
         prefix: LabPrefix,
+    },
+    /// Serve a directory of Kubernetes-shaped YAML as a stand-in Kubernetes API server over HTTPS
+    /// (list, watch, bookmarks, 410 Gone, RBAC from deploy/rbac.yaml), until SIGTERM or Ctrl-C. It
+    /// writes its CA, certificate, token and a kubeconfig that trusts them into --data-dir.
+    Apiserver {
+        /// The objects served: every change to its files becomes a watch event.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Its certificates, token, kubeconfig and saved objects (kept across restarts).
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: SocketAddr,
+        /// The RBAC manifests granting the ServiceAccount its rights (default: deploy/rbac.yaml as built in).
+        #[arg(long)]
+        rbac: Option<PathBuf>,
+        /// Seconds between BOOKMARK events on a watch that asked for them.
+        #[arg(long, default_value_t = 10)]
+        bookmark_every: u64,
     },
     /// Show the lab as the kernel sees it.
     Status {
@@ -120,6 +144,28 @@ fn run(command: Command) -> anyhow::Result<()> {
             let gone = down::down(&prefix.prefix)?;
             let _ = std::fs::remove_dir_all(mesh::dir(&prefix.prefix));
             println!("lab down: {} namespaces removed", gone.len());
+        }
+        Command::Apiserver {
+            state_dir,
+            data_dir,
+            listen,
+            rbac,
+            bookmark_every,
+        } => {
+            let rbac = match rbac {
+                Some(path) => {
+                    std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?
+                }
+                None => apiserver::DEPLOYED_RBAC.to_owned(),
+            };
+            let options = apiserver::Options {
+                state_dir,
+                data_dir,
+                listen,
+                rbac,
+                bookmark_every: Duration::from_secs(bookmark_every),
+            };
+            apiserver::run(options)?;
         }
         Command::Status { output, prefix } => {
             let status = status::status(&prefix.prefix)?;

@@ -4,20 +4,28 @@
 //! 1. x-wing in cluster1 calls the global service rebel-base, whose pods in both clusters answer
 //!    with their cluster's name: the count per cluster, and what the routing mode put on the fabric
 //!    meanwhile ([`routing`]);
-//! 2. rebel-base scaled to zero in cluster2: every answer comes from cluster1 and none fails; back;
-//!    then the same the other way round;
+//! 2. rebel-base scaled to zero in cluster2 the way Kubernetes does it while x-wing keeps opening
+//!    new connections: every request issued meanwhile is counted, none may fail; back; then the same
+//!    the other way round ([`failover`]);
 //! 3. the CiliumNetworkPolicy that lets x-wing in cluster1 reach rebel-base in cluster2 only;
 //! 4. the nodes of both clusters;
-//! 5. beyond the mesh: the world, the node and a large transfer across clusters ([`beyond`]).
+//! 5. beyond the mesh: the world, the node and a large transfer across clusters ([`beyond`]);
+//! 6. the platform it ran on, as the agents report it ([`platform`]): their local state from the
+//!    Kubernetes API (each cluster's stand-in API server, which serves what the steps above write).
 
 mod beyond;
+mod failover;
+pub mod platform;
 pub mod routing;
 mod scene;
 mod steps;
+mod stream;
+mod vni;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use meshpath_api::local_source::LocalSourceKind;
 use serde::Serialize;
 
 use crate::mesh::{Encryption, MeshOptions};
@@ -33,10 +41,11 @@ pub struct DemoReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encryption: Option<routing::EncryptionReport>,
     pub failover_failed_requests: u64,
-    pub failover: Vec<steps::Failover>,
+    pub failover: Vec<failover::Failover>,
     pub policy: steps::PolicyReport,
     pub nodes: Vec<meshpath_api::node::NodeRow>,
     pub beyond_mesh: beyond::BeyondMesh,
+    pub platform: platform::Platform,
     pub seconds: f64,
 }
 
@@ -49,18 +58,23 @@ pub fn run(prefix: &str, requests: usize, options: MeshOptions) -> anyhow::Resul
     let scene = Scene::build(prefix, options)?;
     steps::wait_for_mesh(&scene)?;
     eprintln!("step 1: x-wing calls the global service rebel-base {requests} times …");
-    let capture = routing::FabricCapture::start(&scene)?;
+    let capture = routing::FabricCapture::start(&scene, options)?;
     let calls = steps::call_service(&scene, 1, requests)?;
-    let routing = capture.stop(options)?;
+    let identities = vni::Identities::of_every_pod(&scene.agent_sockets())?;
+    let routing = capture.stop(options, &identities)?;
     let encryption =
         (options.encryption != Encryption::Off).then(|| routing.encryption(options.encryption));
-    eprintln!("step 2: failover …");
-    let failover = steps::failover(&scene, requests)?;
+    eprintln!(
+        "step 2: failover, x-wing opening {} connections a second …",
+        failover::RATE
+    );
+    let failover = failover::failover(&scene)?;
     eprintln!("step 3: the cross-cluster policy …");
     let policy = steps::policy(&scene)?;
     let nodes = steps::nodes(&scene)?;
     eprintln!("step 5: beyond the mesh …");
     let beyond_mesh = beyond::beyond_mesh(&scene)?;
+    let platform = platform::platform(&scene)?;
     Ok(DemoReport {
         requests_per_cluster: calls.per_cluster,
         failed_requests: calls.failed,
@@ -71,6 +85,7 @@ pub fn run(prefix: &str, requests: usize, options: MeshOptions) -> anyhow::Resul
         policy,
         nodes,
         beyond_mesh,
+        platform,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -101,7 +116,20 @@ impl DemoReport {
                 yes(e.only_wireguard_between_nodes),
             );
         }
-        out += "\n2. failover\n";
+        let vni = &r.identity_in_vni;
+        let checked: u64 = vni.checked.values().sum();
+        if checked > 0 {
+            let _ = writeln!(
+                out,
+                "   sender's identity in the VNI: {} of {checked} tunnelled frames",
+                checked - vni.mismatched,
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n2. failover (x-wing opening {} new connections a second throughout)",
+            failover::RATE
+        );
         for f in &self.failover {
             let answers: Vec<String> = f
                 .per_cluster
@@ -110,8 +138,9 @@ impl DemoReport {
                 .collect();
             let _ = writeln!(
                 out,
-                "   {:<44} {}  failed: {}",
+                "   {:<44} {:>3} requests  {}  failed: {}",
                 f.situation,
+                f.issued,
                 answers.join(", "),
                 f.failed
             );
@@ -169,6 +198,16 @@ impl DemoReport {
             out,
             "   x-wing (MTU 1500) fetched 4 MB from rebel-base in cluster2: {}",
             yes(b.pmtu_large_transfer)
+        );
+        out += "\n6. platform\n";
+        let _ = writeln!(
+            out,
+            "   every agent's local state from: {}",
+            match self.platform.source {
+                LocalSourceKind::Kubernetes =>
+                    "the Kubernetes API server (the lab's stand-in, over HTTPS)",
+                LocalSourceKind::YamlDir => "a YAML directory",
+            }
         );
         let _ = writeln!(
             out,

@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use serde::Serialize;
 
 use super::scene::Scene;
+use super::vni::{Identities, IdentityInVni};
 use crate::capture::Capture;
 use crate::mesh::{Encryption, MeshOptions, Routing, Tunnel};
 
@@ -27,6 +28,7 @@ pub struct RoutingReport {
     /// The same for pod traffic between clusters.
     pub cross_cluster_encapsulated: Option<bool>,
     pub captured: Captured,
+    pub identity_in_vni: IdentityInVni,
 }
 
 /// What the capture says of the encryption between nodes (`meshpath demo --encrypt`).
@@ -80,21 +82,35 @@ pub struct FabricCapture(Vec<Capture>);
 
 impl FabricCapture {
     /// Starts listening; returns once every tcpdump does.
-    pub fn start(scene: &Scene) -> anyhow::Result<FabricCapture> {
+    pub fn start(scene: &Scene, options: MeshOptions) -> anyhow::Result<FabricCapture> {
+        // tcpdump decodes Geneve on its port, VXLAN only on 4789 unless told.
+        let decode: &[&str] = match options.tunnel {
+            Tunnel::Vxlan => &["-T", "vxlan"],
+            Tunnel::Geneve => &[],
+        };
+        // And every frame's bytes as text (`-A`), to look for the pods' payload in clear.
+        let options = [decode, &["-A"]].concat();
         let captures = scene
             .fabric_ports()
             .iter()
-            .map(|port| Capture::with_payload(scene.fabric_ns(), port, &["ip"]))
+            .map(|port| Capture::decoded(scene.fabric_ns(), port, &options, &["ip"]))
             .collect::<anyhow::Result<_>>()?;
         Ok(FabricCapture(captures))
     }
 
-    /// Stops listening; the report of what was seen.
-    pub fn stop(self, options: MeshOptions) -> anyhow::Result<RoutingReport> {
+    /// Stops listening; the report of what was seen, the VNIs checked against `identities`.
+    pub fn stop(
+        self,
+        options: MeshOptions,
+        identities: &Identities,
+    ) -> anyhow::Result<RoutingReport> {
         let mut captured = Captured::default();
+        let mut identity_in_vni = IdentityInVni::default();
         for capture in self.0 {
-            let lines = capture.stop()?;
-            captured.count_all(&lines);
+            for frame in frames(capture.stop()?) {
+                captured.count(&frame);
+                identity_in_vni.check(&frame, identities);
+            }
         }
         Ok(RoutingReport {
             mode: options.routing,
@@ -102,6 +118,7 @@ impl FabricCapture {
             intra_cluster_encapsulated: captured.intra_cluster.encapsulated(),
             cross_cluster_encapsulated: captured.cross_cluster.encapsulated(),
             captured,
+            identity_in_vni,
         })
     }
 }
@@ -121,6 +138,26 @@ impl RoutingReport {
     }
 }
 
+/// tcpdump's lines as frames: a frame's line starts with its time; an encapsulated packet's inner
+/// one may follow on a line of its own, which joins its frame's.
+fn frames(lines: Vec<String>) -> Vec<String> {
+    let mut frames: Vec<String> = Vec::new();
+    for line in lines {
+        let timed = line
+            .split(':')
+            .next()
+            .is_some_and(|hour| !hour.is_empty() && hour.bytes().all(|b| b.is_ascii_digit()));
+        match frames.last_mut() {
+            Some(frame) if !timed => {
+                frame.push(' ');
+                frame.push_str(line.trim());
+            }
+            _ => frames.push(line),
+        }
+    }
+    frames
+}
+
 /// What a frame between two lab hosts is.
 #[derive(Debug, PartialEq, Eq)]
 enum Kind {
@@ -131,23 +168,9 @@ enum Kind {
 }
 
 impl Captured {
-    /// A capture's lines (`-q -A`): each frame's line, then its bytes as text over as many lines as
-    /// they hold line breaks.
-    fn count_all(&mut self, lines: &[String]) {
-        let mut in_clear = false;
-        for line in lines {
-            if is_frame_line(line) {
-                self.payload_in_clear += u64::from(in_clear);
-                in_clear = false;
-                self.count(line);
-            } else if line.contains(PAYLOAD_MARKER) {
-                in_clear = true;
-            }
-        }
-        self.payload_in_clear += u64::from(in_clear);
-    }
-
+    /// One frame: its lines joined, its bytes (`-A`) among them.
     fn count(&mut self, line: &str) {
+        self.payload_in_clear += u64::from(line.contains(PAYLOAD_MARKER));
         let Some((kind, from, to)) = classify(line) else {
             return;
         };
@@ -163,17 +186,6 @@ impl Captured {
             Kind::Wireguard => frames.wireguard += 1,
         }
     }
-}
-
-/// Whether a capture line is a frame's (it starts with tcpdump's `HH:MM:SS.micros`) rather than a
-/// line of its bytes.
-fn is_frame_line(line: &str) -> bool {
-    let b = line.as_bytes();
-    b.len() > 9
-        && b[2] == b':'
-        && b[5] == b':'
-        && b[8] == b'.'
-        && [0, 1, 3, 4, 6, 7].iter().all(|&i| b[i].is_ascii_digit())
 }
 
 /// A tcpdump line (`-n -q`: `TIME IP SRC[.PORT] > DST[.PORT]: …`) as the kind of frame and the
@@ -200,7 +212,7 @@ fn classify(line: &str) -> Option<(Kind, u8, u8)> {
 }
 
 /// `a.b.c.d` or `a.b.c.d.port`.
-fn endpoint(text: &str) -> Option<(Ipv4Addr, Option<u16>)> {
+pub(super) fn endpoint(text: &str) -> Option<(Ipv4Addr, Option<u16>)> {
     let parts: Vec<&str> = text.split('.').collect();
     let addr = parts.get(..4)?.join(".").parse().ok()?;
     let port = match parts.get(4..)? {
@@ -212,7 +224,7 @@ fn endpoint(text: &str) -> Option<(Ipv4Addr, Option<u16>)> {
 }
 
 /// The lab's cluster of a pod address: 100.(63+c).n.k.
-fn pod_cluster(addr: Ipv4Addr) -> Option<u8> {
+pub(super) fn pod_cluster(addr: Ipv4Addr) -> Option<u8> {
     let [a, b, ..] = addr.octets();
     (a == 100 && (64..128).contains(&b)).then(|| b - 63)
 }
@@ -226,6 +238,26 @@ fn node_cluster(addr: Ipv4Addr) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_inner_line_joins_its_frame() {
+        let lines = [
+            "22:17:31.328117 IP 198.18.1.1.58729 > 198.18.2.2.8472: VXLAN, flags [I] (0x08), vni 65536",
+            "IP 100.64.1.10 > 100.65.2.10: ICMP echo request, id 32704, seq 1, length 64",
+            "22:17:31.4 IP 100.64.1.10.41772 > 100.65.2.10.8080: Flags [S], length 0",
+        ];
+        let frames = frames(lines.map(str::to_owned).to_vec());
+        assert_eq!(frames.len(), 2);
+        assert!(frames[0].ends_with(
+            "vni 65536 IP 100.64.1.10 > 100.65.2.10: ICMP echo request, id 32704, seq 1, length 64"
+        ));
+        let mut captured = Captured::default();
+        frames.iter().for_each(|f| captured.count(f));
+        assert_eq!(
+            (captured.cross_cluster.vxlan, captured.cross_cluster.plain),
+            (1, 1)
+        );
+    }
 
     #[test]
     fn frames_are_counted_by_kind_and_by_the_clusters_they_join() {
@@ -274,13 +306,16 @@ mod tests {
 
     fn report(lines: &[&str]) -> EncryptionReport {
         let mut captured = Captured::default();
-        captured.count_all(&lines.iter().map(|l| l.to_string()).collect::<Vec<_>>());
+        for frame in frames(lines.iter().map(|l| l.to_string()).collect()) {
+            captured.count(&frame);
+        }
         let report = RoutingReport {
             mode: Routing::Tunnel,
             tunnel: Tunnel::Vxlan,
             intra_cluster_encapsulated: None,
             cross_cluster_encapsulated: None,
             captured,
+            identity_in_vni: IdentityInVni::default(),
         };
         report.encryption(Encryption::Strict)
     }
