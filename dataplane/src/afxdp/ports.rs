@@ -42,7 +42,7 @@ pub struct Released {
 }
 
 pub(super) enum PortCommand {
-    Add(BoundPort, SyncSender<Result<(), AfXdpError>>),
+    Add(Box<BoundPort>, SyncSender<Result<(), AfXdpError>>),
     Remove(PortId, SyncSender<Result<Released, AfXdpError>>),
 }
 
@@ -111,7 +111,7 @@ impl PortControl {
 
     /// Hands `port` to the worker; returns once the worker serves it (its fill ring stocked).
     pub fn add(&self, port: BoundPort) -> Result<(), AfXdpError> {
-        self.ask(|reply| PortCommand::Add(port, reply))?
+        self.ask(|reply| PortCommand::Add(Box::new(port), reply))?
     }
 
     /// Takes port `id` from the worker: its socket closed, its chunks back in the free list.

@@ -220,7 +220,7 @@ impl Worker {
         for command in commands.take() {
             match command {
                 PortCommand::Add(port, reply) => {
-                    let _ = reply.send(self.add_port(port));
+                    let _ = reply.send(self.add_port(*port));
                 }
                 PortCommand::Remove(id, reply) => {
                     let _ = reply.send(self.remove_port(id));
