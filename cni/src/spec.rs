@@ -428,6 +428,31 @@ mod tests {
         assert_eq!(code(r#"{"cniVersion":"1.0.0""#), ErrorCode::Decode);
     }
 
+    /// What deploy/ installs on every node: each plugin of the list, as the runtime hands it over (with
+    /// the list's version and name), is a configuration this plugin takes, pointed at the pod socket
+    /// beside the status socket the DaemonSet's agents use.
+    #[test]
+    fn the_deployed_conflist_is_read() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/10-meshpath.conflist"
+        );
+        let list: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let plugins = list["plugins"].as_array().unwrap();
+        assert_eq!(plugins.len(), 1);
+        let mut plugin = plugins[0].clone();
+        plugin["cniVersion"] = list["cniVersion"].clone();
+        plugin["name"] = list["name"].clone();
+        let conf = NetConf::parse(plugin.to_string().as_bytes()).unwrap();
+        assert_eq!(conf.plugin, "meshpath-cni");
+        assert_eq!(
+            conf.agent_socket,
+            PathBuf::from("/run/meshpath/agent.sock.cni")
+        );
+        assert_eq!(conf.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
     #[test]
     fn results_and_errors_in_the_specs_shape() {
         let result = CniResult {

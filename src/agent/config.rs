@@ -71,7 +71,8 @@ pub struct AgentConfig {
     /// Source NAT of pod traffic leaving the mesh.
     #[serde(default)]
     pub masquerade: MasqueradeSection,
-    /// Where the agent keeps what a restart needs (the conntrack handover file), e.g.
+    /// Where the agent keeps what a restart needs (the conntrack handover file, the pods the CNI
+    /// plugin attached), e.g.
     /// `/run/meshpath/state`; a tmpfs, so a reboot starts clean.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
