@@ -3,7 +3,9 @@
 //! worker's UMEM (shared through a socket that already has it) in the caller's thread, then hands it
 //! over a channel; the worker takes the queued changes between bursts, at the top of a turn, when a
 //! flag tells it some are waiting (one relaxed load per turn otherwise). A removed port's socket is
-//! closed by the worker, which then takes back every UMEM chunk that socket's rings held.
+//! handed back and closed in the caller's thread — closing an AF_XDP socket waits for an RCU grace
+//! period, which must not stall the other ports' traffic — and then the worker takes back every UMEM
+//! chunk that socket's rings held.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,7 +45,10 @@ pub struct Released {
 
 pub(super) enum PortCommand {
     Add(Box<BoundPort>, SyncSender<Result<(), AfXdpError>>),
-    Remove(PortId, SyncSender<Result<Released, AfXdpError>>),
+    /// Out of the worker's ports; its socket comes back to be closed.
+    Remove(PortId, SyncSender<Result<Box<Xsk>, AfXdpError>>),
+    /// The chunks of a removed port's socket, once it is closed, back to the free list.
+    Reclaim(PortId, SyncSender<Released>),
 }
 
 /// The worker's end: commands and the flag that says some are waiting.
@@ -116,7 +121,9 @@ impl PortControl {
 
     /// Takes port `id` from the worker: its socket closed, its chunks back in the free list.
     pub fn remove(&self, id: PortId) -> Result<Released, AfXdpError> {
-        self.ask(|reply| PortCommand::Remove(id, reply))?
+        let socket = self.ask(|reply| PortCommand::Remove(id, reply))??;
+        drop(socket);
+        self.ask(|reply| PortCommand::Reclaim(id, reply))
     }
 
     fn ask<T>(&self, command: impl FnOnce(SyncSender<T>) -> PortCommand) -> Result<T, AfXdpError> {

@@ -223,7 +223,10 @@ impl Worker {
                     let _ = reply.send(self.add_port(*port));
                 }
                 PortCommand::Remove(id, reply) => {
-                    let _ = reply.send(self.remove_port(id));
+                    let _ = reply.send(self.take_port(id));
+                }
+                PortCommand::Reclaim(id, reply) => {
+                    let _ = reply.send(self.reclaim_port(id));
                 }
             }
         }
@@ -249,20 +252,37 @@ impl Worker {
         Ok(())
     }
 
-    fn remove_port(&mut self, id: PortId) -> Result<Released, AfXdpError> {
+    /// Takes port `id` off this worker (its tx ring flushed first: what it holds is the kernel's to
+    /// send or to drop) and hands its socket back, to be closed off this thread.
+    fn take_port(&mut self, id: PortId) -> Result<Box<Xsk>, AfXdpError> {
         let i = self.index_of(id).ok_or(AfXdpError::UnknownPort(id.0))?;
-        // Flushed first: what the port's tx ring holds is the kernel's to send or to drop.
         self.ports[i].xsk.flush_tx();
-        drop(self.ports.remove(i));
+        let port = self.ports.remove(i);
         self.stats.ports.remove(i);
         self.config.ports.retain(|p| p.id != id);
         self.added.retain(|p| *p != id);
         self.reindex();
-        // The socket is closed: the kernel reaches none of the chunks its rings held any more.
-        let chunks = self.umem.reclaim(id);
         self.count_umem();
         self.shared.relayout(&self.stats);
-        Ok(Released { chunks })
+        Ok(Box::new(port.xsk))
+    }
+
+    /// Every chunk a removed port's socket held back to the free list; its socket is closed, so the
+    /// kernel reaches none of them any more.
+    fn reclaim_port(&mut self, id: PortId) -> Released {
+        let chunks = if self.index_of(id).is_some() {
+            0
+        } else {
+            self.umem.reclaim(id)
+        };
+        self.count_umem();
+        Released { chunks }
+    }
+
+    #[cfg(test)]
+    fn remove_port(&mut self, id: PortId) -> Result<Released, AfXdpError> {
+        drop(self.take_port(id)?);
+        Ok(self.reclaim_port(id))
     }
 
     fn index_of(&self, id: PortId) -> Option<usize> {
