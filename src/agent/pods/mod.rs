@@ -296,6 +296,24 @@ impl Pods {
                 a.pod
             )));
         }
+        // Two endpoints with one address would each pass anti-spoofing as the other: fail closed.
+        let holder = self.tables.load().endpoints.iter().find_map(|e| {
+            let held = a.addresses.iter().find(|ip| match ip {
+                IpAddr::V4(v4) => e.ipv4 == Some(*v4),
+                IpAddr::V6(v6) => e.ipv6 == Some(*v6),
+            })?;
+            let ours = self
+                .names
+                .get(e.port)
+                .is_some_and(|(i, _)| i == a.host_interface);
+            (!ours).then_some((*held, e.port))
+        });
+        if let Some((ip, port)) = holder {
+            return Err(invalid(format!(
+                "{ip} is the address of the endpoint on port {}",
+                port.0
+            )));
+        }
         Ok(())
     }
 
