@@ -11,7 +11,11 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
+
+use meshpath_api::cni::{
+    ask, ContainerRef, PodAttachment, PodName, PodRequest, PodResponse, RefusalReason,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -223,6 +227,39 @@ impl Node {
             .collect()
     }
 
+    /// The agent refuses to attach a veth that claims an address another endpoint holds (asked
+    /// directly on its pod socket: the plugin's leases never overlap).
+    fn refuses_a_second_holder_of(&self, taken: Ipv4Addr) {
+        let ns = self.netns();
+        let veth = [
+            "-n", &ns, "link", "add", "lxcdup", "type", "veth", "peer", "name", "dup",
+        ];
+        assert!(ok(&run(Command::new("ip").args(veth))));
+        let attach = PodRequest::Attach(PodAttachment {
+            container: ContainerRef {
+                container_id: "container-dup".into(),
+                ifname: "eth0".into(),
+            },
+            pod: PodName {
+                namespace: "default".into(),
+                name: "churn0".into(),
+            },
+            host_interface: "lxcdup".into(),
+            mac: mac_of(&ns, "dup").parse().unwrap(),
+            addresses: vec![IpAddr::V4(taken)],
+        });
+        let socket = PathBuf::from(format!("{}.cni", self.socket().display()));
+        let answer = ask(&socket, &attach, WAIT).expect("the agent answers");
+        let _ = run(Command::new("ip").args(["-n", &ns, "link", "del", "lxcdup"]));
+        match answer {
+            PodResponse::Refused(r) => {
+                assert_eq!(r.reason, RefusalReason::Invalid, "{}", r.message);
+                assert!(r.message.contains(&taken.to_string()), "{}", r.message);
+            }
+            other => panic!("a second holder of {taken} was not refused: {other:?}"),
+        }
+    }
+
     /// Where lost pings went: the pods' own ICMP counters (a reply the kernel counted that ping did
     /// not came too late), and the agent's drops.
     fn explain_loss(&self) {
@@ -320,39 +357,35 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
         .unwrap_or_else(|timeout| panic!("{timeout}"));
 }
 
-/// Pings from `from` to `to` in rounds until `stop`; (sent, received) over all rounds. A reply may
-/// be up to 5 s late (a machine busy with more than this test) before ping counts it lost.
-fn ping_until(
-    from: String,
-    to: Ipv4Addr,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(u64, u64)> {
+/// Pings from `from` to `to` in rounds until `stop`; how many rounds ran. Whether each request was
+/// answered is read from the pods' own counters, not from ping's summary: ping waits only two round
+/// trips for the last reply of a round and calls a reply a few milliseconds late lost.
+fn ping_until(from: String, to: Ipv4Addr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
-        let (mut sent, mut received) = (0, 0);
+        let mut rounds = 0;
         while !stop.load(Ordering::Relaxed) {
-            let out = run(Command::new("ip")
-                .args([
-                    "netns", "exec", &from, "ping", "-q", "-c", "20", "-i", "0.01", "-W", "5",
-                ])
-                .arg(to.to_string()));
-            let text = String::from_utf8_lossy(&out.stdout);
-            let counts = text
-                .lines()
-                .find(|l| l.contains("packets transmitted"))
-                .unwrap_or_default();
-            let number = |word: &str| -> u64 {
-                let words: Vec<&str> = counts.split_whitespace().collect();
-                let at = words.iter().position(|w| w.starts_with(word)).unwrap_or(0);
-                words
-                    .get(at.wrapping_sub(1))
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0)
-            };
-            sent += number("packets");
-            received += number("received");
+            let ping = [
+                "netns", "exec", &from, "ping", "-q", "-c", "20", "-i", "0.01",
+            ];
+            run(Command::new("ip").args(ping).arg(to.to_string()));
+            rounds += 1;
         }
-        (sent, received)
+        rounds
     })
+}
+
+/// `Icmp: <field>` of the namespace `ns`'s `/proc/net/snmp`.
+fn icmp(ns: &str, field: &str) -> u64 {
+    let out = run(Command::new("ip").args(["netns", "exec", ns, "cat", "/proc/net/snmp"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut icmp = text.lines().filter(|l| l.starts_with("Icmp: "));
+    let (names, values) = (
+        icmp.next().unwrap_or_default(),
+        icmp.next().unwrap_or_default(),
+    );
+    let at = names.split_whitespace().position(|n| n == field);
+    at.and_then(|i| values.split_whitespace().nth(i)?.parse().ok())
+        .unwrap_or_else(|| panic!("no Icmp {field} in {ns}'s /proc/net/snmp"))
 }
 
 #[test]
@@ -406,14 +439,23 @@ fn a_hundred_pods_come_and_go_through_the_plugin_without_a_leak_or_a_lost_ping()
         node.del(pod);
     }
     stop.store(true, Ordering::Relaxed);
-    let (sent, received) = pinger.join().unwrap();
-    assert!(sent > 0, "the staying pod pinged");
-    if received != sent {
+    assert!(pinger.join().unwrap() > 0, "the staying pod pinged");
+    let (stay_ns, peer_ns) = (
+        format!("{}-stay", node.prefix),
+        format!("{}-peer", node.prefix),
+    );
+    let sent = icmp(&stay_ns, "OutEchos");
+    let answered = || icmp(&stay_ns, "InEchoReps");
+    let every = meshpath_testkit::until("every echo request answered", WAIT, || {
+        meshpath_testkit::wait::check(answered() >= sent, ())
+    });
+    if every.is_err() {
         node.explain_loss();
     }
     assert_eq!(
-        received, sent,
-        "the staying pod lost pings while others came and went"
+        (icmp(&peer_ns, "InEchos"), answered()),
+        (sent, sent),
+        "the staying pod's pings were lost while others came and went"
     );
 
     // Counts settle once the last detach's connections and frames are done with.
@@ -424,6 +466,7 @@ fn a_hundred_pods_come_and_go_through_the_plugin_without_a_leak_or_a_lost_ping()
     })
     .unwrap_or_else(|_| assert_eq!(after, before, "a churned pod left something behind"));
     assert!(ok(&node.cni("CHECK", "stay")), "CHECK after the churn");
+    node.refuses_a_second_holder_of(stay);
     let log = std::fs::read_to_string(node.dir.join("agent.log")).unwrap_or_default();
     assert_eq!(
         log.matches("pod detached container=").count(),
