@@ -101,6 +101,7 @@ fn canned() -> AgentStatus {
                     ..Default::default()
                 },
             }],
+            umem: None,
         },
         tables: TableSizes {
             endpoints: 2,
