@@ -10,8 +10,8 @@
 //! 5. beyond the mesh: the world, the node and a large transfer across clusters ([`beyond`]).
 
 mod beyond;
-mod scene;
-mod steps;
+pub mod scene;
+pub mod steps;
 
 use std::collections::BTreeMap;
 use std::time::Instant;

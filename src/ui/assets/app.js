@@ -125,15 +125,17 @@ function exitPoint(box, tx, ty) {
   return [cx + dx * Math.min(scale, 1), cy + dy * Math.min(scale, 1)];
 }
 
-function edgeLabel(edge) {
+// Denials carry their reason on the map; other drops (often the pods' own IPv6 chatter) keep theirs
+// in the tooltip, so that they do not drown the rest.
+function edgeLabel(edge, full) {
   const port = edge.port ? `${edge.port}/` : "";
   const parts = [`${port}${edge.protocol}`, `×${edge.flows}`];
-  if (edge.reason_text) parts.push(edge.reason_text);
+  if (edge.reason_text && (full || edge.colour === "denied")) parts.push(edge.reason_text);
   return parts.join(" · ");
 }
 
 function drawEdge(edge, from, to, nth, serviceNames) {
-  const title = `${edge.from} → ${edge.to}\n${edgeLabel(edge)} (${edge.verdict})` +
+  const title = `${edge.from} → ${edge.to}\n${edgeLabel(edge, true)} (${edge.verdict})` +
     (edge.services.length ? `\nvia ${edge.services.map((s) => serviceNames.get(s) || s).join(", ")}` : "");
   const attrs = {
     class: `edge ${edge.colour}`,
