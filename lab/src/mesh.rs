@@ -3,14 +3,83 @@
 //! directory listing its nodes and the lab's pods. The processes run on after `lab up` returns;
 //! `lab down` ends them with the namespaces. Files live in [`dir`]. The agents are the `meshpath`
 //! binary [`agent_binary`](crate::agent_binary::agent_binary) finds.
+//!
+//! The agents route as [`MeshOptions`] say. A cluster's nodes share its bridge (one segment), the
+//! clusters are a routed hop apart: hybrid routing goes plain inside a cluster and tunnels across;
+//! native routing has the fabric route every node's pod CIDR to that node, as a cloud's route table
+//! would, and tells the agents so (`underlay-routes-pod-cidrs`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use serde::Serialize;
 
 use crate::plan::{Node, Plan};
+
+/// How the lab's agents carry pod traffic between nodes: `dataplane.routing` of their configuration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Routing {
+    /// Always encapsulated.
+    #[default]
+    Tunnel,
+    /// Never encapsulated: the fabric routes pod CIDRs (`direct` is its alias).
+    #[value(alias = "direct")]
+    Native,
+    /// Plain inside a cluster's segment, encapsulated across clusters.
+    Hybrid,
+}
+
+/// What tunnels encapsulate with: `dataplane.tunnel`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Tunnel {
+    /// UDP 8472.
+    #[default]
+    Vxlan,
+    /// UDP 6081.
+    Geneve,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MeshOptions {
+    pub routing: Routing,
+    pub tunnel: Tunnel,
+    /// The fabric routes every node's pod CIDR to it (native routing tells its agents so); without
+    /// it, native routing reaches only the nodes of the sender's own cluster and refuses the others.
+    pub fabric_routes_pods: bool,
+}
+
+impl MeshOptions {
+    /// The options `meshpath lab up --mesh` and `meshpath demo` take: native routing over a fabric
+    /// that routes the pod CIDRs.
+    pub fn new(routing: Routing, tunnel: Tunnel) -> MeshOptions {
+        MeshOptions {
+            routing,
+            tunnel,
+            fabric_routes_pods: routing == Routing::Native,
+        }
+    }
+
+    /// The agent configuration's `dataplane` keys for them.
+    fn dataplane_keys(self) -> String {
+        let tunnel = match self.tunnel {
+            Tunnel::Vxlan => "vxlan",
+            Tunnel::Geneve => "geneve",
+        };
+        let routing = match self.routing {
+            Routing::Tunnel => "tunnel".to_owned(),
+            Routing::Native => format!(
+                "native, underlay-routes-pod-cidrs: {}",
+                self.fabric_routes_pods
+            ),
+            Routing::Hybrid => "hybrid".to_owned(),
+        };
+        format!("routing: {routing}, tunnel: {tunnel}")
+    }
+}
 
 /// Where a meshed lab keeps its configuration, state, sockets and logs.
 pub fn dir(prefix: &str) -> PathBuf {
@@ -31,10 +100,20 @@ pub fn pod_name(n: u8, k: u8) -> String {
     format!("p{n}-{k}")
 }
 
-/// Starts the etcds and the agents of `plan`, and waits until every agent answers.
+/// Starts the etcds and the agents of `plan`, tunnelling with VXLAN, and waits until every agent
+/// answers.
 pub fn start(plan: &Plan) -> anyhow::Result<()> {
+    start_with(plan, MeshOptions::default())
+}
+
+/// Starts the etcds and the agents of `plan`, routing as `options` say (first having the fabric route
+/// the pod CIDRs if they say so), and waits until every agent answers.
+pub fn start_with(plan: &Plan, options: MeshOptions) -> anyhow::Result<()> {
     // Before anything starts: a missing agent binary leaves nothing to undo.
     let agent = crate::agent_binary::agent_binary()?;
+    if options.fabric_routes_pods {
+        crate::up::route_pod_cidrs(plan)?;
+    }
     let root = dir(&plan.prefix);
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     for &c in &plan.clusters {
@@ -48,6 +127,7 @@ pub fn start(plan: &Plan) -> anyhow::Result<()> {
         wait_for_etcd(plan, c)?;
     }
     for node in &plan.nodes {
+        write_agent_config(plan, node, options)?;
         start_agent(plan, node, &agent)?;
     }
     for node in &plan.nodes {
@@ -240,7 +320,11 @@ pub fn pin_dir(prefix: &str) -> PathBuf {
     PathBuf::from(format!("/sys/fs/bpf/meshpath/lab-{prefix}"))
 }
 
-fn start_agent(plan: &Plan, node: &Node, agent: &Path) -> anyhow::Result<()> {
+fn agent_config(prefix: &str, c: u8, n: u8) -> PathBuf {
+    dir(prefix).join(format!("c{c}-n{n}.yaml"))
+}
+
+fn write_agent_config(plan: &Plan, node: &Node, options: MeshOptions) -> anyhow::Result<()> {
     let (c, n) = (node.cluster, node.node);
     let router = interface_mac(&plan.fabric, &crate::plan::bridge(c))?;
     let mut pods = String::new();
@@ -257,7 +341,7 @@ fn start_agent(plan: &Plan, node: &Node, agent: &Path) -> anyhow::Result<()> {
         "cluster: {{name: cluster{c}, id: {c}}}\n\
          node: {{name: c{c}-n{n}, uplink: uplink, ipv4: {ip}, router-mac: \"{router}\"}}\n\
          pods:\n{pods}\
-         dataplane: {{cores: [{core}], routing: tunnel, tunnel: vxlan, conntrack-capacity: 65536, mtu: 1500}}\n\
+         dataplane: {{cores: [{core}], {routing}, conntrack-capacity: 65536, mtu: 1500}}\n\
          etcd: {{endpoints: [\"{etcd}\"], insecure: true}}\n\
          clustermesh: {{config-dir: {mesh}, grace-period: 10s}}\n\
          source: {{yaml-dir: {state}}}\n\
@@ -269,13 +353,20 @@ fn start_agent(plan: &Plan, node: &Node, agent: &Path) -> anyhow::Result<()> {
         node_state = dir(&plan.prefix).join(format!("state-c{c}-n{n}")).display(),
         pins = pin_dir(&plan.prefix).join(format!("c{c}-n{n}")).display(),
         core = (c + n) % 2,
+        routing = options.dataplane_keys(),
         etcd = etcd_url(c),
         mesh = cluster.join("clustermesh").display(),
         state = cluster.join("state").display(),
         socket = socket(&plan.prefix, c, n).display(),
     );
-    let path = dir(&plan.prefix).join(format!("c{c}-n{n}.yaml"));
-    std::fs::write(&path, config)?;
+    std::fs::write(agent_config(&plan.prefix, c, n), config)?;
+    Ok(())
+}
+
+/// Starts the agent of `node` with the configuration written for it.
+fn start_agent(plan: &Plan, node: &Node, agent: &Path) -> anyhow::Result<()> {
+    let (c, n) = (node.cluster, node.node);
+    let path = agent_config(&plan.prefix, c, n);
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -339,7 +430,8 @@ fn zombie(proc_dir: &Path) -> bool {
     })
 }
 
-/// Starts the agent of node `n` of cluster `c` again (after [`stop_agent`]), with its configuration.
+/// Starts the agent of node `n` of cluster `c` again (after [`stop_agent`]), with the configuration
+/// it had.
 pub fn start_agent_again(plan: &Plan, c: u8, n: u8) -> anyhow::Result<()> {
     let agent = crate::agent_binary::agent_binary()?;
     let node = plan

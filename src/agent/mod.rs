@@ -4,7 +4,7 @@
 //! read back the conntrack a planned stop handed over; bind the AF_XDP sockets, load the XDP programs
 //! (maps pinned), register the sockets and only then attach, in the node's network namespace; start
 //! the worker with the pipeline, then the control task that keeps the table snapshot current and the
-//! task that keeps tunnel peers and pod routes in step with the mesh's nodes.
+//! task that keeps tunnel peers, pod routes and the neighbour nodes' MACs in step with the mesh's nodes.
 //!
 //! SIGINT, SIGTERM and SIGHUP stop it the planned way: the worker stops, its conntrack is written for
 //! the next agent, and the XDP programs stay attached — with no socket registered they drop what is
@@ -25,6 +25,7 @@ mod last_known;
 mod logging;
 mod memlock;
 pub mod metrics;
+mod neighbours;
 mod node_sync;
 mod nodes;
 mod observe;
@@ -52,6 +53,7 @@ use meshpath_control::snapshot::{NodeSpec, PodPorts};
 use meshpath_dataplane::conntrack::{ConntrackConfig, Timeouts};
 use meshpath_dataplane::gateway::Gateway;
 use meshpath_dataplane::handover;
+use meshpath_dataplane::ipcache::IpPrefix;
 use meshpath_dataplane::masquerade::{Masquerade, PortRange};
 use meshpath_dataplane::pipeline::WorkerState;
 use meshpath_dataplane::route::Underlay;
@@ -101,7 +103,8 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let source = YamlSource::spawn(dir, cancel.clone())?;
     let first = source.state.borrow().clone();
     host_port::ensure(&config).context("host port")?;
-    let spec = node_spec(&config, &first)?;
+    let segments = neighbours::segments(&config).context("the uplink's segment")?;
+    let spec = node_spec(&config, &first, segments.clone())?;
     let tables = Arc::new(ArcSwap::from_pointee(Tables::empty(
         spec.config.clone(),
         spec.capacities,
@@ -127,7 +130,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let latency = metrics::publish_latency();
     let sink = metrics::TimedSink::new(tables.clone(), latency.clone());
     let empty = tables.load_full();
-    let (mut tasks, mesh) = control::start(
+    let (mut tasks, mesh, builder) = control::start(
         &config,
         spec,
         source.state.clone(),
@@ -149,13 +152,15 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         control_beat.beat(),
         readiness,
     ));
-    tasks.spawn(node_sync::sync_forever(
-        nodes.clone(),
-        uplink.clone(),
-        host_port::Routes::new(&config),
-        own_addresses(&config),
-        cancel.clone(),
-    ));
+    let sync = node_sync::NodeSync {
+        nodes: nodes.clone(),
+        uplink: uplink.clone(),
+        routes: host_port::Routes::new(&config),
+        neighbours: neighbours::Neighbours::new(&config.node.uplink, segments),
+        builder,
+        own: own_addresses(&config),
+    };
+    tasks.spawn(node_sync::sync_forever(sync, cancel.clone()));
     let etcd_latency = kvstore::operation_latency();
     let kvstore = kvstore::spawn(&config, &mut tasks, etcd_latency.clone(), cancel.clone())?;
     let names = observe::Names {
@@ -301,7 +306,11 @@ async fn wait_for_signal() {
     }
 }
 
-fn node_spec(config: &AgentConfig, local: &LocalState) -> anyhow::Result<NodeSpec> {
+fn node_spec(
+    config: &AgentConfig,
+    local: &LocalState,
+    segments: Vec<IpPrefix>,
+) -> anyhow::Result<NodeSpec> {
     let cluster = control::cluster_name(config)?;
     let cluster_id = ClusterId::new(config.cluster.id).context("cluster.id")?;
     let node = NodeConfig {
@@ -317,7 +326,7 @@ fn node_spec(config: &AgentConfig, local: &LocalState) -> anyhow::Result<NodeSpe
         gateway: Gateway {
             mac: config.node.gateway_mac.0,
         },
-        routing: config.dataplane.routing.into(),
+        routing: config.dataplane.routing_mode(),
         tunnel: config.dataplane.tunnel.into(),
         host: Some(HostPort {
             port: wiring::HOST,
@@ -346,6 +355,7 @@ fn node_spec(config: &AgentConfig, local: &LocalState) -> anyhow::Result<NodeSpe
             .as_ref()
             .map(|m| m.admission())
             .unwrap_or_default(),
+        segments,
     })
 }
 

@@ -79,7 +79,11 @@ impl StatusSources {
                 .mesh
                 .as_ref()
                 .map(|m| convert::clustermesh(&m.borrow())),
-            nodes: if full { self.nodes.rows() } else { Vec::new() },
+            nodes: if full {
+                self.nodes.rows_reached(&tables)
+            } else {
+                Vec::new()
+            },
             identities: if full {
                 self.identities.rows()
             } else {

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use meshpath_lab::mesh::{MeshOptions, Routing, Tunnel};
 use meshpath_lab::plan::{Plan, Size};
 use meshpath_lab::{agent_binary, down, mesh, status, up, Output};
 
@@ -37,6 +38,13 @@ enum Command {
         /// are the `meshpath` binary next to this one (or $MESHPATH_BIN).
         #[arg(long)]
         mesh: bool,
+        /// With --mesh: how the agents carry pod traffic between nodes (native: the fabric routes
+        /// the pod CIDRs).
+        #[arg(long, value_enum, default_value_t = Routing::Tunnel, requires = "mesh")]
+        routing: Routing,
+        /// With --mesh: what tunnels encapsulate with.
+        #[arg(long, value_enum, default_value_t = Tunnel::Vxlan, requires = "mesh")]
+        tunnel: Tunnel,
         #[command(flatten)]
         prefix: LabPrefix,
     },
@@ -71,6 +79,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             nodes,
             pods,
             mesh,
+            routing,
+            tunnel,
             prefix,
         } => {
             let plan = Plan::new(
@@ -88,7 +98,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             up::up(&plan)?;
             println!("lab up: {} namespaces", plan.namespaces().count());
             if mesh {
-                mesh::start(&plan)?;
+                mesh::start_with(&plan, MeshOptions::new(routing, tunnel))?;
                 println!(
                     "lab meshed: {} etcd, {} agents; sockets and logs in {}",
                     plan.clusters.len(),

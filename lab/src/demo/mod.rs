@@ -2,22 +2,29 @@
 //! person reads (or one JSON object with `-o json`).
 //!
 //! 1. x-wing in cluster1 calls the global service rebel-base, whose pods in both clusters answer
-//!    with their cluster's name: the count per cluster;
-//! 2. rebel-base scaled to zero in cluster2: every answer comes from cluster1 and none fails; back;
-//!    then the same the other way round;
+//!    with their cluster's name: the count per cluster, and what the routing mode put on the fabric
+//!    meanwhile ([`routing`]);
+//! 2. rebel-base scaled to zero in cluster2 the way Kubernetes does it while x-wing keeps opening
+//!    new connections: every request issued meanwhile is counted, none may fail; back; then the same
+//!    the other way round ([`failover`]);
 //! 3. the CiliumNetworkPolicy that lets x-wing in cluster1 reach rebel-base in cluster2 only;
 //! 4. the nodes of both clusters;
 //! 5. beyond the mesh: the world, the node and a large transfer across clusters ([`beyond`]).
 
 mod beyond;
+mod failover;
+pub mod routing;
 pub mod scene;
 pub mod steps;
+mod stream;
+mod vni;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::mesh::MeshOptions;
 use scene::Scene;
 
 /// What the demo found, step by step.
@@ -25,23 +32,33 @@ use scene::Scene;
 pub struct DemoReport {
     pub requests_per_cluster: BTreeMap<String, u64>,
     pub failed_requests: u64,
+    pub routing: routing::RoutingReport,
     pub failover_failed_requests: u64,
-    pub failover: Vec<steps::Failover>,
+    pub failover: Vec<failover::Failover>,
     pub policy: steps::PolicyReport,
     pub nodes: Vec<meshpath_api::node::NodeRow>,
     pub beyond_mesh: beyond::BeyondMesh,
     pub seconds: f64,
 }
 
-pub fn run(prefix: &str, requests: usize) -> anyhow::Result<DemoReport> {
+pub fn run(prefix: &str, requests: usize, options: MeshOptions) -> anyhow::Result<DemoReport> {
     let started = Instant::now();
-    eprintln!("building the lab: 2 clusters of 2 nodes, an etcd per cluster and an agent per node, meshed …");
-    let scene = Scene::build(prefix)?;
+    eprintln!(
+        "building the lab: 2 clusters of 2 nodes, an etcd per cluster and an agent per node, meshed ({:?} routing, {:?}) …",
+        options.routing, options.tunnel
+    );
+    let scene = Scene::build(prefix, options)?;
     steps::wait_for_mesh(&scene)?;
     eprintln!("step 1: x-wing calls the global service rebel-base {requests} times …");
+    let capture = routing::FabricCapture::start(&scene, options)?;
     let calls = steps::call_service(&scene, 1, requests)?;
-    eprintln!("step 2: failover …");
-    let failover = steps::failover(&scene, requests)?;
+    let identities = vni::Identities::of_every_pod(&scene.agent_sockets())?;
+    let routing = capture.stop(options, &identities)?;
+    eprintln!(
+        "step 2: failover, x-wing opening {} connections a second …",
+        failover::RATE
+    );
+    let failover = failover::failover(&scene)?;
     eprintln!("step 3: the cross-cluster policy …");
     let policy = steps::policy(&scene)?;
     let nodes = steps::nodes(&scene)?;
@@ -50,6 +67,7 @@ pub fn run(prefix: &str, requests: usize) -> anyhow::Result<DemoReport> {
     Ok(DemoReport {
         requests_per_cluster: calls.per_cluster,
         failed_requests: calls.failed,
+        routing,
         failover_failed_requests: failover.iter().map(|f| f.failed).sum(),
         failover,
         policy,
@@ -67,7 +85,28 @@ impl DemoReport {
             let _ = writeln!(out, "   answered by {cluster}: {n}");
         }
         let _ = writeln!(out, "   failed: {}", self.failed_requests);
-        out += "\n2. failover\n";
+        let r = &self.routing;
+        let _ = writeln!(
+            out,
+            "   on the fabric ({} routing): inside a cluster {}, across clusters {}",
+            name(&r.mode),
+            wire(&r.captured.intra_cluster),
+            wire(&r.captured.cross_cluster),
+        );
+        let vni = &r.identity_in_vni;
+        let checked: u64 = vni.checked.values().sum();
+        if checked > 0 {
+            let _ = writeln!(
+                out,
+                "   sender's identity in the VNI: {} of {checked} tunnelled frames",
+                checked - vni.mismatched,
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n2. failover (x-wing opening {} new connections a second throughout)",
+            failover::RATE
+        );
         for f in &self.failover {
             let answers: Vec<String> = f
                 .per_cluster
@@ -76,8 +115,9 @@ impl DemoReport {
                 .collect();
             let _ = writeln!(
                 out,
-                "   {:<44} {}  failed: {}",
+                "   {:<44} {:>3} requests  {}  failed: {}",
                 f.situation,
+                f.issued,
                 answers.join(", "),
                 f.failed
             );
@@ -142,5 +182,31 @@ impl DemoReport {
             self.seconds
         );
         out
+    }
+}
+
+/// A serde name (`hybrid`, `geneve`) as the JSON has it.
+fn name(value: &impl Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// What the capture saw of one kind of traffic: `plain (12 frames)`, `geneve (12 frames)`, or each
+/// count when it saw several kinds or none.
+fn wire(frames: &routing::Frames) -> String {
+    let kinds = [
+        ("plain", frames.plain),
+        ("vxlan", frames.vxlan),
+        ("geneve", frames.geneve),
+    ];
+    match kinds.iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>()[..] {
+        [(kind, n)] => format!("{kind} ({n} frames)"),
+        [] => "nothing captured".to_owned(),
+        _ => format!(
+            "mixed ({} plain, {} vxlan, {} geneve)",
+            frames.plain, frames.vxlan, frames.geneve
+        ),
     }
 }
