@@ -3,7 +3,8 @@
 //! with x-wing calling the service all along. `meshpath ui` reads every node's agent; headless
 //! chromium opens the page, and the test waits until it shows both clusters, the rebel-base service
 //! with backends in both, and the denied flow with its reason, then saves a screenshot as
-//! `target/test-artefacts/ui.png`. The filter line is then tried: a bad filter is named, and
+//! `target/test-artefacts/ui.png` (and `ui-1024.png`, in a laptop's window, where the page must
+//! fit its width). The filter line is then tried: a bad filter is named, and
 //! `--verdict dropped` leaves only drops in the table.
 
 mod browser;
@@ -109,6 +110,21 @@ fn in_the_browser(url: &str, prefix: &str) {
         .cloned();
     let artefacts = artefacts();
     std::fs::write(artefacts.join("ui.png"), browser.screenshot(&tab)).unwrap();
+
+    // A laptop's window: the page does not run off its right edge, the map is laid out anew for it.
+    browser.resize(&tab, 1024, 700);
+    until("the page to fit 1024 px", Duration::from_secs(10), || {
+        let fits = "document.documentElement.scrollWidth <= window.innerWidth \
+             && document.querySelector('#map svg').getBoundingClientRect().width \
+                <= document.getElementById('map').clientWidth";
+        match browser.evaluate(&tab, fits) {
+            Ok(Value::Bool(true)) => Ok(()),
+            other => Err(other),
+        }
+    })
+    .unwrap_or_else(|timeout| panic!("{timeout}"));
+    std::fs::write(artefacts.join("ui-1024.png"), browser.screenshot(&tab)).unwrap();
+    browser.resize(&tab, 1400, 960);
 
     // The filter line: a bad one is named; `--verdict dropped` leaves only drops.
     set_filter(&mut browser, &tab, "--verdict maybe");

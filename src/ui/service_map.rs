@@ -2,7 +2,8 @@
 //! them. A workload is a pod's app (its `app`, `app.kubernetes.io/name`, `k8s-app` or `name` label,
 //! else the pod's own name) in its namespace and cluster, or one of the reserved peers (world, host,
 //! remote-node). An edge is every flow of one (source workload, destination workload, destination
-//! port, protocol, verdict), drops also by reason, counted. The map holds at most [`MAX_EDGES`]
+//! port, protocol, verdict), drops also by reason, counted as the agents logged them (a flow between
+//! two nodes is logged by both, and counted twice when both are read). The map holds at most [`MAX_EDGES`]
 //! edges: past that the least recently seen give way and are counted, so a mesh of hundreds of
 //! workloads costs the page an aggregated map, never every flow.
 

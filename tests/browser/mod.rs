@@ -120,6 +120,13 @@ impl Browser {
         let tab = Tab {
             session: attached["sessionId"].as_str().unwrap().to_owned(),
         };
+        self.resize(&tab, width, height);
+        self.call(Some(&tab.session), "Page.navigate", json!({"url": url}));
+        tab
+    }
+
+    /// Gives the tab a window of `width`×`height`.
+    pub fn resize(&mut self, tab: &Tab, width: u32, height: u32) {
         let metrics =
             json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false});
         self.call(
@@ -127,8 +134,6 @@ impl Browser {
             "Emulation.setDeviceMetricsOverride",
             metrics,
         );
-        self.call(Some(&tab.session), "Page.navigate", json!({"url": url}));
-        tab
     }
 
     /// The value of a JavaScript expression in the tab (a string, number, boolean or null), or the

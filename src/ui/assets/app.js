@@ -293,7 +293,10 @@ function drawFlows(view) {
     [`${view.map.workloads.length} workloads`, `${view.map.edges.length} edges`, `${view.map.flows} flows`, ...extra].join(" · ");
 }
 
+let lastView = null;
+
 function draw(view) {
+  lastView = view;
   drawMap(view);
   drawClusters(view);
   drawServices(view);
@@ -335,6 +338,13 @@ async function applyFilter(filter) {
   window.history.replaceState(null, "", url);
   connect(filter);
 }
+
+// The map is laid out for the panel's width: again when the window changes size.
+let resizing = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resizing);
+  resizing = setTimeout(() => { if (lastView) drawMap(lastView); }, 150);
+});
 
 document.addEventListener("DOMContentLoaded", () => {
   const input = document.getElementById("filter");
