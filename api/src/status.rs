@@ -24,6 +24,10 @@ use crate::version::VersionInfo;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub cluster: String,
+    /// The cluster's id (`cluster.id`), by which service backends name their cluster; `null` from an
+    /// agent that predates it.
+    #[serde(default)]
+    pub cluster_id: Option<u8>,
     pub node: String,
     pub dataplane: DataplaneStatus,
     pub tables: TableSizes,
@@ -419,6 +423,7 @@ mod tests {
     fn status() -> AgentStatus {
         AgentStatus {
             cluster: "cluster1".into(),
+            cluster_id: Some(1),
             node: "node1".into(),
             dataplane: DataplaneStatus {
                 received: 1234,

@@ -65,6 +65,7 @@ impl StatusSources {
         let full = view == StatusView::Full;
         AgentStatus {
             cluster: self.cluster.clone(),
+            cluster_id: Some(tables.node.cluster.get()),
             node: self.node.clone(),
             dataplane: dataplane(&report.counters, &self.worker, &self.ports.list()),
             tables: TableSizes {
@@ -73,7 +74,11 @@ impl StatusSources {
                 services: tables.services.len() as u64,
                 nodes: tables.nodes.len() as u64,
             },
-            services: if full { services(&tables) } else { Vec::new() },
+            services: if full {
+                services(&tables, &self.local.borrow())
+            } else {
+                Vec::new()
+            },
             clustermesh: self
                 .mesh
                 .as_ref()
@@ -180,7 +185,7 @@ fn dataplane(
     }
 }
 
-fn services(tables: &Tables) -> Vec<ServiceStatus> {
+fn services(tables: &Tables, local: &LocalState) -> Vec<ServiceStatus> {
     let mut out: Vec<ServiceStatus> = tables
         .services
         .iter()
@@ -188,6 +193,7 @@ fn services(tables: &Tables) -> Vec<ServiceStatus> {
             let f = service.frontend;
             ServiceStatus {
                 id: Some(service.id.0),
+                name: service_name(local, convert::socket_addr(f.addr, f.port), f.proto),
                 frontend: Frontend {
                     address: convert::socket_addr(f.addr, f.port),
                     protocol: Protocol::from_number(f.proto),
@@ -208,6 +214,20 @@ fn services(tables: &Tables) -> Vec<ServiceStatus> {
     // By their text, as the list always was.
     out.sort_by_cached_key(|s| s.frontend.to_string());
     out
+}
+
+/// `namespace/name` of this cluster's service that owns the frontend, if one does.
+fn service_name(local: &LocalState, address: std::net::SocketAddr, proto: u8) -> Option<String> {
+    local
+        .services
+        .values()
+        .find(|s| {
+            s.cluster_ips.contains(&address.ip())
+                && s.ports
+                    .iter()
+                    .any(|p| p.port == address.port() && p.protocol == proto)
+        })
+        .map(|s| format!("{}/{}", s.service.namespace, s.service.name))
 }
 
 /// Serves the status on `listener` (bound at `path`) until `cancel`.
