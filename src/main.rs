@@ -4,6 +4,7 @@
 mod agent;
 mod cli;
 mod external;
+mod ui;
 
 use std::process::ExitCode;
 
@@ -14,6 +15,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Agent { config, netns } => agent::run(config, netns).map(|()| ExitCode::SUCCESS),
         Command::External(args) => Err(external::exec(&args)),
+        Command::Ui(args) => ui::run(args),
         command => cli::run(command),
     };
     match result {

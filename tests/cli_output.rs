@@ -84,6 +84,7 @@ fn labels(labels: &[&str]) -> Vec<Label> {
 fn canned() -> AgentStatus {
     AgentStatus {
         cluster: "cluster1".into(),
+        cluster_id: Some(1),
         node: "node1".into(),
         dataplane: DataplaneStatus {
             received: 1234,
@@ -101,6 +102,7 @@ fn canned() -> AgentStatus {
                     ..Default::default()
                 },
             }],
+            umem: None,
         },
         tables: TableSizes {
             endpoints: 2,
@@ -110,6 +112,7 @@ fn canned() -> AgentStatus {
         },
         services: vec![ServiceStatus {
             id: Some(3),
+            name: Some("default/web".into()),
             frontend: "10.96.0.10:80/TCP".parse().unwrap(),
             service_type: ServiceType::ClusterIp,
             backends: vec![

@@ -16,6 +16,10 @@ pub struct ServiceStatus {
     /// The dataplane's id of the service.
     #[serde(default)]
     pub id: Option<u32>,
+    /// `namespace/name` of the Kubernetes service of this cluster the frontend belongs to, when the
+    /// agent knows it (as Cilium's service flags carry it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub frontend: Frontend,
     #[serde(default, rename = "type")]
     pub service_type: ServiceType,
@@ -150,6 +154,7 @@ mod tests {
     fn table_as_cilium_dbg_lists_services() {
         let service = ServiceStatus {
             id: Some(7),
+            name: Some("default/web".into()),
             frontend: "10.96.0.10:80/TCP".parse().unwrap(),
             service_type: ServiceType::ClusterIp,
             backends: vec![
@@ -167,6 +172,7 @@ mod tests {
         };
         let empty = ServiceStatus {
             id: Some(8),
+            name: None,
             frontend: "10.96.0.11:53/UDP".parse().unwrap(),
             service_type: ServiceType::ClusterIp,
             backends: vec![],
@@ -190,6 +196,7 @@ mod tests {
     fn render_input() -> Vec<ServiceStatus> {
         vec![ServiceStatus {
             id: None,
+            name: None,
             frontend: "10.96.0.10:80/TCP".parse().unwrap(),
             service_type: ServiceType::default(),
             backends: vec![],

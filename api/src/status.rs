@@ -25,6 +25,10 @@ use crate::version::VersionInfo;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub cluster: String,
+    /// The cluster's id (`cluster.id`), by which service backends name their cluster; `null` from an
+    /// agent that predates it.
+    #[serde(default)]
+    pub cluster_id: Option<u8>,
     pub node: String,
     pub dataplane: DataplaneStatus,
     pub tables: TableSizes,
@@ -85,6 +89,19 @@ pub struct DataplaneStatus {
     pub dropped: BTreeMap<DropReason, u64>,
     /// Per AF_XDP port: its frames, and the kernel's drops before the pipeline saw them.
     pub ports: Vec<PortStatus>,
+    /// The worker's packet memory.
+    #[serde(default)]
+    pub umem: Option<UmemStatus>,
+}
+
+/// The worker's UMEM, in chunks (one frame each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UmemStatus {
+    pub chunks: u64,
+    /// On no ring and in no batch.
+    pub free: u64,
+    /// Held by the socket of a port that is gone: leaked, always 0.
+    pub orphaned: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,6 +328,15 @@ pub fn render(status: &AgentStatus) -> String {
     for (reason, packets) in &d.dropped {
         line("Dropped", format!("{packets:>10}  {reason}"));
     }
+    if let Some(u) = &d.umem {
+        line(
+            "UMEM",
+            format!(
+                "{}/{} chunks free, {} orphaned",
+                u.free, u.chunks, u.orphaned
+            ),
+        );
+    }
     out.push_str(&ports_table(&d.ports));
     if let Some(encryption) = status.encryption.as_ref().filter(|e| !e.peers.is_empty()) {
         out.push_str(&crate::encryption::peers_table(&encryption.peers));
@@ -407,6 +433,7 @@ mod tests {
     fn status() -> AgentStatus {
         AgentStatus {
             cluster: "cluster1".into(),
+            cluster_id: Some(1),
             node: "node1".into(),
             dataplane: DataplaneStatus {
                 received: 1234,
@@ -424,6 +451,7 @@ mod tests {
                         ..Default::default()
                     },
                 }],
+                umem: None,
             },
             tables: TableSizes {
                 endpoints: 2,

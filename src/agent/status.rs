@@ -10,7 +10,7 @@ use meshpath_api::client::{StatusRequest, StatusView};
 use meshpath_api::kvstore::KvStoreStatus;
 use meshpath_api::service::{BackendInfo, Frontend, ServiceStatus, ServiceType};
 use meshpath_api::status::{
-    AgentStatus, ConntrackStatus, DataplaneStatus, PortRole, PortStatus, TableSizes,
+    AgentStatus, ConntrackStatus, DataplaneStatus, PortRole, PortStatus, TableSizes, UmemStatus,
 };
 use meshpath_api::version::VersionInfo;
 use meshpath_api::Protocol;
@@ -30,6 +30,7 @@ use super::identities::IdentityDirectory;
 use super::local_source::SourceInfo;
 use super::nodes::NodeDirectory;
 use super::observe::FlowHub;
+use super::port_names::PortNames;
 use super::report::{ConntrackReport, WorkerReport};
 use super::socket;
 use super::xdp_counters::XdpPrograms;
@@ -44,7 +45,7 @@ pub struct StatusSources {
     pub report: Arc<ArcSwap<WorkerReport>>,
     pub worker: StatsReader,
     /// Each port's interface and role.
-    pub ports: Vec<(PortId, String, PortRole)>,
+    pub ports: PortNames,
     pub programs: XdpPrograms,
     pub mesh: Option<watch::Receiver<MeshStatus>>,
     pub kvstore: Option<watch::Receiver<KvStoreStatus>>,
@@ -64,15 +65,20 @@ impl StatusSources {
         let full = view == StatusView::Full;
         AgentStatus {
             cluster: self.cluster.clone(),
+            cluster_id: Some(tables.node.cluster.get()),
             node: self.node.clone(),
-            dataplane: dataplane(&report.counters, &self.worker, &self.ports),
+            dataplane: dataplane(&report.counters, &self.worker, &self.ports.list()),
             tables: TableSizes {
                 endpoints: tables.endpoints.len() as u64,
                 ipcache: tables.ipcache.len() as u64,
                 services: tables.services.len() as u64,
                 nodes: tables.nodes.len() as u64,
             },
-            services: if full { services(&tables) } else { Vec::new() },
+            services: if full {
+                services(&tables, &self.local.borrow())
+            } else {
+                Vec::new()
+            },
             clustermesh: self
                 .mesh
                 .as_ref()
@@ -95,8 +101,7 @@ impl StatusSources {
             policy_refusals: super::policy::refusals(&tables),
             endpoints: if full {
                 super::endpoint_list::rows(&tables, &self.identities, |port| {
-                    let named = self.ports.iter().find(|(id, _, _)| *id == port);
-                    named.map(|(_, name, _)| name.clone())
+                    self.ports.get(port).map(|(name, _)| name)
                 })
             } else {
                 Vec::new()
@@ -145,6 +150,7 @@ fn dataplane(
     worker: &StatsReader,
     names: &[(PortId, String, PortRole)],
 ) -> DataplaneStatus {
+    let stats = worker.read();
     DataplaneStatus {
         received: counters.received.packets,
         forwarded: Forward::ALL
@@ -156,8 +162,12 @@ fn dataplane(
             .map(|r| (convert::drop_reason(*r), counters.dropped(*r).packets))
             .filter(|(_, n)| *n > 0)
             .collect(),
-        ports: worker
-            .read()
+        umem: Some(UmemStatus {
+            chunks: stats.umem.chunks,
+            free: stats.umem.free,
+            orphaned: stats.umem.orphaned,
+        }),
+        ports: stats
             .ports
             .iter()
             .map(|p| {
@@ -176,7 +186,7 @@ fn dataplane(
     }
 }
 
-fn services(tables: &Tables) -> Vec<ServiceStatus> {
+fn services(tables: &Tables, local: &LocalState) -> Vec<ServiceStatus> {
     let mut out: Vec<ServiceStatus> = tables
         .services
         .iter()
@@ -184,6 +194,7 @@ fn services(tables: &Tables) -> Vec<ServiceStatus> {
             let f = service.frontend;
             ServiceStatus {
                 id: Some(service.id.0),
+                name: service_name(local, convert::socket_addr(f.addr, f.port), f.proto),
                 frontend: Frontend {
                     address: convert::socket_addr(f.addr, f.port),
                     protocol: Protocol::from_number(f.proto),
@@ -204,6 +215,20 @@ fn services(tables: &Tables) -> Vec<ServiceStatus> {
     // By their text, as the list always was.
     out.sort_by_cached_key(|s| s.frontend.to_string());
     out
+}
+
+/// `namespace/name` of this cluster's service that owns the frontend, if one does.
+fn service_name(local: &LocalState, address: std::net::SocketAddr, proto: u8) -> Option<String> {
+    local
+        .services
+        .values()
+        .find(|s| {
+            s.cluster_ips.contains(&address.ip())
+                && s.ports
+                    .iter()
+                    .any(|p| p.port == address.port() && p.protocol == proto)
+        })
+        .map(|s| format!("{}/{}", s.service.namespace, s.service.name))
 }
 
 /// Serves the status on `listener` (bound at `path`) until `cancel`.

@@ -87,6 +87,12 @@ pub enum Command {
         after_help = "Examples:\n  meshpath observe --verdict DROPPED\n  meshpath observe --pod default/x-wing -f\n  meshpath observe --not --verdict forwarded --since 5m\n  meshpath observe -o json | jq .flow.source.pod_name\n  meshpath observe --socket /run/meshpath/c1-n1.sock --socket /run/meshpath/c1-n2.sock -f"
     )]
     Observe(super::observe::ObserveArgs),
+    /// A live service map of the mesh in the browser, like Hubble UI: clusters, workloads and the
+    /// flows between them, services and their backends, the latest flows.
+    #[command(
+        after_help = "Examples:\n  meshpath ui    # then open http://127.0.0.1:12000/\n  meshpath ui --socket /run/meshpath/c1-n1.sock --socket /run/meshpath/c2-n1.sock\n  meshpath ui --listen 127.0.0.1:8080"
+    )]
+    Ui(crate::ui::UiArgs),
     /// The pods the local agent serves, like `cilium-dbg endpoint list`.
     #[command(after_help = "Examples:\n  meshpath endpoint list")]
     Endpoint {

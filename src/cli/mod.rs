@@ -19,6 +19,7 @@ use args::{
     PolicyCommand, ServiceCommand,
 };
 pub use args::{Cli, Command};
+pub use observe::parse_filters;
 
 /// Runs a command that reads an agent; `Agent` and external commands are the binary's own.
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -55,7 +56,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Version(query) => version::version(query),
         Command::Completion { shell } => docs::completion(shell),
         Command::Man { dir } => docs::man(dir.as_deref()),
-        Command::Agent { .. } | Command::External(_) => {
+        Command::Agent { .. } | Command::Ui(_) | Command::External(_) => {
             anyhow::bail!("not a command of the CLI (the binary runs it)")
         }
     }

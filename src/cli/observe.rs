@@ -49,6 +49,14 @@ pub struct ObserveArgs {
     /// Print the node that saw each flow (always with more than one --socket).
     #[arg(long)]
     pub print_node_name: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// `hubble observe`'s filters: what `meshpath observe` sends the agents, and what the service map's
+/// page takes as its filter line (`meshpath ui`).
+#[derive(Args)]
+pub struct FilterArgs {
     /// Flows from or to pods with this name prefix (`x-wing`, `default/x-wing`, or `kube-system/`).
     #[arg(long, value_name = "[NAMESPACE/]POD")]
     pub pod: Vec<PodPattern>,
@@ -164,12 +172,12 @@ fn request(args: &ObserveArgs, negated: &[(&'static str, bool)]) -> anyhow::Resu
         last,
         since: args.since,
         until: args.until,
-        filters: filters(args, negated),
+        filters: filters(&args.filter, negated),
     })
 }
 
 /// Every filter given, each in the allow list or (after `--not`) the deny list.
-fn filters(args: &ObserveArgs, negated: &[(&'static str, bool)]) -> FlowFilters {
+fn filters(args: &FilterArgs, negated: &[(&'static str, bool)]) -> FlowFilters {
     let mut filters = FlowFilters::default();
     let mut add = |flag: &'static str, made: Vec<Filter>| {
         let mut occurrences = negated.iter().filter(|(f, _)| *f == flag).map(|(_, n)| *n);
@@ -232,6 +240,22 @@ fn filters(args: &ObserveArgs, negated: &[(&'static str, bool)]) -> FlowFilters 
         .map(|p| Filter::NodeName { pattern: p.clone() });
     add("node-name", made.collect());
     filters
+}
+
+/// A line of filter flags as a shell would split it (`--verdict dropped --not --pod x-wing`), as
+/// `meshpath observe` takes them; the error says which flag or value is wrong.
+pub fn parse_filters(words: &[String]) -> Result<FlowFilters, clap::Error> {
+    #[derive(clap::Parser)]
+    #[command(name = "filter", no_binary_name = true, disable_help_flag = true)]
+    struct Line {
+        #[command(flatten)]
+        filter: FilterArgs,
+    }
+    let line = <Line as clap::Parser>::try_parse_from(words)?;
+    let flags: Vec<String> = std::iter::once(String::new())
+        .chain(words.iter().cloned())
+        .collect();
+    Ok(filters(&line.filter, &negated_filters(&flags)))
 }
 
 /// The filter flags, by their long names.
@@ -450,11 +474,11 @@ mod tests {
             "--since",
             "2025-01-31T12:00:00Z",
         ]);
-        assert_eq!(args.verdict, [Verdict::Dropped]);
-        assert_eq!(args.protocol, [FilterProtocol::Tcp]);
-        assert_eq!(args.ip[0].prefix_len, 32);
-        assert_eq!(args.to_ip[0].to_string(), "10.1.0.0/16");
-        assert_eq!(args.identity, [2]);
+        assert_eq!(args.filter.verdict, [Verdict::Dropped]);
+        assert_eq!(args.filter.protocol, [FilterProtocol::Tcp]);
+        assert_eq!(args.filter.ip[0].prefix_len, 32);
+        assert_eq!(args.filter.to_ip[0].to_string(), "10.1.0.0/16");
+        assert_eq!(args.filter.identity, [2]);
         assert_eq!(args.since.unwrap().to_string(), "2025-01-31T12:00:00.000Z");
         for bad in [
             &["--verdict", "maybe"][..],

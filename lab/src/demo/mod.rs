@@ -17,8 +17,8 @@ mod beyond;
 mod failover;
 pub mod platform;
 pub mod routing;
-mod scene;
-mod steps;
+pub mod scene;
+pub mod steps;
 mod stream;
 mod vni;
 
