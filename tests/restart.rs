@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use meshpath_lab::echo::{self, EchoLab};
+use meshpath_lab::echo::EchoLab;
 use meshpath_lab::mesh::{self, Stop};
 
 #[test]
@@ -16,10 +16,10 @@ fn established_service_connections_survive_a_planned_restart() {
     // The lab starts agents with this binary: the test's own is not beside it.
     std::env::set_var("MESHPATH_BIN", env!("CARGO_BIN_EXE_meshpath"));
     let lab = EchoLab::build(&format!("rt{}", std::process::id() % 100_000)).expect("the echo lab");
-    let client = lab.spawn_client(5, 8.0).expect("the echo client");
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    let mut client = lab.spawn_client(5, 8.0).expect("the echo client");
+    assert_eq!(client.connected().expect("the client connects"), 5);
     lab.restart_agent(Stop::Planned).expect("a planned restart");
-    let connections = echo::results(client).expect("the client's results");
+    let connections = client.results().expect("the client's results");
     assert_eq!(connections.len(), 5);
     assert!(
         connections.iter().all(|c| c.kept),
@@ -48,7 +48,7 @@ fn an_agent_starts_from_its_last_known_state_while_its_etcd_is_down() {
     });
     assert!(answered, "the agent runs without its etcd");
     let fresh = lab.spawn_client(3, 2.0).expect("new connections");
-    let connections = echo::results(fresh).expect("their results");
+    let connections = fresh.results().expect("their results");
     assert!(
         connections.iter().all(|c| c.kept),
         "new connections through the service work without etcd: {connections:?}"
@@ -57,6 +57,6 @@ fn an_agent_starts_from_its_last_known_state_while_its_etcd_is_down() {
     let again = lab
         .spawn_client(3, 2.0)
         .expect("connections after etcd returned");
-    let connections = echo::results(again).expect("their results");
+    let connections = again.results().expect("their results");
     assert!(connections.iter().all(|c| c.kept), "{connections:?}");
 }

@@ -109,21 +109,11 @@ const LOG_LINES: u32 = 20;
 const LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// A log rate limit: 20 lines per 10 seconds.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct LogBudget {
     window_start: Option<Instant>,
     logged: u32,
     suppressed: u64,
-}
-
-impl Default for LogBudget {
-    fn default() -> Self {
-        LogBudget {
-            window_start: None,
-            logged: 0,
-            suppressed: 0,
-        }
-    }
 }
 
 impl LogBudget {
@@ -278,7 +268,7 @@ mod tests {
             refusals.counts(),
             &RefusalCounts::from([(Refusal::ReservedIdentity, 1)])
         );
-        refusals.refuse("k2", Refusal::ReservedIdentity, || String::new());
+        refusals.refuse("k2", Refusal::ReservedIdentity, String::new);
         assert_eq!(refusals.counts()[&Refusal::ReservedIdentity], 2);
         assert!(refusals.clear(&"k1"));
         assert!(!refusals.clear(&"k1"));

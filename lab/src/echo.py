@@ -1,8 +1,10 @@
 # The restart benchmark's traffic, run inside the lab's pods with python3 (installed by setup-host).
 #   server PORT                          an echo server
 #   client VIP PORT CONNECTIONS SECONDS  that many connections, each a request every 10 ms for that
-#                                        long; prints one JSON object: per connection whether it lived
-#                                        to the end and the longest time it went without a reply.
+#                                        long; prints two JSON lines: {"connected": N} once every
+#                                        connection is open (or failed to open), then per connection
+#                                        whether it lived to the end and the longest time it went
+#                                        without a reply.
 import asyncio, json, sys, time
 
 async def serve(port):
@@ -17,8 +19,16 @@ async def serve(port):
     async with server:
         await server.serve_forever()
 
-async def connection(vip, port, seconds):
-    reader, writer = await asyncio.open_connection(vip, port)
+async def connect(vip, port):
+    try:
+        return await asyncio.wait_for(asyncio.open_connection(vip, port), timeout=10)
+    except Exception as error:
+        return error
+
+async def exchange(connection, seconds):
+    if isinstance(connection, Exception):
+        return {"kept": False, "max_gap_ms": 0.0, "error": type(connection).__name__}
+    reader, writer = connection
     end = time.monotonic() + seconds
     last = time.monotonic()
     max_gap = 0.0
@@ -39,7 +49,10 @@ async def connection(vip, port, seconds):
                 "error": type(error).__name__}
 
 async def clients(vip, port, n, seconds):
-    results = await asyncio.gather(*(connection(vip, port, seconds) for _ in range(n)))
+    connections = await asyncio.gather(*(connect(vip, port) for _ in range(n)))
+    opened = sum(not isinstance(c, Exception) for c in connections)
+    print(json.dumps({"connected": opened}), flush=True)
+    results = await asyncio.gather(*(exchange(c, seconds) for c in connections))
     print(json.dumps(results), flush=True)
 
 if sys.argv[1] == "server":

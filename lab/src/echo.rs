@@ -3,7 +3,8 @@
 //! so its conntrack is what a restart of its agent must keep. Used by `meshpath-perf restart` and by the
 //! end-to-end restart test. The traffic is `echo.py`, run with python3 inside the pods.
 
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -49,7 +50,7 @@ impl EchoLab {
         )?;
         let reachable = mesh::wait(Duration::from_secs(30), || {
             lab.spawn_client(1, 0.2)
-                .and_then(results)
+                .and_then(EchoClient::results)
                 .is_ok_and(|c| c.iter().all(|c| c.kept))
         });
         if !reachable {
@@ -102,8 +103,8 @@ impl EchoLab {
             .context("starting the echo traffic")
     }
 
-    /// Starts `connections` client connections for `seconds`; [`results`] waits for them.
-    pub fn spawn_client(&self, connections: usize, seconds: f64) -> anyhow::Result<Child> {
+    /// Starts `connections` client connections for `seconds`.
+    pub fn spawn_client(&self, connections: usize, seconds: f64) -> anyhow::Result<EchoClient> {
         let args = [
             "client".to_owned(),
             SERVICE_IP.to_owned(),
@@ -111,7 +112,12 @@ impl EchoLab {
             connections.to_string(),
             seconds.to_string(),
         ];
-        self.spawn(&self.pod(1), &args, Stdio::piped())
+        let mut child = self.spawn(&self.pod(1), &args, Stdio::piped())?;
+        let stdout = child.stdout.take().context("the echo client's stdout")?;
+        Ok(EchoClient {
+            child,
+            stdout: BufReader::new(stdout),
+        })
     }
 
     /// Restarts node 1's agent the way `how` says and waits until it answers again.
@@ -143,13 +149,33 @@ impl Drop for EchoLab {
     }
 }
 
-/// Waits for a client started by [`EchoLab::spawn_client`] and reads its connections' fates.
-pub fn results(child: Child) -> anyhow::Result<Vec<Connection>> {
-    let out = child.wait_with_output()?;
-    serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "the echo client's results: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+/// A running echo client.
+pub struct EchoClient {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+#[derive(Deserialize)]
+struct Connected {
+    connected: usize,
+}
+
+impl EchoClient {
+    /// Waits until every connection was opened (or failed to open): how many are open.
+    pub fn connected(&mut self) -> anyhow::Result<usize> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let connected: Connected = serde_json::from_str(&line)
+            .with_context(|| format!("the echo client's first line: {line:?}"))?;
+        Ok(connected.connected)
+    }
+
+    /// Waits for the client to end and reads its connections' fates.
+    pub fn results(mut self) -> anyhow::Result<Vec<Connection>> {
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest)?;
+        self.child.wait()?;
+        let last = rest.lines().last().unwrap_or_default();
+        serde_json::from_str(last).with_context(|| format!("the echo client's results: {rest:?}"))
+    }
 }

@@ -69,7 +69,7 @@ pub enum ConfigError {
     Yaml {
         path: PathBuf,
         line: Option<usize>,
-        source: serde_saphyr::Error,
+        source: Box<serde_saphyr::Error>,
     },
     #[error("{path}: {why}")]
     Invalid { path: PathBuf, why: String },
@@ -191,7 +191,7 @@ pub fn load_file(name: &ClusterName, path: &Path) -> Result<RemoteConfig, Config
     let file: RemoteFile = crate::yaml::from_str(&text).map_err(|source| ConfigError::Yaml {
         path: path.to_owned(),
         line: crate::yaml::line(&source),
-        source,
+        source: Box::new(source),
     })?;
     let invalid = |why: String| ConfigError::Invalid {
         path: path.to_owned(),

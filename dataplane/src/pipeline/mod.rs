@@ -113,6 +113,7 @@ pub fn process_one(
 /// Where a frame came in. The underlay only delivers to local pods and the node (this node is no
 /// transit router); the node's stack only sends into the mesh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // `Arrival::FromPod` reads as what it is
 enum Arrival {
     FromPod,
     /// Decapsulated from another node's tunnel.

@@ -711,7 +711,7 @@ fn hybrid_routing_goes_direct_on_the_segment_and_the_receiver_takes_the_identity
         2,
         &[(X_WING_PORT, rebel_c2())],
         &[x_wing()],
-        &[only_x_wing.clone()],
+        std::slice::from_ref(&only_x_wing),
     );
     b.node.routing = RoutingMode::Hybrid;
     let tunnel_mode = tables(2, &[(X_WING_PORT, rebel_c2())], &[x_wing()], &[only_x_wing]);

@@ -40,6 +40,8 @@ impl<T: AsRef<[u8]>> Packet<T> {
         super::read16(self.buffer.as_ref(), field::DST_PORT.start)
     }
 
+    /// The length field: header and payload, in bytes.
+    #[allow(clippy::len_without_is_empty)] // a header field, not a collection
     pub fn len(&self) -> u16 {
         super::read16(self.buffer.as_ref(), field::LENGTH.start)
     }

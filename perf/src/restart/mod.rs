@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
-use meshpath_lab::echo::{self, EchoLab};
+use meshpath_lab::echo::EchoLab;
 use meshpath_lab::mesh::Stop;
 use meshpath_lab::plan::Plan;
 use serde::Serialize;
@@ -88,8 +88,10 @@ pub fn run(args: &Args) -> anyhow::Result<RestartReport> {
 
 fn run_once(lab: &EchoLab, args: &Args, how: Stop) -> anyhow::Result<RunFigures> {
     let seconds = 2.0 + (args.restarts as u64 * (args.settle_s + 2)) as f64;
-    let client = lab.spawn_client(args.connections, seconds)?;
+    let mut client = lab.spawn_client(args.connections, seconds)?;
     let capture = Capture::start(&lab.plan)?;
+    client.connected()?;
+    // Every connection in its steady request rhythm before the first restart.
     std::thread::sleep(Duration::from_secs(2));
     let mut agent_down_ms = Vec::new();
     for _ in 0..args.restarts {
@@ -98,7 +100,7 @@ fn run_once(lab: &EchoLab, args: &Args, how: Stop) -> anyhow::Result<RunFigures>
         agent_down_ms.push(stopped.elapsed().as_secs_f64() * 1000.0);
         std::thread::sleep(Duration::from_secs(args.settle_s));
     }
-    let connections = echo::results(client)?;
+    let connections = client.results()?;
     let fail_open_frames = capture.stop()?;
     Ok(RunFigures {
         connections_total: connections.len(),

@@ -152,7 +152,7 @@ fn announce_kvs(cluster: u8) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let name = ClusterName::new(&format!("cluster{cluster}"))?;
     let mut kvs = vec![(
         Key::ClusterConfig(name.clone()).to_string(),
-        json(&ClusterConfig::new(cluster.into()))?,
+        json(&ClusterConfig::new(cluster))?,
     )];
     for kind in Kind::ALL {
         let key = Key::SyncCanary {

@@ -274,16 +274,27 @@ async fn serves_kept_flows_then_follows_new_ones() {
     ));
     let first = kept(&o.status, 1).await;
     assert_eq!(first.len(), 1, "{first:?}");
-    let follower = tokio::spawn(read(
-        o.status.clone(),
-        ObserveRequest {
+    let (each, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    let status = o.status.clone();
+    let follower = tokio::task::spawn_blocking(move || {
+        let mut events = Vec::new();
+        let request = ObserveRequest {
             follow: true,
             ..Default::default()
-        },
-        2,
-    ));
-    // The follower has had the kept flow once the new one is sent after it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        Client::new(&status)
+            .observe(&request, |e| {
+                events.push(e);
+                let _ = each.send(());
+                events.len() < 2
+            })
+            .unwrap();
+        events
+    });
+    // The new flow is sent once the follower has had the kept one: it must come after it.
+    tokio::time::timeout(Duration::from_secs(5), arrived.recv())
+        .await
+        .expect("the kept flow arrives first");
     o.sink
         .send(event(X_WING, FlowVerdict::Forwarded(Forward::Tunnel)));
     let followed = tokio::time::timeout(Duration::from_secs(5), follower)
