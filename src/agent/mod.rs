@@ -121,6 +121,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         endpoints: endpoints::EndpointDirectory::default(),
         readiness: health::Readiness::default(),
         known: last_known::Recorder::load(&config, control::cluster_name(&config)?),
+        publication: control::PublicationMetrics::default(),
     };
     let (nodes, identities) = (directories.nodes.clone(), directories.identities.clone());
     let (readiness, known) = (directories.readiness.clone(), directories.known.clone());
@@ -197,7 +198,11 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         &mut tasks,
         sources,
         hub,
-        || metrics::registry(scraped, latency, etcd_latency),
+        || {
+            let mut registry = metrics::registry(scraped, latency, etcd_latency);
+            metrics::register_publication(&mut registry, &directories.publication);
+            registry
+        },
         &cancel,
     )?;
     tracing::info!(node = %config.node.name, cluster = %config.cluster.name, "agent running");

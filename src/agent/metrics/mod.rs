@@ -40,6 +40,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::control::PublicationMetrics;
 use super::kvstore::OperationLatency;
 use super::report::WorkerReport;
 use super::status::{self, StatusSources};
@@ -149,6 +150,25 @@ pub fn registry<V: MetricsView>(
     );
     registry.register_collector(Box::new(Scrape(view)));
     registry
+}
+
+/// This agent's publication into its cluster's etcd: lease recoveries, keys restored, the lead.
+pub fn register_publication(registry: &mut Registry, publication: &PublicationMetrics) {
+    registry.register(
+        "meshpath_kvstore_lease_recoveries",
+        "Times this agent's etcd lease was found lost and everything it publishes written again under a new one",
+        publication.lease_recoveries.clone(),
+    );
+    registry.register(
+        "meshpath_kvstore_keys_restored",
+        "Keys of this agent found deleted from etcd behind its back and written again",
+        publication.keys_restored.clone(),
+    );
+    registry.register(
+        "meshpath_kvstore_clusterwide_leader",
+        "1 while this agent is the one that publishes its cluster's cluster-wide records (global services, cluster-config)",
+        publication.leading.clone(),
+    );
 }
 
 /// The registry in the text exposition format.
