@@ -565,3 +565,57 @@ async fn deleted_keys_come_back_unchanged_ones_are_left_alone_and_a_lost_lease_i
         "the identity claim follows"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_collects_identities_nobody_claims_after_a_grace_round() {
+    let etcd = Etcd::start("cluster2").await;
+    let ttl = Duration::from_secs(10);
+    let mut leader = publisher(&etcd, 2, "c2-n1", ttl)
+        .await
+        .with_identity_gc_every(Duration::ZERO);
+    let mut follower = publisher(&etcd, 2, "c2-n2", ttl)
+        .await
+        .with_identity_gc_every(Duration::ZERO);
+    let (old, shared, back) = (
+        pod_labels(2, "web-5d8f9c7b6"),
+        pod_labels(2, "db"),
+        pod_labels(2, "cache"),
+    );
+    let old_id = leader.identity(&old).await.unwrap();
+    let shared_id = leader.identity(&shared).await.unwrap();
+    assert_eq!(follower.identity(&shared).await.unwrap(), shared_id);
+    let back_id = leader.identity(&back).await.unwrap();
+    // The rollout's old pods are gone; db moved off the leader's node; cache went away for a while.
+    leader.release_identity(&old).await.unwrap();
+    leader.release_identity(&shared).await.unwrap();
+    leader.release_identity(&back).await.unwrap();
+
+    let master = |id: Identity| format!("cilium/state/identities/v1/id/{id}");
+    let mut root = etcd.client("root").await.unwrap();
+    let first = leader.upkeep().await.unwrap();
+    assert!(first.leading);
+    let round = first.gc.expect("the leader runs a round");
+    assert_eq!((round.alive, round.marked, round.deleted), (1, 2, 0));
+    let second = follower.upkeep().await.unwrap();
+    assert_eq!(second.gc, None, "a follower collects nothing");
+
+    // cache comes back within the grace period: it keeps its identity.
+    assert_eq!(follower.identity(&back).await.unwrap(), back_id);
+    let round = leader.upkeep().await.unwrap().gc.unwrap();
+    assert_eq!((round.alive, round.deleted), (2, 1), "{round:?}");
+    assert!(root
+        .get(master(old_id), None)
+        .await
+        .unwrap()
+        .kvs()
+        .is_empty());
+    for kept in [shared_id, back_id] {
+        assert_eq!(root.get(master(kept), None).await.unwrap().kvs().len(), 1);
+    }
+    // The freed id is handed out again.
+    let next = follower
+        .identity(&pod_labels(2, "web-7c9d4f5b8"))
+        .await
+        .unwrap();
+    assert_eq!(next, old_id, "the range is not used up by rollouts");
+}

@@ -224,6 +224,9 @@ async fn take_care<A: IdentitySource + Send>(
                 );
             }
             metrics.keys_restored.inc_by(upkeep.keys_restored as u64);
+            if let Some(round) = upkeep.gc {
+                metrics.identities_collected.inc_by(round.deleted as u64);
+            }
             metrics.leading.set(i64::from(upkeep.leading));
             upkeep.lease_recovered || upkeep.lead_changed()
         }
@@ -243,6 +246,8 @@ pub struct PublicationMetrics {
     pub keys_restored: Counter,
     /// 1 while this agent writes the cluster-wide records.
     pub leading: Gauge,
+    /// Unused identities the identity GC deleted (while this agent led).
+    pub identities_collected: Counter,
 }
 
 /// Passes the remote clusters' events on to the builder, noting their nodes and identities on the way.

@@ -14,7 +14,7 @@ mod leader;
 mod lease;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{Client, GetOptions, KvClient, PutOptions};
 use meshpath_dataplane::{ClusterId, Identity};
@@ -24,6 +24,7 @@ pub use lease::Lease;
 use crate::cluster_name::ClusterName;
 use crate::etcd::{self, describe, EtcdTarget};
 use crate::identity_alloc::{AllocError, IdentityAllocator};
+use crate::identity_gc::{GcRound, IdentityGc};
 use crate::kvstore::{ClusterConfig, Key, Kind, LabelSet};
 use crate::state::{EndpointInfo, NodeInfo, ServiceInfo, ServiceName};
 
@@ -67,6 +68,8 @@ pub struct Upkeep {
     /// Whether this agent leads its cluster now, and whether it did before.
     pub leading: bool,
     pub was_leading: bool,
+    /// The identity garbage collection's round, when the leader ran one.
+    pub gc: Option<GcRound>,
 }
 
 impl Upkeep {
@@ -89,7 +92,14 @@ pub struct Publisher {
     own: BTreeMap<String, Vec<u8>>,
     /// While this agent leads its cluster.
     lead: Option<Lead>,
+    gc: IdentityGc,
+    /// How often the leader runs a round of identity GC (the grace period of an unused identity).
+    gc_every: Duration,
+    gc_last: Option<Instant>,
 }
+
+/// Cilium's default `identity-gc-interval`.
+pub const IDENTITY_GC_EVERY: Duration = Duration::from_secs(15 * 60);
 
 /// The cluster-wide records while this agent leads.
 struct Lead {
@@ -121,6 +131,7 @@ impl Publisher {
             .map_err(etcd)?;
         let kv = etcd::kv_client(&client);
         let identities = IdentityAllocator::new(kv.clone(), cluster_id, node, lease.id);
+        let gc = IdentityGc::new(kv.clone(), cluster_id);
         Ok(Publisher {
             client,
             kv,
@@ -132,7 +143,16 @@ impl Publisher {
             identities,
             own: BTreeMap::new(),
             lead: None,
+            gc,
+            gc_every: IDENTITY_GC_EVERY,
+            gc_last: None,
         })
+    }
+
+    /// Runs identity GC rounds `every` this long while leading ([`IDENTITY_GC_EVERY`] by default).
+    pub fn with_identity_gc_every(mut self, every: Duration) -> Self {
+        self.gc_every = every;
+        self
     }
 
     pub fn lease(&self) -> &Lease {
@@ -191,10 +211,37 @@ impl Publisher {
         }
         upkeep.keys_restored += self.campaign().await?;
         upkeep.leading = self.leads();
+        upkeep.gc = self.collect_identities().await;
         if upkeep.keys_restored > 0 {
             tracing::warn!(cluster = %self.cluster, keys = upkeep.keys_restored, "keys deleted behind this agent's back written again");
         }
         Ok(upkeep)
+    }
+
+    /// A round of identity GC if this agent leads and one is due. A failed round is logged and tried
+    /// again at the next upkeep.
+    async fn collect_identities(&mut self) -> Option<GcRound> {
+        if !self.leads() {
+            self.gc.reset();
+            self.gc_last = None;
+            return None;
+        }
+        if self
+            .gc_last
+            .is_some_and(|last| last.elapsed() < self.gc_every)
+        {
+            return None;
+        }
+        match self.gc.run().await {
+            Ok(round) => {
+                self.gc_last = Some(Instant::now());
+                Some(round)
+            }
+            Err(error) => {
+                tracing::warn!(cluster = %self.cluster, %error, "identity GC round failed");
+                None
+            }
+        }
     }
 
     /// Writes again every key of `keys` that is not attached to `lease` (deleted, or overwritten

@@ -169,6 +169,11 @@ pub fn register_publication(registry: &mut Registry, publication: &PublicationMe
         "1 while this agent is the one that publishes its cluster's cluster-wide records (global services, cluster-config)",
         publication.leading.clone(),
     );
+    registry.register(
+        "meshpath_identity_gc_deleted",
+        "Identities no endpoint used any more that this agent's identity GC deleted, as the elected agent of its cluster",
+        publication.identities_collected.clone(),
+    );
 }
 
 /// The registry in the text exposition format.
