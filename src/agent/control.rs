@@ -140,6 +140,10 @@ async fn resolve_forever<A: IdentitySource + Send>(
 ) {
     let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The lead first: its holder publishes the cluster-config with its first state, so that remote
+    // clusters do not find the cluster without one.
+    upkeep.tick().await;
+    take_care(&mut resolver, &directories.publication).await;
     loop {
         let state = local.borrow_and_update().clone();
         directories.nodes.record_local(&cluster, &state);

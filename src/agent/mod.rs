@@ -198,11 +198,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         &mut tasks,
         sources,
         hub,
-        || {
-            let mut registry = metrics::registry(scraped, latency, etcd_latency);
-            metrics::register_publication(&mut registry, &directories.publication);
-            registry
-        },
+        || metrics::registry(scraped, latency, etcd_latency, &directories.publication),
         &cancel,
     )?;
     tracing::info!(node = %config.node.name, cluster = %config.cluster.name, "agent running");

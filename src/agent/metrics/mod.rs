@@ -136,6 +136,7 @@ pub fn registry<V: MetricsView>(
     view: V,
     publish: Histogram,
     kvstore: OperationLatency,
+    publication: &PublicationMetrics,
 ) -> Registry {
     let mut registry = Registry::default();
     registry.register(
@@ -149,11 +150,12 @@ pub fn registry<V: MetricsView>(
         kvstore,
     );
     registry.register_collector(Box::new(Scrape(view)));
+    register_publication(&mut registry, publication);
     registry
 }
 
 /// This agent's publication into its cluster's etcd: lease recoveries, keys restored, the lead.
-pub fn register_publication(registry: &mut Registry, publication: &PublicationMetrics) {
+fn register_publication(registry: &mut Registry, publication: &PublicationMetrics) {
     registry.register(
         "meshpath_kvstore_lease_recoveries",
         "Times this agent's etcd lease was found lost and everything it publishes written again under a new one",
