@@ -66,6 +66,10 @@ pub async fn start(
         Some(etcd) => {
             // Certificates are read now: a missing file is a configuration error, not an outage.
             let tls = tls_material(etcd)?;
+            directories
+                .publication
+                .kvstore_insecure
+                .set(i64::from(tls.is_none()));
             let nodes = (directories.clone(), cluster.to_string());
             tasks.spawn(resolve_with_etcd(
                 etcd.clone(),
@@ -252,6 +256,8 @@ pub struct PublicationMetrics {
     pub leading: Gauge,
     /// Unused identities the identity GC deleted (while this agent led).
     pub identities_collected: Counter,
+    /// 1 while this cluster's etcd is reached without mutual TLS (`etcd.insecure: true`).
+    pub kvstore_insecure: Gauge,
 }
 
 /// Passes the remote clusters' events on to the builder, noting their nodes and identities on the way.

@@ -125,6 +125,7 @@ fn remote_cluster(r: &RemoteStatus) -> RemoteClusterStatus {
         name: r.name.clone(),
         ready: r.ready,
         connected: r.connected,
+        mutual_tls: r.mutual_tls,
         endpoints_configured: r.endpoints_configured as u64,
         config_retrieved: r.config_retrieved,
         cluster_id: r.cluster_id,

@@ -131,6 +131,7 @@ pub fn spawn_remote(
     let cancel = cancel.child_token();
     let mut status = RemoteStatus::new(&config.name, config.endpoints.len());
     status.limits = options.limits;
+    status.mutual_tls = config.tls.is_some();
     let refusals = Refusals::new(config.name.to_string());
     let remote = Remote {
         config: Arc::new(config),

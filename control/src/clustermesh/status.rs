@@ -51,6 +51,9 @@ pub struct RemoteStatus {
     /// Connected, its configuration checked, every kind synced.
     pub ready: bool,
     pub connected: bool,
+    /// Whether the remote is read over mutual TLS (a client certificate); false only with the
+    /// configuration's `insecure: true`.
+    pub mutual_tls: bool,
     pub endpoints_configured: usize,
     pub config_retrieved: bool,
     pub cluster_id: Option<u8>,
@@ -113,6 +116,15 @@ impl fmt::Display for CidrConflict {
     }
 }
 
+/// How an etcd connection is secured, for status lines.
+pub fn tls_word(mutual_tls: bool) -> &'static str {
+    if mutual_tls {
+        "mutual TLS"
+    } else {
+        "INSECURE (no client certificate)"
+    }
+}
+
 /// Every remote's status, by cluster name.
 pub type MeshStatus = BTreeMap<ClusterName, RemoteStatus>;
 
@@ -171,9 +183,10 @@ impl fmt::Display for RemoteStatus {
         )?;
         writeln!(
             f,
-            "└ etcd: {}/{} connected",
+            "└ etcd: {}/{} connected, {}",
             u8::from(self.connected),
-            self.endpoints_configured
+            self.endpoints_configured,
+            tls_word(self.mutual_tls)
         )?;
         let id = self
             .cluster_id
@@ -262,7 +275,10 @@ mod tests {
             "ClusterMesh: 1/2 clusters ready, 4 global-services"
         );
         assert!(lines[1].starts_with("  cluster2: ready, 0 nodes"), "{text}");
-        assert_eq!(lines[2], "  └ etcd: 0/1 connected");
+        assert_eq!(
+            lines[2],
+            "  └ etcd: 0/1 connected, INSECURE (no client certificate)"
+        );
         assert!(text.contains("\n  cluster3: not-ready,"), "{text}");
     }
 
@@ -271,6 +287,7 @@ mod tests {
         let mut status = RemoteStatus::new(&ClusterName::new("cluster2").unwrap(), 1);
         status.ready = true;
         status.connected = true;
+        status.mutual_tls = true;
         status.config_retrieved = true;
         status.cluster_id = Some(2);
         status.sync_canaries = true;
@@ -287,7 +304,7 @@ mod tests {
             status.services,
         ) = (2, 12, 5, 0);
         let expected = "cluster2: ready, 2 nodes, 12 endpoints, 5 identities, 0 services, 0 failures (last: never)
-└ etcd: 1/1 connected
+└ etcd: 1/1 connected, mutual TLS
 └ remote configuration: expected=true, retrieved=true, cluster-id=2, sync-canaries=true
 └ synchronization status: nodes=true, endpoints=true, identities=true, services=true";
         assert_eq!(status.to_string(), expected);

@@ -172,6 +172,11 @@ fn register_publication(registry: &mut Registry, publication: &PublicationMetric
         publication.leading.clone(),
     );
     registry.register(
+        "meshpath_kvstore_insecure",
+        "1 while this agent reaches its cluster's etcd without mutual TLS (etcd.insecure: true)",
+        publication.kvstore_insecure.clone(),
+    );
+    registry.register(
         "meshpath_identity_gc_deleted",
         "Identities no endpoint used any more that this agent's identity GC deleted, as the elected agent of its cluster",
         publication.identities_collected.clone(),
