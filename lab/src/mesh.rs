@@ -1,6 +1,8 @@
 //! `meshpath lab up --mesh`: on top of the namespaces, one etcd per cluster (on its first node) and one
 //! agent per node, every cluster meshed with every other, the local state of each cluster a YAML
-//! directory listing its nodes and the lab's pods. The processes run on after `lab up` returns;
+//! directory listing its nodes and the lab's pods. Every etcd serves TLS only and requires a client
+//! certificate ([`pki`](crate::pki)); RBAC is on: the cluster's agents write as `root`, remote
+//! clusters read as `remote`, whose role reads `cilium/` and nothing else. The processes run on after `lab up` returns;
 //! `lab down` ends them with the namespaces. Files live in [`dir`]. The agents are the `meshpath`
 //! binary [`agent_binary`](crate::agent_binary::agent_binary) finds.
 
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::pki::{ClusterPki, LabCa, REMOTE_USER};
 use crate::plan::{Node, Plan};
 
 /// Where a meshed lab keeps its configuration, state, sockets and logs.
@@ -37,15 +40,18 @@ pub fn start(plan: &Plan) -> anyhow::Result<()> {
     let agent = crate::agent_binary::agent_binary()?;
     let root = dir(&plan.prefix);
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let ca = LabCa::new().context("the lab's certificate authority")?;
     for &c in &plan.clusters {
         let nodes: Vec<&Node> = plan.nodes.iter().filter(|n| n.cluster == c).collect();
         let first = nodes.first().context("a cluster without nodes")?;
+        ca.write_cluster(&pki(plan, c), &[etcd_ip(c)])?;
         start_etcd(plan, first, true)?;
         write_state(&plan.prefix, c, &lab_objects(&nodes))?;
         write_mesh_config(plan, c)?;
     }
     for &c in &plan.clusters {
         wait_for_etcd(plan, c)?;
+        enable_rbac(plan, c)?;
     }
     for node in &plan.nodes {
         start_agent(plan, node, &agent)?;
@@ -67,8 +73,17 @@ fn log(plan: &Plan, name: &str) -> PathBuf {
     dir(&plan.prefix).join(format!("{name}.log"))
 }
 
+fn etcd_ip(c: u8) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(198, 18, c, 1)
+}
+
 fn etcd_url(c: u8) -> String {
-    format!("http://198.18.{c}.1:2379")
+    format!("https://{}:2379", etcd_ip(c))
+}
+
+/// Cluster `c`'s certificate files.
+pub fn pki(plan: &Plan, c: u8) -> ClusterPki {
+    ClusterPki::at(&cluster_dir(&plan.prefix, c))
 }
 
 /// Starts `args` inside `netns`, detached: it outlives this command, `lab down` ends it.
@@ -98,6 +113,7 @@ fn start_etcd(plan: &Plan, node: &Node, fresh: bool) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&data)?;
     let (client, name) = (etcd_url(c), format!("cluster{c}"));
+    let pki = pki(plan, c);
     let args = [
         "etcd",
         "--name",
@@ -114,6 +130,13 @@ fn start_etcd(plan: &Plan, node: &Node, fresh: bool) -> anyhow::Result<()> {
         "http://127.0.0.1:2380",
         "--initial-cluster",
         &format!("{name}=http://127.0.0.1:2380"),
+        "--cert-file",
+        &pki.server_cert.to_string_lossy(),
+        "--key-file",
+        &pki.server_key.to_string_lossy(),
+        "--trusted-ca-file",
+        &pki.ca.to_string_lossy(),
+        "--client-cert-auth",
         // etcd 3.4 defaults to the deprecated capnslog and warns about it on every start.
         "--logger",
         "zap",
@@ -153,19 +176,7 @@ fn wait_for_etcd(plan: &Plan, c: u8) -> anyhow::Result<()> {
         .find(|n| n.cluster == c)
         .context("cluster without nodes")?;
     let up = wait(Duration::from_secs(15), || {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &node.netns,
-                "etcdctl",
-                "--endpoints",
-                &etcd_url(c),
-                "endpoint",
-                "health",
-            ])
-            .output()
-            .is_ok_and(|o| o.status.success())
+        etcdctl(plan, &node.netns, c, &["endpoint", "health"]).is_ok()
     });
     if !up {
         bail!(
@@ -174,6 +185,79 @@ fn wait_for_etcd(plan: &Plan, c: u8) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs etcdctl against cluster `c`'s etcd as its `root` user, inside `netns`.
+fn etcdctl(plan: &Plan, netns: &str, c: u8, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "etcdctl",
+            "--endpoints",
+            &etcd_url(c),
+        ])
+        .args(pki(plan, c).etcdctl_flags())
+        .args(args)
+        .output()
+        .context("running etcdctl")?;
+    if !out.status.success() {
+        bail!(
+            "etcdctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Turns RBAC on in cluster `c`'s fresh etcd: `root` (the cluster's agents, by their certificate's
+/// CN) may do anything; `remote` may read `cilium/` and nothing else. Passwords are never used: the
+/// users authenticate with their certificates, and random ones are set because etcd 3.4 wants one.
+fn enable_rbac(plan: &Plan, c: u8) -> anyhow::Result<()> {
+    let netns = &plan
+        .nodes
+        .iter()
+        .find(|n| n.cluster == c)
+        .context("a cluster without nodes")?
+        .netns;
+    let password = |user: &str| format!("{user}:{:016x}", rand_u64());
+    let root = password("root");
+    let remote = password(REMOTE_USER);
+    let steps: [&[&str]; 7] = [
+        &["user", "add", &root],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "remote-read"],
+        &[
+            "role",
+            "grant-permission",
+            "remote-read",
+            "--prefix=true",
+            "read",
+            "cilium/",
+        ],
+        &["user", "add", &remote],
+        &["user", "grant-role", REMOTE_USER, "remote-read"],
+        &["auth", "enable"],
+    ];
+    for step in steps {
+        etcdctl(plan, netns, c, step).with_context(|| format!("RBAC of cluster{c}'s etcd"))?;
+    }
+    Ok(())
+}
+
+/// A password nobody types: the clock's nanoseconds and this process, hashed by std's random state.
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    hasher.finish()
 }
 
 /// The cluster's nodes and the lab's pods as Kubernetes objects; every pod labelled `name: <its name>`.
@@ -221,14 +305,25 @@ pub fn write_state(prefix: &str, c: u8, yaml: &str) -> anyhow::Result<()> {
     write_atomically(&state.join("lab.yaml"), yaml)
 }
 
+/// Cluster `c`'s clustermesh directory laid out as Cilium's Secret is mounted: one file per remote
+/// cluster, and the `common-etcd-client*` files every remote is read with (the read-only `remote`
+/// user's certificate; one CA signs every etcd's).
 fn write_mesh_config(plan: &Plan, c: u8) -> anyhow::Result<()> {
     let mesh = cluster_dir(&plan.prefix, c).join("clustermesh");
     let _ = std::fs::remove_dir_all(&mesh);
     std::fs::create_dir_all(&mesh)?;
+    let pki = pki(plan, c);
+    let common = |suffix: &str| mesh.join(format!("common-etcd-client{suffix}"));
+    std::fs::copy(&pki.ca, common("-ca.crt"))?;
+    std::fs::copy(&pki.remote_cert, common(".crt"))?;
+    std::fs::copy(&pki.remote_key, common(".key"))?;
     for other in plan.clusters.iter().filter(|o| **o != c) {
         let file = format!(
-            "endpoints:\n- {}\ninsecure: true\ncluster-id: {other}\n",
-            etcd_url(*other)
+            "endpoints:\n- {}\ntrusted-ca-file: {}\ncert-file: {}\nkey-file: {}\ncluster-id: {other}\n",
+            etcd_url(*other),
+            common("-ca.crt").display(),
+            common(".crt").display(),
+            common(".key").display(),
         );
         std::fs::write(mesh.join(format!("cluster{other}")), file)?;
     }
@@ -258,7 +353,7 @@ fn start_agent(plan: &Plan, node: &Node, agent: &Path) -> anyhow::Result<()> {
          node: {{name: c{c}-n{n}, uplink: uplink, ipv4: {ip}, router-mac: \"{router}\"}}\n\
          pods:\n{pods}\
          dataplane: {{cores: [{core}], routing: tunnel, tunnel: vxlan, conntrack-capacity: 65536, mtu: 1500}}\n\
-         etcd: {{endpoints: [\"{etcd}\"], insecure: true}}\n\
+         etcd: {{endpoints: [\"{etcd}\"], trusted-ca-file: {ca}, cert-file: {cert}, key-file: {key}}}\n\
          clustermesh: {{config-dir: {mesh}, grace-period: 10s}}\n\
          source: {{yaml-dir: {state}}}\n\
          status-socket: {socket}\n\
@@ -270,6 +365,9 @@ fn start_agent(plan: &Plan, node: &Node, agent: &Path) -> anyhow::Result<()> {
         pins = pin_dir(&plan.prefix).join(format!("c{c}-n{n}")).display(),
         core = (c + n) % 2,
         etcd = etcd_url(c),
+        ca = pki(plan, c).ca.display(),
+        cert = pki(plan, c).agent_cert.display(),
+        key = pki(plan, c).agent_key.display(),
         mesh = cluster.join("clustermesh").display(),
         state = cluster.join("state").display(),
         socket = socket(&plan.prefix, c, n).display(),
