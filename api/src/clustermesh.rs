@@ -41,6 +41,12 @@ pub struct RemoteClusterStatus {
     pub usage: RemoteUsage,
     pub limits: RemoteLimits,
     pub failures: u64,
+    /// Full listings of the remote's state, the first included (each later one: a new session).
+    #[serde(default)]
+    pub listings: u64,
+    /// Watches that broke (an etcd member gone) and were resumed from the next revision.
+    #[serde(default)]
+    pub watch_resumes: u64,
     pub last_failure: Option<Timestamp>,
     pub last_error: Option<String>,
     pub connected_since: Option<Timestamp>,

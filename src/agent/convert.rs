@@ -126,6 +126,8 @@ fn remote_cluster(r: &RemoteStatus) -> RemoteClusterStatus {
         ready: r.ready,
         connected: r.connected,
         mutual_tls: r.mutual_tls,
+        listings: r.listings,
+        watch_resumes: r.watch_resumes,
         endpoints_configured: r.endpoints_configured as u64,
         config_retrieved: r.config_retrieved,
         cluster_id: r.cluster_id,

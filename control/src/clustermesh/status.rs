@@ -77,6 +77,11 @@ pub struct RemoteStatus {
     pub usage: Usage,
     pub limits: RemoteLimits,
     pub failures: u64,
+    /// Full listings of the remote's state, the first included: each later one is a watch that
+    /// could not be resumed (a new session).
+    pub listings: u64,
+    /// Watches that broke and were resumed from the next revision, with nothing listed again.
+    pub watch_resumes: u64,
     #[serde(serialize_with = "rfc3339")]
     pub last_failure: Option<SystemTime>,
     pub last_error: Option<String>,
