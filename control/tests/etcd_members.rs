@@ -108,7 +108,10 @@ impl EtcdCluster {
         // Until every member has the new auth store ("revision of auth store is old" meanwhile).
         let deadline = Instant::now() + Duration::from_secs(30);
         for url in &cluster.urls {
-            let mut client = cluster.client("root", std::slice::from_ref(url)).await.unwrap();
+            let mut client = cluster
+                .client("root", std::slice::from_ref(url))
+                .await
+                .unwrap();
             while client.put("health-probe", "", None).await.is_err() {
                 assert!(Instant::now() < deadline, "{url} never took the auth store");
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -77,8 +77,14 @@ fn etcd_ip(c: u8) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::new(198, 18, c, 1)
 }
 
-fn etcd_url(c: u8) -> String {
-    format!("https://{}:2379", etcd_ip(c))
+/// The client URL of member `m` of cluster `c`'s etcd.
+fn member_url(c: u8, m: u8) -> String {
+    format!("https://{}:{}", etcd_ip(c), 2379 + 10 * u16::from(m))
+}
+
+/// Every member's client URL: what the agents and the remote clusters are given.
+pub fn etcd_urls(plan: &Plan, c: u8) -> Vec<String> {
+    (0..plan.etcd_members).map(|m| member_url(c, m)).collect()
 }
 
 /// Cluster `c`'s certificate files.
@@ -104,20 +110,44 @@ fn spawn_in(netns: &str, args: &[&str], log: &Path) -> anyhow::Result<u32> {
     Ok(child.id())
 }
 
-/// Starts cluster `node.cluster`'s etcd on `node`; `fresh`: with an empty data directory.
+/// Starts cluster `node.cluster`'s etcd on `node`, every member; `fresh`: with empty data directories.
 fn start_etcd(plan: &Plan, node: &Node, fresh: bool) -> anyhow::Result<()> {
+    for member in 0..plan.etcd_members {
+        start_member(plan, node, member, fresh)?;
+    }
+    Ok(())
+}
+
+/// Member `m`'s name suffix: none for the first (a one-member etcd is named after its cluster).
+fn member_suffix(m: u8) -> String {
+    if m == 0 {
+        String::new()
+    } else {
+        format!("-m{m}")
+    }
+}
+
+fn peer_url(m: u8) -> String {
+    format!("http://127.0.0.1:{}", 2380 + 10 * u16::from(m))
+}
+
+fn start_member(plan: &Plan, node: &Node, m: u8, fresh: bool) -> anyhow::Result<()> {
     let c = node.cluster;
-    let data = cluster_dir(&plan.prefix, c).join("etcd");
+    let data = cluster_dir(&plan.prefix, c).join(format!("etcd{}", member_suffix(m)));
     if fresh {
         let _ = std::fs::remove_dir_all(&data);
     }
     std::fs::create_dir_all(&data)?;
-    let (client, name) = (etcd_url(c), format!("cluster{c}"));
+    let name = |m: u8| format!("cluster{c}{}", member_suffix(m));
+    let initial: Vec<String> = (0..plan.etcd_members)
+        .map(|m| format!("{}={}", name(m), peer_url(m)))
+        .collect();
+    let client = member_url(c, m);
     let pki = pki(plan, c);
     let args = [
         "etcd",
         "--name",
-        &name,
+        &name(m),
         "--data-dir",
         &data.to_string_lossy(),
         "--listen-client-urls",
@@ -125,11 +155,13 @@ fn start_etcd(plan: &Plan, node: &Node, fresh: bool) -> anyhow::Result<()> {
         "--advertise-client-urls",
         &client,
         "--listen-peer-urls",
-        "http://127.0.0.1:2380",
+        &peer_url(m),
         "--initial-advertise-peer-urls",
-        "http://127.0.0.1:2380",
+        &peer_url(m),
         "--initial-cluster",
-        &format!("{name}=http://127.0.0.1:2380"),
+        &initial.join(","),
+        "--initial-cluster-token",
+        &format!("{}-cluster{c}", plan.prefix),
         "--cert-file",
         &pki.server_cert.to_string_lossy(),
         "--key-file",
@@ -143,19 +175,64 @@ fn start_etcd(plan: &Plan, node: &Node, fresh: bool) -> anyhow::Result<()> {
         "--log-outputs",
         "stderr",
     ];
-    let pid = spawn_in(&node.netns, &args, &log(plan, &format!("etcd-c{c}")))?;
+    let which = format!("etcd-c{c}{}", member_suffix(m));
+    let pid = spawn_in(&node.netns, &args, &log(plan, &which))?;
     std::fs::write(
-        dir(&plan.prefix).join(format!("etcd-c{c}.pid")),
+        dir(&plan.prefix).join(format!("{which}.pid")),
         pid.to_string(),
     )?;
     Ok(())
 }
 
+/// Kills member `m` of cluster `c`'s etcd (as a crash would).
+pub fn stop_etcd_member(plan: &Plan, c: u8, m: u8) -> anyhow::Result<()> {
+    let which = format!("etcd-c{c}{}", member_suffix(m));
+    let pid = std::fs::read_to_string(dir(&plan.prefix).join(format!("{which}.pid")))
+        .with_context(|| format!("{which}'s pid file"))?;
+    stop_pid(pid.trim(), "KILL").with_context(|| which)
+}
+
+/// The member of cluster `c`'s etcd that leads raft now.
+pub fn etcd_leader(plan: &Plan, c: u8) -> anyhow::Result<u8> {
+    let netns = &first_node(plan, c)?.netns;
+    for m in 0..plan.etcd_members {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                netns,
+                "etcdctl",
+                "--endpoints",
+                &member_url(c, m),
+            ])
+            .args(pki(plan, c).etcdctl_flags())
+            .args(["endpoint", "status", "-w", "json"])
+            .output()?;
+        let status: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+            Ok(status) => status,
+            Err(_) => continue,
+        };
+        let status = &status[0]["Status"];
+        if status["leader"].is_u64() && status["leader"] == status["header"]["member_id"] {
+            return Ok(m);
+        }
+    }
+    bail!("cluster{c}'s etcd has no leader")
+}
+
+fn first_node(plan: &Plan, c: u8) -> anyhow::Result<&Node> {
+    plan.nodes
+        .iter()
+        .find(|n| n.cluster == c)
+        .context("a cluster without nodes")
+}
+
 /// Kills cluster `c`'s etcd (as a crash or a network partition would take it away).
 pub fn stop_etcd(plan: &Plan, c: u8) -> anyhow::Result<()> {
-    let pid = std::fs::read_to_string(dir(&plan.prefix).join(format!("etcd-c{c}.pid")))
-        .context("etcd's pid file")?;
-    stop_pid(pid.trim(), "KILL").with_context(|| format!("etcd of cluster{c}"))
+    for m in 0..plan.etcd_members {
+        stop_etcd_member(plan, c, m)?;
+    }
+    Ok(())
 }
 
 /// Starts cluster `c`'s etcd again with its data, and waits until it answers.
@@ -187,17 +264,11 @@ fn wait_for_etcd(plan: &Plan, c: u8) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs etcdctl against cluster `c`'s etcd as its `root` user, inside `netns`.
-fn etcdctl(plan: &Plan, netns: &str, c: u8, args: &[&str]) -> anyhow::Result<()> {
+/// Runs etcdctl against cluster `c`'s etcd as its `root` user, inside `netns`; its output.
+fn etcdctl(plan: &Plan, netns: &str, c: u8, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            netns,
-            "etcdctl",
-            "--endpoints",
-            &etcd_url(c),
-        ])
+        .args(["netns", "exec", netns, "etcdctl", "--endpoints"])
+        .arg(etcd_urls(plan, c).join(","))
         .args(pki(plan, c).etcdctl_flags())
         .args(args)
         .output()
@@ -209,7 +280,12 @@ fn etcdctl(plan: &Plan, netns: &str, c: u8, args: &[&str]) -> anyhow::Result<()>
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// etcdctl against cluster `c`'s etcd as an operator on its first node would run it (as `root`).
+pub fn etcdctl_in(plan: &Plan, c: u8, args: &[&str]) -> anyhow::Result<String> {
+    etcdctl(plan, &first_node(plan, c)?.netns, c, args)
 }
 
 /// Turns RBAC on in cluster `c`'s fresh etcd: `root` (the cluster's agents, by their certificate's
@@ -318,9 +394,13 @@ fn write_mesh_config(plan: &Plan, c: u8) -> anyhow::Result<()> {
     std::fs::copy(&pki.remote_cert, common(".crt"))?;
     std::fs::copy(&pki.remote_key, common(".key"))?;
     for other in plan.clusters.iter().filter(|o| **o != c) {
+        let endpoints: Vec<String> = etcd_urls(plan, *other)
+            .iter()
+            .map(|url| format!("- {url}\n"))
+            .collect();
         let file = format!(
-            "endpoints:\n- {}\ntrusted-ca-file: {}\ncert-file: {}\nkey-file: {}\ncluster-id: {other}\n",
-            etcd_url(*other),
+            "endpoints:\n{}trusted-ca-file: {}\ncert-file: {}\nkey-file: {}\ncluster-id: {other}\n",
+            endpoints.concat(),
             common("-ca.crt").display(),
             common(".crt").display(),
             common(".key").display(),
@@ -353,7 +433,7 @@ fn start_agent(plan: &Plan, node: &Node, agent: &Path) -> anyhow::Result<()> {
          node: {{name: c{c}-n{n}, uplink: uplink, ipv4: {ip}, router-mac: \"{router}\"}}\n\
          pods:\n{pods}\
          dataplane: {{cores: [{core}], routing: tunnel, tunnel: vxlan, conntrack-capacity: 65536, mtu: 1500}}\n\
-         etcd: {{endpoints: [\"{etcd}\"], trusted-ca-file: {ca}, cert-file: {cert}, key-file: {key}}}\n\
+         etcd: {{endpoints: [{etcd}], trusted-ca-file: {ca}, cert-file: {cert}, key-file: {key}}}\n\
          clustermesh: {{config-dir: {mesh}, grace-period: 10s}}\n\
          source: {{yaml-dir: {state}}}\n\
          status-socket: {socket}\n\
@@ -364,7 +444,11 @@ fn start_agent(plan: &Plan, node: &Node, agent: &Path) -> anyhow::Result<()> {
         node_state = dir(&plan.prefix).join(format!("state-c{c}-n{n}")).display(),
         pins = pin_dir(&plan.prefix).join(format!("c{c}-n{n}")).display(),
         core = (c + n) % 2,
-        etcd = etcd_url(c),
+        etcd = etcd_urls(plan, c)
+            .iter()
+            .map(|url| format!("\"{url}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
         ca = pki(plan, c).ca.display(),
         cert = pki(plan, c).agent_cert.display(),
         key = pki(plan, c).agent_key.display(),

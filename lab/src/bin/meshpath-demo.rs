@@ -18,6 +18,9 @@ struct Cli {
     /// Namespace name prefix of the demo's lab.
     #[arg(long, default_value = "demo")]
     prefix: String,
+    /// Members of each cluster's etcd: 3 runs it as production does.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=7))]
+    etcd_members: u8,
 }
 
 fn main() -> ExitCode {
@@ -31,7 +34,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let report = demo::run(&cli.prefix, cli.requests)?;
+    let report = demo::run(&cli.prefix, cli.requests, cli.etcd_members)?;
     match cli.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => print!("{}", report.render()),

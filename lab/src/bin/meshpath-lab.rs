@@ -37,6 +37,10 @@ enum Command {
         /// are the `meshpath` binary next to this one (or $MESHPATH_BIN).
         #[arg(long)]
         mesh: bool,
+        /// Members of each cluster's etcd (with --mesh): 3 runs it as production does, a member
+        /// lost — the leader included — without a failed request.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=7))]
+        etcd_members: u8,
         #[command(flatten)]
         prefix: LabPrefix,
     },
@@ -71,6 +75,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             nodes,
             pods,
             mesh,
+            etcd_members,
             prefix,
         } => {
             let plan = Plan::new(
@@ -80,7 +85,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                     nodes,
                     pods,
                 },
-            )?;
+            )?
+            .with_etcd_members(etcd_members);
             if mesh {
                 // Before any namespace exists: without agents there is no meshed lab to build.
                 agent_binary::agent_binary()?;

@@ -33,10 +33,10 @@ pub struct DemoReport {
     pub seconds: f64,
 }
 
-pub fn run(prefix: &str, requests: usize) -> anyhow::Result<DemoReport> {
+pub fn run(prefix: &str, requests: usize, etcd_members: u8) -> anyhow::Result<DemoReport> {
     let started = Instant::now();
     eprintln!("building the lab: 2 clusters of 2 nodes, an etcd per cluster and an agent per node, meshed …");
-    let scene = Scene::build(prefix)?;
+    let scene = Scene::build(prefix, etcd_members)?;
     steps::wait_for_mesh(&scene)?;
     eprintln!("step 1: x-wing calls the global service rebel-base {requests} times …");
     let calls = steps::call_service(&scene, 1, requests)?;

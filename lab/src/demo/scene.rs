@@ -33,7 +33,7 @@ pub fn service_ip(c: u8) -> String {
 }
 
 impl Scene {
-    pub fn build(prefix: &str) -> anyhow::Result<Scene> {
+    pub fn build(prefix: &str, etcd_members: u8) -> anyhow::Result<Scene> {
         // Before the lab is built: without agents there is no demo.
         crate::agent_binary::agent_binary()?;
         let on_interrupt = prefix.to_owned();
@@ -49,7 +49,8 @@ impl Scene {
                 nodes: 2,
                 pods: 1,
             },
-        )?;
+        )?
+        .with_etcd_members(etcd_members);
         let scene = Scene {
             prefix: prefix.to_owned(),
             plan,
