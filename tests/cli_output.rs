@@ -14,7 +14,10 @@ use meshpath_api::endpoint::{EndpointRow, EndpointState};
 use meshpath_api::health::{Check, CheckKind, CheckName, CheckState, Health};
 use meshpath_api::identity::{IdentityRow, Label};
 use meshpath_api::kvstore::KvStoreStatus;
-use meshpath_api::node::NodeRow;
+use meshpath_api::local_source::{
+    LocalSourceKind, LocalSourceState, LocalSourceStatus, WatchedResource,
+};
+use meshpath_api::node::{NextHop, NodeRow, Reach, TunnelProtocol};
 use meshpath_api::policy::{
     AllowRow, DirectionRow, EndpointPolicyRow, PolicyPeer, PolicyRefusalRow,
 };
@@ -130,6 +133,7 @@ fn canned() -> AgentStatus {
                 name: "node1".into(),
                 address: Some("198.18.1.1".parse().unwrap()),
                 pod_cidrs: vec!["10.1.0.0/24".parse().unwrap()],
+                reach: Some(Reach::Local),
             },
             NodeRow {
                 cluster: "cluster2".into(),
@@ -139,6 +143,10 @@ fn canned() -> AgentStatus {
                     "10.2.0.0/24".parse().unwrap(),
                     "fd00:2::/64".parse().unwrap(),
                 ],
+                reach: Some(Reach::Tunnel {
+                    protocol: TunnelProtocol::Geneve,
+                    next_hop: NextHop::Router,
+                }),
             },
         ],
         identities: vec![
@@ -203,6 +211,22 @@ fn canned() -> AgentStatus {
         health: Some(healthy()),
         version: Some(VersionInfo::new("0.1.0", "3f2a9c1d0e4b")),
         kvstore: Some(KvStoreStatus::disabled()),
+        local_source: Some(LocalSourceStatus {
+            kind: LocalSourceKind::Kubernetes,
+            location: "https://10.96.0.1:443/".into(),
+            state: LocalSourceState::Ok,
+            problem: None,
+            server_version: Some("v1.37.0".into()),
+            since: None,
+            resources: vec![WatchedResource {
+                api: "core/v1::Pods".into(),
+                resource: "pods".into(),
+                served: true,
+                failing: None,
+                failures: 0,
+            }],
+            errors: vec![],
+        }),
         global_services: 1,
         conntrack: Some(ConntrackStatus {
             entries: 12,
@@ -313,6 +337,28 @@ fn status() {
         "{text}"
     );
     assert!(has_line(&text, &["KVStore:", "Ok", "Disabled"]), "{text}");
+    assert!(
+        has_line(
+            &text,
+            &[
+                "Kubernetes:",
+                "Ok",
+                "v1.37.0",
+                "at",
+                "https://10.96.0.1:443/"
+            ]
+        ),
+        "{text}"
+    );
+    assert!(
+        has_line(&text, &["Kubernetes", "APIs:", r#"["core/v1::Pods"]"#]),
+        "{text}"
+    );
+    assert_eq!(
+        json(&socket, &["status"])["local_source"]["state"],
+        "ok",
+        "the status's JSON carries the source"
+    );
     assert!(
         has_line(&text, &["Meshpath:", "Ok", "0.1.0", "(0.1.0-3f2a9c1d0e4b)"]),
         "{text}"
@@ -463,21 +509,34 @@ fn node_list() {
     let socket = fake_agent("node");
     let text = table(&socket, &["node", "list"]);
     assert!(
-        has_line(&text, &["NODE", "ADDRESS", "POD", "CIDRS"]),
+        has_line(&text, &["NODE", "ADDRESS", "POD", "CIDRS", "REACHED"]),
         "{text}"
     );
     assert!(
-        has_line(&text, &["cluster1/node1", "198.18.1.1", "10.1.0.0/24"]),
+        has_line(
+            &text,
+            &["cluster1/node1", "198.18.1.1", "10.1.0.0/24", "local"]
+        ),
         "{text}"
     );
     assert!(has_line(
         &text,
-        &["cluster2/node1", "198.18.2.1", "10.2.0.0/24,fd00:2::/64"]
+        &[
+            "cluster2/node1",
+            "198.18.2.1",
+            "10.2.0.0/24,fd00:2::/64",
+            "geneve",
+            "tunnel",
+            "via",
+            "router"
+        ]
     ));
     let doc = json(&socket, &["node", "list"]);
     assert_eq!(doc.as_array().map(Vec::len), Some(2));
     assert_eq!(doc[1]["cluster"], "cluster2");
     assert_eq!(doc[1]["pod_cidrs"][1], "fd00:2::/64");
+    assert_eq!(doc[1]["reach"]["mode"], "tunnel");
+    assert_eq!(doc[1]["reach"]["protocol"], "geneve");
 }
 
 #[test]
@@ -646,6 +705,7 @@ fn a_reader_that_stops_reading_ends_the_command_quietly() {
             name: format!("node{i}"),
             address: Some("198.18.1.1".parse().unwrap()),
             pod_cidrs: vec!["10.1.0.0/24".parse().unwrap()],
+            reach: None,
         })
         .collect();
     let socket = serve("pipe", many);

@@ -29,6 +29,9 @@ named_enum! {
         ForeignInnerSource => "foreign_inner_source",
         CtEndpointQuota => "ct_endpoint_quota",
         Ipv4MappedAddress => "ipv4_mapped_address",
+        SpoofedUnderlaySource => "spoofed_underlay_source",
+        NodeOffSegment => "node_off_segment",
+        NodeMacUnresolved => "node_mac_unresolved",
     }
 }
 
@@ -109,6 +112,17 @@ impl DropReason {
             ),
             CtEndpointQuota => (None, "CT_ENDPOINT_QUOTA", "CT: Endpoint quota reached"),
             Ipv4MappedAddress => (None, "IPV4_MAPPED_ADDRESS", "IPv4-mapped IPv6 address"),
+            SpoofedUnderlaySource => (
+                None,
+                "SPOOFED_UNDERLAY_SOURCE",
+                "Plain source not from its node's MAC",
+            ),
+            NodeOffSegment => (
+                None,
+                "NODE_OFF_SEGMENT",
+                "Node off the segment in native routing",
+            ),
+            NodeMacUnresolved => (None, "NODE_MAC_UNRESOLVED", "Node MAC not resolved"),
         };
         CiliumName {
             code,

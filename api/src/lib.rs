@@ -25,6 +25,7 @@ pub mod forward;
 pub mod health;
 pub mod identity;
 pub mod kvstore;
+pub mod local_source;
 pub mod node;
 pub mod policy;
 pub mod protocol;

@@ -14,6 +14,7 @@ use crate::forward::ForwardKind;
 use crate::health::Health;
 use crate::identity::IdentityRow;
 use crate::kvstore::KvStoreStatus;
+use crate::local_source::LocalSourceStatus;
 use crate::node::NodeRow;
 use crate::policy::{EndpointPolicyRow, PolicyRefusalRow};
 use crate::service::ServiceStatus;
@@ -54,6 +55,9 @@ pub struct AgentStatus {
     /// This cluster's etcd as the agent last found it.
     #[serde(default)]
     pub kvstore: Option<KvStoreStatus>,
+    /// Where the local state comes from (the Kubernetes API server or a directory), and how that goes.
+    #[serde(default)]
+    pub local_source: Option<LocalSourceStatus>,
     /// This cluster's global services (`service.cilium.io/global`).
     #[serde(default)]
     pub global_services: u64,
@@ -227,10 +231,18 @@ pub fn brief(status: &AgentStatus) -> String {
 pub fn render(status: &AgentStatus) -> String {
     let mut out = String::new();
     let mut line = |key: &str, value: String| {
-        let _ = writeln!(out, "{:<15}{value}", format!("{key}:"));
+        let key = format!("{key}:");
+        let width = 15.max(key.len() + 1);
+        let _ = writeln!(out, "{key:<width$}{value}");
     };
     if let Some(kvstore) = &status.kvstore {
         line("KVStore", crate::kvstore::line(kvstore));
+    }
+    if let Some(source) = &status.local_source {
+        line("Kubernetes", crate::local_source::line(source));
+        if let Some(apis) = crate::local_source::apis_line(source) {
+            line("Kubernetes APIs", apis);
+        }
     }
     line(
         "ClusterMesh",
@@ -419,6 +431,7 @@ mod tests {
             health: Some(Health::of(vec![])),
             version: Some(VersionInfo::new("0.1.0", "3f2a9c1d0e4b")),
             kvstore: Some(KvStoreStatus::disabled()),
+            local_source: None,
             global_services: 0,
             conntrack: Some(ConntrackStatus {
                 entries: 1,

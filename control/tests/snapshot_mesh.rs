@@ -100,6 +100,7 @@ fn spec() -> NodeSpec {
         local_affinity_threshold: 0.0,
         policy_limits: Default::default(),
         admission: Default::default(),
+        segments: Vec::new(),
     }
 }
 

@@ -53,6 +53,9 @@ drop_reasons! {
     ForeignInnerSource => "foreign_inner_source": "A tunnel frame whose inner source address does not belong to the node that sent it.",
     CtEndpointQuota => "ct_endpoint_quota": "The local endpoint of a new flow holds its quota of conntrack entries, none of which may give way.",
     Ipv4MappedAddress => "ipv4_mapped_address": "An IPv6 packet from or to an IPv4-mapped address (::ffff:a.b.c.d), which would pass for IPv4.",
+    SpoofedUnderlaySource => "spoofed_underlay_source": "A plain frame from the underlay (native or hybrid routing) whose source belongs to a node of the mesh or its pods, but that did not come from that node's MAC on our segment.",
+    NodeOffSegment => "node_off_segment": "Native routing to a node behind the underlay router, which the configuration does not say routes pod CIDRs.",
+    NodeMacUnresolved => "node_mac_unresolved": "A node on our segment whose MAC is not resolved yet: native routing can neither send to it nor believe its plain frames.",
 }
 
 impl DropReason {

@@ -18,7 +18,7 @@ use crate::policy::{
     self, EgressRule, IdentityLabels, LabelSelector, Labels, Operator, Peer, PolicyRule, PortRule,
     Protocol, CLUSTER_LABEL,
 };
-use crate::route::{RemoteNode, RoutingMode, Underlay};
+use crate::route::{NodeLink, RemoteNode, RoutingMode, Underlay};
 use crate::service::{Backend, BackendState, Frontend, Service, ServiceId};
 use crate::snapshot::{Capacities, NodeConfig, Tables};
 use crate::tunnel::{self, Encapsulation, TunnelProtocol};
@@ -341,7 +341,7 @@ fn add_remote_endpoints(tables: &mut Tables, identities: &mut IdentityLabels, sc
         let _ = tables.nodes.upsert(RemoteNode {
             addr: remote_node(j).into(),
             cluster: identity.cluster().unwrap_or(tables.node.cluster),
-            segment_mac: None,
+            link: NodeLink::Routed,
         });
     }
 }

@@ -205,5 +205,6 @@ fn spec() -> NodeSpec {
         local_affinity_threshold: 0.0,
         policy_limits: Default::default(),
         admission: Default::default(),
+        segments: Vec::new(),
     }
 }

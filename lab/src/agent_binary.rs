@@ -1,5 +1,6 @@
 //! Which `meshpath` binary the lab runs its agents with: `MESHPATH_BIN` when set, otherwise the one
-//! next to the running executable — where `cargo build` and an install put both — never a guessed path.
+//! next to the running executable — where `cargo build` and an install put both — never a guessed path;
+//! and the `meshpath-lab` binary that runs the stand-in API servers, beside the agent's.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,31 @@ pub enum AgentBinaryError {
 pub fn agent_binary() -> Result<PathBuf, AgentBinaryError> {
     let exe = std::env::current_exe().map_err(AgentBinaryError::CurrentExe)?;
     find(std::env::var_os(MESHPATH_BIN).map(PathBuf::from), &exe)
+}
+
+/// The variable that names the lab's binary (which runs the stand-in API servers) explicitly.
+pub const MESHPATH_LAB_BIN: &str = "MESHPATH_LAB_BIN";
+
+/// The `meshpath-lab` binary to run the stand-in API servers with: `MESHPATH_LAB_BIN` when set,
+/// otherwise the one beside the agent binary (where `cargo build` puts both).
+pub fn lab_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(MESHPATH_LAB_BIN).map(PathBuf::from) {
+        anyhow::ensure!(
+            path.is_file(),
+            "{MESHPATH_LAB_BIN}={}: no such file",
+            path.display()
+        );
+        return Ok(path);
+    }
+    let agent = agent_binary()?;
+    let beside = agent.with_file_name("meshpath-lab");
+    anyhow::ensure!(
+        beside.is_file(),
+        "`meshpath-lab`, which runs the lab's stand-in API servers, is not beside {} (build it with \
+         `cargo build -p meshpath-lab`, or set {MESHPATH_LAB_BIN})",
+        agent.display()
+    );
+    Ok(beside)
 }
 
 fn find(named: Option<PathBuf>, exe: &Path) -> Result<PathBuf, AgentBinaryError> {

@@ -16,9 +16,28 @@ pub struct Capture {
 impl Capture {
     /// Starts tcpdump on `interface` in `netns` and returns once it listens.
     pub fn start(netns: &str, interface: &str) -> anyhow::Result<Capture> {
+        Capture::filtered(netns, interface, &[])
+    }
+
+    /// The same, for the frames a pcap-filter expression (`ip`, `udp port 6081`, …) selects, one
+    /// line each (tcpdump's `-q`).
+    pub fn filtered(netns: &str, interface: &str, filter: &[&str]) -> anyhow::Result<Capture> {
+        Capture::decoded(netns, interface, &["-q"], filter)
+    }
+
+    /// The same with tcpdump's decoding `options` (`-T vxlan` to decode UDP as VXLAN, …): without
+    /// `-q`, an encapsulated frame's inner packet may come on a line of its own, after its outer one.
+    pub fn decoded(
+        netns: &str,
+        interface: &str,
+        options: &[&str],
+        filter: &[&str],
+    ) -> anyhow::Result<Capture> {
         let mut child = Command::new("ip")
             .args(["netns", "exec", netns, "tcpdump", "-i", interface])
-            .args(["-Q", "in", "-n", "-l", "-q"])
+            .args(["-Q", "in", "-n", "-l"])
+            .args(options)
+            .args(filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,13 +1,15 @@
 //! The lab: many clusters, nodes and pods on one machine, all in network namespaces, nothing routed to
 //! or from the root namespace (see shared/lab.md). [`plan`] computes the topology, [`up`], [`down`]
 //! and [`status`] apply it to and read it back from the kernel through iproute2; [`mesh`] runs an etcd
-//! per cluster and an agent per node on it; [`demo`] plays Cilium's ClusterMesh demo on such a lab.
+//! per cluster, a stand-in Kubernetes API server per cluster ([`apiserver`]) and an agent per node on
+//! it; [`demo`] plays Cilium's ClusterMesh demo on such a lab.
 //!
 //! None of it is in the agent's binary, which runs on production nodes: the binaries `meshpath-lab`
 //! and `meshpath-demo` are what `meshpath lab …` and `meshpath demo …` run. They read the agents
 //! through `meshpath_api`, and start them with the `meshpath` binary [`agent_binary`] finds.
 
 pub mod agent_binary;
+pub mod apiserver;
 pub mod capture;
 pub mod demo;
 pub mod down;

@@ -1,19 +1,92 @@
-//! `meshpath lab up --mesh`: on top of the namespaces, one etcd per cluster (on its first node) and one
-//! agent per node, every cluster meshed with every other, the local state of each cluster a YAML
-//! directory listing its nodes and the lab's pods. Every etcd serves TLS only and requires a client
-//! certificate ([`pki`](crate::pki)); RBAC is on: the cluster's agents write as `root`, remote
-//! clusters read as `remote`, whose role reads `cilium/` and nothing else. The processes run on after `lab up` returns;
+//! `meshpath lab up --mesh`: on top of the namespaces, one etcd and one stand-in Kubernetes API server
+//! per cluster (on its first node) and one agent per node, every cluster meshed with every other. Each
+//! cluster's objects (its nodes and the lab's pods, as manifests) are a YAML directory that its
+//! stand-in serves ([`apiserver::process`](crate::apiserver::process)), and its agents read them
+//! from there with `source: kubernetes`, as from a cluster's API server. Every etcd serves TLS only and
+//! requires a client certificate ([`pki`](crate::pki)); RBAC is on: the cluster's agents write as
+//! `root`, remote clusters read as `remote`, whose role reads `cilium/` and nothing else; with
+//! [`Plan::etcd_members`] 3, each cluster's etcd is a 3-member cluster. The processes run on after `lab up` returns;
 //! `lab down` ends them with the namespaces. Files live in [`dir`]. The agents are the `meshpath`
 //! binary [`agent_binary`](crate::agent_binary::agent_binary) finds.
+//!
+//! The agents route as [`MeshOptions`] say. A cluster's nodes share its bridge (one segment), the
+//! clusters are a routed hop apart: hybrid routing goes plain inside a cluster and tunnels across;
+//! native routing has the fabric route every node's pod CIDR to that node, as a cloud's route table
+//! would, and tells the agents so (`underlay-routes-pod-cidrs`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use serde::Serialize;
 
+use crate::apiserver::process as apiserver;
 use crate::pki::{ClusterPki, LabCa, REMOTE_USER};
 use crate::plan::{Node, Plan};
+
+/// How the lab's agents carry pod traffic between nodes: `dataplane.routing` of their configuration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Routing {
+    /// Always encapsulated.
+    #[default]
+    Tunnel,
+    /// Never encapsulated: the fabric routes pod CIDRs (`direct` is its alias).
+    #[value(alias = "direct")]
+    Native,
+    /// Plain inside a cluster's segment, encapsulated across clusters.
+    Hybrid,
+}
+
+/// What tunnels encapsulate with: `dataplane.tunnel`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Tunnel {
+    /// UDP 8472.
+    #[default]
+    Vxlan,
+    /// UDP 6081.
+    Geneve,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MeshOptions {
+    pub routing: Routing,
+    pub tunnel: Tunnel,
+    /// The fabric routes every node's pod CIDR to it (native routing tells its agents so); without
+    /// it, native routing reaches only the nodes of the sender's own cluster and refuses the others.
+    pub fabric_routes_pods: bool,
+}
+
+impl MeshOptions {
+    /// The options `meshpath lab up --mesh` and `meshpath demo` take: native routing over a fabric
+    /// that routes the pod CIDRs.
+    pub fn new(routing: Routing, tunnel: Tunnel) -> MeshOptions {
+        MeshOptions {
+            routing,
+            tunnel,
+            fabric_routes_pods: routing == Routing::Native,
+        }
+    }
+
+    /// The agent configuration's `dataplane` keys for them.
+    fn dataplane_keys(self) -> String {
+        let tunnel = match self.tunnel {
+            Tunnel::Vxlan => "vxlan",
+            Tunnel::Geneve => "geneve",
+        };
+        let routing = match self.routing {
+            Routing::Tunnel => "tunnel".to_owned(),
+            Routing::Native => format!(
+                "native, underlay-routes-pod-cidrs: {}",
+                self.fabric_routes_pods
+            ),
+            Routing::Hybrid => "hybrid".to_owned(),
+        };
+        format!("routing: {routing}, tunnel: {tunnel}")
+    }
+}
 
 /// Where a meshed lab keeps its configuration, state, sockets and logs.
 pub fn dir(prefix: &str) -> PathBuf {
@@ -34,10 +107,20 @@ pub fn pod_name(n: u8, k: u8) -> String {
     format!("p{n}-{k}")
 }
 
-/// Starts the etcds and the agents of `plan`, and waits until every agent answers.
+/// Starts the etcds and the agents of `plan`, tunnelling with VXLAN, and waits until every agent
+/// answers.
 pub fn start(plan: &Plan) -> anyhow::Result<()> {
+    start_with(plan, MeshOptions::default())
+}
+
+/// Starts the etcds and the agents of `plan`, routing as `options` say (first having the fabric route
+/// the pod CIDRs if they say so), and waits until every agent answers.
+pub fn start_with(plan: &Plan, options: MeshOptions) -> anyhow::Result<()> {
     // Before anything starts: a missing agent binary leaves nothing to undo.
     let agent = crate::agent_binary::agent_binary()?;
+    if options.fabric_routes_pods {
+        crate::up::route_pod_cidrs(plan)?;
+    }
     let root = dir(&plan.prefix);
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let ca = LabCa::new().context("the lab's certificate authority")?;
@@ -47,6 +130,7 @@ pub fn start(plan: &Plan) -> anyhow::Result<()> {
         ca.write_cluster(&pki(plan, c), &[etcd_ip(c)])?;
         start_etcd(plan, first, true)?;
         write_state(&plan.prefix, c, &lab_objects(&nodes))?;
+        apiserver::start(plan, c, true)?;
         write_mesh_config(plan, c)?;
     }
     for &c in &plan.clusters {
@@ -54,6 +138,7 @@ pub fn start(plan: &Plan) -> anyhow::Result<()> {
         enable_rbac(plan, c)?;
     }
     for node in &plan.nodes {
+        write_agent_config(plan, node, options)?;
         start_agent(plan, node, &agent)?;
     }
     for node in &plan.nodes {
@@ -69,7 +154,7 @@ pub fn start(plan: &Plan) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn log(plan: &Plan, name: &str) -> PathBuf {
+pub(crate) fn log(plan: &Plan, name: &str) -> PathBuf {
     dir(&plan.prefix).join(format!("{name}.log"))
 }
 
@@ -94,7 +179,7 @@ pub fn pki(plan: &Plan, c: u8) -> ClusterPki {
 
 /// Starts `args` inside `netns`, detached: it outlives this command, `lab down` ends it.
 /// Returns its pid (`ip netns exec` execs the command: the same process).
-fn spawn_in(netns: &str, args: &[&str], log: &Path) -> anyhow::Result<u32> {
+pub(crate) fn spawn_in(netns: &str, args: &[&str], log: &Path) -> anyhow::Result<u32> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -374,7 +459,7 @@ pub fn pod_object(node: &Node, k: u8, name: &str, labels: &str) -> String {
     )
 }
 
-/// Replaces cluster `c`'s local state (the YAML every agent of the cluster watches).
+/// Replaces cluster `c`'s objects (the YAML its stand-in API server serves to the cluster's agents).
 pub fn write_state(prefix: &str, c: u8, yaml: &str) -> anyhow::Result<()> {
     let state = cluster_dir(prefix, c).join("state");
     std::fs::create_dir_all(&state)?;
@@ -415,7 +500,11 @@ pub fn pin_dir(prefix: &str) -> PathBuf {
     PathBuf::from(format!("/sys/fs/bpf/meshpath/lab-{prefix}"))
 }
 
-fn start_agent(plan: &Plan, node: &Node, agent: &Path) -> anyhow::Result<()> {
+fn agent_config(prefix: &str, c: u8, n: u8) -> PathBuf {
+    dir(prefix).join(format!("c{c}-n{n}.yaml"))
+}
+
+fn write_agent_config(plan: &Plan, node: &Node, options: MeshOptions) -> anyhow::Result<()> {
     let (c, n) = (node.cluster, node.node);
     let router = interface_mac(&plan.fabric, &crate::plan::bridge(c))?;
     let mut pods = String::new();
@@ -432,10 +521,10 @@ fn start_agent(plan: &Plan, node: &Node, agent: &Path) -> anyhow::Result<()> {
         "cluster: {{name: cluster{c}, id: {c}}}\n\
          node: {{name: c{c}-n{n}, uplink: uplink, ipv4: {ip}, router-mac: \"{router}\"}}\n\
          pods:\n{pods}\
-         dataplane: {{cores: [{core}], routing: tunnel, tunnel: vxlan, conntrack-capacity: 65536, mtu: 1500}}\n\
+         dataplane: {{cores: [{core}], {routing}, conntrack-capacity: 65536, mtu: 1500}}\n\
          etcd: {{endpoints: [{etcd}], trusted-ca-file: {ca}, cert-file: {cert}, key-file: {key}}}\n\
          clustermesh: {{config-dir: {mesh}, grace-period: 10s}}\n\
-         source: {{yaml-dir: {state}}}\n\
+         source: {{kubernetes: {{kubeconfig: {kubeconfig}}}}}\n\
          status-socket: {socket}\n\
          metrics: {ip}:9962\n\
          state-dir: {node_state}\n\
@@ -444,6 +533,7 @@ fn start_agent(plan: &Plan, node: &Node, agent: &Path) -> anyhow::Result<()> {
         node_state = dir(&plan.prefix).join(format!("state-c{c}-n{n}")).display(),
         pins = pin_dir(&plan.prefix).join(format!("c{c}-n{n}")).display(),
         core = (c + n) % 2,
+        routing = options.dataplane_keys(),
         etcd = etcd_urls(plan, c)
             .iter()
             .map(|url| format!("\"{url}\""))
@@ -453,11 +543,17 @@ fn start_agent(plan: &Plan, node: &Node, agent: &Path) -> anyhow::Result<()> {
         cert = pki(plan, c).agent_cert.display(),
         key = pki(plan, c).agent_key.display(),
         mesh = cluster.join("clustermesh").display(),
-        state = cluster.join("state").display(),
+        kubeconfig = apiserver::kubeconfig(&plan.prefix, c).display(),
         socket = socket(&plan.prefix, c, n).display(),
     );
-    let path = dir(&plan.prefix).join(format!("c{c}-n{n}.yaml"));
-    std::fs::write(&path, config)?;
+    std::fs::write(agent_config(&plan.prefix, c, n), config)?;
+    Ok(())
+}
+
+/// Starts the agent of `node` with the configuration written for it.
+fn start_agent(plan: &Plan, node: &Node, agent: &Path) -> anyhow::Result<()> {
+    let (c, n) = (node.cluster, node.node);
+    let path = agent_config(&plan.prefix, c, n);
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -501,7 +597,7 @@ pub fn stop_agent(plan: &Plan, c: u8, n: u8, how: Stop) -> anyhow::Result<()> {
 }
 
 /// Signals `pid` and waits until it is gone.
-fn stop_pid(pid: &str, signal: &str) -> anyhow::Result<()> {
+pub(crate) fn stop_pid(pid: &str, signal: &str) -> anyhow::Result<()> {
     Command::new("kill").args(["-s", signal, pid]).status()?;
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     if !wait(Duration::from_secs(20), || {
@@ -521,7 +617,8 @@ fn zombie(proc_dir: &Path) -> bool {
     })
 }
 
-/// Starts the agent of node `n` of cluster `c` again (after [`stop_agent`]), with its configuration.
+/// Starts the agent of node `n` of cluster `c` again (after [`stop_agent`]), with the configuration
+/// it had.
 pub fn start_agent_again(plan: &Plan, c: u8, n: u8) -> anyhow::Result<()> {
     let agent = crate::agent_binary::agent_binary()?;
     let node = plan

@@ -29,6 +29,19 @@ pub fn up(plan: &Plan) -> Result<(), IpError> {
     Ok(())
 }
 
+/// Has the fabric route every node's pod CIDR to that node, as a cloud's route table or BGP does for
+/// native routing. The frames reach the node's uplink, where only its agent takes them (its XDP
+/// program owns its pod prefixes): the node's kernel still has no path to its pods.
+pub fn route_pod_cidrs(plan: &Plan) -> Result<(), IpError> {
+    for node in &plan.nodes {
+        let (net, len) = node.pod_cidr;
+        let cidr = format!("{net}/{len}");
+        let via = node.underlay.to_string();
+        ip(&["-n", &plan.fabric, "route", "replace", &cidr, "via", &via])?;
+    }
+    Ok(())
+}
+
 /// A host outside every cluster, behind the fabric's router: what pods reach beyond the mesh.
 fn outside_up(plan: &Plan) -> Result<(), IpError> {
     let (ns, fabric) = (plan.outside.as_str(), plan.fabric.as_str());

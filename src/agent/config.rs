@@ -180,6 +180,11 @@ pub struct NodeSection {
     /// The pods' virtual gateway MAC.
     #[serde(default = "default_gateway_mac")]
     pub gateway_mac: Mac,
+    /// The prefixes of the uplink's L2 segment, e.g. `[198.18.1.0/24]`: the nodes with an address
+    /// inside one are reached at their own MAC (resolved on the uplink), every other node through
+    /// `router-mac`. Default: the prefixes of the uplink's own addresses, as the kernel has them.
+    #[serde(default)]
+    pub segment_cidrs: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -198,10 +203,18 @@ pub struct PodAttachment {
 pub struct DataplaneSection {
     /// Cores for the dataplane workers, one worker each.
     pub cores: Vec<usize>,
-    /// `tunnel`, `direct` or `hybrid`.
+    /// How pod traffic reaches other nodes: `tunnel` (always encapsulated), `native` (never, as
+    /// Cilium's native routing with `auto-direct-node-routes`; `direct` is accepted as its alias: nodes
+    /// on the uplink's segment are reached at their MAC, others only with
+    /// `underlay-routes-pod-cidrs`) or `hybrid` (plain to the segment's nodes, encapsulated to others).
     pub routing: Routing,
-    /// `vxlan` (UDP 8472) or `geneve` (UDP 6081).
+    /// `vxlan` (UDP 8472) or `geneve` (UDP 6081): what `tunnel` and `hybrid` encapsulate with.
     pub tunnel: Tunnel,
+    /// `native` routing only: the underlay's routers know every node's pod CIDRs (a cloud route
+    /// table, BGP), so nodes off the uplink's segment are reached plain through `node.router-mac`, and
+    /// their pods' frames are believed from it. Without it such nodes are refused (`node_off_segment`).
+    #[serde(default)]
+    pub underlay_routes_pod_cidrs: bool,
     /// Most flows one worker tracks.
     pub conntrack_capacity: usize,
     /// Largest IP packet the uplink carries.
@@ -214,6 +227,7 @@ impl Default for DataplaneSection {
             cores: vec![0],
             routing: Routing::Tunnel,
             tunnel: Tunnel::Vxlan,
+            underlay_routes_pod_cidrs: false,
             conntrack_capacity: 262_144,
             mtu: 1500,
         }
@@ -224,17 +238,35 @@ impl Default for DataplaneSection {
 #[serde(rename_all = "kebab-case")]
 pub enum Routing {
     Tunnel,
-    Direct,
+    #[serde(alias = "direct")]
+    Native,
     Hybrid,
 }
 
-impl From<Routing> for RoutingMode {
-    fn from(r: Routing) -> Self {
-        match r {
+impl DataplaneSection {
+    pub fn routing_mode(&self) -> RoutingMode {
+        match self.routing {
             Routing::Tunnel => RoutingMode::Tunnel,
-            Routing::Direct => RoutingMode::Direct,
+            Routing::Native => RoutingMode::Native {
+                underlay_routes_pods: self.underlay_routes_pod_cidrs,
+            },
             Routing::Hybrid => RoutingMode::Hybrid,
         }
+    }
+}
+
+impl NodeSection {
+    /// The checked `segment-cidrs`, if configured: host bits must be zero.
+    pub fn segment_prefixes(&self) -> Result<Option<Vec<IpPrefix>>, String> {
+        let Some(cidrs) = &self.segment_cidrs else {
+            return Ok(None);
+        };
+        let prefixes = cidrs.iter().map(|text| {
+            let cidr = parse_cidr(text)
+                .ok_or_else(|| format!("`{text}` is not an address/length prefix"))?;
+            IpPrefix::new(cidr.addr, cidr.prefix_len).map_err(|e| e.to_string())
+        });
+        prefixes.collect::<Result<_, _>>().map(Some)
     }
 }
 
@@ -387,9 +419,19 @@ impl ClusterMeshSection {
 pub struct SourceSection {
     /// A directory of Kubernetes-shaped YAML files, watched.
     pub yaml_dir: Option<PathBuf>,
-    /// The Kubernetes API server of the in-cluster service account or the kubeconfig.
-    #[serde(default)]
-    pub kubernetes: bool,
+    /// The Kubernetes API server: `{}` for the pod's own service account (its token and CA under
+    /// /var/run/secrets/kubernetes.io/serviceaccount, the server from `KUBERNETES_SERVICE_HOST` and
+    /// `KUBERNETES_SERVICE_PORT`), or `{kubeconfig: PATH}`.
+    pub kubernetes: Option<KubernetesSection>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KubernetesSection {
+    /// A kubeconfig file: its server, CA and credentials; in-cluster configuration without it.
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig's context to use; its current context unless set.
+    pub context: Option<String>,
 }
 
 /// A MAC address written `02:00:00:00:00:01`.
@@ -514,6 +556,15 @@ impl AgentConfig {
         if self.dataplane.conntrack_capacity == 0 {
             return Err(("dataplane.conntrack-capacity", "must be positive".into()));
         }
+        if self.dataplane.underlay_routes_pod_cidrs && self.dataplane.routing != Routing::Native {
+            return Err((
+                "dataplane.underlay-routes-pod-cidrs",
+                "only native routing sends pod traffic plain through the underlay's router".into(),
+            ));
+        }
+        self.node
+            .segment_prefixes()
+            .map_err(|problem| ("node.segment-cidrs", problem))?;
         if self.dataplane.mtu < 1280 {
             return Err((
                 "dataplane.mtu",
@@ -529,11 +580,20 @@ impl AgentConfig {
                 return Err(("pods[].pod", format!("`{}` is not namespace/name", pod.pod)));
             }
         }
-        if self.source.yaml_dir.is_some() == self.source.kubernetes {
+        if self.source.yaml_dir.is_some() == self.source.kubernetes.is_some() {
             return Err((
                 "source",
-                "exactly one of `yaml-dir` and `kubernetes: true`".into(),
+                "exactly one of `yaml-dir: DIR` and `kubernetes: {}` (or `{kubeconfig: PATH}`)"
+                    .into(),
             ));
+        }
+        if let Some(k) = &self.source.kubernetes {
+            if k.context.is_some() && k.kubeconfig.is_none() {
+                return Err((
+                    "source.kubernetes.context",
+                    "a context is one of a kubeconfig's: set `kubeconfig` too".into(),
+                ));
+            }
         }
         if let Some(text) = &self.metrics {
             check_listen("metrics", text)?;
@@ -745,6 +805,27 @@ metrics: 127.0.0.1:9962
     }
 
     #[test]
+    fn the_kubernetes_source_in_cluster_or_from_a_kubeconfig() {
+        let in_cluster = GOOD.replace("{yaml-dir: /etc/meshpath/state}", "{kubernetes: {}}");
+        let source = parse(&in_cluster).unwrap().source;
+        assert!(source.yaml_dir.is_none());
+        assert!(source.kubernetes.unwrap().kubeconfig.is_none());
+        let file = GOOD.replace(
+            "{yaml-dir: /etc/meshpath/state}",
+            "{kubernetes: {kubeconfig: /etc/meshpath/kubeconfig, context: lab}}",
+        );
+        let k = parse(&file).unwrap().source.kubernetes.unwrap();
+        assert_eq!(k.kubeconfig.unwrap(), Path::new("/etc/meshpath/kubeconfig"));
+        assert_eq!(k.context.as_deref(), Some("lab"));
+        let typo = GOOD.replace(
+            "{yaml-dir: /etc/meshpath/state}",
+            "{kubernetes: {kubeconf: /x}}",
+        );
+        let error = parse(&typo).unwrap_err().to_string();
+        assert!(error.contains("kubeconf"), "{error}");
+    }
+
+    #[test]
     fn a_bad_metrics_address_is_refused_naming_the_key() {
         for bad in [
             "localhost:9962",
@@ -878,6 +959,17 @@ metrics: 127.0.0.1:9962
             ),
             (GOOD.replace("mtu: 1500", "mtu: 576"), "dataplane.mtu"),
             (
+                GOOD.replace("mtu: 1500", "mtu: 1500, underlay-routes-pod-cidrs: true"),
+                "dataplane.underlay-routes-pod-cidrs",
+            ),
+            (
+                GOOD.replace(
+                    "router-mac:",
+                    "segment-cidrs: [198.18.1.1/24]\n  router-mac:",
+                ),
+                "node.segment-cidrs",
+            ),
+            (
                 GOOD.replace("cores: [0]", "cores: [4096]"),
                 "dataplane.cores",
             ),
@@ -895,8 +987,22 @@ metrics: 127.0.0.1:9962
                 "host-port.interface",
             ),
             (
-                GOOD.replace("{yaml-dir: /etc/meshpath/state}", "{kubernetes: false}"),
+                GOOD.replace(
+                    "{yaml-dir: /etc/meshpath/state}",
+                    "{yaml-dir: /etc/meshpath/state, kubernetes: {}}",
+                ),
                 "source",
+            ),
+            (
+                GOOD.replace("{yaml-dir: /etc/meshpath/state}", "{}"),
+                "source",
+            ),
+            (
+                GOOD.replace(
+                    "{yaml-dir: /etc/meshpath/state}",
+                    "{kubernetes: {context: lab}}",
+                ),
+                "source.kubernetes.context",
             ),
             (
                 format!("{GOOD}socket-group: no-such-group-here\n"),
@@ -912,5 +1018,39 @@ metrics: 127.0.0.1:9962
         assert!(error.to_string().contains("not a MAC address"), "{error}");
         let error = parse(&GOOD.replace("routing: hybrid", "routing: bgp")).unwrap_err();
         assert!(error.to_string().contains("bgp"), "{error}");
+    }
+
+    #[test]
+    fn native_routing_is_named_as_cilium_names_it_and_direct_is_its_alias() {
+        for word in ["native", "direct"] {
+            let text = GOOD.replace(
+                "routing: hybrid",
+                &format!("routing: {word}, underlay-routes-pod-cidrs: true"),
+            );
+            let config = parse(&text).unwrap();
+            assert_eq!(
+                config.dataplane.routing_mode(),
+                RoutingMode::Native {
+                    underlay_routes_pods: true
+                },
+                "{word}"
+            );
+        }
+        let config = parse(&GOOD.replace("routing: hybrid", "routing: native")).unwrap();
+        assert_eq!(
+            config.dataplane.routing_mode(),
+            RoutingMode::Native {
+                underlay_routes_pods: false
+            }
+        );
+        assert_eq!(config.node.segment_prefixes(), Ok(None));
+        let segment = GOOD.replace(
+            "router-mac:",
+            "segment-cidrs: [198.18.1.0/24]\n  router-mac:",
+        );
+        assert_eq!(
+            parse(&segment).unwrap().node.segment_prefixes(),
+            Ok(Some(vec!["198.18.1.0/24".parse().unwrap()]))
+        );
     }
 }

@@ -47,6 +47,14 @@ const LEASE_TTL: Duration = Duration::from_secs(30);
 /// Changes a builder takes into one snapshot at most.
 const MAX_BATCH: usize = 1024;
 
+/// What [`start`] started: its tasks, the remotes' status, and the builder's input for changes from
+/// elsewhere in the agent (the neighbours' MACs).
+pub type Started = (
+    JoinSet<()>,
+    Option<watch::Receiver<MeshStatus>>,
+    mpsc::Sender<Change>,
+);
+
 /// Starts every control task on the current runtime; they stop on `cancel`.
 pub async fn start(
     config: &AgentConfig,
@@ -55,7 +63,7 @@ pub async fn start(
     sink: impl SnapshotSink + 'static,
     directories: Directories,
     cancel: CancellationToken,
-) -> anyhow::Result<(JoinSet<()>, Option<watch::Receiver<MeshStatus>>)> {
+) -> anyhow::Result<Started> {
     let mut tasks = JoinSet::new();
     let mut mesh_status = None;
     let mut board = None;
@@ -124,11 +132,12 @@ pub async fn start(
     // up the status socket or the remotes' keepalives.
     let thread = spawn_builder(builder, changes, remote, sink, cancel, MAX_BATCH)
         .context("starting the snapshot builder's thread")?;
+    let input = changes_tx.clone();
     tasks.spawn(async move {
         let _ = changes_tx.send(Change::Ports(ports)).await;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     });
-    Ok((tasks, mesh_status))
+    Ok((tasks, mesh_status, input))
 }
 
 /// Resolves every new local state and hands it to the builder; a failure is logged and the next state

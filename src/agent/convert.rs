@@ -42,6 +42,9 @@ pub fn drop_reason(reason: dp::DropReason) -> DropReason {
         D::ForeignInnerSource => DropReason::ForeignInnerSource,
         D::CtEndpointQuota => DropReason::CtEndpointQuota,
         D::Ipv4MappedAddress => DropReason::Ipv4MappedAddress,
+        D::SpoofedUnderlaySource => DropReason::SpoofedUnderlaySource,
+        D::NodeOffSegment => DropReason::NodeOffSegment,
+        D::NodeMacUnresolved => DropReason::NodeMacUnresolved,
     }
 }
 

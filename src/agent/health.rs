@@ -140,11 +140,15 @@ impl ControlBeat {
     }
 }
 
+/// Why the local source cannot follow the cluster now (the API server lost), if it cannot.
+pub type SourceLost = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// Every check of the agent.
 pub struct HealthMonitor {
     worker: Progress,
     control: Progress,
     readiness: Readiness,
+    source_lost: Option<SourceLost>,
 }
 
 impl HealthMonitor {
@@ -163,7 +167,15 @@ impl HealthMonitor {
             worker: Progress::new(worker, worker_stall, now),
             control: Progress::new(control, control_stall, now),
             readiness,
+            source_lost: None,
         }
+    }
+
+    /// The local source check fails while `lost` says why, once the source has synced: the node
+    /// runs on, on its last state, but is not ready (as `cilium status` fails on a lost API server).
+    pub fn watching_source(mut self, lost: SourceLost) -> HealthMonitor {
+        self.source_lost = Some(lost);
+        self
     }
 
     pub fn check(&self) -> Health {
@@ -181,7 +193,19 @@ impl HealthMonitor {
             liveness(CheckName::Worker, self.worker.check(now)),
             liveness(CheckName::ControlLoop, self.control.check(now)),
         ];
-        checks.extend(self.readiness.checks());
+        let lost = self.source_lost.as_ref().and_then(|lost| lost());
+        checks.extend(
+            self.readiness
+                .checks()
+                .map(|check| match (&lost, check.name) {
+                    (Some(why), CheckName::LocalSource) if check.state == CheckState::Ok => Check {
+                        state: CheckState::Failing,
+                        detail: format!("{why}; the last state stays in force"),
+                        ..check
+                    },
+                    _ => check,
+                }),
+        );
         Health::of(checks)
     }
 }
@@ -333,6 +357,26 @@ mod tests {
         assert!(!monitor.check().ready);
         readiness.snapshot_installed();
         assert!(monitor.check().ready);
+
+        let lost = Arc::new(AtomicBool::new(true));
+        let monitor = HealthMonitor::new(counter().1, counter().1, readiness).watching_source({
+            let lost = lost.clone();
+            Arc::new(move || {
+                lost.load(Ordering::SeqCst)
+                    .then(|| "the API server does not answer".into())
+            })
+        });
+        let health = monitor.check();
+        assert!(health.live && !health.ready, "{health:?}");
+        assert!(
+            health
+                .summary()
+                .contains("local-source: the API server does not answer"),
+            "{}",
+            health.summary()
+        );
+        lost.store(false, Ordering::SeqCst);
+        assert!(monitor.check().ready, "back once the API server answers");
     }
 
     async fn get(address: SocketAddr, path: &str) -> (u16, String) {

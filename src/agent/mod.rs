@@ -1,10 +1,12 @@
 //! `meshpath agent`: one node's dataplane worker and its control task, from one configuration file.
 //!
-//! Start-up: read the local state once (so the node's pod prefixes are known); set up the host port;
+//! Start-up: wait for the local source's first complete state (a directory reads at once; the API
+//! server's watchers list every kind first — see `local_source`), so the node's pod prefixes are
+//! known from its Node object; set up the host port;
 //! read back the conntrack a planned stop handed over; bind the AF_XDP sockets, load the XDP programs
 //! (maps pinned), register the sockets and only then attach, in the node's network namespace; start
 //! the worker with the pipeline, then the control task that keeps the table snapshot current and the
-//! task that keeps tunnel peers and pod routes in step with the mesh's nodes.
+//! task that keeps tunnel peers, pod routes and the neighbour nodes' MACs in step with the mesh's nodes.
 //!
 //! SIGINT, SIGTERM and SIGHUP stop it the planned way: the worker stops, its conntrack is written for
 //! the next agent, and the XDP programs stay attached — with no socket registered they drop what is
@@ -22,9 +24,11 @@ mod host_port;
 mod identities;
 mod kvstore;
 mod last_known;
+mod local_source;
 mod logging;
 mod memlock;
 pub mod metrics;
+mod neighbours;
 mod node_sync;
 mod nodes;
 mod observe;
@@ -43,15 +47,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use arc_swap::ArcSwap;
 use meshpath_api::status::PortRole;
-use meshpath_control::local::{LocalState, ObjectRef, YamlSource};
+use meshpath_control::local::{LocalState, ObjectRef};
 use meshpath_control::resolve::parse_cidr;
 use meshpath_control::snapshot::{NodeSpec, PodPorts};
 use meshpath_dataplane::conntrack::{ConntrackConfig, Timeouts};
 use meshpath_dataplane::gateway::Gateway;
 use meshpath_dataplane::handover;
+use meshpath_dataplane::ipcache::IpPrefix;
 use meshpath_dataplane::masquerade::{Masquerade, PortRange};
 use meshpath_dataplane::pipeline::WorkerState;
 use meshpath_dataplane::route::Underlay;
@@ -95,13 +100,14 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     // Before any interface is touched: a taken port stops the agent with nothing to undo.
     let listeners = serving::Listeners::bind(&config).await?;
-    let Some(dir) = config.source.yaml_dir.clone() else {
-        bail!("`source.kubernetes`: the Kubernetes source is not wired into the agent yet; use `source.yaml-dir`");
-    };
-    let source = YamlSource::spawn(dir, cancel.clone())?;
-    let first = source.state.borrow().clone();
+    let local_source::LocalSource {
+        handle: source,
+        describe: source_info,
+    } = local_source::spawn(&config, cancel.clone()).await?;
+    let first = local_source::first_state(&source, &source_info).await?;
     host_port::ensure(&config).context("host port")?;
-    let spec = node_spec(&config, &first)?;
+    let segments = neighbours::segments(&config).context("the uplink's segment")?;
+    let spec = node_spec(&config, &first, segments.clone())?;
     let tables = Arc::new(ArcSwap::from_pointee(Tables::empty(
         spec.config.clone(),
         spec.capacities,
@@ -128,7 +134,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let latency = metrics::publish_latency();
     let sink = metrics::TimedSink::new(tables.clone(), latency.clone());
     let empty = tables.load_full();
-    let (mut tasks, mesh) = control::start(
+    let (mut tasks, mesh, builder) = control::start(
         &config,
         spec,
         source.state.clone(),
@@ -145,18 +151,24 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let control_beat = health::ControlBeat::default();
     tasks.spawn(control_beat.clone().run(cancel.clone()));
     let worker_beat = stats.clone();
-    let monitor = Arc::new(health::HealthMonitor::new(
-        Arc::new(move || worker_beat.heartbeat()),
-        control_beat.beat(),
-        readiness,
-    ));
-    tasks.spawn(node_sync::sync_forever(
-        nodes.clone(),
-        uplink.clone(),
-        host_port::Routes::new(&config),
-        own_addresses(&config),
-        cancel.clone(),
-    ));
+    let lost_source = source_info.clone();
+    let monitor = Arc::new(
+        health::HealthMonitor::new(
+            Arc::new(move || worker_beat.heartbeat()),
+            control_beat.beat(),
+            readiness,
+        )
+        .watching_source(Arc::new(move || lost_source.lost())),
+    );
+    let sync = node_sync::NodeSync {
+        nodes: nodes.clone(),
+        uplink: uplink.clone(),
+        routes: host_port::Routes::new(&config),
+        neighbours: neighbours::Neighbours::new(&config.node.uplink, segments),
+        builder,
+        own: own_addresses(&config),
+    };
+    tasks.spawn(node_sync::sync_forever(sync, cancel.clone()));
     let etcd_latency = kvstore::operation_latency();
     let kvstore = kvstore::spawn(&config, &mut tasks, etcd_latency.clone(), cancel.clone())?;
     let names = observe::Names {
@@ -188,6 +200,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         mesh,
         kvstore,
         local: source.state.clone(),
+        source: source_info,
         nodes,
         identities,
         flows: hub.clone(),
@@ -302,7 +315,11 @@ async fn wait_for_signal() {
     }
 }
 
-fn node_spec(config: &AgentConfig, local: &LocalState) -> anyhow::Result<NodeSpec> {
+fn node_spec(
+    config: &AgentConfig,
+    local: &LocalState,
+    segments: Vec<IpPrefix>,
+) -> anyhow::Result<NodeSpec> {
     let cluster = control::cluster_name(config)?;
     let cluster_id = ClusterId::new(config.cluster.id).context("cluster.id")?;
     let node = NodeConfig {
@@ -318,7 +335,7 @@ fn node_spec(config: &AgentConfig, local: &LocalState) -> anyhow::Result<NodeSpe
         gateway: Gateway {
             mac: config.node.gateway_mac.0,
         },
-        routing: config.dataplane.routing.into(),
+        routing: config.dataplane.routing_mode(),
         tunnel: config.dataplane.tunnel.into(),
         host: Some(HostPort {
             port: wiring::HOST,
@@ -347,6 +364,7 @@ fn node_spec(config: &AgentConfig, local: &LocalState) -> anyhow::Result<NodeSpe
             .as_ref()
             .map(|m| m.admission())
             .unwrap_or_default(),
+        segments,
     })
 }
 

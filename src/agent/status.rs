@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::convert;
 use super::health::HealthMonitor;
 use super::identities::IdentityDirectory;
+use super::local_source::SourceInfo;
 use super::nodes::NodeDirectory;
 use super::observe::FlowHub;
 use super::report::{ConntrackReport, WorkerReport};
@@ -48,6 +49,8 @@ pub struct StatusSources {
     pub mesh: Option<watch::Receiver<MeshStatus>>,
     pub kvstore: Option<watch::Receiver<KvStoreStatus>>,
     pub local: watch::Receiver<Arc<LocalState>>,
+    /// The local source: which, where, and how it goes.
+    pub source: SourceInfo,
     pub nodes: NodeDirectory,
     pub identities: IdentityDirectory,
     pub flows: FlowHub,
@@ -74,7 +77,11 @@ impl StatusSources {
                 .mesh
                 .as_ref()
                 .map(|m| convert::clustermesh(&m.borrow())),
-            nodes: if full { self.nodes.rows() } else { Vec::new() },
+            nodes: if full {
+                self.nodes.rows_reached(&tables)
+            } else {
+                Vec::new()
+            },
             identities: if full {
                 self.identities.rows()
             } else {
@@ -101,6 +108,7 @@ impl StatusSources {
                     .as_ref()
                     .map_or_else(KvStoreStatus::disabled, |k| k.borrow().clone()),
             ),
+            local_source: Some(self.source.status()),
             global_services: global_services(&self.local.borrow()),
             conntrack: Some(conntrack(&report.conntrack)),
             xdp: self.programs.read(),

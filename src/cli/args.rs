@@ -167,9 +167,10 @@ pub struct ClustermeshStatusArgs {
 
 #[derive(Subcommand)]
 pub enum NodeCommand {
-    /// cluster/name, underlay address, pod CIDRs.
+    /// cluster/name, underlay address, pod CIDRs, and how this node reaches it: plain (direct) or
+    /// encapsulated (vxlan/geneve tunnel), to its MAC on the segment or via the router, or refused.
     #[command(
-        after_help = "Examples:\n  meshpath node list\n  meshpath node list -o json | jq '.[].name'"
+        after_help = "Examples:\n  meshpath node list\n  meshpath node list -o json | jq '.[] | {name, reach}'"
     )]
     List(AgentQuery),
 }

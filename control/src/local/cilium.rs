@@ -1,10 +1,10 @@
-//! CiliumNetworkPolicy (cilium.io/v2): the subset meshpath enforces, as a serde type of its own, and
-//! its translation into dataplane [`PolicyRule`]s with Cilium's namespace scoping.
+//! CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy (cilium.io/v2, the same spec): the subset
+//! meshpath enforces, as a serde type of its own, and its translation into dataplane [`PolicyRule`]s
+//! with Cilium's scoping — a CiliumNetworkPolicy's selectors stay in its namespace, a cluster-wide
+//! policy's reach every namespace.
 //!
 //! Fields outside the subset (fromCIDR, toFQDNs, L7 rules, deny rules, ...) are refused rather than
 //! ignored: ignoring a peer field could turn a narrow rule into one that allows everybody.
-
-use std::borrow::Cow;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector as K8sSelector, ObjectMeta};
 use meshpath_dataplane::policy::{
@@ -13,9 +13,11 @@ use meshpath_dataplane::policy::{
 use serde::{Deserialize, Serialize};
 
 use super::error::{Subject, TranslateError};
-use super::{ports, selector};
+use super::ports;
+use super::selector::{self, Scope};
 
-/// A `cilium.io/v2` CiliumNetworkPolicy.
+/// A `cilium.io/v2` CiliumNetworkPolicy, or a CiliumClusterwideNetworkPolicy (the same fields; its
+/// `metadata.namespace` is empty).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CiliumNetworkPolicy {
@@ -89,41 +91,17 @@ pub enum PortNumber {
     Text(String),
 }
 
-impl kube::Resource for CiliumNetworkPolicy {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        "CiliumNetworkPolicy".into()
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        "cilium.io".into()
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        "v2".into()
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        "ciliumnetworkpolicies".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
-/// Every rule of the policy (`spec` and `specs`), scoped to `namespace`.
+/// Every rule of the policy (`spec` and `specs`), within `scope`.
 pub(crate) fn translate(
     policy: &CiliumNetworkPolicy,
-    namespace: &str,
+    scope: Scope,
     subject: &Subject,
 ) -> Result<Vec<PolicyRule>, TranslateError> {
     let specs = policy.spec.iter().map(|r| ("spec".to_string(), r));
     let listed = policy.specs.iter().flatten().enumerate();
     let all = specs.chain(listed.map(|(i, r)| (format!("specs[{i}]"), r)));
     let rules = all
-        .map(|(field, rule)| translate_rule(rule, namespace, subject, &field))
+        .map(|(field, rule)| translate_rule(rule, scope, subject, &field))
         .collect::<Result<Vec<_>, _>>()?;
     if rules.is_empty() {
         return Err(subject.error("spec", "neither `spec` nor `specs` is given"));
@@ -133,7 +111,7 @@ pub(crate) fn translate(
 
 fn translate_rule(
     rule: &CiliumRule,
-    ns: &str,
+    scope: Scope,
     subject: &Subject,
     field: &str,
 ) -> Result<PolicyRule, TranslateError> {
@@ -152,7 +130,7 @@ fn translate_rule(
                     from: peers(
                         &r.from_endpoints,
                         &r.from_entities,
-                        ns,
+                        scope,
                         subject,
                         &field,
                         "from",
@@ -169,14 +147,21 @@ fn translate_rule(
             .map(|(i, r)| {
                 let field = format!("{field}.egress[{i}]");
                 Ok(EgressRule {
-                    to: peers(&r.to_endpoints, &r.to_entities, ns, subject, &field, "to")?,
+                    to: peers(
+                        &r.to_endpoints,
+                        &r.to_entities,
+                        scope,
+                        subject,
+                        &field,
+                        "to",
+                    )?,
                     to_ports: port_rules(&r.to_ports, subject, &field)?,
                 })
             })
             .collect::<Result<Vec<_>, TranslateError>>()
     });
     Ok(PolicyRule {
-        endpoint_selector: selector::confine_to_namespace(selected, ns),
+        endpoint_selector: scope.confine(selected),
         ingress: ingress.transpose()?,
         egress: egress.transpose()?,
     })
@@ -186,7 +171,7 @@ fn translate_rule(
 fn peers(
     endpoints: &Option<Vec<K8sSelector>>,
     entities: &Option<Vec<String>>,
-    ns: &str,
+    scope: Scope,
     subject: &Subject,
     field: &str,
     dir: &str,
@@ -194,7 +179,7 @@ fn peers(
     let mut out = Vec::new();
     for (i, sel) in endpoints.iter().flatten().enumerate() {
         let sel = selector::translate(sel, subject, &format!("{field}.{dir}Endpoints[{i}]"))?;
-        out.push(Peer::Endpoints(selector::default_namespace(sel, ns)));
+        out.push(Peer::Endpoints(scope.peer(sel)));
     }
     for (i, name) in entities.iter().flatten().enumerate() {
         let entity = entity(name).ok_or_else(|| {

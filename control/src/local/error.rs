@@ -2,15 +2,26 @@
 //! field, so an operator can find it in the YAML file or with `kubectl get`.
 
 /// One object that could not be translated. The rest of the state is unaffected by it.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{object}: `{field}`: {problem}")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TranslateError {
     /// `Kind namespace/name`, e.g. `CiliumNetworkPolicy default/x-wing-egress`.
     pub object: String,
-    /// The field's path as written in the object, e.g. `spec.egress[0].toEndpoints[1]`.
+    /// The field's path as written in the object, e.g. `spec.egress[0].toEndpoints[1]`; empty when
+    /// the whole object does not decode as its kind.
     pub field: String,
     pub problem: String,
 }
+
+impl std::fmt::Display for TranslateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.field.as_str() {
+            "" => write!(f, "{}: {}", self.object, self.problem),
+            field => write!(f, "{}: `{field}`: {}", self.object, self.problem),
+        }
+    }
+}
+
+impl std::error::Error for TranslateError {}
 
 /// The object being translated, to name it in errors.
 #[derive(Clone, Copy, Debug)]

@@ -112,6 +112,23 @@ pub struct SliceEndpoint {
 pub enum PolicyKind {
     NetworkPolicy,
     CiliumNetworkPolicy,
+    /// Cluster-scoped: its selectors reach endpoints of every namespace.
+    CiliumClusterwideNetworkPolicy,
+}
+
+impl PolicyKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::NetworkPolicy => "NetworkPolicy",
+            PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
+            PolicyKind::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
+        }
+    }
+
+    /// Whether policies of the kind live in a namespace (and select only its endpoints).
+    pub fn namespaced(self) -> bool {
+        self != PolicyKind::CiliumClusterwideNetworkPolicy
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -121,19 +138,21 @@ pub struct PolicyRef {
 }
 
 impl std::fmt::Display for PolicyRef {
-    /// `CiliumNetworkPolicy default/x-wing`, as `kubectl` names it.
+    /// `CiliumNetworkPolicy default/x-wing` (`CiliumClusterwideNetworkPolicy x-wing`), as
+    /// `kubectl` names it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.kind {
-            PolicyKind::NetworkPolicy => "NetworkPolicy",
-            PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
-        };
-        write!(f, "{kind} {}/{}", self.policy.namespace, self.policy.name)
+        let kind = self.kind.name();
+        match self.kind.namespaced() {
+            true => write!(f, "{kind} {}/{}", self.policy.namespace, self.policy.name),
+            false => write!(f, "{kind} {}", self.policy.name),
+        }
     }
 }
 
 /// A policy object translated into dataplane rules. Selectors are scoped as Kubernetes and Cilium scope
 /// them: a namespaced policy selects only endpoints of its namespace (its `endpoint_selector` carries
-/// `NAMESPACE_LABEL`), and a peer selector without a namespace means the policy's namespace.
+/// `NAMESPACE_LABEL`), and a peer selector without a namespace means the policy's namespace; a
+/// cluster-wide policy's selectors, and its peers', reach every namespace.
 ///
 /// A policy that cannot be enforced as written (`refused`: why) keeps rules that say only what it
 /// selects and which directions it covers, with no grants: those endpoints are denied there.

@@ -8,11 +8,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::cilium::{self, CiliumNetworkPolicy};
 use super::error::{Subject, TranslateError};
+use super::kind::Kind;
 use super::model::{
     LocalEndpointSlice, LocalNode, LocalPod, LocalPolicy, LocalService, LocalState, ObjectRef,
     PolicyKind, PolicyRef,
 };
 use super::refused::{cilium_coverage, netpol_coverage, refused_policy, UnsupportedPolicy};
+use super::selector::Scope;
 use super::{netpol, service, workload};
 
 /// A namespaced object without `metadata.namespace` (as in a hand-written file) is in this one.
@@ -27,6 +29,8 @@ pub enum KubeObject {
     EndpointSlice(Box<EndpointSlice>),
     NetworkPolicy(Box<NetworkPolicy>),
     CiliumNetworkPolicy(Box<CiliumNetworkPolicy>),
+    /// The same fields as a CiliumNetworkPolicy, cluster-scoped.
+    CiliumClusterwideNetworkPolicy(Box<CiliumNetworkPolicy>),
     /// A policy document that does not parse as its kind: it is refused, and fails closed.
     UnsupportedPolicy(Box<UnsupportedPolicy>),
 }
@@ -58,28 +62,67 @@ impl std::fmt::Display for ObjectKey {
             ObjectKey::Pod(at) => ("Pod", at),
             ObjectKey::Service(at) => ("Service", at),
             ObjectKey::EndpointSlice(at) => ("EndpointSlice", at),
-            ObjectKey::Policy(p) if p.kind == PolicyKind::NetworkPolicy => {
-                ("NetworkPolicy", &p.policy)
-            }
-            ObjectKey::Policy(p) => ("CiliumNetworkPolicy", &p.policy),
+            ObjectKey::Policy(p) => return write!(f, "{p}"),
         };
         write!(f, "{kind} {}/{}", at.namespace, at.name)
     }
 }
 
-impl KubeObject {
-    pub fn kind(&self) -> &'static str {
+impl ObjectKey {
+    /// The key of the object of `kind` named `name` (in `namespace`, for a namespaced kind).
+    pub fn new(kind: Kind, namespace: Option<&str>, name: String) -> ObjectKey {
+        let namespace = match kind.namespaced() {
+            true => namespace.unwrap_or(DEFAULT_NAMESPACE).to_string(),
+            false => String::new(),
+        };
+        let at = ObjectRef { namespace, name };
+        let policy = |kind| {
+            ObjectKey::Policy(PolicyRef {
+                kind,
+                policy: at.clone(),
+            })
+        };
+        match kind {
+            Kind::Node => ObjectKey::Node(at.name),
+            Kind::Pod => ObjectKey::Pod(at),
+            Kind::Service => ObjectKey::Service(at),
+            Kind::EndpointSlice => ObjectKey::EndpointSlice(at),
+            Kind::NetworkPolicy => policy(PolicyKind::NetworkPolicy),
+            Kind::CiliumNetworkPolicy => policy(PolicyKind::CiliumNetworkPolicy),
+            Kind::CiliumClusterwideNetworkPolicy => {
+                policy(PolicyKind::CiliumClusterwideNetworkPolicy)
+            }
+        }
+    }
+
+    /// The kind of the object at this key.
+    pub fn kind(&self) -> Kind {
         match self {
-            KubeObject::Node(_) => "Node",
-            KubeObject::Pod(_) => "Pod",
-            KubeObject::Service(_) => "Service",
-            KubeObject::EndpointSlice(_) => "EndpointSlice",
-            KubeObject::NetworkPolicy(_) => "NetworkPolicy",
-            KubeObject::CiliumNetworkPolicy(_) => "CiliumNetworkPolicy",
-            KubeObject::UnsupportedPolicy(p) => match p.kind {
-                PolicyKind::NetworkPolicy => "NetworkPolicy",
-                PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
-            },
+            ObjectKey::Node(_) => Kind::Node,
+            ObjectKey::Pod(_) => Kind::Pod,
+            ObjectKey::Service(_) => Kind::Service,
+            ObjectKey::EndpointSlice(_) => Kind::EndpointSlice,
+            ObjectKey::Policy(p) => Kind::of_policy(p.kind),
+        }
+    }
+}
+
+impl KubeObject {
+    /// The object's kind as it names it: `Pod`.
+    pub fn kind(&self) -> &'static str {
+        self.object_kind().name()
+    }
+
+    pub fn object_kind(&self) -> Kind {
+        match self {
+            KubeObject::Node(_) => Kind::Node,
+            KubeObject::Pod(_) => Kind::Pod,
+            KubeObject::Service(_) => Kind::Service,
+            KubeObject::EndpointSlice(_) => Kind::EndpointSlice,
+            KubeObject::NetworkPolicy(_) => Kind::NetworkPolicy,
+            KubeObject::CiliumNetworkPolicy(_) => Kind::CiliumNetworkPolicy,
+            KubeObject::CiliumClusterwideNetworkPolicy(_) => Kind::CiliumClusterwideNetworkPolicy,
+            KubeObject::UnsupportedPolicy(p) => Kind::of_policy(p.kind),
         }
     }
 
@@ -91,13 +134,14 @@ impl KubeObject {
             KubeObject::EndpointSlice(o) => &o.metadata,
             KubeObject::NetworkPolicy(o) => &o.metadata,
             KubeObject::CiliumNetworkPolicy(o) => &o.metadata,
+            KubeObject::CiliumClusterwideNetworkPolicy(o) => &o.metadata,
             KubeObject::UnsupportedPolicy(o) => &o.metadata,
         }
     }
 
     fn subject(&self) -> Subject<'_> {
         let meta = self.metadata();
-        let namespaced = !matches!(self, KubeObject::Node(_));
+        let namespaced = self.object_kind().namespaced();
         Subject {
             kind: self.kind(),
             namespace: namespaced.then(|| meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)),
@@ -111,25 +155,7 @@ impl KubeObject {
         let Some(name) = self.metadata().name.clone() else {
             return Err(subject.error("metadata.name", "missing"));
         };
-        let at = ObjectRef {
-            namespace: subject.namespace.unwrap_or_default().to_string(),
-            name,
-        };
-        let policy = |kind| {
-            ObjectKey::Policy(PolicyRef {
-                kind,
-                policy: at.clone(),
-            })
-        };
-        Ok(match self {
-            KubeObject::Node(_) => ObjectKey::Node(at.name),
-            KubeObject::Pod(_) => ObjectKey::Pod(at),
-            KubeObject::Service(_) => ObjectKey::Service(at),
-            KubeObject::EndpointSlice(_) => ObjectKey::EndpointSlice(at),
-            KubeObject::NetworkPolicy(_) => policy(PolicyKind::NetworkPolicy),
-            KubeObject::CiliumNetworkPolicy(_) => policy(PolicyKind::CiliumNetworkPolicy),
-            KubeObject::UnsupportedPolicy(p) => policy(p.kind),
-        })
+        Ok(ObjectKey::new(self.object_kind(), subject.namespace, name))
     }
 
     /// The object as local state: `None` if it is valid but not part of it (a host-network pod). A
@@ -158,8 +184,14 @@ impl KubeObject {
                 })))
             }
             (ObjectKey::Policy(policy), KubeObject::CiliumNetworkPolicy(p)) => {
-                let ns = &policy.policy.namespace;
-                let rules = cilium::translate(p, ns, &subject);
+                let scope = Scope::Namespace(&policy.policy.namespace);
+                let rules = cilium::translate(p, scope, &subject);
+                Some(LocalObject::Policy(enforceable(policy, rules, || {
+                    cilium_coverage(p)
+                })))
+            }
+            (ObjectKey::Policy(policy), KubeObject::CiliumClusterwideNetworkPolicy(p)) => {
+                let rules = cilium::translate(p, Scope::Cluster, &subject);
                 Some(LocalObject::Policy(enforceable(policy, rules, || {
                     cilium_coverage(p)
                 })))

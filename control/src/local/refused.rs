@@ -4,7 +4,8 @@
 //! becomes a [`LocalPolicy`] marked refused, whose rules select the same endpoints in the same
 //! directions with no grants: the compiler denies them there (see `meshpath_dataplane::policy`).
 //!
-//! A selector that cannot be read either widens to the policy's whole namespace.
+//! A selector that cannot be read either widens to the policy's whole namespace (to every endpoint,
+//! for a cluster-wide policy).
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector as K8sSelector, ObjectMeta};
@@ -15,7 +16,7 @@ use serde::Deserialize;
 use super::cilium::CiliumNetworkPolicy;
 use super::error::Subject;
 use super::model::{LocalPolicy, PolicyKind, PolicyRef};
-use super::selector;
+use super::selector::{self, Scope};
 
 /// What one rule of a policy covers: the endpoints it selects (`None`: unreadable, so all of the
 /// namespace's) and its directions.
@@ -29,6 +30,10 @@ pub struct Coverage {
 /// The refused form of `policy`: deny-only rules for what `coverage` says, and why.
 pub(crate) fn refused_policy(policy: PolicyRef, why: String, coverage: &[Coverage]) -> LocalPolicy {
     let namespace = policy.policy.namespace.clone();
+    let scope = match policy.kind.namespaced() {
+        true => Scope::Namespace(&namespace),
+        false => Scope::Cluster,
+    };
     let subject = Subject {
         kind: "policy",
         namespace: Some(&namespace),
@@ -44,7 +49,7 @@ pub(crate) fn refused_policy(policy: PolicyRef, why: String, coverage: &[Coverag
                 .and_then(|s| selector::translate(s, &subject, "").ok())
                 .unwrap_or_else(LabelSelector::all);
             PolicyRule {
-                endpoint_selector: selector::confine_to_namespace(selected, &namespace),
+                endpoint_selector: scope.confine(selected),
                 ingress: c.ingress.then(Vec::new),
                 egress: c.egress.then(Vec::new),
             }
@@ -135,21 +140,21 @@ impl UnsupportedPolicy {
         let coverage = rules
             .map(|r| {
                 let selector = match kind {
-                    PolicyKind::CiliumNetworkPolicy => r.endpoint_selector,
                     PolicyKind::NetworkPolicy => r.pod_selector.or(Some(serde_json::Value::Null)),
+                    _ => r.endpoint_selector,
                 };
                 let selector = selector.and_then(|v| match v {
                     serde_json::Value::Null => Some(K8sSelector::default()),
                     v => serde_json::from_value(v).ok(),
                 });
                 let (ingress, egress) = match kind {
-                    PolicyKind::CiliumNetworkPolicy => (
-                        r.ingress.is_some() || r.ingress_deny.is_some(),
-                        r.egress.is_some() || r.egress_deny.is_some(),
-                    ),
                     PolicyKind::NetworkPolicy => {
                         directions(r.policy_types.as_deref(), r.egress.is_some())
                     }
+                    _ => (
+                        r.ingress.is_some() || r.ingress_deny.is_some(),
+                        r.egress.is_some() || r.egress_deny.is_some(),
+                    ),
                 };
                 Coverage {
                     selector,

@@ -84,6 +84,32 @@ pub(crate) fn default_namespace(selector: LabelSelector, namespace: &str) -> Lab
     }
 }
 
+/// Where a policy's selectors reach: its own namespace (NetworkPolicy, CiliumNetworkPolicy), or every
+/// namespace (CiliumClusterwideNetworkPolicy: Cilium adds no namespace to its selectors or its peers').
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope<'a> {
+    Namespace(&'a str),
+    Cluster,
+}
+
+impl Scope<'_> {
+    /// The endpoints a policy of this scope may select with `selector`.
+    pub fn confine(self, selector: LabelSelector) -> LabelSelector {
+        match self {
+            Scope::Namespace(ns) => confine_to_namespace(selector, ns),
+            Scope::Cluster => selector,
+        }
+    }
+
+    /// The peers `selector` means in a policy of this scope.
+    pub fn peer(self, selector: LabelSelector) -> LabelSelector {
+        match self {
+            Scope::Namespace(ns) => default_namespace(selector, ns),
+            Scope::Cluster => selector,
+        }
+    }
+}
+
 fn namespace_expression(namespace: &str) -> meshpath_dataplane::policy::LabelExpression {
     meshpath_dataplane::policy::LabelExpression {
         key: NAMESPACE_LABEL.to_string(),

@@ -4,6 +4,7 @@
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use super::kind::Kind;
 use super::model::PolicyKind;
 use super::object::KubeObject;
 use super::refused::{Lenient, UnsupportedPolicy};
@@ -119,18 +120,10 @@ fn parse_document(text: &str, start: usize, out: &mut Vec<ParsedObject>) -> Resu
 
 /// `List`, or the list of one of the kinds read (`PodList`), as `kubectl get -o yaml` writes them.
 fn is_list(kind: &str) -> bool {
-    const KINDS: [&str; 6] = [
-        "Node",
-        "Pod",
-        "Service",
-        "EndpointSlice",
-        "NetworkPolicy",
-        "CiliumNetworkPolicy",
-    ];
     kind == "List"
         || kind
             .strip_suffix("List")
-            .is_some_and(|k| KINDS.contains(&k))
+            .is_some_and(|k| Kind::ALL.iter().any(|known| known.name() == k))
 }
 
 /// Where typed values are read from: a document's text (errors carry the parser's line) or an item
@@ -166,6 +159,18 @@ impl Source for Document<'_> {
     }
 }
 
+/// A whole object already parsed (from the API server).
+struct Value<'a>(&'a serde_json::Value);
+
+impl Source for Value<'_> {
+    fn read<T: DeserializeOwned>(&self) -> Result<T, ParseError> {
+        T::deserialize(self.0).map_err(|e| self.error(e.to_string()))
+    }
+    fn error(&self, problem: String) -> ParseError {
+        ParseError { line: 0, problem }
+    }
+}
+
 struct ListItem<'a> {
     value: &'a serde_json::Value,
     line: usize,
@@ -174,7 +179,7 @@ struct ListItem<'a> {
 
 impl Source for ListItem<'_> {
     fn read<T: DeserializeOwned>(&self) -> Result<T, ParseError> {
-        serde_json::from_value(self.value.clone()).map_err(|e| self.error(e.to_string()))
+        T::deserialize(self.value).map_err(|e| self.error(e.to_string()))
     }
     fn error(&self, problem: String) -> ParseError {
         ParseError {
@@ -186,25 +191,42 @@ impl Source for ListItem<'_> {
 
 /// Decodes with the type that `apiVersion` and `kind` name.
 fn decode(meta: &TypeMeta, source: &impl Source) -> Result<KubeObject, ParseError> {
-    Ok(match (meta.api_version.as_str(), meta.kind.as_str()) {
-        ("v1", "Node") => KubeObject::Node(source.read()?),
-        ("v1", "Pod") => KubeObject::Pod(source.read()?),
-        ("v1", "Service") => KubeObject::Service(source.read()?),
-        ("discovery.k8s.io/v1", "EndpointSlice") => KubeObject::EndpointSlice(source.read()?),
-        ("networking.k8s.io/v1", "NetworkPolicy") => match source.read() {
+    match Kind::of_type(&meta.api_version, &meta.kind) {
+        Some(kind) => decode_as(kind, source),
+        None => Err(source.error(format!(
+            "unsupported kind `{}` of apiVersion `{}` (Node, Pod, Service, EndpointSlice, \
+             NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, List)",
+            meta.kind, meta.api_version
+        ))),
+    }
+}
+
+/// An object of a known kind as the API server sent it (list items carry no `apiVersion` and `kind`),
+/// decoded as the file source decodes its documents: a policy that does not parse as its kind is
+/// refused, anything else that does not parse is this object's error.
+pub fn decode_value(kind: Kind, value: &serde_json::Value) -> Result<KubeObject, String> {
+    let item = Value(value);
+    decode_as(kind, &item).map_err(|e| e.problem)
+}
+
+fn decode_as(kind: Kind, source: &impl Source) -> Result<KubeObject, ParseError> {
+    Ok(match kind {
+        Kind::Node => KubeObject::Node(source.read()?),
+        Kind::Pod => KubeObject::Pod(source.read()?),
+        Kind::Service => KubeObject::Service(source.read()?),
+        Kind::EndpointSlice => KubeObject::EndpointSlice(source.read()?),
+        Kind::NetworkPolicy => match source.read() {
             Ok(policy) => KubeObject::NetworkPolicy(policy),
             Err(e) => unsupported(PolicyKind::NetworkPolicy, e, source)?,
         },
-        ("cilium.io/v2", "CiliumNetworkPolicy") => match source.read() {
+        Kind::CiliumNetworkPolicy => match source.read() {
             Ok(policy) => KubeObject::CiliumNetworkPolicy(policy),
             Err(e) => unsupported(PolicyKind::CiliumNetworkPolicy, e, source)?,
         },
-        (api_version, kind) => {
-            return Err(source.error(format!(
-                "unsupported kind `{kind}` of apiVersion `{api_version}` (Node, Pod, Service, \
-                 EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, List)"
-            )))
-        }
+        Kind::CiliumClusterwideNetworkPolicy => match source.read() {
+            Ok(policy) => KubeObject::CiliumClusterwideNetworkPolicy(policy),
+            Err(e) => unsupported(PolicyKind::CiliumClusterwideNetworkPolicy, e, source)?,
+        },
     })
 }
 

@@ -169,6 +169,7 @@ impl Files {
                 .filter_map(|f| f.error.clone())
                 .chain(self.redefinitions())
                 .collect(),
+            ..SourceStatus::default()
         }
     }
 

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use meshpath_dataplane::endpoint::Endpoint;
 use meshpath_dataplane::policy::{compile_policies, PolicySource};
-use meshpath_dataplane::route::RemoteNode;
+use meshpath_dataplane::route::{NodeLink, RemoteNode};
 use meshpath_dataplane::service::{Frontend, Service, ServiceId};
 use meshpath_dataplane::snapshot::Tables;
 use meshpath_dataplane::{Addr, ClusterId, PortId};
 
 use super::admission::AdmissionLog;
 use super::sources::{Dirty, Sources};
-use super::{ipcache, services, Change, NodeSpec, PodPorts};
+use super::{ipcache, services, Change, NodeMacs, NodeSpec, PodPorts};
 use crate::cluster_name::ClusterName;
 use crate::clustermesh::{CidrConflict, StatusBoard};
 use crate::local::ObjectRef;
@@ -52,6 +52,8 @@ pub struct SnapshotBuilder {
     admission: AdmissionLog,
     /// Since when a policy recompile for remote identities has been put off within a burst.
     policy_pending: Option<Instant>,
+    /// The neighbours' MACs the agent resolved on the uplink.
+    node_macs: NodeMacs,
 }
 
 /// The longest a policy recompile for remote identities waits while a burst is still queued.
@@ -71,6 +73,7 @@ impl SnapshotBuilder {
             stats: BuildStats::default(),
             admission: AdmissionLog::default(),
             policy_pending: None,
+            node_macs: NodeMacs::new(),
         }
     }
 
@@ -133,6 +136,7 @@ impl SnapshotBuilder {
                 }
                 Change::Remote(event) => self.sources.apply_remote(event, &mut dirty),
                 Change::Ports(ports) => self.set_ports(ports, &mut dirty),
+                Change::NodeMacs(macs) => self.set_node_macs(macs, &mut dirty),
             }
         }
         if dirty.policy || self.policy_pending.is_some() {
@@ -182,6 +186,15 @@ impl SnapshotBuilder {
         dirty.pods.extend(touched);
     }
 
+    fn set_node_macs(&mut self, macs: NodeMacs, dirty: &mut Dirty) {
+        let old = std::mem::replace(&mut self.node_macs, macs);
+        let new = &self.node_macs;
+        let gone = old.keys().filter(|a| !new.contains_key(*a));
+        let changed = new.iter().filter(|(a, mac)| old.get(*a) != Some(*mac));
+        let touched: Vec<Addr> = gone.copied().chain(changed.map(|(a, _)| *a)).collect();
+        dirty.nodes.extend(touched);
+    }
+
     fn update_ipcache(&mut self, tables: &mut Tables, dirty: &Dirty) {
         for prefix in &dirty.prefixes {
             if prefix.mapped_len() == 128 {
@@ -220,6 +233,16 @@ impl SnapshotBuilder {
         })
     }
 
+    /// Where the node at `addr` sits: on our segment (its MAC resolved or not), or behind the router.
+    fn link_to(&self, addr: Addr) -> NodeLink {
+        if !self.spec.segments.iter().any(|s| s.contains(addr)) {
+            return NodeLink::Routed;
+        }
+        self.node_macs
+            .get(&addr)
+            .map_or(NodeLink::Unresolved, |mac| NodeLink::Segment(*mac))
+    }
+
     fn update_nodes(&mut self, tables: &mut Tables, dirty: &Dirty) {
         for addr in &dirty.nodes {
             let Some(cluster) = self.node_at(*addr) else {
@@ -229,7 +252,7 @@ impl SnapshotBuilder {
             let node = RemoteNode {
                 addr: *addr,
                 cluster,
-                segment_mac: None,
+                link: self.link_to(*addr),
             };
             if let Err(err) = tables.nodes.upsert(node) {
                 self.stats.nodes_refused += 1;

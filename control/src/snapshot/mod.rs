@@ -27,9 +27,10 @@ mod tests;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use meshpath_dataplane::ipcache::IpPrefix;
 use meshpath_dataplane::policy::PolicyLimits;
 use meshpath_dataplane::snapshot::{Capacities, NodeConfig};
-use meshpath_dataplane::{ClusterId, PortId};
+use meshpath_dataplane::{Addr, ClusterId, PortId};
 
 use crate::cluster_name::ClusterName;
 use crate::clustermesh::RemoteEvent;
@@ -59,6 +60,10 @@ pub struct NodeSpec {
     pub policy_limits: PolicyLimits,
     /// What a remote's pod CIDRs must be to be admitted.
     pub admission: AdmissionRules,
+    /// The prefixes of the uplink's L2 segment: a node with an address inside one is our
+    /// neighbour, reached at its MAC once [`Change::NodeMacs`] has it; every other node is behind the
+    /// underlay router.
+    pub segments: Vec<IpPrefix>,
 }
 
 /// One input change.
@@ -70,4 +75,10 @@ pub enum Change {
     Remote(RemoteEvent),
     /// A new set of pods attached to this node.
     Ports(PodPorts),
+    /// The MACs of the nodes on our segment, as the uplink's neighbour table resolved them: the whole
+    /// set, replacing the previous one.
+    NodeMacs(NodeMacs),
 }
+
+/// Underlay address → MAC on the uplink, of the neighbours resolved.
+pub type NodeMacs = BTreeMap<Addr, [u8; 6]>;

@@ -3,10 +3,12 @@
 //! namespace and name (only backends that are that cluster's admitted endpoints), chosen by the
 //! service's affinity.
 //!
-//! Backend states follow Kubernetes: ready and not terminating → Active; terminating → Terminating
-//! (keeps its flows, takes no new ones); not ready → Unhealthy. Remote clusters export only ready
-//! backends. Backends that affinity does not prefer are kept as Terminating, so that a failover back
-//! does not cut the flows they carry.
+//! Backend states follow the EndpointSlice conditions as Cilium reads them: ready (and not
+//! terminating) → Active; terminating → Terminating (keeps its flows, takes no new ones) — unless no
+//! backend of the frontend is Active, when those still `serving` take new flows too (Kubernetes'
+//! terminating-endpoint fallback, as Cilium's load balancer does it); neither ready nor terminating →
+//! not a backend at all (it counts only towards `local` affinity's threshold). Remote clusters export only ready backends. Backends that affinity does not
+//! prefer are kept as Terminating, so that a failover back does not cut the flows they carry.
 
 use meshpath_dataplane::service::{Backend, BackendState, Frontend};
 use meshpath_dataplane::Addr;
@@ -36,7 +38,7 @@ pub fn desired(sources: &Sources, spec: &NodeSpec, name: &ServiceName) -> Vec<Pl
                 port: port.port,
                 proto: port.protocol,
             };
-            let local = local_backends(sources, service, port, frontend.addr);
+            let (local, fallback) = local_backends(sources, service, port, frontend.addr);
             let remote = if service.global {
                 remote_backends(sources, name, port, frontend.addr)
             } else {
@@ -48,32 +50,54 @@ pub fn desired(sources: &Sources, spec: &NodeSpec, name: &ServiceName) -> Vec<Pl
                 service.affinity,
                 spec.local_affinity_threshold,
             );
-            plans.push((frontend, backends));
+            plans.push((
+                frontend,
+                serve_terminating_if_none_active(backends, &fallback),
+            ));
         }
     }
     plans
 }
 
-fn state_of(endpoint: &SliceEndpoint) -> BackendState {
-    if endpoint.terminating {
-        BackendState::Terminating
-    } else if endpoint.ready {
-        BackendState::Active
-    } else {
-        BackendState::Unhealthy
+/// The endpoint's state as a backend, and whether it may stand in when no backend is Active. Unhealthy
+/// (neither ready nor terminating) counts for affinity's threshold, then leaves the service.
+fn state_of(endpoint: &SliceEndpoint) -> (BackendState, bool) {
+    match (endpoint.terminating, endpoint.ready) {
+        (true, _) => (BackendState::Terminating, endpoint.serving),
+        (false, true) => (BackendState::Active, false),
+        (false, false) => (BackendState::Unhealthy, false),
     }
 }
 
+/// The backends the frontend gets: no unhealthy one, and with no Active backend left, the terminating
+/// ones still serving take new flows.
+fn serve_terminating_if_none_active(
+    mut backends: Vec<Backend>,
+    fallback: &[(Addr, u16)],
+) -> Vec<Backend> {
+    backends.retain(|b| b.state != BackendState::Unhealthy);
+    if active(&backends) == 0 {
+        for b in &mut backends {
+            if b.cluster.is_none() && fallback.contains(&(b.addr, b.port)) {
+                b.state = BackendState::Active;
+            }
+        }
+    }
+    backends
+}
+
+/// The local backends, and those of them that may stand in when none is Active.
 fn local_backends(
     sources: &Sources,
     service: &LocalService,
     port: &LocalServicePort,
     family: Addr,
-) -> Vec<Backend> {
+) -> (Vec<Backend>, Vec<(Addr, u16)>) {
     let slices = sources.slices_by_service.get(&service.service);
     let slices = slices.into_iter().flatten();
     let slices = slices.filter_map(|s| sources.local.local.endpoint_slices.get(s));
     let mut backends = Vec::new();
+    let mut fallback = Vec::new();
     for slice in slices {
         let ports = slice
             .ports
@@ -81,21 +105,23 @@ fn local_backends(
             .filter(|p| p.name == port.name && p.protocol == port.protocol);
         for slice_port in ports {
             for endpoint in &slice.endpoints {
+                let (state, stands_in) = state_of(endpoint);
                 let addrs = endpoint.addresses.iter().map(|ip| Addr::from(*ip));
-                backends.extend(
-                    addrs
-                        .filter(|a| a.is_ipv4() == family.is_ipv4())
-                        .map(|addr| Backend {
-                            addr,
-                            port: slice_port.port,
-                            state: state_of(endpoint),
-                            cluster: None,
-                        }),
-                );
+                for addr in addrs.filter(|a| a.is_ipv4() == family.is_ipv4()) {
+                    backends.push(Backend {
+                        addr,
+                        port: slice_port.port,
+                        state,
+                        cluster: None,
+                    });
+                    if stands_in {
+                        fallback.push((addr, slice_port.port));
+                    }
+                }
             }
         }
     }
-    sorted(backends)
+    (sorted(backends), fallback)
 }
 
 fn remote_backends(
@@ -173,4 +199,66 @@ pub fn choose(
         }
     };
     local.into_iter().chain(remote).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn endpoint(ready: bool, serving: bool, terminating: bool) -> SliceEndpoint {
+        SliceEndpoint {
+            addresses: vec![Ipv4Addr::new(100, 64, 1, 10).into()],
+            ready,
+            serving,
+            terminating,
+            node: None,
+            pod: None,
+        }
+    }
+
+    fn backend(last: u8, state: BackendState) -> Backend {
+        Backend {
+            addr: Addr::from(Ipv4Addr::new(100, 64, 1, last)),
+            port: 8080,
+            state,
+            cluster: None,
+        }
+    }
+
+    #[test]
+    fn conditions_read_as_cilium_reads_them() {
+        use BackendState::*;
+        assert_eq!(state_of(&endpoint(true, true, false)), (Active, false));
+        assert_eq!(state_of(&endpoint(false, true, true)), (Terminating, true));
+        assert_eq!(
+            state_of(&endpoint(false, false, true)),
+            (Terminating, false)
+        );
+        assert_eq!(state_of(&endpoint(false, false, false)), (Unhealthy, false));
+    }
+
+    #[test]
+    fn terminating_but_serving_backends_stand_in_only_when_none_is_active() {
+        use BackendState::*;
+        let draining = backend(2, Terminating);
+        let fallback = [(draining.addr, draining.port)];
+        let with_active = vec![backend(1, Active), draining, backend(3, Unhealthy)];
+        let states: Vec<_> = serve_terminating_if_none_active(with_active, &fallback)
+            .iter()
+            .map(|b| b.state)
+            .collect();
+        assert_eq!(states, [Active, Terminating], "the unhealthy one leaves");
+
+        let none_active = vec![draining, backend(4, Terminating)];
+        let states: Vec<_> = serve_terminating_if_none_active(none_active, &fallback)
+            .iter()
+            .map(|b| b.state)
+            .collect();
+        assert_eq!(
+            states,
+            [Active, Terminating],
+            "only the one still serving takes new flows"
+        );
+    }
 }

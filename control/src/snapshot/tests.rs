@@ -12,7 +12,7 @@ use meshpath_dataplane::gateway::Gateway;
 use meshpath_dataplane::ipcache::IpPrefix;
 use meshpath_dataplane::pipeline::{process_one, Verdict, WorkerState};
 use meshpath_dataplane::policy::{EgressRule, LabelSelector, Peer, PolicyRule, CLUSTER_LABEL};
-use meshpath_dataplane::route::{RoutingMode, Underlay};
+use meshpath_dataplane::route::{NodeLink, RoutingMode, Underlay};
 use meshpath_dataplane::service::{BackendState, Frontend};
 use meshpath_dataplane::snapshot::{Capacities, NodeConfig, Tables};
 use meshpath_dataplane::tunnel::TunnelProtocol;
@@ -84,6 +84,7 @@ pub(super) fn spec() -> NodeSpec {
         local_affinity_threshold: 0.0,
         policy_limits: Default::default(),
         admission: Default::default(),
+        segments: Vec::new(),
     }
 }
 
@@ -378,10 +379,8 @@ async fn local_affinity_fails_over_to_cluster2_and_back() {
     );
     assert_eq!(
         states(&t),
-        vec![
-            (REBEL_C1, BackendState::Unhealthy),
-            (REBEL_C2, BackendState::Active)
-        ]
+        vec![(REBEL_C2, BackendState::Active)],
+        "the local backend, not ready, leaves the service"
     );
     assert_eq!(
         x_wing_to(&t, VIP, 80, 40000),
@@ -788,6 +787,7 @@ fn resolved_locals() -> Vec<Arc<ResolvedLocal>> {
 struct FinalState {
     local: Arc<ResolvedLocal>,
     ports: Option<PodPorts>,
+    macs: NodeMacs,
     remotes: BTreeMap<crate::ClusterName, BTreeMap<EntryKey, Entry>>,
 }
 
@@ -796,6 +796,7 @@ impl FinalState {
         FinalState {
             local,
             ports: None,
+            macs: NodeMacs::new(),
             remotes: BTreeMap::new(),
         }
     }
@@ -804,6 +805,7 @@ impl FinalState {
         match change {
             Change::Local(local) => self.local = local.clone(),
             Change::Ports(ports) => self.ports = Some(ports.clone()),
+            Change::NodeMacs(macs) => self.macs = macs.clone(),
             Change::Remote(RemoteEvent { cluster, event }) => {
                 let entries = self.remotes.entry(cluster.clone()).or_default();
                 match event {
@@ -825,7 +827,10 @@ impl FinalState {
             spec.ports = ports.clone();
         }
         let mut fresh = SnapshotBuilder::new(spec);
-        let mut changes = vec![Change::Local(self.local.clone())];
+        let mut changes = vec![
+            Change::Local(self.local.clone()),
+            Change::NodeMacs(self.macs.clone()),
+        ];
         for (cluster, entries) in &self.remotes {
             changes.extend(entries.values().map(|e| {
                 Change::Remote(RemoteEvent {
@@ -954,4 +959,45 @@ fn a_build_never_holds_up_the_runtime_that_feeds_the_builder() {
     release.send(()).unwrap();
     let builder = feeder.join().unwrap();
     assert_eq!(builder.join().unwrap().stats().snapshots, 1);
+}
+
+#[tokio::test]
+async fn nodes_on_the_uplinks_segment_are_reached_at_the_mac_the_agent_resolved() {
+    let neighbour = Ipv4Addr::new(198, 18, 1, 2);
+    let mut spec = spec();
+    spec.segments = vec!["198.18.1.0/24".parse().unwrap()];
+    let mut builder = SnapshotBuilder::new(spec);
+    let mut local = local_state(true, Affinity::None);
+    local.nodes.insert(
+        "n2".into(),
+        LocalNode {
+            name: "n2".into(),
+            internal_ips: vec![neighbour.into()],
+            pod_cidrs: vec!["100.64.2.0/24".into()],
+            labels: Default::default(),
+        },
+    );
+    let mut changes = vec![Change::Local(resolve(local).await)];
+    changes.extend(cluster2());
+    builder.apply(changes).unwrap();
+    let link =
+        |b: &SnapshotBuilder, addr: Ipv4Addr| b.current().nodes.get(addr.into()).map(|n| n.link);
+    assert_eq!(link(&builder, neighbour), Some(NodeLink::Unresolved));
+    assert_eq!(link(&builder, NODE_C2), Some(NodeLink::Routed));
+
+    let macs = NodeMacs::from([(neighbour.into(), mac(2)), (NODE_C2.into(), mac(3))]);
+    builder.apply([Change::NodeMacs(macs)]).unwrap();
+    assert_eq!(link(&builder, neighbour), Some(NodeLink::Segment(mac(2))));
+    assert_eq!(
+        link(&builder, NODE_C2),
+        Some(NodeLink::Routed),
+        "a MAC for a node off the segment changes nothing"
+    );
+    let same = NodeMacs::from([(neighbour.into(), mac(2)), (NODE_C2.into(), mac(3))]);
+    assert!(
+        builder.apply([Change::NodeMacs(same)]).is_none(),
+        "the same MACs again: no new snapshot"
+    );
+    builder.apply([Change::NodeMacs(NodeMacs::new())]).unwrap();
+    assert_eq!(link(&builder, neighbour), Some(NodeLink::Unresolved));
 }

@@ -10,10 +10,15 @@
 //! - its identity belongs to the sending node's cluster (`identity_cluster_mismatch`);
 //! - its inner source is an address the ipcache places on the sending node (`foreign_inner_source`).
 //!
-//! A plain frame is `remote-node` when it comes from a node's own address, `world` otherwise: in tunnel
-//! mode the underlay carries no pod traffic plain, so a pod address claimed in the clear is believed
-//! no more than any address of the world (policy decides whether `world` may come in). In direct and
-//! hybrid routing the source's ipcache identity is taken, as pods' frames travel plain there.
+//! A plain frame in tunnel mode is `remote-node` when it comes from a node's own address, `world`
+//! otherwise: the underlay carries no pod traffic plain there, so a pod address claimed in the clear is
+//! believed no more than any address of the world (policy decides whether `world` may come in).
+//! In native and hybrid routing pods' frames travel plain, and a source the mesh places on a node
+//! (that node's own address, `remote-node`, or an address the ipcache gives that node) takes its
+//! identity only when the frame proves it came from that node: its source MAC is the node's on our
+//! segment (or, in native routing over an underlay configured to route pod CIDRs, the router's for a
+//! node behind it). Otherwise it is dropped (`spoofed_underlay_source`, or `node_mac_unresolved`
+//! while the owner's MAC is not known yet). A source the mesh does not place is `world`.
 
 use super::{Arrival, Received, Source, Verdict};
 use crate::offload;
@@ -40,7 +45,7 @@ pub(super) fn receive(tables: &Tables, frame: &mut Frame<'_>) -> Result<Received
     let dst = outer.flow.dst;
     let for_pod = tables.endpoints.by_addr(dst).is_some();
     if is_ip && (for_pod || answers_masquerade(tables, frame, &outer)) {
-        let identity = plain_identity(tables, outer.flow.src);
+        let identity = plain_identity(tables, outer.flow.src, outer.eth_src)?;
         return inbound(frame, outer, identity, Arrival::FromUnderlay);
     }
     Ok(Received::Answered(Forward::ToKernel, Verdict::ToKernel))
@@ -84,17 +89,28 @@ fn tunnel_identity(
     Ok(vni)
 }
 
-fn plain_identity(tables: &Tables, src: Addr) -> Identity {
-    if tables.nodes.get(src).is_some() {
-        return Identity::REMOTE_NODE;
+fn plain_identity(tables: &Tables, src: Addr, src_mac: [u8; 6]) -> Result<Identity, DropReason> {
+    let node = tables.nodes.get(src);
+    let routing = tables.node.routing;
+    if routing == RoutingMode::Tunnel {
+        return Ok(node.map_or(Identity::WORLD, |_| Identity::REMOTE_NODE));
     }
-    match tables.node.routing {
-        RoutingMode::Tunnel => Identity::WORLD,
-        RoutingMode::Direct | RoutingMode::Hybrid => tables
-            .ipcache
-            .lookup(src)
-            .map_or(Identity::WORLD, |entry| entry.identity),
-    }
+    let (identity, owner) = match node {
+        Some(node) => (Identity::REMOTE_NODE, Some(node)),
+        None => match tables.ipcache.lookup(src) {
+            Some(entry) if entry.identity != Identity::WORLD => {
+                let owner = entry
+                    .tunnel_endpoint
+                    .and_then(|addr| tables.nodes.get(addr));
+                (entry.identity, owner)
+            }
+            _ => return Ok(Identity::WORLD),
+        },
+    };
+    // No other node owns it (one of our own pods, or an entry placed nowhere): nobody may send it.
+    let owner = owner.ok_or(DropReason::SpoofedUnderlaySource)?;
+    routing.admits_plain(&tables.node.underlay, owner, src_mac)?;
+    Ok(identity)
 }
 
 fn inbound(

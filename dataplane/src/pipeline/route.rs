@@ -10,7 +10,7 @@ use crate::endpoint::Endpoint;
 use crate::nat;
 use crate::parse::Parsed;
 use crate::pmtu::{self, ErrorRateLimit};
-use crate::route::{self, NextHop, RemoteNode};
+use crate::route::{self, NextHop, NodeLink, RemoteNode};
 use crate::snapshot::Tables;
 use crate::stats::Forward;
 use crate::tunnel::{self, Encapsulation};
@@ -144,7 +144,7 @@ fn remote_node(tables: &Tables, node: Addr) -> RemoteNode {
     tables.nodes.get(node).copied().unwrap_or(RemoteNode {
         addr: node,
         cluster: tables.node.cluster,
-        segment_mac: None,
+        link: NodeLink::Routed,
     })
 }
 
@@ -153,9 +153,12 @@ fn too_big(tables: &Tables, frame: &Frame<'_>, parsed: &Parsed, node: Addr) -> O
     let config = &tables.node;
     // The outer Ethernet header is no part of the MTU, but the inner one travels inside: the
     // headers encapsulation adds count exactly once.
+    // Plain frames take the uplink's MTU as they are. A node that cannot be reached at all gets
+    // its drop reason from `to_node`, not a path MTU.
     let overhead = match config
         .routing
         .next_hop(&config.underlay, &remote_node(tables, node))
+        .ok()?
     {
         NextHop::Tunnel { node, .. } => tunnel::overhead(node),
         NextHop::Direct { .. } => 0,
@@ -200,8 +203,9 @@ fn to_node(
 ) -> Outcome {
     let config = &tables.node;
     let remote = remote_node(tables, node);
+    let hop = config.routing.next_hop(&config.underlay, &remote)?;
     route::decrement_hop_limit(frame.data_mut(), parsed)?;
-    let forward = match config.routing.next_hop(&config.underlay, &remote) {
+    let forward = match hop {
         NextHop::Tunnel { node, mac } => {
             let encapsulation = Encapsulation {
                 protocol: config.tunnel,

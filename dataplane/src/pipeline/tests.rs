@@ -14,7 +14,7 @@ use crate::gateway::Gateway;
 use crate::ipcache::{IpCacheEntry, IpPrefix};
 use crate::policy::{self, EgressRule, IdentityLabels, Labels, PolicyRule, CLUSTER_LABEL};
 use crate::policy::{LabelSelector, Peer};
-use crate::route::{RemoteNode, RoutingMode, Underlay};
+use crate::route::{NodeLink, RemoteNode, RoutingMode, Underlay};
 use crate::service::{Backend, BackendState, Frontend, Service, ServiceId};
 use crate::snapshot::{Capacities, NodeConfig};
 use crate::tunnel::TunnelProtocol;
@@ -106,7 +106,7 @@ fn tables(cluster: u8, local: &[(PortId, Pod)], remote: &[Pod], rules: &[PolicyR
         .upsert(RemoteNode {
             addr: node_ip(other).into(),
             cluster: ClusterId::new(other).unwrap(),
-            segment_mac: None,
+            link: NodeLink::Routed,
         })
         .unwrap();
     t.policy = policy::compile(
@@ -685,67 +685,6 @@ proptest! {
 }
 
 #[test]
-fn hybrid_routing_goes_direct_on_the_segment_and_the_receiver_takes_the_identity_from_the_ipcache()
-{
-    let mut a = tables(1, &[(X_WING_PORT, x_wing())], &[rebel_c2()], &[]);
-    a.node.routing = RoutingMode::Hybrid;
-    a.nodes
-        .upsert(RemoteNode {
-            addr: node_ip(2).into(),
-            cluster: ClusterId::new(2).unwrap(),
-            segment_mac: Some(node_mac(2)),
-        })
-        .unwrap();
-    // Node 2 admits only x-wing: the identity must come from its ipcache, not from a VNI.
-    let only_x_wing = PolicyRule {
-        endpoint_selector: LabelSelector::all().with_label("name", "rebel-base"),
-        ingress: Some(vec![policy::IngressRule {
-            from: vec![Peer::Endpoints(
-                LabelSelector::all().with_label("name", "x-wing"),
-            )],
-            to_ports: vec![],
-        }]),
-        egress: None,
-    };
-    let mut b = tables(
-        2,
-        &[(X_WING_PORT, rebel_c2())],
-        &[x_wing()],
-        std::slice::from_ref(&only_x_wing),
-    );
-    b.node.routing = RoutingMode::Hybrid;
-    let tunnel_mode = tables(2, &[(X_WING_PORT, rebel_c2())], &[x_wing()], &[only_x_wing]);
-    let (mut sa, mut sb) = (state(), state());
-    let request = tcp(&x_wing(), rebel_c2().ip, 40000, 8080, true);
-    let (verdict, wire) = run(&a, &mut sa, X_WING_PORT, &request);
-    assert_eq!(verdict, Verdict::Transmit(UPLINK));
-    assert_eq!(wire.len(), request.len(), "not encapsulated");
-    assert_eq!(
-        (&wire[..6], &wire[6..12]),
-        (&node_mac(2)[..], &node_mac(1)[..])
-    );
-    assert_eq!(sa.counters.forwarded(Forward::Direct).packets, 1);
-
-    let (verdict, delivered) = run(&b, &mut sb, UPLINK, &wire);
-    assert_eq!(verdict, Verdict::Transmit(X_WING_PORT));
-    assert_eq!(ports(&delivered), (x_wing().ip, 40000, rebel_c2().ip, 8080));
-    assert_eq!(
-        run(&tunnel_mode, &mut state(), UPLINK, &wire).0,
-        Verdict::Drop(DropReason::PolicyDenied),
-        "in tunnel mode a pod address claimed in the clear is world"
-    );
-
-    let mut stranger = tcp(&x_wing(), rebel_c2().ip, 40001, 8080, true);
-    stranger[14 + 12..14 + 16].copy_from_slice(&[100, 64, 1, 99]);
-    fix_ipv4_checksum(&mut stranger);
-    assert_eq!(
-        run(&b, &mut sb, UPLINK, &stranger).0,
-        Verdict::Drop(DropReason::PolicyDenied),
-        "an address outside the ipcache is world"
-    );
-}
-
-#[test]
 fn ipv6_pods_get_neighbour_answers_and_are_routed() {
     let v6 = |last: u16| std::net::Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, last);
     let node = tables(1, &[], &[], &[]).node;
@@ -990,3 +929,4 @@ fn conntrack_ages_flows_as_the_clock_moves() {
 }
 
 mod node_path;
+mod routing;

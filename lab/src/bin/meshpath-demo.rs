@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use meshpath_lab::mesh::{MeshOptions, Routing, Tunnel};
 use meshpath_lab::{demo, Output};
 
 /// Cilium's ClusterMesh demo on a two-cluster lab: global service, failover, cross-cluster policy.
@@ -18,6 +19,14 @@ struct Cli {
     /// Namespace name prefix of the demo's lab.
     #[arg(long, default_value = "demo")]
     prefix: String,
+    /// How the agents carry pod traffic between nodes: tunnel (always encapsulated), native (never;
+    /// the fabric routes the pod CIDRs; alias direct) or hybrid (plain inside a cluster, encapsulated
+    /// across clusters).
+    #[arg(long, value_enum, default_value_t = Routing::Tunnel)]
+    routing: Routing,
+    /// What tunnels encapsulate with.
+    #[arg(long, value_enum, default_value_t = Tunnel::Vxlan)]
+    tunnel: Tunnel,
     /// Members of each cluster's etcd: 3 runs it as production does.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=7))]
     etcd_members: u8,
@@ -34,7 +43,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let report = demo::run(&cli.prefix, cli.requests, cli.etcd_members)?;
+    let options = MeshOptions::new(cli.routing, cli.tunnel);
+    let report = demo::run(&cli.prefix, cli.requests, options, cli.etcd_members)?;
     match cli.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => print!("{}", report.render()),

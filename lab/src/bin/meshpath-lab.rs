@@ -1,11 +1,17 @@
 //! `meshpath-lab` (run as `meshpath lab …`): clusters, nodes and pods in network namespaces on this
 //! machine, optionally meshed with an etcd per cluster and an agent per node.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
 
 use clap::{Args, Parser, Subcommand};
+use meshpath_lab::mesh::{MeshOptions, Routing, Tunnel};
 use meshpath_lab::plan::{Plan, Size};
-use meshpath_lab::{agent_binary, down, mesh, status, up, Output};
+use meshpath_lab::{agent_binary, apiserver, down, mesh, status, up, Output};
 
 /// Clusters, nodes and pods in network namespaces on this machine.
 #[derive(Parser)]
@@ -37,9 +43,16 @@ enum Command {
         /// are the `meshpath` binary next to this one (or $MESHPATH_BIN).
         #[arg(long)]
         mesh: bool,
+        /// With --mesh: how the agents carry pod traffic between nodes (native: the fabric routes
+        /// the pod CIDRs).
+        #[arg(long, value_enum, default_value_t = Routing::Tunnel, requires = "mesh")]
+        routing: Routing,
+        /// With --mesh: what tunnels encapsulate with.
+        #[arg(long, value_enum, default_value_t = Tunnel::Vxlan, requires = "mesh")]
+        tunnel: Tunnel,
         /// Members of each cluster's etcd (with --mesh): 3 runs it as production does, a member
         /// lost — the leader included — without a failed request.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=7))]
+        #[arg(long, default_value_t = 1, requires = "mesh", value_parser = clap::value_parser!(u8).range(1..=7))]
         etcd_members: u8,
         #[command(flatten)]
         prefix: LabPrefix,
@@ -48,6 +61,25 @@ enum Command {
     Down {
         #[command(flatten)]
         prefix: LabPrefix,
+    },
+    /// Serve a directory of Kubernetes-shaped YAML as a stand-in Kubernetes API server over HTTPS
+    /// (list, watch, bookmarks, 410 Gone, RBAC from deploy/rbac.yaml), until SIGTERM or Ctrl-C. It
+    /// writes its CA, certificate, token and a kubeconfig that trusts them into --data-dir.
+    Apiserver {
+        /// The objects served: every change to its files becomes a watch event.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Its certificates, token, kubeconfig and saved objects (kept across restarts).
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: SocketAddr,
+        /// The RBAC manifests granting the ServiceAccount its rights (default: deploy/rbac.yaml as built in).
+        #[arg(long)]
+        rbac: Option<PathBuf>,
+        /// Seconds between BOOKMARK events on a watch that asked for them.
+        #[arg(long, default_value_t = 10)]
+        bookmark_every: u64,
     },
     /// Show the lab as the kernel sees it.
     Status {
@@ -75,6 +107,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             nodes,
             pods,
             mesh,
+            routing,
+            tunnel,
             etcd_members,
             prefix,
         } => {
@@ -94,7 +128,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             up::up(&plan)?;
             println!("lab up: {} namespaces", plan.namespaces().count());
             if mesh {
-                mesh::start(&plan)?;
+                mesh::start_with(&plan, MeshOptions::new(routing, tunnel))?;
                 println!(
                     "lab meshed: {} etcd, {} agents; sockets and logs in {}",
                     plan.clusters.len(),
@@ -107,6 +141,28 @@ fn run(command: Command) -> anyhow::Result<()> {
             let gone = down::down(&prefix.prefix)?;
             let _ = std::fs::remove_dir_all(mesh::dir(&prefix.prefix));
             println!("lab down: {} namespaces removed", gone.len());
+        }
+        Command::Apiserver {
+            state_dir,
+            data_dir,
+            listen,
+            rbac,
+            bookmark_every,
+        } => {
+            let rbac = match rbac {
+                Some(path) => {
+                    std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?
+                }
+                None => apiserver::DEPLOYED_RBAC.to_owned(),
+            };
+            let options = apiserver::Options {
+                state_dir,
+                data_dir,
+                listen,
+                rbac,
+                bookmark_every: Duration::from_secs(bookmark_every),
+            };
+            apiserver::run(options)?;
         }
         Command::Status { output, prefix } => {
             let status = status::status(&prefix.prefix)?;

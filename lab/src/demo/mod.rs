@@ -2,22 +2,33 @@
 //! person reads (or one JSON object with `-o json`).
 //!
 //! 1. x-wing in cluster1 calls the global service rebel-base, whose pods in both clusters answer
-//!    with their cluster's name: the count per cluster;
-//! 2. rebel-base scaled to zero in cluster2: every answer comes from cluster1 and none fails; back;
-//!    then the same the other way round;
+//!    with their cluster's name: the count per cluster, and what the routing mode put on the fabric
+//!    meanwhile ([`routing`]);
+//! 2. rebel-base scaled to zero in cluster2 the way Kubernetes does it while x-wing keeps opening
+//!    new connections: every request issued meanwhile is counted, none may fail; back; then the same
+//!    the other way round ([`failover`]);
 //! 3. the CiliumNetworkPolicy that lets x-wing in cluster1 reach rebel-base in cluster2 only;
 //! 4. the nodes of both clusters;
-//! 5. beyond the mesh: the world, the node and a large transfer across clusters ([`beyond`]).
+//! 5. beyond the mesh: the world, the node and a large transfer across clusters ([`beyond`]);
+//! 6. the platform it ran on, as the agents report it ([`platform`]): their local state from the
+//!    Kubernetes API (each cluster's stand-in API server, which serves what the steps above write).
 
 mod beyond;
+mod failover;
+pub mod platform;
+pub mod routing;
 mod scene;
 mod steps;
+mod stream;
+mod vni;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use meshpath_api::local_source::LocalSourceKind;
 use serde::Serialize;
 
+use crate::mesh::MeshOptions;
 use scene::Scene;
 
 /// What the demo found, step by step.
@@ -25,36 +36,55 @@ use scene::Scene;
 pub struct DemoReport {
     pub requests_per_cluster: BTreeMap<String, u64>,
     pub failed_requests: u64,
+    pub routing: routing::RoutingReport,
     pub failover_failed_requests: u64,
-    pub failover: Vec<steps::Failover>,
+    pub failover: Vec<failover::Failover>,
     pub policy: steps::PolicyReport,
     pub nodes: Vec<meshpath_api::node::NodeRow>,
     pub beyond_mesh: beyond::BeyondMesh,
+    pub platform: platform::Platform,
     pub seconds: f64,
 }
 
-pub fn run(prefix: &str, requests: usize, etcd_members: u8) -> anyhow::Result<DemoReport> {
+pub fn run(
+    prefix: &str,
+    requests: usize,
+    options: MeshOptions,
+    etcd_members: u8,
+) -> anyhow::Result<DemoReport> {
     let started = Instant::now();
-    eprintln!("building the lab: 2 clusters of 2 nodes, an etcd per cluster and an agent per node, meshed …");
-    let scene = Scene::build(prefix, etcd_members)?;
+    eprintln!(
+        "building the lab: 2 clusters of 2 nodes, an etcd of {etcd_members} member(s) per cluster and an agent per node, meshed ({:?} routing, {:?}) …",
+        options.routing, options.tunnel
+    );
+    let scene = Scene::build(prefix, options, etcd_members)?;
     steps::wait_for_mesh(&scene)?;
     eprintln!("step 1: x-wing calls the global service rebel-base {requests} times …");
+    let capture = routing::FabricCapture::start(&scene, options)?;
     let calls = steps::call_service(&scene, 1, requests)?;
-    eprintln!("step 2: failover …");
-    let failover = steps::failover(&scene, requests)?;
+    let identities = vni::Identities::of_every_pod(&scene.agent_sockets())?;
+    let routing = capture.stop(options, &identities)?;
+    eprintln!(
+        "step 2: failover, x-wing opening {} connections a second …",
+        failover::RATE
+    );
+    let failover = failover::failover(&scene)?;
     eprintln!("step 3: the cross-cluster policy …");
     let policy = steps::policy(&scene)?;
     let nodes = steps::nodes(&scene)?;
     eprintln!("step 5: beyond the mesh …");
     let beyond_mesh = beyond::beyond_mesh(&scene)?;
+    let platform = platform::platform(&scene)?;
     Ok(DemoReport {
         requests_per_cluster: calls.per_cluster,
         failed_requests: calls.failed,
+        routing,
         failover_failed_requests: failover.iter().map(|f| f.failed).sum(),
         failover,
         policy,
         nodes,
         beyond_mesh,
+        platform,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -67,7 +97,28 @@ impl DemoReport {
             let _ = writeln!(out, "   answered by {cluster}: {n}");
         }
         let _ = writeln!(out, "   failed: {}", self.failed_requests);
-        out += "\n2. failover\n";
+        let r = &self.routing;
+        let _ = writeln!(
+            out,
+            "   on the fabric ({} routing): inside a cluster {}, across clusters {}",
+            name(&r.mode),
+            wire(&r.captured.intra_cluster),
+            wire(&r.captured.cross_cluster),
+        );
+        let vni = &r.identity_in_vni;
+        let checked: u64 = vni.checked.values().sum();
+        if checked > 0 {
+            let _ = writeln!(
+                out,
+                "   sender's identity in the VNI: {} of {checked} tunnelled frames",
+                checked - vni.mismatched,
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n2. failover (x-wing opening {} new connections a second throughout)",
+            failover::RATE
+        );
         for f in &self.failover {
             let answers: Vec<String> = f
                 .per_cluster
@@ -76,8 +127,9 @@ impl DemoReport {
                 .collect();
             let _ = writeln!(
                 out,
-                "   {:<44} {}  failed: {}",
+                "   {:<44} {:>3} requests  {}  failed: {}",
                 f.situation,
+                f.issued,
                 answers.join(", "),
                 f.failed
             );
@@ -136,11 +188,47 @@ impl DemoReport {
             "   x-wing (MTU 1500) fetched 4 MB from rebel-base in cluster2: {}",
             yes(b.pmtu_large_transfer)
         );
+        out += "\n6. platform\n";
+        let _ = writeln!(
+            out,
+            "   every agent's local state from: {}",
+            match self.platform.source {
+                LocalSourceKind::Kubernetes =>
+                    "the Kubernetes API server (the lab's stand-in, over HTTPS)",
+                LocalSourceKind::YamlDir => "a YAML directory",
+            }
+        );
         let _ = writeln!(
             out,
             "\n(done in {:.1} s; the lab is torn down)",
             self.seconds
         );
         out
+    }
+}
+
+/// A serde name (`hybrid`, `geneve`) as the JSON has it.
+fn name(value: &impl Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// What the capture saw of one kind of traffic: `plain (12 frames)`, `geneve (12 frames)`, or each
+/// count when it saw several kinds or none.
+fn wire(frames: &routing::Frames) -> String {
+    let kinds = [
+        ("plain", frames.plain),
+        ("vxlan", frames.vxlan),
+        ("geneve", frames.geneve),
+    ];
+    match kinds.iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>()[..] {
+        [(kind, n)] => format!("{kind} ({n} frames)"),
+        [] => "nothing captured".to_owned(),
+        _ => format!(
+            "mixed ({} plain, {} vxlan, {} geneve)",
+            frames.plain, frames.vxlan, frames.geneve
+        ),
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::mesh::{self, wait};
+use crate::mesh::{self, wait, MeshOptions};
 use crate::plan::{Plan, Size};
 
 pub const CLUSTERS: [u8; 2] = [1, 2];
@@ -33,7 +33,7 @@ pub fn service_ip(c: u8) -> String {
 }
 
 impl Scene {
-    pub fn build(prefix: &str, etcd_members: u8) -> anyhow::Result<Scene> {
+    pub fn build(prefix: &str, options: MeshOptions, etcd_members: u8) -> anyhow::Result<Scene> {
         // Before the lab is built: without agents there is no demo.
         crate::agent_binary::agent_binary()?;
         let on_interrupt = prefix.to_owned();
@@ -56,7 +56,7 @@ impl Scene {
             plan,
         };
         crate::up::up(&scene.plan)?;
-        mesh::start(&scene.plan)?;
+        mesh::start_with(&scene.plan, options)?;
         for c in CLUSTERS {
             scene.write_state(c, true, false)?;
             scene.start_server(c)?;
@@ -71,8 +71,29 @@ impl Scene {
     }
 
     /// The agent of x-wing's node: the one whose view of the mesh the demo reports.
+    /// Every agent of the scene: its node's name (`c1-n2`) and status socket.
+    pub fn agents(&self) -> Vec<(String, PathBuf)> {
+        self.plan
+            .nodes
+            .iter()
+            .map(|n| {
+                let name = format!("c{}-n{}", n.cluster, n.node);
+                (name, mesh::socket(&self.prefix, n.cluster, n.node))
+            })
+            .collect()
+    }
+
     pub fn socket(&self, c: u8) -> PathBuf {
         mesh::socket(&self.prefix, c, X_WING_NODE)
+    }
+
+    /// Every node's agent.
+    pub fn agent_sockets(&self) -> Vec<PathBuf> {
+        self.plan
+            .nodes
+            .iter()
+            .map(|n| mesh::socket(&self.prefix, n.cluster, n.node))
+            .collect()
     }
 
     pub fn exec(&self, ns: &str, args: &[&str]) -> anyhow::Result<Output> {
@@ -152,6 +173,20 @@ impl Scene {
         Ok(dir)
     }
 
+    /// The fabric's namespace.
+    pub fn fabric_ns(&self) -> &str {
+        &self.plan.fabric
+    }
+
+    /// Every node's port on the fabric.
+    pub fn fabric_ports(&self) -> Vec<String> {
+        self.plan
+            .nodes
+            .iter()
+            .map(|n| n.fabric_port.clone())
+            .collect()
+    }
+
     /// The namespace of the host outside the mesh.
     pub fn outside_ns(&self) -> &str {
         &self.plan.outside
@@ -174,12 +209,25 @@ impl Scene {
         format!("100.{}.{X_WING_NODE}.10", 63 + c)
     }
 
+    /// Stops rebel-base's server in cluster `c` (SIGTERM) and returns once it no longer answers.
     pub fn stop_server(&self, c: u8) -> anyhow::Result<()> {
         let pattern = format!(
             "http.server {BACKEND_PORT} --directory {}",
             self.www(c).display()
         );
-        let _ = Command::new("pkill").args(["-f", &pattern]).status();
+        let killed = Command::new("pkill").args(["-f", &pattern]).status()?;
+        if !killed.success() {
+            bail!("no rebel-base server ran in cluster{c} to stop ({killed})");
+        }
+        let url = format!("http://{}:{BACKEND_PORT}/", rebel_ip(c));
+        let ns = self.pod_ns(c, true);
+        let stopped = wait(Duration::from_secs(10), || {
+            self.exec(&ns, &["curl", "-s", "-m", "1", "-o", "/dev/null", &url])
+                .is_ok_and(|o| !o.status.success())
+        });
+        if !stopped {
+            bail!("rebel-base's server in cluster{c} still answers after SIGTERM");
+        }
         Ok(())
     }
 
@@ -187,6 +235,16 @@ impl Scene {
     /// service rebel-base. `rebels_ready`: the rebel-base pod is an endpoint of its service; `policy`:
     /// cluster1 carries the cross-cluster policy of Cilium's docs.
     pub fn write_state(&self, c: u8, rebels_ready: bool, policy: bool) -> anyhow::Result<()> {
+        let rebels = if rebels_ready {
+            Rebels::Ready
+        } else {
+            Rebels::Gone
+        };
+        self.write_rebels(c, rebels, policy)
+    }
+
+    /// The same, with rebel-base's endpoint at any point of its life.
+    pub fn write_rebels(&self, c: u8, rebels: Rebels, policy: bool) -> anyhow::Result<()> {
         let mut yaml = String::new();
         for node in self.plan.nodes.iter().filter(|n| n.cluster == c) {
             yaml += &mesh::node_object(node);
@@ -197,7 +255,7 @@ impl Scene {
             };
             yaml += &mesh::pod_object(node, 1, &mesh::pod_name(node.node, 1), labels);
         }
-        yaml += &service(c, rebels_ready);
+        yaml += &service(c, rebels);
         if policy && c == 1 {
             yaml += "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n\
                 metadata: {name: allow-cross-cluster, namespace: default}\n\
@@ -213,16 +271,34 @@ impl Scene {
     }
 }
 
-fn service(c: u8, rebels_ready: bool) -> String {
-    let endpoints = if rebels_ready {
+/// Where rebel-base's pod of a cluster is in its life, as its EndpointSlice tells it: Kubernetes marks
+/// a deleted pod's endpoint terminating (still serving through its grace period), then not serving,
+/// and drops it once the pod is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rebels {
+    Ready,
+    Terminating { serving: bool },
+    Gone,
+}
+
+fn service(c: u8, rebels: Rebels) -> String {
+    let conditions = match rebels {
+        Rebels::Ready => "{ready: true, serving: true, terminating: false}",
+        Rebels::Terminating { serving: true } => "{ready: false, serving: true, terminating: true}",
+        Rebels::Terminating { serving: false } => {
+            "{ready: false, serving: false, terminating: true}"
+        }
+        Rebels::Gone => "",
+    };
+    let endpoints = if conditions.is_empty() {
+        "endpoints: []\n".to_owned()
+    } else {
         format!(
-            "endpoints:\n- addresses: [{ip}]\n  conditions: {{ready: true, serving: true, terminating: false}}\n  \
+            "endpoints:\n- addresses: [{ip}]\n  conditions: {conditions}\n  \
              nodeName: c{c}-n{REBEL_NODE}\n  targetRef: {{kind: Pod, name: {pod}, namespace: default}}\n",
             ip = rebel_ip(c),
             pod = mesh::pod_name(REBEL_NODE, 1),
         )
-    } else {
-        "endpoints: []\n".to_owned()
     };
     format!(
         r#"apiVersion: v1

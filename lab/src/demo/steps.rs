@@ -23,13 +23,6 @@ pub struct Calls {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Failover {
-    pub situation: String,
-    pub per_cluster: BTreeMap<String, u64>,
-    pub failed: u64,
-}
-
-#[derive(Debug, Serialize)]
 pub struct PolicyReport {
     pub cross_cluster_allowed: bool,
     pub local_denied: bool,
@@ -62,7 +55,7 @@ pub fn call_service(scene: &Scene, c: u8, n: usize) -> anyhow::Result<Calls> {
 }
 
 /// The agents' view of rebel-base: which clusters' backends are active.
-fn active_backend_clusters(scene: &Scene, c: u8) -> Vec<u8> {
+pub(super) fn active_backend_clusters(scene: &Scene, c: u8) -> Vec<u8> {
     let Ok(status) = Client::new(scene.socket(c)).status() else {
         return Vec::new();
     };
@@ -95,46 +88,6 @@ pub fn wait_for_mesh(scene: &Scene) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Scales rebel-base in `down` to zero (out of its service first, then the pod stops, as Kubernetes
-/// does), calls from cluster1, then brings it back.
-fn scale_to_zero_and_back(scene: &Scene, down: u8, n: usize) -> anyhow::Result<Vec<Failover>> {
-    let up = CLUSTERS.iter().copied().find(|c| *c != down).unwrap_or(1);
-    scene.write_state(down, false, false)?;
-    if !wait(Duration::from_secs(20), || {
-        active_backend_clusters(scene, 1) == [up]
-    }) {
-        bail!("cluster1 still balances to cluster{down} after it scaled to zero");
-    }
-    scene.stop_server(down)?;
-    let during = call_service(scene, 1, n)?;
-    scene.start_server(down)?;
-    scene.write_state(down, true, false)?;
-    if !wait(Duration::from_secs(20), || {
-        active_backend_clusters(scene, 1) == CLUSTERS
-    }) {
-        bail!("cluster1 does not balance to cluster{down} again");
-    }
-    let after = call_service(scene, 1, n)?;
-    Ok(vec![
-        Failover {
-            situation: format!("rebel-base scaled to zero in cluster{down}"),
-            per_cluster: during.per_cluster,
-            failed: during.failed,
-        },
-        Failover {
-            situation: format!("rebel-base back in cluster{down}"),
-            per_cluster: after.per_cluster,
-            failed: after.failed,
-        },
-    ])
-}
-
-pub fn failover(scene: &Scene, n: usize) -> anyhow::Result<Vec<Failover>> {
-    let mut rows = scale_to_zero_and_back(scene, 2, n)?;
-    rows.extend(scale_to_zero_and_back(scene, 1, n)?);
-    Ok(rows)
 }
 
 pub fn policy(scene: &Scene) -> anyhow::Result<PolicyReport> {
@@ -178,7 +131,7 @@ fn observed_denials(scene: &Scene, since_ms: u64) -> anyhow::Result<Vec<FlowResp
     Ok(denials)
 }
 
-fn unix_ms() -> u64 {
+pub(super) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -281,6 +281,7 @@ pub fn spec() -> NodeSpec {
             ..PolicyLimits::default()
         },
         admission: Default::default(),
+        segments: Vec::new(),
     }
 }
 

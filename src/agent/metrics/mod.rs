@@ -13,6 +13,7 @@
 mod agent;
 mod datapath;
 mod mesh;
+mod source;
 #[cfg(test)]
 mod tests;
 
@@ -27,6 +28,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use meshpath_api::health::Health;
+use meshpath_api::local_source::LocalSourceStatus;
 use meshpath_api::status::{FlowLogStatus, PortRole, XdpStatus};
 use meshpath_control::clustermesh::MeshStatus;
 use meshpath_control::snapshot::SnapshotSink;
@@ -63,6 +65,7 @@ pub trait MetricsView: Send + Sync + 'static {
     fn worker_turns(&self) -> u64;
     /// Each policy that cannot be enforced as written, with the number of endpoints it denies.
     fn policy_refusals(&self) -> Vec<(String, usize)>;
+    fn local_source(&self) -> LocalSourceStatus;
 }
 
 impl MetricsView for StatusSources {
@@ -122,6 +125,10 @@ impl MetricsView for StatusSources {
             .iter()
             .map(|r| (r.policy.clone(), r.endpoints.len()))
             .collect()
+    }
+
+    fn local_source(&self) -> LocalSourceStatus {
+        self.source.status()
     }
 }
 
@@ -255,6 +262,7 @@ impl<V: MetricsView> Collector for Scrape<V> {
         let view = &self.0;
         datapath::encode(view, &mut encoder)?;
         mesh::encode(view, &mut encoder)?;
+        source::encode(view, &mut encoder)?;
         agent::encode(view, &mut encoder)
     }
 }

@@ -2,6 +2,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use meshpath_api::health::{Check, CheckKind, CheckName, CheckState};
+use meshpath_api::local_source::{LocalSourceKind, LocalSourceState, WatchedResource};
 use meshpath_control::clustermesh::{CidrConflict, RemoteStatus};
 use meshpath_control::refusal::Refusal;
 use meshpath_control::ClusterName;
@@ -84,6 +85,25 @@ impl MetricsView for Fixture {
 
     fn policy_refusals(&self) -> Vec<(String, usize)> {
         vec![("CiliumNetworkPolicy default/office".into(), 1)]
+    }
+
+    fn local_source(&self) -> LocalSourceStatus {
+        LocalSourceStatus {
+            kind: LocalSourceKind::Kubernetes,
+            location: "https://198.18.1.254:6443/".into(),
+            state: LocalSourceState::Failing,
+            problem: Some("watching pods: connection refused".into()),
+            server_version: Some("v1.37.0".into()),
+            since: None,
+            resources: vec![WatchedResource {
+                api: "core/v1::Pods".into(),
+                resource: "pods".into(),
+                served: true,
+                failing: Some("connection refused".into()),
+                failures: 3,
+            }],
+            errors: vec![],
+        }
     }
 }
 
@@ -198,6 +218,8 @@ fn a_scrape_shows_every_family_with_cilium_names_and_labels() {
         r#"hubble_lost_events_total{source="observer_events_queue"} 2"#.into(),
         "meshpath_flows_logged_total 9".into(),
         "meshpath_agent_live 1".into(),
+        "meshpath_kubernetes_api_reachable 0".into(),
+        r#"meshpath_kubernetes_watch_failures_total{resource="pods"} 3"#.into(),
         "meshpath_worker_loop_turns_total 777".into(),
         r#"cilium_kvstore_operations_duration_seconds_count{action="Status",kind="read",outcome="success",scope="cluster"} 1"#.into(),
         "meshpath_snapshot_publish_latency_seconds_count 0".into(),
