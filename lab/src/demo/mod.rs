@@ -74,7 +74,11 @@ pub fn run(
     let nodes = steps::nodes(&scene)?;
     eprintln!("step 5: beyond the mesh …");
     let beyond_mesh = beyond::beyond_mesh(&scene)?;
-    let platform = platform::platform(&scene)?;
+    let mut platform = platform::platform(&scene)?;
+    if scene.etcd_members() >= 3 {
+        eprintln!("step 6: cluster2's etcd leader killed during x-wing's requests …");
+    }
+    platform.survives_etcd_leader_loss = platform::survives_etcd_leader_loss(&scene, requests)?;
     Ok(DemoReport {
         requests_per_cluster: calls.per_cluster,
         failed_requests: calls.failed,
@@ -196,6 +200,19 @@ impl DemoReport {
                 LocalSourceKind::Kubernetes =>
                     "the Kubernetes API server (the lab's stand-in, over HTTPS)",
                 LocalSourceKind::YamlDir => "a YAML directory",
+            }
+        );
+        let _ = writeln!(
+            out,
+            "   every etcd connection of every agent over mutual TLS: {}",
+            yes(self.platform.mtls)
+        );
+        let _ = writeln!(
+            out,
+            "   cluster2's etcd leader killed during x-wing's requests, none failed, nothing withdrawn: {}",
+            match self.platform.survives_etcd_leader_loss {
+                Some(ok) => yes(ok),
+                None => "not run (one-member etcd; --etcd-members 3 runs it)",
             }
         );
         let _ = writeln!(

@@ -1,6 +1,10 @@
 //! What the demo ran on, as the agents themselves report it: `platform` in the report. `source`: where
 //! every agent's local state came from (`kubernetes`: the cluster's API server — the lab's stand-in,
-//! through the agents' own kube client).
+//! through the agents' own kube client). `mtls`: every etcd connection of every agent (its own
+//! cluster's and each remote's) used mutual TLS, as the agents report their connections.
+//! `survives_etcd_leader_loss` (with a 3-member etcd): cluster2's etcd leader killed during x-wing's
+//! requests to the global service, none failed and cluster1 withdrew nothing of cluster2 nor listed it
+//! again. `survives_agent_stop` is not measured by this demo yet (`null`).
 
 use meshpath_api::local_source::{LocalSourceKind, LocalSourceState};
 use meshpath_api::Client;
@@ -12,6 +16,13 @@ use super::scene::Scene;
 pub struct Platform {
     /// Where every agent read its local state from.
     pub source: LocalSourceKind,
+    /// Every etcd connection of every agent used mutual TLS.
+    pub mtls: bool,
+    /// Not measured yet: `null`.
+    pub survives_agent_stop: Option<bool>,
+    /// With a 3-member etcd: its leader lost without a failed request nor a withdrawal; `null` with a
+    /// one-member etcd.
+    pub survives_etcd_leader_loss: Option<bool>,
 }
 
 /// The platform as every agent of the scene reports it; an agent whose source differs from the
@@ -42,5 +53,51 @@ pub fn platform(scene: &Scene) -> anyhow::Result<Platform> {
     }
     Ok(Platform {
         source: source.ok_or_else(|| anyhow::anyhow!("no agents"))?,
+        mtls: mutual_tls(scene)?,
+        survives_agent_stop: None,
+        survives_etcd_leader_loss: None,
     })
+}
+
+/// Whether every agent reaches its own etcd and every remote one over mutual TLS, as it reports.
+fn mutual_tls(scene: &Scene) -> anyhow::Result<bool> {
+    for (_, socket) in scene.agents() {
+        let status = Client::new(&socket).status()?;
+        let own = status.kvstore.is_some_and(|k| k.mutual_tls);
+        let remotes = status.clustermesh.unwrap_or_default();
+        if !own || remotes.is_empty() || remotes.values().any(|r| !r.mutual_tls) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Cluster2 as cluster1's x-wing node sees it.
+fn cluster2(scene: &Scene) -> anyhow::Result<meshpath_api::clustermesh::RemoteClusterStatus> {
+    let status = Client::new(scene.socket(1)).status()?;
+    let remote = status.clustermesh.and_then(|m| m.get("cluster2").cloned());
+    remote.ok_or_else(|| anyhow::anyhow!("cluster1's agent does not see cluster2"))
+}
+
+/// Kills cluster2's etcd leader a third of the way through `requests` requests from x-wing to the
+/// global service: true if none failed, cluster1 never held fewer of cluster2's endpoints than before
+/// and did not list cluster2 again. `None` with a one-member etcd.
+pub fn survives_etcd_leader_loss(scene: &Scene, requests: usize) -> anyhow::Result<Option<bool>> {
+    if scene.etcd_members() < 3 {
+        return Ok(None);
+    }
+    let before = cluster2(scene)?;
+    let first = requests / 3;
+    let mut failed = super::steps::call_service(scene, 1, first)?.failed;
+    let leader = scene.kill_etcd_leader(2)?;
+    eprintln!("   cluster2's etcd leader (member {leader}) killed");
+    let mut withdrew = false;
+    for _ in first..requests {
+        failed += super::steps::call_service(scene, 1, 1)?.failed;
+        let now = cluster2(scene)?;
+        withdrew |= now.endpoints < before.endpoints || now.withdrawn_at.is_some();
+    }
+    let after = cluster2(scene)?;
+    let relisted = after.listings != before.listings;
+    Ok(Some(failed == 0 && !withdrew && !relisted))
 }

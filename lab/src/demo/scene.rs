@@ -83,6 +83,18 @@ impl Scene {
             .collect()
     }
 
+    /// Members of each cluster's etcd.
+    pub fn etcd_members(&self) -> u8 {
+        self.plan.etcd_members
+    }
+
+    /// Kills the member of cluster `c`'s etcd that leads raft now; which one it was.
+    pub fn kill_etcd_leader(&self, c: u8) -> anyhow::Result<u8> {
+        let leader = mesh::etcd_leader(&self.plan, c)?;
+        mesh::stop_etcd_member(&self.plan, c, leader)?;
+        Ok(leader)
+    }
+
     pub fn socket(&self, c: u8) -> PathBuf {
         mesh::socket(&self.prefix, c, X_WING_NODE)
     }
