@@ -51,6 +51,7 @@ pub fn run(
     requests: usize,
     options: MeshOptions,
     etcd_members: u8,
+    agent_stop: bool,
 ) -> anyhow::Result<DemoReport> {
     let started = Instant::now();
     eprintln!(
@@ -79,6 +80,13 @@ pub fn run(
         eprintln!("step 6: cluster2's etcd leader killed during x-wing's requests …");
     }
     platform.survives_etcd_leader_loss = platform::survives_etcd_leader_loss(&scene, requests)?;
+    if agent_stop {
+        eprintln!(
+            "step 7: cluster2's agent beside rebel-base stopped; x-wing calls rebel-base for {} s …",
+            platform::AGENT_STOP_WATCH.as_secs()
+        );
+        platform.survives_agent_stop = Some(platform::survives_agent_stop(&scene)?);
+    }
     Ok(DemoReport {
         requests_per_cluster: calls.per_cluster,
         failed_requests: calls.failed,
@@ -206,6 +214,14 @@ impl DemoReport {
             out,
             "   every etcd connection of every agent over mutual TLS: {}",
             yes(self.platform.mtls)
+        );
+        let _ = writeln!(
+            out,
+            "   cluster2's agent beside rebel-base stopped, no request to it failed for a minute: {}",
+            match self.platform.survives_agent_stop {
+                Some(ok) => yes(ok),
+                None => "not run (--agent-stop runs it)",
+            }
         );
         let _ = writeln!(
             out,

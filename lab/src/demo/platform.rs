@@ -4,13 +4,17 @@
 //! cluster's and each remote's) used mutual TLS, as the agents report their connections.
 //! `survives_etcd_leader_loss` (with a 3-member etcd): cluster2's etcd leader killed during x-wing's
 //! requests to the global service, none failed and cluster1 withdrew nothing of cluster2 nor listed it
-//! again. `survives_agent_stop` is not measured by this demo yet (`null`).
+//! again. `survives_agent_stop` (with `--agent-stop`): the agent of cluster2's node without
+//! rebel-base stopped, x-wing reaches rebel-base in cluster2 for the next [`AGENT_STOP_WATCH`] (longer
+//! than an agent's 30 s lease) without a failed request.
 
 use meshpath_api::local_source::{LocalSourceKind, LocalSourceState};
 use meshpath_api::Client;
 use serde::Serialize;
 
-use super::scene::Scene;
+use std::time::{Duration, Instant};
+
+use super::scene::{rebel_ip, Scene, BACKEND_PORT};
 
 #[derive(Debug, Serialize)]
 pub struct Platform {
@@ -18,7 +22,8 @@ pub struct Platform {
     pub source: LocalSourceKind,
     /// Every etcd connection of every agent used mutual TLS.
     pub mtls: bool,
-    /// Not measured yet: `null`.
+    /// With `--agent-stop`: cluster2's agent beside rebel-base stopped, no request to rebel-base in
+    /// cluster2 failed over the next minute; `null` without it.
     pub survives_agent_stop: Option<bool>,
     /// With a 3-member etcd: its leader lost without a failed request nor a withdrawal; `null` with a
     /// one-member etcd.
@@ -70,6 +75,28 @@ fn mutual_tls(scene: &Scene) -> anyhow::Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// How long x-wing calls rebel-base in cluster2 after the agent beside it stopped: longer than the
+/// agent's lease, so that its keys' expiry is inside the window.
+pub const AGENT_STOP_WATCH: Duration = Duration::from_secs(60);
+
+/// Stops cluster2's agent of the node without rebel-base, then has x-wing call rebel-base in cluster2
+/// for [`AGENT_STOP_WATCH`]: true if no request failed.
+pub fn survives_agent_stop(scene: &Scene) -> anyhow::Result<bool> {
+    scene.stop_agent_beside_rebel(2)?;
+    let url = format!("http://{}:{BACKEND_PORT}/", rebel_ip(2));
+    let started = Instant::now();
+    let (mut sent, mut failed) = (0u64, 0u64);
+    while started.elapsed() < AGENT_STOP_WATCH {
+        sent += 1;
+        if super::steps::request(scene, 1, &url).is_none() {
+            failed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("   {sent} requests to rebel-base in cluster2, {failed} failed");
+    Ok(failed == 0)
 }
 
 /// Cluster2 as cluster1's x-wing node sees it.

@@ -83,6 +83,11 @@ impl Scene {
             .collect()
     }
 
+    /// Stops, the planned way, the agent of cluster `c`'s node that does not host rebel-base.
+    pub fn stop_agent_beside_rebel(&self, c: u8) -> anyhow::Result<()> {
+        mesh::stop_agent(&self.plan, c, X_WING_NODE, mesh::Stop::Planned)
+    }
+
     /// Members of each cluster's etcd.
     pub fn etcd_members(&self) -> u8 {
         self.plan.etcd_members
