@@ -102,6 +102,7 @@ fn canned() -> AgentStatus {
                     ..Default::default()
                 },
             }],
+            umem: None,
         },
         tables: TableSizes {
             endpoints: 2,

@@ -3,7 +3,8 @@
 //!
 //! It owns the documents the agent serves on its status socket ([`status::AgentStatus`] and the rows
 //! in it) and on its observe socket ([`flow::FlowResponse`], in Hubble's shape, and the filters of
-//! [`flow_filter`]), the [`client`] that fetches them, and the human
+//! [`flow_filter`]), what the CNI plugin and the agent say on the pod socket ([`cni`]), the
+//! [`client`] that fetches them, and the human
 //! tables the CLI prints of them. Every field is typed — enums for verdicts, drop reasons, directions
 //! and backend states; addresses, frontends and port ranges as values, not strings — and serialises to
 //! the JSON `-o json` has always printed.
@@ -17,6 +18,7 @@ mod text;
 
 pub mod client;
 pub mod clustermesh;
+pub mod cni;
 pub mod drop_reason;
 pub mod endpoint;
 pub mod flow;

@@ -81,6 +81,19 @@ pub struct DataplaneStatus {
     pub dropped: BTreeMap<DropReason, u64>,
     /// Per AF_XDP port: its frames, and the kernel's drops before the pipeline saw them.
     pub ports: Vec<PortStatus>,
+    /// The worker's packet memory.
+    #[serde(default)]
+    pub umem: Option<UmemStatus>,
+}
+
+/// The worker's UMEM, in chunks (one frame each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UmemStatus {
+    pub chunks: u64,
+    /// On no ring and in no batch.
+    pub free: u64,
+    /// Held by the socket of a port that is gone: leaked, always 0.
+    pub orphaned: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -304,6 +317,15 @@ pub fn render(status: &AgentStatus) -> String {
     for (reason, packets) in &d.dropped {
         line("Dropped", format!("{packets:>10}  {reason}"));
     }
+    if let Some(u) = &d.umem {
+        line(
+            "UMEM",
+            format!(
+                "{}/{} chunks free, {} orphaned",
+                u.free, u.chunks, u.orphaned
+            ),
+        );
+    }
     out.push_str(&ports_table(&d.ports));
     if !status.xdp.is_empty() {
         out.push_str(&xdp_table(&status.xdp));
@@ -414,6 +436,7 @@ mod tests {
                         ..Default::default()
                     },
                 }],
+                umem: None,
             },
             tables: TableSizes {
                 endpoints: 2,

@@ -71,7 +71,8 @@ pub struct AgentConfig {
     /// Source NAT of pod traffic leaving the mesh.
     #[serde(default)]
     pub masquerade: MasqueradeSection,
-    /// Where the agent keeps what a restart needs (the conntrack handover file), e.g.
+    /// Where the agent keeps what a restart needs (the conntrack handover file, the pods the CNI
+    /// plugin attached), e.g.
     /// `/run/meshpath/state`; a tmpfs, so a reboot starts clean.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
@@ -219,7 +220,18 @@ pub struct DataplaneSection {
     pub conntrack_capacity: usize,
     /// Largest IP packet the uplink carries.
     pub mtu: u16,
+    /// Most pods the CNI plugin may attach to this node at once (kubelet's `maxPods`, 110 by
+    /// default). The worker's packet memory holds room for each from the start: 512 KiB a pod.
+    #[serde(default = "default_max_pods")]
+    pub max_pods: u32,
 }
+
+fn default_max_pods() -> u32 {
+    110
+}
+
+/// Most pods one node may be asked to hold: the dataplane's port numbers and the memory each takes.
+pub const MAX_PODS_LIMIT: u32 = 4096;
 
 impl Default for DataplaneSection {
     fn default() -> Self {
@@ -230,6 +242,7 @@ impl Default for DataplaneSection {
             underlay_routes_pod_cidrs: false,
             conntrack_capacity: 262_144,
             mtu: 1500,
+            max_pods: default_max_pods(),
         }
     }
 }
@@ -555,6 +568,12 @@ impl AgentConfig {
         }
         if self.dataplane.conntrack_capacity == 0 {
             return Err(("dataplane.conntrack-capacity", "must be positive".into()));
+        }
+        if self.dataplane.max_pods > MAX_PODS_LIMIT {
+            return Err((
+                "dataplane.max-pods",
+                format!("{} is more than {MAX_PODS_LIMIT}", self.dataplane.max_pods),
+            ));
         }
         if self.dataplane.underlay_routes_pod_cidrs && self.dataplane.routing != Routing::Native {
             return Err((
@@ -958,6 +977,10 @@ metrics: 127.0.0.1:9962
                 "etcd.endpoints",
             ),
             (GOOD.replace("mtu: 1500", "mtu: 576"), "dataplane.mtu"),
+            (
+                GOOD.replace("mtu: 1500", "mtu: 1500, max-pods: 5000"),
+                "dataplane.max-pods",
+            ),
             (
                 GOOD.replace("mtu: 1500", "mtu: 1500, underlay-routes-pod-cidrs: true"),
                 "dataplane.underlay-routes-pod-cidrs",

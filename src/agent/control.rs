@@ -14,7 +14,9 @@ use meshpath_control::identity_alloc::IdentityAllocator;
 use meshpath_control::local::LocalState;
 use meshpath_control::publish::Publisher;
 use meshpath_control::resolve::{resolve_known, IdentitySource, MemoryAllocator, Resolver};
-use meshpath_control::snapshot::{spawn_builder, Change, NodeSpec, SnapshotBuilder, SnapshotSink};
+use meshpath_control::snapshot::{
+    spawn_builder, Change, NodeSpec, PodPorts, SnapshotBuilder, SnapshotSink,
+};
 use meshpath_control::ClusterName;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -60,6 +62,7 @@ pub async fn start(
     config: &AgentConfig,
     spec: NodeSpec,
     local: watch::Receiver<Arc<LocalState>>,
+    ports: watch::Receiver<PodPorts>,
     sink: impl SnapshotSink + 'static,
     directories: Directories,
     cancel: CancellationToken,
@@ -123,21 +126,39 @@ pub async fn start(
     } else {
         drop(remote_tx);
     }
-    let ports = spec.ports.clone();
     let mut builder = SnapshotBuilder::new(spec);
     if let Some(board) = board {
         builder = builder.with_status_board(board);
     }
     // Off this runtime: a build (a policy recompile against the whole mesh among it) must not hold
     // up the status socket or the remotes' keepalives.
-    let thread = spawn_builder(builder, changes, remote, sink, cancel, MAX_BATCH)
+    let thread = spawn_builder(builder, changes, remote, sink, cancel.clone(), MAX_BATCH)
         .context("starting the snapshot builder's thread")?;
     let input = changes_tx.clone();
+    tasks.spawn(forward_ports(ports, changes_tx, cancel));
     tasks.spawn(async move {
-        let _ = changes_tx.send(Change::Ports(ports)).await;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     });
     Ok((tasks, mesh_status, input))
+}
+
+/// Hands the builder every new set of attached pods (the configuration's, and the CNI plugin's as
+/// they come and go).
+async fn forward_ports(
+    mut ports: watch::Receiver<PodPorts>,
+    changes: mpsc::Sender<Change>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let current = ports.borrow_and_update().clone();
+        if changes.send(Change::Ports(current)).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = ports.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 /// Resolves every new local state and hands it to the builder; a failure is logged and the next state

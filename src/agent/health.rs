@@ -433,7 +433,8 @@ mod tests {
         server.join().unwrap();
     }
 
-    /// The DaemonSet in deploy/ probes this endpoint, runs on Linux nodes only, and mounts its secrets
+    /// The DaemonSet in deploy/ probes this endpoint, runs on Linux nodes only, installs the CNI plugin
+    /// and mounts its secrets
     /// readable by the agent alone.
     #[test]
     fn the_daemonset_probes_this_endpoint() {
@@ -466,6 +467,16 @@ mod tests {
         );
         let env = agent["env"].as_array().unwrap();
         assert!(env.iter().any(|e| e["name"] == "NO_COLOR"));
+        let install = &pod["initContainers"][0];
+        assert_eq!(install["name"], "install-cni");
+        let script = install["command"][2].as_str().unwrap();
+        // Written beside and renamed into place: the runtime never runs half a plugin.
+        for line in [
+            "mv -f /host/opt/cni/bin/.meshpath-cni.new /host/opt/cni/bin/meshpath-cni",
+            "mv -f /host/etc/cni/net.d/.10-meshpath.conflist.new /host/etc/cni/net.d/10-meshpath.conflist",
+        ] {
+            assert!(script.lines().any(|l| l == line), "{line}");
+        }
         for volume in pod["volumes"].as_array().unwrap() {
             if let Some(secret) = volume.get("secret").or_else(|| volume.get("projected")) {
                 assert_eq!(secret["defaultMode"], 0o400, "{volume:?}");

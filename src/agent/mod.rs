@@ -32,7 +32,9 @@ mod neighbours;
 mod node_sync;
 mod nodes;
 mod observe;
+mod pods;
 mod policy;
+mod port_names;
 mod report;
 mod serving;
 mod socket;
@@ -68,8 +70,10 @@ use tokio_util::sync::CancellationToken;
 
 use config::AgentConfig;
 use handler::PipelineHandler;
+use port_names::PortNames;
 use report::WorkerReport;
 use status::StatusSources;
+use tokio::sync::watch;
 use xdp_counters::XdpPrograms;
 
 /// The file a planned stop hands conntrack over in, inside `state-dir`.
@@ -99,12 +103,21 @@ pub fn run(config_path: PathBuf, netns: Option<String>) -> anyhow::Result<()> {
 async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     // Before any interface is touched: a taken port stops the agent with nothing to undo.
-    let listeners = serving::Listeners::bind(&config).await?;
+    let mut listeners = serving::Listeners::bind(&config).await?;
     let local_source::LocalSource {
         handle: source,
         describe: source_info,
     } = local_source::spawn(&config, cancel.clone()).await?;
-    let first = local_source::first_state(&source, &source_info).await?;
+    local_source::first_state(&source, &source_info).await?;
+    // The pods the CNI plugin attached lay their addresses over the source's state.
+    let (pod_addresses, attached) = watch::channel(Arc::default());
+    let local = pods::overlay(
+        source.state.clone(),
+        attached,
+        config.node.name.clone(),
+        cancel.clone(),
+    );
+    let first = local.borrow().clone();
     host_port::ensure(&config).context("host port")?;
     let segments = neighbours::segments(&config).context("the uplink's segment")?;
     let spec = node_spec(&config, &first, segments.clone())?;
@@ -115,6 +128,9 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let (flow_sink, flow_source) = observe::channel();
     let state = restore_worker_state(&config, flow_sink.epoch);
     let mut wiring = wiring::wire(&config, &pod_prefixes(&config, &first), &config.bpf_pin_dir)?;
+    let port_control = wiring.worker.port_control()?;
+    let port_names = PortNames::new(port_names(&config));
+    let (pod_ports, ports) = watch::channel(pod_ports(&config));
     let report = Arc::new(ArcSwap::from_pointee(WorkerReport::default()));
     let stats = wiring.worker.stats_reader();
     let stop = Arc::new(AtomicBool::new(false));
@@ -137,7 +153,8 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let (mut tasks, mesh, builder) = control::start(
         &config,
         spec,
-        source.state.clone(),
+        local.clone(),
+        ports,
         health::ReadySink::new(sink, readiness.clone()),
         directories.clone(),
         cancel.clone(),
@@ -179,8 +196,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         endpoints: directories.endpoints,
         identities: directories.identities,
     };
-    let interfaces = port_names(&config).into_iter().map(|(p, i, _)| (p, i));
-    let kernel = observe::KernelDrops::of(stats.clone(), interfaces.collect());
+    let kernel = observe::KernelDrops::of(stats.clone(), port_names.clone());
     let hub = observe::FlowHub::default();
     tasks.spawn(observe::collect(
         flow_source,
@@ -192,14 +208,14 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let sources = StatusSources {
         cluster: config.cluster.name.clone(),
         node: config.node.name.clone(),
-        tables,
+        tables: tables.clone(),
         report,
         worker: stats,
-        ports: port_names(&config),
-        programs,
+        ports: port_names.clone(),
+        programs: programs.clone(),
         mesh,
         kvstore,
-        local: source.state.clone(),
+        local: local.clone(),
         source: source_info,
         nodes,
         identities,
@@ -207,6 +223,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         health: monitor,
     };
     let scraped = sources.clone();
+    let listeners_pods = listeners.take_pods();
     listeners.serve(
         &mut tasks,
         sources,
@@ -214,9 +231,42 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         || metrics::registry(scraped, latency, etcd_latency, &directories.publication),
         &cancel,
     )?;
+    let pods = Arc::new(pods::Pods::new(
+        pods::PodsConfig {
+            node_name: config.node.name.clone(),
+            node: meshpath_xdp_redirect::NodeAddrs {
+                ipv4: config.node.ipv4,
+                ipv6: config.node.ipv6,
+            },
+            pins: config.bpf_pin_dir.clone(),
+            store: pods::Store::new(&config.state_dir),
+            first_port: wiring::first_cni_port(&config),
+            max_pods: config.dataplane.max_pods,
+            mtu: pod_mtu(&config),
+        },
+        port_control,
+        tables,
+        source.state.clone(),
+        pods::PodOutputs {
+            ports: pod_ports,
+            addresses: pod_addresses,
+            names: port_names,
+            programs,
+        },
+    ));
+    pods.restore().await;
+    if let Some((listener, path)) = listeners_pods {
+        let (pods, cancelled) = (pods.clone(), cancel.clone());
+        tasks.spawn(async move {
+            if let Err(error) = pods::serve(listener, &path, pods, cancelled).await {
+                tracing::error!(%error, "pod socket");
+            }
+        });
+    }
     tracing::info!(node = %config.node.name, cluster = %config.cluster.name, "agent running");
     wait_for_signal().await;
     tracing::info!("stopping: the XDP programs stay attached and closed until the next agent");
+    pods.keep_all().await;
     stop.store(true, Ordering::Relaxed);
     let (_, handler) = worker.join_with_handler().context("joining the worker")?;
     hand_over(&config, handler);
@@ -291,6 +341,21 @@ fn port_names(config: &AgentConfig) -> Vec<(PortId, String, PortRole)> {
         .into_iter()
         .map(|i| (i.port, i.name.to_owned(), xdp_counters::port_role(i.role)))
         .collect()
+}
+
+/// The pods' MTU: the underlay's, less what the tunnel adds in front (none when routed natively).
+fn pod_mtu(config: &AgentConfig) -> u32 {
+    let underlay = u32::from(config.dataplane.mtu);
+    let peer = match config.node.ipv4 {
+        Some(v4) => meshpath_dataplane::Addr::from(IpAddr::V4(v4)),
+        None => meshpath_dataplane::Addr::from(IpAddr::V6(
+            config.node.ipv6.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED),
+        )),
+    };
+    match config.dataplane.routing {
+        config::Routing::Native => underlay,
+        _ => underlay.saturating_sub(meshpath_dataplane::tunnel::overhead(peer) as u32),
+    }
 }
 
 fn own_addresses(config: &AgentConfig) -> Vec<IpAddr> {

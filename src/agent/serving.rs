@@ -1,5 +1,5 @@
 //! The agent's operator interfaces: the status and observe sockets, the metrics endpoint and the health
-//! endpoint. Each is
+//! endpoint, and the pod socket the CNI plugin talks to. Each is
 //! bound before anything on the node is touched — a taken port or an unusable socket path stops the
 //! agent with nothing to undo — and served on the agent's runtime until it stops.
 
@@ -21,6 +21,8 @@ use super::{health, metrics, socket};
 pub struct Listeners {
     status: (UnixListener, PathBuf),
     observe: (UnixListener, PathBuf),
+    /// The pod socket, served once the worker runs ([`Listeners::take_pods`]).
+    pods: Option<(UnixListener, PathBuf)>,
     metrics: Option<TcpListener>,
     health: Option<std::net::TcpListener>,
 }
@@ -34,6 +36,10 @@ impl Listeners {
             .with_context(|| format!("`status-socket`: binding {}", status_path.display()))?;
         let observe = socket::bind(&observe_path, access)
             .with_context(|| format!("`status-socket`: binding {}", observe_path.display()))?;
+        // Whoever may attach a pod may send as it: root's alone, whatever `socket-group` says.
+        let pods_path = meshpath_api::cni::cni_socket(&status_path);
+        let pods = socket::bind(&pods_path, socket::Access::default())
+            .with_context(|| format!("`status-socket`: binding {}", pods_path.display()))?;
         let metrics = match config.metrics_address() {
             Some(address) => Some(metrics::bind(address).await?),
             None => None,
@@ -42,9 +48,16 @@ impl Listeners {
         Ok(Listeners {
             status: (status, status_path),
             observe: (observe, observe_path),
+            pods: Some((pods, pods_path)),
             metrics,
             health,
         })
+    }
+
+    /// The pod socket and its path, to serve apart (it needs the running worker); connections
+    /// wait in its backlog meanwhile.
+    pub fn take_pods(&mut self) -> Option<(UnixListener, PathBuf)> {
+        self.pods.take()
     }
 
     /// Serves each interface as a task of `tasks` (health from its own thread), until `cancel`.

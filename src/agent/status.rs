@@ -10,7 +10,7 @@ use meshpath_api::client::{StatusRequest, StatusView};
 use meshpath_api::kvstore::KvStoreStatus;
 use meshpath_api::service::{BackendInfo, Frontend, ServiceStatus, ServiceType};
 use meshpath_api::status::{
-    AgentStatus, ConntrackStatus, DataplaneStatus, PortRole, PortStatus, TableSizes,
+    AgentStatus, ConntrackStatus, DataplaneStatus, PortRole, PortStatus, TableSizes, UmemStatus,
 };
 use meshpath_api::version::VersionInfo;
 use meshpath_api::Protocol;
@@ -30,6 +30,7 @@ use super::identities::IdentityDirectory;
 use super::local_source::SourceInfo;
 use super::nodes::NodeDirectory;
 use super::observe::FlowHub;
+use super::port_names::PortNames;
 use super::report::{ConntrackReport, WorkerReport};
 use super::socket;
 use super::xdp_counters::XdpPrograms;
@@ -44,7 +45,7 @@ pub struct StatusSources {
     pub report: Arc<ArcSwap<WorkerReport>>,
     pub worker: StatsReader,
     /// Each port's interface and role.
-    pub ports: Vec<(PortId, String, PortRole)>,
+    pub ports: PortNames,
     pub programs: XdpPrograms,
     pub mesh: Option<watch::Receiver<MeshStatus>>,
     pub kvstore: Option<watch::Receiver<KvStoreStatus>>,
@@ -65,7 +66,7 @@ impl StatusSources {
         AgentStatus {
             cluster: self.cluster.clone(),
             node: self.node.clone(),
-            dataplane: dataplane(&report.counters, &self.worker, &self.ports),
+            dataplane: dataplane(&report.counters, &self.worker, &self.ports.list()),
             tables: TableSizes {
                 endpoints: tables.endpoints.len() as u64,
                 ipcache: tables.ipcache.len() as u64,
@@ -95,8 +96,7 @@ impl StatusSources {
             policy_refusals: super::policy::refusals(&tables),
             endpoints: if full {
                 super::endpoint_list::rows(&tables, &self.identities, |port| {
-                    let named = self.ports.iter().find(|(id, _, _)| *id == port);
-                    named.map(|(_, name, _)| name.clone())
+                    self.ports.get(port).map(|(name, _)| name)
                 })
             } else {
                 Vec::new()
@@ -144,6 +144,7 @@ fn dataplane(
     worker: &StatsReader,
     names: &[(PortId, String, PortRole)],
 ) -> DataplaneStatus {
+    let stats = worker.read();
     DataplaneStatus {
         received: counters.received.packets,
         forwarded: Forward::ALL
@@ -155,8 +156,12 @@ fn dataplane(
             .map(|r| (convert::drop_reason(*r), counters.dropped(*r).packets))
             .filter(|(_, n)| *n > 0)
             .collect(),
-        ports: worker
-            .read()
+        umem: Some(UmemStatus {
+            chunks: stats.umem.chunks,
+            free: stats.umem.free,
+            orphaned: stats.umem.orphaned,
+        }),
+        ports: stats
             .ports
             .iter()
             .map(|p| {

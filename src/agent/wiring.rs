@@ -25,6 +25,15 @@ pub fn pod_port(i: usize) -> PortId {
     PortId(2 + i as u16)
 }
 
+/// The first port of the pods the CNI plugin attaches: after the configuration's.
+pub fn first_cni_port(config: &AgentConfig) -> u16 {
+    2 + config.pods.len() as u16
+}
+
+/// Ring slots of a port the CNI plugin attaches: a pod's veth needs fewer than the uplink, and the
+/// UMEM holds room for `dataplane.max-pods` of them from the start (2 × 128 chunks of 2 KiB: 512 KiB a pod).
+const POD_RING_SIZE: u32 = 128;
+
 /// The XDP programs (the uplink's first) and the bound (not yet running) worker.
 pub struct Wiring {
     /// Held for their maps (XSKMAP, pod prefixes, tunnel peers) while the attachments run them.
@@ -59,6 +68,8 @@ pub fn wire(
     }
     let mut worker_config = WorkerConfig::new(ports.clone());
     worker_config.core = config.dataplane.cores.first().copied();
+    worker_config.spare_ports = config.dataplane.max_pods;
+    worker_config.spare_ring_size = POD_RING_SIZE;
     let worker = bind(worker_config)?;
     let node = NodeAddrs {
         ipv4: config.node.ipv4,

@@ -3,7 +3,7 @@
 //! dropped_no_socket (the fail-closed drops while no agent ran) and dropped_unknown_peer. A read is a
 //! map lookup per program, made when asked, off the packet path.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use meshpath_api::status::{PortRole, XdpStatus};
 use meshpath_xdp_redirect::{Role, XdpRedirect};
@@ -17,9 +17,10 @@ struct Program {
     program: Arc<Mutex<XdpRedirect>>,
 }
 
-/// Every interface's program, the uplink's first.
+/// Every interface's program, the uplink's first; pods' programs join and leave as pods are attached
+/// and detached.
 #[derive(Clone)]
-pub struct XdpPrograms(Arc<Vec<Program>>);
+pub struct XdpPrograms(Arc<RwLock<Vec<Program>>>);
 
 impl XdpPrograms {
     /// `programs` in the order `wiring::wire` loaded them.
@@ -33,19 +34,56 @@ impl XdpPrograms {
                 program: Arc::new(Mutex::new(program)),
             })
             .collect();
-        XdpPrograms(Arc::new(named))
+        XdpPrograms(Arc::new(RwLock::new(named)))
     }
 
     /// The uplink's program, whose tunnel peers the node sync keeps current.
     pub fn uplink(&self) -> Option<Arc<Mutex<XdpRedirect>>> {
-        self.0
+        let programs = self.0.read().ok()?;
+        programs
             .iter()
             .find(|p| p.role == PortRole::Uplink)
             .map(|p| p.program.clone())
     }
 
     pub fn read(&self) -> Vec<XdpStatus> {
-        self.0.iter().map(Program::read).collect()
+        let programs: Vec<(String, PortRole, Arc<Mutex<XdpRedirect>>)> = match self.0.read() {
+            Ok(p) => p
+                .iter()
+                .map(|p| (p.interface.clone(), p.role, p.program.clone()))
+                .collect(),
+            Err(_) => return Vec::new(),
+        };
+        programs
+            .into_iter()
+            .map(|(interface, role, program)| {
+                Program {
+                    interface,
+                    role,
+                    program,
+                }
+                .read()
+            })
+            .collect()
+    }
+
+    /// A pod's program, attached to its veth's node side `interface`.
+    pub fn add(&self, interface: String, program: Arc<Mutex<XdpRedirect>>) {
+        if let Ok(mut programs) = self.0.write() {
+            programs.retain(|p| p.interface != interface);
+            programs.push(Program {
+                interface,
+                role: PortRole::Pod,
+                program,
+            });
+        }
+    }
+
+    /// The program of `interface` goes (its pod was detached).
+    pub fn remove(&self, interface: &str) {
+        if let Ok(mut programs) = self.0.write() {
+            programs.retain(|p| p.interface != interface);
+        }
     }
 }
 

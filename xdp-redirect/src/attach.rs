@@ -36,6 +36,8 @@ pub struct Attachment {
     prog: OwnedFd,
     netns: Netns,
     replaced: Option<u32>,
+    /// Whether dropping detaches: cleared once detached or kept. Its descriptors close either way.
+    armed: bool,
 }
 
 impl Attachment {
@@ -53,15 +55,15 @@ impl Attachment {
     }
 
     /// Detaches now and reports failure; an interface that is already gone counts as detached.
-    pub fn detach(self) -> Result<()> {
-        let result = self.detach_in_netns();
-        std::mem::forget(self);
-        result
+    pub fn detach(mut self) -> Result<()> {
+        self.armed = false;
+        self.detach_in_netns()
     }
 
-    /// Leaves the program attached past this process, for a restart that will replace it.
-    pub fn keep(self) {
-        std::mem::forget(self);
+    /// Leaves the program attached past this attachment (the kernel holds it on the interface),
+    /// for a restart that will replace it.
+    pub fn keep(mut self) {
+        self.armed = false;
     }
 
     fn detach_in_netns(&self) -> Result<()> {
@@ -83,6 +85,9 @@ impl Attachment {
 
 impl Drop for Attachment {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         if let Err(e) = self.detach_in_netns() {
             // EEXIST: another program replaced ours meanwhile; it is not ours to remove.
             tracing::warn!(ifindex = self.ifindex, "XDP program not detached: {e}");
@@ -116,6 +121,7 @@ pub(crate) fn attach(prog: BorrowedFd<'_>, ifindex: u32) -> Result<Attachment> {
         prog,
         netns,
         replaced,
+        armed: true,
     })
 }
 

@@ -14,6 +14,9 @@ use super::sys::{BindOptions, Umem, Xsk};
 use super::{AfXdpError, BURST, RX_OFFSET};
 use crate::PortId;
 
+/// The one port of a traffic port's UMEM.
+const PORT: PortId = PortId(0);
+
 /// One AF_XDP socket (copy mode, need_wakeup) with its own UMEM, for generating and sinking traffic.
 pub struct TrafficPort {
     // Declared before `umem` so the socket closes before the UMEM is unmapped.
@@ -44,7 +47,7 @@ impl TrafficPort {
             shared: false,
             source,
         })?;
-        umem.fill(&mut xsk);
+        umem.fill(&mut xsk, PORT);
         Ok(TrafficPort {
             xsk,
             umem,
@@ -69,7 +72,10 @@ impl TrafficPort {
                 break;
             }
             let addr = base + RX_OFFSET as u64;
-            if !self.umem.transmit(&mut self.xsk, base, addr, len as u32) {
+            if !self
+                .umem
+                .transmit(&mut self.xsk, PORT, base, addr, len as u32)
+            {
                 break;
             }
             sent += 1;
@@ -85,7 +91,7 @@ impl TrafficPort {
         let mut bases = ArrayVec::<u64, BURST>::new();
         let mut frames = ArrayVec::new();
         self.umem
-            .receive(&mut self.xsk, PortId(0), &mut bases, &mut frames);
+            .receive(&mut self.xsk, PORT, &mut bases, &mut frames);
         let n = frames.len();
         for frame in &frames {
             look(frame.data());
@@ -94,7 +100,7 @@ impl TrafficPort {
         for base in bases {
             self.umem.recycle(base);
         }
-        self.umem.fill(&mut self.xsk);
+        self.umem.fill(&mut self.xsk, PORT);
         if self.xsk.fill_needs_wakeup() {
             self.xsk.kick_rx();
         }
@@ -108,7 +114,7 @@ impl TrafficPort {
     }
 
     fn reclaim(&mut self) {
-        let done = self.umem.complete(&mut self.xsk);
+        let done = self.umem.complete(&mut self.xsk, PORT);
         self.in_flight = self.in_flight.saturating_sub(done);
     }
 }

@@ -9,16 +9,21 @@
 //! headers are pushed in front without copying; the tx descriptor follows the frame's head.
 //! `Verdict::ToKernel` has no path yet: such frames are dropped and counted as `to_kernel_unsupported`.
 //!
+//! Ports come and go while a worker runs ([`PortControl`]): a pod's socket is bound on the worker's
+//! UMEM and handed over between bursts; a removed one's chunks return to the worker's free list.
+//!
 //! All `unsafe` is in [`sys`].
 
 pub mod generator;
 mod handler;
+mod ports;
 mod stats;
 mod sys;
 mod worker;
 
 pub use handler::{BatchHandler, CrossConnect, MacSwap};
-pub use stats::{PortStats, WorkerStats};
+pub use ports::{BoundPort, PortControl, Released};
+pub use stats::{PortStats, UmemStats, WorkerStats};
 pub use sys::{KernelCounters, BURST, CHUNK_SIZE, RX_OFFSET};
 pub use worker::{PortConfig, StatsReader, Worker, WorkerConfig, WorkerHandle};
 
@@ -45,6 +50,16 @@ pub enum AfXdpError {
     },
     #[error("worker thread panicked")]
     WorkerPanicked,
+    #[error("the worker is gone")]
+    WorkerGone,
+    #[error("the worker took no port change within {0:?}")]
+    WorkerBusy(std::time::Duration),
+    #[error("the worker has room for {0} added ports, and they are all in use")]
+    NoRoom(u32),
+    #[error("port {0} is already the worker's")]
+    PortTaken(u16),
+    #[error("the worker has no port {0}")]
+    UnknownPort(u16),
 }
 
 const _: () = assert!(sys::RX_OFFSET >= crate::frame::HEADROOM);

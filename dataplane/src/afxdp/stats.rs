@@ -2,6 +2,9 @@
 //! them once per batch into atomics; readers get copied-out [`WorkerStats`], never a lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use super::sys::KernelCounters;
 use crate::{DropReason, PortId};
@@ -65,7 +68,19 @@ pub struct WorkerStats {
     pub tx_kicks: u64,
     /// Times a fill ring asked for, and got, a recvfrom kick (need_wakeup).
     pub rx_kicks: u64,
+    pub umem: UmemStats,
     pub ports: Vec<PortStats>,
+}
+
+/// The worker's packet memory, in chunks, as of its last count (every
+/// [`super::worker::KERNEL_COUNTERS_EVERY`] and after every port change).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UmemStats {
+    pub chunks: u64,
+    /// In the worker's free list: on no ring and in no batch.
+    pub free: u64,
+    /// On the rings of a socket that is no port of the worker any more: leaked. Always 0.
+    pub orphaned: u64,
 }
 
 impl WorkerStats {
@@ -83,27 +98,46 @@ impl WorkerStats {
 }
 
 const PORT_FIELDS: usize = 11 + DropReason::COUNT;
-const WORKER_FIELDS: usize = 4;
+const WORKER_FIELDS: usize = 7;
 
-/// The published copy: written by the worker only, read by anyone.
+/// The published copy: written by the worker only, read by anyone. Its layout (which ports, in which
+/// order) is swapped whole when the worker's ports change, so a reader never pairs one port's name
+/// with another's counters.
 #[derive(Debug)]
 pub(crate) struct SharedStats {
-    ports: Vec<PortId>,
-    cells: Vec<AtomicU64>,
+    layout: ArcSwap<Layout>,
     /// Turns of the worker's loop; beaten every turn, apart from the counters.
     heartbeat: AtomicU64,
 }
 
-impl SharedStats {
-    pub(crate) fn new(ports: Vec<PortId>) -> SharedStats {
+#[derive(Debug)]
+struct Layout {
+    ports: Vec<PortId>,
+    cells: Vec<AtomicU64>,
+}
+
+impl Layout {
+    fn new(ports: Vec<PortId>) -> Layout {
         let cells = (0..WORKER_FIELDS + ports.len() * PORT_FIELDS)
             .map(|_| AtomicU64::new(0))
             .collect();
+        Layout { ports, cells }
+    }
+}
+
+impl SharedStats {
+    pub(crate) fn new(ports: Vec<PortId>) -> SharedStats {
         SharedStats {
-            ports,
-            cells,
+            layout: ArcSwap::from_pointee(Layout::new(ports)),
             heartbeat: AtomicU64::new(0),
         }
+    }
+
+    /// The worker's ports changed: `stats` (its counters, in its new port order) become the copy.
+    pub(crate) fn relayout(&self, stats: &WorkerStats) {
+        let layout = Layout::new(stats.ports.iter().map(|p| p.port).collect());
+        store(&layout, stats);
+        self.layout.store(Arc::new(layout));
     }
 
     /// The worker's loop made its `turns`-th turn (the worker is the only writer).
@@ -116,40 +150,20 @@ impl SharedStats {
     }
 
     pub(crate) fn publish(&self, stats: &WorkerStats) {
-        let values = [
-            stats.batches,
-            stats.idle_polls,
-            stats.tx_kicks,
-            stats.rx_kicks,
-        ]
-        .into_iter()
-        .chain(stats.ports.iter().flat_map(|p| {
-            [
-                p.rx,
-                p.tx,
-                p.tx_ring_full,
-                p.rx_refused,
-                p.to_kernel_unsupported,
-                p.tx_unknown_port,
-                p.kernel.rx_dropped,
-                p.kernel.rx_ring_full,
-                p.kernel.fill_ring_empty,
-                p.kernel.rx_invalid_descs,
-                p.kernel.tx_invalid_descs,
-            ]
-            .into_iter()
-            .chain(p.drops)
-        }));
-        for (cell, value) in self.cells.iter().zip(values) {
-            cell.store(value, Ordering::Relaxed);
-        }
+        store(&self.layout.load(), stats);
     }
 
     pub(crate) fn read(&self) -> WorkerStats {
-        let mut cells = self.cells.iter().map(|c| c.load(Ordering::Relaxed));
+        let layout = self.layout.load();
+        let mut cells = layout.cells.iter().map(|c| c.load(Ordering::Relaxed));
         let mut next = || cells.next().unwrap_or(0);
         let (batches, idle_polls, tx_kicks, rx_kicks) = (next(), next(), next(), next());
-        let ports = self
+        let umem = UmemStats {
+            chunks: next(),
+            free: next(),
+            orphaned: next(),
+        };
+        let ports = layout
             .ports
             .iter()
             .map(|&port| {
@@ -179,8 +193,42 @@ impl SharedStats {
             idle_polls,
             tx_kicks,
             rx_kicks,
+            umem,
             ports,
         }
+    }
+}
+
+fn store(layout: &Layout, stats: &WorkerStats) {
+    let values = [
+        stats.batches,
+        stats.idle_polls,
+        stats.tx_kicks,
+        stats.rx_kicks,
+        stats.umem.chunks,
+        stats.umem.free,
+        stats.umem.orphaned,
+    ]
+    .into_iter()
+    .chain(stats.ports.iter().flat_map(|p| {
+        [
+            p.rx,
+            p.tx,
+            p.tx_ring_full,
+            p.rx_refused,
+            p.to_kernel_unsupported,
+            p.tx_unknown_port,
+            p.kernel.rx_dropped,
+            p.kernel.rx_ring_full,
+            p.kernel.fill_ring_empty,
+            p.kernel.rx_invalid_descs,
+            p.kernel.tx_invalid_descs,
+        ]
+        .into_iter()
+        .chain(p.drops)
+    }));
+    for (cell, value) in layout.cells.iter().zip(values) {
+        cell.store(value, Ordering::Relaxed);
     }
 }
 
@@ -192,7 +240,7 @@ mod tests {
     proptest! {
         #[test]
         fn publish_then_read_returns_the_same_counters(
-            worker in any::<[u64; 4]>(),
+            worker in any::<[u64; 7]>(),
             ports in proptest::collection::vec((any::<[u64; 11]>(), any::<[u64; DropReason::COUNT]>()), 0..5),
         ) {
             let stats = WorkerStats {
@@ -200,6 +248,7 @@ mod tests {
                 idle_polls: worker[1],
                 tx_kicks: worker[2],
                 rx_kicks: worker[3],
+                umem: UmemStats { chunks: worker[4], free: worker[5], orphaned: worker[6] },
                 ports: ports
                     .iter()
                     .enumerate()
@@ -216,7 +265,14 @@ mod tests {
             };
             let shared = SharedStats::new(stats.ports.iter().map(|p| p.port).collect());
             shared.publish(&stats);
-            prop_assert_eq!(shared.read(), stats);
+            prop_assert_eq!(shared.read(), stats.clone());
+            // A port goes: the copy follows the worker's new order, with each port's own counters.
+            let mut fewer = stats.clone();
+            if !fewer.ports.is_empty() {
+                fewer.ports.remove(0);
+            }
+            shared.relayout(&fewer);
+            prop_assert_eq!(shared.read(), fewer);
         }
     }
 }

@@ -2,8 +2,11 @@
 //! frames handed out of the UMEM. Above this module everything is safe Rust.
 //!
 //! Ownership of a UMEM chunk is tracked here, per chunk: free (in the worker's free list), kernel (on a
-//! fill or tx ring) or batch (received, lent out as a `Frame`). A chunk becomes a `Frame` only on the
-//! kernel → batch transition, so two live frames can never alias one chunk, whatever the kernel returns.
+//! fill or tx ring of one port's socket) or batch (received, lent out as a `Frame`). A chunk becomes a
+//! `Frame` only on the kernel → batch transition, so two live frames can never alias one chunk,
+//! whatever the kernel returns. Because the kernel side names its port, the chunks a closed socket
+//! held are known and come back to the free list ([`Umem::reclaim`]): a port removed from a running
+//! worker leaks none.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -24,7 +27,8 @@ pub const BURST: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Owner {
     Free,
-    Kernel,
+    /// On a ring of this port's socket: its fill ring, or its tx ring until completed.
+    Kernel(PortId),
     Batch,
 }
 
@@ -72,11 +76,6 @@ impl Umem {
         })
     }
 
-    #[cfg(test)]
-    fn free_chunks(&self) -> usize {
-        self.free.len()
-    }
-
     fn chunk_of(&self, addr: u64) -> Option<usize> {
         let index = usize::try_from(addr).ok()? / CHUNK_SIZE;
         (index < self.owner.len()).then_some(index)
@@ -93,12 +92,13 @@ impl Umem {
         }
     }
 
-    /// Posts free chunks on `xsk`'s fill ring until it is full or the free list is empty.
-    pub fn fill(&mut self, xsk: &mut Xsk) -> usize {
+    /// Posts free chunks on the fill ring of `port`'s socket `xsk` until it is full or the free list
+    /// is empty.
+    pub fn fill(&mut self, xsk: &mut Xsk, port: PortId) -> usize {
         let mut posted = 0;
         while xsk.fill.has_room() {
             let Some(base) = self.free.pop() else { break };
-            let marked = self.hand_over(base, Owner::Free, Owner::Kernel);
+            let marked = self.hand_over(base, Owner::Free, Owner::Kernel(port));
             debug_assert!(marked, "free list holds only free chunks");
             xsk.fill.push(base);
             posted += 1;
@@ -107,12 +107,13 @@ impl Umem {
         posted
     }
 
-    /// Takes transmitted chunks back from `xsk`'s completion ring; returns how many.
-    pub fn complete(&mut self, xsk: &mut Xsk) -> usize {
+    /// Takes transmitted chunks back from the completion ring of `port`'s socket `xsk`; returns how
+    /// many.
+    pub fn complete(&mut self, xsk: &mut Xsk, port: PortId) -> usize {
         let mut done = 0;
         while let Some(addr) = xsk.comp.pop() {
             let base = addr & !(CHUNK_SIZE as u64 - 1);
-            if self.hand_over(base, Owner::Kernel, Owner::Free) {
+            if self.hand_over(base, Owner::Kernel(port), Owner::Free) {
                 self.free.push(base);
                 done += 1;
             }
@@ -138,7 +139,7 @@ impl Umem {
             let base = desc.addr & !(CHUNK_SIZE as u64 - 1);
             let head = (desc.addr - base) as usize;
             let fits = head + desc.len as usize <= CHUNK_SIZE;
-            if fits && self.hand_over(base, Owner::Kernel, Owner::Batch) {
+            if fits && self.hand_over(base, Owner::Kernel(port), Owner::Batch) {
                 accepted.push((base, head, desc.len as usize));
             } else {
                 refused += 1;
@@ -179,14 +180,21 @@ impl Umem {
         Some((base, chunk))
     }
 
-    /// Queues the frame at `addr` (`len` bytes, inside the chunk at `base`) on `xsk`'s tx ring.
-    /// Returns false if the ring is full: the chunk is then freed (a ring-full drop).
-    pub fn transmit(&mut self, xsk: &mut Xsk, base: u64, addr: u64, len: u32) -> bool {
+    /// Queues the frame at `addr` (`len` bytes, inside the chunk at `base`) on the tx ring of `port`'s
+    /// socket `xsk`. Returns false if the ring is full: the chunk is then freed (a ring-full drop).
+    pub fn transmit(
+        &mut self,
+        xsk: &mut Xsk,
+        port: PortId,
+        base: u64,
+        addr: u64,
+        len: u32,
+    ) -> bool {
         if !xsk.tx.has_room() {
             self.recycle(base);
             return false;
         }
-        if self.hand_over(base, Owner::Batch, Owner::Kernel) {
+        if self.hand_over(base, Owner::Batch, Owner::Kernel(port)) {
             xsk.tx.push(libc::xdp_desc {
                 addr,
                 len,
@@ -201,6 +209,47 @@ impl Umem {
         if self.hand_over(base, Owner::Batch, Owner::Free) {
             self.free.push(base);
         }
+    }
+
+    /// Takes back every chunk `port`'s socket held (its fill ring, its tx ring not yet completed),
+    /// once that socket is closed: the kernel no longer reaches them. Returns how many.
+    pub fn reclaim(&mut self, port: PortId) -> usize {
+        let mut reclaimed = 0;
+        for (i, owner) in self.owner.iter_mut().enumerate() {
+            if *owner == Owner::Kernel(port) {
+                *owner = Owner::Free;
+                self.free.push((i * CHUNK_SIZE) as u64);
+                reclaimed += 1;
+            }
+        }
+        reclaimed
+    }
+
+    /// Chunks on the rings of a socket that is none of `ports`: lost to the worker (none, unless a
+    /// removed port's chunks were not reclaimed).
+    pub fn orphaned(&self, ports: impl Fn(PortId) -> bool) -> usize {
+        self.owner
+            .iter()
+            .filter(|o| matches!(o, Owner::Kernel(p) if !ports(*p)))
+            .count()
+    }
+
+    #[cfg(test)]
+    fn held_by(&self, port: PortId) -> usize {
+        self.owner
+            .iter()
+            .filter(|o| **o == Owner::Kernel(port))
+            .count()
+    }
+
+    /// Chunks in the free list, lent to nobody.
+    pub fn free_chunks(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Chunks in all.
+    pub fn chunks(&self) -> usize {
+        self.owner.len()
     }
 }
 
@@ -326,6 +375,31 @@ impl Xsk {
     /// Opens a socket on `opts`, registering `umem` with it, or — with `share` — binding to the UMEM
     /// already registered with that socket (XDP_SHARED_UMEM).
     pub fn bind(umem: &Umem, share: Option<BorrowedFd<'_>>, opts: BindOptions) -> io::Result<Xsk> {
+        let registration = libc::xdp_umem_reg {
+            addr: umem.area.as_ptr() as u64,
+            len: umem.len as u64,
+            chunk_size: CHUNK_SIZE as u32,
+            headroom: 0,
+            flags: 0,
+            tx_metadata_len: 0,
+        };
+        match share {
+            None => Xsk::open(Some(&registration), None, opts),
+            Some(share) => Xsk::open(None, Some(share), opts),
+        }
+    }
+
+    /// Opens a socket on `opts` bound to the UMEM already registered with `share` (XDP_SHARED_UMEM):
+    /// what adds a port to a running worker, whose UMEM this thread cannot reach.
+    pub fn bind_shared(share: BorrowedFd<'_>, opts: BindOptions) -> io::Result<Xsk> {
+        Xsk::open(None, Some(share), opts)
+    }
+
+    fn open(
+        registration: Option<&libc::xdp_umem_reg>,
+        share: Option<BorrowedFd<'_>>,
+        opts: BindOptions,
+    ) -> io::Result<Xsk> {
         // SAFETY: plain socket(2); on success the fd is new and owned by nobody else.
         let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
@@ -333,16 +407,8 @@ impl Xsk {
         }
         // SAFETY: `fd` was just returned by socket(2).
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        if share.is_none() {
-            let reg = libc::xdp_umem_reg {
-                addr: umem.area.as_ptr() as u64,
-                len: umem.len as u64,
-                chunk_size: CHUNK_SIZE as u32,
-                headroom: 0,
-                flags: 0,
-                tx_metadata_len: 0,
-            };
-            setsockopt(&fd, libc::XDP_UMEM_REG, &reg)?;
+        if let Some(reg) = registration {
+            setsockopt(&fd, libc::XDP_UMEM_REG, reg)?;
         }
         let n = opts.ring_size;
         for opt in [
@@ -795,6 +861,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_closed_sockets_chunks_come_back_and_no_others() {
+        let mut umem = Umem::new(8).expect("mmap");
+        let (mut a, mut b) = (fake_kernel::socket(4), fake_kernel::socket(4));
+        assert_eq!(umem.fill(&mut a, PortId(1)), 4);
+        assert_eq!(umem.fill(&mut b, PortId(2)), 4);
+        assert_eq!(umem.free_chunks(), 0);
+        // The kernel receives one frame on b and the worker sends it out of a: a's tx ring holds it.
+        let base = b.kernel_take_fill().expect("a posted buffer");
+        assert!(b.kernel_receive(base + RX_OFFSET as u64, 60));
+        let (mut bases, mut frames) = (ArrayVec::new(), ArrayVec::new());
+        assert_eq!(umem.receive(&mut b, PortId(2), &mut bases, &mut frames), 0);
+        drop(frames);
+        assert!(umem.transmit(&mut a, PortId(1), base, base + RX_OFFSET as u64, 60));
+        assert_eq!((umem.held_by(PortId(1)), umem.held_by(PortId(2))), (5, 3));
+        drop(a);
+        assert_eq!(umem.reclaim(PortId(1)), 5, "its fill ring and its tx ring");
+        assert_eq!(umem.free_chunks(), 5);
+        assert_eq!(umem.held_by(PortId(2)), 3, "the other port keeps its own");
+        assert_eq!(umem.reclaim(PortId(1)), 0, "nothing twice");
+        assert_eq!(umem.orphaned(|p| p == PortId(2)), 0);
+        assert_eq!(umem.orphaned(|_| false), 3, "b's, were b gone unreclaimed");
+    }
+
+    #[test]
     fn a_lent_chunk_is_writable_and_comes_back_when_recycled() {
         let mut umem = Umem::new(2).expect("mmap");
         let (base, chunk) = umem.lend().expect("a free chunk");
@@ -817,16 +907,21 @@ mod tests {
         umem.recycle(0);
         assert_eq!(umem.free_chunks(), 4);
         assert!(
-            !umem.hand_over(4 * CHUNK_SIZE as u64, Owner::Free, Owner::Kernel),
+            !umem.hand_over(4 * CHUNK_SIZE as u64, Owner::Free, Owner::Kernel(PortId(0))),
             "beyond the UMEM"
         );
         let base = umem.free.pop().expect("a free chunk");
-        assert!(umem.hand_over(base, Owner::Free, Owner::Kernel));
+        let port = PortId(3);
+        assert!(umem.hand_over(base, Owner::Free, Owner::Kernel(port)));
         assert!(
             !umem.hand_over(base, Owner::Free, Owner::Batch),
             "already the kernel's"
         );
-        assert!(umem.hand_over(base, Owner::Kernel, Owner::Batch));
+        assert!(
+            !umem.hand_over(base, Owner::Kernel(PortId(4)), Owner::Batch),
+            "another port's socket never held it"
+        );
+        assert!(umem.hand_over(base, Owner::Kernel(port), Owner::Batch));
         umem.recycle(base);
         umem.recycle(base);
         assert_eq!(umem.free_chunks(), 4, "recycled once");

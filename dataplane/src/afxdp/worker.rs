@@ -3,6 +3,7 @@
 //! publish counters; sleep in poll(2) only when no port had anything. Every turn, busy or idle, beats
 //! the heartbeat that liveness checks read, and every [`KERNEL_COUNTERS_EVERY`] the kernel's own
 //! socket counters are read: a saturated worker never idles, and that is when the kernel drops.
+//! Between turns it takes the port changes [`super::PortControl`] queued (see [`super::ports`]).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use arrayvec::ArrayVec;
 
-use super::stats::{PortStats, SharedStats, WorkerStats};
+use super::ports::{BoundPort, PortCommand, PortCommands, PortControl, Released};
+use super::stats::{PortStats, SharedStats, UmemStats, WorkerStats};
 use super::sys::{self, BindOptions, Umem, Xsk, BURST};
 use super::{AfXdpError, BatchHandler};
 use crate::{DropReason, Frame, PortId, Verdict};
@@ -40,6 +42,10 @@ pub struct WorkerConfig {
     /// Busy polling (SO_PREFER_BUSY_POLL): the worker never sleeps and drives each device queue
     /// with an rx kick every turn. Costs a whole core; off by default.
     pub busy_poll: bool,
+    /// Ports that may be added while the worker runs (pods made after it started): the UMEM holds
+    /// two rings' worth of chunks for each, at `spare_ring_size` slots per ring.
+    pub spare_ports: u32,
+    pub spare_ring_size: u32,
 }
 
 impl WorkerConfig {
@@ -51,7 +57,16 @@ impl WorkerConfig {
             copy: true,
             idle_poll_ms: 10,
             busy_poll: false,
+            spare_ports: 0,
+            spare_ring_size: 256,
         }
+    }
+
+    /// Chunks the UMEM needs: two rings' worth per port, spare ports included, and a burst in hand.
+    fn chunks(&self) -> u32 {
+        let fixed = (self.ports.len() as u32).saturating_mul(self.ring_size * 2);
+        let spare = self.spare_ports.saturating_mul(self.spare_ring_size * 2);
+        fixed.saturating_add(spare).saturating_add(BURST as u32)
     }
 }
 
@@ -81,21 +96,25 @@ pub struct Worker {
     turns: u64,
     shared: Arc<SharedStats>,
     pollfds: Vec<libc::pollfd>,
+    /// Port changes queued by [`PortControl`]s; `None` until [`Worker::port_control`] is asked for.
+    commands: Option<PortCommands>,
+    /// The ports added while running, which count against `spare_ports`.
+    added: Vec<PortId>,
 }
 
 impl Worker {
     /// Maps the UMEM and binds one socket per port; all ports share the UMEM (XDP_SHARED_UMEM).
     pub fn bind(config: WorkerConfig) -> Result<Worker, AfXdpError> {
         let ring = config.ring_size;
-        if !ring.is_power_of_two() || ring < BURST as u32 {
-            return Err(AfXdpError::RingSize(ring));
+        for size in [ring, config.spare_ring_size] {
+            if !size.is_power_of_two() || size < BURST as u32 {
+                return Err(AfXdpError::RingSize(size));
+            }
         }
         if config.ports.is_empty() {
             return Err(AfXdpError::NoPorts);
         }
-        let chunks = (config.ports.len() as u32)
-            .saturating_mul(ring * 2)
-            .saturating_add(BURST as u32);
+        let chunks = config.chunks();
         let umem = Umem::new(chunks).map_err(|source| AfXdpError::Umem { chunks, source })?;
         let mut ports: Vec<Port> = Vec::with_capacity(config.ports.len());
         for pc in &config.ports {
@@ -129,21 +148,41 @@ impl Worker {
     /// The worker of bound sockets: their fill rings stocked, their counters ready.
     fn assemble(config: WorkerConfig, mut umem: Umem, mut ports: Vec<Port>) -> Worker {
         for port in &mut ports {
-            umem.fill(&mut port.xsk);
-        }
-        let mut index =
-            vec![None; 1 + ports.iter().map(|p| usize::from(p.id.0)).max().unwrap_or(0)];
-        for (i, p) in ports.iter().enumerate() {
-            if let Some(slot) = index.get_mut(usize::from(p.id.0)) {
-                *slot = Some(i as u16);
-            }
+            umem.fill(&mut port.xsk, port.id);
         }
         let ids: Vec<PortId> = ports.iter().map(|p| p.id).collect();
         let stats = WorkerStats {
             ports: ids.iter().map(|&id| PortStats::new(id)).collect(),
             ..WorkerStats::default()
         };
-        let pollfds = ports
+        let mut worker = Worker {
+            config,
+            umem,
+            ports,
+            index: Vec::new(),
+            stats,
+            turns: 0,
+            shared: Arc::new(SharedStats::new(ids)),
+            pollfds: Vec::new(),
+            commands: None,
+            added: Vec::new(),
+        };
+        worker.reindex();
+        worker.count_umem();
+        worker
+    }
+
+    /// Rebuilds what follows the port list: the port index and the poll set.
+    fn reindex(&mut self) {
+        let top = self.ports.iter().map(|p| usize::from(p.id.0)).max();
+        self.index = vec![None; 1 + top.unwrap_or(0)];
+        for (i, p) in self.ports.iter().enumerate() {
+            if let Some(slot) = self.index.get_mut(usize::from(p.id.0)) {
+                *slot = Some(i as u16);
+            }
+        }
+        self.pollfds = self
+            .ports
             .iter()
             .map(|p| libc::pollfd {
                 fd: p.xsk.as_fd().as_raw_fd(),
@@ -151,16 +190,107 @@ impl Worker {
                 revents: 0,
             })
             .collect();
-        Worker {
-            config,
-            umem,
-            ports,
-            index,
-            stats,
-            turns: 0,
-            shared: Arc::new(SharedStats::new(ids)),
-            pollfds,
+    }
+
+    /// What adds ports to this worker and removes them while it runs (sockets bound on its UMEM
+    /// through a duplicate of its first socket's descriptor).
+    pub fn port_control(&mut self) -> Result<PortControl, AfXdpError> {
+        let first = self.ports.first().ok_or(AfXdpError::NoPorts)?;
+        let share = first
+            .xsk
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| AfXdpError::Bind {
+                ifindex: 0,
+                queue: 0,
+                shared: true,
+                source,
+            })?;
+        let (control, commands) =
+            PortControl::new(share, self.config.spare_ring_size, self.config.copy);
+        self.commands = Some(commands);
+        Ok(control)
+    }
+
+    /// Carries out the port changes queued since the last turn.
+    fn apply_port_changes(&mut self) {
+        let Some(commands) = &self.commands else {
+            return;
+        };
+        for command in commands.take() {
+            match command {
+                PortCommand::Add(port, reply) => {
+                    let _ = reply.send(self.add_port(*port));
+                }
+                PortCommand::Remove(id, reply) => {
+                    let _ = reply.send(self.take_port(id));
+                }
+                PortCommand::Reclaim(id, reply) => {
+                    let _ = reply.send(self.reclaim_port(id));
+                }
+            }
         }
+    }
+
+    fn add_port(&mut self, port: BoundPort) -> Result<(), AfXdpError> {
+        let id = port.config.id;
+        if self.index_of(id).is_some() {
+            return Err(AfXdpError::PortTaken(id.0));
+        }
+        if self.added.len() >= self.config.spare_ports as usize {
+            return Err(AfXdpError::NoRoom(self.config.spare_ports));
+        }
+        let mut xsk = port.xsk;
+        self.umem.fill(&mut xsk, id);
+        self.ports.push(Port { id, xsk });
+        self.stats.ports.push(PortStats::new(id));
+        self.config.ports.push(port.config);
+        self.added.push(id);
+        self.reindex();
+        self.count_umem();
+        self.shared.relayout(&self.stats);
+        Ok(())
+    }
+
+    /// Takes port `id` off this worker (its tx ring flushed first: what it holds is the kernel's to
+    /// send or to drop) and hands its socket back, to be closed off this thread.
+    fn take_port(&mut self, id: PortId) -> Result<Box<Xsk>, AfXdpError> {
+        let i = self.index_of(id).ok_or(AfXdpError::UnknownPort(id.0))?;
+        self.ports[i].xsk.flush_tx();
+        let port = self.ports.remove(i);
+        self.stats.ports.remove(i);
+        self.config.ports.retain(|p| p.id != id);
+        self.added.retain(|p| *p != id);
+        self.reindex();
+        self.count_umem();
+        self.shared.relayout(&self.stats);
+        Ok(Box::new(port.xsk))
+    }
+
+    /// Every chunk a removed port's socket held back to the free list; its socket is closed, so the
+    /// kernel reaches none of them any more.
+    fn reclaim_port(&mut self, id: PortId) -> Released {
+        let chunks = if self.index_of(id).is_some() {
+            0
+        } else {
+            self.umem.reclaim(id)
+        };
+        self.count_umem();
+        Released { chunks }
+    }
+
+    #[cfg(test)]
+    fn remove_port(&mut self, id: PortId) -> Result<Released, AfXdpError> {
+        drop(self.take_port(id)?);
+        Ok(self.reclaim_port(id))
+    }
+
+    fn index_of(&self, id: PortId) -> Option<usize> {
+        self.index
+            .get(usize::from(id.0))
+            .copied()
+            .flatten()
+            .map(usize::from)
     }
 
     /// Each port's socket, to register in its interface's XSKMAP at the port's queue.
@@ -204,6 +334,7 @@ impl Worker {
     fn run<H: BatchHandler>(&mut self, handler: &mut H, stop: &AtomicBool) {
         let mut kernel_counters = Every::new(KERNEL_COUNTERS_EVERY, Instant::now());
         while !stop.load(Ordering::Relaxed) {
+            self.apply_port_changes();
             let (received, kicked) = self.poll_once(handler);
             self.turns = self.turns.wrapping_add(1);
             self.shared.beat(self.turns);
@@ -228,8 +359,9 @@ impl Worker {
     fn poll_once<H: BatchHandler>(&mut self, handler: &mut H) -> (usize, bool) {
         let (mut received, mut kicked) = (0, false);
         for i in 0..self.ports.len() {
-            self.umem.complete(&mut self.ports[i].xsk);
-            self.umem.fill(&mut self.ports[i].xsk);
+            let port = &mut self.ports[i];
+            self.umem.complete(&mut port.xsk, port.id);
+            self.umem.fill(&mut port.xsk, port.id);
             if self.config.busy_poll || self.ports[i].xsk.fill_needs_wakeup() {
                 self.ports[i].xsk.kick_rx();
                 self.stats.rx_kicks += 1;
@@ -304,16 +436,22 @@ impl Worker {
                 stats.kernel = k;
             }
         }
+        self.count_umem();
+    }
+
+    /// Counts the UMEM's chunks: free, and held by sockets that are no port any more.
+    fn count_umem(&mut self) {
+        let index = &self.index;
+        let known = |id: PortId| matches!(index.get(usize::from(id.0)), Some(Some(_)));
+        self.stats.umem = UmemStats {
+            chunks: self.umem.chunks() as u64,
+            free: self.umem.free_chunks() as u64,
+            orphaned: self.umem.orphaned(known) as u64,
+        };
     }
 
     fn transmit(&mut self, from: usize, out: PortId, base: u64, addr: u64, len: u32) {
-        let Some(j) = self
-            .index
-            .get(usize::from(out.0))
-            .copied()
-            .flatten()
-            .map(usize::from)
-        else {
+        let Some(j) = self.index_of(out) else {
             self.umem.recycle(base);
             if let Some(c) = self.stats.ports.get_mut(from) {
                 c.tx_unknown_port += 1;
@@ -323,7 +461,7 @@ impl Worker {
         let (Some(port), Some(c)) = (self.ports.get_mut(j), self.stats.ports.get_mut(j)) else {
             return;
         };
-        if self.umem.transmit(&mut port.xsk, base, addr, len) {
+        if self.umem.transmit(&mut port.xsk, out, base, addr, len) {
             c.tx += 1;
         } else {
             c.tx_ring_full += 1;
@@ -404,6 +542,7 @@ mod tests {
     use super::super::sys::{fake_kernel, CHUNK_SIZE, RX_OFFSET};
     use super::*;
     use crate::afxdp::CrossConnect;
+    use std::os::fd::OwnedFd;
 
     const RING: u32 = BURST as u32;
     const A: PortId = PortId(0);
@@ -545,6 +684,113 @@ mod tests {
             stocked, BURST,
             "completed buffers stock B's fill ring again"
         );
+    }
+
+    const C: PortId = PortId(7);
+
+    /// A worker on A and B with room for one more port.
+    fn worker_with_spare() -> Worker {
+        let mut w = worker_with(2 * RING * 2 + RING * 2 + BURST as u32);
+        w.config.spare_ports = 1;
+        w.config.spare_ring_size = RING;
+        w
+    }
+
+    fn bound(id: PortId) -> BoundPort {
+        BoundPort {
+            config: PortConfig {
+                id,
+                ifindex: 3,
+                queue: 0,
+            },
+            xsk: fake_kernel::socket(RING),
+        }
+    }
+
+    #[test]
+    fn a_port_added_and_removed_while_running_leaves_every_chunk_where_it_was() {
+        let mut w = worker_with_spare();
+        let mut h = CrossConnect::new(vec![(A, B), (C, A)]);
+        w.poll_once(&mut h);
+        let free_before = w.umem.free_chunks();
+        w.add_port(bound(C)).expect("room for one");
+        assert_eq!(
+            w.umem.free_chunks(),
+            free_before - RING as usize,
+            "C's fill ring"
+        );
+        // Frames from C go out of A; frames on A still go to B: nobody else was disturbed.
+        assert_eq!(receive(&mut w, 2, 4), 4);
+        assert_eq!(receive(&mut w, 0, 2), 2);
+        w.poll_once(&mut h);
+        assert_eq!(w.stats.port(C).map(|p| p.rx), Some(4));
+        assert_eq!((w.stats.ports[0].tx, w.stats.ports[1].tx), (4, 2));
+        let released = w.remove_port(C).expect("C is the worker's");
+        assert_eq!(
+            released.chunks, RING as usize,
+            "C's fill ring, stocked again"
+        );
+        assert!(w.stats.port(C).is_none());
+        assert!(matches!(w.remove_port(C), Err(AfXdpError::UnknownPort(7))));
+        // A frame for C now is a frame for an unknown port: freed, counted.
+        assert_eq!(receive(&mut w, 1, 1), 1);
+        w.poll_once(&mut h);
+        w.count_umem();
+        assert_eq!(w.stats.umem.orphaned, 0);
+        // The frames C sent are on A's tx ring until completed; completing them gives all back.
+        let sent: Vec<u64> = std::iter::from_fn(|| xsk(&mut w, 0).kernel_take_tx())
+            .map(|d| d.addr)
+            .collect();
+        for addr in sent {
+            assert!(xsk(&mut w, 0).kernel_complete(addr));
+        }
+        let sent_b: Vec<u64> = std::iter::from_fn(|| xsk(&mut w, 1).kernel_take_tx())
+            .map(|d| d.addr)
+            .collect();
+        for addr in sent_b {
+            assert!(xsk(&mut w, 1).kernel_complete(addr));
+        }
+        w.poll_once(&mut h);
+        assert_eq!(w.umem.free_chunks(), free_before, "every chunk back");
+    }
+
+    #[test]
+    fn ports_beyond_the_spare_room_are_refused() {
+        let mut w = worker_with_spare();
+        w.add_port(bound(C)).expect("room for one");
+        assert!(matches!(
+            w.add_port(bound(C)),
+            Err(AfXdpError::PortTaken(7))
+        ));
+        assert!(matches!(
+            w.add_port(bound(PortId(8))),
+            Err(AfXdpError::NoRoom(1))
+        ));
+        w.remove_port(C).expect("C is the worker's");
+        w.add_port(bound(PortId(8))).expect("room again");
+    }
+
+    #[test]
+    fn port_changes_are_taken_between_turns_through_the_control() {
+        let mut w = worker_with_spare();
+        let dev_null = std::fs::File::open("/dev/null").expect("/dev/null");
+        let (control, commands) = PortControl::new(OwnedFd::from(dev_null), RING, true);
+        w.commands = Some(commands);
+        let asking = std::thread::spawn(move || {
+            control.add(bound(C))?;
+            control.remove(C)
+        });
+        let mut h = cross();
+        let released = loop {
+            w.apply_port_changes();
+            w.poll_once(&mut h);
+            if asking.is_finished() {
+                break asking.join().expect("no panic");
+            }
+            std::thread::yield_now();
+        };
+        assert_eq!(released.expect("added, then removed").chunks, RING as usize);
+        assert_eq!(w.ports.len(), 2);
     }
 
     #[test]

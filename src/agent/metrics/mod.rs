@@ -87,8 +87,7 @@ impl MetricsView for StatusSources {
             .ports
             .into_iter()
             .map(|p| {
-                let named = self.ports.iter().find(|(id, _, _)| *id == p.port);
-                let named = named.map(|(_, name, role)| (name.clone(), *role));
+                let named = self.ports.get(p.port);
                 (p, named)
             })
             .collect()

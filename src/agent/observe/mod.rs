@@ -24,11 +24,11 @@ use meshpath_api::flow::{Event, FlowResponse, FlowTime, LostEventSource, LostEve
 use meshpath_api::status::FlowLogStatus;
 use meshpath_dataplane::afxdp::{PortStats, StatsReader};
 use meshpath_dataplane::flowlog::FlowEvent;
-use meshpath_dataplane::PortId;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use super::port_names::PortNames;
 use super::socket::{self, ConnectionError};
 use lost::LostCounters;
 pub use names::Names;
@@ -90,11 +90,11 @@ pub fn channel() -> (FlowSink, FlowSource) {
 pub struct KernelDrops {
     /// The worker's per-port counters, as it last published them.
     pub ports: Box<dyn Fn() -> Vec<PortStats> + Send>,
-    pub interfaces: Vec<(PortId, String)>,
+    pub interfaces: PortNames,
 }
 
 impl KernelDrops {
-    pub fn of(worker: StatsReader, interfaces: Vec<(PortId, String)>) -> KernelDrops {
+    pub fn of(worker: StatsReader, interfaces: PortNames) -> KernelDrops {
         KernelDrops {
             ports: Box::new(move || worker.read().ports),
             interfaces,
@@ -193,10 +193,7 @@ pub async fn collect(
         let mut losses: Vec<LostEvents> = lost.queue(queue_lost).into_iter().collect();
         if kernel_read.elapsed() >= KERNEL_EVERY {
             kernel_read = Instant::now();
-            let name = |port| {
-                let named = kernel.interfaces.iter().find(|(p, _)| *p == port);
-                named.map(|(_, interface)| interface.clone())
-            };
+            let name = |port| kernel.interfaces.get(port).map(|(interface, _)| interface);
             losses.extend(lost.kernel(&(kernel.ports)(), name));
         }
         for loss in losses {

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use super::*;
 use crate::agent::endpoints::EndpointDirectory;
 use crate::agent::identities::IdentityDirectory;
+use meshpath_dataplane::PortId;
 
 const X_WING: Ipv4Addr = Ipv4Addr::new(100, 64, 1, 10);
 const REBEL_C2: Ipv4Addr = Ipv4Addr::new(100, 65, 1, 10);
@@ -201,7 +202,7 @@ fn names_local_pods_remote_clusters_and_spoofers() {
 fn no_ports() -> KernelDrops {
     KernelDrops {
         ports: Box::new(Vec::new),
-        interfaces: vec![],
+        interfaces: Default::default(),
     }
 }
 
