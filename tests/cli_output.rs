@@ -34,6 +34,7 @@ fn mesh() -> ClusterMeshStatus {
         name: "cluster2".into(),
         ready: true,
         connected: true,
+        mutual_tls: true,
         endpoints_configured: 1,
         config_retrieved: true,
         cluster_id: Some(2),
@@ -567,7 +568,14 @@ fn clustermesh_status() {
         ),
         "{text}"
     );
-    assert!(text.contains("etcd: connected=true"), "{text}");
+    assert!(
+        text.contains("cluster2: ready") && text.contains("  └ etcd: connected=true, mutual TLS\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  └ etcd: connected=true, INSECURE (no client certificate)\n"),
+        "cluster3 is read without TLS: {text}"
+    );
     assert!(text.contains("cluster-id=2"), "{text}");
     let out = meshpath(&socket, &["clustermesh", "status", "-o", "json"]);
     assert_eq!(out.status.code(), Some(1));

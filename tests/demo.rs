@@ -6,7 +6,10 @@
 //! routing pod CIDRs), hybrid — and the capture on the fabric must show what each mode puts on the
 //! wire, every tunnelled frame's VNI the identity of the pod that sent it. Every agent reads its
 //! cluster from the lab's stand-in Kubernetes API server (`platform.source`), which serves what the
-//! demo's steps change. Run as users run it, `meshpath demo`, which execs `meshpath-demo` beside `meshpath`
+//! demo's steps change. Every etcd connection of every agent is mutual TLS (`platform.mtls`); the
+//! first run's etcds have 3 members, and killing cluster2's leader during x-wing's requests fails
+//! none and withdraws nothing (`platform.survives_etcd_leader_loss`; `null` in the other runs, whose
+//! etcds have one member). Run as users run it, `meshpath demo`, which execs `meshpath-demo` beside `meshpath`
 //! (`cargo test --workspace` builds every package's binaries before it runs a test; `cargo test -p
 //! meshpath` alone does not build it).
 
@@ -35,6 +38,13 @@ fn the_clustermesh_demo_works_end_to_end_in_every_routing_mode() {
         let report = demo(i, routing, tunnel);
         let mode = format!("{routing}/{tunnel}");
         assert_demo_checks(&report, &mode);
+        let platform = &report["platform"];
+        assert_eq!(platform["mtls"], true, "{mode}: {platform:#}");
+        let leader_loss = if i == 0 { json!(true) } else { Value::Null };
+        assert_eq!(
+            platform["survives_etcd_leader_loss"], leader_loss,
+            "{mode}: {platform:#}"
+        );
         let wire = &report["routing"];
         assert_eq!(
             (&wire["mode"], &wire["tunnel"]),
@@ -80,8 +90,10 @@ fn assert_identity_in_vni(vni: &Value, intra: bool, cross: bool, mode: &str) {
 fn demo(run: usize, routing: &str, tunnel: &str) -> Value {
     let prefix = format!("d{}{run}", std::process::id() % 10_000);
     let requests = REQUESTS.to_string();
+    let members = if run == 0 { "3" } else { "1" };
     let out = Command::new(env!("CARGO_BIN_EXE_meshpath"))
         .args(["demo", "-o", "json", "--requests", &requests])
+        .args(["--etcd-members", members])
         .args([
             "--routing",
             routing,

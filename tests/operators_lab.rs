@@ -110,7 +110,7 @@ fn operators_read_a_meshed_lab_as_they_read_cilium() {
     assert!(ok(&status), "cluster1's agent healthy");
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(
-        text.contains("KVStore:       Ok   etcd: 1/1 connected: http://198.18.1.1:2379 - "),
+        text.contains("KVStore:       Ok   etcd: 1/1 connected: https://198.18.1.1:2379 - "),
         "{text}"
     );
     let mesh = meshpath(&[
@@ -123,6 +123,11 @@ fn operators_read_a_meshed_lab_as_they_read_cilium() {
         c1,
     ]);
     assert!(ok(&mesh), "cluster2 ready for cluster1's agent");
+    let mesh_text = String::from_utf8_lossy(&mesh.stdout);
+    assert!(
+        mesh_text.contains("  └ etcd: connected=true, mutual TLS\n"),
+        "cluster2 read over mutual TLS: {mesh_text}"
+    );
     let status = meshpath(&["status", "--socket", c1]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(
@@ -140,6 +145,8 @@ fn operators_read_a_meshed_lab_as_they_read_cilium() {
     for line in [
         r#"cilium_clustermesh_remote_cluster_readiness_status{source_cluster="cluster1",source_node_name="c1-n1",target_cluster="cluster2"} 1"#,
         r#"cilium_clustermesh_remote_clusters{source_cluster="cluster1",source_node_name="c1-n1"} 1"#,
+        r#"meshpath_clustermesh_remote_cluster_insecure{source_cluster="cluster1",source_node_name="c1-n1",target_cluster="cluster2"} 0"#,
+        "meshpath_kvstore_insecure 0",
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }

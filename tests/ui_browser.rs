@@ -43,7 +43,7 @@ fn the_service_map_shows_the_demo_in_a_browser() {
     }
     std::env::set_var("MESHPATH_BIN", env!("CARGO_BIN_EXE_meshpath"));
     let prefix = format!("u{}", std::process::id() % 100_000);
-    let scene = Scene::build(&prefix, MeshOptions::default()).expect("the demo's lab");
+    let scene = Scene::build(&prefix, MeshOptions::default(), 1).expect("the demo's lab");
     steps::wait_for_mesh(&scene).expect("the clusters mesh");
     let sockets: Vec<PathBuf> = [(1, 1), (1, 2), (2, 1), (2, 2)]
         .iter()

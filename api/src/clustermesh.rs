@@ -18,6 +18,10 @@ pub struct RemoteClusterStatus {
     /// Connected, its configuration checked, every kind synced.
     pub ready: bool,
     pub connected: bool,
+    /// Whether the remote is read over mutual TLS; false only with its configuration's
+    /// `insecure: true`.
+    #[serde(default)]
+    pub mutual_tls: bool,
     pub endpoints_configured: u64,
     pub config_retrieved: bool,
     pub cluster_id: Option<u8>,
@@ -37,6 +41,12 @@ pub struct RemoteClusterStatus {
     pub usage: RemoteUsage,
     pub limits: RemoteLimits,
     pub failures: u64,
+    /// Full listings of the remote's state, the first included (each later one: a new session).
+    #[serde(default)]
+    pub listings: u64,
+    /// Watches that broke (an etcd member gone) and were resumed from the next revision.
+    #[serde(default)]
+    pub watch_resumes: u64,
     pub last_failure: Option<Timestamp>,
     pub last_error: Option<String>,
     pub connected_since: Option<Timestamp>,
@@ -150,7 +160,12 @@ pub fn render(mesh: Option<&ClusterMeshStatus>) -> String {
             "  {name}: {state}, {} nodes, {} endpoints, {} identities, {} services, {} failures (last: {last})",
             r.nodes, r.endpoints, r.identities, r.services, r.failures,
         );
-        let _ = writeln!(out, "  └ etcd: connected={}", r.connected);
+        let tls = if r.mutual_tls {
+            "mutual TLS"
+        } else {
+            "INSECURE (no client certificate)"
+        };
+        let _ = writeln!(out, "  └ etcd: connected={}, {tls}", r.connected);
         let cluster_id = r
             .cluster_id
             .map_or("unknown".to_owned(), |id| id.to_string());
@@ -226,7 +241,10 @@ mod tests {
             lines[1],
             "  cluster2: not ready, 0 nodes, 0 endpoints, 0 identities, 0 services, 1 failures (last: 2023-11-14T22:13:20Z)"
         );
-        assert_eq!(lines[2], "  └ etcd: connected=true");
+        assert_eq!(
+            lines[2],
+            "  └ etcd: connected=true, INSECURE (no client certificate)"
+        );
         assert!(lines[3].contains("cluster-id=2"), "{text}");
         assert!(
             lines[4].ends_with("nodes=false, endpoints=false, identities=false, services=false")

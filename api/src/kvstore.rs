@@ -14,6 +14,9 @@ pub struct KvStoreStatus {
     pub last_error: Option<String>,
     /// When the endpoints were last asked.
     pub checked_at: Option<Timestamp>,
+    /// Whether the agent talks to it over mutual TLS; false only with `etcd.insecure: true`.
+    #[serde(default)]
+    pub mutual_tls: bool,
 }
 
 named_enum! {
@@ -51,6 +54,7 @@ impl KvStoreStatus {
             endpoints: Vec::new(),
             last_error: None,
             checked_at: None,
+            mutual_tls: false,
         }
     }
 
@@ -90,6 +94,9 @@ pub fn line(status: &KvStoreStatus) -> String {
             (None, None) => {}
         }
     }
+    if !status.mutual_tls {
+        text.push_str(" (INSECURE: no client certificate)");
+    }
     text
 }
 
@@ -113,13 +120,14 @@ mod tests {
         assert_eq!(line(&KvStoreStatus::disabled()), "Ok   Disabled");
         let ok = KvStoreStatus {
             state: KvStoreState::Ok,
-            endpoints: vec![endpoint("http://198.18.1.1:2379", Some("3.5.17"), true)],
+            endpoints: vec![endpoint("https://198.18.1.1:2379", Some("3.5.17"), true)],
             last_error: None,
             checked_at: None,
+            mutual_tls: true,
         };
         assert_eq!(
             line(&ok),
-            "Ok   etcd: 1/1 connected: http://198.18.1.1:2379 - 3.5.17 (Leader)"
+            "Ok   etcd: 1/1 connected: https://198.18.1.1:2379 - 3.5.17 (Leader)"
         );
         assert!(ok.usable());
         let down = KvStoreStatus {
@@ -127,10 +135,11 @@ mod tests {
             endpoints: vec![endpoint("http://198.18.1.1:2379", None, false)],
             last_error: Some("connection refused".into()),
             checked_at: None,
+            mutual_tls: false,
         };
         assert_eq!(
             line(&down),
-            "Failure etcd: 0/1 connected: http://198.18.1.1:2379 - connection refused"
+            "Failure etcd: 0/1 connected: http://198.18.1.1:2379 - connection refused (INSECURE: no client certificate)"
         );
         assert!(!down.usable());
     }

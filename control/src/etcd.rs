@@ -49,6 +49,9 @@ pub async fn connect(target: &EtcdTarget<'_>) -> Result<Client, etcd_client::Err
         .with_connect_timeout(target.connect_timeout)
         .with_keep_alive(target.keep_alive, target.keep_alive)
         .with_keep_alive_while_idle(true);
+    if target.tls.is_none() {
+        tracing::warn!(endpoints = ?target.endpoints, "connecting to etcd without TLS (`insecure: true`): anyone on the path reads and can change the mesh's state");
+    }
     if let Some(tls) = target.tls {
         let tls = TlsOptions::new()
             .ca_certificate(Certificate::from_pem(&tls.ca))

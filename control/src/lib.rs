@@ -16,6 +16,7 @@ pub mod cluster_name;
 pub mod clustermesh;
 pub mod etcd;
 pub mod identity_alloc;
+pub mod identity_gc;
 pub mod kvstore;
 pub mod last_known;
 pub mod local;

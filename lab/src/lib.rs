@@ -16,6 +16,7 @@ pub mod down;
 pub mod echo;
 pub mod ip;
 pub mod mesh;
+pub mod pki;
 pub mod plan;
 pub mod status;
 pub mod up;

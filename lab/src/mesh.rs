@@ -2,7 +2,10 @@
 //! per cluster (on its first node) and one agent per node, every cluster meshed with every other. Each
 //! cluster's objects (its nodes and the lab's pods, as manifests) are a YAML directory that its
 //! stand-in serves ([`apiserver::process`](crate::apiserver::process)), and its agents read them
-//! from there with `source: kubernetes`, as from a cluster's API server. The processes run on after `lab up` returns;
+//! from there with `source: kubernetes`, as from a cluster's API server. Every etcd serves TLS only and
+//! requires a client certificate ([`pki`](crate::pki)); RBAC is on: the cluster's agents write as
+//! `root`, remote clusters read as `remote`, whose role reads `cilium/` and nothing else; with
+//! [`Plan::etcd_members`] 3, each cluster's etcd is a 3-member cluster. The processes run on after `lab up` returns;
 //! `lab down` ends them with the namespaces. Files live in [`dir`]. The agents are the `meshpath`
 //! binary [`agent_binary`](crate::agent_binary::agent_binary) finds.
 //!
@@ -19,6 +22,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use crate::apiserver::process as apiserver;
+use crate::pki::{ClusterPki, LabCa, REMOTE_USER};
 use crate::plan::{Node, Plan};
 
 /// How the lab's agents carry pod traffic between nodes: `dataplane.routing` of their configuration.
@@ -119,9 +123,11 @@ pub fn start_with(plan: &Plan, options: MeshOptions) -> anyhow::Result<()> {
     }
     let root = dir(&plan.prefix);
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let ca = LabCa::new().context("the lab's certificate authority")?;
     for &c in &plan.clusters {
         let nodes: Vec<&Node> = plan.nodes.iter().filter(|n| n.cluster == c).collect();
         let first = nodes.first().context("a cluster without nodes")?;
+        ca.write_cluster(&pki(plan, c), &[etcd_ip(c)])?;
         start_etcd(plan, first, true)?;
         write_state(&plan.prefix, c, &lab_objects(&nodes))?;
         apiserver::start(plan, c, true)?;
@@ -129,6 +135,7 @@ pub fn start_with(plan: &Plan, options: MeshOptions) -> anyhow::Result<()> {
     }
     for &c in &plan.clusters {
         wait_for_etcd(plan, c)?;
+        enable_rbac(plan, c)?;
     }
     for node in &plan.nodes {
         write_agent_config(plan, node, options)?;
@@ -151,8 +158,23 @@ pub(crate) fn log(plan: &Plan, name: &str) -> PathBuf {
     dir(&plan.prefix).join(format!("{name}.log"))
 }
 
-fn etcd_url(c: u8) -> String {
-    format!("http://198.18.{c}.1:2379")
+fn etcd_ip(c: u8) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(198, 18, c, 1)
+}
+
+/// The client URL of member `m` of cluster `c`'s etcd.
+fn member_url(c: u8, m: u8) -> String {
+    format!("https://{}:{}", etcd_ip(c), 2379 + 10 * u16::from(m))
+}
+
+/// Every member's client URL: what the agents and the remote clusters are given.
+pub fn etcd_urls(plan: &Plan, c: u8) -> Vec<String> {
+    (0..plan.etcd_members).map(|m| member_url(c, m)).collect()
+}
+
+/// Cluster `c`'s certificate files.
+pub fn pki(plan: &Plan, c: u8) -> ClusterPki {
+    ClusterPki::at(&cluster_dir(&plan.prefix, c))
 }
 
 /// Starts `args` inside `netns`, detached: it outlives this command, `lab down` ends it.
@@ -173,19 +195,44 @@ pub(crate) fn spawn_in(netns: &str, args: &[&str], log: &Path) -> anyhow::Result
     Ok(child.id())
 }
 
-/// Starts cluster `node.cluster`'s etcd on `node`; `fresh`: with an empty data directory.
+/// Starts cluster `node.cluster`'s etcd on `node`, every member; `fresh`: with empty data directories.
 fn start_etcd(plan: &Plan, node: &Node, fresh: bool) -> anyhow::Result<()> {
+    for member in 0..plan.etcd_members {
+        start_member(plan, node, member, fresh)?;
+    }
+    Ok(())
+}
+
+/// Member `m`'s name suffix: none for the first (a one-member etcd is named after its cluster).
+fn member_suffix(m: u8) -> String {
+    if m == 0 {
+        String::new()
+    } else {
+        format!("-m{m}")
+    }
+}
+
+fn peer_url(m: u8) -> String {
+    format!("http://127.0.0.1:{}", 2380 + 10 * u16::from(m))
+}
+
+fn start_member(plan: &Plan, node: &Node, m: u8, fresh: bool) -> anyhow::Result<()> {
     let c = node.cluster;
-    let data = cluster_dir(&plan.prefix, c).join("etcd");
+    let data = cluster_dir(&plan.prefix, c).join(format!("etcd{}", member_suffix(m)));
     if fresh {
         let _ = std::fs::remove_dir_all(&data);
     }
     std::fs::create_dir_all(&data)?;
-    let (client, name) = (etcd_url(c), format!("cluster{c}"));
+    let name = |m: u8| format!("cluster{c}{}", member_suffix(m));
+    let initial: Vec<String> = (0..plan.etcd_members)
+        .map(|m| format!("{}={}", name(m), peer_url(m)))
+        .collect();
+    let client = member_url(c, m);
+    let pki = pki(plan, c);
     let args = [
         "etcd",
         "--name",
-        &name,
+        &name(m),
         "--data-dir",
         &data.to_string_lossy(),
         "--listen-client-urls",
@@ -193,30 +240,84 @@ fn start_etcd(plan: &Plan, node: &Node, fresh: bool) -> anyhow::Result<()> {
         "--advertise-client-urls",
         &client,
         "--listen-peer-urls",
-        "http://127.0.0.1:2380",
+        &peer_url(m),
         "--initial-advertise-peer-urls",
-        "http://127.0.0.1:2380",
+        &peer_url(m),
         "--initial-cluster",
-        &format!("{name}=http://127.0.0.1:2380"),
+        &initial.join(","),
+        "--initial-cluster-token",
+        &format!("{}-cluster{c}", plan.prefix),
+        "--cert-file",
+        &pki.server_cert.to_string_lossy(),
+        "--key-file",
+        &pki.server_key.to_string_lossy(),
+        "--trusted-ca-file",
+        &pki.ca.to_string_lossy(),
+        "--client-cert-auth",
         // etcd 3.4 defaults to the deprecated capnslog and warns about it on every start.
         "--logger",
         "zap",
         "--log-outputs",
         "stderr",
     ];
-    let pid = spawn_in(&node.netns, &args, &log(plan, &format!("etcd-c{c}")))?;
+    let which = format!("etcd-c{c}{}", member_suffix(m));
+    let pid = spawn_in(&node.netns, &args, &log(plan, &which))?;
     std::fs::write(
-        dir(&plan.prefix).join(format!("etcd-c{c}.pid")),
+        dir(&plan.prefix).join(format!("{which}.pid")),
         pid.to_string(),
     )?;
     Ok(())
 }
 
+/// Kills member `m` of cluster `c`'s etcd (as a crash would).
+pub fn stop_etcd_member(plan: &Plan, c: u8, m: u8) -> anyhow::Result<()> {
+    let which = format!("etcd-c{c}{}", member_suffix(m));
+    let pid = std::fs::read_to_string(dir(&plan.prefix).join(format!("{which}.pid")))
+        .with_context(|| format!("{which}'s pid file"))?;
+    stop_pid(pid.trim(), "KILL").with_context(|| which)
+}
+
+/// The member of cluster `c`'s etcd that leads raft now.
+pub fn etcd_leader(plan: &Plan, c: u8) -> anyhow::Result<u8> {
+    let netns = &first_node(plan, c)?.netns;
+    for m in 0..plan.etcd_members {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                netns,
+                "etcdctl",
+                "--endpoints",
+                &member_url(c, m),
+            ])
+            .args(pki(plan, c).etcdctl_flags())
+            .args(["endpoint", "status", "-w", "json"])
+            .output()?;
+        let status: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+            Ok(status) => status,
+            Err(_) => continue,
+        };
+        let status = &status[0]["Status"];
+        if status["leader"].is_u64() && status["leader"] == status["header"]["member_id"] {
+            return Ok(m);
+        }
+    }
+    bail!("cluster{c}'s etcd has no leader")
+}
+
+fn first_node(plan: &Plan, c: u8) -> anyhow::Result<&Node> {
+    plan.nodes
+        .iter()
+        .find(|n| n.cluster == c)
+        .context("a cluster without nodes")
+}
+
 /// Kills cluster `c`'s etcd (as a crash or a network partition would take it away).
 pub fn stop_etcd(plan: &Plan, c: u8) -> anyhow::Result<()> {
-    let pid = std::fs::read_to_string(dir(&plan.prefix).join(format!("etcd-c{c}.pid")))
-        .context("etcd's pid file")?;
-    stop_pid(pid.trim(), "KILL").with_context(|| format!("etcd of cluster{c}"))
+    for m in 0..plan.etcd_members {
+        stop_etcd_member(plan, c, m)?;
+    }
+    Ok(())
 }
 
 /// Starts cluster `c`'s etcd again with its data, and waits until it answers.
@@ -237,19 +338,7 @@ fn wait_for_etcd(plan: &Plan, c: u8) -> anyhow::Result<()> {
         .find(|n| n.cluster == c)
         .context("cluster without nodes")?;
     let up = wait(Duration::from_secs(15), || {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &node.netns,
-                "etcdctl",
-                "--endpoints",
-                &etcd_url(c),
-                "endpoint",
-                "health",
-            ])
-            .output()
-            .is_ok_and(|o| o.status.success())
+        etcdctl(plan, &node.netns, c, &["endpoint", "health"]).is_ok()
     });
     if !up {
         bail!(
@@ -258,6 +347,78 @@ fn wait_for_etcd(plan: &Plan, c: u8) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs etcdctl against cluster `c`'s etcd as its `root` user, inside `netns`; its output.
+fn etcdctl(plan: &Plan, netns: &str, c: u8, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "etcdctl", "--endpoints"])
+        .arg(etcd_urls(plan, c).join(","))
+        .args(pki(plan, c).etcdctl_flags())
+        .args(args)
+        .output()
+        .context("running etcdctl")?;
+    if !out.status.success() {
+        bail!(
+            "etcdctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// etcdctl against cluster `c`'s etcd as an operator on its first node would run it (as `root`).
+pub fn etcdctl_in(plan: &Plan, c: u8, args: &[&str]) -> anyhow::Result<String> {
+    etcdctl(plan, &first_node(plan, c)?.netns, c, args)
+}
+
+/// Turns RBAC on in cluster `c`'s fresh etcd: `root` (the cluster's agents, by their certificate's
+/// CN) may do anything; `remote` may read `cilium/` and nothing else. Passwords are never used: the
+/// users authenticate with their certificates, and random ones are set because etcd 3.4 wants one.
+fn enable_rbac(plan: &Plan, c: u8) -> anyhow::Result<()> {
+    let netns = &plan
+        .nodes
+        .iter()
+        .find(|n| n.cluster == c)
+        .context("a cluster without nodes")?
+        .netns;
+    let password = |user: &str| format!("{user}:{:016x}", rand_u64());
+    let root = password("root");
+    let remote = password(REMOTE_USER);
+    let steps: [&[&str]; 7] = [
+        &["user", "add", &root],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "remote-read"],
+        &[
+            "role",
+            "grant-permission",
+            "remote-read",
+            "--prefix=true",
+            "read",
+            "cilium/",
+        ],
+        &["user", "add", &remote],
+        &["user", "grant-role", REMOTE_USER, "remote-read"],
+        &["auth", "enable"],
+    ];
+    for step in steps {
+        etcdctl(plan, netns, c, step).with_context(|| format!("RBAC of cluster{c}'s etcd"))?;
+    }
+    Ok(())
+}
+
+/// A password nobody types: the clock's nanoseconds and this process, hashed by std's random state.
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    hasher.finish()
 }
 
 /// The cluster's nodes and the lab's pods as Kubernetes objects; every pod labelled `name: <its name>`.
@@ -305,14 +466,29 @@ pub fn write_state(prefix: &str, c: u8, yaml: &str) -> anyhow::Result<()> {
     write_atomically(&state.join("lab.yaml"), yaml)
 }
 
+/// Cluster `c`'s clustermesh directory laid out as Cilium's Secret is mounted: one file per remote
+/// cluster, and the `common-etcd-client*` files every remote is read with (the read-only `remote`
+/// user's certificate; one CA signs every etcd's).
 fn write_mesh_config(plan: &Plan, c: u8) -> anyhow::Result<()> {
     let mesh = cluster_dir(&plan.prefix, c).join("clustermesh");
     let _ = std::fs::remove_dir_all(&mesh);
     std::fs::create_dir_all(&mesh)?;
+    let pki = pki(plan, c);
+    let common = |suffix: &str| mesh.join(format!("common-etcd-client{suffix}"));
+    std::fs::copy(&pki.ca, common("-ca.crt"))?;
+    std::fs::copy(&pki.remote_cert, common(".crt"))?;
+    std::fs::copy(&pki.remote_key, common(".key"))?;
     for other in plan.clusters.iter().filter(|o| **o != c) {
+        let endpoints: Vec<String> = etcd_urls(plan, *other)
+            .iter()
+            .map(|url| format!("- {url}\n"))
+            .collect();
         let file = format!(
-            "endpoints:\n- {}\ninsecure: true\ncluster-id: {other}\n",
-            etcd_url(*other)
+            "endpoints:\n{}trusted-ca-file: {}\ncert-file: {}\nkey-file: {}\ncluster-id: {other}\n",
+            endpoints.concat(),
+            common("-ca.crt").display(),
+            common(".crt").display(),
+            common(".key").display(),
         );
         std::fs::write(mesh.join(format!("cluster{other}")), file)?;
     }
@@ -346,7 +522,7 @@ fn write_agent_config(plan: &Plan, node: &Node, options: MeshOptions) -> anyhow:
          node: {{name: c{c}-n{n}, uplink: uplink, ipv4: {ip}, router-mac: \"{router}\"}}\n\
          pods:\n{pods}\
          dataplane: {{cores: [{core}], {routing}, conntrack-capacity: 65536, mtu: 1500}}\n\
-         etcd: {{endpoints: [\"{etcd}\"], insecure: true}}\n\
+         etcd: {{endpoints: [{etcd}], trusted-ca-file: {ca}, cert-file: {cert}, key-file: {key}}}\n\
          clustermesh: {{config-dir: {mesh}, grace-period: 10s}}\n\
          source: {{kubernetes: {{kubeconfig: {kubeconfig}}}}}\n\
          status-socket: {socket}\n\
@@ -358,7 +534,14 @@ fn write_agent_config(plan: &Plan, node: &Node, options: MeshOptions) -> anyhow:
         pins = pin_dir(&plan.prefix).join(format!("c{c}-n{n}")).display(),
         core = (c + n) % 2,
         routing = options.dataplane_keys(),
-        etcd = etcd_url(c),
+        etcd = etcd_urls(plan, c)
+            .iter()
+            .map(|url| format!("\"{url}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ca = pki(plan, c).ca.display(),
+        cert = pki(plan, c).agent_cert.display(),
+        key = pki(plan, c).agent_key.display(),
         mesh = cluster.join("clustermesh").display(),
         kubeconfig = apiserver::kubeconfig(&plan.prefix, c).display(),
         socket = socket(&plan.prefix, c, n).display(),

@@ -64,6 +64,8 @@ pub struct Plan {
     pub outside: String,
     pub clusters: Vec<u8>,
     pub nodes: Vec<Node>,
+    /// Members of each cluster's etcd (1, or 3 as production runs it), all on the cluster's first node.
+    pub etcd_members: u8,
 }
 
 /// The fabric router's address on cluster `c`'s bridge.
@@ -76,6 +78,12 @@ pub fn bridge(c: u8) -> String {
 }
 
 impl Plan {
+    /// Each cluster's etcd as `members` members.
+    pub fn with_etcd_members(mut self, members: u8) -> Self {
+        self.etcd_members = members.max(1);
+        self
+    }
+
     pub fn new(prefix: &str, size: Size) -> Result<Plan, PlanError> {
         let prefix_ok = (1..=8).contains(&prefix.len())
             && prefix
@@ -105,6 +113,7 @@ impl Plan {
             outside: format!("{prefix}-outside"),
             clusters,
             nodes,
+            etcd_members: 1,
         })
     }
 

@@ -18,6 +18,8 @@ use meshpath_control::snapshot::{
     spawn_builder, Change, NodeSpec, PodPorts, SnapshotBuilder, SnapshotSink,
 };
 use meshpath_control::ClusterName;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +40,7 @@ pub struct Directories {
     pub endpoints: EndpointDirectory,
     pub readiness: Readiness,
     pub known: Recorder,
+    pub publication: PublicationMetrics,
 }
 
 /// How long this agent's keys outlive it in etcd if it dies without withdrawing them.
@@ -74,6 +77,10 @@ pub async fn start(
         Some(etcd) => {
             // Certificates are read now: a missing file is a configuration error, not an outage.
             let tls = tls_material(etcd)?;
+            directories
+                .publication
+                .kvstore_insecure
+                .set(i64::from(tls.is_none()));
             let nodes = (directories.clone(), cluster.to_string());
             tasks.spawn(resolve_with_etcd(
                 etcd.clone(),
@@ -155,7 +162,9 @@ async fn forward_ports(
 }
 
 /// Resolves every new local state and hands it to the builder; a failure is logged and the next state
-/// tried, the last good snapshot staying in force.
+/// tried, the last good snapshot staying in force. Between states, the publisher's upkeep runs every
+/// [`UPKEEP_EVERY`] and at once when its lease is lost. On stop, the lead is given up; this agent's own
+/// keys expire with its lease unless the next agent on this node takes them over first.
 async fn resolve_forever<A: IdentitySource + Send>(
     mut resolver: Resolver<A>,
     mut local: watch::Receiver<Arc<LocalState>>,
@@ -163,7 +172,12 @@ async fn resolve_forever<A: IdentitySource + Send>(
     changes: mpsc::Sender<Change>,
     cancel: CancellationToken,
 ) {
-    let mut synced = false;
+    let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
+    upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The lead first: its holder publishes the cluster-config with its first state, so that remote
+    // clusters do not find the cluster without one.
+    upkeep.tick().await;
+    take_care(&mut resolver, &directories.publication).await;
     loop {
         let state = local.borrow_and_update().clone();
         directories.nodes.record_local(&cluster, &state);
@@ -180,25 +194,100 @@ async fn resolve_forever<A: IdentitySource + Send>(
                     .await
                     .is_err()
                 {
-                    return;
-                }
-                // The canaries say "all written": only once the first complete state is.
-                if let (false, Some(publisher)) = (synced, resolver.publisher_mut()) {
-                    match publisher.mark_synced().await {
-                        Ok(()) => synced = true,
-                        Err(error) => tracing::warn!(%error, "sync canaries not written yet"),
-                    }
+                    break;
                 }
             }
             Err(error) => {
                 tracing::warn!(%error, "local state not resolved; the last snapshot stays")
             }
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            changed = local.changed() => if changed.is_err() { return },
+        let mut lost = resolver.publisher_mut().map(|p| p.lease().lost.clone());
+        let resolve_again = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break false,
+                changed = local.changed() => break changed.is_ok(),
+                _ = lease_lost(&mut lost) => {
+                    lost = None;
+                    if take_care(&mut resolver, &directories.publication).await { break true }
+                }
+                _ = upkeep.tick() => {
+                    if take_care(&mut resolver, &directories.publication).await { break true }
+                }
+            }
+        };
+        if !resolve_again {
+            break;
         }
     }
+    match tokio::time::timeout(LEAVE_TIMEOUT, resolver.leave()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "the cluster-wide lead not given up: it expires with this agent's lease")
+        }
+        Err(_) => tracing::warn!(
+            "etcd did not answer in time: the cluster-wide lead expires with this agent's lease"
+        ),
+    }
+}
+
+/// How often the publisher checks its lease and keys and campaigns for the cluster-wide records.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// How long a stopping agent waits for etcd to take its resignation of the lead.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Waits until the lease is lost; forever without one.
+async fn lease_lost(lost: &mut Option<watch::Receiver<bool>>) {
+    if let Some(lost) = lost {
+        if lost.wait_for(|l| *l).await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
+/// One upkeep round, counted; whether the local state must be resolved (and published) again.
+async fn take_care<A: IdentitySource + Send>(
+    resolver: &mut Resolver<A>,
+    metrics: &PublicationMetrics,
+) -> bool {
+    match resolver.upkeep().await {
+        Ok(None) => false,
+        Ok(Some(upkeep)) => {
+            if upkeep.lease_recovered {
+                metrics.lease_recoveries.inc();
+                let changed = upkeep.identities_changed.len();
+                tracing::warn!(
+                    identities_changed = changed,
+                    "etcd lease recovered: this agent's keys published again"
+                );
+            }
+            metrics.keys_restored.inc_by(upkeep.keys_restored as u64);
+            if let Some(round) = upkeep.gc {
+                metrics.identities_collected.inc_by(round.deleted as u64);
+            }
+            metrics.leading.set(i64::from(upkeep.leading));
+            upkeep.lease_recovered || upkeep.lead_changed()
+        }
+        Err(error) => {
+            tracing::warn!(%error, "publication upkeep failed; retried at the next round");
+            false
+        }
+    }
+}
+
+/// What the metrics export of this agent's publication into its cluster's etcd.
+#[derive(Clone, Debug, Default)]
+pub struct PublicationMetrics {
+    /// Leases found lost and replaced, everything written again.
+    pub lease_recoveries: Counter,
+    /// Keys found deleted behind the agent's back and written again.
+    pub keys_restored: Counter,
+    /// 1 while this agent writes the cluster-wide records.
+    pub leading: Gauge,
+    /// Unused identities the identity GC deleted (while this agent led).
+    pub identities_collected: Counter,
+    /// 1 while this cluster's etcd is reached without mutual TLS (`etcd.insecure: true`).
+    pub kvstore_insecure: Gauge,
 }
 
 /// Passes the remote clusters' events on to the builder, noting their nodes and identities on the way.
@@ -291,8 +380,8 @@ async fn connect_etcd(
     }
 }
 
-/// The resolver of a cluster with an etcd: identities allocated cluster-wide, every change published
-/// under this agent's lease.
+/// The resolver of a cluster with an etcd: identities allocated cluster-wide, every change of this
+/// agent's share published under its lease.
 async fn etcd_resolver(
     etcd: &EtcdSection,
     tls: Option<&TlsMaterial>,

@@ -478,10 +478,44 @@ mod tests {
             assert!(script.lines().any(|l| l == line), "{line}");
         }
         for volume in pod["volumes"].as_array().unwrap() {
-            if let Some(secret) = volume.get("secret") {
+            if let Some(secret) = volume.get("secret").or_else(|| volume.get("projected")) {
                 assert_eq!(secret["defaultMode"], 0o400, "{volume:?}");
             }
         }
+        the_clustermesh_secrets_are_projected_as_cilium_does(pod);
+    }
+
+    /// Where Cilium's tooling points the certificate paths of its clustermesh Secret.
+    fn the_clustermesh_secrets_are_projected_as_cilium_does(pod: &serde_json::Value) {
+        let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+        let mount = mounts
+            .iter()
+            .find(|m| m["mountPath"] == "/var/lib/cilium/clustermesh")
+            .expect("the clustermesh secrets mounted where Cilium's files point");
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        let sources = volume["projected"]["sources"].as_array().unwrap();
+        let paths: Vec<&str> = sources
+            .iter()
+            .flat_map(|s| s["secret"]["items"].as_array().into_iter().flatten())
+            .map(|item| item["path"].as_str().unwrap())
+            .collect();
+        for prefix in ["common", "local"] {
+            for suffix in [".crt", ".key", "-ca.crt"] {
+                let file = format!("{prefix}-etcd-client{suffix}");
+                assert!(paths.contains(&file.as_str()), "{file} in {paths:?}");
+            }
+        }
+        assert!(
+            sources
+                .iter()
+                .any(|s| s["secret"]["name"] == "cilium-clustermesh"
+                    && s["secret"]["items"].is_null())
+        );
     }
 
     async fn wait_for<F, Fut>(mut condition: F) -> bool

@@ -72,7 +72,7 @@ pub async fn probe_forever(
         for endpoint in &mut endpoints {
             seen.push(endpoint.probe(tls.as_ref(), &latency).await);
         }
-        status.send_replace(fold(seen, SystemTime::now()));
+        status.send_replace(fold(seen, SystemTime::now(), tls.is_some()));
     }
 }
 
@@ -143,7 +143,7 @@ impl Endpoint {
 }
 
 /// One round's answers as a status: ok when every endpoint answered, degraded when some did.
-fn fold(endpoints: Vec<EtcdEndpoint>, at: SystemTime) -> KvStoreStatus {
+fn fold(endpoints: Vec<EtcdEndpoint>, at: SystemTime, mutual_tls: bool) -> KvStoreStatus {
     let up = endpoints.iter().filter(|e| e.connected).count();
     let state = match up {
         _ if endpoints.is_empty() => KvStoreState::Disabled,
@@ -160,6 +160,7 @@ fn fold(endpoints: Vec<EtcdEndpoint>, at: SystemTime) -> KvStoreStatus {
         endpoints,
         last_error,
         checked_at: Some(Timestamp(at)),
+        mutual_tls,
     }
 }
 
@@ -174,14 +175,14 @@ pub fn spawn(
         return Ok(None);
     };
     let tls = super::control::tls_material(etcd)?;
-    let (status, board) = watch::channel(waiting(&etcd.endpoints));
+    let (status, board) = watch::channel(waiting(&etcd.endpoints, tls.is_some()));
     let endpoints = etcd.endpoints.clone();
     tasks.spawn(probe_forever(endpoints, tls, latency, status, cancel));
     Ok(Some(board))
 }
 
 /// Before the first round: every endpoint not asked yet.
-pub fn waiting(endpoints: &[String]) -> KvStoreStatus {
+pub fn waiting(endpoints: &[String], mutual_tls: bool) -> KvStoreStatus {
     KvStoreStatus {
         state: KvStoreState::Waiting,
         endpoints: endpoints
@@ -197,6 +198,7 @@ pub fn waiting(endpoints: &[String]) -> KvStoreStatus {
             .collect(),
         last_error: None,
         checked_at: None,
+        mutual_tls,
     }
 }
 
@@ -218,16 +220,19 @@ mod tests {
     #[test]
     fn a_round_folds_into_one_state() {
         let now = SystemTime::now();
-        assert_eq!(fold(vec![endpoint(true)], now).state, KvStoreState::Ok);
-        let half = fold(vec![endpoint(true), endpoint(false)], now);
+        assert_eq!(
+            fold(vec![endpoint(true)], now, true).state,
+            KvStoreState::Ok
+        );
+        let half = fold(vec![endpoint(true), endpoint(false)], now, true);
         assert_eq!(half.state, KvStoreState::Degraded);
         assert_eq!(half.last_error.as_deref(), Some("connection refused"));
         assert_eq!(
-            fold(vec![endpoint(false)], now).state,
+            fold(vec![endpoint(false)], now, true).state,
             KvStoreState::Failing
         );
         assert_eq!(
-            waiting(&["http://x:2379".into()]).state,
+            waiting(&["http://x:2379".into()], false).state,
             KvStoreState::Waiting
         );
     }

@@ -143,6 +143,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         endpoints: endpoints::EndpointDirectory::default(),
         readiness: health::Readiness::default(),
         known: last_known::Recorder::load(&config, control::cluster_name(&config)?),
+        publication: control::PublicationMetrics::default(),
     };
     let (nodes, identities) = (directories.nodes.clone(), directories.identities.clone());
     let (readiness, known) = (directories.readiness.clone(), directories.known.clone());
@@ -227,7 +228,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         &mut tasks,
         sources,
         hub,
-        || metrics::registry(scraped, latency, etcd_latency),
+        || metrics::registry(scraped, latency, etcd_latency, &directories.publication),
         &cancel,
     )?;
     let pods = Arc::new(pods::Pods::new(

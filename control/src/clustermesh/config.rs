@@ -1,6 +1,12 @@
 //! The ClusterMesh configuration directory: one YAML file per remote cluster, the file name being the
 //! cluster's name (optionally with `.yaml`/`.yml`). Loading reads the TLS material too, so that a flipped
 //! secret mount (new certificate under the same path) shows up as a changed [`RemoteConfig`].
+//!
+//! Cilium's tooling (its Helm chart's `clustermesh-config/_helpers.tpl`, `cilium clustermesh
+//! enable/connect`) writes absolute certificate paths into its mount,
+//! `/var/lib/cilium/clustermesh/common-etcd-client{.crt,.key,-ca.crt}` (or
+//! `<cluster>.etcd-client*`); such a path is read from the directory the files are actually in, so a
+//! Secret written by Cilium's tooling works unchanged wherever it is mounted.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +29,17 @@ struct RemoteFile {
     insecure: bool,
     /// The id the remote must announce in its cluster-config (a meshpath addition; optional).
     cluster_id: Option<u8>,
+}
+
+/// Where Cilium's agent mounts its clustermesh Secret, and its tooling points certificate paths.
+pub const CILIUM_MOUNT: &str = "/var/lib/cilium/clustermesh";
+
+/// A certificate path of a file in `dir`: relative to `dir`, and Cilium's mount read as `dir`.
+fn resolve(dir: &Path, path: &Path) -> PathBuf {
+    match path.strip_prefix(CILIUM_MOUNT) {
+        Ok(inside) => dir.join(inside),
+        Err(_) => dir.join(path),
+    }
 }
 
 /// PEM bytes for mutual TLS, read when the file was loaded.
@@ -224,7 +241,7 @@ pub fn load_file(name: &ClusterName, path: &Path) -> Result<RemoteConfig, Config
     let tls = match (&file.trusted_ca_file, &file.cert_file, &file.key_file) {
         (Some(ca), Some(cert), Some(key)) => {
             let mut read = |p: &PathBuf| {
-                let p = path.parent().unwrap_or(Path::new(".")).join(p);
+                let p = resolve(path.parent().unwrap_or(Path::new(".")), p);
                 let pem = std::fs::read(&p).map_err(|e| invalid(format!("{}: {e}", p.display())));
                 tls_paths.push(p);
                 pem

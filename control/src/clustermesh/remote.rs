@@ -131,6 +131,7 @@ pub fn spawn_remote(
     let cancel = cancel.child_token();
     let mut status = RemoteStatus::new(&config.name, config.endpoints.len());
     status.limits = options.limits;
+    status.mutual_tls = config.tls.is_some();
     let refusals = Refusals::new(config.name.to_string());
     let remote = Remote {
         config: Arc::new(config),
@@ -249,6 +250,7 @@ impl Remote {
     }
 
     async fn on_listed(&mut self, listing: Listing) {
+        self.status.listings += 1;
         self.status.connected = true;
         self.status.connected_since = Some(SystemTime::now());
         self.status.disconnected_since = None;
@@ -288,6 +290,20 @@ impl Remote {
             }
             Msg::Synced(kind) => self.mirror.mark_synced(kind),
             Msg::Refused(refused) => self.on_refused(refused),
+            Msg::WatchBroken(error) => {
+                self.status.failures += 1;
+                self.status.last_failure = Some(SystemTime::now());
+                self.status.connected = false;
+                self.status.disconnected_since = Some(SystemTime::now());
+                self.status.last_error = Some(error);
+                return;
+            }
+            Msg::WatchResumed => {
+                self.status.watch_resumes += 1;
+                self.status.connected = true;
+                self.status.disconnected_since = None;
+                return;
+            }
             Msg::Listed(_) | Msg::Failed(_) => return,
         };
         self.emit(events).await;

@@ -38,6 +38,11 @@ pub(super) enum Msg {
     },
     Synced(Kind),
     Refused(Refused),
+    /// The watch broke (its etcd member went away, say): disconnected until it is resumed.
+    WatchBroken(String),
+    /// The broken watch was opened again from the revision after the last one seen: nothing missed,
+    /// nothing listed again.
+    WatchResumed,
     Failed(RemoteError),
 }
 
@@ -93,10 +98,51 @@ pub(super) async fn run_session(
         id,
     };
     let revision = list(&mut kv, &endpoints, options, origin, canaries, tx).await?;
-    let watch = WatchOptions::new()
-        .with_prefix()
-        .with_start_revision(revision + 1);
-    watch_changes(&client, &endpoints, options, watch, &config_key, origin, tx).await
+    let mut next = revision + 1;
+    let mut quick_failures = 0;
+    let mut resuming = false;
+    loop {
+        let started = std::time::Instant::now();
+        let watch = Watch {
+            next: &mut next,
+            resuming,
+            config_key: &config_key,
+        };
+        let err = match watch_changes(&client, &endpoints, options, watch, origin, tx).await {
+            Err(
+                err @ (RemoteError::Etcd { .. }
+                | RemoteError::Timeout { .. }
+                | RemoteError::WatchEnded),
+            ) => err,
+            other => return other,
+        };
+        // A watch that ran a while broke (its member went away): resume it from the next revision
+        // through the client, which reaches the other members. One that cannot be opened again
+        // soon ends the session: the remote is unreachable, and the next session lists it again.
+        quick_failures = if started.elapsed() > options.request_timeout {
+            0
+        } else {
+            quick_failures + 1
+        };
+        if quick_failures > MAX_QUICK_RESUMES {
+            return Err(err);
+        }
+        tracing::info!(cluster = %config.name, from = next, %err, "watch broken: resuming it from the next revision");
+        send(tx, Msg::WatchBroken(err.to_string())).await?;
+        tokio::time::sleep(options.backoff_min).await;
+        resuming = true;
+    }
+}
+
+/// Resumptions of a watch that broke again at once before the session gives up.
+const MAX_QUICK_RESUMES: u32 = 1;
+
+/// Where a watch starts: `next` is the revision after the last one seen, advanced as events come.
+struct Watch<'a> {
+    next: &'a mut i64,
+    /// A broken watch opened again: says so once etcd has accepted it.
+    resuming: bool,
+    config_key: &'a str,
 }
 
 fn cluster_config(value: &[u8], limits: &RemoteLimits) -> Result<ClusterConfig, RemoteError> {
@@ -187,25 +233,36 @@ async fn watch_changes(
     client: &Client,
     endpoints: &str,
     options: &RemoteOptions,
-    watch: WatchOptions,
-    config_key: &str,
+    watch: Watch<'_>,
     origin: Origin<'_>,
     tx: &mpsc::Sender<Msg>,
 ) -> Result<(), RemoteError> {
+    let Watch {
+        next,
+        mut resuming,
+        config_key,
+    } = watch;
     let mut watch_client = client.watch_client();
-    let start = watch_client.watch(ROOT, Some(watch));
+    let options_from = WatchOptions::new().with_prefix().with_start_revision(*next);
+    let start = watch_client.watch(ROOT, Some(options_from));
     let mut stream = timed(endpoints, options.request_timeout, start).await?;
     loop {
-        let resp = stream
-            .message()
-            .await
-            .map_err(|e| etcd_error(endpoints, &e))?;
+        let message = stream.message();
+        let resp = if resuming {
+            timed(endpoints, options.request_timeout, message).await?
+        } else {
+            message.await.map_err(|e| etcd_error(endpoints, &e))?
+        };
         let resp = resp.ok_or(RemoteError::WatchEnded)?;
         if resp.canceled() {
             return Err(RemoteError::WatchCanceled(resp.cancel_reason().to_owned()));
         }
+        if std::mem::take(&mut resuming) {
+            send(tx, Msg::WatchResumed).await?;
+        }
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
+            *next = (*next).max(kv.mod_revision() + 1);
             if kv.key() == config_key.as_bytes() {
                 cluster_config_still(
                     kv,

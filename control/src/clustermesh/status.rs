@@ -51,6 +51,9 @@ pub struct RemoteStatus {
     /// Connected, its configuration checked, every kind synced.
     pub ready: bool,
     pub connected: bool,
+    /// Whether the remote is read over mutual TLS (a client certificate); false only with the
+    /// configuration's `insecure: true`.
+    pub mutual_tls: bool,
     pub endpoints_configured: usize,
     pub config_retrieved: bool,
     pub cluster_id: Option<u8>,
@@ -74,6 +77,11 @@ pub struct RemoteStatus {
     pub usage: Usage,
     pub limits: RemoteLimits,
     pub failures: u64,
+    /// Full listings of the remote's state, the first included: each later one is a watch that
+    /// could not be resumed (a new session).
+    pub listings: u64,
+    /// Watches that broke and were resumed from the next revision, with nothing listed again.
+    pub watch_resumes: u64,
     #[serde(serialize_with = "rfc3339")]
     pub last_failure: Option<SystemTime>,
     pub last_error: Option<String>,
@@ -110,6 +118,15 @@ impl fmt::Display for CidrConflict {
             "pod CIDR {} of node {} refused: overlaps {}'s {}",
             self.prefix, self.node, self.other_cluster, self.other_prefix
         )
+    }
+}
+
+/// How an etcd connection is secured, for status lines.
+pub fn tls_word(mutual_tls: bool) -> &'static str {
+    if mutual_tls {
+        "mutual TLS"
+    } else {
+        "INSECURE (no client certificate)"
     }
 }
 
@@ -171,9 +188,10 @@ impl fmt::Display for RemoteStatus {
         )?;
         writeln!(
             f,
-            "└ etcd: {}/{} connected",
+            "└ etcd: {}/{} connected, {}",
             u8::from(self.connected),
-            self.endpoints_configured
+            self.endpoints_configured,
+            tls_word(self.mutual_tls)
         )?;
         let id = self
             .cluster_id
@@ -262,7 +280,10 @@ mod tests {
             "ClusterMesh: 1/2 clusters ready, 4 global-services"
         );
         assert!(lines[1].starts_with("  cluster2: ready, 0 nodes"), "{text}");
-        assert_eq!(lines[2], "  └ etcd: 0/1 connected");
+        assert_eq!(
+            lines[2],
+            "  └ etcd: 0/1 connected, INSECURE (no client certificate)"
+        );
         assert!(text.contains("\n  cluster3: not-ready,"), "{text}");
     }
 
@@ -271,6 +292,7 @@ mod tests {
         let mut status = RemoteStatus::new(&ClusterName::new("cluster2").unwrap(), 1);
         status.ready = true;
         status.connected = true;
+        status.mutual_tls = true;
         status.config_retrieved = true;
         status.cluster_id = Some(2);
         status.sync_canaries = true;
@@ -287,7 +309,7 @@ mod tests {
             status.services,
         ) = (2, 12, 5, 0);
         let expected = "cluster2: ready, 2 nodes, 12 endpoints, 5 identities, 0 services, 0 failures (last: never)
-└ etcd: 1/1 connected
+└ etcd: 1/1 connected, mutual TLS
 └ remote configuration: expected=true, retrieved=true, cluster-id=2, sync-canaries=true
 └ synchronization status: nodes=true, endpoints=true, identities=true, services=true";
         assert_eq!(status.to_string(), expected);

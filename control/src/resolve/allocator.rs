@@ -21,6 +21,13 @@ pub trait IdentitySource {
     /// This agent no longer uses `labels`.
     fn release(&mut self, labels: &LabelSet)
         -> impl Future<Output = Result<(), AllocError>> + Send;
+
+    /// Claims every held label set again under `lease` (the agent's old lease was lost); returns the
+    /// label sets whose identity changed meanwhile, with the new identity.
+    fn reclaim(
+        &mut self,
+        lease: i64,
+    ) -> impl Future<Output = Result<Vec<(LabelSet, Identity)>, AllocError>> + Send;
 }
 
 impl IdentitySource for IdentityAllocator {
@@ -36,6 +43,13 @@ impl IdentitySource for IdentityAllocator {
         labels: &LabelSet,
     ) -> impl Future<Output = Result<(), AllocError>> + Send {
         IdentityAllocator::release(self, labels)
+    }
+
+    fn reclaim(
+        &mut self,
+        lease: i64,
+    ) -> impl Future<Output = Result<Vec<(LabelSet, Identity)>, AllocError>> + Send {
+        IdentityAllocator::reclaim(self, lease)
     }
 }
 
@@ -113,6 +127,14 @@ impl IdentitySource for MemoryAllocator {
             self.free.insert(id.get());
         }
         std::future::ready(Ok(()))
+    }
+
+    /// Memory has no lease to lose.
+    fn reclaim(
+        &mut self,
+        _lease: i64,
+    ) -> impl Future<Output = Result<Vec<(LabelSet, Identity)>, AllocError>> + Send {
+        std::future::ready(Ok(Vec::new()))
     }
 }
 

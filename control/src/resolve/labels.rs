@@ -1,8 +1,12 @@
-//! A pod's identity labels: its own labels, its namespace and its cluster. The dataplane matches them
-//! without a source prefix; the kvstore label string carries Cilium's `k8s:` source.
+//! A pod's identity labels: its own labels that Cilium's default filter keeps ([`label_filter`]), its
+//! namespace and its cluster. The dataplane matches them without a source prefix; the kvstore label
+//! string carries Cilium's `k8s:` source.
+//!
+//! [`label_filter`]: super::label_filter
 
 use meshpath_dataplane::policy::{Labels, CLUSTER_LABEL};
 
+use super::label_filter::identity_relevant;
 use crate::cluster_name::ClusterName;
 use crate::kvstore::{LabelError, LabelSet};
 use crate::local::{LocalPod, NAMESPACE_LABEL};
@@ -12,7 +16,11 @@ pub const LABEL_SOURCE: &str = "k8s";
 
 /// The labels a pod's security identity is made of.
 pub fn identity_labels(pod: &LocalPod, cluster: &ClusterName) -> Labels {
-    let mut labels: Labels = pod.labels.iter().collect();
+    let mut labels: Labels = pod
+        .labels
+        .iter()
+        .filter(|(key, _)| identity_relevant(key))
+        .collect();
     labels.insert(NAMESPACE_LABEL, &pod.pod.namespace);
     labels.insert(CLUSTER_LABEL, cluster.as_str());
     labels
@@ -60,6 +68,20 @@ mod tests {
         assert_eq!(
             label_set(&labels).unwrap().to_string(),
             "k8s:io.cilium.k8s.policy.cluster=cluster1;k8s:io.kubernetes.pod.namespace=empire;k8s:name=x-wing;"
+        );
+    }
+
+    #[test]
+    fn a_rollout_does_not_change_the_identity_labels() {
+        let c = ClusterName::new("cluster1").unwrap();
+        let before = pod(&[("app", "web"), ("pod-template-hash", "5d8f9c7b6")]);
+        let after = pod(&[("app", "web"), ("pod-template-hash", "7c9d4f5b8")]);
+        let set = |p: &LocalPod| label_set(&identity_labels(p, &c)).unwrap().to_string();
+        assert_eq!(set(&before), set(&after));
+        assert!(
+            !set(&before).contains("pod-template-hash"),
+            "{}",
+            set(&before)
         );
     }
 

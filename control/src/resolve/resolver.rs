@@ -1,5 +1,6 @@
-//! The resolver: one [`LocalState`] in, the pods' identities and this cluster's mesh view out; the view's
-//! changes since the last one go to the cluster's etcd through the [`Publisher`], when there is one.
+//! The resolver: one [`LocalState`] in, the pods' identities and this cluster's mesh view out; the
+//! changes of this agent's share of the view ([`node_share`]) since the last one go to the cluster's
+//! etcd through the [`Publisher`], when there is one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,12 +10,12 @@ use meshpath_dataplane::{ClusterId, Identity};
 
 use super::allocator::IdentitySource;
 use super::labels::{identity_labels, label_set};
-use super::view::mesh_view;
+use super::view::{mesh_view, node_share};
 use crate::cluster_name::ClusterName;
 use crate::identity_alloc::AllocError;
 use crate::kvstore::{LabelError, LabelSet};
 use crate::local::{LocalState, ObjectRef};
-use crate::publish::{PublishError, Publisher};
+use crate::publish::{PublishError, Publisher, Upkeep};
 use crate::state::{ClusterState, Entry, EntryKey, StateEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,8 @@ pub enum ResolveError {
     Release { labels: String, source: AllocError },
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error("claiming identities again under a new lease: {0}")]
+    Reclaim(AllocError),
 }
 
 /// The local state with everything the snapshot builder needs resolved.
@@ -102,7 +105,7 @@ impl<A: IdentitySource> Resolver<A> {
         self.release_unused(&used).await?;
         let by_id = used.into_iter().map(|(l, id)| (id, l)).collect();
         resolved.state = mesh_view(&local, &resolved.pods, &by_id, self.cluster_id);
-        self.publish(&resolved.state).await?;
+        self.publish(&local, &resolved.state).await?;
         Ok(resolved)
     }
 
@@ -149,13 +152,19 @@ impl<A: IdentitySource> Resolver<A> {
         Ok(())
     }
 
-    /// Sends the difference to the last published state. Identities are in etcd already (allocation
-    /// writes them); nodes are not deleted here, their keys expire with the lease.
-    async fn publish(&mut self, state: &ClusterState) -> Result<(), ResolveError> {
+    /// Sends the difference between this agent's share of `state` and what it last published.
+    /// Identities are in etcd already (allocation writes them); nodes are not deleted here, their keys
+    /// expire with the lease.
+    async fn publish(
+        &mut self,
+        local: &LocalState,
+        state: &ClusterState,
+    ) -> Result<(), ResolveError> {
         let Some(publisher) = self.publisher.as_mut() else {
             return Ok(());
         };
-        for event in self.published.diff(state) {
+        let share = node_share(local, state, publisher.node(), publisher.leads());
+        for event in self.published.diff(&share) {
             match &event {
                 StateEvent::Upsert(Entry::Node(n)) => publisher.publish_node(n).await?,
                 StateEvent::Upsert(Entry::Endpoint(e)) => publisher.publish_endpoint(e).await?,
@@ -168,7 +177,43 @@ impl<A: IdentitySource> Resolver<A> {
             }
             self.published.apply(event);
         }
+        publisher.finish_round().await?;
         Ok(())
+    }
+
+    /// The publisher's periodic care ([`Publisher::upkeep`]), and what it means for the resolver: the
+    /// identity claims follow a new lease, and a change of lead makes the global services this agent's
+    /// to write (all of them, again) or no longer its own. `None` without a publisher. Resolve the
+    /// current local state again when [`Upkeep::lead_changed`] or `lease_recovered`.
+    pub async fn upkeep(&mut self) -> Result<Option<Upkeep>, ResolveError> {
+        let Some(publisher) = self.publisher.as_mut() else {
+            return Ok(None);
+        };
+        let upkeep = publisher.upkeep().await?;
+        if upkeep.lease_recovered {
+            let lease = publisher.lease().id;
+            let changed = self
+                .alloc
+                .reclaim(lease)
+                .await
+                .map_err(ResolveError::Reclaim)?;
+            for (labels, id) in changed {
+                self.held.insert(labels, id);
+            }
+        }
+        if upkeep.lead_changed() {
+            self.published.services.clear();
+        }
+        Ok(Some(upkeep))
+    }
+
+    /// Stops publishing: the lead is given up, this agent's own keys expire with its lease (see
+    /// [`Publisher::leave`]).
+    pub async fn leave(mut self) -> Result<(), ResolveError> {
+        match self.publisher.take() {
+            Some(publisher) => Ok(publisher.leave().await?),
+            None => Ok(()),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The local state as the mesh sees it: nodes with their pod CIDRs, every pod address with its identity
 //! and node, and the global services this cluster shares, with only their serving backends.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use meshpath_dataplane::{Addr, ClusterId, Identity};
@@ -71,6 +71,49 @@ pub fn mesh_view(
     }
     state.services = shared_services(local);
     state
+}
+
+/// What one agent publishes of its cluster's `state`: its own node and the endpoints of the pods on it
+/// (with the identities they use); the global services only if it leads the cluster.
+pub fn node_share(
+    local: &LocalState,
+    state: &ClusterState,
+    node: &str,
+    leading: bool,
+) -> ClusterState {
+    let own_ips: HashSet<Addr> = local
+        .pods
+        .values()
+        .filter(|pod| pod.node.as_deref() == Some(node))
+        .flat_map(|pod| pod.ips.iter().map(|ip| Addr::from(*ip)))
+        .collect();
+    let endpoints: HashMap<Addr, EndpointInfo> = state
+        .endpoints
+        .iter()
+        .filter(|(ip, _)| own_ips.contains(*ip))
+        .map(|(ip, e)| (*ip, e.clone()))
+        .collect();
+    let used: HashSet<Identity> = endpoints.values().map(|e| e.identity).collect();
+    ClusterState {
+        nodes: state
+            .nodes
+            .iter()
+            .filter(|(name, _)| *name == node)
+            .map(|(name, n)| (name.clone(), n.clone()))
+            .collect(),
+        identities: state
+            .identities
+            .iter()
+            .filter(|(id, _)| used.contains(*id))
+            .map(|(id, l)| (*id, l.clone()))
+            .collect(),
+        services: if leading {
+            state.services.clone()
+        } else {
+            HashMap::new()
+        },
+        endpoints,
+    }
 }
 
 fn node_info(node: &LocalNode, cluster: ClusterId) -> NodeInfo {
@@ -275,6 +318,50 @@ pub(crate) mod tests {
             backends,
             vec![(Addr::from(Ipv4Addr::new(100, 64, 1, 10)), 8080)]
         );
+    }
+
+    #[test]
+    fn an_agent_shares_its_own_node_and_pods_and_the_services_only_when_leading() {
+        let mut local = state();
+        local.nodes.insert(
+            "n2".into(),
+            LocalNode {
+                name: "n2".into(),
+                internal_ips: vec![Ipv4Addr::new(198, 18, 1, 2).into()],
+                pod_cidrs: vec!["100.64.2.0/24".into()],
+                labels: Default::default(),
+            },
+        );
+        let mut p2 = local.pods[&obj("default", "p1")].clone();
+        p2.pod = obj("default", "p2");
+        p2.node = Some("n2".into());
+        p2.ips = vec![Ipv4Addr::new(100, 64, 2, 10).into()];
+        local.pods.insert(p2.pod.clone(), p2);
+        let (id1, id2) = (
+            Identity::new(0x1_0100).unwrap(),
+            Identity::new(0x1_0101).unwrap(),
+        );
+        let pods = BTreeMap::from([(obj("default", "p1"), id1), (obj("default", "p2"), id2)]);
+        let ids = BTreeMap::from([
+            (id1, LabelSet::parse("k8s:a=b;").unwrap()),
+            (id2, LabelSet::parse("k8s:a=c;").unwrap()),
+        ]);
+        let view = mesh_view(&local, &pods, &ids, ClusterId::new(1).unwrap());
+        assert_eq!((view.nodes.len(), view.endpoints.len()), (2, 2));
+
+        let n2 = node_share(&local, &view, "n2", false);
+        assert_eq!(n2.nodes.keys().collect::<Vec<_>>(), ["n2"]);
+        let ips: Vec<_> = n2.endpoints.keys().copied().collect();
+        assert_eq!(ips, [Addr::from(Ipv4Addr::new(100, 64, 2, 10))]);
+        assert_eq!(n2.identities.keys().collect::<Vec<_>>(), [&id2]);
+        assert!(n2.services.is_empty(), "a follower shares no service");
+        let n1 = node_share(&local, &view, "n1", true);
+        assert_eq!(n1.nodes.keys().collect::<Vec<_>>(), ["n1"]);
+        assert_eq!(
+            n1.services, view.services,
+            "the leader shares every global service"
+        );
+        assert!(node_share(&local, &view, "elsewhere", false) == ClusterState::default());
     }
 
     #[test]

@@ -27,6 +27,13 @@ struct Cli {
     /// What tunnels encapsulate with.
     #[arg(long, value_enum, default_value_t = Tunnel::Vxlan)]
     tunnel: Tunnel,
+    /// Members of each cluster's etcd: 3 runs it as production does.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=7))]
+    etcd_members: u8,
+    /// Also stop cluster2's agent beside rebel-base and call rebel-base for a minute (longer than
+    /// the agent's lease): `platform.survives_agent_stop`.
+    #[arg(long)]
+    agent_stop: bool,
 }
 
 fn main() -> ExitCode {
@@ -41,7 +48,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let options = MeshOptions::new(cli.routing, cli.tunnel);
-    let report = demo::run(&cli.prefix, cli.requests, options)?;
+    let report = demo::run(
+        &cli.prefix,
+        cli.requests,
+        options,
+        cli.etcd_members,
+        cli.agent_stop,
+    )?;
     match cli.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => print!("{}", report.render()),

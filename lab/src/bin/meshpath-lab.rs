@@ -50,6 +50,10 @@ enum Command {
         /// With --mesh: what tunnels encapsulate with.
         #[arg(long, value_enum, default_value_t = Tunnel::Vxlan, requires = "mesh")]
         tunnel: Tunnel,
+        /// Members of each cluster's etcd (with --mesh): 3 runs it as production does, a member
+        /// lost — the leader included — without a failed request.
+        #[arg(long, default_value_t = 1, requires = "mesh", value_parser = clap::value_parser!(u8).range(1..=7))]
+        etcd_members: u8,
         #[command(flatten)]
         prefix: LabPrefix,
     },
@@ -105,6 +109,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             mesh,
             routing,
             tunnel,
+            etcd_members,
             prefix,
         } => {
             let plan = Plan::new(
@@ -114,7 +119,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                     nodes,
                     pods,
                 },
-            )?;
+            )?
+            .with_etcd_members(etcd_members);
             if mesh {
                 // Before any namespace exists: without agents there is no meshed lab to build.
                 agent_binary::agent_binary()?;

@@ -46,13 +46,19 @@ pub struct DemoReport {
     pub seconds: f64,
 }
 
-pub fn run(prefix: &str, requests: usize, options: MeshOptions) -> anyhow::Result<DemoReport> {
+pub fn run(
+    prefix: &str,
+    requests: usize,
+    options: MeshOptions,
+    etcd_members: u8,
+    agent_stop: bool,
+) -> anyhow::Result<DemoReport> {
     let started = Instant::now();
     eprintln!(
-        "building the lab: 2 clusters of 2 nodes, an etcd per cluster and an agent per node, meshed ({:?} routing, {:?}) …",
+        "building the lab: 2 clusters of 2 nodes, an etcd of {etcd_members} member(s) per cluster and an agent per node, meshed ({:?} routing, {:?}) …",
         options.routing, options.tunnel
     );
-    let scene = Scene::build(prefix, options)?;
+    let scene = Scene::build(prefix, options, etcd_members)?;
     steps::wait_for_mesh(&scene)?;
     eprintln!("step 1: x-wing calls the global service rebel-base {requests} times …");
     let capture = routing::FabricCapture::start(&scene, options)?;
@@ -69,7 +75,18 @@ pub fn run(prefix: &str, requests: usize, options: MeshOptions) -> anyhow::Resul
     let nodes = steps::nodes(&scene)?;
     eprintln!("step 5: beyond the mesh …");
     let beyond_mesh = beyond::beyond_mesh(&scene)?;
-    let platform = platform::platform(&scene)?;
+    let mut platform = platform::platform(&scene)?;
+    if scene.etcd_members() >= 3 {
+        eprintln!("step 6: cluster2's etcd leader killed during x-wing's requests …");
+    }
+    platform.survives_etcd_leader_loss = platform::survives_etcd_leader_loss(&scene, requests)?;
+    if agent_stop {
+        eprintln!(
+            "step 7: cluster2's agent beside rebel-base stopped; x-wing calls rebel-base for {} s …",
+            platform::AGENT_STOP_WATCH.as_secs()
+        );
+        platform.survives_agent_stop = Some(platform::survives_agent_stop(&scene)?);
+    }
     Ok(DemoReport {
         requests_per_cluster: calls.per_cluster,
         failed_requests: calls.failed,
@@ -191,6 +208,27 @@ impl DemoReport {
                 LocalSourceKind::Kubernetes =>
                     "the Kubernetes API server (the lab's stand-in, over HTTPS)",
                 LocalSourceKind::YamlDir => "a YAML directory",
+            }
+        );
+        let _ = writeln!(
+            out,
+            "   every etcd connection of every agent over mutual TLS: {}",
+            yes(self.platform.mtls)
+        );
+        let _ = writeln!(
+            out,
+            "   cluster2's agent beside rebel-base stopped, no request to it failed for a minute: {}",
+            match self.platform.survives_agent_stop {
+                Some(ok) => yes(ok),
+                None => "not run (--agent-stop runs it)",
+            }
+        );
+        let _ = writeln!(
+            out,
+            "   cluster2's etcd leader killed during x-wing's requests, none failed, nothing withdrawn: {}",
+            match self.platform.survives_etcd_leader_loss {
+                Some(ok) => yes(ok),
+                None => "not run (one-member etcd; --etcd-members 3 runs it)",
             }
         );
         let _ = writeln!(

@@ -33,7 +33,7 @@ pub fn service_ip(c: u8) -> String {
 }
 
 impl Scene {
-    pub fn build(prefix: &str, options: MeshOptions) -> anyhow::Result<Scene> {
+    pub fn build(prefix: &str, options: MeshOptions, etcd_members: u8) -> anyhow::Result<Scene> {
         // Before the lab is built: without agents there is no demo.
         crate::agent_binary::agent_binary()?;
         let on_interrupt = prefix.to_owned();
@@ -49,7 +49,8 @@ impl Scene {
                 nodes: 2,
                 pods: 1,
             },
-        )?;
+        )?
+        .with_etcd_members(etcd_members);
         let scene = Scene {
             prefix: prefix.to_owned(),
             plan,
@@ -80,6 +81,23 @@ impl Scene {
                 (name, mesh::socket(&self.prefix, n.cluster, n.node))
             })
             .collect()
+    }
+
+    /// Stops, the planned way, the agent of cluster `c`'s node that does not host rebel-base.
+    pub fn stop_agent_beside_rebel(&self, c: u8) -> anyhow::Result<()> {
+        mesh::stop_agent(&self.plan, c, X_WING_NODE, mesh::Stop::Planned)
+    }
+
+    /// Members of each cluster's etcd.
+    pub fn etcd_members(&self) -> u8 {
+        self.plan.etcd_members
+    }
+
+    /// Kills the member of cluster `c`'s etcd that leads raft now; which one it was.
+    pub fn kill_etcd_leader(&self, c: u8) -> anyhow::Result<u8> {
+        let leader = mesh::etcd_leader(&self.plan, c)?;
+        mesh::stop_etcd_member(&self.plan, c, leader)?;
+        Ok(leader)
     }
 
     pub fn socket(&self, c: u8) -> PathBuf {

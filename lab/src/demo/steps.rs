@@ -34,7 +34,7 @@ pub struct PolicyReport {
 }
 
 /// One HTTP request from cluster `c`'s x-wing; the answering cluster's name, or `None`.
-fn request(scene: &Scene, c: u8, url: &str) -> Option<String> {
+pub fn request(scene: &Scene, c: u8, url: &str) -> Option<String> {
     let out = scene
         .exec(&scene.pod_ns(c, false), &["curl", "-s", "-m", "2", url])
         .ok()?;

@@ -40,7 +40,7 @@ pub fn encode<V: MetricsView>(view: &V, encoder: &mut DescriptorEncoder) -> Resu
 type Field = fn(&RemoteStatus) -> i64;
 
 /// Per remote cluster: Cilium's families, then meshpath's.
-const PER_REMOTE: [(&str, &str, Field); 7] = [
+const PER_REMOTE: [(&str, &str, Field); 8] = [
     (
         "cilium_clustermesh_remote_cluster_readiness_status",
         "The readiness status of the remote cluster (0 while degraded past a limit)",
@@ -64,6 +64,11 @@ const PER_REMOTE: [(&str, &str, Field); 7] = [
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs() as i64)
         },
+    ),
+    (
+        "meshpath_clustermesh_remote_cluster_insecure",
+        "1 while the remote cluster is read without mutual TLS (its configuration's insecure: true)",
+        |r| i64::from(!r.mutual_tls),
     ),
     (
         "meshpath_clustermesh_remote_cluster_endpoints",

@@ -42,6 +42,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::control::PublicationMetrics;
 use super::kvstore::OperationLatency;
 use super::report::WorkerReport;
 use super::status::{self, StatusSources};
@@ -141,6 +142,7 @@ pub fn registry<V: MetricsView>(
     view: V,
     publish: Histogram,
     kvstore: OperationLatency,
+    publication: &PublicationMetrics,
 ) -> Registry {
     let mut registry = Registry::default();
     registry.register(
@@ -154,7 +156,37 @@ pub fn registry<V: MetricsView>(
         kvstore,
     );
     registry.register_collector(Box::new(Scrape(view)));
+    register_publication(&mut registry, publication);
     registry
+}
+
+/// This agent's publication into its cluster's etcd: lease recoveries, keys restored, the lead.
+fn register_publication(registry: &mut Registry, publication: &PublicationMetrics) {
+    registry.register(
+        "meshpath_kvstore_lease_recoveries",
+        "Times this agent's etcd lease was found lost and everything it publishes written again under a new one",
+        publication.lease_recoveries.clone(),
+    );
+    registry.register(
+        "meshpath_kvstore_keys_restored",
+        "Keys of this agent found deleted from etcd behind its back and written again",
+        publication.keys_restored.clone(),
+    );
+    registry.register(
+        "meshpath_kvstore_clusterwide_leader",
+        "1 while this agent is the one that publishes its cluster's cluster-wide records (global services, cluster-config)",
+        publication.leading.clone(),
+    );
+    registry.register(
+        "meshpath_kvstore_insecure",
+        "1 while this agent reaches its cluster's etcd without mutual TLS (etcd.insecure: true)",
+        publication.kvstore_insecure.clone(),
+    );
+    registry.register(
+        "meshpath_identity_gc_deleted",
+        "Identities no endpoint used any more that this agent's identity GC deleted, as the elected agent of its cluster",
+        publication.identities_collected.clone(),
+    );
 }
 
 /// The registry in the text exposition format.

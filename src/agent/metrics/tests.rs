@@ -178,7 +178,9 @@ fn scrape_text(view: Fixture, publish: Histogram) -> String {
             scope: "cluster".into(),
         })
         .observe(0.002);
-    encode(&registry(view, publish, kvstore)).unwrap()
+    let publication = PublicationMetrics::default();
+    publication.lease_recoveries.inc();
+    encode(&registry(view, publish, kvstore, &publication)).unwrap()
 }
 
 #[test]
@@ -372,7 +374,12 @@ fn tables() -> Tables {
 async fn the_endpoint_serves_the_registry_over_http() {
     let listener = bind(([127, 0, 0, 1], 0).into()).await.unwrap();
     let address = listener.local_addr().unwrap();
-    let registry = Arc::new(registry(fixture(), publish_latency(), operation_latency()));
+    let registry = Arc::new(registry(
+        fixture(),
+        publish_latency(),
+        operation_latency(),
+        &PublicationMetrics::default(),
+    ));
     let cancel = CancellationToken::new();
     let server = tokio::spawn(serve(listener, registry, cancel.clone()));
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
