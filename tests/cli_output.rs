@@ -238,6 +238,7 @@ fn canned() -> AgentStatus {
         }),
         xdp: vec![],
         flows: Some(FlowLogStatus::default()),
+        encryption: None,
     }
 }
 

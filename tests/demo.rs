@@ -4,14 +4,16 @@
 //! reached behind the node's address, node and pod reaching each other, path MTU discovery across
 //! the tunnel. It runs in every routing mode — VXLAN and Geneve tunnels, native routing (the fabric
 //! routing pod CIDRs), hybrid — and the capture on the fabric must show what each mode puts on the
-//! wire, every tunnelled frame's VNI the identity of the pod that sent it. Every agent reads its
-//! cluster from the lab's stand-in Kubernetes API server (`platform.source`), which serves what the
-//! demo's steps change. Every etcd connection of every agent is mutual TLS (`platform.mtls`); the
-//! first run's etcds have 3 members, and killing cluster2's leader during x-wing's requests fails
-//! none and withdraws nothing (`platform.survives_etcd_leader_loss`; `null` in the other runs, whose
-//! etcds have one member). Run as users run it, `meshpath demo`, which execs `meshpath-demo` beside `meshpath`
-//! (`cargo test --workspace` builds every package's binaries before it runs a test; `cargo test -p
-//! meshpath` alone does not build it).
+//! wire, every tunnelled frame's VNI the identity of the pod that sent it; then once more with strict
+//! WireGuard (`--encrypt`), where the capture must find nothing but WireGuard between the nodes and
+//! none of the pods' HTTP in clear. Every agent reads its cluster from the lab's stand-in Kubernetes
+//! API server (`platform.source`), which serves what the demo's steps change. Every etcd connection
+//! of every agent is mutual TLS (`platform.mtls`); the first run's etcds have 3 members, and killing
+//! cluster2's leader during x-wing's requests fails none and withdraws nothing
+//! (`platform.survives_etcd_leader_loss`; `null` in the other runs, whose etcds have one member). Run
+//! as users run it, `meshpath demo`, which execs `meshpath-demo` beside `meshpath` (`cargo test
+//! --workspace` builds every package's binaries before it runs a test; `cargo test -p meshpath` alone
+//! does not build it).
 
 use std::process::Command;
 
@@ -35,7 +37,7 @@ fn the_clustermesh_demo_works_end_to_end_in_every_routing_mode() {
         ("hybrid", "vxlan", false, true),
     ];
     for (i, (routing, tunnel, intra, cross)) in modes.into_iter().enumerate() {
-        let report = demo(i, routing, tunnel);
+        let report = demo(i, routing, tunnel, &[]);
         let mode = format!("{routing}/{tunnel}");
         assert_demo_checks(&report, &mode);
         let platform = &report["platform"];
@@ -64,8 +66,29 @@ fn the_clustermesh_demo_works_end_to_end_in_every_routing_mode() {
         for class in ["intra_cluster", "cross_cluster"] {
             assert_eq!(captured[class][other], 0, "{mode}: no {other}: {wire:#}");
         }
+        assert!(
+            captured["payload_in_clear"].as_u64() > Some(0),
+            "{mode}: the capture sees the pods' HTTP in clear: {wire:#}"
+        );
+        assert!(report.get("encryption").is_none(), "{mode}: no --encrypt");
         assert_reach(&report, routing, tunnel);
         assert_identity_in_vni(&wire["identity_in_vni"], intra, cross, &mode);
+    }
+
+    // Once with strict WireGuard: the same demo, and nothing of it in clear on the fabric.
+    let report = demo(modes.len(), "tunnel", "vxlan", &["--encrypt"]);
+    assert_demo_checks(&report, "tunnel/vxlan, encrypted");
+    assert_eq!(
+        report["encryption"],
+        json!({"mode": "strict", "payload_seen_in_clear": false, "only_wireguard_between_nodes": true}),
+        "{report:#}"
+    );
+    let captured = &report["routing"]["captured"];
+    for class in ["intra_cluster", "cross_cluster"] {
+        assert!(
+            captured[class]["wireguard"].as_u64() > Some(0),
+            "{class} over WireGuard: {captured:#}"
+        );
     }
 }
 
@@ -87,7 +110,7 @@ fn assert_identity_in_vni(vni: &Value, intra: bool, cross: bool, mode: &str) {
     }
 }
 
-fn demo(run: usize, routing: &str, tunnel: &str) -> Value {
+fn demo(run: usize, routing: &str, tunnel: &str, extra: &[&str]) -> Value {
     let prefix = format!("d{}{run}", std::process::id() % 10_000);
     let requests = REQUESTS.to_string();
     let members = if run == 0 { "3" } else { "1" };
@@ -102,6 +125,7 @@ fn demo(run: usize, routing: &str, tunnel: &str) -> Value {
             "--prefix",
             &prefix,
         ])
+        .args(extra)
         .output()
         .expect("meshpath runs");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -101,14 +101,14 @@ fn the_agent_follows_the_stand_in_api_server() {
     // The pod leaves the cluster, and comes back.
     let node = &lab.0.nodes[0];
     let pod = mesh::pod_object(node, 1, "p1-1", "{name: p1-1}");
-    mesh::write_state(&prefix, 1, &mesh::node_object(node)).unwrap();
+    mesh::write_state(&prefix, 1, &mesh::node_object(&prefix, node)).unwrap();
     wait_for(&client, "the pod gone from endpoint list", |s| !has_pod(s));
-    mesh::write_state(&prefix, 1, &(mesh::node_object(node) + &pod)).unwrap();
+    mesh::write_state(&prefix, 1, &(mesh::node_object(&prefix, node) + &pod)).unwrap();
     wait_for(&client, "the pod back in endpoint list", has_pod);
 
     // A backend's conditions, live from its EndpointSlice.
     let with_web = |ready, serving, terminating| {
-        let objects = mesh::node_object(node) + &pod + &web(ready, serving, terminating);
+        let objects = mesh::node_object(&prefix, node) + &pod + &web(ready, serving, terminating);
         mesh::write_state(&prefix, 1, &objects).unwrap();
     };
     with_web(true, true, false);
@@ -133,7 +133,7 @@ fn the_agent_follows_the_stand_in_api_server() {
         "the terminating backend keeping only its flows",
         |s| web_backends(s) == Some(vec![BackendState::Terminating]),
     );
-    mesh::write_state(&prefix, 1, &(mesh::node_object(node) + &pod)).unwrap();
+    mesh::write_state(&prefix, 1, &(mesh::node_object(&prefix, node) + &pod)).unwrap();
 
     // The API server goes away: the last state stays, and the agent says it is lost.
     apiserver::stop(&lab.0, 1).expect("the stand-in stops");
@@ -151,6 +151,6 @@ fn the_agent_follows_the_stand_in_api_server() {
     wait_for(&client, "the source ok and the agent ready", |s| {
         source_state(s) == Some(LocalSourceState::Ok) && s.health.as_ref().is_some_and(|h| h.ready)
     });
-    mesh::write_state(&prefix, 1, &mesh::node_object(node)).unwrap();
+    mesh::write_state(&prefix, 1, &mesh::node_object(&prefix, node)).unwrap();
     wait_for(&client, "a change after the restart", |s| !has_pod(s));
 }

@@ -32,6 +32,11 @@ named_enum! {
         SpoofedUnderlaySource => "spoofed_underlay_source",
         NodeOffSegment => "node_off_segment",
         NodeMacUnresolved => "node_mac_unresolved",
+        UnencryptedTraffic => "unencrypted_traffic",
+        NodeWithoutKey => "node_without_key",
+        UnknownWireguardPeer => "unknown_wireguard_peer",
+        InvalidWireguard => "invalid_wireguard",
+        WireguardSourceMismatch => "wireguard_source_mismatch",
     }
 }
 
@@ -123,6 +128,19 @@ impl DropReason {
                 "Node off the segment in native routing",
             ),
             NodeMacUnresolved => (None, "NODE_MAC_UNRESOLVED", "Node MAC not resolved"),
+            UnencryptedTraffic => (Some(195), "UNENCRYPTED_TRAFFIC", "Traffic is unencrypted"),
+            NodeWithoutKey => (None, "NODE_WITHOUT_KEY", "Node publishes no WireGuard key"),
+            UnknownWireguardPeer => (
+                None,
+                "UNKNOWN_WIREGUARD_PEER",
+                "WireGuard datagram from no known peer",
+            ),
+            InvalidWireguard => (None, "INVALID_WIREGUARD", "Invalid WireGuard message"),
+            WireguardSourceMismatch => (
+                None,
+                "WIREGUARD_SOURCE_MISMATCH",
+                "Decrypted source not of the WireGuard peer",
+            ),
         };
         CiliumName {
             code,

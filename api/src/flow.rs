@@ -164,7 +164,7 @@ impl ObservationPoint {
                 ObservationPoint::ToEndpoint
             }
             ForwardKind::Tunnel => ObservationPoint::ToOverlay,
-            ForwardKind::Direct => ObservationPoint::ToNetwork,
+            ForwardKind::Direct | ForwardKind::Wireguard => ObservationPoint::ToNetwork,
             ForwardKind::ToKernel => ObservationPoint::ToStack,
         }
     }

@@ -16,5 +16,8 @@ named_enum! {
         ToKernel => "to_kernel",
         /// Answered with an ICMP error the node wrote (path MTU).
         IcmpError => "icmp_error",
+        /// A WireGuard message of the node's own (handshake response, keepalive, cookie) answered
+        /// or absorbed.
+        Wireguard => "wireguard",
     }
 }

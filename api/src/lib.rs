@@ -20,6 +20,7 @@ pub mod client;
 pub mod clustermesh;
 pub mod cni;
 pub mod drop_reason;
+pub mod encryption;
 pub mod endpoint;
 pub mod flow;
 pub mod flow_filter;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clustermesh::ClusterMeshStatus;
 use crate::drop_reason::DropReason;
+use crate::encryption::EncryptionStatus;
 use crate::endpoint::EndpointRow;
 use crate::forward::ForwardKind;
 use crate::health::Health;
@@ -74,6 +75,9 @@ pub struct AgentStatus {
     /// The flow log `meshpath observe` reads.
     #[serde(default)]
     pub flows: Option<FlowLogStatus>,
+    /// WireGuard between nodes: the mode, this node's key, its peers.
+    #[serde(default)]
+    pub encryption: Option<EncryptionStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,6 +296,9 @@ pub fn render(status: &AgentStatus) -> String {
     if let Some(ct) = &status.conntrack {
         line("Conntrack", conntrack_line(ct));
     }
+    if let Some(encryption) = &status.encryption {
+        line("Encryption", crate::encryption::line(encryption));
+    }
     if let Some(flows) = &status.flows {
         line(
             "Flows",
@@ -331,6 +338,9 @@ pub fn render(status: &AgentStatus) -> String {
         );
     }
     out.push_str(&ports_table(&d.ports));
+    if let Some(encryption) = status.encryption.as_ref().filter(|e| !e.peers.is_empty()) {
+        out.push_str(&crate::encryption::peers_table(&encryption.peers));
+    }
     if !status.xdp.is_empty() {
         out.push_str(&xdp_table(&status.xdp));
     }
@@ -468,6 +478,7 @@ mod tests {
             }),
             xdp: vec![],
             flows: None,
+            encryption: None,
         }
     }
 

@@ -53,6 +53,7 @@ fn local(n: u8, pods: &[(&str, u8)]) -> Arc<LocalState> {
             internal_ips: vec![IpAddr::V4(Ipv4Addr::new(198, 18, n, 1))],
             pod_cidrs: vec![format!("100.{}.1.0/24", 63 + n)],
             labels: Default::default(),
+            wireguard_pub_key: None,
         },
     );
     for (pod, last) in pods {
@@ -94,6 +95,7 @@ fn spec() -> NodeSpec {
             tunnel: TunnelProtocol::Vxlan,
             host: None,
             masquerade: None,
+            encryption: Default::default(),
         },
         capacities: Capacities::default(),
         ports: BTreeMap::from([(obj("x-wing"), (PortId(1), [2, 0, 0, 1, 1, 10]))]),

@@ -56,6 +56,11 @@ drop_reasons! {
     SpoofedUnderlaySource => "spoofed_underlay_source": "A plain frame from the underlay (native or hybrid routing) whose source belongs to a node of the mesh or its pods, but that did not come from that node's MAC on our segment.",
     NodeOffSegment => "node_off_segment": "Native routing to a node behind the underlay router, which the configuration does not say routes pod CIDRs.",
     NodeMacUnresolved => "node_mac_unresolved": "A node on our segment whose MAC is not resolved yet: native routing can neither send to it nor believe its plain frames.",
+    UnencryptedTraffic => "unencrypted_traffic": "Strict encryption: a frame from a node of the mesh that did not come through WireGuard.",
+    NodeWithoutKey => "node_without_key": "Strict encryption: the destination node publishes no WireGuard key, so nothing may be sent to it.",
+    UnknownWireguardPeer => "unknown_wireguard_peer": "A WireGuard datagram from an address that is no node of the mesh with a key, or while encryption is off.",
+    InvalidWireguard => "invalid_wireguard": "A WireGuard datagram that is malformed, fails authentication or replay checks, or a handshake with another key than the node's.",
+    WireguardSourceMismatch => "wireguard_source_mismatch": "A packet decrypted from one node's tunnel whose source belongs to another node, or to none.",
 }
 
 impl DropReason {

@@ -303,6 +303,7 @@ mod tests {
                 tunnel: TunnelProtocol::Vxlan,
                 host: None,
                 masquerade: None,
+                encryption: Default::default(),
             };
             let mut t = Tables::empty(node, Capacities::default());
             for i in [1, 2] {

@@ -3,8 +3,9 @@
 //! own state (conntrack, counters).
 //!
 //! Packet path, one module per stage:
-//! [`parse`] → [`tunnel`] (decap) → [`endpoint`] (anti-spoofing) → [`gateway`] (ARP/ND) → [`ipcache`] →
-//! [`service`] + [`conntrack`] + [`nat`] → [`policy`] → [`route`] → [`tunnel`] (encap) → transmit.
+//! [`parse`] → [`wireguard`] (decrypt) → [`tunnel`] (decap) → [`endpoint`] (anti-spoofing) →
+//! [`gateway`] (ARP/ND) → [`ipcache`] → [`service`] + [`conntrack`] + [`nat`] → [`policy`] → [`route`] →
+//! [`tunnel`] (encap) → [`wireguard`] (encrypt) → transmit.
 //! [`pipeline`] runs the stages over a batch.
 //!
 //! Not here: AF_XDP sockets and worker threads (the `meshpath-xdp-redirect` crate and the agent), and
@@ -40,6 +41,7 @@ pub mod stats;
 pub mod testbed;
 pub mod tunnel;
 pub mod wire;
+pub mod wireguard;
 
 pub use drop::DropReason;
 pub use flow::{Addr, FlowKey};

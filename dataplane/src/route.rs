@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use crate::parse::{Parsed, L3};
 use crate::wire::{ethernet, ipv4, ipv6};
+use crate::wireguard::PublicKey;
 use crate::{Addr, ClusterId, DropReason};
 
 /// How frames reach pods on other nodes.
@@ -50,6 +51,8 @@ pub struct RemoteNode {
     /// The cluster it belongs to: the only one whose identities it may send.
     pub cluster: ClusterId,
     pub link: NodeLink,
+    /// Its WireGuard public key (its node record's `WireguardPubKey`), if it publishes one.
+    pub wireguard_key: Option<PublicKey>,
 }
 
 impl RemoteNode {
@@ -246,6 +249,7 @@ mod tests {
             addr: Ipv4Addr::new(198, 18, 1, last).into(),
             cluster: ClusterId::new(1).unwrap(),
             link,
+            wireguard_key: None,
         }
     }
 

@@ -14,6 +14,7 @@ use crate::policy::PolicyTable;
 use crate::route::{NodeTable, RoutingMode, Underlay};
 use crate::service::ServiceTable;
 use crate::tunnel::TunnelProtocol;
+use crate::wireguard::EncryptionMode;
 use crate::{Addr, ClusterId, PortId};
 
 /// This node: who it is and how it is wired.
@@ -36,6 +37,8 @@ pub struct NodeConfig {
     pub host: Option<HostPort>,
     /// Source NAT for pod traffic leaving the mesh; `None` leaves pod addresses as they are.
     pub masquerade: Option<Masquerade>,
+    /// WireGuard between nodes ([`crate::wireguard`]).
+    pub encryption: EncryptionMode,
 }
 
 /// The port towards the node's own stack: one end of a veth pair whose other end the kernel owns,

@@ -21,16 +21,20 @@ pub enum Forward {
     ToKernel,
     /// Answered with an ICMP error the node wrote (path MTU): the frame itself went no further.
     IcmpError,
+    /// A WireGuard message of the node's own (handshake response, keepalive, cookie) answered or
+    /// absorbed.
+    Wireguard,
 }
 
 impl Forward {
-    pub const ALL: [Forward; 6] = [
+    pub const ALL: [Forward; 7] = [
         Forward::LocalPod,
         Forward::Tunnel,
         Forward::Direct,
         Forward::NeighbourReply,
         Forward::ToKernel,
         Forward::IcmpError,
+        Forward::Wireguard,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -41,6 +45,7 @@ impl Forward {
             Forward::NeighbourReply => "neighbour_reply",
             Forward::ToKernel => "to_kernel",
             Forward::IcmpError => "icmp_error",
+            Forward::Wireguard => "wireguard",
         }
     }
 }

@@ -288,6 +288,7 @@ fn node_config() -> NodeConfig {
         tunnel: TunnelProtocol::Vxlan,
         host: None,
         masquerade: None,
+        encryption: Default::default(),
     }
 }
 
@@ -342,6 +343,7 @@ fn add_remote_endpoints(tables: &mut Tables, identities: &mut IdentityLabels, sc
             addr: remote_node(j).into(),
             cluster: identity.cluster().unwrap_or(tables.node.cluster),
             link: NodeLink::Routed,
+            wireguard_key: None,
         });
     }
 }

@@ -199,6 +199,7 @@ fn spec() -> NodeSpec {
             tunnel: TunnelProtocol::Vxlan,
             host: None,
             masquerade: None,
+            encryption: Default::default(),
         },
         capacities: Capacities::default(),
         ports: BTreeMap::new(),

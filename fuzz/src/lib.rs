@@ -6,6 +6,9 @@
 //!   moving between them, conntrack state carried from one frame to the next.
 //! - [`tunnel`]: tunnel decapsulation of what a known node sends (VXLAN or Geneve header and inner
 //!   frame from the input, behind a valid outer header from that node), then the whole pipeline.
+//! - [`wireguard`]: WireGuard datagrams from a known node under strict encryption: raw bytes on port
+//!   51871, or IP packets the node sends through a session it has just handshaken with this one,
+//!   decrypted and checked by the whole pipeline.
 //! - [`control`]: the control plane's decoders of remote bytes: kvstore keys and values as a remote
 //!   cluster's etcd serves them (through to the snapshot builder), label strings, and the clustermesh
 //!   configuration.
@@ -24,6 +27,7 @@ pub mod parse;
 pub mod pipeline;
 pub mod seeds;
 pub mod tunnel;
+pub mod wireguard;
 
 /// A target: panics when an invariant breaks on `data`.
 pub type Target = fn(data: &[u8]);
@@ -33,5 +37,6 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("parse", parse::run),
     ("pipeline", pipeline::run),
     ("tunnel", tunnel::run),
+    ("wireguard", wireguard::run),
     ("control", control::run),
 ];

@@ -23,6 +23,9 @@ pub fn all() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     for (name, bytes) in tunnel_payloads() {
         seeds.push(("tunnel", name, bytes));
     }
+    for (name, bytes) in wireguard_inputs() {
+        seeds.push(("wireguard", name, bytes));
+    }
     for (name, bytes) in control_inputs() {
         seeds.push(("control", name, bytes));
     }
@@ -105,6 +108,27 @@ fn sequences() -> Vec<(&'static str, Vec<u8>)> {
             ]),
         ),
     ]
+}
+
+fn wireguard_inputs() -> Vec<(&'static str, Vec<u8>)> {
+    // Bit 0 of the first byte: through a session (set) or raw (clear); the rest: the node of remote
+    // endpoint j. Through a session: the IP packet the node sends, as it sends it in tunnel routing
+    // (a VXLAN datagram) — here the tunnel seeds' real frames with their outer IP header.
+    let mut seeds = vec![
+        (
+            "raw-initiation",
+            [&[0u8, 1, 0, 0, 0][..], &[0u8; 144]].concat(),
+        ),
+        ("raw-data", [&[0u8, 4, 0, 0, 0][..], &[0u8; 60]].concat()),
+    ];
+    let backend = crate::bed::bed().backend_of(&frames::flow(0));
+    let reply = frames::service_reply(0, TunnelProtocol::Vxlan);
+    if let Some(packet) = reply.get(14..) {
+        let mut bytes = vec![1 | (backend as u8) << 1];
+        bytes.extend_from_slice(packet);
+        seeds.push(("session-vxlan-reply", bytes));
+    }
+    seeds
 }
 
 fn tunnel_payloads() -> Vec<(&'static str, Vec<u8>)> {

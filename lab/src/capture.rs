@@ -25,6 +25,12 @@ impl Capture {
         Capture::decoded(netns, interface, &["-q"], filter)
     }
 
+    /// The same, each frame's line followed by its bytes as text (`-A`: non-printable bytes as
+    /// dots), to look for a payload in clear.
+    pub fn with_payload(netns: &str, interface: &str, filter: &[&str]) -> anyhow::Result<Capture> {
+        Capture::decoded(netns, interface, &["-q", "-A"], filter)
+    }
+
     /// The same with tcpdump's decoding `options` (`-T vxlan` to decode UDP as VXLAN, …): without
     /// `-q`, an encapsulated frame's inner packet may come on a line of its own, after its outer one.
     pub fn decoded(

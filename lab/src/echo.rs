@@ -72,7 +72,7 @@ impl EchoLab {
     fn state(&self) -> String {
         let mut yaml = String::new();
         for node in &self.plan.nodes {
-            yaml += &mesh::node_object(node);
+            yaml += &mesh::node_object(&self.plan.prefix, node);
             let name = if node.node == 1 { "client" } else { "echo" };
             let pod = mesh::pod_name(node.node, 1);
             yaml += &mesh::pod_object(node, 1, &pod, &format!("{{name: {name}}}"));

@@ -50,6 +50,16 @@ pub enum Tunnel {
     Geneve,
 }
 
+/// The agents' `encryption`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Encryption {
+    #[default]
+    Off,
+    On,
+    Strict,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MeshOptions {
     pub routing: Routing,
@@ -57,6 +67,8 @@ pub struct MeshOptions {
     /// The fabric routes every node's pod CIDR to it (native routing tells its agents so); without
     /// it, native routing reaches only the nodes of the sender's own cluster and refuses the others.
     pub fabric_routes_pods: bool,
+    /// WireGuard between the nodes: the agents make their keys, the lab annotates their Nodes.
+    pub encryption: Encryption,
 }
 
 impl MeshOptions {
@@ -67,6 +79,7 @@ impl MeshOptions {
             routing,
             tunnel,
             fabric_routes_pods: routing == Routing::Native,
+            encryption: Encryption::Off,
         }
     }
 
@@ -85,6 +98,14 @@ impl MeshOptions {
             Routing::Hybrid => "hybrid".to_owned(),
         };
         format!("routing: {routing}, tunnel: {tunnel}")
+    }
+
+    fn encryption_key(self) -> &'static str {
+        match self.encryption {
+            Encryption::Off => "off",
+            Encryption::On => "on",
+            Encryption::Strict => "strict",
+        }
     }
 }
 
@@ -129,7 +150,7 @@ pub fn start_with(plan: &Plan, options: MeshOptions) -> anyhow::Result<()> {
         let first = nodes.first().context("a cluster without nodes")?;
         ca.write_cluster(&pki(plan, c), &[etcd_ip(c)])?;
         start_etcd(plan, first, true)?;
-        write_state(&plan.prefix, c, &lab_objects(&nodes))?;
+        write_state(&plan.prefix, c, &lab_objects(&plan.prefix, &nodes))?;
         apiserver::start(plan, c, true)?;
         write_mesh_config(plan, c)?;
     }
@@ -150,6 +171,9 @@ pub fn start_with(plan: &Plan, options: MeshOptions) -> anyhow::Result<()> {
                 log(plan, &node.netns).display()
             );
         }
+    }
+    if options.encryption != Encryption::Off {
+        announce_keys(plan)?;
     }
     Ok(())
 }
@@ -422,10 +446,10 @@ fn rand_u64() -> u64 {
 }
 
 /// The cluster's nodes and the lab's pods as Kubernetes objects; every pod labelled `name: <its name>`.
-fn lab_objects(nodes: &[&Node]) -> String {
+fn lab_objects(prefix: &str, nodes: &[&Node]) -> String {
     let mut yaml = String::new();
     for node in nodes {
-        yaml += &node_object(node);
+        yaml += &node_object(prefix, node);
         for k in 1..=node.pods.len() as u8 {
             let name = pod_name(node.node, k);
             yaml += &pod_object(node, k, &name, &format!("{{name: {name}}}"));
@@ -434,16 +458,62 @@ fn lab_objects(nodes: &[&Node]) -> String {
     yaml
 }
 
-pub fn node_object(node: &Node) -> String {
+/// The Node object of `node`, with its agent's WireGuard public key as Cilium annotates it once the
+/// lab has learnt it ([`announce_keys`]).
+pub fn node_object(prefix: &str, node: &Node) -> String {
     let (net, len) = node.pod_cidr;
+    let (c, n) = (node.cluster, node.node);
+    let annotations = std::fs::read_to_string(public_key_file(prefix, c, n))
+        .map(|key| {
+            format!(
+                ", annotations: {{network.cilium.io/wg-pub-key: \"{}\"}}",
+                key.trim()
+            )
+        })
+        .unwrap_or_default();
     format!(
-        "apiVersion: v1\nkind: Node\nmetadata: {{name: c{c}-n{n}}}\n\
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: c{c}-n{n}{annotations}}}\n\
          spec: {{podCIDR: {net}/{len}, podCIDRs: [{net}/{len}]}}\n\
          status: {{addresses: [{{type: InternalIP, address: {ip}}}]}}\n---\n",
-        c = node.cluster,
-        n = node.node,
         ip = node.underlay,
     )
+}
+
+/// Where the lab keeps the public key node `n` of cluster `c` announced.
+fn public_key_file(prefix: &str, c: u8, n: u8) -> PathBuf {
+    dir(prefix).join(format!("c{c}-n{n}.wgpub"))
+}
+
+/// The agent's state directory, where its WireGuard key lives.
+pub fn node_state_dir(prefix: &str, c: u8, n: u8) -> PathBuf {
+    dir(prefix).join(format!("state-c{c}-n{n}"))
+}
+
+/// What a Kubernetes cluster with Cilium does with each agent's key: reads every agent's public key
+/// from its status (the agent makes its key on its first start with encryption) and annotates its
+/// Node with it, so the agents of its cluster learn it (the other clusters learn it from the node
+/// records). Waits until each agent answers with a key.
+pub fn announce_keys(plan: &Plan) -> anyhow::Result<()> {
+    for node in &plan.nodes {
+        let (c, n) = (node.cluster, node.node);
+        let client = meshpath_api::Client::new(socket(&plan.prefix, c, n));
+        let mut key = None;
+        wait(Duration::from_secs(20), || {
+            key = client
+                .status()
+                .ok()
+                .and_then(|s| s.encryption)
+                .and_then(|e| e.public_key);
+            key.is_some()
+        });
+        let key = key.with_context(|| format!("the agent of c{c}-n{n} shows no WireGuard key"))?;
+        std::fs::write(public_key_file(&plan.prefix, c, n), key)?;
+    }
+    for &c in &plan.clusters {
+        let nodes: Vec<&Node> = plan.nodes.iter().filter(|n| n.cluster == c).collect();
+        write_state(&plan.prefix, c, &lab_objects(&plan.prefix, &nodes))?;
+    }
+    Ok(())
 }
 
 /// Pod `k` of `node` as `name` with `labels` (a YAML flow mapping).
@@ -528,9 +598,11 @@ fn write_agent_config(plan: &Plan, node: &Node, options: MeshOptions) -> anyhow:
          status-socket: {socket}\n\
          metrics: {ip}:9962\n\
          state-dir: {node_state}\n\
-         bpf-pin-dir: {pins}\n",
+         bpf-pin-dir: {pins}\n\
+         encryption: {encryption}\n",
         ip = node.underlay,
-        node_state = dir(&plan.prefix).join(format!("state-c{c}-n{n}")).display(),
+        encryption = options.encryption_key(),
+        node_state = node_state_dir(&plan.prefix, c, n).display(),
         pins = pin_dir(&plan.prefix).join(format!("c{c}-n{n}")).display(),
         core = (c + n) % 2,
         routing = options.dataplane_keys(),

@@ -13,6 +13,7 @@ use meshpath_control::ClusterName;
 use meshpath_dataplane::ipcache::IpPrefix;
 use meshpath_dataplane::route::RoutingMode;
 use meshpath_dataplane::tunnel::TunnelProtocol;
+use meshpath_dataplane::wireguard::EncryptionMode;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -76,6 +77,14 @@ pub struct AgentConfig {
     /// `/run/meshpath/state`; a tmpfs, so a reboot starts clean.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Transparent encryption of pod traffic between nodes with WireGuard (UDP 51871, as Cilium's):
+    /// `off` (the default), `on` (encrypted to every node that publishes a key, plain to the others)
+    /// or `strict` (never in clear: a node without a key is unreachable, plain frames from nodes of
+    /// the mesh are dropped). The node's X25519 private key is `<state-dir>/wireguard.key` (base64,
+    /// mode 0600, made on the first start with encryption and kept across restarts); its public key
+    /// goes out in the node's record (`WireguardPubKey`).
+    #[serde(default)]
+    pub encryption: Encryption,
     /// Where the XDP programs' maps are pinned (a bpffs directory, one subdirectory per interface), so
     /// that a restarted agent keeps its tunnel peers, pod prefixes and counters.
     #[serde(default = "default_bpf_pin_dir")]
@@ -243,6 +252,25 @@ impl Default for DataplaneSection {
             conntrack_capacity: 262_144,
             mtu: 1500,
             max_pods: default_max_pods(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encryption {
+    #[default]
+    Off,
+    On,
+    Strict,
+}
+
+impl From<Encryption> for EncryptionMode {
+    fn from(encryption: Encryption) -> EncryptionMode {
+        match encryption {
+            Encryption::Off => EncryptionMode::Off,
+            Encryption::On => EncryptionMode::On,
+            Encryption::Strict => EncryptionMode::Strict,
         }
     }
 }
@@ -1074,6 +1102,25 @@ metrics: 127.0.0.1:9962
         assert_eq!(
             parse(&segment).unwrap().node.segment_prefixes(),
             Ok(Some(vec!["198.18.1.0/24".parse().unwrap()]))
+        );
+    }
+
+    #[test]
+    fn encryption_is_off_unless_set_and_a_wrong_mode_is_refused() {
+        assert_eq!(parse(GOOD).unwrap().encryption, Encryption::Off);
+        for (word, mode) in [
+            ("off", EncryptionMode::Off),
+            ("on", EncryptionMode::On),
+            ("strict", EncryptionMode::Strict),
+        ] {
+            let config = parse(&format!("{GOOD}\nencryption: {word}\n")).unwrap();
+            assert_eq!(EncryptionMode::from(config.encryption), mode);
+        }
+        let error = parse(&format!("{GOOD}\nencryption: ipsec\n")).unwrap_err();
+        let error = error.to_string();
+        assert!(
+            error.contains("`ipsec`, expected one of off, on, strict at line"),
+            "{error}"
         );
     }
 }

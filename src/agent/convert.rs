@@ -8,6 +8,7 @@ use meshpath_api::clustermesh::{
     CidrConflict, ClusterMeshStatus, Refusal, RemoteClusterStatus, RemoteLimits, RemoteUsage,
     SyncStatus, Timestamp,
 };
+use meshpath_api::encryption::{EncryptionMode, EncryptionStatus, WireguardPeer};
 use meshpath_api::flow::{Arrival, Outcome};
 use meshpath_api::service::BackendState;
 use meshpath_api::status::KernelDrops;
@@ -45,6 +46,11 @@ pub fn drop_reason(reason: dp::DropReason) -> DropReason {
         D::SpoofedUnderlaySource => DropReason::SpoofedUnderlaySource,
         D::NodeOffSegment => DropReason::NodeOffSegment,
         D::NodeMacUnresolved => DropReason::NodeMacUnresolved,
+        D::UnencryptedTraffic => DropReason::UnencryptedTraffic,
+        D::NodeWithoutKey => DropReason::NodeWithoutKey,
+        D::UnknownWireguardPeer => DropReason::UnknownWireguardPeer,
+        D::InvalidWireguard => DropReason::InvalidWireguard,
+        D::WireguardSourceMismatch => DropReason::WireguardSourceMismatch,
     }
 }
 
@@ -57,6 +63,7 @@ pub fn forward_kind(forward: dp::stats::Forward) -> ForwardKind {
         F::NeighbourReply => ForwardKind::NeighbourReply,
         F::ToKernel => ForwardKind::ToKernel,
         F::IcmpError => ForwardKind::IcmpError,
+        F::Wireguard => ForwardKind::Wireguard,
     }
 }
 
@@ -178,6 +185,36 @@ fn remote_cluster(r: &RemoteStatus) -> RemoteClusterStatus {
         connected_since: r.connected_since.map(Timestamp),
         disconnected_since: r.disconnected_since.map(Timestamp),
         withdrawn_at: r.withdrawn_at.map(Timestamp),
+    }
+}
+
+/// The worker's WireGuard report as the status shows it.
+pub fn encryption(report: &super::report::WireguardReport) -> EncryptionStatus {
+    use base64::Engine;
+    let base64 =
+        |key: &dp::wireguard::PublicKey| base64::engine::general_purpose::STANDARD.encode(key.0);
+    EncryptionStatus {
+        mode: match report.mode {
+            dp::wireguard::EncryptionMode::Off => EncryptionMode::Off,
+            dp::wireguard::EncryptionMode::On => EncryptionMode::On,
+            dp::wireguard::EncryptionMode::Strict => EncryptionMode::Strict,
+        },
+        public_key: report.public_key.as_ref().map(base64),
+        peers: report
+            .peers
+            .iter()
+            .map(|p| WireguardPeer {
+                address: p.addr.ip().to_string(),
+                public_key: base64(&p.key),
+                last_handshake_seconds: p.last_handshake.map(|age| age.as_secs()),
+                tx_bytes: p.tx_bytes,
+                rx_bytes: p.rx_bytes,
+            })
+            .collect(),
+        encrypted: report.stats.encrypted,
+        decrypted: report.stats.decrypted,
+        handshakes_initiated: report.stats.handshakes_initiated,
+        held: report.stats.held,
     }
 }
 

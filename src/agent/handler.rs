@@ -10,10 +10,10 @@ use arc_swap::ArcSwap;
 use meshpath_dataplane::afxdp::BatchHandler;
 use meshpath_dataplane::pipeline::{self, WorkerState};
 use meshpath_dataplane::snapshot::Tables;
-use meshpath_dataplane::{Frame, Verdict};
+use meshpath_dataplane::{Frame, PortId, Verdict};
 
 use super::observe::FlowSink;
-use super::report::{ConntrackReport, Traffic, WorkerReport};
+use super::report::{ConntrackReport, Traffic, WireguardReport, WorkerReport};
 
 /// How often a worker copies its report out.
 const PUBLISH_EVERY_MS: u64 = 100;
@@ -49,6 +49,17 @@ impl PipelineHandler {
 }
 
 impl PipelineHandler {
+    fn publish(&mut self, now_ms: u64) {
+        let mode = self.tables.load().node.encryption;
+        self.report.store(Arc::new(WorkerReport {
+            counters: self.state.counters.clone(),
+            conntrack: ConntrackReport::of(&self.state.conntrack),
+            traffic: self.traffic.clone(),
+            wireguard: WireguardReport::of(&self.state.wireguard, mode),
+        }));
+        self.published_ms = now_ms;
+    }
+
     /// The worker's state once it stopped, and the time on its clock: what a handover writes.
     pub fn finish(self) -> (WorkerState, u64) {
         let now_ms = self.started.elapsed().as_millis() as u64;
@@ -71,12 +82,21 @@ impl BatchHandler for PipelineHandler {
             self.flows.send(event);
         }
         if now_ms >= self.published_ms + PUBLISH_EVERY_MS {
-            self.report.store(Arc::new(WorkerReport {
-                counters: self.state.counters.clone(),
-                conntrack: ConntrackReport::of(&self.state.conntrack),
-                traffic: self.traffic.clone(),
-            }));
-            self.published_ms = now_ms;
+            self.publish(now_ms);
+        }
+    }
+
+    fn originate(&mut self, send: &mut dyn FnMut(PortId, &[u8])) {
+        pipeline::originate(&mut self.state, send);
+    }
+
+    fn tick(&mut self) {
+        let tables = self.tables.load();
+        pipeline::tick(&tables, &mut self.state);
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        if now_ms >= self.published_ms + PUBLISH_EVERY_MS {
+            // An idle worker's peers age too.
+            self.publish(now_ms);
         }
     }
 }

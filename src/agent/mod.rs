@@ -39,6 +39,7 @@ mod report;
 mod serving;
 mod socket;
 mod status;
+mod wireguard_key;
 mod wiring;
 mod xdp_counters;
 
@@ -63,6 +64,7 @@ use meshpath_dataplane::masquerade::{Masquerade, PortRange};
 use meshpath_dataplane::pipeline::WorkerState;
 use meshpath_dataplane::route::Underlay;
 use meshpath_dataplane::snapshot::{Capacities, HostPort, NodeConfig, Tables};
+use meshpath_dataplane::wireguard::Tunnels;
 use meshpath_dataplane::{ClusterId, PortId};
 use meshpath_xdp_redirect::netns::Netns;
 use meshpath_xdp_redirect::PodPrefix;
@@ -104,6 +106,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     // Before any interface is touched: a taken port stops the agent with nothing to undo.
     let mut listeners = serving::Listeners::bind(&config).await?;
+    let key = node_key(&config)?;
     let local_source::LocalSource {
         handle: source,
         describe: source_info,
@@ -117,6 +120,14 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         config.node.name.clone(),
         cancel.clone(),
     );
+    // And this node's WireGuard key over its own node, as its record publishes it.
+    let local = match &key {
+        Some(key) => {
+            let node = config.node.name.clone();
+            wireguard_key::announce(local, node, key, cancel.clone())
+        }
+        None => local,
+    };
     let first = local.borrow().clone();
     host_port::ensure(&config).context("host port")?;
     let segments = neighbours::segments(&config).context("the uplink's segment")?;
@@ -126,7 +137,10 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         spec.capacities,
     )));
     let (flow_sink, flow_source) = observe::channel();
-    let state = restore_worker_state(&config, flow_sink.epoch);
+    let mut state = restore_worker_state(&config, flow_sink.epoch);
+    if let Some(key) = &key {
+        state.wireguard = Tunnels::new(key.private);
+    }
     let mut wiring = wiring::wire(&config, &pod_prefixes(&config, &first), &config.bpf_pin_dir)?;
     let port_control = wiring.worker.port_control()?;
     let port_names = PortNames::new(port_names(&config));
@@ -279,6 +293,16 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The node's WireGuard key when encryption is on: read from the state directory, or made there.
+fn node_key(config: &AgentConfig) -> anyhow::Result<Option<wireguard_key::NodeKey>> {
+    if config.encryption == config::Encryption::Off {
+        return Ok(None);
+    }
+    let key = wireguard_key::load_or_create(&config.state_dir).context("WireGuard key")?;
+    tracing::info!(public_key = %key.public_base64(), mode = ?config.encryption, "encryption between nodes");
+    Ok(Some(key))
+}
+
 /// How long the worker waits for its first table snapshot before it starts with empty tables.
 const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(3);
 
@@ -408,6 +432,7 @@ fn node_spec(
             kernel_mac: host_port::mac(&config.host_port.kernel_interface)?,
         }),
         masquerade: masquerade(config)?,
+        encryption: config.encryption.into(),
     };
     if !local.nodes.contains_key(&config.node.name) {
         tracing::warn!(node = %config.node.name, "the local state has no such node yet");

@@ -162,6 +162,7 @@ mod tests {
             tunnel: tunnel::TunnelProtocol::Geneve,
             host: None,
             masquerade: None,
+            encryption: Default::default(),
         };
         let mut tables = Tables::empty(config, Capacities::default());
         let nodes = [
@@ -178,6 +179,7 @@ mod tests {
                     addr,
                     cluster,
                     link,
+                    wireguard_key: None,
                 })
                 .unwrap();
         }

@@ -133,6 +133,7 @@ mod tests {
             tunnel: TunnelProtocol::Vxlan,
             host: None,
             masquerade: None,
+            encryption: Default::default(),
         }
     }
 

@@ -1,11 +1,14 @@
 //! What the worker copies out for the status socket and the metrics, every so often, from state only
 //! it owns: the pipeline's counters, its connection tracking's occupancy and pressure, and its traffic
 //! by direction as Cilium counts it (egress: sent by a pod of this node; ingress: everything else, the
-//! frames that come to this node's pods and through it).
+//! frames that come to this node's pods and through it), and its WireGuard peers.
 
 use meshpath_dataplane::conntrack::{Conntrack, CtStats};
 use meshpath_dataplane::snapshot::Tables;
 use meshpath_dataplane::stats::{Count, Counters};
+use meshpath_dataplane::wireguard::{
+    EncryptionMode, PeerReport, PublicKey, Tunnels, WireguardStats,
+};
 use meshpath_dataplane::{DropReason, Frame, Verdict};
 
 /// The worker's copied-out state.
@@ -14,6 +17,31 @@ pub struct WorkerReport {
     pub counters: Counters,
     pub conntrack: ConntrackReport,
     pub traffic: Traffic,
+    pub wireguard: WireguardReport,
+}
+
+/// The worker's WireGuard peers and counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WireguardReport {
+    pub mode: EncryptionMode,
+    /// This node's public key; `None` with encryption off.
+    pub public_key: Option<PublicKey>,
+    pub stats: WireguardStats,
+    /// By address.
+    pub peers: Vec<PeerReport>,
+}
+
+impl WireguardReport {
+    pub fn of(tunnels: &Tunnels, mode: EncryptionMode) -> WireguardReport {
+        let mut peers: Vec<PeerReport> = tunnels.peers().collect();
+        peers.sort_by_key(|p| p.addr);
+        WireguardReport {
+            mode,
+            public_key: tunnels.public_key(),
+            stats: tunnels.stats,
+            peers,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -93,7 +121,7 @@ impl Traffic {
         let count = match verdict {
             Verdict::Transmit(_) => &mut self.forwarded[d],
             Verdict::Drop(reason) => &mut self.dropped[d][reason.index()],
-            Verdict::ToKernel => return,
+            Verdict::ToKernel | Verdict::Consumed => return,
         };
         count.packets += 1;
         count.bytes += bytes;
@@ -139,6 +167,7 @@ mod tests {
                 kernel_mac: [2, 0, 0, 0, 0, 4],
             }),
             masquerade: None,
+            encryption: Default::default(),
         };
         Tables::empty(node, Capacities::default())
     }

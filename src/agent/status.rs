@@ -118,6 +118,7 @@ impl StatusSources {
             conntrack: Some(conntrack(&report.conntrack)),
             xdp: self.programs.read(),
             flows: Some(self.flows.status()),
+            encryption: Some(convert::encryption(&report.wireguard)),
         }
     }
 }

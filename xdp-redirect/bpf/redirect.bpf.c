@@ -5,8 +5,8 @@
 // uplink. It decides only "dataplane's, kernel's or nobody's": frames the dataplane owns go to the
 // AF_XDP socket of their rx queue (xsks_map), the node's own traffic is passed to the kernel untouched.
 //   pod veth, host port: everything that comes in is the dataplane's.
-//   uplink: UDP to the node address on a tunnel port (VXLAN 8472, Geneve 6081) from a node of the
-//           mesh (tunnel_peers_*); IP frames for a local pod prefix; replies to masqueraded flows
+//   uplink: UDP to the node address on a tunnel port (VXLAN 8472, Geneve 6081, WireGuard 51871) from
+//           a node of the mesh (tunnel_peers_*); IP frames for a local pod prefix; replies to masqueraded flows
 //           (TCP/UDP to a port of the masquerade range, echo replies with such an identifier, ICMP
 //           errors quoting such a packet). Everything else (ARP, ND, etcd, ssh, ...) is the kernel's.
 // Fail closed: a frame that is the dataplane's but has no socket on its queue (the agent is starting,
@@ -30,6 +30,8 @@
 
 #define PORT_VXLAN 8472
 #define PORT_GENEVE 6081
+// Cilium's WireGuard port: encrypted traffic between nodes, the dataplane's to decrypt.
+#define PORT_WIREGUARD 51871
 
 #define MAX_QUEUES 64
 #define MAX_TUNNEL_PEERS 16384
@@ -139,7 +141,8 @@ struct {
 
 static __always_inline int is_tunnel_port(__be16 port)
 {
-	return port == bpf_htons(PORT_VXLAN) || port == bpf_htons(PORT_GENEVE);
+	return port == bpf_htons(PORT_VXLAN) || port == bpf_htons(PORT_GENEVE) ||
+	       port == bpf_htons(PORT_WIREGUARD);
 }
 
 static __always_inline int addr6_eq(const __u8 *a, const __u8 *b)

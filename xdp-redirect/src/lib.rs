@@ -1,7 +1,8 @@
 //! The XDP side of meshpath: a minimal XDP program on every pod-facing veth, on the node's host port and
 //! on the node uplink that redirects what the dataplane owns (pod traffic, the node's traffic into the
-//! mesh, tunnel traffic from known nodes, local pod addresses, replies to masqueraded flows) into AF_XDP
-//! sockets through an XSKMAP and passes everything else to the kernel; and the loader that attaches it.
+//! mesh, tunnel and WireGuard traffic — UDP 8472, 6081, 51871 — from known nodes, local pod addresses,
+//! replies to masqueraded flows) into AF_XDP sockets through an XSKMAP and passes everything else to
+//! the kernel; and the loader that attaches it.
 //! It fails closed: what the dataplane owns is dropped and counted while no socket is registered for
 //! it, never handed to the kernel.
 //!

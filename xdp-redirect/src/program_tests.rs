@@ -14,6 +14,8 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const PEER4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x18, 1, 0, 0, 0, 2);
+/// Cilium's WireGuard port, which the uplink hands over from known nodes as it does the tunnel ports.
+const WIREGUARD: u16 = 51871;
 const MASQ: MasqueradePorts = MasqueradePorts {
     first: 61000,
     last: 65535,
@@ -127,7 +129,9 @@ fn uplink_takes_tunnels_to_the_node_and_frames_for_local_pods() {
     let cases = [
         (peer4, IpAddr::V4(NODE4), L4::Udp(8472), true),
         (peer4, IpAddr::V4(NODE4), L4::Udp(6081), true),
+        (peer4, IpAddr::V4(NODE4), L4::Udp(WIREGUARD), true),
         (peer6, IpAddr::V6(NODE6), L4::Udp(8472), true),
+        (peer6, IpAddr::V6(NODE6), L4::Udp(WIREGUARD), true),
         (peer4, pod4, L4::Tcp(80), true),
         (peer6, pod6, L4::Icmp, true),
         (peer4, IpAddr::V4(NODE4), L4::Tcp(2379), false),
@@ -173,12 +177,26 @@ fn tunnel_traffic_from_an_address_that_is_no_node_is_dropped_and_counted() {
         owner(&prog, &frame(stranger6, IpAddr::V6(NODE6), L4::Udp(6081))),
         Owner::Nobody
     );
+    let wireguard = frame(stranger, IpAddr::V4(NODE4), L4::Udp(WIREGUARD));
+    assert_eq!(owner(&prog, &wireguard), Owner::Nobody, "WireGuard too");
     let from_peer = frame(IpAddr::V4(PEER4), IpAddr::V4(NODE4), L4::Udp(8472));
     assert_eq!(owner(&prog, &from_peer), Owner::Dataplane);
+    let wireguard_from_peer = frame(IpAddr::V4(PEER4), IpAddr::V4(NODE4), L4::Udp(WIREGUARD));
+    assert_eq!(owner(&prog, &wireguard_from_peer), Owner::Dataplane);
     prog.set_tunnel_peers(&[IpAddr::V4(Ipv4Addr::new(198, 18, 1, 66))])
         .expect("peers fit");
     assert_eq!(owner(&prog, &vxlan), Owner::Dataplane, "a node that joined");
+    assert_eq!(
+        owner(&prog, &wireguard),
+        Owner::Dataplane,
+        "a node that joined"
+    );
     assert_eq!(owner(&prog, &from_peer), Owner::Nobody, "a node that left");
+    assert_eq!(
+        owner(&prog, &wireguard_from_peer),
+        Owner::Nobody,
+        "a node that left"
+    );
 }
 
 /// An ICMP error from a router to the node, quoting a packet the node sent from `sport`.
@@ -399,7 +417,7 @@ fn addr_strategy(v6: bool) -> impl Strategy<Value = (IpAddr, bool, bool)> {
 }
 
 fn l4_strategy() -> impl Strategy<Value = L4> {
-    let port = prop_oneof![Just(8472u16), Just(6081u16), any::<u16>()];
+    let port = prop_oneof![Just(8472u16), Just(6081u16), Just(WIREGUARD), any::<u16>()];
     prop_oneof![
         port.clone().prop_map(L4::Udp),
         port.prop_map(L4::Tcp),
@@ -420,7 +438,7 @@ proptest! {
             return Ok(());
         }
         let src = if dst.is_ipv4() { IpAddr::V4(Ipv4Addr::new(198, 18, 1, 9)) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) };
-        let tunnel = matches!(l4, L4::Udp(8472) | L4::Udp(6081));
+        let tunnel = matches!(l4, L4::Udp(8472) | L4::Udp(6081) | L4::Udp(WIREGUARD));
         let masq_reply = matches!(l4, L4::Udp(p) | L4::Tcp(p) if (MASQ.first..=MASQ.last).contains(&p));
         let want = is_pod || (is_node && (tunnel || masq_reply));
         let prog = uplink();

@@ -39,6 +39,9 @@ pub struct LocalNode {
     /// `spec.podCIDRs`, e.g. `100.64.1.0/24`.
     pub pod_cidrs: Vec<String>,
     pub labels: Labels,
+    /// Its WireGuard public key (base64), from Cilium's annotation `network.cilium.io/wg-pub-key`;
+    /// checked to be one.
+    pub wireguard_pub_key: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

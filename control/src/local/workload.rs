@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 
 use super::error::{Subject, TranslateError};
 use super::model::{LocalNode, LocalPod, ObjectRef};
+use crate::resolve::parse_wireguard_key;
 
 pub(crate) fn node(
     node: &Node,
@@ -33,13 +34,28 @@ pub(crate) fn node(
         Some(cidrs) if !cidrs.is_empty() => cidrs,
         _ => spec.and_then(|s| s.pod_cidr.clone()).into_iter().collect(),
     };
+    let annotations = node.metadata.annotations.as_ref();
+    let wireguard_pub_key = annotations
+        .and_then(|a| a.get(WIREGUARD_KEY_ANNOTATION))
+        .map(|key| match parse_wireguard_key(key) {
+            Some(_) => Ok(key.clone()),
+            None => Err(subject.error(
+                format!("metadata.annotations.{WIREGUARD_KEY_ANNOTATION}"),
+                format!("`{key}` is not a base64 X25519 public key"),
+            )),
+        })
+        .transpose()?;
     Ok(LocalNode {
         name: name.to_string(),
         internal_ips,
         pod_cidrs,
         labels: node.metadata.labels.clone().unwrap_or_default(),
+        wireguard_pub_key,
     })
 }
+
+/// Where Cilium's agent publishes its node's WireGuard public key on the Node.
+pub const WIREGUARD_KEY_ANNOTATION: &str = "network.cilium.io/wg-pub-key";
 
 /// `None` for pods that are not endpoints: host-network pods (their address is the node's) and pods
 /// that have finished (their address may already belong to another pod).
@@ -125,6 +141,31 @@ mod tests {
         );
         assert_eq!(node.pod_cidrs, ["100.64.1.0/24"]);
         assert_eq!(node.labels.len(), 1);
+    }
+
+    #[test]
+    fn a_nodes_wireguard_key_is_read_from_ciliums_annotation_and_checked() {
+        let node = |key: &str| {
+            format!(
+                r#"{{"apiVersion": "v1", "kind": "Node", "metadata": {{"name": "n", "annotations": {{"network.cilium.io/wg-pub-key": "{key}"}}}},
+          "status": {{"addresses": [{{"type": "InternalIP", "address": "198.18.1.11"}}]}}}}"#
+            )
+        };
+        let key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+        let Some(LocalObject::Node(n)) = translate(&node(key)) else {
+            panic!()
+        };
+        assert_eq!(n.wireguard_pub_key.as_deref(), Some(key));
+        let objects = parse_objects(&node("AQID")).unwrap();
+        let error = objects[0].object.translate().unwrap_err();
+        assert_eq!(
+            error.field,
+            "metadata.annotations.network.cilium.io/wg-pub-key"
+        );
+        assert!(
+            error.problem.contains("not a base64 X25519 public key"),
+            "{error}"
+        );
     }
 
     #[test]

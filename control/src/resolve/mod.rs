@@ -16,4 +16,4 @@ pub use allocator::{IdentitySource, MemoryAllocator};
 pub use label_filter::identity_relevant;
 pub use labels::{identity_labels, label_set, LABEL_SOURCE};
 pub use resolver::{resolve_known, ResolveError, ResolvedLocal, Resolver};
-pub use view::{local_node_addr, mesh_view, node_share, parse_cidr, serving};
+pub use view::{local_node_addr, mesh_view, node_share, parse_cidr, parse_wireguard_key, serving};

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
+use meshpath_dataplane::wireguard::PublicKey;
 use meshpath_dataplane::{Addr, ClusterId, Identity};
 
 use crate::kvstore::LabelSet;
@@ -16,6 +17,16 @@ use crate::state::{
 /// A node's underlay address: its first InternalIP.
 pub fn local_node_addr(node: &LocalNode) -> Option<Addr> {
     node.internal_ips.first().map(|ip| Addr::from(*ip))
+}
+
+/// A WireGuard public key as Cilium writes it (`WireguardPubKey`, the node annotation): standard
+/// base64 of 32 bytes; `None` if it is not one.
+pub fn parse_wireguard_key(text: &str) -> Option<PublicKey> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()?;
+    Some(PublicKey(bytes.try_into().ok()?))
 }
 
 /// `100.64.1.0/24` → a [`Cidr`]; `None` if it is not one.
@@ -132,7 +143,7 @@ fn node_info(node: &LocalNode, cluster: ClusterId) -> NodeInfo {
             .collect(),
         health_ips: Vec::new(),
         encryption_key: 0,
-        wireguard_pub_key: None,
+        wireguard_pub_key: node.wireguard_pub_key.clone(),
     }
 }
 
@@ -241,6 +252,7 @@ pub(crate) mod tests {
                 internal_ips: vec![Ipv4Addr::new(198, 18, 1, 1).into()],
                 pod_cidrs: vec!["100.64.1.0/24".into(), "bogus".into()],
                 labels: Default::default(),
+                wireguard_pub_key: None,
             },
         );
         local.pods.insert(
@@ -330,6 +342,7 @@ pub(crate) mod tests {
                 internal_ips: vec![Ipv4Addr::new(198, 18, 1, 2).into()],
                 pod_cidrs: vec!["100.64.2.0/24".into()],
                 labels: Default::default(),
+                wireguard_pub_key: None,
             },
         );
         let mut p2 = local.pods[&obj("default", "p1")].clone();

@@ -11,6 +11,7 @@ use meshpath_dataplane::policy::{compile_policies, PolicySource};
 use meshpath_dataplane::route::{NodeLink, RemoteNode};
 use meshpath_dataplane::service::{Frontend, Service, ServiceId};
 use meshpath_dataplane::snapshot::Tables;
+use meshpath_dataplane::wireguard::PublicKey;
 use meshpath_dataplane::{Addr, ClusterId, PortId};
 
 use super::admission::AdmissionLog;
@@ -20,7 +21,7 @@ use crate::cluster_name::ClusterName;
 use crate::clustermesh::{CidrConflict, StatusBoard};
 use crate::local::ObjectRef;
 use crate::refusal::RefusalCounts;
-use crate::resolve::local_node_addr;
+use crate::resolve::{local_node_addr, parse_wireguard_key};
 use crate::state::ServiceName;
 
 /// What the builder did, and what the tables refused (full tables, address conflicts, bad policy).
@@ -215,21 +216,30 @@ impl SnapshotBuilder {
         }
     }
 
-    /// The cluster of another node at `addr`, this one or a remote one.
-    fn node_at(&self, addr: Addr) -> Option<ClusterId> {
+    /// The cluster of another node at `addr`, this one or a remote one, and the WireGuard key it
+    /// publishes (none if what it publishes is no key: under strict encryption it is then
+    /// unreachable, as a node without one).
+    fn node_at(&self, addr: Addr) -> Option<(ClusterId, Option<PublicKey>)> {
         if self.spec.config.owns(addr) {
             return None;
         }
         let mut local = self.sources.local.local.nodes.values();
-        let local = local.any(|n| n.name != self.spec.node && local_node_addr(n) == Some(addr));
-        if local {
-            return Some(self.spec.cluster_id);
+        let local = local.find(|n| n.name != self.spec.node && local_node_addr(n) == Some(addr));
+        if let Some(node) = local {
+            let key = node
+                .wireguard_pub_key
+                .as_deref()
+                .and_then(parse_wireguard_key);
+            return Some((self.spec.cluster_id, key));
         }
         self.sources.remotes.values().find_map(|r| {
             let mut nodes = r.state.nodes.values();
-            nodes
-                .any(|n| n.tunnel_addr() == Some(addr))
-                .then_some(r.id)?
+            let node = nodes.find(|n| n.tunnel_addr() == Some(addr))?;
+            let key = node
+                .wireguard_pub_key
+                .as_deref()
+                .and_then(parse_wireguard_key);
+            Some((r.id?, key))
         })
     }
 
@@ -245,7 +255,7 @@ impl SnapshotBuilder {
 
     fn update_nodes(&mut self, tables: &mut Tables, dirty: &Dirty) {
         for addr in &dirty.nodes {
-            let Some(cluster) = self.node_at(*addr) else {
+            let Some((cluster, wireguard_key)) = self.node_at(*addr) else {
                 tables.nodes.remove(*addr);
                 continue;
             };
@@ -253,6 +263,7 @@ impl SnapshotBuilder {
                 addr: *addr,
                 cluster,
                 link: self.link_to(*addr),
+                wireguard_key,
             };
             if let Err(err) = tables.nodes.upsert(node) {
                 self.stats.nodes_refused += 1;

@@ -75,6 +75,7 @@ pub(super) fn spec() -> NodeSpec {
             tunnel: TunnelProtocol::Vxlan,
             host: None,
             masquerade: None,
+            encryption: Default::default(),
         },
         capacities: Capacities::default(),
         ports: BTreeMap::from([
@@ -140,6 +141,7 @@ pub(super) fn local_state(rebel_ready: bool, affinity: Affinity) -> LocalState {
             internal_ips: vec![Ipv4Addr::new(198, 18, 1, 1).into()],
             pod_cidrs: vec!["100.64.1.0/24".into()],
             labels: Default::default(),
+            wireguard_pub_key: None,
         },
     );
     for p in [pod("x-wing", X_WING), pod("rebel-base", REBEL_C1)] {
@@ -196,6 +198,11 @@ pub(super) fn remote(event: StateEvent) -> Change {
 
 /// Cluster2 as its watcher emits it: one node, its rebel-base and the shared service.
 pub(super) fn cluster2() -> Vec<Change> {
+    cluster2_keyed(None)
+}
+
+/// Cluster2 whose node publishes `wireguard_pub_key`.
+fn cluster2_keyed(wireguard_pub_key: Option<String>) -> Vec<Change> {
     let id = Identity::new(0x2_0100).unwrap();
     let labels = LabelSet::parse(
         "k8s:io.cilium.k8s.policy.cluster=cluster2;k8s:io.kubernetes.pod.namespace=default;k8s:name=rebel-base;",
@@ -211,7 +218,7 @@ pub(super) fn cluster2() -> Vec<Change> {
         }],
         health_ips: vec![],
         encryption_key: 0,
-        wireguard_pub_key: None,
+        wireguard_pub_key,
     };
     let endpoint = EndpointInfo {
         ip: REBEL_C2.into(),
@@ -975,6 +982,7 @@ async fn nodes_on_the_uplinks_segment_are_reached_at_the_mac_the_agent_resolved(
             internal_ips: vec![neighbour.into()],
             pod_cidrs: vec!["100.64.2.0/24".into()],
             labels: Default::default(),
+            wireguard_pub_key: None,
         },
     );
     let mut changes = vec![Change::Local(resolve(local).await)];
@@ -1000,4 +1008,58 @@ async fn nodes_on_the_uplinks_segment_are_reached_at_the_mac_the_agent_resolved(
     );
     builder.apply([Change::NodeMacs(NodeMacs::new())]).unwrap();
     assert_eq!(link(&builder, neighbour), Some(NodeLink::Unresolved));
+}
+
+#[tokio::test]
+async fn nodes_carry_the_wireguard_key_they_publish_and_a_new_one_replaces_it() {
+    use base64::Engine;
+    let encode = |byte: u8| base64::engine::general_purpose::STANDARD.encode([byte; 32]);
+    let neighbour = Ipv4Addr::new(198, 18, 1, 2);
+    let local_with = |key: Option<String>| {
+        let mut local = local_state(true, Affinity::None);
+        local.nodes.insert(
+            "n2".into(),
+            LocalNode {
+                name: "n2".into(),
+                internal_ips: vec![neighbour.into()],
+                pod_cidrs: vec!["100.64.2.0/24".into()],
+                labels: Default::default(),
+                wireguard_pub_key: key,
+            },
+        );
+        local
+    };
+    let mut builder = SnapshotBuilder::new(spec());
+    let mut changes = vec![Change::Local(resolve(local_with(Some(encode(1)))).await)];
+    changes.extend(cluster2_keyed(Some(encode(2))));
+    builder.apply(changes).unwrap();
+    let key = |b: &SnapshotBuilder, addr: Ipv4Addr| {
+        b.current()
+            .nodes
+            .get(addr.into())
+            .map(|n| n.wireguard_key.map(|k| k.0[0]))
+    };
+    assert_eq!(
+        key(&builder, neighbour),
+        Some(Some(1)),
+        "from the node's annotation"
+    );
+    assert_eq!(
+        key(&builder, NODE_C2),
+        Some(Some(2)),
+        "from the node record"
+    );
+
+    builder
+        .apply([Change::Local(resolve(local_with(Some(encode(3)))).await)])
+        .unwrap();
+    assert_eq!(key(&builder, neighbour), Some(Some(3)), "a re-keyed node");
+    builder
+        .apply(cluster2_keyed(Some("not a key".into())))
+        .unwrap();
+    assert_eq!(
+        key(&builder, NODE_C2),
+        Some(None),
+        "a record whose key is no key is a node without one"
+    );
 }

@@ -6,12 +6,29 @@ use crate::{DropReason, Frame, PortId, Verdict};
 /// Decides the fate of every frame of a burst; `verdicts[i]` belongs to `frames[i]`.
 pub trait BatchHandler: Send {
     fn handle(&mut self, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]);
+
+    /// Frames the handler sends of its own accord (WireGuard's handshakes and keepalives, packets
+    /// held for a handshake): each handed to `send` with its port, after every turn.
+    fn originate(&mut self, send: &mut dyn FnMut(PortId, &[u8])) {
+        let _ = send;
+    }
+
+    /// The handler's timers, run from the worker's loop every [`super::worker::TICK_EVERY`].
+    fn tick(&mut self) {}
 }
 
 /// A boxed handler, for callers that choose one at run time.
 impl<H: BatchHandler + ?Sized> BatchHandler for Box<H> {
     fn handle(&mut self, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
         (**self).handle(frames, verdicts);
+    }
+
+    fn originate(&mut self, send: &mut dyn FnMut(PortId, &[u8])) {
+        (**self).originate(send);
+    }
+
+    fn tick(&mut self) {
+        (**self).tick();
     }
 }
 

@@ -15,7 +15,7 @@ use arrayvec::ArrayVec;
 
 use super::ports::{BoundPort, PortCommand, PortCommands, PortControl, Released};
 use super::stats::{PortStats, SharedStats, UmemStats, WorkerStats};
-use super::sys::{self, BindOptions, Umem, Xsk, BURST};
+use super::sys::{self, BindOptions, Umem, Xsk, BURST, RX_OFFSET};
 use super::{AfXdpError, BatchHandler};
 use crate::{DropReason, Frame, PortId, Verdict};
 
@@ -73,6 +73,10 @@ impl WorkerConfig {
 /// How often the kernel's socket counters (rx ring full, fill ring empty, invalid descriptors) are
 /// read and published, whatever the load.
 pub const KERNEL_COUNTERS_EVERY: Duration = Duration::from_millis(100);
+
+/// How often the handler's timers run ([`BatchHandler::tick`]): WireGuard's handshake retries and
+/// keepalives count in seconds.
+pub const TICK_EVERY: Duration = Duration::from_millis(100);
 
 /// How long one busy-poll kick may spin in the driver.
 const BUSY_POLL_USECS: u32 = 20;
@@ -333,8 +337,12 @@ impl Worker {
 
     fn run<H: BatchHandler>(&mut self, handler: &mut H, stop: &AtomicBool) {
         let mut kernel_counters = Every::new(KERNEL_COUNTERS_EVERY, Instant::now());
+        let mut ticks = Every::new(TICK_EVERY, Instant::now());
         while !stop.load(Ordering::Relaxed) {
             self.apply_port_changes();
+            if ticks.due(Instant::now()) {
+                handler.tick();
+            }
             let (received, kicked) = self.poll_once(handler);
             self.turns = self.turns.wrapping_add(1);
             self.shared.beat(self.turns);
@@ -368,6 +376,7 @@ impl Worker {
             }
             received += self.service(i, handler);
         }
+        self.send_originated(handler);
         for port in self.ports.iter_mut() {
             if port.xsk.flush_tx() {
                 kicked = true;
@@ -408,6 +417,7 @@ impl Worker {
         for ((base, addr, len), verdict) in sends.into_iter().zip(verdicts) {
             match verdict {
                 Verdict::Transmit(out) => self.transmit(i, out, base, addr, len),
+                Verdict::Consumed => self.umem.recycle(base),
                 Verdict::ToKernel => {
                     self.umem.recycle(base);
                     if let Some(c) = self.stats.ports.get_mut(i) {
@@ -428,6 +438,34 @@ impl Worker {
             }
         }
         n
+    }
+
+    /// Copies each frame the handler originates into a free chunk and queues it on its port.
+    fn send_originated<H: BatchHandler>(&mut self, handler: &mut H) {
+        handler.originate(&mut |out, bytes| {
+            let Some(j) = self.index_of(out) else {
+                return;
+            };
+            let Some((base, chunk)) = self.umem.lend() else {
+                return;
+            };
+            let at = RX_OFFSET;
+            let Some(room) = chunk.get_mut(at..at + bytes.len()) else {
+                self.umem.recycle(base);
+                return;
+            };
+            room.copy_from_slice(bytes);
+            let (Some(port), Some(c)) = (self.ports.get_mut(j), self.stats.ports.get_mut(j)) else {
+                self.umem.recycle(base);
+                return;
+            };
+            let (addr, len) = (base + at as u64, bytes.len() as u32);
+            if self.umem.transmit(&mut port.xsk, out, base, addr, len) {
+                c.tx += 1;
+            } else {
+                c.tx_ring_full += 1;
+            }
+        });
     }
 
     fn refresh_kernel_counters(&mut self) {

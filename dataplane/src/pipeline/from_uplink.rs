@@ -19,6 +19,14 @@
 //! segment (or, in native routing over an underlay configured to route pod CIDRs, the router's for a
 //! node behind it). Otherwise it is dropped (`spoofed_underlay_source`, or `node_mac_unresolved`
 //! while the owner's MAC is not known yet). A source the mesh does not place is `world`.
+//!
+//! WireGuard datagrams (UDP 51871 to our address) go to the peer of their outer source
+//! ([`crate::wireguard`]): from no node with a key they are `unknown_wireguard_peer`; what the peer
+//! decrypts is then checked as a frame from that node, except that the tunnel proves the sender
+//! instead of its MAC: a tunnel frame inside must come from the peer's own address, and a plain
+//! packet's source must be the peer or an address the ipcache places on it (else
+//! `wireguard_source_mismatch`). Under strict encryption nothing from a node of the mesh (or its
+//! pods) is believed in clear: `unencrypted_traffic`.
 
 use super::{Arrival, Received, Source, Verdict};
 use crate::offload;
@@ -27,11 +35,64 @@ use crate::route::{RemoteNode, RoutingMode};
 use crate::snapshot::Tables;
 use crate::stats::Forward;
 use crate::tunnel::{self, TunnelProtocol};
+use crate::wireguard::{self, EncryptionMode, Tunnels};
 use crate::{Addr, DropReason, Frame, Identity};
 
-pub(super) fn receive(tables: &Tables, frame: &mut Frame<'_>) -> Result<Received, DropReason> {
+pub(super) fn receive(
+    tables: &Tables,
+    tunnels: &mut Tunnels,
+    frame: &mut Frame<'_>,
+) -> Result<Received, DropReason> {
     let outer = parse::parse(frame.data())?;
+    if outer.tunnel_port() == Some(wireguard::PORT) && tables.node.owns(outer.flow.dst) {
+        return from_wireguard(tables, tunnels, frame, &outer);
+    }
+    from_node(tables, frame, outer, None)
+}
+
+fn from_wireguard(
+    tables: &Tables,
+    tunnels: &mut Tunnels,
+    frame: &mut Frame<'_>,
+    outer: &Parsed,
+) -> Result<Received, DropReason> {
+    let key = match tables.node.encryption {
+        EncryptionMode::Off => None,
+        EncryptionMode::On | EncryptionMode::Strict => tables
+            .nodes
+            .get(outer.flow.src)
+            .and_then(|node| node.wireguard_key),
+    };
+    let key = key.ok_or(DropReason::UnknownWireguardPeer)?;
+    let answered = |verdict| Ok(Received::Answered(Forward::Wireguard, verdict));
+    match tunnels.receive(tables, frame, outer, key)? {
+        wireguard::Received::Reply => answered(Verdict::Transmit(tables.node.uplink)),
+        wireguard::Received::Absorbed => answered(Verdict::Consumed),
+        wireguard::Received::Decrypted(decrypted) => {
+            let inner = parse::parse(frame.data())?;
+            from_node(tables, frame, inner, Some(decrypted.peer))
+        }
+    }
+}
+
+/// A frame from another node: `via` the WireGuard peer that decrypted it, `None` if it came plain.
+fn from_node(
+    tables: &Tables,
+    frame: &mut Frame<'_>,
+    outer: Parsed,
+    via: Option<Addr>,
+) -> Result<Received, DropReason> {
+    let strict = tables.node.encryption == EncryptionMode::Strict;
     if let Some(protocol) = tunnel_for_us(tables, &outer) {
+        match via {
+            Some(peer) if peer != outer.flow.src => {
+                return Err(DropReason::WireguardSourceMismatch)
+            }
+            None if strict && tables.nodes.get(outer.flow.src).is_some() => {
+                return Err(DropReason::UnencryptedTraffic)
+            }
+            _ => {}
+        }
         let sender = *tables
             .nodes
             .get(outer.flow.src)
@@ -45,10 +106,33 @@ pub(super) fn receive(tables: &Tables, frame: &mut Frame<'_>) -> Result<Received
     let dst = outer.flow.dst;
     let for_pod = tables.endpoints.by_addr(dst).is_some();
     if is_ip && (for_pod || answers_masquerade(tables, frame, &outer)) {
-        let identity = plain_identity(tables, outer.flow.src, outer.eth_src)?;
+        let identity = match via {
+            Some(peer) => decrypted_identity(tables, outer.flow.src, peer)?,
+            None => plain_identity(tables, outer.flow.src, outer.eth_src)?,
+        };
+        if via.is_none() && strict && identity != Identity::WORLD {
+            return Err(DropReason::UnencryptedTraffic);
+        }
         return inbound(frame, outer, identity, Arrival::FromUnderlay);
     }
+    if via.is_some() {
+        // What comes out of a tunnel is for our pods or for our own tunnel endpoint, never for the
+        // kernel to route on.
+        return Err(DropReason::NoRoute);
+    }
     Ok(Received::Answered(Forward::ToKernel, Verdict::ToKernel))
+}
+
+/// The identity of a plain packet that `peer`'s tunnel decrypted: the peer's own traffic, or one
+/// of the addresses the ipcache places on it.
+fn decrypted_identity(tables: &Tables, src: Addr, peer: Addr) -> Result<Identity, DropReason> {
+    if src == peer {
+        return Ok(Identity::REMOTE_NODE);
+    }
+    match tables.ipcache.lookup(src) {
+        Some(entry) if entry.tunnel_endpoint == Some(peer) => Ok(entry.identity),
+        _ => Err(DropReason::WireguardSourceMismatch),
+    }
 }
 
 fn answers_masquerade(tables: &Tables, frame: &Frame<'_>, parsed: &Parsed) -> bool {

@@ -13,7 +13,13 @@
 //! 3. [`route`] — where the translated destination lives (local pod, another node, the node, the world);
 //! 4. [`enforce`] — policy for new flows, [`masquerade`] for those leaving the mesh, which
 //!    [`conntrack`] then remembers;
-//! 5. [`route`] — path MTU errors, NAT rewrite, MACs and hop limit, encapsulation, transmit.
+//! 5. [`route`] — path MTU errors, NAT rewrite, MACs and hop limit, encapsulation, WireGuard
+//!    encryption to a node with a key ([`crate::wireguard`]), transmit.
+//!
+//! WireGuard datagrams are decrypted in [`from_uplink`] before anything else looks at them; handshake
+//! messages are answered there. What the worker sends of its own accord (handshake retries,
+//! keepalives, packets held for a handshake) it takes from [`originate`] after each turn, and
+//! [`tick`] runs WireGuard's timers.
 
 mod conntrack;
 mod enforce;
@@ -31,6 +37,7 @@ use crate::pmtu::ErrorRateLimit;
 use crate::service::Service;
 use crate::snapshot::Tables;
 use crate::stats::{Counters, Forward};
+use crate::wireguard::Tunnels;
 use crate::{DropReason, Frame, Identity, PortId};
 
 use conntrack::{Known, Tracked};
@@ -45,6 +52,9 @@ pub enum Verdict {
     ToKernel,
     /// Drop it, counted under this reason.
     Drop(DropReason),
+    /// Done with, nothing to send: the pipeline kept what it needed of the frame (boringtun holds its
+    /// packet until a handshake completes) or absorbed it (a WireGuard keepalive). Its buffer is free.
+    Consumed,
 }
 
 /// Frames taken through the stages together: enough to overlap a burst's cache misses, few enough
@@ -63,6 +73,8 @@ pub struct WorkerState {
     /// New flows' verdicts and drops; the worker's owner drains it after each batch.
     pub flowlog: FlowLog,
     pub icmp_errors: ErrorRateLimit,
+    /// WireGuard peers; disabled unless the owner gives the worker its key.
+    pub wireguard: Tunnels,
 }
 
 impl WorkerState {
@@ -72,6 +84,7 @@ impl WorkerState {
             counters: Counters::default(),
             flowlog: FlowLog::default(),
             icmp_errors: ErrorRateLimit::default(),
+            wireguard: Tunnels::disabled(),
         }
     }
 }
@@ -108,6 +121,18 @@ pub fn process_one(
         &mut verdict,
     );
     verdict[0]
+}
+
+/// The worker's timers, from its loop (not per packet): WireGuard's handshake retries, rekeying and
+/// keepalives, and forgetting the peers whose node left the snapshot or changed its key.
+pub fn tick(tables: &Tables, state: &mut WorkerState) {
+    state.wireguard.tick(tables);
+}
+
+/// Hands `send` every frame the pipeline sends of its own accord (WireGuard's handshakes and
+/// keepalives, packets boringtun held for a handshake), with its port.
+pub fn originate(state: &mut WorkerState, send: impl FnMut(PortId, &[u8])) {
+    state.wireguard.outbox.drain(send);
 }
 
 /// Where a frame came in. The underlay only delivers to local pods and the node (this node is no
@@ -168,10 +193,11 @@ fn process_burst<'t>(
     let mut outcomes: [Outcome; BURST] = [Err(DropReason::InvalidHeader); BURST];
     let ct = &mut state.conntrack;
     let icmp_errors = &mut state.icmp_errors;
+    let tunnels = &mut state.wireguard;
 
     for ((frame, flight), outcome) in frames.iter_mut().zip(&mut flights).zip(&mut outcomes) {
         state.counters.count_received(frame.len());
-        *outcome = receive(tables, frame).map(|received| match received {
+        *outcome = receive(tables, tunnels, frame).map(|received| match received {
             Received::Answered(forward, verdict) => (forward, verdict),
             Received::Track(parsed, source, arrival) => {
                 *flight = Some(InFlight {
@@ -223,7 +249,7 @@ fn process_burst<'t>(
     });
     for ((flight, frame), outcome) in flights.iter().zip(frames.iter_mut()).zip(&mut outcomes) {
         if let Some(f) = flight {
-            *outcome = route::transmit(tables, frame, f, icmp_errors, now_ms);
+            *outcome = route::transmit(tables, frame, f, (icmp_errors, tunnels), now_ms);
             if f.known == Known::New || outcome.is_err() {
                 log.record(f.event(*outcome, now_ms));
             }
@@ -234,10 +260,14 @@ fn process_burst<'t>(
     }
 }
 
-fn receive(tables: &Tables, frame: &mut Frame<'_>) -> Result<Received, DropReason> {
+fn receive(
+    tables: &Tables,
+    tunnels: &mut Tunnels,
+    frame: &mut Frame<'_>,
+) -> Result<Received, DropReason> {
     let port = frame.port();
     if port == tables.node.uplink {
-        from_uplink::receive(tables, frame)
+        from_uplink::receive(tables, tunnels, frame)
     } else if tables.node.is_host_port(port) {
         from_host::receive(tables, frame)
     } else {

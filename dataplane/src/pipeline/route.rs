@@ -2,7 +2,10 @@
 //! another node (encapsulated or directly), the node's own stack, or the world beyond the kernel — and
 //! the rewrite that sends it there. Frames for the node and the world go to the kernel through the
 //! host port; a frame too big for the underlay once encapsulated is answered with an ICMP error that
-//! tells its sender the MTU that fits ([`crate::pmtu`]).
+//! tells its sender the MTU that fits ([`crate::pmtu`]). With encryption on, a frame for a node that
+//! publishes a WireGuard key leaves as a WireGuard datagram to it, encrypted after encapsulation
+//! ([`crate::wireguard`]); its overhead enters the path MTU. Under strict encryption a node without a
+//! key is unreachable (`node_without_key`).
 
 use super::conntrack::Rewrite;
 use super::{Arrival, InFlight, Outcome, Verdict};
@@ -14,6 +17,8 @@ use crate::route::{self, NextHop, NodeLink, RemoteNode};
 use crate::snapshot::Tables;
 use crate::stats::Forward;
 use crate::tunnel::{self, Encapsulation};
+use crate::wire::ethernet;
+use crate::wireguard::{self, EncryptionMode, Ends, PublicKey, Sent, Tunnels};
 use crate::{Addr, DropReason, Frame, Identity};
 
 /// The outer TTL of tunnel frames, as Linux's VXLAN device sends them.
@@ -78,7 +83,7 @@ pub(super) fn transmit(
     tables: &Tables,
     frame: &mut Frame<'_>,
     flight: &InFlight<'_>,
-    errors: &mut ErrorRateLimit,
+    (errors, tunnels): (&mut ErrorRateLimit, &mut Tunnels),
     now_ms: u64,
 ) -> Outcome {
     if let Destination::Node { node, .. } = flight.destination {
@@ -107,7 +112,12 @@ pub(super) fn transmit(
                 identity => identity,
             };
             let hash = flight.tracked.flow.symmetric_hash();
-            to_node(tables, frame, &flight.parsed, node, identity, hash)
+            let key = wireguard_key(tables, node)?;
+            let sent = to_node(tables, frame, &flight.parsed, node, identity, hash)?;
+            match key {
+                Some(key) => encrypt(tables, tunnels, frame, node, key, sent),
+                None => Ok(sent),
+            }
         }
         Destination::Host | Destination::Kernel => to_kernel(tables, frame),
         Destination::Nowhere { reason, .. } => Err(reason),
@@ -140,11 +150,49 @@ fn to_kernel(tables: &Tables, frame: &mut Frame<'_>) -> Outcome {
     Ok((Forward::ToKernel, Verdict::Transmit(host.port)))
 }
 
+/// The key to encrypt to `node` with, `None` to send it plain; under strict encryption a node
+/// without a key is no destination.
+fn wireguard_key(tables: &Tables, node: Addr) -> Result<Option<PublicKey>, DropReason> {
+    let key = tables.nodes.get(node).and_then(|n| n.wireguard_key);
+    match (tables.node.encryption, key) {
+        (EncryptionMode::Off, _) => Ok(None),
+        (EncryptionMode::Strict, None) => Err(DropReason::NodeWithoutKey),
+        (EncryptionMode::On | EncryptionMode::Strict, key) => Ok(key),
+    }
+}
+
+/// Wraps the frame `to_node` made into a WireGuard datagram to `node`.
+fn encrypt(
+    tables: &Tables,
+    tunnels: &mut Tunnels,
+    frame: &mut Frame<'_>,
+    node: Addr,
+    key: PublicKey,
+    (forward, verdict): (Forward, Verdict),
+) -> Outcome {
+    let config = &tables.node;
+    let ends = Ends {
+        src_mac: config.underlay.mac,
+        dst_mac: ethernet::Frame::new_checked(frame.data())
+            .map_err(|_| DropReason::InvalidHeader)?
+            .dst(),
+        src: config
+            .underlay_addr_towards(node)
+            .ok_or(DropReason::NoRoute)?,
+        dst: node,
+    };
+    match tunnels.encrypt(frame, &ends, key)? {
+        Sent::Datagram => Ok((forward, verdict)),
+        Sent::Held => Ok((forward, Verdict::Consumed)),
+    }
+}
+
 fn remote_node(tables: &Tables, node: Addr) -> RemoteNode {
     tables.nodes.get(node).copied().unwrap_or(RemoteNode {
         addr: node,
         cluster: tables.node.cluster,
         link: NodeLink::Routed,
+        wireguard_key: None,
     })
 }
 
@@ -162,6 +210,10 @@ fn too_big(tables: &Tables, frame: &Frame<'_>, parsed: &Parsed, node: Addr) -> O
     {
         NextHop::Tunnel { node, .. } => tunnel::overhead(node),
         NextHop::Direct { .. } => 0,
+    };
+    let overhead = match wireguard_key(tables, node) {
+        Ok(Some(_)) => overhead + wireguard::overhead_to(node),
+        _ => overhead,
     };
     let packet = frame.len().saturating_sub(parsed.l3_offset);
     let mtu = usize::from(config.underlay.mtu);

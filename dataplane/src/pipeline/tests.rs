@@ -80,6 +80,7 @@ fn tables(cluster: u8, local: &[(PortId, Pod)], remote: &[Pod], rules: &[PolicyR
         tunnel: TunnelProtocol::Vxlan,
         host: None,
         masquerade: None,
+        encryption: Default::default(),
     };
     let mut t = Tables::empty(node, Capacities::default());
     let mut identities = IdentityLabels::new();
@@ -107,6 +108,7 @@ fn tables(cluster: u8, local: &[(PortId, Pod)], remote: &[Pod], rules: &[PolicyR
             addr: node_ip(other).into(),
             cluster: ClusterId::new(other).unwrap(),
             link: NodeLink::Routed,
+            wireguard_key: None,
         })
         .unwrap();
     t.policy = policy::compile(
@@ -928,5 +930,6 @@ fn conntrack_ages_flows_as_the_clock_moves() {
     );
 }
 
+mod encryption;
 mod node_path;
 mod routing;

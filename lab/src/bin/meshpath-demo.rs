@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use meshpath_lab::mesh::{MeshOptions, Routing, Tunnel};
+use meshpath_lab::mesh::{Encryption, MeshOptions, Routing, Tunnel};
 use meshpath_lab::{demo, Output};
 
 /// Cilium's ClusterMesh demo on a two-cluster lab: global service, failover, cross-cluster policy.
@@ -34,6 +34,10 @@ struct Cli {
     /// the agent's lease): `platform.survives_agent_stop`.
     #[arg(long)]
     agent_stop: bool,
+    /// Run it all with strict WireGuard encryption between the nodes, and report what the capture
+    /// of step 1 saw of it.
+    #[arg(long)]
+    encrypt: bool,
 }
 
 fn main() -> ExitCode {
@@ -47,7 +51,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let options = MeshOptions::new(cli.routing, cli.tunnel);
+    let options = MeshOptions {
+        encryption: if cli.encrypt {
+            Encryption::Strict
+        } else {
+            Encryption::Off
+        },
+        ..MeshOptions::new(cli.routing, cli.tunnel)
+    };
     let report = demo::run(
         &cli.prefix,
         cli.requests,

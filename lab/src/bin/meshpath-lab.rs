@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use clap::{Args, Parser, Subcommand};
-use meshpath_lab::mesh::{MeshOptions, Routing, Tunnel};
+use meshpath_lab::mesh::{Encryption, MeshOptions, Routing, Tunnel};
 use meshpath_lab::plan::{Plan, Size};
 use meshpath_lab::{agent_binary, apiserver, down, mesh, status, up, Output};
 
@@ -50,6 +50,10 @@ enum Command {
         /// With --mesh: what tunnels encapsulate with.
         #[arg(long, value_enum, default_value_t = Tunnel::Vxlan, requires = "mesh")]
         tunnel: Tunnel,
+        /// With --mesh: WireGuard between the nodes (the agents make their keys, the lab annotates
+        /// their Nodes with the public keys).
+        #[arg(long, value_enum, default_value_t = Encryption::Off, requires = "mesh")]
+        encryption: Encryption,
         /// Members of each cluster's etcd (with --mesh): 3 runs it as production does, a member
         /// lost — the leader included — without a failed request.
         #[arg(long, default_value_t = 1, requires = "mesh", value_parser = clap::value_parser!(u8).range(1..=7))]
@@ -109,6 +113,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             mesh,
             routing,
             tunnel,
+            encryption,
             etcd_members,
             prefix,
         } => {
@@ -128,7 +133,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             up::up(&plan)?;
             println!("lab up: {} namespaces", plan.namespaces().count());
             if mesh {
-                mesh::start_with(&plan, MeshOptions::new(routing, tunnel))?;
+                let options = MeshOptions {
+                    encryption,
+                    ..MeshOptions::new(routing, tunnel)
+                };
+                mesh::start_with(&plan, options)?;
                 println!(
                     "lab meshed: {} etcd, {} agents; sockets and logs in {}",
                     plan.clusters.len(),

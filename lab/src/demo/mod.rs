@@ -28,7 +28,7 @@ use std::time::Instant;
 use meshpath_api::local_source::LocalSourceKind;
 use serde::Serialize;
 
-use crate::mesh::MeshOptions;
+use crate::mesh::{Encryption, MeshOptions};
 use scene::Scene;
 
 /// What the demo found, step by step.
@@ -37,6 +37,9 @@ pub struct DemoReport {
     pub requests_per_cluster: BTreeMap<String, u64>,
     pub failed_requests: u64,
     pub routing: routing::RoutingReport,
+    /// With `--encrypt`: what the capture of step 1 says of the encryption between nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<routing::EncryptionReport>,
     pub failover_failed_requests: u64,
     pub failover: Vec<failover::Failover>,
     pub policy: steps::PolicyReport,
@@ -65,6 +68,8 @@ pub fn run(
     let calls = steps::call_service(&scene, 1, requests)?;
     let identities = vni::Identities::of_every_pod(&scene.agent_sockets())?;
     let routing = capture.stop(options, &identities)?;
+    let encryption =
+        (options.encryption != Encryption::Off).then(|| routing.encryption(options.encryption));
     eprintln!(
         "step 2: failover, x-wing opening {} connections a second …",
         failover::RATE
@@ -91,6 +96,7 @@ pub fn run(
         requests_per_cluster: calls.per_cluster,
         failed_requests: calls.failed,
         routing,
+        encryption,
         failover_failed_requests: failover.iter().map(|f| f.failed).sum(),
         failover,
         policy,
@@ -117,6 +123,16 @@ impl DemoReport {
             wire(&r.captured.intra_cluster),
             wire(&r.captured.cross_cluster),
         );
+        if let Some(e) = &self.encryption {
+            let yes = |b: bool| if b { "yes" } else { "no" };
+            let _ = writeln!(
+                out,
+                "   encryption ({} WireGuard): payload seen in clear: {}, only WireGuard between nodes: {}",
+                name(&e.mode),
+                yes(e.payload_seen_in_clear),
+                yes(e.only_wireguard_between_nodes),
+            );
+        }
         let vni = &r.identity_in_vni;
         let checked: u64 = vni.checked.values().sum();
         if checked > 0 {
@@ -248,20 +264,21 @@ fn name(value: &impl Serialize) -> String {
         .unwrap_or_default()
 }
 
-/// What the capture saw of one kind of traffic: `plain (12 frames)`, `geneve (12 frames)`, or each
-/// count when it saw several kinds or none.
+/// What the capture saw of one kind of traffic: `plain (12 frames)`, `geneve (12 frames)`,
+/// `wireguard (12 frames)`, or each count when it saw several kinds or none.
 fn wire(frames: &routing::Frames) -> String {
     let kinds = [
         ("plain", frames.plain),
         ("vxlan", frames.vxlan),
         ("geneve", frames.geneve),
+        ("wireguard", frames.wireguard),
     ];
     match kinds.iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>()[..] {
         [(kind, n)] => format!("{kind} ({n} frames)"),
         [] => "nothing captured".to_owned(),
         _ => format!(
-            "mixed ({} plain, {} vxlan, {} geneve)",
-            frames.plain, frames.vxlan, frames.geneve
+            "mixed ({} plain, {} vxlan, {} geneve, {} wireguard)",
+            frames.plain, frames.vxlan, frames.geneve, frames.wireguard
         ),
     }
 }

@@ -1,7 +1,8 @@
 //! The demo's routing report: what the agents put on the fabric while x-wing calls rebel-base in both
 //! clusters (step 1). tcpdump listens on every node's port of the fabric, inbound — each frame once,
-//! as the node that sent it sent it — and each frame between pods (plain) or between nodes on a
-//! tunnel port (encapsulated) is counted as inside one cluster or across two.
+//! as the node that sent it sent it — and each frame between pods (plain), between nodes on a tunnel
+//! port (encapsulated) or on WireGuard's is counted as inside one cluster or across two. The frames'
+//! bytes are searched for the HTTP the pods exchange: with encryption on, none may be seen in clear.
 
 use std::net::Ipv4Addr;
 
@@ -10,7 +11,11 @@ use serde::Serialize;
 use super::scene::Scene;
 use super::vni::{Identities, IdentityInVni};
 use crate::capture::Capture;
-use crate::mesh::{MeshOptions, Routing, Tunnel};
+use crate::mesh::{Encryption, MeshOptions, Routing, Tunnel};
+
+/// What every request and answer of the demo carries (`GET / HTTP/1.1`, `HTTP/1.0 200 OK`): seen on
+/// the fabric, the pods' payload was in clear.
+const PAYLOAD_MARKER: &str = "HTTP/1.";
 
 /// How the demo's agents routed, and what the capture saw of it.
 #[derive(Debug, Serialize)]
@@ -26,11 +31,24 @@ pub struct RoutingReport {
     pub identity_in_vni: IdentityInVni,
 }
 
+/// What the capture says of the encryption between nodes (`meshpath demo --encrypt`).
+#[derive(Debug, Serialize)]
+pub struct EncryptionReport {
+    pub mode: Encryption,
+    /// Whether the capture saw the pods' HTTP in any frame's bytes.
+    pub payload_seen_in_clear: bool,
+    /// Whether everything between nodes and pods was WireGuard (and some was): no plain pod frame, no
+    /// tunnel frame in clear.
+    pub only_wireguard_between_nodes: bool,
+}
+
 /// The frames the capture counted.
 #[derive(Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Captured {
     pub intra_cluster: Frames,
     pub cross_cluster: Frames,
+    /// Frames whose bytes held the pods' HTTP.
+    pub payload_in_clear: u64,
 }
 
 #[derive(Debug, Default, PartialEq, Eq, Serialize)]
@@ -41,10 +59,13 @@ pub struct Frames {
     pub vxlan: u64,
     /// Node to node on UDP 6081.
     pub geneve: u64,
+    /// Node to node on UDP 51871: WireGuard, whatever it carries inside.
+    pub wireguard: u64,
 }
 
 impl Frames {
-    /// `Some(true)`: all encapsulated; `Some(false)`: all plain; `None`: none seen, or both kinds.
+    /// `Some(true)`: all encapsulated; `Some(false)`: all plain; `None`: none seen, or both kinds (or
+    /// only WireGuard, inside which the capture cannot look).
     fn encapsulated(&self) -> Option<bool> {
         let tunnelled = self.vxlan + self.geneve;
         match (self.plain, tunnelled) {
@@ -67,10 +88,12 @@ impl FabricCapture {
             Tunnel::Vxlan => &["-T", "vxlan"],
             Tunnel::Geneve => &[],
         };
+        // And every frame's bytes as text (`-A`), to look for the pods' payload in clear.
+        let options = [decode, &["-A"]].concat();
         let captures = scene
             .fabric_ports()
             .iter()
-            .map(|port| Capture::decoded(scene.fabric_ns(), port, decode, &["ip"]))
+            .map(|port| Capture::decoded(scene.fabric_ns(), port, &options, &["ip"]))
             .collect::<anyhow::Result<_>>()?;
         Ok(FabricCapture(captures))
     }
@@ -100,6 +123,21 @@ impl FabricCapture {
     }
 }
 
+impl RoutingReport {
+    /// What the capture says of the encryption the agents had.
+    pub fn encryption(&self, mode: Encryption) -> EncryptionReport {
+        let in_clear = |f: &Frames| f.plain + f.vxlan + f.geneve;
+        let c = &self.captured;
+        let wireguard = c.intra_cluster.wireguard + c.cross_cluster.wireguard;
+        EncryptionReport {
+            mode,
+            payload_seen_in_clear: c.payload_in_clear > 0,
+            only_wireguard_between_nodes: wireguard > 0
+                && in_clear(&c.intra_cluster) + in_clear(&c.cross_cluster) == 0,
+        }
+    }
+}
+
 /// tcpdump's lines as frames: a frame's line starts with its time; an encapsulated packet's inner
 /// one may follow on a line of its own, which joins its frame's.
 fn frames(lines: Vec<String>) -> Vec<String> {
@@ -126,10 +164,13 @@ enum Kind {
     Plain,
     Vxlan,
     Geneve,
+    Wireguard,
 }
 
 impl Captured {
+    /// One frame: its lines joined, its bytes (`-A`) among them.
     fn count(&mut self, line: &str) {
+        self.payload_in_clear += u64::from(line.contains(PAYLOAD_MARKER));
         let Some((kind, from, to)) = classify(line) else {
             return;
         };
@@ -142,6 +183,7 @@ impl Captured {
             Kind::Plain => frames.plain += 1,
             Kind::Vxlan => frames.vxlan += 1,
             Kind::Geneve => frames.geneve += 1,
+            Kind::Wireguard => frames.wireguard += 1,
         }
     }
 }
@@ -164,6 +206,7 @@ fn classify(line: &str) -> Option<(Kind, u8, u8)> {
     match port? {
         8472 => Some((Kind::Vxlan, from, to)),
         6081 => Some((Kind::Geneve, from, to)),
+        51871 => Some((Kind::Wireguard, from, to)),
         _ => None,
     }
 }
@@ -227,6 +270,7 @@ mod tests {
             "21:41:29.3 IP 198.18.1.1.40000 > 198.18.2.1.2379: tcp 40",
             "21:41:29.4 IP 198.18.1.1.40000 > 203.0.113.10.80: tcp 0",
             "21:41:29.5 ARP, Request who-has 198.18.1.2 tell 198.18.1.1, length 28",
+            "21:41:29.6 IP 198.18.1.1.51871 > 198.18.2.2.51871: UDP, length 148",
         ];
         let mut captured = Captured::default();
         for line in lines {
@@ -237,24 +281,72 @@ mod tests {
             Captured {
                 intra_cluster: Frames {
                     plain: 1,
-                    vxlan: 0,
-                    geneve: 1
+                    geneve: 1,
+                    ..Frames::default()
                 },
                 cross_cluster: Frames {
                     plain: 2,
                     vxlan: 1,
-                    geneve: 0
+                    wireguard: 1,
+                    ..Frames::default()
                 },
+                payload_in_clear: 0,
             }
         );
         assert_eq!(captured.intra_cluster.encapsulated(), None, "both kinds");
         let only = |plain, geneve| Frames {
             plain,
-            vxlan: 0,
             geneve,
+            ..Frames::default()
         };
         assert_eq!(only(0, 3).encapsulated(), Some(true));
         assert_eq!(only(3, 0).encapsulated(), Some(false));
         assert_eq!(only(0, 0).encapsulated(), None, "nothing seen");
+    }
+
+    fn report(lines: &[&str]) -> EncryptionReport {
+        let mut captured = Captured::default();
+        for frame in frames(lines.iter().map(|l| l.to_string()).collect()) {
+            captured.count(&frame);
+        }
+        let report = RoutingReport {
+            mode: Routing::Tunnel,
+            tunnel: Tunnel::Vxlan,
+            intra_cluster_encapsulated: None,
+            cross_cluster_encapsulated: None,
+            captured,
+            identity_in_vni: IdentityInVni::default(),
+        };
+        report.encryption(Encryption::Strict)
+    }
+
+    #[test]
+    fn the_encryption_report_looks_for_http_in_every_frames_bytes() {
+        let wireguard = [
+            "23:05:41.1 IP 198.18.1.1.51871 > 198.18.1.2.51871: UDP, length 148",
+            "E..n..@.@..W....%.r8...Z..",
+            "23:05:41.2 IP 198.18.1.2.51871 > 198.18.1.1.51871: UDP, length 92",
+            "..x.....",
+        ];
+        let r = report(&wireguard);
+        assert!(
+            !r.payload_seen_in_clear && r.only_wireguard_between_nodes,
+            "{r:?}"
+        );
+        let vxlan = [
+            "23:05:41.219596 IP 198.18.1.1.46974 > 198.18.1.2.8472: UDP, length 104",
+            "E.....@.@..A.........~!..p....",
+            ".!?!....GET / HTTP/1.1",
+            "Host: 100.64.255.10",
+        ];
+        let r = report(&vxlan);
+        assert!(
+            r.payload_seen_in_clear && !r.only_wireguard_between_nodes,
+            "{r:?}"
+        );
+        assert!(
+            !report(&[]).only_wireguard_between_nodes,
+            "nothing seen proves nothing"
+        );
     }
 }

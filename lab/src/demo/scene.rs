@@ -264,7 +264,7 @@ impl Scene {
     pub fn write_rebels(&self, c: u8, rebels: Rebels, policy: bool) -> anyhow::Result<()> {
         let mut yaml = String::new();
         for node in self.plan.nodes.iter().filter(|n| n.cluster == c) {
-            yaml += &mesh::node_object(node);
+            yaml += &mesh::node_object(&self.prefix, node);
             let labels = if node.node == REBEL_NODE {
                 "{name: rebel-base}"
             } else {

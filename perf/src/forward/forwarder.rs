@@ -41,6 +41,18 @@ impl Handler {
             state: Box::new(testbed.warmed_worker(capacity)),
         }
     }
+
+    /// The same under strict WireGuard, with a session to every remote node already up.
+    pub fn meshpath_encrypted(testbed: &Testbed) -> anyhow::Result<Handler> {
+        let capacity = (testbed.flows.len() * 4).next_power_of_two().max(1024);
+        let tables = super::sessions::encrypted_tables(testbed);
+        let mut state = Box::new(testbed.warmed_worker(capacity));
+        super::sessions::establish(&tables, testbed, &mut state)?;
+        Ok(Handler::Meshpath {
+            tables: Arc::new(ArcSwap::from_pointee(tables)),
+            state,
+        })
+    }
 }
 
 /// The pipeline as a worker's batch handler, as the agent runs it.

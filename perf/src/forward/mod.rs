@@ -1,13 +1,16 @@
 //! `meshpath-perf forward`: real 64-byte UDP frames through a node, forwarded three ways in one run —
 //! (a) a bare AF_XDP cross-connect, the machine's ceiling; (b) the kernel's IP forwarding into a VXLAN
 //! device; (c) meshpath's pipeline (policy, service load balancing, VXLAN encapsulation) on an AF_XDP
-//! worker — then (c) again at half its peak rate for latency. Everything runs in `mpb-` namespaces
-//! this run creates and deletes (see [`lab`]); the generator and sink share one core, the forwarder
-//! has the other.
+//! worker — then (c) again at half its peak rate for latency. With `--encrypt`, (c) again at 1400-byte
+//! frames, and both sizes once more under strict WireGuard (every frame encrypted on an established
+//! session, [`sessions`]): Mpps and Gbit/s side by side and what encryption costs. Everything runs in
+//! `mpb-` namespaces this run creates and deletes (see [`lab`]); the generator and sink share one
+//! core, the forwarder has the other.
 
 mod chart;
 mod forwarder;
 mod lab;
+mod sessions;
 mod traffic;
 
 use std::path::PathBuf;
@@ -42,13 +45,47 @@ pub struct Args {
     /// Where to write the SVG chart of the three rates.
     #[arg(long, default_value = "target/meshpath-forward.svg")]
     pub chart: PathBuf,
+    /// Also measure meshpath with strict WireGuard between the nodes, at 64- and 1400-byte frames,
+    /// beside the plain pipeline at both sizes.
+    #[arg(long)]
+    pub encrypt: bool,
 }
+
+/// The frame sizes of the encrypted comparison, on the wire with the FCS.
+const SMALL_FRAME: usize = 64;
+const LARGE_FRAME: usize = 1400;
+const FCS: usize = 4;
 
 #[derive(Debug, Serialize)]
 pub struct Rates {
     pub bare_afxdp: f64,
     pub kernel_vxlan: f64,
     pub meshpath: f64,
+    /// With `--encrypt`: meshpath under strict WireGuard, 64-byte frames.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meshpath_encrypted: Option<f64>,
+}
+
+/// The encrypted comparison (`--encrypt`): meshpath plain and under strict WireGuard, by frame size.
+#[derive(Debug, Serialize)]
+pub struct BySize {
+    pub meshpath_64: f64,
+    pub meshpath_encrypted_64: f64,
+    pub meshpath_1400: f64,
+    pub meshpath_encrypted_1400: f64,
+}
+
+impl BySize {
+    /// Mpps into Gbit/s of the pods' frames (FCS included, no preamble or gap).
+    fn gbps(mpps: &BySize) -> BySize {
+        let rate = |mpps: f64, bytes: usize| mpps * 1e6 * (bytes * 8) as f64 / 1e9;
+        BySize {
+            meshpath_64: rate(mpps.meshpath_64, SMALL_FRAME),
+            meshpath_encrypted_64: rate(mpps.meshpath_encrypted_64, SMALL_FRAME),
+            meshpath_1400: rate(mpps.meshpath_1400, LARGE_FRAME),
+            meshpath_encrypted_1400: rate(mpps.meshpath_encrypted_1400, LARGE_FRAME),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -105,6 +142,18 @@ pub struct ForwardReport {
     pub offered_mpps: Rates,
     /// Share of the frames reaching the sink that came VXLAN-encapsulated.
     pub tunnelled_share: Rates,
+    /// With `--encrypt`: Mpps of both sizes, plain and encrypted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mpps_by_size: Option<BySize>,
+    /// With `--encrypt`: the same in Gbit/s of the pods' frames.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gbps: Option<BySize>,
+    /// With `--encrypt`: encrypted / plain Mpps at 1400-byte frames.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption_cost_ratio: Option<f64>,
+    /// With `--encrypt`: share of the frames reaching the sink as WireGuard data (should be 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encrypted_share: Option<f64>,
     pub forwarder: Forwarders,
     /// The host's 1-minute load average when the run began: other work shares these cores.
     pub load_average_1m: f64,
@@ -116,6 +165,36 @@ pub struct ForwardReport {
 
 impl Report for ForwardReport {
     fn lines(&self) -> Vec<String> {
+        let mut lines = self.plain_lines();
+        if let (Some(mpps), Some(gbps)) = (&self.mpps_by_size, &self.gbps) {
+            lines.push(format!(
+                "{:<34} {:>8} {:>8} {:>8} {:>8}",
+                "meshpath", "64 Mpps", "Gbit/s", "1400 Mpps", "Gbit/s"
+            ));
+            lines.push(format!(
+                "{:<34} {:>8.3} {:>8.2} {:>8.3} {:>8.2}",
+                "plain", mpps.meshpath_64, gbps.meshpath_64, mpps.meshpath_1400, gbps.meshpath_1400
+            ));
+            lines.push(format!(
+                "{:<34} {:>8.3} {:>8.2} {:>8.3} {:>8.2}",
+                "strict WireGuard",
+                mpps.meshpath_encrypted_64,
+                gbps.meshpath_encrypted_64,
+                mpps.meshpath_encrypted_1400,
+                gbps.meshpath_encrypted_1400
+            ));
+            lines.push(format!(
+                "encryption cost: encrypted / plain at 1400 bytes = {:.2} ({:.0} % of the frames reached the sink as WireGuard data)",
+                self.encryption_cost_ratio.unwrap_or(f64::NAN),
+                100.0 * self.encrypted_share.unwrap_or(0.0)
+            ));
+        }
+        lines
+    }
+}
+
+impl ForwardReport {
+    fn plain_lines(&self) -> Vec<String> {
         let (m, o) = (&self.mpps, &self.offered_mpps);
         vec![
             format!("64-byte UDP frames, {} flows, {:.1} s per measurement", self.flows, self.duration_s),
@@ -210,7 +289,8 @@ pub fn run(args: &Args) -> anyhow::Result<ForwardReport> {
         rate_pps: None,
         record_latency: false,
     };
-    let bar = progress((warmup + window) * 4);
+    let measurements = if args.encrypt { 7 } else { 4 };
+    let bar = progress((warmup + window) * measurements);
     let fwd = Some(fwd_core);
 
     bar.set_message("(a) bare AF_XDP");
@@ -232,6 +312,15 @@ pub fn run(args: &Args) -> anyhow::Result<ForwardReport> {
 
     bar.set_message("(b) kernel");
     let kernel = measure(&mut traffic, &full, gen_core, &bar)?;
+    let encrypted = if args.encrypt {
+        let cores = (gen_core, fwd);
+        let (encrypted, back) =
+            measure_encryption(traffic, &testbed, &lab.node, &full, cores, &bar)?;
+        traffic = back;
+        Some(encrypted)
+    } else {
+        None
+    };
     bar.finish_and_clear();
     drop((sink_attachment, sink_program, traffic, lab));
 
@@ -239,6 +328,7 @@ pub fn run(args: &Args) -> anyhow::Result<ForwardReport> {
         bare_afxdp: bare.mpps(),
         kernel_vxlan: kernel.mpps(),
         meshpath: mesh.mpps(),
+        meshpath_encrypted: encrypted.as_ref().map(|e| e.mpps.meshpath_encrypted_64),
     };
     let svg = chart::svg(
         "meshpath-perf forward: 64-byte UDP, Mpps",
@@ -268,12 +358,20 @@ pub fn run(args: &Args) -> anyhow::Result<ForwardReport> {
             bare_afxdp: bare.offered_mpps(),
             kernel_vxlan: kernel.offered_mpps(),
             meshpath: mesh.offered_mpps(),
+            meshpath_encrypted: encrypted.as_ref().map(|e| e.offered_64),
         },
         tunnelled_share: Rates {
             bare_afxdp: bare.tunnelled_share(),
             kernel_vxlan: kernel.tunnelled_share(),
             meshpath: mesh.tunnelled_share(),
+            meshpath_encrypted: None,
         },
+        encryption_cost_ratio: encrypted
+            .as_ref()
+            .map(|e| e.mpps.meshpath_encrypted_1400 / e.mpps.meshpath_1400.max(f64::EPSILON)),
+        encrypted_share: encrypted.as_ref().map(|e| e.encrypted_share),
+        gbps: encrypted.as_ref().map(|e| BySize::gbps(&e.mpps)),
+        mpps_by_size: encrypted.map(|e| e.mpps),
         forwarder: Forwarders {
             bare_afxdp: (&bare_worker).into(),
             meshpath: (&mesh_worker).into(),
@@ -285,6 +383,67 @@ pub fn run(args: &Args) -> anyhow::Result<ForwardReport> {
         duration_s: args.duration,
         flows,
     })
+}
+
+/// What the encrypted comparison measured.
+struct Encrypted {
+    mpps: BySize,
+    offered_64: f64,
+    /// Of what reached the sink in the encrypted runs, the share that was WireGuard data.
+    encrypted_share: f64,
+}
+
+/// meshpath at 1400-byte frames plain, then under strict WireGuard at 64 and 1400 bytes; the plain
+/// 64-byte figure is the run's (c), taken again here so both sizes share the conditions.
+fn measure_encryption(
+    traffic: Traffic,
+    testbed: &Testbed,
+    node: &str,
+    phase: &Phase,
+    (gen_core, fwd_core): (usize, Option<usize>),
+    bar: &ProgressBar,
+) -> anyhow::Result<(Encrypted, Traffic)> {
+    let run = |traffic: &mut Traffic, handler: Handler, message: &'static str| {
+        bar.set_message(message);
+        let forwarder = Forwarder::start(node, fwd_core, handler)?;
+        let measured = measure(traffic, phase, gen_core, bar);
+        forwarder.stop()?;
+        measured
+    };
+    let mut small = traffic.with_frames(testbed, SMALL_FRAME - FCS);
+    let plain_64 = run(
+        &mut small,
+        Handler::meshpath(testbed),
+        "(c) meshpath, 64 bytes",
+    )?;
+    let enc_64 = run(
+        &mut small,
+        Handler::meshpath_encrypted(testbed)?,
+        "(e) meshpath + WireGuard, 64 bytes",
+    )?;
+    let mut large = small.with_frames(testbed, LARGE_FRAME - FCS);
+    let plain_1400 = run(
+        &mut large,
+        Handler::meshpath(testbed),
+        "(c) meshpath, 1400 bytes",
+    )?;
+    let enc_1400 = run(
+        &mut large,
+        Handler::meshpath_encrypted(testbed)?,
+        "(e) meshpath + WireGuard, 1400 bytes",
+    )?;
+    let received = enc_64.received + enc_1400.received;
+    let encrypted = Encrypted {
+        mpps: BySize {
+            meshpath_64: plain_64.mpps(),
+            meshpath_encrypted_64: enc_64.mpps(),
+            meshpath_1400: plain_1400.mpps(),
+            meshpath_encrypted_1400: enc_1400.mpps(),
+        },
+        offered_64: enc_64.offered_mpps(),
+        encrypted_share: (enc_64.encrypted + enc_1400.encrypted) as f64 / received.max(1) as f64,
+    };
+    Ok((encrypted, large.with_frames(testbed, SMALL_FRAME - FCS)))
 }
 
 fn cores_note(cores: usize, gen_core: usize, fwd_core: usize) -> String {
@@ -363,6 +522,7 @@ mod tests {
             duration: 0.3,
             flows: 64,
             chart: dir.path().join("forward.svg"),
+            encrypt: true,
         };
         let report = run(&args).expect("the benchmark runs");
         let json = serde_json::to_value(&report).expect("serializes");
@@ -396,6 +556,28 @@ mod tests {
                 "latency {q}: {json}"
             );
         }
+        assert!(
+            json["mpps"]["meshpath_encrypted"].as_f64() > Some(0.0),
+            "meshpath encrypted forwarded nothing: {json}"
+        );
+        for key in [
+            "meshpath_64",
+            "meshpath_encrypted_64",
+            "meshpath_1400",
+            "meshpath_encrypted_1400",
+        ] {
+            assert!(json["gbps"][key].as_f64() > Some(0.0), "gbps {key}: {json}");
+        }
+        assert!(
+            json["encryption_cost_ratio"]
+                .as_f64()
+                .is_some_and(|r| r.is_finite() && r > 0.0),
+            "{json}"
+        );
+        assert_eq!(
+            json["encrypted_share"], 1.0,
+            "under strict WireGuard only WireGuard data leaves: {json}"
+        );
         let svg = std::fs::read_to_string(&args.chart).expect("the chart was written");
         assert!(svg.contains("meshpath"));
         let leftovers = std::process::Command::new("ip")

@@ -271,6 +271,7 @@ pub fn spec() -> NodeSpec {
             tunnel: TunnelProtocol::Vxlan,
             host: None,
             masquerade: None,
+            encryption: Default::default(),
         },
         capacities: Capacities::default(),
         ports: BTreeMap::from([(obj("client"), (PortId(1), [2, 0, 0, 1, 1, 10]))]),
@@ -318,6 +319,7 @@ pub async fn local(shape: &Shape) -> anyhow::Result<Arc<ResolvedLocal>> {
             internal_ips: vec![IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1))],
             pod_cidrs: vec!["10.0.1.0/24".into()],
             labels: Default::default(),
+            wireguard_pub_key: None,
         },
     );
     state.pods.insert(

@@ -2,13 +2,15 @@
 //! {reason,direction}` and the rest, reasons as Cilium describes them), conntrack pressure as
 //! Cilium's map pressure, and meshpath's own detail — how frames left, each port's frames and the
 //! kernel's drops on its socket, each XDP program's verdicts, conntrack's evictions and refusals,
-//! and the policies that deny endpoints because they cannot be enforced as written.
+//! the policies that deny endpoints because they cannot be enforced as written, and WireGuard's mode,
+//! peers and counters.
 
 use std::fmt;
 
 use meshpath_api::status::PortRole;
 use meshpath_dataplane::afxdp::PortStats;
 use meshpath_dataplane::stats::{Count, Forward};
+use meshpath_dataplane::wireguard::PeerReport;
 use meshpath_dataplane::DropReason;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -30,7 +32,72 @@ pub fn encode<V: MetricsView>(view: &V, encoder: &mut DescriptorEncoder) -> Resu
     encode_ports(&ports, encoder)?;
     encode_xdp(view, encoder)?;
     encode_conntrack(&report, encoder)?;
+    encode_wireguard(&report, encoder)?;
     encode_policy_refusals(view, encoder)
+}
+
+/// The encryption mode, each WireGuard peer's state and the worker's WireGuard counters.
+fn encode_wireguard(
+    report: &WorkerReport,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), fmt::Error> {
+    let wg = &report.wireguard;
+    let mode = [([("mode", wg.mode.name())], ConstGauge::new(1))];
+    encode_family(
+        encoder,
+        "meshpath_encryption_mode",
+        "WireGuard between nodes: 1 for the mode in force (off, on, strict)",
+        &mode,
+    )?;
+    let peers: Vec<(String, &PeerReport)> = wg
+        .peers
+        .iter()
+        .map(|p| (p.addr.ip().to_string(), p))
+        .collect();
+    let established: Vec<_> = peers
+        .iter()
+        .map(|(addr, p)| {
+            let up = i64::from(p.last_handshake.is_some());
+            ([("peer", addr.as_str())], ConstGauge::new(up))
+        })
+        .collect();
+    encode_family(
+        encoder,
+        "meshpath_wireguard_peer_established",
+        "1 while the WireGuard peer (a node, by underlay address) has a session, 0 while it has none",
+        &established,
+    )?;
+    let ages: Vec<_> = peers
+        .iter()
+        .filter_map(|(addr, p)| {
+            let age = p.last_handshake?.as_secs_f64();
+            Some(([("peer", addr.as_str())], ConstGauge::new(age)))
+        })
+        .collect();
+    encode_family(
+        encoder,
+        "meshpath_wireguard_peer_handshake_age_seconds",
+        "Seconds since the handshake of the WireGuard peer's current session",
+        &ages,
+    )?;
+    let packets = [
+        ("encrypted", wg.stats.encrypted),
+        ("decrypted", wg.stats.decrypted),
+        ("held", wg.stats.held),
+    ]
+    .map(|(kind, n)| ([("kind", kind)], ConstCounter::new(n)));
+    encode_family(
+        encoder,
+        "meshpath_wireguard_packets",
+        "Packets through WireGuard: encrypted, decrypted, held for a handshake",
+        &packets,
+    )?;
+    encode_one(
+        encoder,
+        "meshpath_wireguard_handshakes_initiated",
+        "WireGuard handshakes this node began (first packets, retries, rekeying)",
+        ConstCounter::new(wg.stats.handshakes_initiated),
+    )
 }
 
 /// Per refused policy: the endpoints it denies because it cannot be enforced as written.

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::agent::kvstore::{operation_latency, OperationLabels};
-use crate::agent::report::{ConntrackReport, Traffic, TrafficDirection};
+use crate::agent::report::{ConntrackReport, Traffic, TrafficDirection, WireguardReport};
 
 /// A node that forwarded and dropped, with one remote cluster, one global service and one program.
 struct Fixture {
@@ -162,6 +162,7 @@ fn fixture() -> Fixture {
             counters,
             conntrack,
             traffic,
+            wireguard: wireguard(),
         }),
         ports: vec![uplink, port(1, PortRole::Host, "meshpath_net"), pod],
         mesh: MeshStatus::from([(c2, remote)]),
@@ -360,6 +361,7 @@ fn tables() -> Tables {
         tunnel: TunnelProtocol::Vxlan,
         host: None,
         masquerade: None,
+        encryption: Default::default(),
     };
     let small = Capacities {
         endpoints: 1,
@@ -479,4 +481,44 @@ fn the_dashboard_queries_exported_metrics() {
             );
         }
     }
+}
+
+/// A strict node with one peer that has a session and one still handshaking.
+fn wireguard() -> WireguardReport {
+    use meshpath_dataplane::wireguard::{EncryptionMode, PeerReport, PublicKey, WireguardStats};
+    let peer = |last: u8, age: Option<u64>| PeerReport {
+        addr: std::net::Ipv4Addr::new(198, 18, 1, last).into(),
+        key: PublicKey([last; 32]),
+        last_handshake: age.map(std::time::Duration::from_secs),
+        tx_bytes: 100,
+        rx_bytes: 200,
+    };
+    WireguardReport {
+        mode: EncryptionMode::Strict,
+        public_key: Some(PublicKey([1; 32])),
+        stats: WireguardStats {
+            encrypted: 5,
+            decrypted: 6,
+            handshakes_initiated: 2,
+            held: 1,
+            outbox_overflowed: 0,
+        },
+        peers: vec![peer(2, Some(12)), peer(3, None)],
+    }
+}
+
+#[test]
+fn wireguard_peers_show_their_state_and_the_mode_its_name() {
+    let text = scrape_text(fixture(), publish_latency());
+    for line in [
+        "meshpath_encryption_mode{mode=\"strict\"} 1",
+        "meshpath_wireguard_peer_established{peer=\"198.18.1.2\"} 1",
+        "meshpath_wireguard_peer_established{peer=\"198.18.1.3\"} 0",
+        "meshpath_wireguard_peer_handshake_age_seconds{peer=\"198.18.1.2\"} 12.0",
+        "meshpath_wireguard_packets_total{kind=\"encrypted\"} 5",
+        "meshpath_wireguard_handshakes_initiated_total 2",
+    ] {
+        assert!(text.contains(line), "{line} not in:\n{text}");
+    }
+    assert!(!text.contains("handshake_age_seconds{peer=\"198.18.1.3\"}"));
 }

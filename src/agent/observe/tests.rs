@@ -51,6 +51,7 @@ fn names() -> Names {
         tunnel: TunnelProtocol::Vxlan,
         host: None,
         masquerade: None,
+        encryption: Default::default(),
     };
     let mut t = Tables::empty(node, Capacities::default());
     t.endpoints

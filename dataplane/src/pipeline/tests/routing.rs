@@ -44,6 +44,7 @@ fn pair(mode: RoutingMode, link: fn([u8; 6]) -> NodeLink) -> (Tables, Tables) {
                 addr: node_ip(other).into(),
                 cluster: ClusterId::new(other).unwrap(),
                 link: link(node_mac(other)),
+                wireguard_key: None,
             })
             .unwrap();
     }
