@@ -145,8 +145,7 @@ impl Drop for Lab {
             let _ = server.kill();
             let _ = server.wait();
         }
-        let _ = meshpath_lab::down::down(&self.plan.prefix);
-        let _ = std::fs::remove_dir_all(mesh::dir(&self.plan.prefix));
+        mesh::tear_down(&self.plan.prefix);
     }
 }
 

@@ -15,8 +15,7 @@ struct Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = meshpath_lab::down::down(&self.plan.prefix);
-        let _ = std::fs::remove_dir_all(mesh::dir(&self.plan.prefix));
+        mesh::tear_down(&self.plan.prefix);
     }
 }
 

@@ -23,8 +23,7 @@ struct Lab(Plan);
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = meshpath_lab::down::down(&self.0.prefix);
-        let _ = std::fs::remove_dir_all(mesh::dir(&self.0.prefix));
+        mesh::tear_down(&self.0.prefix);
     }
 }
 

@@ -144,8 +144,7 @@ impl EchoLab {
 
 impl Drop for EchoLab {
     fn drop(&mut self) {
-        let _ = crate::down::down(&self.plan.prefix);
-        let _ = std::fs::remove_dir_all(mesh::dir(&self.plan.prefix));
+        mesh::tear_down(&self.plan.prefix);
     }
 }
 

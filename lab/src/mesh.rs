@@ -114,6 +114,13 @@ pub fn dir(prefix: &str) -> PathBuf {
     PathBuf::from(format!("/run/meshpath/lab-{prefix}"))
 }
 
+/// Removes the lab of `prefix` as far as it exists — its namespaces, with what runs in them, and its
+/// directory of configurations, sockets and logs — for a lab's owner on its way out, failed or not.
+pub fn tear_down(prefix: &str) {
+    let _ = crate::down::down(prefix);
+    let _ = std::fs::remove_dir_all(dir(prefix));
+}
+
 pub fn cluster_dir(prefix: &str, c: u8) -> PathBuf {
     dir(prefix).join(format!("cluster{c}"))
 }

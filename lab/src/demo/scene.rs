@@ -39,7 +39,7 @@ impl Scene {
         let on_interrupt = prefix.to_owned();
         let _ = ctrlc::set_handler(move || {
             eprintln!("\ninterrupted: tearing the demo down");
-            tear_down(&on_interrupt);
+            mesh::tear_down(&on_interrupt);
             std::process::exit(130);
         });
         let plan = Plan::new(
@@ -340,11 +340,6 @@ ports: [{{name: "", port: {BACKEND_PORT}, protocol: TCP}}]
 
 impl Drop for Scene {
     fn drop(&mut self) {
-        tear_down(&self.prefix);
+        mesh::tear_down(&self.prefix);
     }
-}
-
-fn tear_down(prefix: &str) {
-    let _ = crate::down::down(prefix);
-    let _ = std::fs::remove_dir_all(mesh::dir(prefix));
 }
