@@ -33,6 +33,26 @@ struct Peer {
     tunn: Box<Tunn>,
 }
 
+impl Peer {
+    /// A new session state with the node whose key is `key`, under the next of our indices.
+    fn new(secret: &x25519::StaticSecret, index: &mut u32, key: PublicKey) -> Peer {
+        // Boringtun shifts the index left by 8 to number the peer's sessions: 24 bits are ours.
+        *index = (*index + 1) & 0x00ff_ffff;
+        let tunn = Tunn::new(
+            secret.clone(),
+            x25519::PublicKey::from(key.0),
+            None,
+            None,
+            *index,
+            None,
+        );
+        Peer {
+            key,
+            tunn: Box::new(tunn),
+        }
+    }
+}
+
 /// What became of a WireGuard datagram received from a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Received {
@@ -157,7 +177,8 @@ impl Tunnels {
         })
     }
 
-    /// The peer for the node at `addr` with `key`: kept if the key is the one it has, new otherwise.
+    /// The peer for the node at `addr` with `key`: kept if the key is the one it has, new otherwise —
+    /// with one hash of `addr`, as this runs for every packet sent.
     /// (Apart from `self` so that the scratch buffer stays free to borrow.)
     fn peer<'p>(
         peers: &'p mut FxHashMap<Addr, Peer>,
@@ -166,26 +187,13 @@ impl Tunnels {
         (addr, key): (Addr, PublicKey),
     ) -> Result<&'p mut Peer, DropReason> {
         let secret = secret.ok_or(DropReason::UnknownWireguardPeer)?;
-        let stale = peers.get(&addr).is_some_and(|p| p.key != key);
-        if stale {
-            peers.remove(&addr);
+        let peer = peers
+            .entry(addr)
+            .or_insert_with(|| Peer::new(secret, index, key));
+        if peer.key != key {
+            *peer = Peer::new(secret, index, key);
         }
-        Ok(peers.entry(addr).or_insert_with(|| {
-            // Boringtun shifts the index left by 8 to number the peer's sessions: 24 bits are ours.
-            *index = (*index + 1) & 0x00ff_ffff;
-            let tunn = Tunn::new(
-                secret.clone(),
-                x25519::PublicKey::from(key.0),
-                None,
-                None,
-                *index,
-                None,
-            );
-            Peer {
-                key,
-                tunn: Box::new(tunn),
-            }
-        }))
+        Ok(peer)
     }
 
     /// Encrypts the frame's IP packet for the node at `ends.dst` (key `key`): the frame becomes the
