@@ -48,7 +48,6 @@ fn build(plan: &Plan, pods: PodLinks) -> Result<(), IpError> {
         node_up(plan, node)?;
         for pod in &node.pods {
             ensure_netns(&pod.netns)?;
-            ip(&["-n", &pod.netns, "link", "set", "lo", "up"])?;
             if pods == PodLinks::Lab {
                 pod_veth(node, pod)?;
             }
