@@ -287,8 +287,9 @@ fn run(sandbox: &Sandbox, command: &str, ip: Option<Ipv4Addr>) -> anyhow::Result
     Ok(child.wait_with_output()?)
 }
 
-/// Runs DEL for every sandbox of the lab of `prefix` ADD was run for, and forgets those it deleted;
-/// what failed, one line each (the namespaces go anyway, and their veths with them).
+/// Runs DEL for every sandbox of the lab of `prefix` ADD was run for, and forgets those it deleted
+/// (and those whose node is gone already); what failed, one line each (the namespaces go anyway, and
+/// their veths with them).
 pub fn del_pods(prefix: &str) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(sandboxes_dir(prefix)) else {
         return Vec::new();
@@ -305,6 +306,11 @@ pub fn del_pods(prefix: &str) -> Vec<String> {
                 continue;
             }
         };
+        if !crate::ip::netns_exists(&sandbox.node_netns) {
+            // The node went with its veths; its addresses were recorded in the lab's directory.
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
         match run(&sandbox, "DEL", None) {
             Ok(out) => match failure(&out) {
                 None => {
