@@ -5,11 +5,11 @@
 //! from there with `source: kubernetes`, as from a cluster's API server. Every etcd serves TLS only and
 //! requires a client certificate ([`pki`](crate::pki)); RBAC is on: the cluster's agents write as
 //! `root`, remote clusters read as `remote`, whose role reads `cilium/` and nothing else; with
-//! [`Plan::etcd_members`] 3, each cluster's etcd is a 3-member cluster. The agents' configurations list
-//! no pods: once the agents run, every pod is made by the CNI plugin as a runtime runs it ([`cni`](crate::cni)),
-//! in the namespaces [`up_for_cni`](crate::up::up_for_cni) made. The processes run on after `lab up` returns;
-//! `lab down` ends them with the namespaces. Files live in [`dir`]. The agents are the `meshpath`
-//! binary [`agent_binary`](crate::agent_binary::agent_binary) finds.
+//! [`Plan::etcd_members`] 3, each cluster's etcd is a 3-member cluster. The agents' configurations
+//! list no pods: once the agents run, the CNI plugin makes every pod as a runtime runs it
+//! ([`cni`](crate::cni)), in the namespaces [`up_for_cni`](crate::up::up_for_cni) made. The processes
+//! run on after `lab up` returns; `lab down` ends them with the namespaces. Files live in [`dir`]. The
+//! agents are the `meshpath` binary [`agent_binary`](crate::agent_binary::agent_binary) finds.
 //!
 //! The agents route as [`MeshOptions`] say. A cluster's nodes share its bridge (one segment), the
 //! clusters are a routed hop apart: hybrid routing goes plain inside a cluster and tunnels across;
