@@ -11,7 +11,8 @@
 //! 4. the nodes of both clusters;
 //! 5. beyond the mesh: the world, the node and a large transfer across clusters ([`beyond`]);
 //! 6. the platform it ran on, as the agents report it ([`platform`]): their local state from the
-//!    Kubernetes API (each cluster's stand-in API server, which serves what the steps above write).
+//!    Kubernetes API (each cluster's stand-in API server, which serves what the steps above write),
+//!    every pod made by the CNI plugin.
 
 mod beyond;
 mod failover;
@@ -213,7 +214,7 @@ impl DemoReport {
         let _ = writeln!(out, "   x-wing → its node over TCP: {}", yes(b.pod_to_node));
         let _ = writeln!(
             out,
-            "   x-wing (MTU 1500) fetched 4 MB from rebel-base in cluster2: {}",
+            "   x-wing (MTU 1500) fetched 4 MB from rebel-base (MTU 1500) in cluster2: {}",
             yes(b.pmtu_large_transfer)
         );
         out += "\n6. platform\n";
@@ -225,6 +226,11 @@ impl DemoReport {
                     "the Kubernetes API server (the lab's stand-in, over HTTPS)",
                 LocalSourceKind::YamlDir => "a YAML directory",
             }
+        );
+        let _ = writeln!(
+            out,
+            "   every pod made by the CNI plugin (meshpath-cni, as a container runtime runs it): {}",
+            yes(self.platform.pods_via_cni)
         );
         let _ = writeln!(
             out,
