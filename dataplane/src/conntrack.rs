@@ -18,9 +18,14 @@
 //! answered, closing, datagram, in that order — and established TCP is never evicted. Each flow is
 //! charged to a local endpoint, and an endpoint past its quota can only displace its own flows. Every
 //! eviction and refusal is counted ([`CtStats`]).
+//!
+//! Beside each slot lie the forwarding decisions of its flow's two directions, the pipeline's fast
+//! path ([`FlowPaths`]): found by the same lookup, prefetched with the slot, and cleared whenever the
+//! slot's entry is written or moves.
 
 use crate::flow::proto;
 use crate::hash::Keyed;
+use crate::pipeline::fastpath::{FlowPaths, Path};
 use crate::{Addr, FlowKey};
 
 /// TCP header flag bits, as in the 13th byte of the header.
@@ -273,6 +278,8 @@ pub struct Conntrack {
     slots: Box<[Option<Slot>]>,
     /// Each slot's owner, apart: lookups never read it, and a slot stays two cache lines.
     owners: Box<[Owner]>,
+    /// Each slot's forwarding decisions, apart: only the fast path reads them.
+    paths: Box<[FlowPaths]>,
     /// log2 of the slot count.
     bits: u32,
     len: usize,
@@ -313,6 +320,7 @@ impl Conntrack {
         Conntrack {
             slots: vec![None; slots].into_boxed_slice(),
             owners: vec![Owner::default(); slots].into_boxed_slice(),
+            paths: vec![FlowPaths::default(); slots].into_boxed_slice(),
             bits: slots.trailing_zeros(),
             len: 0,
             capacity,
@@ -388,6 +396,18 @@ impl Conntrack {
         }
     }
 
+    /// Starts loading what a lookup of `key` reads first: its home slot, and beside it the path of
+    /// the original direction (the frame goes the way of `key`) or of the reply's.
+    pub(crate) fn prefetch_with_path(&self, key: &FlowKey, reply: bool) {
+        let home = self.home(key);
+        if let (Some(slot), Some(paths)) = (self.slots.get(home), self.paths.get(home)) {
+            let start: *const u8 = (slot as *const Option<Slot>).cast();
+            crate::prefetch::prefetch(start);
+            crate::prefetch::prefetch(start.wrapping_add(64));
+            crate::prefetch::prefetch(paths.line(reply));
+        }
+    }
+
     /// Whether `key` has a live entry; expired ones are left for `gc`.
     pub fn is_live(&self, key: &FlowKey, now_ms: u64) -> bool {
         self.find(key)
@@ -397,12 +417,46 @@ impl Conntrack {
 
     /// The live entry of `key`. An expired entry is removed and not returned.
     pub fn lookup(&mut self, key: &FlowKey, now_ms: u64) -> Option<&mut CtEntry> {
+        self.lookup_with_paths(key, now_ms)
+            .map(|(_, entry, _)| entry)
+    }
+
+    /// The live entry of `key` with its slot and its flow's paths.
+    pub(crate) fn lookup_with_paths(
+        &mut self,
+        key: &FlowKey,
+        now_ms: u64,
+    ) -> Option<(usize, &mut CtEntry, FlowPaths)> {
         let i = self.find(key)?;
         if self.slots.get(i)?.as_ref()?.entry.is_expired(now_ms) {
             self.remove_at(i);
             return None;
         }
-        self.slots.get_mut(i)?.as_mut().map(|slot| &mut slot.entry)
+        let paths = *self.paths.get(i)?;
+        let entry = self
+            .slots
+            .get_mut(i)?
+            .as_mut()
+            .map(|slot| &mut slot.entry)?;
+        Some((i, entry, paths))
+    }
+
+    /// Keeps a direction's path beside the entry of `key` that `lookup_with_paths` found in `slot`,
+    /// if that entry is still there with the translation `nat` the path was made with.
+    pub(crate) fn keep_path(
+        &mut self,
+        slot: usize,
+        key: &FlowKey,
+        nat: Option<CtNat>,
+        reply: bool,
+        path: Path,
+    ) {
+        let same = self.slots.get(slot).and_then(Option::as_ref);
+        if same.is_some_and(|s| s.key == *key && s.entry.nat == nat) {
+            if let Some(paths) = self.paths.get_mut(slot) {
+                paths.set(reply, path);
+            }
+        }
     }
 
     /// Adds a flow charged to no endpoint in particular (see [`Conntrack::insert_for`]).
@@ -439,6 +493,7 @@ impl Conntrack {
         };
         self.charge(owner);
         self.owners[i] = owner;
+        self.paths[i] = FlowPaths::default();
         let full = CtFull::Table {
             capacity: self.capacity,
         };
@@ -556,6 +611,7 @@ impl Conntrack {
         let removed = self.slots.get_mut(hole)?.take()?.entry;
         self.len -= 1;
         self.uncharge(self.owners[hole]);
+        self.paths[hole] = FlowPaths::default();
         let mut j = hole;
         loop {
             j = (j + 1) & mask;
@@ -570,6 +626,8 @@ impl Conntrack {
                     *dst = moved;
                 }
                 self.owners[hole] = self.owners[j];
+                // The flow's paths move with it.
+                self.paths[hole] = std::mem::take(&mut self.paths[j]);
                 hole = j;
             }
         }

@@ -7,6 +7,7 @@
 //! back as their source. Masqueraded flows likewise: pod→outside holds the node's `addr:port`,
 //! node:port→outside the pod's. An ICMP error is looked up by the packet it quotes.
 
+use super::fastpath::Path;
 use super::route::Destination;
 use super::{Arrival, InFlight};
 use crate::conntrack::{Conntrack, CtEntry, CtFull, CtNat, NatKind, Owner, Timeouts};
@@ -31,6 +32,25 @@ pub(super) enum Known {
     Related(Option<Untranslate>),
     /// An ICMP error quoting a packet of no flow conntrack holds.
     Unrelated,
+}
+
+impl Known {
+    /// The translation of the entry the frame matched.
+    pub(super) fn nat(&self) -> Option<CtNat> {
+        match *self {
+            Known::Original { nat, .. } | Known::Reply(nat) => nat,
+            Known::New | Known::Related(_) | Known::Unrelated => None,
+        }
+    }
+}
+
+/// Where a frame's own flow was found: the entry's slot, whether the frame is a reply, and the path
+/// kept beside the entry for the frame's direction ([`super::fastpath`]).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Found {
+    pub slot: usize,
+    pub reply: bool,
+    pub path: Option<Path>,
 }
 
 /// How a frame is rewritten on its way out.
@@ -104,34 +124,52 @@ impl Tracked {
 
 /// Looks the frame's flow up in both directions, and renews and counts the entry it finds; an ICMP
 /// error is looked up by the packet it quotes, and renews nothing.
-pub(super) fn lookup(ct: &mut Conntrack, now_ms: u64, parsed: &Parsed, frame: &[u8]) -> Known {
+pub(super) fn lookup(
+    ct: &mut Conntrack,
+    now_ms: u64,
+    parsed: &Parsed,
+    frame: &[u8],
+) -> (Known, Option<Found>) {
     if let Some(quoted) = icmp_error::quoted(frame, parsed) {
-        return related(ct, now_ms, quoted);
+        return (related(ct, now_ms, quoted), None);
     }
     let len = frame.len();
     let key = parsed.flow;
     let flags = tcp_flags(parsed);
     let timeouts = *ct.timeouts();
-    if let Some(entry) = ct.lookup(&key, now_ms) {
+    if let Some((slot, entry, paths)) = ct.lookup_with_paths(&key, now_ms) {
         // A service flow's translated entry (client→backend) stands for the flow after DNAT and
         // answers only its replies: a frame that arrives with that tuple is a new flow straight to
         // the backend reusing the client's port, and must face policy like any new flow.
         if !is_translated(entry) {
             observe(entry, key.proto, flags, false, now_ms, &timeouts);
             entry.count(len);
-            return Known::Original {
+            let known = Known::Original {
                 nat: entry.nat,
                 service: entry.service,
             };
+            let path = paths.get(false);
+            let found = Found {
+                slot,
+                reply: false,
+                path,
+            };
+            return (known, Some(found));
         }
-        return Known::New;
+        return (Known::New, None);
     }
-    if let Some(entry) = ct.lookup(&key.reversed(), now_ms) {
+    if let Some((slot, entry, paths)) = ct.lookup_with_paths(&key.reversed(), now_ms) {
         observe(entry, key.proto, flags, true, now_ms, &timeouts);
         entry.count(len);
-        return Known::Reply(entry.nat);
+        let path = paths.get(true);
+        let found = Found {
+            slot,
+            reply: true,
+            path,
+        };
+        return (Known::Reply(entry.nat), Some(found));
     }
-    Known::New
+    (Known::New, None)
 }
 
 /// The quoted packet went out as its flow's original direction (its sender started the flow) or as a
