@@ -417,31 +417,39 @@ impl Conntrack {
 
     /// The live entry of `key`. An expired entry is removed and not returned.
     pub fn lookup(&mut self, key: &FlowKey, now_ms: u64) -> Option<&mut CtEntry> {
-        self.lookup_with_paths(key, now_ms)
-            .map(|(_, entry, _)| entry)
+        let i = self.find_live(key, now_ms)?;
+        self.slots.get_mut(i)?.as_mut().map(|slot| &mut slot.entry)
     }
 
-    /// The live entry of `key` with its slot and its flow's paths.
-    pub(crate) fn lookup_with_paths(
+    /// The live entry of `key` with its slot, and the path kept beside it for the original direction
+    /// or the reply's.
+    pub(crate) fn lookup_with_path(
         &mut self,
         key: &FlowKey,
+        reply: bool,
         now_ms: u64,
-    ) -> Option<(usize, &mut CtEntry, FlowPaths)> {
-        let i = self.find(key)?;
-        if self.slots.get(i)?.as_ref()?.entry.is_expired(now_ms) {
-            self.remove_at(i);
-            return None;
-        }
-        let paths = *self.paths.get(i)?;
+    ) -> Option<(usize, &mut CtEntry, Option<Path>)> {
+        let i = self.find_live(key, now_ms)?;
+        let path = self.paths.get(i)?.get(reply);
         let entry = self
             .slots
             .get_mut(i)?
             .as_mut()
             .map(|slot| &mut slot.entry)?;
-        Some((i, entry, paths))
+        Some((i, entry, path))
     }
 
-    /// Keeps a direction's path beside the entry of `key` that `lookup_with_paths` found in `slot`,
+    /// The slot of `key`'s live entry; an expired one is removed.
+    fn find_live(&mut self, key: &FlowKey, now_ms: u64) -> Option<usize> {
+        let i = self.find(key)?;
+        if self.slots.get(i)?.as_ref()?.entry.is_expired(now_ms) {
+            self.remove_at(i);
+            return None;
+        }
+        Some(i)
+    }
+
+    /// Keeps a direction's path beside the entry of `key` that `lookup_with_path` found in `slot`,
     /// if that entry is still there with the translation `nat` the path was made with.
     pub(crate) fn keep_path(
         &mut self,

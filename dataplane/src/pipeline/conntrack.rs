@@ -137,7 +137,7 @@ pub(super) fn lookup(
     let key = parsed.flow;
     let flags = tcp_flags(parsed);
     let timeouts = *ct.timeouts();
-    if let Some((slot, entry, paths)) = ct.lookup_with_paths(&key, now_ms) {
+    if let Some((slot, entry, path)) = ct.lookup_with_path(&key, false, now_ms) {
         // A service flow's translated entry (client→backend) stands for the flow after DNAT and
         // answers only its replies: a frame that arrives with that tuple is a new flow straight to
         // the backend reusing the client's port, and must face policy like any new flow.
@@ -148,7 +148,6 @@ pub(super) fn lookup(
                 nat: entry.nat,
                 service: entry.service,
             };
-            let path = paths.get(false);
             let found = Found {
                 slot,
                 reply: false,
@@ -158,10 +157,9 @@ pub(super) fn lookup(
         }
         return (Known::New, None);
     }
-    if let Some((slot, entry, paths)) = ct.lookup_with_paths(&key.reversed(), now_ms) {
+    if let Some((slot, entry, path)) = ct.lookup_with_path(&key.reversed(), true, now_ms) {
         observe(entry, key.proto, flags, true, now_ms, &timeouts);
         entry.count(len);
-        let path = paths.get(true);
         let found = Found {
             slot,
             reply: true,
