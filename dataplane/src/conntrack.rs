@@ -20,8 +20,8 @@
 //! eviction and refusal is counted ([`CtStats`]).
 //!
 //! Beside each slot lie the forwarding decisions of its flow's two directions, the pipeline's fast
-//! path ([`FlowPaths`]): found by the same lookup, prefetched with the slot, and cleared whenever the
-//! slot's entry is written or moves.
+//! path ([`FlowPaths`], a cache line each): found by the same lookup (the entry says which are
+//! kept), and cleared whenever the slot's entry is written or moves.
 
 use crate::flow::proto;
 use crate::hash::Keyed;
@@ -155,6 +155,34 @@ pub struct CtEntry {
     pub service: Option<u32>,
     pub packets: u64,
     pub bytes: u64,
+    /// Which of the flow's directions have a path kept beside the entry ([`FlowPaths`]): read with
+    /// the entry, so that only a path that is there is loaded.
+    pub(crate) kept: Kept,
+}
+
+/// Which directions of a flow have a path kept; none for a new entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Kept {
+    original: bool,
+    reply: bool,
+}
+
+impl Kept {
+    pub(crate) fn has(self, reply: bool) -> bool {
+        if reply {
+            self.reply
+        } else {
+            self.original
+        }
+    }
+
+    fn set(&mut self, reply: bool) {
+        if reply {
+            self.reply = true;
+        } else {
+            self.original = true;
+        }
+    }
 }
 
 impl CtEntry {
@@ -174,6 +202,7 @@ impl CtEntry {
             service: None,
             packets: 0,
             bytes: 0,
+            kept: Kept::default(),
         }
     }
 
@@ -396,14 +425,9 @@ impl Conntrack {
         }
     }
 
-    /// Starts loading what a lookup of `key` reads first: its home slot, and beside it the path of
-    /// the original direction (the frame goes the way of `key`) or of the reply's.
-    pub(crate) fn prefetch_with_path(&self, key: &FlowKey, reply: bool) {
-        let home = self.home(key);
-        if let (Some(slot), Some(paths)) = (self.slots.get(home), self.paths.get(home)) {
-            let start: *const u8 = (slot as *const Option<Slot>).cast();
-            crate::prefetch::prefetch(start);
-            crate::prefetch::prefetch(start.wrapping_add(64));
+    /// Starts loading the path kept in `slot` for a direction, once a lookup found it there.
+    pub(crate) fn prefetch_path(&self, slot: usize, reply: bool) {
+        if let Some(paths) = self.paths.get(slot) {
             crate::prefetch::prefetch(paths.line(reply));
         }
     }
@@ -421,22 +445,29 @@ impl Conntrack {
         self.slots.get_mut(i)?.as_mut().map(|slot| &mut slot.entry)
     }
 
-    /// The live entry of `key` with its slot, and the path kept beside it for the original direction
-    /// or the reply's.
-    pub(crate) fn lookup_with_path(
+    /// The live entry of `key` with its slot.
+    pub(crate) fn lookup_slot(
         &mut self,
         key: &FlowKey,
-        reply: bool,
         now_ms: u64,
-    ) -> Option<(usize, &mut CtEntry, Option<Path>)> {
+    ) -> Option<(usize, &mut CtEntry)> {
         let i = self.find_live(key, now_ms)?;
-        let path = self.paths.get(i)?.get(reply);
         let entry = self
             .slots
             .get_mut(i)?
             .as_mut()
             .map(|slot| &mut slot.entry)?;
-        Some((i, entry, path))
+        Some((i, entry))
+    }
+
+    /// The path kept for a direction of the flow of `key`, which a lookup found in `slot` (if the
+    /// flow is still there).
+    pub(crate) fn path(&self, slot: usize, key: &FlowKey, reply: bool) -> Option<Path> {
+        let found = self.slots.get(slot)?.as_ref()?;
+        if found.key != *key || !found.entry.kept.has(reply) {
+            return None;
+        }
+        self.paths.get(slot)?.get(reply)
     }
 
     /// The slot of `key`'s live entry; an expired one is removed.
@@ -459,10 +490,13 @@ impl Conntrack {
         reply: bool,
         path: Path,
     ) {
-        let same = self.slots.get(slot).and_then(Option::as_ref);
-        if same.is_some_and(|s| s.key == *key && s.entry.nat == nat) {
+        let Some(found) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if found.key == *key && found.entry.nat == nat {
             if let Some(paths) = self.paths.get_mut(slot) {
                 paths.set(reply, path);
+                found.entry.kept.set(reply);
             }
         }
     }

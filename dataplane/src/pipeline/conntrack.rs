@@ -7,7 +7,6 @@
 //! back as their source. Masqueraded flows likewise: pod→outside holds the node's `addr:port`,
 //! node:port→outside the pod's. An ICMP error is looked up by the packet it quotes.
 
-use super::fastpath::Path;
 use super::route::Destination;
 use super::{Arrival, InFlight};
 use crate::conntrack::{Conntrack, CtEntry, CtFull, CtNat, NatKind, Owner, Timeouts};
@@ -44,13 +43,13 @@ impl Known {
     }
 }
 
-/// Where a frame's own flow was found: the entry's slot, whether the frame is a reply, and the path
-/// kept beside the entry for the frame's direction ([`super::fastpath`]).
+/// Where a frame's own flow was found: the entry's slot, whether the frame is a reply, and whether a
+/// path is kept beside the entry for the frame's direction ([`super::fastpath`]).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Found {
     pub slot: usize,
     pub reply: bool,
-    pub path: Option<Path>,
+    pub kept: bool,
 }
 
 /// How a frame is rewritten on its way out.
@@ -137,7 +136,7 @@ pub(super) fn lookup(
     let key = parsed.flow;
     let flags = tcp_flags(parsed);
     let timeouts = *ct.timeouts();
-    if let Some((slot, entry, path)) = ct.lookup_with_path(&key, false, now_ms) {
+    if let Some((slot, entry)) = ct.lookup_slot(&key, now_ms) {
         // A service flow's translated entry (client→backend) stands for the flow after DNAT and
         // answers only its replies: a frame that arrives with that tuple is a new flow straight to
         // the backend reusing the client's port, and must face policy like any new flow.
@@ -151,19 +150,19 @@ pub(super) fn lookup(
             let found = Found {
                 slot,
                 reply: false,
-                path,
+                kept: entry.kept.has(false),
             };
             return (known, Some(found));
         }
         return (Known::New, None);
     }
-    if let Some((slot, entry, path)) = ct.lookup_with_path(&key.reversed(), true, now_ms) {
+    if let Some((slot, entry)) = ct.lookup_slot(&key.reversed(), now_ms) {
         observe(entry, key.proto, flags, true, now_ms, &timeouts);
         entry.count(len);
         let found = Found {
             slot,
             reply: true,
-            path,
+            kept: entry.kept.has(true),
         };
         return (Known::Reply(entry.nat), Some(found));
     }

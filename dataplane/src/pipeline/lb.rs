@@ -60,7 +60,7 @@ pub(super) fn translate(
                 // The backend left the service: the flow is balanced again, as a new one.
                 ct.remove(&key);
                 flight.known = Known::New;
-                flight.slot = None;
+                flight.found = None;
                 balance(flight.service, &key)?
             }
         }

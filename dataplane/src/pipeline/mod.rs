@@ -45,7 +45,7 @@ use crate::stats::{Counters, Forward};
 use crate::wireguard::Tunnels;
 use crate::{DropReason, Frame, Identity, PortId};
 
-use conntrack::{Known, Tracked};
+use conntrack::{Found, Known, Tracked};
 use fastpath::Path;
 use route::{Destination, NodeRoute};
 
@@ -191,8 +191,8 @@ struct InFlight<'t> {
     service: Option<&'t Service>,
     tracked: Tracked,
     destination: Destination,
-    /// The conntrack slot of the frame's own flow, and whether the frame is a reply.
-    slot: Option<(usize, bool)>,
+    /// Where conntrack found the frame's own flow.
+    found: Option<Found>,
     /// What the pipeline decided for this way of the flow before, if it still holds: the stages
     /// take it instead of their lookups ([`fastpath`]).
     path: Option<Path>,
@@ -233,7 +233,7 @@ fn process_burst<'t>(
                         identity: Identity::UNKNOWN,
                         reason: DropReason::NoRoute,
                     },
-                    slot: None,
+                    found: None,
                     path: None,
                 });
                 (Forward::ToKernel, Verdict::ToKernel)
@@ -246,24 +246,23 @@ fn process_burst<'t>(
     }
     let log = &mut state.flowlog;
     for flight in flights.iter().flatten() {
-        ct.prefetch_with_path(&flight.parsed.flow, false);
-        ct.prefetch_with_path(&flight.parsed.flow.reversed(), true);
+        ct.prefetch(&flight.parsed.flow);
+        ct.prefetch(&flight.parsed.flow.reversed());
     }
     for (flight, frame) in flights.iter_mut().zip(frames.iter()) {
         if let Some(f) = flight {
-            let (known, found) = conntrack::lookup(ct, now_ms, &f.parsed, frame.data());
-            f.known = known;
-            f.slot = found.map(|found| (found.slot, found.reply));
-            f.path = found
-                .and_then(|found| found.path)
-                .filter(|path| fast_path && path.holds(tables, f));
-            state.fast_path_packets += u64::from(f.path.is_some());
+            (f.known, f.found) = conntrack::lookup(ct, now_ms, &f.parsed, frame.data());
         }
     }
     for flight in flights.iter().flatten() {
         conntrack::prefetch_forward_entry(ct, flight);
+        fastpath::prefetch(ct, flight);
     }
     for flight in flights.iter_mut().flatten() {
+        if fast_path {
+            flight.path = fastpath::kept(ct, tables, flight);
+            state.fast_path_packets += u64::from(flight.path.is_some());
+        }
         flight.service = lb::find_service(tables, flight);
     }
     run_stage(&mut flights, &mut outcomes, log, now_ms, |f| {

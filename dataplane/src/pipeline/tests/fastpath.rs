@@ -370,7 +370,7 @@ proptest! {
 fn established_packets_take_the_fast_path_and_a_new_snapshot_is_obeyed_at_once() {
     let world = World {
         policy: false,
-        backends: (true, false),
+        backends: (false, true),
         moved: false,
         link: Link::Routed,
         hybrid: false,
@@ -378,42 +378,48 @@ fn established_packets_take_the_fast_path_and_a_new_snapshot_is_obeyed_at_once()
     };
     let (mut a, b) = world.tables();
     let mut s = state();
+    let through_service = tcp(&x_wing(), VIP, 40000, 80, false);
     for (i, syn) in [true, false, false, false].into_iter().enumerate() {
         let frame = tcp(&x_wing(), VIP, 40000, 80, syn);
         assert_eq!(
             run(&a, &mut s, X_WING_PORT, &frame).0,
-            Verdict::Transmit(REBEL_PORT)
+            Verdict::Transmit(UPLINK)
         );
         // The first packet makes the flow, the second its path; the others take it.
         assert_eq!(s.fast_path_packets, i.saturating_sub(1) as u64);
     }
-    let frame = tcp(&x_wing(), VIP, 40000, 80, false);
-    // The backend moves to cluster2 in a new snapshot: the next packet follows it.
+    // The backend leaves for cluster1's pod in a new snapshot: the next packet follows it.
     (a, _) = World {
-        backends: (false, true),
+        backends: (true, false),
         ..world
     }
     .next(&a, &b);
     assert_eq!(
-        run(&a, &mut s, X_WING_PORT, &frame).0,
-        Verdict::Transmit(UPLINK)
+        run(&a, &mut s, X_WING_PORT, &through_service).0,
+        Verdict::Transmit(REBEL_PORT)
     );
-    // Balanced again as a new flow: its next packet makes its path, the one after takes it.
-    let before = s.fast_path_packets;
-    for _ in 0..2 {
+
+    // A flow straight to the remote pod, then its node out of reach in tables changed in place
+    // (marked so): obeyed at once too.
+    let direct = |syn| tcp(&x_wing(), rebel_c2().ip, 40001, 8080, syn);
+    for syn in [true, false, false] {
         assert_eq!(
-            run(&a, &mut s, X_WING_PORT, &frame).0,
+            run(&a, &mut s, X_WING_PORT, &direct(syn)).0,
             Verdict::Transmit(UPLINK)
         );
     }
+    let before = s.fast_path_packets;
+    assert_eq!(
+        run(&a, &mut s, X_WING_PORT, &direct(false)).0,
+        Verdict::Transmit(UPLINK)
+    );
     assert_eq!(s.fast_path_packets, before + 1);
-    // The same tables changed in place are marked so, and obeyed too.
     a.node.routing = RoutingMode::Native {
         underlay_routes_pods: false,
     };
     a.changed();
     assert_eq!(
-        run(&a, &mut s, X_WING_PORT, &frame).0,
+        run(&a, &mut s, X_WING_PORT, &direct(false)).0,
         Verdict::Drop(DropReason::NodeOffSegment)
     );
 }
