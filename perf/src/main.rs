@@ -4,11 +4,13 @@
 mod forward;
 mod measure;
 mod pipeline;
+mod provenance;
 mod report;
 mod restart;
 mod sync;
 
 use clap::{Parser, Subcommand};
+use provenance::Provenance;
 
 #[derive(Parser)]
 #[command(version, about = "meshpath benchmarks")]
@@ -36,10 +38,24 @@ enum Scenario {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let json = cli.json;
+    let stamp = Provenance::now;
     match cli.scenario {
-        Scenario::Pipeline(args) => report::print(&pipeline::run(&args)?, cli.json),
-        Scenario::Sync(args) => report::print(&sync::run(&args)?, cli.json),
-        Scenario::Forward(args) => report::print(&forward::run(&args)?, cli.json),
-        Scenario::Restart(args) => report::print(&restart::run(&args)?, cli.json),
+        Scenario::Pipeline(args) => {
+            let provenance = stamp("pipeline");
+            report::print(&provenance, &pipeline::run(&args)?, json)
+        }
+        Scenario::Sync(args) => {
+            let provenance = stamp("sync");
+            report::print(&provenance, &sync::run(&args)?, json)
+        }
+        Scenario::Forward(args) => {
+            let provenance = stamp("forward");
+            report::print(&provenance, &forward::run(&args)?, json)
+        }
+        Scenario::Restart(args) => {
+            let provenance = stamp("restart");
+            report::print(&provenance, &restart::run(&args)?, json)
+        }
     }
 }
