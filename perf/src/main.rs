@@ -7,6 +7,7 @@ mod pipeline;
 mod provenance;
 mod report;
 mod restart;
+mod results;
 mod sync;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,8 @@ enum Scenario {
     /// Established TCP connections through a service while the agent restarts (planned, then killed):
     /// connections kept, the longest gap, frames the kernel got while no agent ran.
     Restart(restart::Args),
+    /// Writes perf/RESULTS.md from the scenarios' JSON (each saved as `<scenario>.json`).
+    Report(results::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,5 +60,6 @@ fn main() -> anyhow::Result<()> {
             let provenance = stamp("restart");
             report::print(&provenance, &restart::run(&args)?, json)
         }
+        Scenario::Report(args) => results::run(&args),
     }
 }

@@ -23,7 +23,7 @@ use meshpath_dataplane::afxdp::WorkerStats;
 use meshpath_dataplane::testbed::{Scale, Testbed};
 use meshpath_xdp_redirect::netns::ifindex;
 use meshpath_xdp_redirect::{NodeAddrs, Role, XdpRedirect};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::report::Report;
 use forwarder::{Forwarder, Handler};
@@ -56,7 +56,7 @@ const SMALL_FRAME: usize = 64;
 const LARGE_FRAME: usize = 1400;
 const FCS: usize = 4;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Rates {
     pub bare_afxdp: f64,
     pub kernel_vxlan: f64,
@@ -67,7 +67,7 @@ pub struct Rates {
 }
 
 /// The encrypted comparison (`--encrypt`): meshpath plain and under strict WireGuard, by frame size.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct BySize {
     pub meshpath_64: f64,
     pub meshpath_encrypted_64: f64,
@@ -88,7 +88,7 @@ impl BySize {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Latency {
     pub p50: f64,
     pub p99: f64,
@@ -96,7 +96,7 @@ pub struct Latency {
 }
 
 /// What an AF_XDP forwarder's worker counted over all its measurements.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct WorkerCounts {
     pub rx: u64,
     pub tx: u64,
@@ -123,13 +123,13 @@ impl From<&WorkerStats> for WorkerCounts {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Forwarders {
     pub bare_afxdp: WorkerCounts,
     pub meshpath: WorkerCounts,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ForwardReport {
     /// Frames per second that reached the sink, in millions.
     pub mpps: Rates,

@@ -2,9 +2,10 @@
 //! endpoints and 10k services is written to a local etcd; then the remote watcher and the snapshot
 //! builder run as the agent runs them (on a runtime of one worker thread), and the benchmark measures
 //! the time from connecting to a complete dataplane snapshot, the latency from a put in the remote
-//! etcd to the snapshot that holds it, and the process's RSS at that size. Then a second remote joins
-//! and both push a burst of 100k identities ([`burst`]): how long a status-like request and an etcd
-//! lease keepalive wait on the agent's runtime meanwhile.
+//! etcd to the snapshot that holds it, and this benchmark process's RSS at that size (the control
+//! plane's share: not the agent's RSS, which adds its workers' conntrack and UMEM). Then a second
+//! remote joins and both push a burst of 100k identities ([`burst`]): how long a status-like request
+//! and an etcd lease keepalive wait on the agent's runtime meanwhile.
 
 mod burst;
 mod cluster;
@@ -21,7 +22,7 @@ use meshpath_control::state::ClusterState;
 use meshpath_control::ClusterName;
 use meshpath_dataplane::ipcache::IpPrefix;
 use meshpath_dataplane::snapshot::Tables;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +30,6 @@ use crate::report::{against_ceiling, Report};
 
 const TARGET_SYNC_S: f64 = 2.0;
 const TARGET_P99_MS: f64 = 50.0;
-const TARGET_RSS_MIB: f64 = 200.0;
 /// Neither a status answer nor a keepalive may wait longer during the burst.
 const TARGET_BURST_DELAY_MS: f64 = 100.0;
 
@@ -58,20 +58,23 @@ pub struct Args {
     burst_identities: u32,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct Propagation {
     p50: f64,
     p99: f64,
     max: f64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct SyncReport {
     full_sync_s: f64,
     propagation_ms: Propagation,
-    rss_mib: f64,
+    /// This benchmark's own process (VmRSS) with the remote synced: the watcher and the builder as
+    /// the agent runs them, its tables and snapshots, but not the agent's dataplane (workers'
+    /// conntrack, UMEM) — not the agent's RSS.
+    bench_process_rss_mib: f64,
     /// The same process before the remote was connected: runtime, etcd client, the local state.
-    rss_before_remote_mib: f64,
+    bench_process_rss_before_remote_mib: f64,
     /// Seconds to write the remote cluster into etcd (not part of any figure).
     write_s: f64,
     snapshots: u64,
@@ -113,10 +116,9 @@ impl Report for SyncReport {
                 against_ceiling(p.p99, TARGET_P99_MS)
             ),
             format!(
-                "rss              {:>8.1} MiB  {}  ({:.1} MiB before the remote)",
-                self.rss_mib,
-                against_ceiling(self.rss_mib, TARGET_RSS_MIB),
-                self.rss_before_remote_mib
+                "benchmark process RSS {:>8.1} MiB ({:.1} MiB before the remote; the control plane's share, not the agent's)",
+                self.bench_process_rss_mib,
+                self.bench_process_rss_before_remote_mib
             ),
             format!(
                 "snapshot: {} ipcache entries, {} services, {} snapshots built",
@@ -318,8 +320,8 @@ async fn run_async(args: &Args) -> anyhow::Result<SyncReport> {
             p99: ms(0.99),
             max: histogram.max() as f64 / 1000.0,
         },
-        rss_mib: rss_synced,
-        rss_before_remote_mib,
+        bench_process_rss_mib: rss_synced,
+        bench_process_rss_before_remote_mib: rss_before_remote_mib,
         write_s,
         snapshots: builder.stats().snapshots,
         ipcache_entries: last.ipcache.len(),
