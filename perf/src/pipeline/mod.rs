@@ -132,9 +132,10 @@ pub fn run(args: &Args) -> anyhow::Result<PipelineReport> {
     for (path, figure) in &timed {
         anyhow::ensure!(
             figure.verdicts.expected == figure.verdicts.timed,
-            "{path}: only {} of {} timed frames got their verdict; the figure would not be the path's",
+            "{path}: only {} of {} timed frames got their verdict (the first other: {:?}); the figure would not be the path's",
             figure.verdicts.expected,
-            figure.verdicts.timed
+            figure.verdicts.timed,
+            figure.unexpected
         );
     }
     let stages = stages::stages(&bed, &all, rounds);
@@ -276,6 +277,8 @@ struct Timed {
     ns: f64,
     harness_ns: f64,
     verdicts: VerdictCount,
+    /// The first verdict that was not the expected one, if any.
+    unexpected: Option<Verdict>,
 }
 
 /// Times `process` over `bursts[r % len]` in round `r` (best of `rounds`), bursts of [`BURST`]
@@ -289,6 +292,7 @@ fn time_path(
     let mut ring = Ring::new();
     let mut verdicts = [Verdict::ToKernel; BURST];
     let mut counts = VerdictCount::default();
+    let mut unexpected = None;
     let mut pass = |work: bool, counts: &mut VerdictCount| {
         let mut round = 0;
         ns_per_item(rounds, n, || {
@@ -305,6 +309,13 @@ fn time_path(
                 let right = verdicts[..count].iter().zip(expected);
                 counts.timed += count as u64;
                 counts.expected += right.filter(|(v, e)| v == e).count() as u64;
+                if work && counts.expected < counts.timed && unexpected.is_none() {
+                    unexpected = verdicts[..count]
+                        .iter()
+                        .zip(expected)
+                        .find(|(v, e)| v != e)
+                        .map(|(v, _)| *v);
+                }
                 black_box(&frames);
             }
         })
@@ -315,6 +326,7 @@ fn time_path(
         ns: total - harness_ns,
         harness_ns,
         verdicts: counts,
+        unexpected,
     }
 }
 
@@ -346,7 +358,8 @@ fn new_flows(bed: &Testbed, rounds: usize) -> Timed {
             expected: vec![Verdict::Transmit(testbed::UPLINK); round.len()],
         })
         .collect();
-    let capacity = 2 * bed.scale.flows + 2 * per_round * rounds + 1024;
+    // Room to spare: near full, conntrack refuses new flows where their bucket is full.
+    let capacity = (2 * (2 * bed.scale.flows + 2 * per_round * rounds)).next_power_of_two();
     let mut state = bed.warmed_worker(capacity);
     time_path(rounds, &bursts, |frames, verdicts| {
         pipeline::process(&bed.tables, &mut state, 1, frames, verdicts)
