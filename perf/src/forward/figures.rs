@@ -172,6 +172,9 @@ pub struct ForwardReport {
     /// frame arrived to be timed.
     pub latency_us: Option<Latency>,
     pub latency_offered_mpps: f64,
+    /// Frames the latency run's schedule called for that the generator had not sent by its end:
+    /// when many, the generator's own lateness is in the latency (it shares a core with the sink).
+    pub latency_generator_behind: u64,
     /// Share of the valid frames reaching the sink VXLAN-encapsulated, per way.
     pub tunnelled_share: BTreeMap<String, f64>,
     /// How the XDP programs run (the benchmark refuses anything but native).
@@ -231,21 +234,23 @@ impl Report for ForwardReport {
         }
         lines.push(String::new());
         lines.push(format!(
-            "c/a = {:.2} at saturation, {:.2} at ≤ 0.1 % loss (target ≥ {TARGET_VS_BARE}: {})",
+            "c/a = {:.2} at saturation ({}), {:.2} at ≤ 0.1 % loss ({}); target ≥ {TARGET_VS_BARE}",
             self.ratio_vs_bare,
+            distance(self.ratio_vs_bare, TARGET_VS_BARE),
             self.zero_loss_ratio_vs_bare,
-            distance(self.ratio_vs_bare, TARGET_VS_BARE)
+            distance(self.zero_loss_ratio_vs_bare, TARGET_VS_BARE)
         ));
         lines.push(format!(
-            "c/b = {:.2} at saturation, {:.2} at ≤ 0.1 % loss (target ≥ {TARGET_VS_KERNEL}: {})",
+            "c/b = {:.2} at saturation ({}), {:.2} at ≤ 0.1 % loss ({}); target ≥ {TARGET_VS_KERNEL}",
             self.ratio_vs_kernel,
+            distance(self.ratio_vs_kernel, TARGET_VS_KERNEL),
             self.zero_loss_ratio_vs_kernel,
-            distance(self.ratio_vs_kernel, TARGET_VS_KERNEL)
+            distance(self.zero_loss_ratio_vs_kernel, TARGET_VS_KERNEL)
         ));
         lines.push(match &self.latency_us {
             Some(l) => format!(
-                "meshpath latency at {:.3} Mpps offered, from scheduled send times: p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs ({} frames)",
-                self.latency_offered_mpps, l.p50, l.p99, l.p999, l.samples
+                "meshpath latency at {:.3} Mpps offered, from scheduled send times: p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs ({} frames; the generator ended {} frames behind its schedule)",
+                self.latency_offered_mpps, l.p50, l.p99, l.p999, l.samples, self.latency_generator_behind
             ),
             None => format!(
                 "meshpath latency at {:.3} Mpps offered: no samples (no frame arrived to be timed)",

@@ -471,6 +471,7 @@ fn measure_all(
             }
         }),
         latency_offered_mpps: latency.offered_mpps(),
+        latency_generator_behind: latency.generator_behind,
         tunnelled_share: tunnelled
             .into_iter()
             .map(|(k, (t, r))| (k.to_owned(), t as f64 / r.max(1) as f64))
