@@ -19,12 +19,15 @@ const MEASURED: &[&str] = &[
 
 fn main() {
     let commit = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
-    let dirty = match git(&[
+    let mut status = vec![
         "--no-optional-locks",
         "status",
         "--porcelain",
         "--untracked-files=no",
-    ]) {
+        "--",
+    ];
+    status.extend(MEASURED);
+    let dirty = match git(&status) {
         Some(changes) => !changes.is_empty(),
         None => commit == "unknown",
     };
