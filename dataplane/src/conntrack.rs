@@ -682,7 +682,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap;
-    use std::time::Instant;
 
     fn key(i: u32) -> FlowKey {
         FlowKey {
@@ -1013,40 +1012,5 @@ mod tests {
             ct.gc(now, usize::MAX);
             prop_assert!(ct.iter().all(|(_, e)| !e.is_expired(now)));
         }
-    }
-
-    /// Figures for the report: `cargo test -p meshpath-dataplane --release -- --ignored --nocapture conntrack`.
-    #[test]
-    #[ignore]
-    fn measure_100k_live_flows() {
-        let n = 100_000u32;
-        let mut ct = Conntrack::new(config(131_072));
-        for i in 0..n {
-            ct.insert(key(i), entry(u64::MAX), 0).unwrap();
-        }
-        let rounds = 10_000_000u32;
-        let start = Instant::now();
-        let mut hits = 0u32;
-        for i in 0..rounds {
-            let k = key(i.wrapping_mul(2_654_435_761) % n);
-            hits += std::hint::black_box(ct.lookup(std::hint::black_box(&k), 1)).is_some() as u32;
-        }
-        let per = start.elapsed().as_nanos() as f64 / rounds as f64;
-        let start = Instant::now();
-        let mut acc = 0u64;
-        for i in 0..rounds {
-            let k = key(i.wrapping_mul(2_654_435_761) % n);
-            acc = acc.wrapping_add(ct.hasher.hash(std::hint::black_box(&k)));
-        }
-        std::hint::black_box(acc);
-        let hash = start.elapsed().as_nanos() as f64 / rounds as f64;
-        println!("conntrack: hashing a key: {hash:.1} ns");
-        assert_eq!(hits, rounds);
-        let slot = std::mem::size_of::<Option<Slot>>();
-        println!(
-            "conntrack: hit among {n} live flows: {per:.1} ns; {} slots x {slot} B = {:.1} B per flow at capacity",
-            ct.slots.len(),
-            (ct.slots.len() * slot) as f64 / ct.capacity() as f64
-        );
     }
 }
