@@ -103,6 +103,7 @@ fn spec() -> NodeSpec {
         policy_limits: Default::default(),
         admission: Default::default(),
         segments: Vec::new(),
+        external_workload: false,
     }
 }
 

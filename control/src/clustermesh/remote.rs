@@ -48,8 +48,10 @@ pub struct RemoteOptions {
     pub keep_alive: Duration,
     /// Keys per page when listing.
     pub list_page: i64,
-    /// This cluster's own id, which no remote may announce.
+    /// This cluster's own id, which no remote may announce but [`RemoteOptions::joined`].
     pub local_id: Option<ClusterId>,
+    /// On an external workload: the cluster it joined, watched as a remote of the same name and id.
+    pub joined: Option<ClusterName>,
     pub claims: IdClaims,
     pub limits: RemoteLimits,
 }
@@ -65,6 +67,7 @@ impl Default for RemoteOptions {
             keep_alive: Duration::from_secs(5),
             list_page: 10_000,
             local_id: None,
+            joined: None,
             claims: IdClaims::default(),
             limits: RemoteLimits::default(),
         }
