@@ -517,6 +517,66 @@ async fn an_external_workload_takes_the_joined_clusters_global_services_with_eve
     );
 }
 
+/// A host that joined cluster2 as an external workload: a node without pod CIDRs at `addr`, and its
+/// endpoint at the same address naming `host_ip`.
+fn external_workload(addr: Ipv4Addr, host_ip: Ipv4Addr, pod_cidrs: Vec<Cidr>) -> Vec<Change> {
+    let id = Identity::new(0x2_0200).unwrap();
+    let node = NodeInfo {
+        name: "vm1".into(),
+        cluster_id: ClusterId::new(2).unwrap(),
+        addresses: vec![(NodeAddressKind::Internal, addr.into())],
+        pod_cidrs,
+        health_ips: vec![],
+        encryption_key: 0,
+        wireguard_pub_key: None,
+    };
+    let endpoint = EndpointInfo {
+        ip: addr.into(),
+        identity: id,
+        host_ip: Some(host_ip.into()),
+        namespace: "default".into(),
+        pod_name: "vm1".into(),
+    };
+    [Entry::Node(node), Entry::Endpoint(endpoint)]
+        .into_iter()
+        .map(|e| remote(StateEvent::Upsert(e)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_remote_external_workload_is_its_own_tunnel_endpoint_and_nothing_else_is_admitted_so() {
+    let vm = Ipv4Addr::new(198, 18, 100, 10);
+    let mut builder = built(true, Affinity::None).await;
+    let t = builder.apply(external_workload(vm, vm, vec![])).unwrap();
+    let entry = t
+        .ipcache
+        .lookup(vm.into())
+        .expect("the host is in the ipcache");
+    assert_eq!(entry.tunnel_endpoint, Some(vm.into()));
+    assert_eq!(entry.identity, Identity::new(0x2_0200).unwrap());
+    assert!(t.nodes.get(vm.into()).is_some(), "and a node to tunnel to");
+
+    let other = Ipv4Addr::new(198, 18, 100, 11);
+    let mut builder = built(true, Affinity::None).await;
+    let t = builder.apply(external_workload(other, NODE_C2, vec![]));
+    let t = t.unwrap_or_else(|| builder.current());
+    assert!(
+        t.ipcache.lookup(other.into()).is_none(),
+        "an address outside pod CIDRs hosted by another node"
+    );
+    let cidr = Cidr {
+        addr: Ipv4Addr::new(100, 65, 9, 0).into(),
+        prefix_len: 24,
+    };
+    let mut builder = built(true, Affinity::None).await;
+    let t = builder.apply(external_workload(other, other, vec![cidr]));
+    let t = t.unwrap_or_else(|| builder.current());
+    assert!(
+        t.ipcache.lookup(other.into()).is_none(),
+        "a node with pod CIDRs is no external workload"
+    );
+}
+
 fn backend(
     last: u8,
     state: BackendState,
