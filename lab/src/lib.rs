@@ -14,6 +14,7 @@ pub mod capture;
 pub mod demo;
 pub mod down;
 pub mod echo;
+pub mod external;
 pub mod ip;
 pub mod mesh;
 pub mod pki;

@@ -100,7 +100,7 @@ impl MeshOptions {
         format!("routing: {routing}, tunnel: {tunnel}")
     }
 
-    fn encryption_key(self) -> &'static str {
+    pub(crate) fn encryption_key(self) -> &'static str {
         match self.encryption {
             Encryption::Off => "off",
             Encryption::On => "on",
@@ -182,7 +182,7 @@ pub fn start_with(plan: &Plan, options: MeshOptions) -> anyhow::Result<()> {
     if options.encryption != Encryption::Off {
         announce_keys(plan)?;
     }
-    Ok(())
+    crate::external::start(plan, options)
 }
 
 pub(crate) fn log(plan: &Plan, name: &str) -> PathBuf {
@@ -708,7 +708,7 @@ pub fn start_agent_again(plan: &Plan, c: u8, n: u8) -> anyhow::Result<()> {
     start_agent(plan, node, &agent)
 }
 
-fn interface_mac(netns: &str, interface: &str) -> anyhow::Result<String> {
+pub(crate) fn interface_mac(netns: &str, interface: &str) -> anyhow::Result<String> {
     let out = Command::new("ip")
         .args(["-n", netns, "-j", "link", "show", "dev", interface])
         .output()?;

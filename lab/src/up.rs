@@ -26,7 +26,7 @@ pub fn up(plan: &Plan) -> Result<(), IpError> {
     for node in &plan.nodes {
         node_up(plan, node)?;
     }
-    Ok(())
+    crate::external::up(plan)
 }
 
 /// Has the fabric route every node's pod CIDR to that node, as a cloud's route table or BGP does for

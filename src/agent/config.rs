@@ -866,6 +866,7 @@ metrics: 127.0.0.1:9962
             "pods:\n  - {pod: default/x-wing-1, interface: p1, mac: \"02:00:00:01:01:0a\"}\n",
             "mode: external\nexternal: {labels: {app: vm-db}}\n",
         )
+        .replace("routing: hybrid", "routing: tunnel")
     }
 
     #[test]
@@ -913,6 +914,10 @@ metrics: 127.0.0.1:9962
             (
                 external().replace("{yaml-dir: /etc/meshpath/state}", "{kubernetes: {}}"),
                 "`source.kubernetes`",
+            ),
+            (
+                external().replace("routing: tunnel", "routing: native"),
+                "`dataplane.routing`",
             ),
         ] {
             let error = parse(&text).unwrap_err().to_string();

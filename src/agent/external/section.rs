@@ -65,6 +65,13 @@ pub fn check(config: &AgentConfig) -> Result<(), (&'static str, String)> {
             "an external workload is reached at the host's own IPv4 address".into(),
         ));
     }
+    if config.dataplane.routing != super::super::config::Routing::Tunnel {
+        // Plain frames for the host's address go to its kernel, around its ingress policy.
+        return Err((
+            "dataplane.routing",
+            "an external workload is reached through tunnels only: `routing: tunnel`".into(),
+        ));
+    }
     if !config.pods.is_empty() {
         return Err(("pods", "an external workload has no pods".into()));
     }
