@@ -82,6 +82,8 @@ use xdp_counters::XdpPrograms;
 /// The file a planned stop hands conntrack over in, inside `state-dir`.
 const CONNTRACK_FILE: &str = "conntrack.v1";
 
+pub use external::leave::leave as vm_leave;
+
 /// Runs the agent until SIGINT, SIGTERM or SIGHUP.
 pub fn run(config_path: PathBuf, netns: Option<String>) -> anyhow::Result<()> {
     let config = AgentConfig::load(&config_path)?;

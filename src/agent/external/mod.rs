@@ -27,6 +27,7 @@
 //! When etcd is unreachable the last state stays in force: the remotes' watchers keep their entries
 //! for their grace period and the tables keep forwarding.
 
+pub mod leave;
 pub mod members;
 pub mod section;
 
