@@ -6,9 +6,10 @@
 //! it keeps its last state and keeps forwarding; a planned stop of its agent withdraws it from every
 //! cluster, and so does `meshpath vm leave`.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use meshpath_api::Client;
@@ -20,11 +21,16 @@ const PORT: &str = "8080";
 
 struct Lab {
     plan: Plan,
+    servers: RefCell<Vec<Child>>,
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
         mesh::tear_down(&self.plan.prefix);
+        for mut server in self.servers.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
     }
 }
 
@@ -50,7 +56,7 @@ impl Lab {
         let root = mesh::dir(&self.plan.prefix).join(format!("www-{name}"));
         std::fs::create_dir_all(&root).unwrap();
         std::fs::write(root.join("index.html"), format!("{name}\n")).unwrap();
-        Command::new("ip")
+        let server = Command::new("ip")
             .args(["netns", "exec", ns, "python3", "-m", "http.server", PORT])
             .arg("--directory")
             .arg(&root)
@@ -59,6 +65,7 @@ impl Lab {
             .stderr(Stdio::null())
             .spawn()
             .expect("python3's http.server");
+        self.servers.borrow_mut().push(server);
     }
 
     /// The body `ns` gets from `ip`'s server, if it answers.
@@ -106,6 +113,7 @@ fn a_vm_joins_the_mesh_survives_its_etcd_and_leaves_it() {
     };
     let lab = Lab {
         plan: Plan::new(&prefix, size).unwrap().with_externals(1).unwrap(),
+        servers: RefCell::default(),
     };
     std::env::set_var("MESHPATH_BIN", BIN);
     meshpath_lab::up::up(&lab.plan).expect("lab up");
