@@ -5,11 +5,11 @@
 mod common;
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Pki;
+use common::{EtcdMember, Pki};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, Permission, TlsOptions};
 use meshpath_control::clustermesh::config::RemoteConfig;
 use meshpath_control::clustermesh::{spawn_remote, MeshStatus, RemoteOptions, StatusBoard};
@@ -61,31 +61,13 @@ impl EtcdCluster {
         let members = (0..MEMBERS)
             .map(|i| {
                 let log = std::fs::File::create(d.join(format!("m{i}.log"))).unwrap();
-                let child = Command::new("/usr/bin/etcd")
-                    .args(["--name", &format!("m{i}"), "--data-dir"])
-                    .arg(d.join(format!("m{i}")))
-                    .args([
-                        "--listen-client-urls",
-                        &urls[i],
-                        "--advertise-client-urls",
-                        &urls[i],
-                    ])
-                    .args(["--listen-peer-urls", &peers[i]])
-                    .args(["--initial-advertise-peer-urls", &peers[i]])
-                    .args(["--initial-cluster", &initial.join(",")])
-                    .args(["--initial-cluster-state", "new"])
-                    .arg("--cert-file")
-                    .arg(d.join("server.crt"))
-                    .arg("--key-file")
-                    .arg(d.join("server.key"))
-                    .arg("--trusted-ca-file")
-                    .arg(d.join("ca.crt"))
-                    .args(["--client-cert-auth", "--log-level", "warn"])
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .expect("etcd starts");
-                Some(child)
+                let member = EtcdMember {
+                    name: &format!("m{i}"),
+                    client_url: &urls[i],
+                    peer_url: &peers[i],
+                    initial_cluster: &initial.join(","),
+                };
+                Some(member.spawn(d, log))
             })
             .collect();
         let cluster = EtcdCluster {

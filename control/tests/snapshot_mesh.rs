@@ -20,10 +20,7 @@ use meshpath_control::resolve::{MemoryAllocator, Resolver};
 use meshpath_control::snapshot::{run_builder, Change, NodeSpec, SnapshotBuilder};
 use meshpath_control::state::ClusterState;
 use meshpath_control::ClusterName;
-use meshpath_dataplane::gateway::Gateway;
-use meshpath_dataplane::route::{RoutingMode, Underlay};
-use meshpath_dataplane::snapshot::{Capacities, NodeConfig, Tables};
-use meshpath_dataplane::tunnel::TunnelProtocol;
+use meshpath_dataplane::snapshot::{Capacities, Tables};
 use meshpath_dataplane::{Addr, ClusterId, PortId};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -78,25 +75,7 @@ fn spec() -> NodeSpec {
         cluster: name(1),
         cluster_id: c(1),
         node: "n1".into(),
-        config: NodeConfig {
-            cluster: c(1),
-            ipv4: Some(Ipv4Addr::new(198, 18, 1, 1)),
-            ipv6: None,
-            uplink: PortId(0),
-            underlay: Underlay {
-                mac: [2, 0, 0, 1, 0, 1],
-                router_mac: [2, 0, 0, 0, 0, 0xfe],
-                mtu: 1500,
-            },
-            gateway: Gateway {
-                mac: [2, 0xaa, 0, 0, 0, 1],
-            },
-            routing: RoutingMode::Tunnel,
-            tunnel: TunnelProtocol::Vxlan,
-            host: None,
-            masquerade: None,
-            encryption: Default::default(),
-        },
+        config: meshpath_dataplane::testbed::node_config(),
         capacities: Capacities::default(),
         ports: BTreeMap::from([(obj("x-wing"), (PortId(1), [2, 0, 0, 1, 1, 10]))]),
         local_affinity_threshold: 0.0,

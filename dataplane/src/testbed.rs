@@ -272,7 +272,9 @@ impl Testbed {
     }
 }
 
-fn node_config() -> NodeConfig {
+/// Node 1 of cluster1 (198.18.1.1) as the lab makes it: tunnel routing over VXLAN, no host port,
+/// no masquerade, no encryption. Tests that need another node take it with struct update syntax.
+pub fn node_config() -> NodeConfig {
     NodeConfig {
         cluster: ClusterId::new(1).expect("1 is a mesh id"),
         ipv4: Some(node_ip()),

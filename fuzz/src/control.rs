@@ -11,7 +11,6 @@
 //! The remote is `cluster3` with id 3, the cluster of Cilium's documented values in the seeds.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -21,11 +20,8 @@ use meshpath_control::kvstore::{Key, LabelSet, Origin};
 use meshpath_control::snapshot::{Change, NodeSpec, SnapshotBuilder};
 use meshpath_control::state::{ClusterState, StateEvent};
 use meshpath_control::ClusterName;
-use meshpath_dataplane::gateway::Gateway;
-use meshpath_dataplane::route::{RoutingMode, Underlay};
-use meshpath_dataplane::snapshot::{Capacities, NodeConfig};
-use meshpath_dataplane::tunnel::TunnelProtocol;
-use meshpath_dataplane::{ClusterId, PortId};
+use meshpath_dataplane::snapshot::Capacities;
+use meshpath_dataplane::ClusterId;
 
 pub fn run(data: &[u8]) {
     let Some((&select, rest)) = data.split_first() else {
@@ -182,25 +178,7 @@ fn spec() -> NodeSpec {
         cluster: ClusterName::new("cluster1").expect("a valid cluster name"),
         cluster_id: cluster,
         node: "n1".into(),
-        config: NodeConfig {
-            cluster,
-            ipv4: Some(Ipv4Addr::new(198, 18, 1, 1)),
-            ipv6: None,
-            uplink: PortId(0),
-            underlay: Underlay {
-                mac: [2, 0, 0, 1, 0, 1],
-                router_mac: [2, 0, 0, 0, 0, 0xfe],
-                mtu: 1500,
-            },
-            gateway: Gateway {
-                mac: [2, 0xaa, 0, 0, 0, 1],
-            },
-            routing: RoutingMode::Tunnel,
-            tunnel: TunnelProtocol::Vxlan,
-            host: None,
-            masquerade: None,
-            encryption: Default::default(),
-        },
+        config: meshpath_dataplane::testbed::node_config(),
         capacities: Capacities::default(),
         ports: BTreeMap::new(),
         local_affinity_threshold: 0.0,

@@ -142,35 +142,19 @@ fn cidr(c: meshpath_control::state::Cidr) -> Cidr {
 mod tests {
     use super::*;
     use meshpath_api::DropReason;
-    use meshpath_dataplane::gateway::Gateway;
-    use meshpath_dataplane::route::{NodeLink, RemoteNode, RoutingMode, Underlay};
+    use meshpath_dataplane::route::{NodeLink, RemoteNode, RoutingMode};
     use meshpath_dataplane::snapshot::{Capacities, NodeConfig};
-    use meshpath_dataplane::{ClusterId, PortId};
+    use meshpath_dataplane::ClusterId;
 
-    const ROUTER: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
     const NEIGHBOUR: [u8; 6] = [2, 0, 0, 1, 0, 2];
 
     /// Node 198.18.1.1 in `routing`, with a resolved neighbour (.1.2), an unresolved one (.1.3) and
     /// a node behind the router (198.18.2.1).
     fn tables(routing: RoutingMode) -> Tables {
         let config = NodeConfig {
-            cluster: ClusterId::new(1).unwrap(),
-            ipv4: Some([198, 18, 1, 1].into()),
-            ipv6: None,
-            uplink: PortId(0),
-            underlay: Underlay {
-                mac: [2, 0, 0, 1, 0, 1],
-                router_mac: ROUTER,
-                mtu: 1500,
-            },
-            gateway: Gateway {
-                mac: [2, 0, 0, 0, 0, 1],
-            },
             routing,
             tunnel: tunnel::TunnelProtocol::Geneve,
-            host: None,
-            masquerade: None,
-            encryption: Default::default(),
+            ..meshpath_dataplane::testbed::node_config()
         };
         let mut tables = Tables::empty(config, Capacities::default());
         let nodes = [

@@ -105,37 +105,12 @@ fn ports(grant: &PeerGrant) -> Vec<PortGrant> {
 mod tests {
     use super::*;
     use meshpath_dataplane::endpoint::Endpoint;
-    use meshpath_dataplane::gateway::Gateway;
     use meshpath_dataplane::policy::{
         compile, IdentityLabels, IngressRule, LabelSelector, Labels, Peer, PolicyRule, PortRule,
         Protocol,
     };
-    use meshpath_dataplane::route::{RoutingMode, Underlay};
-    use meshpath_dataplane::snapshot::{Capacities, NodeConfig};
-    use meshpath_dataplane::tunnel::TunnelProtocol;
-    use meshpath_dataplane::{ClusterId, Identity, PortId};
-
-    fn node() -> NodeConfig {
-        NodeConfig {
-            cluster: ClusterId::new(1).unwrap(),
-            ipv4: Some([198, 18, 1, 1].into()),
-            ipv6: None,
-            uplink: PortId(0),
-            underlay: Underlay {
-                mac: [2, 0, 0, 1, 0, 1],
-                router_mac: [2, 0, 0, 0, 0, 0xfe],
-                mtu: 1500,
-            },
-            gateway: Gateway {
-                mac: [2, 0, 0, 0, 0, 1],
-            },
-            routing: RoutingMode::Tunnel,
-            tunnel: TunnelProtocol::Vxlan,
-            host: None,
-            masquerade: None,
-            encryption: Default::default(),
-        }
-    }
+    use meshpath_dataplane::snapshot::Capacities;
+    use meshpath_dataplane::{testbed, ClusterId, Identity, PortId};
 
     /// rebel-base admits x-wing of any cluster on 80/TCP; x-wing has no rule.
     #[test]
@@ -159,7 +134,7 @@ mod tests {
             }]),
             egress: None,
         };
-        let mut tables = Tables::empty(node(), Capacities::default());
+        let mut tables = Tables::empty(testbed::node_config(), Capacities::default());
         tables.policy = compile(
             &[rule],
             &ids,

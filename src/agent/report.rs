@@ -139,35 +139,17 @@ impl Traffic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshpath_dataplane::gateway::Gateway;
-    use meshpath_dataplane::route::{RoutingMode, Underlay};
     use meshpath_dataplane::snapshot::{Capacities, HostPort, NodeConfig};
-    use meshpath_dataplane::tunnel::TunnelProtocol;
-    use meshpath_dataplane::{ClusterId, PortId};
+    use meshpath_dataplane::PortId;
 
     fn tables() -> Tables {
         let node = NodeConfig {
-            cluster: ClusterId::new(1).unwrap(),
-            ipv4: Some([198, 18, 1, 1].into()),
-            ipv6: None,
-            uplink: PortId(0),
-            underlay: Underlay {
-                mac: [2, 0, 0, 0, 0, 1],
-                router_mac: [2, 0, 0, 0, 0, 0xfe],
-                mtu: 1500,
-            },
-            gateway: Gateway {
-                mac: [2, 0, 0, 0, 0, 2],
-            },
-            routing: RoutingMode::Tunnel,
-            tunnel: TunnelProtocol::Vxlan,
             host: Some(HostPort {
                 port: PortId(1),
                 mac: [2, 0, 0, 0, 0, 3],
                 kernel_mac: [2, 0, 0, 0, 0, 4],
             }),
-            masquerade: None,
-            encryption: Default::default(),
+            ..meshpath_dataplane::testbed::node_config()
         };
         Tables::empty(node, Capacities::default())
     }

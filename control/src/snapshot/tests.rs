@@ -8,14 +8,12 @@ use std::sync::Arc;
 use etherparse::PacketBuilder;
 use meshpath_dataplane::conntrack::{ConntrackConfig, Timeouts};
 use meshpath_dataplane::frame::HEADROOM;
-use meshpath_dataplane::gateway::Gateway;
 use meshpath_dataplane::ipcache::IpPrefix;
 use meshpath_dataplane::pipeline::{process_one, Verdict, WorkerState};
 use meshpath_dataplane::policy::{EgressRule, LabelSelector, Peer, PolicyRule, CLUSTER_LABEL};
-use meshpath_dataplane::route::{NodeLink, RoutingMode, Underlay};
+use meshpath_dataplane::route::NodeLink;
 use meshpath_dataplane::service::{BackendState, Frontend};
-use meshpath_dataplane::snapshot::{Capacities, NodeConfig, Tables};
-use meshpath_dataplane::tunnel::TunnelProtocol;
+use meshpath_dataplane::snapshot::{Capacities, Tables};
 use meshpath_dataplane::{Addr, ClusterId, DropReason, Frame, Identity, PortId};
 use proptest::prelude::*;
 
@@ -60,23 +58,7 @@ pub(super) fn spec() -> NodeSpec {
         cluster: crate::ClusterName::new("cluster1").unwrap(),
         cluster_id: c1(),
         node: "n1".into(),
-        config: NodeConfig {
-            cluster: c1(),
-            ipv4: Some(Ipv4Addr::new(198, 18, 1, 1)),
-            ipv6: None,
-            uplink: UPLINK,
-            underlay: Underlay {
-                mac: [2, 0, 0, 1, 0, 1],
-                router_mac: [2, 0, 0, 0, 0, 0xfe],
-                mtu: 1500,
-            },
-            gateway: Gateway { mac: GATEWAY_MAC },
-            routing: RoutingMode::Tunnel,
-            tunnel: TunnelProtocol::Vxlan,
-            host: None,
-            masquerade: None,
-            encryption: Default::default(),
-        },
+        config: meshpath_dataplane::testbed::node_config(),
         capacities: Capacities::default(),
         ports: BTreeMap::from([
             (obj("x-wing"), (X_WING_PORT, mac(10))),

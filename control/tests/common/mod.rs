@@ -85,6 +85,41 @@ fn free_port() -> u16 {
 }
 
 /// One etcd server; killed on drop.
+/// One etcd member serving TLS with client certificates (the PKI's files in its directory), its data
+/// in `<dir>/data-<name>`.
+pub struct EtcdMember<'a> {
+    pub name: &'a str,
+    pub client_url: &'a str,
+    pub peer_url: &'a str,
+    /// `name=peer-url,…` of every member.
+    pub initial_cluster: &'a str,
+}
+
+impl EtcdMember<'_> {
+    pub fn spawn(&self, dir: &Path, log: std::fs::File) -> Child {
+        Command::new(ETCD)
+            .args(["--name", self.name, "--data-dir"])
+            .arg(dir.join(format!("data-{}", self.name)))
+            .args(["--listen-client-urls", self.client_url])
+            .args(["--advertise-client-urls", self.client_url])
+            .args(["--listen-peer-urls", self.peer_url])
+            .args(["--initial-advertise-peer-urls", self.peer_url])
+            .args(["--initial-cluster", self.initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .arg("--cert-file")
+            .arg(dir.join("server.crt"))
+            .arg("--key-file")
+            .arg(dir.join("server.key"))
+            .arg("--trusted-ca-file")
+            .arg(dir.join("ca.crt"))
+            .args(["--client-cert-auth", "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd starts")
+    }
+}
+
 pub struct Etcd {
     pub dir: tempfile::TempDir,
     pub url: String,
@@ -130,33 +165,13 @@ impl Etcd {
         self.kill();
         let d = self.dir.path();
         let log = std::fs::File::create(d.join("etcd.log")).unwrap();
-        let child = Command::new(ETCD)
-            .args(["--name", "default", "--data-dir"])
-            .arg(d.join("data"))
-            .args([
-                "--listen-client-urls",
-                &self.url,
-                "--advertise-client-urls",
-                &self.url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &self.peer_url,
-                "--initial-advertise-peer-urls",
-                &self.peer_url,
-            ])
-            .args(["--initial-cluster", &format!("default={}", self.peer_url)])
-            .arg("--cert-file")
-            .arg(d.join("server.crt"))
-            .arg("--key-file")
-            .arg(d.join("server.key"))
-            .arg("--trusted-ca-file")
-            .arg(d.join("ca.crt"))
-            .args(["--client-cert-auth", "--log-level", "warn"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("etcd starts");
+        let member = EtcdMember {
+            name: "default",
+            client_url: &self.url,
+            peer_url: &self.peer_url,
+            initial_cluster: &format!("default={}", self.peer_url),
+        };
+        let child = member.spawn(d, log);
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

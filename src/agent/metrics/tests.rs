@@ -339,30 +339,8 @@ fn a_publish_without_its_batch_time_is_not_timed() {
 }
 
 fn tables() -> Tables {
-    use meshpath_dataplane::gateway::Gateway;
-    use meshpath_dataplane::route::{RoutingMode, Underlay};
-    use meshpath_dataplane::snapshot::{Capacities, NodeConfig};
-    use meshpath_dataplane::tunnel::TunnelProtocol;
-    use meshpath_dataplane::ClusterId;
-    let node = NodeConfig {
-        cluster: ClusterId::new(1).unwrap(),
-        ipv4: Some([198, 18, 1, 1].into()),
-        ipv6: None,
-        uplink: PortId(0),
-        underlay: Underlay {
-            mac: [2, 0, 0, 0, 0, 1],
-            router_mac: [2, 0, 0, 0, 0, 0xfe],
-            mtu: 1500,
-        },
-        gateway: Gateway {
-            mac: [2, 0, 0, 0, 0, 2],
-        },
-        routing: RoutingMode::Tunnel,
-        tunnel: TunnelProtocol::Vxlan,
-        host: None,
-        masquerade: None,
-        encryption: Default::default(),
-    };
+    use meshpath_dataplane::snapshot::Capacities;
+    let node = meshpath_dataplane::testbed::node_config();
     let small = Capacities {
         endpoints: 1,
         ipcache: 1,

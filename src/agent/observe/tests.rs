@@ -11,13 +11,10 @@ use meshpath_control::local::{LocalPod, LocalState, ObjectRef};
 use meshpath_dataplane::endpoint::Endpoint;
 use meshpath_dataplane::flow::proto;
 use meshpath_dataplane::flowlog::{Direction, FlowVerdict};
-use meshpath_dataplane::gateway::Gateway;
 use meshpath_dataplane::ipcache::{IpCacheEntry, IpPrefix};
 use meshpath_dataplane::parse::{TcpFlags, L4};
-use meshpath_dataplane::route::{RoutingMode, Underlay};
-use meshpath_dataplane::snapshot::{Capacities, NodeConfig, Tables};
+use meshpath_dataplane::snapshot::{Capacities, Tables};
 use meshpath_dataplane::stats::Forward;
-use meshpath_dataplane::tunnel::TunnelProtocol;
 use meshpath_dataplane::{ClusterId, DropReason, FlowKey, Identity};
 use tokio::sync::watch;
 
@@ -34,25 +31,7 @@ fn identity(id: u32) -> Identity {
 }
 
 fn names() -> Names {
-    let node = NodeConfig {
-        cluster: ClusterId::new(1).unwrap(),
-        ipv4: Some(Ipv4Addr::new(198, 18, 1, 1)),
-        ipv6: None,
-        uplink: PortId(0),
-        underlay: Underlay {
-            mac: [2, 0, 0, 1, 0, 1],
-            router_mac: [2, 0, 0, 0, 0, 0xfe],
-            mtu: 1500,
-        },
-        gateway: Gateway {
-            mac: [2, 0xaa, 0, 0, 0, 1],
-        },
-        routing: RoutingMode::Tunnel,
-        tunnel: TunnelProtocol::Vxlan,
-        host: None,
-        masquerade: None,
-        encryption: Default::default(),
-    };
+    let node = meshpath_dataplane::testbed::node_config();
     let mut t = Tables::empty(node, Capacities::default());
     t.endpoints
         .insert(Endpoint {
