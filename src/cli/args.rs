@@ -135,6 +135,9 @@ pub enum Command {
 pub enum VmCommand {
     /// Take this host out of the mesh: stop its agent the planned way and withdraw whatever of the
     /// host is still published in the joined cluster's etcd (node, IP → identity, identity claims).
+    #[command(
+        after_help = "Examples:\n  meshpath vm leave --config /etc/meshpath/agent.yaml\n  meshpath vm leave --config vm1.yaml --netns lab-vm1"
+    )]
     Leave {
         /// The external workload's agent configuration (`mode: external`).
         #[arg(long, value_name = "FILE")]
