@@ -104,10 +104,16 @@ impl Lab {
         assert!(ok(&out), "endpoint list");
         let rows: Vec<meshpath_api::endpoint::EndpointRow> =
             serde_json::from_slice(&out.stdout).expect("endpoint rows");
-        rows.iter()
+        let row = rows
+            .iter()
             .find(|r| r.pod == pod)
-            .unwrap_or_else(|| panic!("{pod} among {rows:?}"))
-            .identity
+            .unwrap_or_else(|| panic!("{pod} among {rows:?}"));
+        assert_eq!(
+            row.origin,
+            meshpath_api::endpoint::EndpointOrigin::Config,
+            "this lab's pods are the agents' configuration's"
+        );
+        row.identity
     }
 
     fn status(&self, n: u8) -> Option<serde_json::Value> {

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use meshpath_api::clustermesh::{
     CidrConflict, ClusterMeshStatus, Refusal, RemoteClusterStatus, SyncStatus,
 };
-use meshpath_api::endpoint::{EndpointRow, EndpointState};
+use meshpath_api::endpoint::{EndpointOrigin, EndpointRow, EndpointState};
 use meshpath_api::health::{Check, CheckKind, CheckName, CheckState, Health};
 use meshpath_api::identity::{IdentityRow, Label};
 use meshpath_api::kvstore::KvStoreStatus;
@@ -210,6 +210,7 @@ fn canned() -> AgentStatus {
             ingress_enforced: true,
             egress_enforced: false,
             state: EndpointState::Ready,
+            origin: EndpointOrigin::Cni,
         }],
         health: Some(healthy()),
         version: Some(VersionInfo::new("0.1.0", "3f2a9c1d0e4b")),

@@ -7,7 +7,8 @@
 //! wire, every tunnelled frame's VNI the identity of the pod that sent it; then once more with strict
 //! WireGuard (`--encrypt`), where the capture must find nothing but WireGuard between the nodes and
 //! none of the pods' HTTP in clear. Every agent reads its cluster from the lab's stand-in Kubernetes
-//! API server (`platform.source`), which serves what the demo's steps change. Every etcd connection
+//! API server (`platform.source`), which serves what the demo's steps change, and every pod is made by
+//! the CNI plugin as a container runtime runs it (`platform.pods_via_cni`). Every etcd connection
 //! of every agent is mutual TLS (`platform.mtls`); the first run's etcds have 3 members, and killing
 //! cluster2's leader during x-wing's requests fails none and withdraws nothing
 //! (`platform.survives_etcd_leader_loss`; `null` in the other runs, whose etcds have one member). Run
@@ -241,6 +242,10 @@ fn assert_demo_checks(report: &Value, mode: &str) {
     assert_eq!(
         report["platform"]["source"], "kubernetes",
         "{mode}: every agent read the stand-in API server: {report:#}"
+    );
+    assert_eq!(
+        report["platform"]["pods_via_cni"], true,
+        "{mode}: every pod made by the CNI plugin: {report:#}"
     );
     let per_cluster = &report["requests_per_cluster"];
     let answered = |c: &str| per_cluster[c].as_u64().unwrap_or(0);

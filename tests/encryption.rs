@@ -50,7 +50,7 @@ impl Lab {
             servers: Vec::new(),
         };
         std::env::set_var("MESHPATH_BIN", env!("CARGO_BIN_EXE_meshpath"));
-        meshpath_lab::up::up(&lab.plan).expect("lab up");
+        meshpath_lab::up::up_for_cni(&lab.plan).expect("lab up");
         let options = MeshOptions {
             encryption: Encryption::Strict,
             ..MeshOptions::new(Routing::Tunnel, Tunnel::Vxlan)

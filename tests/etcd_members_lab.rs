@@ -70,7 +70,7 @@ fn losing_the_etcd_leader_withdraws_nothing_and_lists_nothing_again() {
         plan: Plan::new(&prefix, size).unwrap().with_etcd_members(3),
     };
     std::env::set_var("MESHPATH_BIN", env!("CARGO_BIN_EXE_meshpath"));
-    meshpath_lab::up::up(&lab.plan).expect("lab up");
+    meshpath_lab::up::up_for_cni(&lab.plan).expect("lab up");
     mesh::start(&lab.plan).expect("3-member etcds and agents start");
 
     let before = lab.until(

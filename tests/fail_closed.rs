@@ -27,13 +27,19 @@ impl Lab {
         };
         // The lab starts agents with this binary: the test's own is not beside it.
         std::env::set_var("MESHPATH_BIN", env!("CARGO_BIN_EXE_meshpath"));
-        meshpath_lab::up::up(&lab.plan).expect("lab up");
+        meshpath_lab::up::up_for_cni(&lab.plan).expect("lab up");
         mesh::start(&lab.plan).expect("agents and etcd start");
         lab
     }
 
     fn pod(&self, n: u8) -> String {
         format!("{}-c1-n{n}-p1", self.plan.prefix)
+    }
+
+    /// The node's end of pod `n`'s veth, as the CNI plugin named it.
+    fn pod_port(&self, n: u8) -> String {
+        meshpath_lab::cni::node_interface(&self.plan.prefix, &self.pod(n))
+            .expect("the plugin made the pod's veth")
     }
 
     fn node(&self, n: u8) -> String {
@@ -62,7 +68,9 @@ impl Lab {
 
     /// The verdict counters of the XDP program on node 1's pod veth, from its pinned maps.
     fn pod_port_verdicts(&self) -> meshpath_xdp_redirect::VerdictCounts {
-        let dir = mesh::pin_dir(&self.plan.prefix).join("c1-n1").join("pod1");
+        let dir = mesh::pin_dir(&self.plan.prefix)
+            .join("c1-n1")
+            .join(self.pod_port(1));
         XdpRedirect::pinned_verdicts(&dir).expect("the pod port's pinned counters")
     }
 
@@ -122,7 +130,8 @@ fn a_node_without_its_agent_drops_its_pods_traffic_and_counts_it() {
     for how in [Stop::Planned, Stop::Killed] {
         let before = lab.pod_port_verdicts();
         mesh::stop_agent(&lab.plan, 1, 1, how).expect("the agent stops");
-        let into_node = Capture::start(&lab.node(1), "pod1").expect("a capture on node 1");
+        let into_node =
+            Capture::start(&lab.node(1), &lab.pod_port(1)).expect("a capture on node 1");
         let into_peer = Capture::start(&lab.pod(2), "eth0").expect("a capture in pod 2");
         assert!(!lab.ping(1, &peer, None), "{how:?}: no agent, no path");
         assert!(

@@ -84,7 +84,7 @@ fn the_agent_follows_the_stand_in_api_server() {
     let plan = Plan::new(&format!("ks{}", std::process::id() % 100_000), size).unwrap();
     let _ = meshpath_lab::down::down(&plan.prefix);
     let lab = Lab(plan);
-    meshpath_lab::up::up(&lab.0).expect("the lab");
+    meshpath_lab::up::up_for_cni(&lab.0).expect("the lab");
     mesh::start(&lab.0).expect("the stand-in, etcd and the agent");
     let prefix = lab.0.prefix.clone();
     let client = Client::new(mesh::socket(&prefix, 1, 1));

@@ -30,7 +30,7 @@ impl Lab {
         };
         // The lab starts agents with this binary: the test's own is not beside it.
         std::env::set_var("MESHPATH_BIN", env!("CARGO_BIN_EXE_meshpath"));
-        meshpath_lab::up::up(&lab.plan).expect("lab up");
+        meshpath_lab::up::up_for_cni(&lab.plan).expect("lab up");
         let options = MeshOptions {
             fabric_routes_pods: false,
             ..MeshOptions::new(Routing::Native, Tunnel::Vxlan)

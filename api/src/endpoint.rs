@@ -25,6 +25,18 @@ pub struct EndpointRow {
     /// Whether policy is enforced on what it sends.
     pub egress_enforced: bool,
     pub state: EndpointState,
+    /// What made its pod: the CNI plugin, or the agent's configuration.
+    pub origin: EndpointOrigin,
+}
+
+named_enum! {
+    /// Who made an endpoint's pod known to the agent.
+    pub enum EndpointOrigin ("endpoint origin") {
+        /// The CNI plugin `meshpath-cni`, as the container runtime ran it: attached while the agent runs.
+        Cni => "cni",
+        /// The agent's configuration (`pods`: an interface and MAC each), read at its start.
+        Config => "config",
+    }
 }
 
 named_enum! {
@@ -93,6 +105,7 @@ mod tests {
             ingress_enforced: true,
             egress_enforced: false,
             state: EndpointState::Ready,
+            origin: EndpointOrigin::Cni,
         };
         let table = render(&[row]);
         let lines: Vec<&str> = table.lines().collect();

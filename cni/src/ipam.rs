@@ -7,6 +7,10 @@
 //! same container interface gets the addresses it already holds; DEL releases every one it holds.
 //! The CIDR's first address is the network's, the next the pods' gateway (whose ARP and neighbour
 //! solicitations the dataplane answers): neither is handed out, nor IPv4's broadcast address.
+//!
+//! A runtime may ask for specific addresses, as host-local lets it (`IP=` in `CNI_ARGS`,
+//! `runtimeConfig.ips`): each must lie inside one of the node's pod CIDRs, among the addresses handed
+//! out, one per CIDR, and be free or already the container interface's own; otherwise nothing changes.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -34,6 +38,14 @@ pub enum IpamError {
     Full(Cidr),
     #[error("{0} has no room for pods (the network's and the gateway's addresses take it all)")]
     TooSmall(Cidr),
+    #[error("the requested address {ip} is outside the node's pod CIDRs {cidrs:?}")]
+    Outside { ip: IpAddr, cidrs: Vec<Cidr> },
+    #[error("the requested address {ip} is {cidr}'s network, gateway or broadcast address")]
+    Reserved { ip: IpAddr, cidr: Cidr },
+    #[error("the requested addresses {0} and {1} are both of {2}: a pod has one address per CIDR")]
+    TwoInOneCidr(IpAddr, IpAddr, Cidr),
+    #[error("the requested address {ip} is held by container `{holder}`")]
+    Taken { ip: IpAddr, holder: String },
 }
 
 /// The lock, held until dropped.
@@ -66,30 +78,66 @@ impl Ipam {
         Ok(Lock(file))
     }
 
-    /// One address of each CIDR for `owner`: those it already holds, else free ones. Addresses it
-    /// holds outside every CIDR (the node's CIDR changed) are released.
+    /// One address of each CIDR for `owner`: the one `requested` of that CIDR, else the one it already
+    /// holds, else a free one. Addresses it holds that are no longer wanted (outside every CIDR — the
+    /// node's CIDR changed — or not the one requested of their CIDR) are released. A request that
+    /// cannot be met changes nothing.
     pub fn allocate(
         &self,
         owner: &ContainerRef,
         cidrs: &[Cidr],
+        requested: &[IpAddr],
     ) -> Result<Vec<(IpAddr, Cidr)>, IpamError> {
+        let wanted = requests(cidrs, requested)?;
         let _lock = self.lock()?;
         let held = self.held_by(owner)?;
-        for stale in held
-            .iter()
-            .filter(|ip| !cidrs.iter().any(|c| contains(c, **ip)))
-        {
+        for (ip, _) in &wanted {
+            if !held.contains(ip) {
+                if let Some(holder) = self.holder(*ip) {
+                    return Err(IpamError::Taken { ip: *ip, holder });
+                }
+            }
+        }
+        let requested_of = |cidr: &Cidr| wanted.iter().find(|(_, c)| c == cidr).map(|(ip, _)| *ip);
+        let unwanted = |ip: &IpAddr| match cidrs.iter().find(|c| contains(c, *ip)) {
+            None => true,
+            Some(cidr) => requested_of(cidr).is_some_and(|r| r != *ip),
+        };
+        for stale in held.iter().filter(|ip| unwanted(ip)) {
             self.unclaim(*stale)?;
         }
         let mut out = Vec::new();
         for cidr in cidrs {
-            let ip = match held.iter().find(|ip| contains(cidr, **ip)) {
-                Some(ip) => *ip,
-                None => self.claim_free(owner, cidr)?,
+            let ip = match (
+                requested_of(cidr),
+                held.iter().find(|ip| contains(cidr, **ip)),
+            ) {
+                (Some(ip), _) => self.claim_requested(owner, ip)?,
+                (None, Some(ip)) => *ip,
+                (None, None) => self.claim_free(owner, cidr)?,
             };
             out.push((ip, *cidr));
         }
         Ok(out)
+    }
+
+    /// Claims `ip` for `owner` unless it holds it already.
+    fn claim_requested(&self, owner: &ContainerRef, ip: IpAddr) -> Result<IpAddr, IpamError> {
+        if fs::read_to_string(self.dir.join(ip.to_string())).is_ok_and(|t| t == owner_text(owner)) {
+            return Ok(ip);
+        }
+        if self.claim(owner, ip)? {
+            Ok(ip)
+        } else {
+            let holder = self.holder(ip).unwrap_or_default();
+            Err(IpamError::Taken { ip, holder })
+        }
+    }
+
+    /// The container that holds `ip`, if anyone does.
+    fn holder(&self, ip: IpAddr) -> Option<String> {
+        let text = fs::read_to_string(self.dir.join(ip.to_string())).ok()?;
+        Some(text.lines().next().unwrap_or_default().to_owned())
     }
 
     /// Releases every address `owner` holds; none held is no error.
@@ -187,6 +235,43 @@ impl Ipam {
     }
 }
 
+/// Each requested address with the CIDR it belongs to, checked against the CIDRs alone: inside one,
+/// among the addresses handed out, at most one per CIDR (a repeated address counts once).
+fn requests(cidrs: &[Cidr], requested: &[IpAddr]) -> Result<Vec<(IpAddr, Cidr)>, IpamError> {
+    let mut wanted: Vec<(IpAddr, Cidr)> = Vec::new();
+    for ip in requested {
+        let cidr = *cidrs
+            .iter()
+            .find(|c| contains(c, *ip))
+            .ok_or_else(|| IpamError::Outside {
+                ip: *ip,
+                cidrs: cidrs.to_vec(),
+            })?;
+        if !handed_out(&cidr, *ip) {
+            return Err(IpamError::Reserved { ip: *ip, cidr });
+        }
+        match wanted.iter().find(|(_, c)| *c == cidr) {
+            Some((other, _)) if other == ip => {}
+            Some((other, _)) => return Err(IpamError::TwoInOneCidr(*other, *ip, cidr)),
+            None => wanted.push((*ip, cidr)),
+        }
+    }
+    Ok(wanted)
+}
+
+/// Whether `cidr` hands out `ip` (one of its own): not the network's address, the gateway's nor IPv4's
+/// broadcast address.
+fn handed_out(cidr: &Cidr, ip: IpAddr) -> bool {
+    let at = offset(cidr, ip);
+    let all = if cidr.address.is_ipv4() {
+        u128::from(u32::MAX)
+    } else {
+        u128::MAX
+    };
+    let broadcast = cidr.address.is_ipv4() && at == all & !mask(cidr);
+    at >= 2 && !broadcast
+}
+
 fn owner_text(owner: &ContainerRef) -> String {
     format!("{}\n{}\n", owner.container_id, owner.ifname)
 }
@@ -278,20 +363,96 @@ mod tests {
         text.parse().unwrap()
     }
 
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_requested_address_is_given_kept_and_moved_as_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::new(dir.path(), "meshpath");
+        let cidrs = [cidr("100.64.1.0/24"), cidr("fd00:1::/64")];
+        let got = ipam
+            .allocate(&owner("a"), &cidrs, &[ip("100.64.1.10")])
+            .unwrap();
+        assert_eq!(got[0].0, ip("100.64.1.10"));
+        assert_eq!(got[1].0, ip("fd00:1::2"), "the other family from the pool");
+        let again = ipam
+            .allocate(&owner("a"), &cidrs, &[ip("100.64.1.10")])
+            .unwrap();
+        assert_eq!(again, got, "a repeated ADD keeps what it asked for");
+        let moved = ipam
+            .allocate(&owner("a"), &cidrs, &[ip("100.64.1.11")])
+            .unwrap();
+        assert_eq!(moved[0].0, ip("100.64.1.11"));
+        assert_eq!(
+            ipam.held_by(&owner("a")).unwrap(),
+            [ip("100.64.1.11"), ip("fd00:1::2")],
+            "the address no longer asked for is released"
+        );
+        // Far beyond what a scan for a free address walks: still the runtime's to ask for.
+        let far = ip("fd00:1::ffff:ffff:1");
+        let v6 = ipam
+            .allocate(&owner("b"), &cidrs, &[far, ip("100.64.1.12"), far])
+            .unwrap();
+        assert_eq!((v6[0].0, v6[1].0), (ip("100.64.1.12"), far));
+    }
+
+    #[test]
+    fn a_request_outside_reserved_doubled_or_taken_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::new(dir.path(), "meshpath");
+        let cidrs = [cidr("100.64.1.0/24")];
+        ipam.allocate(&owner("a"), &cidrs, &[ip("100.64.1.10")])
+            .unwrap();
+        ipam.allocate(&owner("b"), &cidrs, &[ip("100.64.1.20")])
+            .unwrap();
+        let refuse = |requested: &[&str]| {
+            let requested: Vec<IpAddr> = requested.iter().map(|r| ip(r)).collect();
+            ipam.allocate(&owner("b"), &cidrs, &requested).unwrap_err()
+        };
+        assert!(matches!(
+            refuse(&["100.64.2.10"]),
+            IpamError::Outside { .. }
+        ));
+        assert!(matches!(refuse(&["fd00::10"]), IpamError::Outside { .. }));
+        for reserved in ["100.64.1.0", "100.64.1.1", "100.64.1.255"] {
+            let error = refuse(&[reserved]);
+            assert!(matches!(error, IpamError::Reserved { .. }), "{error}");
+        }
+        assert!(matches!(
+            refuse(&["100.64.1.30", "100.64.1.31"]),
+            IpamError::TwoInOneCidr(..)
+        ));
+        match refuse(&["100.64.1.10"]) {
+            IpamError::Taken { ip: taken, holder } => {
+                assert_eq!((taken, holder.as_str()), (ip("100.64.1.10"), "a"));
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(ipam.held_by(&owner("a")).unwrap(), [ip("100.64.1.10")]);
+        assert_eq!(
+            ipam.held_by(&owner("b")).unwrap(),
+            [ip("100.64.1.20")],
+            "a refused request keeps what was held"
+        );
+        assert_eq!(ipam.claimed().len(), 2);
+    }
+
     #[test]
     fn one_address_per_family_kept_across_a_repeated_add_and_released_on_del() {
         let dir = tempfile::tempdir().unwrap();
         let ipam = Ipam::new(dir.path(), "meshpath");
         let cidrs = [cidr("100.64.1.0/24"), cidr("fd00:1::/64")];
-        let a = ipam.allocate(&owner("a"), &cidrs).unwrap();
+        let a = ipam.allocate(&owner("a"), &cidrs, &[]).unwrap();
         let ips: Vec<String> = a.iter().map(|(ip, _)| ip.to_string()).collect();
         assert_eq!(ips, ["100.64.1.2", "fd00:1::2"]);
         assert_eq!(
-            ipam.allocate(&owner("a"), &cidrs).unwrap(),
+            ipam.allocate(&owner("a"), &cidrs, &[]).unwrap(),
             a,
             "a repeated ADD gets the same"
         );
-        let b = ipam.allocate(&owner("b"), &cidrs).unwrap();
+        let b = ipam.allocate(&owner("b"), &cidrs, &[]).unwrap();
         assert_eq!(b[0].0.to_string(), "100.64.1.3");
         assert_eq!(ipam.release(&owner("a")).unwrap().len(), 2);
         assert!(
@@ -299,7 +460,7 @@ mod tests {
             "a second DEL finds nothing"
         );
         assert_eq!(ipam.claimed().len(), 2);
-        let c = ipam.allocate(&owner("c"), &cidrs).unwrap();
+        let c = ipam.allocate(&owner("c"), &cidrs, &[]).unwrap();
         assert_eq!(
             c[0].0.to_string(),
             "100.64.1.4",
@@ -315,18 +476,20 @@ mod tests {
         let ipam = Ipam::new(dir.path(), "meshpath");
         let small = [cidr("100.64.1.0/30")];
         assert_eq!(
-            ipam.allocate(&owner("a"), &small).unwrap()[0].0.to_string(),
+            ipam.allocate(&owner("a"), &small, &[]).unwrap()[0]
+                .0
+                .to_string(),
             "100.64.1.2"
         );
-        let full = ipam.allocate(&owner("b"), &small).unwrap_err();
+        let full = ipam.allocate(&owner("b"), &small, &[]).unwrap_err();
         assert!(matches!(full, IpamError::Full(_)), "{full}");
         assert!(matches!(
-            ipam.allocate(&owner("b"), &[cidr("100.64.1.0/31")])
+            ipam.allocate(&owner("b"), &[cidr("100.64.1.0/31")], &[])
                 .unwrap_err(),
             IpamError::TooSmall(_)
         ));
         let moved = ipam
-            .allocate(&owner("a"), &[cidr("100.64.2.0/24")])
+            .allocate(&owner("a"), &[cidr("100.64.2.0/24")], &[])
             .unwrap();
         assert_eq!(moved[0].0.to_string(), "100.64.2.2");
         assert_eq!(ipam.held_by(&owner("a")).unwrap(), vec![moved[0].0]);
@@ -337,11 +500,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ipam = Ipam::new(dir.path(), "meshpath");
         let cidrs = [cidr("100.64.1.0/24")];
-        ipam.allocate(&owner("a"), &cidrs).unwrap();
+        ipam.allocate(&owner("a"), &cidrs, &[]).unwrap();
         // A plugin killed between writing its claim and linking it: the temporary file claims nothing.
         fs::write(dir.path().join("meshpath/claim.1.tmp"), "b\neth0\n").unwrap();
         assert!(ipam.held_by(&owner("b")).unwrap().is_empty());
-        let b = ipam.allocate(&owner("b"), &cidrs).unwrap();
+        let b = ipam.allocate(&owner("b"), &cidrs, &[]).unwrap();
         assert_eq!(b[0].0.to_string(), "100.64.1.3");
     }
 
@@ -357,7 +520,9 @@ mod tests {
                         let ipam = Ipam::new(path, "meshpath");
                         (0..20)
                             .map(|i| {
-                                ipam.allocate(&owner(&format!("{t}-{i}")), &cidrs).unwrap()[0].0
+                                ipam.allocate(&owner(&format!("{t}-{i}")), &cidrs, &[])
+                                    .unwrap()[0]
+                                    .0
                             })
                             .collect::<Vec<_>>()
                     })
@@ -382,7 +547,7 @@ mod tests {
             let c = Cidr { address: "10.8.0.0".parse().unwrap(), prefix_len: prefix };
             let room = (1usize << (32 - prefix)) - 3;
             for i in 0..count {
-                match ipam.allocate(&owner(&i.to_string()), &[c]) {
+                match ipam.allocate(&owner(&i.to_string()), &[c], &[]) {
                     Ok(got) => {
                         let ip = got[0].0;
                         prop_assert!(contains(&c, ip));
@@ -391,6 +556,29 @@ mod tests {
                         prop_assert!(i < room);
                     }
                     Err(IpamError::Full(_)) => prop_assert!(i >= room),
+                    Err(other) => prop_assert!(false, "{}", other),
+                }
+            }
+        }
+
+        #[test]
+        fn a_requested_address_is_granted_exactly_or_refused_by_name(
+            prefix in 20u8..=30, picks in proptest::collection::vec(any::<u32>(), 1..30),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let ipam = Ipam::new(dir.path(), "meshpath");
+            let c = Cidr { address: "10.8.0.0".parse().unwrap(), prefix_len: prefix };
+            let mut granted = BTreeSet::new();
+            for (i, pick) in picks.iter().enumerate() {
+                let at = u128::from(*pick) % (1u128 << (32 - prefix));
+                let wanted = nth(&c, at);
+                match ipam.allocate(&owner(&i.to_string()), &[c], &[wanted]) {
+                    Ok(got) => {
+                        prop_assert_eq!(got[0].0, wanted);
+                        prop_assert!(granted.insert(wanted), "{} handed out twice", wanted);
+                    }
+                    Err(IpamError::Reserved { .. }) => prop_assert!(!handed_out(&c, wanted)),
+                    Err(IpamError::Taken { .. }) => prop_assert!(granted.contains(&wanted)),
                     Err(other) => prop_assert!(false, "{}", other),
                 }
             }

@@ -5,7 +5,8 @@
 //! stdin; it answers with a result (ADD), nothing (DEL, CHECK, STATUS) or the spec's error JSON on
 //! stdout and a non-zero exit. The configuration's own keys: `agentSocket` (the agent's pod socket,
 //! default `/run/meshpath/agent.sock.cni`) and `dataDir` (the addresses handed out, default
-//! `/var/lib/meshpath/cni`).
+//! `/var/lib/meshpath/cni`). A runtime asks for specific addresses as host-local lets it: `IP=` in
+//! `CNI_ARGS`, or `runtimeConfig.ips` through the `ips` capability the conflist declares.
 
 mod ipam;
 mod link;
@@ -80,7 +81,9 @@ fn run(input: &[u8], version: &str) -> Result<Option<String>, CniError> {
                     "CNI_ARGS names no pod",
                 )
             })?;
-            let result = plugin::add(&conf, container, netns, pod)?;
+            let mut requested = env.requested_ips.clone();
+            requested.extend(conf.requested_ips()?);
+            let result = plugin::add(&conf, container, netns, pod, &requested)?;
             Ok(serde_json::to_string(&result).ok())
         }
         (Command::Del, Some(container)) => plugin::del(&conf, container).map(|()| None),

@@ -70,6 +70,12 @@ fn addresses(error: IpamError) -> CniError {
     let code = match error {
         IpamError::Io(..) => ErrorCode::Io,
         IpamError::Full(_) | IpamError::TooSmall(_) => ErrorCode::NoAddress,
+        // What was asked for is not this network's to give.
+        IpamError::Outside { .. } | IpamError::Reserved { .. } | IpamError::TwoInOneCidr(..) => {
+            ErrorCode::InvalidConfig
+        }
+        // Another container holds it: most often a pod's earlier sandbox whose DEL is yet to come.
+        IpamError::Taken { .. } => ErrorCode::TryAgainLater,
     };
     CniError::new(code, "allocating the pod's addresses", error.to_string())
 }
@@ -81,16 +87,18 @@ pub fn network(conf: &NetConf) -> Result<PodNetwork, CniError> {
     }
 }
 
+/// ADD; `requested`: the addresses the runtime asks for (`IP` in `CNI_ARGS`, `runtimeConfig.ips`).
 pub fn add(
     conf: &NetConf,
     container: &ContainerRef,
     netns: &Path,
     pod: &PodName,
+    requested: &[IpAddr],
 ) -> Result<CniResult, CniError> {
     let network = network(conf)?;
     let ipam = Ipam::new(&conf.data_dir, &conf.name);
     let leased = ipam
-        .allocate(container, &network.pod_cidrs)
+        .allocate(container, &network.pod_cidrs, requested)
         .map_err(addresses)?;
     let wired = wire(conf, container, netns, pod, &network, &leased);
     if wired.is_err() {

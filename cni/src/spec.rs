@@ -94,6 +94,8 @@ pub struct Env {
     pub netns: Option<PathBuf>,
     /// `K8S_POD_NAMESPACE` and `K8S_POD_NAME` from `CNI_ARGS`.
     pub pod: Option<PodName>,
+    /// The addresses the runtime asks for: `IP` in `CNI_ARGS` (comma-separated), as host-local reads it.
+    pub requested_ips: Vec<IpAddr>,
 }
 
 fn invalid_env(details: String) -> CniError {
@@ -126,6 +128,7 @@ impl Env {
             container: None,
             netns: present("CNI_NETNS").map(PathBuf::from),
             pod: None,
+            requested_ips: Vec::new(),
         };
         if matches!(command, Command::Status | Command::Version) {
             return Ok(env);
@@ -148,7 +151,9 @@ impl Env {
         if command != Command::Del && env.netns.is_none() {
             return Err(invalid_env("CNI_NETNS is not set".into()));
         }
-        env.pod = pod_name(&present("CNI_ARGS").unwrap_or_default()).map_err(invalid_env)?;
+        let args = CniArgs::parse(&present("CNI_ARGS").unwrap_or_default()).map_err(invalid_env)?;
+        env.pod = args.pod;
+        env.requested_ips = args.ips;
         if command == Command::Add && env.pod.is_none() {
             return Err(invalid_env("CNI_ARGS names no pod (K8S_POD_NAMESPACE and K8S_POD_NAME): the agent joins a pod to its labels by them".into()));
         }
@@ -172,23 +177,46 @@ pub fn check_ifname(name: &str) -> Result<(), String> {
     }
 }
 
-/// The pod `CNI_ARGS` names (`K=V;K=V`); `None` when it names none. Other keys are the runtime's.
-fn pod_name(args: &str) -> Result<Option<PodName>, String> {
-    let mut pairs = BTreeMap::new();
-    for pair in args.split(';').filter(|p| !p.is_empty()) {
-        let (key, value) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("CNI_ARGS: `{pair}` is not KEY=VALUE"))?;
-        pairs.insert(key, value);
-    }
-    match (pairs.get("K8S_POD_NAMESPACE"), pairs.get("K8S_POD_NAME")) {
-        (Some(namespace), Some(name)) if !namespace.is_empty() && !name.is_empty() => {
-            Ok(Some(PodName {
-                namespace: (*namespace).to_owned(),
-                name: (*name).to_owned(),
-            }))
+/// What this plugin reads of `CNI_ARGS` (`K=V;K=V`); other keys are the runtime's.
+struct CniArgs {
+    /// `K8S_POD_NAMESPACE` and `K8S_POD_NAME`; `None` when they name none.
+    pod: Option<PodName>,
+    /// `IP`: the addresses asked for.
+    ips: Vec<IpAddr>,
+}
+
+impl CniArgs {
+    fn parse(args: &str) -> Result<CniArgs, String> {
+        let mut pairs = BTreeMap::new();
+        for pair in args.split(';').filter(|p| !p.is_empty()) {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("CNI_ARGS: `{pair}` is not KEY=VALUE"))?;
+            pairs.insert(key, value);
         }
-        _ => Ok(None),
+        let pod = match (pairs.get("K8S_POD_NAMESPACE"), pairs.get("K8S_POD_NAME")) {
+            (Some(namespace), Some(name)) if !namespace.is_empty() && !name.is_empty() => {
+                Some(PodName {
+                    namespace: (*namespace).to_owned(),
+                    name: (*name).to_owned(),
+                })
+            }
+            _ => None,
+        };
+        let ips = pairs
+            .get("IP")
+            .map(|list| {
+                list.split(',')
+                    .map(|ip| {
+                        ip.trim().parse::<IpAddr>().map_err(|_| {
+                            format!("CNI_ARGS: IP `{ip}` is not an IPv4 or IPv6 address")
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        Ok(CniArgs { pod, ips })
     }
 }
 
@@ -209,6 +237,37 @@ pub struct NetConf {
     /// CHECK's input: what ADD returned.
     #[serde(default)]
     pub prev_result: Option<CniResult>,
+    /// What the runtime passes for the capabilities the conflist declares.
+    #[serde(default)]
+    pub runtime_config: RuntimeConfig,
+}
+
+/// `runtimeConfig`: the `ips` capability, the addresses the runtime asks for (`a.b.c.d` or
+/// `a.b.c.d/len`, as host-local takes them).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct RuntimeConfig {
+    #[serde(default)]
+    pub ips: Vec<String>,
+}
+
+impl NetConf {
+    /// The addresses `runtimeConfig.ips` asks for, without their prefix lengths.
+    pub fn requested_ips(&self) -> Result<Vec<IpAddr>, CniError> {
+        self.runtime_config
+            .ips
+            .iter()
+            .map(|text| {
+                let ip = text.split_once('/').map_or(text.as_str(), |(ip, _)| ip);
+                ip.parse().map_err(|_| {
+                    CniError::new(
+                        ErrorCode::InvalidConfig,
+                        "invalid network configuration",
+                        format!("runtimeConfig.ips: `{text}` is not an IPv4 or IPv6 address"),
+                    )
+                })
+            })
+            .collect()
+    }
 }
 
 fn default_agent_socket() -> PathBuf {
@@ -356,6 +415,40 @@ mod tests {
         assert_eq!(add.container.unwrap().to_string(), "c0ffee/eth0");
         assert_eq!(add.pod.unwrap().to_string(), "default/x-wing");
         assert_eq!(add.netns.unwrap(), PathBuf::from("/var/run/netns/pod"));
+        assert!(add.requested_ips.is_empty());
+    }
+
+    #[test]
+    fn addresses_are_asked_for_in_cni_args_and_runtime_config() {
+        let mut pairs = ADD.to_vec();
+        pairs[4].1 = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=x-wing;IP=100.64.1.10,fd00:1::a";
+        let add = env(&pairs).unwrap();
+        let ips: Vec<String> = add.requested_ips.iter().map(|ip| ip.to_string()).collect();
+        assert_eq!(ips, ["100.64.1.10", "fd00:1::a"]);
+        pairs[4].1 = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=x-wing;IP=100.64.1.300";
+        let error = env(&pairs).unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidEnvironment);
+        assert!(error.details.contains("100.64.1.300"), "{error}");
+
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"meshpath","type":"meshpath-cni","runtimeConfig":{"ips":["100.64.1.10/24","fd00:1::a"]}}"#,
+        )
+        .unwrap();
+        let ips: Vec<String> = conf
+            .requested_ips()
+            .unwrap()
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect();
+        assert_eq!(ips, ["100.64.1.10", "fd00:1::a"]);
+        let bad = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"meshpath","type":"meshpath-cni","runtimeConfig":{"ips":["pod"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            bad.requested_ips().unwrap_err().code,
+            ErrorCode::InvalidConfig
+        );
     }
 
     #[test]
@@ -446,6 +539,10 @@ mod tests {
         plugin["name"] = list["name"].clone();
         let conf = NetConf::parse(plugin.to_string().as_bytes()).unwrap();
         assert_eq!(conf.plugin, "meshpath-cni");
+        assert_eq!(
+            plugins[0]["capabilities"]["ips"], true,
+            "the runtime passes the addresses it asks for in runtimeConfig.ips"
+        );
         assert_eq!(
             conf.agent_socket,
             PathBuf::from("/run/meshpath/agent.sock.cni")

@@ -1,12 +1,17 @@
-//! `meshpath lab down`: ends the processes running in the lab's namespaces (agents, etcd, iperf3 the
-//! lab or its tests started there), then deletes the namespaces, which takes their veths, bridges and
-//! XDP programs with them, and the agents' pinned maps. Running it again finds nothing and succeeds.
+//! `meshpath lab down`: first runs the CNI plugin's DEL for every pod it made (while the agents still
+//! run, so each lets its pod go), then ends the processes running in the lab's namespaces (agents,
+//! etcd, iperf3 the lab or its tests started there), then deletes the namespaces, which takes their
+//! veths, bridges and XDP programs with them, and the agents' pinned maps. Running it again finds
+//! nothing and succeeds.
 
 use crate::ip::{ip, netns_list, netns_pids, IpError};
 use crate::plan::is_lab_netns;
 
 /// Returns the namespaces it deleted.
 pub fn down(prefix: &str) -> Result<Vec<String>, IpError> {
+    for failure in crate::cni::del_pods(prefix) {
+        eprintln!("lab down: {failure}");
+    }
     let doomed: Vec<String> = netns_list()?
         .into_iter()
         .filter(|n| is_lab_netns(prefix, n))

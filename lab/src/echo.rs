@@ -39,7 +39,7 @@ impl EchoLab {
         let plan = Plan::new(prefix, size)?;
         let _ = crate::down::down(prefix);
         let lab = EchoLab { plan };
-        crate::up::up(&lab.plan)?;
+        crate::up::up_for_cni(&lab.plan)?;
         mesh::start(&lab.plan)?;
         mesh::write_state(prefix, 1, &lab.state())?;
         std::fs::write(lab.script(), SCRIPT)?;

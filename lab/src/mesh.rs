@@ -5,9 +5,11 @@
 //! from there with `source: kubernetes`, as from a cluster's API server. Every etcd serves TLS only and
 //! requires a client certificate ([`pki`](crate::pki)); RBAC is on: the cluster's agents write as
 //! `root`, remote clusters read as `remote`, whose role reads `cilium/` and nothing else; with
-//! [`Plan::etcd_members`] 3, each cluster's etcd is a 3-member cluster. The processes run on after `lab up` returns;
-//! `lab down` ends them with the namespaces. Files live in [`dir`]. The agents are the `meshpath`
-//! binary [`agent_binary`](crate::agent_binary::agent_binary) finds.
+//! [`Plan::etcd_members`] 3, each cluster's etcd is a 3-member cluster. The agents' configurations
+//! list no pods: once the agents run, the CNI plugin makes every pod as a runtime runs it
+//! ([`cni`](crate::cni)), in the namespaces [`up_for_cni`](crate::up::up_for_cni) made. The processes
+//! run on after `lab up` returns; `lab down` ends them with the namespaces. Files live in [`dir`]. The
+//! agents are the `meshpath` binary [`agent_binary`](crate::agent_binary::agent_binary) finds.
 //!
 //! The agents route as [`MeshOptions`] say. A cluster's nodes share its bridge (one segment), the
 //! clusters are a routed hop apart: hybrid routing goes plain inside a cluster and tunnels across;
@@ -142,10 +144,12 @@ pub fn start(plan: &Plan) -> anyhow::Result<()> {
 }
 
 /// Starts the etcds and the agents of `plan`, routing as `options` say (first having the fabric route
-/// the pod CIDRs if they say so), and waits until every agent answers.
+/// the pod CIDRs if they say so), waits until every agent answers, then has the CNI plugin make every
+/// pod (the lab built by [`up_for_cni`](crate::up::up_for_cni)).
 pub fn start_with(plan: &Plan, options: MeshOptions) -> anyhow::Result<()> {
-    // Before anything starts: a missing agent binary leaves nothing to undo.
+    // Before anything starts: a missing agent or plugin binary leaves nothing to undo.
     let agent = crate::agent_binary::agent_binary()?;
+    crate::cni::plugin_binary()?;
     if options.fabric_routes_pods {
         crate::up::route_pod_cidrs(plan)?;
     }
@@ -182,6 +186,7 @@ pub fn start_with(plan: &Plan, options: MeshOptions) -> anyhow::Result<()> {
     if options.encryption != Encryption::Off {
         announce_keys(plan)?;
     }
+    crate::cni::add_pods(plan)?;
     crate::external::start(plan, options)
 }
 
@@ -584,20 +589,11 @@ fn agent_config(prefix: &str, c: u8, n: u8) -> PathBuf {
 fn write_agent_config(plan: &Plan, node: &Node, options: MeshOptions) -> anyhow::Result<()> {
     let (c, n) = (node.cluster, node.node);
     let router = interface_mac(&plan.fabric, &crate::plan::bridge(c))?;
-    let mut pods = String::new();
-    for (i, pod) in node.pods.iter().enumerate() {
-        let mac = interface_mac(&pod.netns, "eth0")?;
-        let name = pod_name(n, i as u8 + 1);
-        pods += &format!(
-            "  - {{pod: default/{name}, interface: {}, mac: \"{mac}\"}}\n",
-            pod.node_port
-        );
-    }
     let cluster = cluster_dir(&plan.prefix, c);
     let config = format!(
         "cluster: {{name: cluster{c}, id: {c}}}\n\
          node: {{name: c{c}-n{n}, uplink: uplink, ipv4: {ip}, router-mac: \"{router}\"}}\n\
-         pods:\n{pods}\
+         pods: []\n\
          dataplane: {{cores: [{core}], {routing}, conntrack-capacity: 65536, mtu: 1500}}\n\
          etcd: {{endpoints: [{etcd}], trusted-ca-file: {ca}, cert-file: {cert}, key-file: {key}}}\n\
          clustermesh: {{config-dir: {mesh}, grace-period: 10s}}\n\

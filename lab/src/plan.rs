@@ -50,7 +50,8 @@ pub struct Node {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Pod {
     pub netns: String,
-    /// The node side of the pod's veth, where XDP attaches; `eth0` in the pod.
+    /// The node side of the pod's veth, where XDP attaches, in the plain lab (the CNI plugin names
+    /// its own: [`cni::node_interface`](crate::cni::node_interface)); `eth0` in the pod.
     pub node_port: String,
     pub addr: Ipv4Addr,
 }

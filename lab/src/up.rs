@@ -1,15 +1,36 @@
 //! `meshpath lab up`: creates whatever of the plan is missing; running it again changes nothing.
+//! [`up`] makes every pod's veth itself (the plain lab of the kernel-only tests); [`up_for_cni`], for a
+//! meshed lab, makes each pod's namespace with only `lo` up, as a runtime makes a sandbox, and leaves
+//! its veth to the CNI plugin ([`cni`](crate::cni)).
 //!
 //! The nodes get no kernel path for pod traffic: no address or route on the pods' veths and no routes
 //! to other nodes' pods. Only an agent carries it (its XDP programs, its host port and the routes it
-//! installs there), so a test that sees pods talk knows the dataplane carried them. Pods keep the
-//! kernel's default offloads and an MTU of 1500: the dataplane finishes offloaded checksums and
-//! answers frames too big for the tunnel with "fragmentation needed".
+//! installs there), so a test that sees pods talk knows the dataplane carried them. The lab's own pod
+//! veths keep the kernel's default offloads and an MTU of 1500: the dataplane finishes offloaded
+//! checksums and answers frames too big for the tunnel with "fragmentation needed". The plugin's get
+//! the MTU their agent gives pods (the underlay's less the tunnel's overhead).
 
 use crate::ip::{enable_forwarding, ensure_netns, ip, link_exists, IpError};
-use crate::plan::{bridge, fabric_router, Node, Plan, OUTSIDE, OUTSIDE_ROUTER};
+use crate::plan::{bridge, fabric_router, Node, Plan, Pod, OUTSIDE, OUTSIDE_ROUTER};
 
+/// Who makes the pods' veths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PodLinks {
+    Lab,
+    Plugin,
+}
+
+/// The lab with every pod's veth made here.
 pub fn up(plan: &Plan) -> Result<(), IpError> {
+    build(plan, PodLinks::Lab)
+}
+
+/// The lab with every pod's namespace but no veth: the CNI plugin makes those once the agents run.
+pub fn up_for_cni(plan: &Plan) -> Result<(), IpError> {
+    build(plan, PodLinks::Plugin)
+}
+
+fn build(plan: &Plan, pods: PodLinks) -> Result<(), IpError> {
     let fabric = plan.fabric.as_str();
     ensure_netns(fabric)?;
     enable_forwarding(fabric)?;
@@ -25,6 +46,12 @@ pub fn up(plan: &Plan) -> Result<(), IpError> {
     outside_up(plan)?;
     for node in &plan.nodes {
         node_up(plan, node)?;
+        for pod in &node.pods {
+            ensure_netns(&pod.netns)?;
+            if pods == PodLinks::Lab {
+                pod_veth(node, pod)?;
+            }
+        }
     }
     crate::external::up(plan)
 }
@@ -118,45 +145,45 @@ fn node_up(plan: &Plan, node: &Node) -> Result<(), IpError> {
     ])?;
     let router = fabric_router(node.cluster).to_string();
     ip(&["-n", ns, "route", "replace", "default", "via", &router])?;
-    let gateway = node.gateway.to_string();
-    for pod in &node.pods {
-        ensure_netns(&pod.netns)?;
-        if !link_exists(ns, &pod.node_port) {
-            let p = pod.netns.as_str();
-            ip(&[
-                "-n",
-                ns,
-                "link",
-                "add",
-                &pod.node_port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                p,
-            ])?;
-        }
-        ip(&["-n", ns, "link", "set", &pod.node_port, "up"])?;
-        let p = pod.netns.as_str();
-        ip(&["-n", p, "link", "set", "eth0", "up"])?;
-        ip(&["-n", p, "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// Pod `pod`'s veth, addressed and routed through the node's gateway as the plugin would.
+fn pod_veth(node: &Node, pod: &Pod) -> Result<(), IpError> {
+    let (ns, p) = (node.netns.as_str(), pod.netns.as_str());
+    if !link_exists(ns, &pod.node_port) {
         ip(&[
             "-n",
-            p,
-            "addr",
-            "replace",
-            &format!("{}/32", pod.addr),
-            "dev",
+            ns,
+            "link",
+            "add",
+            &pod.node_port,
+            "type",
+            "veth",
+            "peer",
+            "name",
             "eth0",
-        ])?;
-        ip(&[
-            "-n", p, "route", "replace", &gateway, "dev", "eth0", "scope", "link",
-        ])?;
-        ip(&[
-            "-n", p, "route", "replace", "default", "via", &gateway, "dev", "eth0",
+            "netns",
+            p,
         ])?;
     }
-    Ok(())
+    ip(&["-n", ns, "link", "set", &pod.node_port, "up"])?;
+    ip(&["-n", p, "link", "set", "eth0", "up"])?;
+    ip(&[
+        "-n",
+        p,
+        "addr",
+        "replace",
+        &format!("{}/32", pod.addr),
+        "dev",
+        "eth0",
+    ])?;
+    let gateway = node.gateway.to_string();
+    ip(&[
+        "-n", p, "route", "replace", &gateway, "dev", "eth0", "scope", "link",
+    ])?;
+    ip(&[
+        "-n", p, "route", "replace", "default", "via", &gateway, "dev", "eth0",
+    ])
+    .map(drop)
 }

@@ -1,18 +1,21 @@
 //! The pods this node serves, for `meshpath endpoint list`: from the snapshot the workers use now
-//! (so it is what is in force), with each identity's labels and each direction's enforcement.
+//! (so it is what is in force), with each identity's labels, each direction's enforcement, and what made
+//! each pod known: a port the agent's configuration lists, or one the CNI plugin attached.
 
-use meshpath_api::endpoint::{EndpointRow, EndpointState};
+use meshpath_api::endpoint::{EndpointOrigin, EndpointRow, EndpointState};
 use meshpath_dataplane::policy::DirectionPolicy;
 use meshpath_dataplane::snapshot::Tables;
 use meshpath_dataplane::PortId;
 
 use super::identities::IdentityDirectory;
 
-/// Every endpoint of `tables`, by id; `interface` names each one's port.
+/// Every endpoint of `tables`, by id; `interface` names each one's port; `configured`: the ports of the
+/// configuration's pods (every other pod port is one the plugin attached).
 pub fn rows(
     tables: &Tables,
     identities: &IdentityDirectory,
     interface: impl Fn(PortId) -> Option<String>,
+    configured: &[PortId],
 ) -> Vec<EndpointRow> {
     let mut rows: Vec<EndpointRow> = tables
         .endpoints
@@ -30,6 +33,11 @@ pub fn rows(
                 ingress_enforced: matches!(policy.ingress, DirectionPolicy::Enforced(_)),
                 egress_enforced: matches!(policy.egress, DirectionPolicy::Enforced(_)),
                 state: EndpointState::Ready,
+                origin: if configured.contains(&e.port) {
+                    EndpointOrigin::Config
+                } else {
+                    EndpointOrigin::Cni
+                },
             }
         })
         .collect();

@@ -236,6 +236,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         report,
         worker: stats,
         ports: port_names.clone(),
+        configured_pods: configured_pod_ports(&config),
         programs: programs.clone(),
         mesh,
         kvstore,
@@ -375,6 +376,11 @@ fn port_names(config: &AgentConfig) -> Vec<(PortId, String, PortRole)> {
         .into_iter()
         .map(|i| (i.port, i.name.to_owned(), xdp_counters::port_role(i.role)))
         .collect()
+}
+
+/// The ports of the pods the configuration lists.
+fn configured_pod_ports(config: &AgentConfig) -> Vec<PortId> {
+    (0..config.pods.len()).map(wiring::pod_port).collect()
 }
 
 /// The pods' MTU: the underlay's, less what the tunnel adds in front (none when routed natively).

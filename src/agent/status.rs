@@ -46,6 +46,8 @@ pub struct StatusSources {
     pub worker: StatsReader,
     /// Each port's interface and role.
     pub ports: PortNames,
+    /// The ports of the pods the configuration lists (the others' pods came from the CNI plugin).
+    pub configured_pods: Vec<PortId>,
     pub programs: XdpPrograms,
     pub mesh: Option<watch::Receiver<MeshStatus>>,
     pub kvstore: Option<watch::Receiver<KvStoreStatus>>,
@@ -100,9 +102,12 @@ impl StatusSources {
             },
             policy_refusals: super::policy::refusals(&tables),
             endpoints: if full {
-                super::endpoint_list::rows(&tables, &self.identities, |port| {
-                    self.ports.get(port).map(|(name, _)| name)
-                })
+                super::endpoint_list::rows(
+                    &tables,
+                    &self.identities,
+                    |port| self.ports.get(port).map(|(name, _)| name),
+                    &self.configured_pods,
+                )
             } else {
                 Vec::new()
             },

@@ -38,9 +38,10 @@ enum Command {
         nodes: u8,
         #[arg(long, default_value_t = 2)]
         pods: u8,
-        /// Also run an etcd per cluster and an agent per node, every cluster meshed with the others;
-        /// their configuration, state, sockets and logs are in /run/meshpath/lab-PREFIX. The agents
-        /// are the `meshpath` binary next to this one (or $MESHPATH_BIN).
+        /// Also run an etcd per cluster and an agent per node, every cluster meshed with the others,
+        /// and make every pod through the CNI plugin; their configuration, state, sockets and logs
+        /// are in /run/meshpath/lab-PREFIX. The agents are the `meshpath` binary next to this one (or
+        /// $MESHPATH_BIN), the plugin the `meshpath-cni` beside them (or $MESHPATH_CNI_BIN).
         #[arg(long)]
         mesh: bool,
         /// With --mesh: how the agents carry pod traffic between nodes (native: the fabric routes
@@ -135,8 +136,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             if mesh {
                 // Before any namespace exists: without agents there is no meshed lab to build.
                 agent_binary::agent_binary()?;
+                meshpath_lab::cni::plugin_binary()?;
             }
-            up::up(&plan)?;
+            if mesh {
+                up::up_for_cni(&plan)?;
+            } else {
+                up::up(&plan)?;
+            }
             println!("lab up: {} namespaces", plan.namespaces().count());
             if mesh {
                 let options = MeshOptions {

@@ -1,8 +1,9 @@
 //! Step 5, beyond the mesh: the node's own path. x-wing fetches a page from a host outside every
 //! cluster, which sees the node's address (masquerading), not the pod's; the node reaches x-wing over TCP
-//! as a kubelet probe does, and x-wing reaches its node; and x-wing, with an MTU of 1500 like every
-//! pod, fetches 4 MB from rebel-base in the other cluster, which only works if the tunnel's "packet too
-//! big" answers make TCP find the path MTU.
+//! as a kubelet probe does, and x-wing reaches its node; and x-wing fetches 4 MB from rebel-base in the
+//! other cluster, both raised to an MTU of 1500 (pods that set their own, above the one the plugin gave
+//! them for the tunnel), which only works if the tunnel's "packet too big" answers make TCP find the
+//! path MTU.
 
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ const OUTSIDE_PORT: u16 = 80;
 const PROBE_PORT: u16 = 8081;
 const KUBELET_PORT: u16 = 10250;
 const LARGE: usize = 4 * 1024 * 1024;
+/// The underlay's MTU: what a pod that ignores the tunnel's overhead uses.
+const FULL_MTU: u32 = 1500;
 
 pub fn beyond_mesh(scene: &Scene) -> anyhow::Result<BeyondMesh> {
     let mut report = BeyondMesh::default();
@@ -57,6 +60,8 @@ pub fn beyond_mesh(scene: &Scene) -> anyhow::Result<BeyondMesh> {
     scene.serve(&node_ns, &kubelet_root, KUBELET_PORT, &kubelet, "kubelet")?;
     report.pod_to_node = body(scene, &x_wing, &kubelet).as_deref() == Some("ok");
 
+    scene.raise_pod_mtu(1, false, FULL_MTU)?;
+    scene.raise_pod_mtu(2, true, FULL_MTU)?;
     std::fs::write(scene.www(2).join("large.bin"), vec![0x5au8; LARGE])?;
     let large = format!("http://{}:{BACKEND_PORT}/large.bin", rebel_ip(2));
     report.pmtu_large_transfer = downloaded(scene, &x_wing, &large) == Some(LARGE);

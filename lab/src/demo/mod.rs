@@ -13,7 +13,8 @@
 //! 6. a VM joins: an external workload joined to cluster1 calls the global service, x-wing reaches
 //!    it, and a policy selects it by its labels ([`external_workload`]; not in native routing);
 //! 7. the platform it ran on, as the agents report it ([`platform`]): their local state from the
-//!    Kubernetes API (each cluster's stand-in API server, which serves what the steps above write).
+//!    Kubernetes API (each cluster's stand-in API server, which serves what the steps above write),
+//!    every pod made by the CNI plugin.
 
 mod beyond;
 pub mod external_workload;
@@ -223,7 +224,7 @@ impl DemoReport {
         let _ = writeln!(out, "   x-wing → its node over TCP: {}", yes(b.pod_to_node));
         let _ = writeln!(
             out,
-            "   x-wing (MTU 1500) fetched 4 MB from rebel-base in cluster2: {}",
+            "   x-wing (MTU 1500) fetched 4 MB from rebel-base (MTU 1500) in cluster2: {}",
             yes(b.pmtu_large_transfer)
         );
         out += &render_external_workload(self.external_workload.as_ref());
@@ -236,6 +237,11 @@ impl DemoReport {
                     "the Kubernetes API server (the lab's stand-in, over HTTPS)",
                 LocalSourceKind::YamlDir => "a YAML directory",
             }
+        );
+        let _ = writeln!(
+            out,
+            "   every pod made by the CNI plugin (meshpath-cni, as a container runtime runs it): {}",
+            yes(self.platform.pods_via_cni)
         );
         let _ = writeln!(
             out,

@@ -1,6 +1,7 @@
 //! What the demo ran on, as the agents themselves report it: `platform` in the report. `source`: where
 //! every agent's local state came from (`kubernetes`: the cluster's API server — the lab's stand-in,
-//! through the agents' own kube client). `mtls`: every etcd connection of every agent (its own
+//! through the agents' own kube client). `pods_via_cni`: every pod of the demo is an endpoint its node's
+//! agent says the CNI plugin made (`origin: cni`), none from an agent's configuration. `mtls`: every etcd connection of every agent (its own
 //! cluster's and each remote's) used mutual TLS, as the agents report their connections.
 //! `survives_etcd_leader_loss` (with a 3-member etcd): cluster2's etcd leader killed during x-wing's
 //! requests to the global service, none failed and cluster1 withdrew nothing of cluster2 nor listed it
@@ -8,6 +9,7 @@
 //! rebel-base stopped, x-wing reaches rebel-base in cluster2 for the next [`AGENT_STOP_WATCH`] (longer
 //! than an agent's 30 s lease) without a failed request.
 
+use meshpath_api::endpoint::EndpointOrigin;
 use meshpath_api::local_source::{LocalSourceKind, LocalSourceState};
 use meshpath_api::Client;
 use serde::Serialize;
@@ -20,6 +22,8 @@ use super::scene::{rebel_ip, Scene, BACKEND_PORT};
 pub struct Platform {
     /// Where every agent read its local state from.
     pub source: LocalSourceKind,
+    /// Every pod of the demo was made by the CNI plugin, as its node's agent reports its endpoint.
+    pub pods_via_cni: bool,
     /// Every etcd connection of every agent used mutual TLS.
     pub mtls: bool,
     /// With `--agent-stop`: cluster2's agent beside rebel-base stopped, no request to rebel-base in
@@ -58,10 +62,30 @@ pub fn platform(scene: &Scene) -> anyhow::Result<Platform> {
     }
     Ok(Platform {
         source: source.ok_or_else(|| anyhow::anyhow!("no agents"))?,
+        pods_via_cni: pods_via_cni(scene)?,
         mtls: mutual_tls(scene)?,
         survives_agent_stop: None,
         survives_etcd_leader_loss: None,
     })
+}
+
+/// Whether every pod of the scene is an endpoint of its node's agent that the plugin made, and no
+/// endpoint came from an agent's configuration.
+fn pods_via_cni(scene: &Scene) -> anyhow::Result<bool> {
+    for ((_, socket), pods) in scene.agents().iter().zip(scene.pods_per_node()) {
+        let endpoints = Client::new(socket).status()?.endpoints;
+        let made_by_plugin = |pod: &String| {
+            endpoints
+                .iter()
+                .any(|e| e.pod == *pod && e.origin == EndpointOrigin::Cni)
+        };
+        if !pods.iter().all(made_by_plugin)
+            || endpoints.iter().any(|e| e.origin != EndpointOrigin::Cni)
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Whether every agent reaches its own etcd and every remote one over mutual TLS, as it reports.

@@ -68,7 +68,7 @@ impl Scene {
             prefix: prefix.to_owned(),
             plan,
         };
-        crate::up::up(&scene.plan)?;
+        crate::up::up_for_cni(&scene.plan)?;
         mesh::start_with(&scene.plan, options)?;
         for c in CLUSTERS {
             scene.write_state(c, true, false)?;
@@ -92,6 +92,43 @@ impl Scene {
             .map(|n| {
                 let name = format!("c{}-n{}", n.cluster, n.node);
                 (name, mesh::socket(&self.prefix, n.cluster, n.node))
+            })
+            .collect()
+    }
+
+    /// Sets the MTU of x-wing's (`rebel: false`) or rebel-base's pod in cluster `c` to `mtu`, both ends of
+    /// its veth, as a pod that sets its own would (the plugin gave it its node's pod MTU); the node's
+    /// end is the interface the agent lists for the pod's endpoint.
+    pub fn raise_pod_mtu(&self, c: u8, rebel: bool, mtu: u32) -> anyhow::Result<()> {
+        let n = if rebel { REBEL_NODE } else { X_WING_NODE };
+        let pod = format!("default/{}", mesh::pod_name(n, 1));
+        let status = meshpath_api::Client::new(mesh::socket(&self.prefix, c, n)).status()?;
+        let interface = status
+            .endpoints
+            .iter()
+            .find(|e| e.pod == pod)
+            .and_then(|e| e.interface.clone())
+            .with_context(|| format!("the agent of c{c}-n{n} lists no interface for {pod}"))?;
+        let node_ns = format!("{}-c{c}-n{n}", self.prefix);
+        let mtu = mtu.to_string();
+        for (ns, dev) in [
+            (node_ns.as_str(), interface.as_str()),
+            (&self.pod_ns(c, rebel), "eth0"),
+        ] {
+            crate::ip::ip(&["-n", ns, "link", "set", "dev", dev, "mtu", &mtu])?;
+        }
+        Ok(())
+    }
+
+    /// The pods of each node (`namespace/name`), in the order of [`Scene::agents`].
+    pub fn pods_per_node(&self) -> Vec<Vec<String>> {
+        self.plan
+            .nodes
+            .iter()
+            .map(|n| {
+                (1..=n.pods.len() as u8)
+                    .map(|k| format!("default/{}", mesh::pod_name(n.node, k)))
+                    .collect()
             })
             .collect()
     }

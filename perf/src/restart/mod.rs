@@ -121,7 +121,10 @@ impl Capture {
         let captures = node
             .pods
             .iter()
-            .map(|pod| meshpath_lab::capture::Capture::start(&node.netns, &pod.node_port))
+            .map(|pod| {
+                let port = meshpath_lab::cni::node_interface(&plan.prefix, &pod.netns)?;
+                meshpath_lab::capture::Capture::start(&node.netns, &port)
+            })
             .collect::<anyhow::Result<_>>()?;
         Ok(Capture(captures))
     }
