@@ -116,7 +116,7 @@ fn a_vm_joins_the_mesh_survives_its_etcd_and_leaves_it() {
         servers: RefCell::default(),
     };
     std::env::set_var("MESHPATH_BIN", BIN);
-    meshpath_lab::up::up(&lab.plan).expect("lab up");
+    meshpath_lab::up::up_for_cni(&lab.plan).expect("lab up");
     mesh::start_with(&lab.plan, MeshOptions::default()).expect("etcds and agents start");
     let vm = external_address(1).to_string();
     let vm_socket = meshpath_lab::external::socket(&prefix, 1);
