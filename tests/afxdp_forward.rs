@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use meshpath_dataplane::afxdp::{
     BatchHandler, CrossConnect, PortConfig, StatsReader, Worker, WorkerConfig, WorkerHandle,
-    WorkerStats,
+    WorkerStats, XdpMode,
 };
 use meshpath_dataplane::frame::HEADROOM;
 use meshpath_dataplane::{DropReason, Frame, PortId, Verdict};
@@ -130,8 +130,17 @@ fn pods_talk_through_afxdp_while_the_node_keeps_its_own_traffic() {
     if !needs_root("pods_talk_through_afxdp_while_the_node_keeps_its_own_traffic") {
         return;
     }
-    let stats = forward_through_afxdp("fwd", false);
+    let stats = forward_through_afxdp("fwd", false, true);
     assert!(stats.idle_polls > 0, "an idle worker sleeps in poll(2)");
+}
+
+#[test]
+fn a_worker_free_to_choose_binds_veths_in_copy_mode_and_forwards() {
+    if !needs_root("a_worker_free_to_choose_binds_veths_in_copy_mode_and_forwards") {
+        return;
+    }
+    // Not forced to copy, the kernel tries zero-copy first; veth has none and falls back.
+    forward_through_afxdp("auto", false, false);
 }
 
 #[test]
@@ -139,7 +148,7 @@ fn busy_polling_worker_forwards_without_sleeping() {
     if !needs_root("busy_polling_worker_forwards_without_sleeping") {
         return;
     }
-    let stats = forward_through_afxdp("busy", true);
+    let stats = forward_through_afxdp("busy", true, true);
     assert_eq!(stats.idle_polls, 0, "a busy-polling worker never sleeps");
     assert!(stats.rx_kicks > 0, "it drives the queues with rx kicks");
 }
@@ -163,7 +172,12 @@ impl<H> Wired<H> {
     }
 }
 
-fn wire<H: BatchHandler + Send + 'static>(lab: &Lab, handler: H, busy_poll: bool) -> Wired<H> {
+fn wire<H: BatchHandler + Send + 'static>(
+    lab: &Lab,
+    handler: H,
+    busy_poll: bool,
+    copy: bool,
+) -> Wired<H> {
     let home = Netns::current().expect("own namespace");
     Netns::named(&lab.ns("node"))
         .expect("node namespace")
@@ -189,7 +203,11 @@ fn wire<H: BatchHandler + Send + 'static>(lab: &Lab, handler: H, busy_poll: bool
     }
     let mut config = WorkerConfig::new(port_configs.clone());
     config.busy_poll = busy_poll;
+    config.copy = copy;
     let worker = Worker::bind(config).expect("AF_XDP sockets on shared UMEM");
+    for (port, mode) in worker.modes() {
+        assert_eq!(mode, Some(XdpMode::Copy), "veth {port:?} has no zero-copy");
+    }
     // Sockets registered before the programs attach: the node is never open, only closed briefly.
     let mut programs = Vec::new();
     let mut attachments = Vec::new();
@@ -221,14 +239,14 @@ fn wire<H: BatchHandler + Send + 'static>(lab: &Lab, handler: H, busy_poll: bool
 
 /// Builds the namespaces, runs the worker with the cross-connect, checks what every variant must
 /// show and returns the worker's final counters.
-fn forward_through_afxdp(tag: &str, busy_poll: bool) -> WorkerStats {
+fn forward_through_afxdp(tag: &str, busy_poll: bool, copy: bool) -> WorkerStats {
     let lab = Lab::build(tag);
     let short_headroom = Arc::new(AtomicU64::new(0));
     let handler = ShiftingCrossConnect {
         inner: CrossConnect::new(vec![(POD_A, POD_B)]),
         short_headroom: short_headroom.clone(),
     };
-    let wired = wire(&lab, handler, busy_poll);
+    let wired = wire(&lab, handler, busy_poll, copy);
 
     let pods_ping = lab.exec(
         "a",
@@ -334,7 +352,7 @@ fn the_heartbeat_beats_while_idle_and_stops_with_a_stuck_worker() {
         inside: inside.clone(),
         release: held,
     };
-    let wired = wire(&lab, stall, false);
+    let wired = wire(&lab, stall, false, true);
     // No traffic: an idle worker wakes from poll(2) and beats all the same.
     let first = wired.stats.heartbeat();
     assert!(
@@ -383,7 +401,7 @@ fn kernel_drops_show_while_the_worker_is_saturated() {
     let slow = Slow {
         delay: std::time::Duration::from_millis(2),
     };
-    let wired = wire(&lab, slow, false);
+    let wired = wire(&lab, slow, false, true);
     // The handler answers no ARP: the destination's neighbour entry is set by hand.
     let neighbour = [
         "ip",

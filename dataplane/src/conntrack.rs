@@ -18,9 +18,14 @@
 //! answered, closing, datagram, in that order — and established TCP is never evicted. Each flow is
 //! charged to a local endpoint, and an endpoint past its quota can only displace its own flows. Every
 //! eviction and refusal is counted ([`CtStats`]).
+//!
+//! Beside each slot lie the forwarding decisions of its flow's two directions, the pipeline's fast
+//! path ([`FlowPaths`], a cache line each): found by the same lookup (the entry says which are
+//! kept), and cleared whenever the slot's entry is written or moves.
 
 use crate::flow::proto;
 use crate::hash::Keyed;
+use crate::pipeline::fastpath::{FlowPaths, Path};
 use crate::{Addr, FlowKey};
 
 /// TCP header flag bits, as in the 13th byte of the header.
@@ -150,6 +155,34 @@ pub struct CtEntry {
     pub service: Option<u32>,
     pub packets: u64,
     pub bytes: u64,
+    /// Which of the flow's directions have a path kept beside the entry ([`FlowPaths`]): read with
+    /// the entry, so that only a path that is there is loaded.
+    pub(crate) kept: Kept,
+}
+
+/// Which directions of a flow have a path kept; none for a new entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Kept {
+    original: bool,
+    reply: bool,
+}
+
+impl Kept {
+    pub(crate) fn has(self, reply: bool) -> bool {
+        if reply {
+            self.reply
+        } else {
+            self.original
+        }
+    }
+
+    fn set(&mut self, reply: bool) {
+        if reply {
+            self.reply = true;
+        } else {
+            self.original = true;
+        }
+    }
 }
 
 impl CtEntry {
@@ -169,6 +202,7 @@ impl CtEntry {
             service: None,
             packets: 0,
             bytes: 0,
+            kept: Kept::default(),
         }
     }
 
@@ -273,6 +307,8 @@ pub struct Conntrack {
     slots: Box<[Option<Slot>]>,
     /// Each slot's owner, apart: lookups never read it, and a slot stays two cache lines.
     owners: Box<[Owner]>,
+    /// Each slot's forwarding decisions, apart: only the fast path reads them.
+    paths: Box<[FlowPaths]>,
     /// log2 of the slot count.
     bits: u32,
     len: usize,
@@ -313,6 +349,7 @@ impl Conntrack {
         Conntrack {
             slots: vec![None; slots].into_boxed_slice(),
             owners: vec![Owner::default(); slots].into_boxed_slice(),
+            paths: vec![FlowPaths::default(); slots].into_boxed_slice(),
             bits: slots.trailing_zeros(),
             len: 0,
             capacity,
@@ -388,6 +425,13 @@ impl Conntrack {
         }
     }
 
+    /// Starts loading the path kept in `slot` for a direction, once a lookup found it there.
+    pub(crate) fn prefetch_path(&self, slot: usize, reply: bool) {
+        if let Some(paths) = self.paths.get(slot) {
+            crate::prefetch::prefetch(paths.line(reply));
+        }
+    }
+
     /// Whether `key` has a live entry; expired ones are left for `gc`.
     pub fn is_live(&self, key: &FlowKey, now_ms: u64) -> bool {
         self.find(key)
@@ -397,12 +441,64 @@ impl Conntrack {
 
     /// The live entry of `key`. An expired entry is removed and not returned.
     pub fn lookup(&mut self, key: &FlowKey, now_ms: u64) -> Option<&mut CtEntry> {
+        let i = self.find_live(key, now_ms)?;
+        self.slots.get_mut(i)?.as_mut().map(|slot| &mut slot.entry)
+    }
+
+    /// The live entry of `key` with its slot.
+    pub(crate) fn lookup_slot(
+        &mut self,
+        key: &FlowKey,
+        now_ms: u64,
+    ) -> Option<(usize, &mut CtEntry)> {
+        let i = self.find_live(key, now_ms)?;
+        let entry = self
+            .slots
+            .get_mut(i)?
+            .as_mut()
+            .map(|slot| &mut slot.entry)?;
+        Some((i, entry))
+    }
+
+    /// The path kept for a direction of the flow of `key`, which a lookup found in `slot` (if the
+    /// flow is still there).
+    pub(crate) fn path(&self, slot: usize, key: &FlowKey, reply: bool) -> Option<Path> {
+        let found = self.slots.get(slot)?.as_ref()?;
+        if found.key != *key || !found.entry.kept.has(reply) {
+            return None;
+        }
+        self.paths.get(slot)?.get(reply)
+    }
+
+    /// The slot of `key`'s live entry; an expired one is removed.
+    fn find_live(&mut self, key: &FlowKey, now_ms: u64) -> Option<usize> {
         let i = self.find(key)?;
         if self.slots.get(i)?.as_ref()?.entry.is_expired(now_ms) {
             self.remove_at(i);
             return None;
         }
-        self.slots.get_mut(i)?.as_mut().map(|slot| &mut slot.entry)
+        Some(i)
+    }
+
+    /// Keeps a direction's path beside the entry of `key` that `lookup_with_path` found in `slot`,
+    /// if that entry is still there with the translation `nat` the path was made with.
+    pub(crate) fn keep_path(
+        &mut self,
+        slot: usize,
+        key: &FlowKey,
+        nat: Option<CtNat>,
+        reply: bool,
+        path: Path,
+    ) {
+        let Some(found) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if found.key == *key && found.entry.nat == nat {
+            if let Some(paths) = self.paths.get_mut(slot) {
+                paths.set(reply, path);
+                found.entry.kept.set(reply);
+            }
+        }
     }
 
     /// Adds a flow charged to no endpoint in particular (see [`Conntrack::insert_for`]).
@@ -439,6 +535,7 @@ impl Conntrack {
         };
         self.charge(owner);
         self.owners[i] = owner;
+        self.paths[i] = FlowPaths::default();
         let full = CtFull::Table {
             capacity: self.capacity,
         };
@@ -556,6 +653,7 @@ impl Conntrack {
         let removed = self.slots.get_mut(hole)?.take()?.entry;
         self.len -= 1;
         self.uncharge(self.owners[hole]);
+        self.paths[hole] = FlowPaths::default();
         let mut j = hole;
         loop {
             j = (j + 1) & mask;
@@ -570,6 +668,8 @@ impl Conntrack {
                     *dst = moved;
                 }
                 self.owners[hole] = self.owners[j];
+                // The flow's paths move with it.
+                self.paths[hole] = std::mem::take(&mut self.paths[j]);
                 hole = j;
             }
         }
@@ -582,7 +682,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap;
-    use std::time::Instant;
 
     fn key(i: u32) -> FlowKey {
         FlowKey {
@@ -913,40 +1012,5 @@ mod tests {
             ct.gc(now, usize::MAX);
             prop_assert!(ct.iter().all(|(_, e)| !e.is_expired(now)));
         }
-    }
-
-    /// Figures for the report: `cargo test -p meshpath-dataplane --release -- --ignored --nocapture conntrack`.
-    #[test]
-    #[ignore]
-    fn measure_100k_live_flows() {
-        let n = 100_000u32;
-        let mut ct = Conntrack::new(config(131_072));
-        for i in 0..n {
-            ct.insert(key(i), entry(u64::MAX), 0).unwrap();
-        }
-        let rounds = 10_000_000u32;
-        let start = Instant::now();
-        let mut hits = 0u32;
-        for i in 0..rounds {
-            let k = key(i.wrapping_mul(2_654_435_761) % n);
-            hits += std::hint::black_box(ct.lookup(std::hint::black_box(&k), 1)).is_some() as u32;
-        }
-        let per = start.elapsed().as_nanos() as f64 / rounds as f64;
-        let start = Instant::now();
-        let mut acc = 0u64;
-        for i in 0..rounds {
-            let k = key(i.wrapping_mul(2_654_435_761) % n);
-            acc = acc.wrapping_add(ct.hasher.hash(std::hint::black_box(&k)));
-        }
-        std::hint::black_box(acc);
-        let hash = start.elapsed().as_nanos() as f64 / rounds as f64;
-        println!("conntrack: hashing a key: {hash:.1} ns");
-        assert_eq!(hits, rounds);
-        let slot = std::mem::size_of::<Option<Slot>>();
-        println!(
-            "conntrack: hit among {n} live flows: {per:.1} ns; {} slots x {slot} B = {:.1} B per flow at capacity",
-            ct.slots.len(),
-            (ct.slots.len() * slot) as f64 / ct.capacity() as f64
-        );
     }
 }

@@ -188,6 +188,7 @@ fn decode_record(r: &mut Reader<'_>) -> Result<(FlowKey, CtEntry, u64), &'static
         service: has_service.then_some(service),
         packets: r.u64().map_err(short)?,
         bytes: r.u64().map_err(short)?,
+        kept: Default::default(),
     };
     Ok((key, entry, remaining))
 }

@@ -319,7 +319,6 @@ impl IpCache {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::time::Instant;
 
     fn p(s: &str) -> IpPrefix {
         s.parse().unwrap()
@@ -507,62 +506,5 @@ mod tests {
                 prop_assert_eq!(snapshot.get(prefix), Some(&entry(*id)));
             }
         }
-    }
-
-    /// Figures for the report: `cargo test -p meshpath-dataplane --release -- --ignored --nocapture ipcache`.
-    #[test]
-    #[ignore]
-    fn measure_100k() {
-        let mut cache = IpCache::new(200_000);
-        for i in 0..90_000u32 {
-            cache
-                .insert(
-                    IpPrefix::host(Addr::from_v4_bits(0x6440_0000 + i * 7)),
-                    entry(i + 256),
-                )
-                .unwrap();
-        }
-        for i in 0..10_000u32 {
-            cache
-                .insert(
-                    IpPrefix::new(Addr::from_v4_bits(0x0a00_0000 + (i << 8)), 24).unwrap(),
-                    entry(3),
-                )
-                .unwrap();
-        }
-        cache.insert(p("0.0.0.0/0"), entry(2)).unwrap();
-        let n = 10_000_000u32;
-        let start = Instant::now();
-        let mut hits = 0u32;
-        for i in 0..n {
-            let addr = Addr::from_v4_bits(0x6440_0000 + (i % 90_000) * 7);
-            hits += std::hint::black_box(cache.lookup(std::hint::black_box(addr))).is_some() as u32;
-        }
-        let per = start.elapsed().as_nanos() as f64 / n as f64;
-        assert_eq!(hits, n);
-        println!(
-            "ipcache: /32 hit among {} prefixes: {per:.1} ns",
-            cache.len()
-        );
-        let start = Instant::now();
-        for i in 0..n / 10 {
-            let addr = Addr::from_v4_bits(0x0a00_0001 + ((i % 10_000) << 8));
-            std::hint::black_box(cache.lookup(std::hint::black_box(addr)));
-        }
-        let per = start.elapsed().as_nanos() as f64 / (n / 10) as f64;
-        println!("ipcache: /24 hit (after a /32 miss): {per:.1} ns");
-        let rounds = 1000u32;
-        let start = Instant::now();
-        for i in 0..rounds {
-            let mut next = cache.clone();
-            next.insert(
-                IpPrefix::host(Addr::from_v4_bits(0x6440_0000 + i * 7)),
-                entry(9),
-            )
-            .unwrap();
-            std::hint::black_box(&next);
-        }
-        let per = start.elapsed().as_micros() as f64 / rounds as f64;
-        println!("ipcache: clone + insert at 100k: {per:.1} us");
     }
 }

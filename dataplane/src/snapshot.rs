@@ -3,8 +3,15 @@
 //! The control plane builds a new [`Tables`] for every change (each table is cheap to clone and change:
 //! the large ones are sharded behind `Arc`s) and swaps it in; a worker loads the current snapshot once
 //! per batch and never sees a table change under it.
+//!
+//! Every snapshot has a generation of its own: [`Tables::empty`] and every clone (how each new
+//! snapshot starts) take the next one. What a worker remembers of a flow's forwarding decision
+//! ([`crate::pipeline`]'s fast path) is stamped with the generation it was made under and holds only
+//! while that generation is the current one. Tables changed in place, after a worker has seen them
+//! (tests do), must be marked with [`Tables::changed`].
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::endpoint::EndpointTable;
 use crate::gateway::Gateway;
@@ -77,7 +84,7 @@ impl NodeConfig {
 }
 
 /// Everything the pipeline looks up, frozen.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Tables {
     pub node: NodeConfig,
     pub endpoints: EndpointTable,
@@ -85,6 +92,29 @@ pub struct Tables {
     pub policy: PolicyTable,
     pub services: ServiceTable,
     pub nodes: NodeTable,
+    generation: u64,
+}
+
+/// The last generation given to a snapshot; never 0, which stamps nothing.
+static GENERATIONS: AtomicU64 = AtomicU64::new(0);
+
+fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+impl Clone for Tables {
+    /// A copy to change into the next snapshot: a generation of its own.
+    fn clone(&self) -> Self {
+        Tables {
+            node: self.node.clone(),
+            endpoints: self.endpoints.clone(),
+            ipcache: self.ipcache.clone(),
+            policy: self.policy.clone(),
+            services: self.services.clone(),
+            nodes: self.nodes.clone(),
+            generation: next_generation(),
+        }
+    }
 }
 
 /// How many entries each table of a new snapshot may hold.
@@ -117,6 +147,18 @@ impl Tables {
             policy: PolicyTable::default(),
             services: ServiceTable::new(capacities.services),
             nodes: NodeTable::with_capacity(capacities.nodes),
+            generation: next_generation(),
         }
+    }
+
+    /// This snapshot's generation, unique to it in this process and never 0.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Marks tables changed in place (rather than on a clone) with a generation of their own, so
+    /// that no worker applies a decision made under what they were before.
+    pub fn changed(&mut self) {
+        self.generation = next_generation();
     }
 }

@@ -463,4 +463,27 @@ mod tests {
             "reverse NAT"
         );
     }
+
+    #[test]
+    fn established_requests_take_the_fast_path_from_their_second_packet_and_replies_to_pods_never()
+    {
+        let bed = Testbed::new(Scale::TINY);
+        let mut state = bed.warmed_worker(1024);
+        let flow = bed.flows[5];
+        let mut buf = vec![0u8; 2048];
+        for round in 0..3u64 {
+            let len = bed.request(&flow, &mut buf[crate::frame::HEADROOM..]);
+            let port = pod_port(flow.pod);
+            let mut frame = Frame::new(&mut buf, crate::frame::HEADROOM, len, port).unwrap();
+            let verdict = pipeline::process_one(&bed.tables, &mut state, 1, &mut frame);
+            assert_eq!(verdict, Verdict::Transmit(UPLINK));
+            let len = bed.tunnelled_reply(&flow, &mut buf);
+            let mut frame = Frame::new(&mut buf, crate::frame::HEADROOM, len, UPLINK).unwrap();
+            let verdict = pipeline::process_one(&bed.tables, &mut state, 1, &mut frame);
+            assert_eq!(verdict, Verdict::Transmit(pod_port(flow.pod)));
+            // The warming packet made the flow, the first round the request's path; a reply to a
+            // local pod keeps none.
+            assert_eq!(state.fast_path_packets, round);
+        }
+    }
 }

@@ -4,11 +4,14 @@
 mod forward;
 mod measure;
 mod pipeline;
+mod provenance;
 mod report;
 mod restart;
+mod results;
 mod sync;
 
 use clap::{Parser, Subcommand};
+use provenance::Provenance;
 
 #[derive(Parser)]
 #[command(version, about = "meshpath benchmarks")]
@@ -32,14 +35,31 @@ enum Scenario {
     /// Established TCP connections through a service while the agent restarts (planned, then killed):
     /// connections kept, the longest gap, frames the kernel got while no agent ran.
     Restart(restart::Args),
+    /// Writes perf/RESULTS.md from the scenarios' JSON (each saved as `<scenario>.json`).
+    Report(results::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let json = cli.json;
+    let stamp = Provenance::now;
     match cli.scenario {
-        Scenario::Pipeline(args) => report::print(&pipeline::run(&args)?, cli.json),
-        Scenario::Sync(args) => report::print(&sync::run(&args)?, cli.json),
-        Scenario::Forward(args) => report::print(&forward::run(&args)?, cli.json),
-        Scenario::Restart(args) => report::print(&restart::run(&args)?, cli.json),
+        Scenario::Pipeline(args) => {
+            let provenance = stamp("pipeline");
+            report::print(&provenance, &pipeline::run(&args)?, json)
+        }
+        Scenario::Sync(args) => {
+            let provenance = stamp("sync");
+            report::print(&provenance, &sync::run(&args)?, json)
+        }
+        Scenario::Forward(args) => {
+            let provenance = stamp("forward");
+            report::print(&provenance, &forward::run(&args)?, json)
+        }
+        Scenario::Restart(args) => {
+            let provenance = stamp("restart");
+            report::print(&provenance, &restart::run(&args)?, json)
+        }
+        Scenario::Report(args) => results::run(&args),
     }
 }

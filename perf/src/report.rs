@@ -1,6 +1,9 @@
-//! How a scenario shows its figures: a readable table by default, one JSON object with `--json`.
+//! How a scenario shows its figures: a readable table by default, one JSON object with `--json`;
+//! both open with the measurement's [`Provenance`].
 
 use serde::Serialize;
+
+use crate::provenance::Provenance;
 
 /// One scenario's results.
 pub trait Report: Serialize {
@@ -8,11 +11,25 @@ pub trait Report: Serialize {
     fn lines(&self) -> Vec<String>;
 }
 
-/// Prints `report` as a table, or as one JSON object on stdout when `json` is set.
-pub fn print<R: Report>(report: &R, json: bool) -> anyhow::Result<()> {
+/// A scenario's figures with what they were measured on: `{"provenance": {..}, <figures>}`.
+#[derive(Serialize)]
+struct Stamped<'a, R> {
+    provenance: &'a Provenance,
+    #[serde(flatten)]
+    figures: &'a R,
+}
+
+/// Prints `report` as a table, or as one JSON object on stdout when `json` is set, each with
+/// `provenance` (taken when the measurement began).
+pub fn print<R: Report>(provenance: &Provenance, report: &R, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(report)?);
+        let stamped = Stamped {
+            provenance,
+            figures: report,
+        };
+        println!("{}", serde_json::to_string(&stamped)?);
     } else {
+        println!("{}", provenance.line());
         for line in report.lines() {
             println!("{line}");
         }

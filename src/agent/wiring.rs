@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use meshpath_dataplane::afxdp::{AfXdpError, PortConfig, Worker, WorkerConfig};
+use meshpath_dataplane::afxdp::{AfXdpError, PortConfig, Worker, WorkerConfig, XdpMode};
 use meshpath_dataplane::PortId;
 use meshpath_xdp_redirect::netns::{ifindex, rx_queues};
 use meshpath_xdp_redirect::{Attachment, MasqueradePorts, NodeAddrs, PodPrefix, Role, XdpRedirect};
@@ -70,7 +70,13 @@ pub fn wire(
     worker_config.core = config.dataplane.cores.first().copied();
     worker_config.spare_ports = config.dataplane.max_pods;
     worker_config.spare_ring_size = POD_RING_SIZE;
+    // Copy mode stays forced (the default): pods' veths have no zero-copy, and a pod's socket, added
+    // later on the worker's one UMEM, could not share it with a zero-copy uplink.
     let worker = bind(worker_config)?;
+    for ((_, mode), i) in worker.modes().zip(&interfaces) {
+        let mode = mode.map_or("unknown", XdpMode::name);
+        tracing::info!(interface = i.name, mode, "AF_XDP socket bound");
+    }
     let node = NodeAddrs {
         ipv4: config.node.ipv4,
         ipv6: config.node.ipv6,

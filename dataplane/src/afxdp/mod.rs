@@ -24,7 +24,7 @@ mod worker;
 pub use handler::{BatchHandler, CrossConnect, MacSwap};
 pub use ports::{BoundPort, PortControl, Released};
 pub use stats::{PortStats, UmemStats, WorkerStats};
-pub use sys::{KernelCounters, BURST, CHUNK_SIZE, RX_OFFSET};
+pub use sys::{KernelCounters, XdpMode, BURST, CHUNK_SIZE, RX_OFFSET};
 pub use worker::{PortConfig, StatsReader, Worker, WorkerConfig, WorkerHandle};
 
 /// What failed in setting up AF_XDP, and on which interface and queue.

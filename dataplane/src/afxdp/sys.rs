@@ -367,8 +367,33 @@ pub struct BindOptions {
     pub ifindex: u32,
     pub queue: u32,
     pub ring_size: u32,
-    /// Force copy mode (veth has no zero-copy).
+    /// Force copy mode (veth has no zero-copy); otherwise the kernel binds zero-copy where the
+    /// driver has it and falls back to copy where it has not ([`Xsk::mode`] says which it chose).
     pub copy: bool,
+}
+
+/// How a socket's frames move between the driver and the UMEM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    /// The driver receives into and sends from the UMEM itself.
+    ZeroCopy,
+    /// The kernel copies each frame between the driver's buffers and the UMEM.
+    Copy,
+}
+
+impl XdpMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            XdpMode::ZeroCopy => "zero-copy",
+            XdpMode::Copy => "copy",
+        }
+    }
+}
+
+impl std::fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Xsk {
@@ -582,6 +607,33 @@ impl Xsk {
             fill_ring_empty: stats.rx_fill_ring_empty_descs,
             rx_invalid_descs: stats.rx_invalid_descs,
             tx_invalid_descs: stats.tx_invalid_descs,
+        })
+    }
+}
+
+impl Xsk {
+    /// The mode the kernel bound this socket in (XDP_OPTIONS; one getsockopt).
+    pub fn mode(&self) -> io::Result<XdpMode> {
+        // SAFETY: xdp_options is a plain integer; all-zero is a valid value.
+        let mut options: libc::xdp_options = unsafe { std::mem::zeroed() };
+        let mut len = size_of_u32::<libc::xdp_options>();
+        // SAFETY: `options` is writable for `len` bytes.
+        let ret = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_OPTIONS,
+                (&raw mut options).cast(),
+                &mut len,
+            )
+        };
+        if ret != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(if options.flags & libc::XDP_OPTIONS_ZEROCOPY != 0 {
+            XdpMode::ZeroCopy
+        } else {
+            XdpMode::Copy
         })
     }
 }

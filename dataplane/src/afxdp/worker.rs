@@ -15,7 +15,7 @@ use arrayvec::ArrayVec;
 
 use super::ports::{BoundPort, PortCommand, PortCommands, PortControl, Released};
 use super::stats::{PortStats, SharedStats, UmemStats, WorkerStats};
-use super::sys::{self, BindOptions, Umem, Xsk, BURST, RX_OFFSET};
+use super::sys::{self, BindOptions, Umem, XdpMode, Xsk, BURST, RX_OFFSET};
 use super::{AfXdpError, BatchHandler};
 use crate::{DropReason, Frame, PortId, Verdict};
 
@@ -35,7 +35,9 @@ pub struct WorkerConfig {
     pub ports: Vec<PortConfig>,
     /// Slots per ring (power of two); the UMEM holds two rings' worth of chunks per port.
     pub ring_size: u32,
-    /// Copy mode: what veth supports. Zero-copy needs a driver that has it.
+    /// Copy mode: what veth supports. Off, each socket is zero-copy where its driver has it and copy
+    /// where not ([`Worker::modes`]); the sockets share one UMEM, whose first socket's mode the others
+    /// take, so if one of them has no zero-copy every socket is bound in copy mode.
     pub copy: bool,
     /// How long an idle worker sleeps in poll(2) before checking its stop flag again.
     pub idle_poll_ms: i32,
@@ -109,6 +111,20 @@ pub struct Worker {
 impl Worker {
     /// Maps the UMEM and binds one socket per port; all ports share the UMEM (XDP_SHARED_UMEM).
     pub fn bind(config: WorkerConfig) -> Result<Worker, AfXdpError> {
+        match Worker::bind_as(config.clone()) {
+            // A zero-copy first socket makes its UMEM zero-copy, and a port whose driver has no
+            // zero-copy cannot share it: copy mode for all.
+            Err(AfXdpError::Bind { shared: true, .. }) if !config.copy => {
+                Worker::bind_as(WorkerConfig {
+                    copy: true,
+                    ..config
+                })
+            }
+            bound => bound,
+        }
+    }
+
+    fn bind_as(config: WorkerConfig) -> Result<Worker, AfXdpError> {
         let ring = config.ring_size;
         for size in [ring, config.spare_ring_size] {
             if !size.is_power_of_two() || size < BURST as u32 {
@@ -298,6 +314,11 @@ impl Worker {
     }
 
     /// Each port's socket, to register in its interface's XSKMAP at the port's queue.
+    /// The mode the kernel bound each port's socket in; `None` where it could not be read.
+    pub fn modes(&self) -> impl Iterator<Item = (PortId, Option<XdpMode>)> + '_ {
+        self.ports.iter().map(|p| (p.id, p.xsk.mode().ok()))
+    }
+
     pub fn sockets(&self) -> impl Iterator<Item = (PortConfig, BorrowedFd<'_>)> {
         self.config
             .ports

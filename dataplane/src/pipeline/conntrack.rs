@@ -33,6 +33,25 @@ pub(super) enum Known {
     Unrelated,
 }
 
+impl Known {
+    /// The translation of the entry the frame matched.
+    pub(super) fn nat(&self) -> Option<CtNat> {
+        match *self {
+            Known::Original { nat, .. } | Known::Reply(nat) => nat,
+            Known::New | Known::Related(_) | Known::Unrelated => None,
+        }
+    }
+}
+
+/// Where a frame's own flow was found: the entry's slot, whether the frame is a reply, and whether a
+/// path is kept beside the entry for the frame's direction ([`super::fastpath`]).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Found {
+    pub slot: usize,
+    pub reply: bool,
+    pub kept: bool,
+}
+
 /// How a frame is rewritten on its way out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Rewrite {
@@ -104,34 +123,50 @@ impl Tracked {
 
 /// Looks the frame's flow up in both directions, and renews and counts the entry it finds; an ICMP
 /// error is looked up by the packet it quotes, and renews nothing.
-pub(super) fn lookup(ct: &mut Conntrack, now_ms: u64, parsed: &Parsed, frame: &[u8]) -> Known {
+pub(super) fn lookup(
+    ct: &mut Conntrack,
+    now_ms: u64,
+    parsed: &Parsed,
+    frame: &[u8],
+) -> (Known, Option<Found>) {
     if let Some(quoted) = icmp_error::quoted(frame, parsed) {
-        return related(ct, now_ms, quoted);
+        return (related(ct, now_ms, quoted), None);
     }
     let len = frame.len();
     let key = parsed.flow;
     let flags = tcp_flags(parsed);
     let timeouts = *ct.timeouts();
-    if let Some(entry) = ct.lookup(&key, now_ms) {
+    if let Some((slot, entry)) = ct.lookup_slot(&key, now_ms) {
         // A service flow's translated entry (client→backend) stands for the flow after DNAT and
         // answers only its replies: a frame that arrives with that tuple is a new flow straight to
         // the backend reusing the client's port, and must face policy like any new flow.
         if !is_translated(entry) {
             observe(entry, key.proto, flags, false, now_ms, &timeouts);
             entry.count(len);
-            return Known::Original {
+            let known = Known::Original {
                 nat: entry.nat,
                 service: entry.service,
             };
+            let found = Found {
+                slot,
+                reply: false,
+                kept: entry.kept.has(false),
+            };
+            return (known, Some(found));
         }
-        return Known::New;
+        return (Known::New, None);
     }
-    if let Some(entry) = ct.lookup(&key.reversed(), now_ms) {
+    if let Some((slot, entry)) = ct.lookup_slot(&key.reversed(), now_ms) {
         observe(entry, key.proto, flags, true, now_ms, &timeouts);
         entry.count(len);
-        return Known::Reply(entry.nat);
+        let found = Found {
+            slot,
+            reply: true,
+            kept: entry.kept.has(true),
+        };
+        return (Known::Reply(entry.nat), Some(found));
     }
-    Known::New
+    (Known::New, None)
 }
 
 /// The quoted packet went out as its flow's original direction (its sender started the flow) or as a

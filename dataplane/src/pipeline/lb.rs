@@ -14,6 +14,10 @@ use crate::{DropReason, FlowKey};
 /// Finds the service a frame's flow may be balanced by: a new flow's, or an established one's whose
 /// backend was retired or cannot be vouched for. Its backends start loading for [`translate`].
 pub(super) fn find_service<'t>(tables: &'t Tables, flight: &InFlight<'t>) -> Option<&'t Service> {
+    if flight.path.is_some() {
+        // Decided under these very tables: the backend still serves.
+        return None;
+    }
     let needs_service = match flight.known {
         Known::New => true,
         Known::Original {
@@ -44,17 +48,19 @@ pub(super) fn translate(
             nat: Some(nat),
             service,
         } if nat.kind == NatKind::Backend => {
-            let serving = match backend_status(tables, service, nat) {
-                BackendStatus::Serving => true,
-                BackendStatus::Retired => false,
-                BackendStatus::Unknown => still_serves(flight.service, nat),
-            };
+            let serving = flight.path.is_some()
+                || match backend_status(tables, service, nat) {
+                    BackendStatus::Serving => true,
+                    BackendStatus::Retired => false,
+                    BackendStatus::Unknown => still_serves(flight.service, nat),
+                };
             if serving {
                 Tracked::translated(key, End::Destination, nat)
             } else {
                 // The backend left the service: the flow is balanced again, as a new one.
                 ct.remove(&key);
                 flight.known = Known::New;
+                flight.found = None;
                 balance(flight.service, &key)?
             }
         }

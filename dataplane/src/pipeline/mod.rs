@@ -16,6 +16,10 @@
 //! 5. [`route`] — path MTU errors, NAT rewrite, MACs and hop limit, encapsulation, WireGuard
 //!    encryption to a node with a key ([`crate::wireguard`]), transmit.
 //!
+//! A packet of an established flow whose direction the pipeline already decided under the current
+//! snapshot takes the [`fastpath`]: its conntrack lookup (step 2) finds the decision beside the
+//! entry, and steps 2–4 make no table lookup of their own; step 5 applies it.
+//!
 //! WireGuard datagrams are decrypted in [`from_uplink`] before anything else looks at them; handshake
 //! messages are answered there. What the worker sends of its own accord (handshake retries,
 //! keepalives, packets held for a handshake) it takes from [`originate`] after each turn, and
@@ -23,6 +27,7 @@
 
 mod conntrack;
 mod enforce;
+pub(crate) mod fastpath;
 mod from_host;
 mod from_pod;
 mod from_uplink;
@@ -40,8 +45,9 @@ use crate::stats::{Counters, Forward};
 use crate::wireguard::Tunnels;
 use crate::{DropReason, Frame, Identity, PortId};
 
-use conntrack::{Known, Tracked};
-use route::Destination;
+use conntrack::{Found, Known, Tracked};
+use fastpath::Path;
+use route::{Destination, NodeRoute};
 
 /// What becomes of a frame once the pipeline is done with it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +81,12 @@ pub struct WorkerState {
     pub icmp_errors: ErrorRateLimit,
     /// WireGuard peers; disabled unless the owner gives the worker its key.
     pub wireguard: Tunnels,
+    /// Whether packets of established flows take the decision kept beside their conntrack entry
+    /// ([`fastpath`]); off, every packet goes through every stage (the reference the fast path is
+    /// tested against).
+    pub fast_path: bool,
+    /// Packets that took the fast path.
+    pub fast_path_packets: u64,
 }
 
 impl WorkerState {
@@ -85,6 +97,8 @@ impl WorkerState {
             flowlog: FlowLog::default(),
             icmp_errors: ErrorRateLimit::default(),
             wireguard: Tunnels::disabled(),
+            fast_path: true,
+            fast_path_packets: 0,
         }
     }
 }
@@ -176,7 +190,12 @@ struct InFlight<'t> {
     known: Known,
     service: Option<&'t Service>,
     tracked: Tracked,
-    destination: Destination<'t>,
+    destination: Destination,
+    /// Where conntrack found the frame's own flow.
+    found: Option<Found>,
+    /// What the pipeline decided for this way of the flow before, if it still holds: the stages
+    /// take it instead of their lookups ([`fastpath`]).
+    path: Option<Path>,
 }
 
 /// A stage's answer for a frame that is done: how it was forwarded and where it goes, or why not.
@@ -194,6 +213,7 @@ fn process_burst<'t>(
     let ct = &mut state.conntrack;
     let icmp_errors = &mut state.icmp_errors;
     let tunnels = &mut state.wireguard;
+    let fast_path = state.fast_path;
 
     for ((frame, flight), outcome) in frames.iter_mut().zip(&mut flights).zip(&mut outcomes) {
         state.counters.count_received(frame.len());
@@ -213,6 +233,8 @@ fn process_burst<'t>(
                         identity: Identity::UNKNOWN,
                         reason: DropReason::NoRoute,
                     },
+                    found: None,
+                    path: None,
                 });
                 (Forward::ToKernel, Verdict::ToKernel)
             }
@@ -229,27 +251,39 @@ fn process_burst<'t>(
     }
     for (flight, frame) in flights.iter_mut().zip(frames.iter()) {
         if let Some(f) = flight {
-            f.known = conntrack::lookup(ct, now_ms, &f.parsed, frame.data());
+            (f.known, f.found) = conntrack::lookup(ct, now_ms, &f.parsed, frame.data());
         }
     }
     for flight in flights.iter().flatten() {
         conntrack::prefetch_forward_entry(ct, flight);
+        fastpath::prefetch(ct, flight);
     }
     for flight in flights.iter_mut().flatten() {
+        if fast_path {
+            flight.path = fastpath::kept(ct, tables, flight);
+            state.fast_path_packets += u64::from(flight.path.is_some());
+        }
         flight.service = lb::find_service(tables, flight);
     }
     run_stage(&mut flights, &mut outcomes, log, now_ms, |f| {
         lb::translate(tables, ct, f)
     });
     for flight in flights.iter_mut().flatten() {
-        flight.destination = route::destination(tables, flight.tracked.flow.dst, flight.arrival);
+        flight.destination = match flight.path {
+            Some(path) => path.destination(),
+            None => route::destination(tables, flight.tracked.flow.dst, flight.arrival),
+        };
     }
     run_stage(&mut flights, &mut outcomes, log, now_ms, |f| {
         enforce::admit(tables, ct, now_ms, f)
     });
     for ((flight, frame), outcome) in flights.iter().zip(frames.iter_mut()).zip(&mut outcomes) {
         if let Some(f) = flight {
-            *outcome = route::transmit(tables, frame, f, (icmp_errors, tunnels), now_ms);
+            let route = node_route(tables, f);
+            *outcome = route::transmit(tables, frame, f, route, (icmp_errors, tunnels), now_ms);
+            if f.path.is_none() && outcome.is_ok() {
+                fastpath::remember(ct, tables, f, route);
+            }
             if f.known == Known::New || outcome.is_err() {
                 log.record(f.event(*outcome, now_ms));
             }
@@ -258,6 +292,15 @@ fn process_burst<'t>(
     for ((frame, outcome), verdict) in frames.iter().zip(outcomes).zip(verdicts.iter_mut()) {
         *verdict = count(&mut state.counters, frame, outcome);
     }
+}
+
+/// How a frame's destination node is reached: as its path remembers, or from the tables.
+fn node_route(tables: &Tables, flight: &InFlight<'_>) -> Option<NodeRoute> {
+    let Destination::Node { node, .. } = flight.destination else {
+        return None;
+    };
+    let remembered = flight.path.and_then(|path| path.node_route(tables, node));
+    Some(remembered.unwrap_or_else(|| NodeRoute::of(tables, node)))
 }
 
 fn receive(

@@ -19,15 +19,16 @@ use crate::stats::Forward;
 use crate::tunnel::{self, Encapsulation};
 use crate::wire::ethernet;
 use crate::wireguard::{self, EncryptionMode, Ends, PublicKey, Sent, Tunnels};
-use crate::{Addr, DropReason, Frame, Identity};
+use crate::{Addr, DropReason, Frame, Identity, PortId};
 
 /// The outer TTL of tunnel frames, as Linux's VXLAN device sends them.
 const TUNNEL_TTL: u8 = 64;
 
-/// Who holds a flow's (translated) destination address.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Destination<'t> {
-    LocalPod(&'t Endpoint),
+/// Who holds a flow's (translated) destination address. Self-contained (no reference into the
+/// tables), so that the fast path can remember it beside the flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Destination {
+    LocalPod(LocalPod),
     /// Another node of the mesh; the address's identity.
     Node {
         node: Addr,
@@ -44,9 +45,27 @@ pub(super) enum Destination<'t> {
     },
 }
 
-pub(super) fn destination<'t>(tables: &'t Tables, dst: Addr, arrival: Arrival) -> Destination<'t> {
+/// What the pipeline needs of a pod on this node it sends a frame to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct LocalPod {
+    pub port: PortId,
+    pub mac: [u8; 6],
+    pub identity: Identity,
+}
+
+impl From<&Endpoint> for LocalPod {
+    fn from(endpoint: &Endpoint) -> Self {
+        LocalPod {
+            port: endpoint.port,
+            mac: endpoint.mac,
+            identity: endpoint.identity,
+        }
+    }
+}
+
+pub(super) fn destination(tables: &Tables, dst: Addr, arrival: Arrival) -> Destination {
     if let Some(endpoint) = tables.endpoints.by_addr(dst) {
-        return Destination::LocalPod(endpoint);
+        return Destination::LocalPod(endpoint.into());
     }
     let nowhere = |identity, reason| Destination::Nowhere { identity, reason };
     if tables.node.owns(dst) {
@@ -78,17 +97,55 @@ pub(super) fn destination<'t>(tables: &'t Tables, dst: Addr, arrival: Arrival) -
     }
 }
 
-/// Rewrites the frame for where it goes, and says where that is.
+/// How the snapshot says another node is reached: the next hop and the WireGuard key, each or why
+/// not. Worked out once per flow and snapshot: the fast path keeps it beside the flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct NodeRoute {
+    pub hop: Result<NextHop, DropReason>,
+    pub key: Result<Option<PublicKey>, DropReason>,
+}
+
+impl NodeRoute {
+    pub(super) fn of(tables: &Tables, node: Addr) -> Self {
+        let config = &tables.node;
+        NodeRoute {
+            hop: config
+                .routing
+                .next_hop(&config.underlay, &remote_node(tables, node)),
+            key: wireguard_key(tables, node),
+        }
+    }
+
+    /// What encapsulation and encryption add to a packet on its way to `node`; `None` if the node
+    /// cannot be reached at all (its drop reason comes from `to_node`, not a path MTU).
+    pub(super) fn overhead(&self, node: Addr) -> Option<usize> {
+        // The outer Ethernet header is no part of the MTU, but the inner one travels inside: the
+        // headers encapsulation adds count exactly once. Plain frames take the uplink's MTU as they
+        // are.
+        let overhead = match self.hop.ok()? {
+            NextHop::Tunnel { node, .. } => tunnel::overhead(node),
+            NextHop::Direct { .. } => 0,
+        };
+        Some(match self.key {
+            Ok(Some(_)) => overhead + wireguard::overhead_to(node),
+            _ => overhead,
+        })
+    }
+}
+
+/// Rewrites the frame for where it goes, and says where that is. `route` is how the destination
+/// node is reached, for a frame to another node.
 pub(super) fn transmit(
     tables: &Tables,
     frame: &mut Frame<'_>,
     flight: &InFlight<'_>,
+    route: Option<NodeRoute>,
     (errors, tunnels): (&mut ErrorRateLimit, &mut Tunnels),
     now_ms: u64,
 ) -> Outcome {
-    if let Destination::Node { node, .. } = flight.destination {
+    if let (Destination::Node { node, .. }, Some(route)) = (flight.destination, route) {
         // Before any rewrite: an error must quote the packet as its sender sent it.
-        if let Some(mtu) = too_big(tables, frame, &flight.parsed, node) {
+        if let Some(mtu) = too_big(tables, frame, &flight.parsed, node, &route) {
             return path_mtu_reply(tables, frame, flight, mtu, errors, now_ms);
         }
     }
@@ -106,14 +163,15 @@ pub(super) fn transmit(
             to_local_pod(tables, frame, &flight.parsed, endpoint, flight.arrival)
         }
         Destination::Node { node, .. } => {
+            let route = route.unwrap_or_else(|| NodeRoute::of(tables, node));
             // The node's own traffic is the "remote-node" of its receivers, as Cilium sends it.
             let identity = match flight.source.identity {
                 Identity::HOST => Identity::REMOTE_NODE,
                 identity => identity,
             };
             let hash = flight.tracked.flow.symmetric_hash();
-            let key = wireguard_key(tables, node)?;
-            let sent = to_node(tables, frame, &flight.parsed, node, identity, hash)?;
+            let key = route.key?;
+            let sent = to_node(tables, frame, &flight.parsed, route.hop?, identity, hash)?;
             match key {
                 Some(key) => encrypt(tables, tunnels, frame, node, key, sent),
                 None => Ok(sent),
@@ -128,7 +186,7 @@ fn to_local_pod(
     tables: &Tables,
     frame: &mut Frame<'_>,
     parsed: &Parsed,
-    endpoint: &Endpoint,
+    endpoint: LocalPod,
     arrival: Arrival,
 ) -> Outcome {
     let bytes = frame.data_mut();
@@ -152,7 +210,7 @@ fn to_kernel(tables: &Tables, frame: &mut Frame<'_>) -> Outcome {
 
 /// The key to encrypt to `node` with, `None` to send it plain; under strict encryption a node
 /// without a key is no destination.
-fn wireguard_key(tables: &Tables, node: Addr) -> Result<Option<PublicKey>, DropReason> {
+pub(super) fn wireguard_key(tables: &Tables, node: Addr) -> Result<Option<PublicKey>, DropReason> {
     let key = tables.nodes.get(node).and_then(|n| n.wireguard_key);
     match (tables.node.encryption, key) {
         (EncryptionMode::Off, _) => Ok(None),
@@ -197,26 +255,16 @@ fn remote_node(tables: &Tables, node: Addr) -> RemoteNode {
 }
 
 /// The MTU that fits a frame's IP packet on its way to `node`, if the packet is bigger.
-fn too_big(tables: &Tables, frame: &Frame<'_>, parsed: &Parsed, node: Addr) -> Option<u16> {
-    let config = &tables.node;
-    // The outer Ethernet header is no part of the MTU, but the inner one travels inside: the
-    // headers encapsulation adds count exactly once.
-    // Plain frames take the uplink's MTU as they are. A node that cannot be reached at all gets
-    // its drop reason from `to_node`, not a path MTU.
-    let overhead = match config
-        .routing
-        .next_hop(&config.underlay, &remote_node(tables, node))
-        .ok()?
-    {
-        NextHop::Tunnel { node, .. } => tunnel::overhead(node),
-        NextHop::Direct { .. } => 0,
-    };
-    let overhead = match wireguard_key(tables, node) {
-        Ok(Some(_)) => overhead + wireguard::overhead_to(node),
-        _ => overhead,
-    };
+fn too_big(
+    tables: &Tables,
+    frame: &Frame<'_>,
+    parsed: &Parsed,
+    node: Addr,
+    route: &NodeRoute,
+) -> Option<u16> {
+    let overhead = route.overhead(node)?;
     let packet = frame.len().saturating_sub(parsed.l3_offset);
-    let mtu = usize::from(config.underlay.mtu);
+    let mtu = usize::from(tables.node.underlay.mtu);
     (packet + overhead > mtu).then(|| mtu.saturating_sub(overhead) as u16)
 }
 
@@ -249,13 +297,11 @@ fn to_node(
     tables: &Tables,
     frame: &mut Frame<'_>,
     parsed: &Parsed,
-    node: Addr,
+    hop: NextHop,
     identity: Identity,
     flow_hash: u32,
 ) -> Outcome {
     let config = &tables.node;
-    let remote = remote_node(tables, node);
-    let hop = config.routing.next_hop(&config.underlay, &remote)?;
     route::decrement_hop_limit(frame.data_mut(), parsed)?;
     let forward = match hop {
         NextHop::Tunnel { node, mac } => {
@@ -281,7 +327,7 @@ fn to_node(
     Ok((forward, Verdict::Transmit(config.uplink)))
 }
 
-impl Destination<'_> {
+impl Destination {
     /// The destination's security identity, for the source's egress policy.
     pub(super) fn identity(&self) -> Identity {
         match *self {

@@ -148,6 +148,8 @@ fn add_rebel_service(t: &mut Tables, backends: &[(&Pod, BackendState)]) {
         .collect();
     let service = Service::new(ServiceId(1), frontend, backends).unwrap();
     t.services.insert(Arc::new(service)).unwrap();
+    // Changed in place, not on a clone: no worker may apply what it decided before.
+    t.changed();
 }
 
 fn state() -> WorkerState {
@@ -931,5 +933,6 @@ fn conntrack_ages_flows_as_the_clock_moves() {
 }
 
 mod encryption;
+mod fastpath;
 mod node_path;
 mod routing;

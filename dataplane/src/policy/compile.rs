@@ -410,7 +410,6 @@ mod tests {
     use crate::policy::rule::{EgressRule, IngressRule, PortRule, Protocol};
     use crate::policy::selector::{LabelSelector, Operator, CLUSTER_LABEL};
     use proptest::prelude::*;
-    use std::time::Instant;
 
     fn c(n: u8) -> ClusterId {
         ClusterId::new(n).unwrap()
@@ -901,64 +900,5 @@ mod tests {
                 prop_assert!(a.ingress.is_enforced() || !b.ingress.is_enforced());
             }
         }
-    }
-
-    /// Figures for the report: `cargo test -p meshpath-dataplane --release -- --ignored --nocapture policy`.
-    #[test]
-    #[ignore]
-    fn measure_1k_rules() {
-        let ids: IdentityLabels = (0..2000u32)
-            .map(|i| {
-                let cluster = 1 + (i % 2) as u8;
-                let labels = Labels::new()
-                    .with("app", &format!("app{}", i % 200))
-                    .with("tier", &format!("t{}", i % 7))
-                    .with(CLUSTER_LABEL, &format!("cluster{cluster}"));
-                (id(cluster, i), labels)
-            })
-            .collect();
-        let rules: Vec<PolicyRule> = (0..1000u32)
-            .map(|i| PolicyRule {
-                endpoint_selector: LabelSelector::all()
-                    .with_label("app", &format!("app{}", i % 200)),
-                ingress: Some(vec![IngressRule {
-                    from: vec![Peer::Endpoints(
-                        LabelSelector::all().with_label("tier", &format!("t{}", i % 7)),
-                    )],
-                    to_ports: vec![PortRule {
-                        protocol: Protocol::Tcp,
-                        port: 8000 + (i % 50) as u16,
-                        end_port: Some(8100),
-                    }],
-                }]),
-                egress: None,
-            })
-            .collect();
-        let start = Instant::now();
-        let table = compile(&rules, &ids, c(1), &PolicyLimits::default());
-        let compile_ms = start.elapsed().as_millis();
-        let endpoints: Vec<Identity> = ids
-            .keys()
-            .filter(|i| i.cluster() == Some(c(1)))
-            .copied()
-            .collect();
-        let peers: Vec<Identity> = ids.keys().copied().collect();
-        let n = 10_000_000usize;
-        let start = Instant::now();
-        let mut allowed = 0usize;
-        for i in 0..n {
-            let e = endpoints[i % endpoints.len()];
-            let p = peers[(i * 7919) % peers.len()];
-            allowed +=
-                table.allows_ingress(std::hint::black_box(e), p, TCP, 8000 + (i % 200) as u16)
-                    as usize;
-        }
-        let per = start.elapsed().as_nanos() as f64 / n as f64;
-        println!(
-            "policy: 1k rules, {} identities: compile {compile_ms} ms, {} endpoints / {} distinct policies, lookup {per:.1} ns ({allowed} allowed)",
-            ids.len(),
-            table.len(),
-            table.distinct_policies()
-        );
     }
 }

@@ -132,7 +132,6 @@ mod tests {
     use crate::service::{Backend, BackendState, BackendStatus, ServiceId};
     use crate::{Addr, FlowKey};
     use proptest::prelude::*;
-    use std::time::Instant;
 
     fn frontend(i: u32) -> Frontend {
         Frontend {
@@ -314,44 +313,5 @@ mod tests {
             prop_assert!(first.is_some_and(|i| u32::from(i) < n));
             prop_assert_eq!(first, rebuilt.select(flow.symmetric_hash()).map(|(i, _)| i));
         }
-    }
-
-    /// Figures for the report: `cargo test -p meshpath-dataplane --release -- --ignored --nocapture service`.
-    #[test]
-    #[ignore]
-    fn measure_build_and_memory() {
-        let rounds = 1000u32;
-        let start = Instant::now();
-        for i in 0..rounds {
-            std::hint::black_box(service(i, 10));
-        }
-        let build = start.elapsed().as_micros() as f64 / rounds as f64;
-        let mut table = ServiceTable::new(10_000);
-        for i in 0..10_000 {
-            table.insert(service(i, 10)).unwrap();
-        }
-        let heap: usize = table.iter().map(Service::heap_bytes).sum();
-        let per_entry =
-            std::mem::size_of::<Service>() + std::mem::size_of::<(Frontend, Arc<Service>)>() + 16;
-        let total = heap + table.len() * per_entry;
-        let start = Instant::now();
-        let replacement = service(5, 11);
-        for _ in 0..rounds {
-            let mut next = table.clone();
-            next.insert(replacement.clone()).unwrap();
-            std::hint::black_box(next);
-        }
-        let clone_us = start.elapsed().as_micros() as f64 / rounds as f64;
-        let n = 10_000_000u32;
-        let start = Instant::now();
-        for i in 0..n {
-            let svc = table.lookup(std::hint::black_box(&frontend(i % 10_000)));
-            std::hint::black_box(svc.and_then(|s| s.select(i.wrapping_mul(2_654_435_761))));
-        }
-        let lookup = start.elapsed().as_nanos() as f64 / n as f64;
-        println!(
-            "service: build 10 backends {build:.1} us; 10k x 10: {:.1} MB; clone + replace one {clone_us:.1} us; lookup+select {lookup:.1} ns",
-            total as f64 / 1e6
-        );
     }
 }

@@ -17,7 +17,10 @@ use crate::mesh::wait;
 
 /// New connections a second during the failover.
 pub const RATE: u32 = 20;
-/// How long a terminating pod keeps serving (its grace period, shortened for the demo).
+/// How long a terminating pod keeps serving once x-wing's agent has seen it terminating: its grace
+/// period, shortened for the demo. Kubernetes' default (30 s) is far longer than the mesh takes to
+/// learn of a terminating endpoint; a shortened one must not end before it has, or the connections
+/// opened meanwhile meet a stopped server.
 const GRACE: Duration = Duration::from_secs(1);
 /// How long a row goes on once cluster1's agent shows the new backends.
 const TAIL: Duration = Duration::from_secs(2);
@@ -62,6 +65,7 @@ fn scale_to_zero_and_back(scene: &Scene, down: u8) -> anyhow::Result<[Window; 2]
     let up = if down == 1 { 2 } else { 1 };
     let leaving = unix_ms();
     scene.write_rebels(down, Rebels::Terminating { serving: true }, false)?;
+    await_balance(scene, &[up], || format!("cluster{down} terminating"))?;
     std::thread::sleep(GRACE);
     scene.write_rebels(down, Rebels::Terminating { serving: false }, false)?;
     scene.stop_server(down)?;
@@ -88,6 +92,13 @@ fn scale_to_zero_and_back(scene: &Scene, down: u8) -> anyhow::Result<[Window; 2]
 
 /// Waits until cluster1's agent balances over exactly `clusters`, then lets the stream run on.
 fn settle(scene: &Scene, clusters: &[u8], what: impl Fn() -> String) -> anyhow::Result<()> {
+    await_balance(scene, clusters, what)?;
+    std::thread::sleep(TAIL);
+    Ok(())
+}
+
+/// Waits until cluster1's agent (x-wing's) gives new flows to backends in exactly `clusters`.
+fn await_balance(scene: &Scene, clusters: &[u8], what: impl Fn() -> String) -> anyhow::Result<()> {
     if !wait(Duration::from_secs(20), || {
         active_backend_clusters(scene, 1) == clusters
     }) {
@@ -96,6 +107,5 @@ fn settle(scene: &Scene, clusters: &[u8], what: impl Fn() -> String) -> anyhow::
             what()
         );
     }
-    std::thread::sleep(TAIL);
     Ok(())
 }

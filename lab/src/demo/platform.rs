@@ -1,8 +1,9 @@
 //! What the demo ran on, as the agents themselves report it: `platform` in the report. `source`: where
 //! every agent's local state came from (`kubernetes`: the cluster's API server — the lab's stand-in,
-//! through the agents' own kube client). `pods_via_cni`: every pod of the demo is an endpoint its node's
-//! agent says the CNI plugin made (`origin: cni`), none from an agent's configuration. `mtls`: every etcd connection of every agent (its own
-//! cluster's and each remote's) used mutual TLS, as the agents report their connections.
+//! through the agents' own kube client). `pods_via_cni`: every pod of the demo is an endpoint its
+//! node's agent says the CNI plugin made (`origin: cni`), none from an agent's configuration. `mtls`:
+//! every etcd connection of every agent (its own cluster's and each remote's) used mutual TLS, as the
+//! agents report their connections.
 //! `survives_etcd_leader_loss` (with a 3-member etcd): cluster2's etcd leader killed during x-wing's
 //! requests to the global service, none failed and cluster1 withdrew nothing of cluster2 nor listed it
 //! again. `survives_agent_stop` (with `--agent-stop`): the agent of cluster2's node without

@@ -1,7 +1,7 @@
-//! The node's AF_XDP forwarders: the XDP program on the node's pod veth and uplink, one worker pinned
-//! to the forwarder's core, and either a bare cross-connect (the machine's ceiling) or meshpath's
-//! whole pipeline over tables built for the benchmark's flows, loaded once per batch from an
-//! `ArcSwap` as the agent does.
+//! The node's AF_XDP forwarders: the XDP program on the node's pod veth and uplink (native mode, or
+//! the run stops), one worker pinned to the forwarder's core, and either a bare MAC swap (the
+//! machine's ceiling: every frame touched, nothing looked up) or meshpath's whole pipeline over
+//! tables built for the benchmark's flows, loaded once per batch from an `ArcSwap` as the agent does.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,21 +10,25 @@ use std::time::Instant;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use meshpath_dataplane::afxdp::{
-    BatchHandler, CrossConnect, PortConfig, Worker, WorkerConfig, WorkerHandle, WorkerStats,
+    BatchHandler, PortConfig, Worker, WorkerConfig, WorkerHandle, WorkerStats,
 };
 use meshpath_dataplane::pipeline::{self, WorkerState};
 use meshpath_dataplane::snapshot::Tables;
 use meshpath_dataplane::testbed::{self, Testbed};
-use meshpath_dataplane::{Frame, Verdict};
+use meshpath_dataplane::{DropReason, Frame, PortId, Verdict};
 use meshpath_xdp_redirect::netns::ifindex;
-use meshpath_xdp_redirect::{Attachment, NodeAddrs, Role, XdpRedirect};
+use meshpath_xdp_redirect::{AttachMode, Attachment, NodeAddrs, Role, XdpRedirect};
 
 use super::lab::{inside, POD_IF, UPLINK_IF};
 
+/// Conntrack entries of the benchmark's worker: room for the established flows' two entries each
+/// and for every new flow a run makes.
+pub const CONNTRACK_CAPACITY: usize = 1 << 20;
+
 /// What the node's worker runs.
 pub enum Handler {
-    /// Frames from the pod go out of the uplink untouched.
-    Bare,
+    /// Frames from the pod go out of the uplink with their MACs swapped.
+    MacSwap,
     /// The pipeline: policy, service load balancing, VXLAN encapsulation.
     Meshpath {
         tables: Arc<ArcSwap<Tables>>,
@@ -35,18 +39,16 @@ pub enum Handler {
 impl Handler {
     /// The pipeline over `testbed`'s tables, conntrack warmed with its flows.
     pub fn meshpath(testbed: &Testbed) -> Handler {
-        let capacity = (testbed.flows.len() * 4).next_power_of_two().max(1024);
         Handler::Meshpath {
             tables: Arc::new(ArcSwap::from_pointee(testbed.tables.clone())),
-            state: Box::new(testbed.warmed_worker(capacity)),
+            state: Box::new(testbed.warmed_worker(CONNTRACK_CAPACITY)),
         }
     }
 
     /// The same under strict WireGuard, with a session to every remote node already up.
     pub fn meshpath_encrypted(testbed: &Testbed) -> anyhow::Result<Handler> {
-        let capacity = (testbed.flows.len() * 4).next_power_of_two().max(1024);
         let tables = super::sessions::encrypted_tables(testbed);
-        let mut state = Box::new(testbed.warmed_worker(capacity));
+        let mut state = Box::new(testbed.warmed_worker(CONNTRACK_CAPACITY));
         super::sessions::establish(&tables, testbed, &mut state)?;
         Ok(Handler::Meshpath {
             tables: Arc::new(ArcSwap::from_pointee(tables)),
@@ -70,6 +72,26 @@ impl BatchHandler for PipelineHandler {
     }
 }
 
+/// The l2fwd-style ceiling: each frame's source and destination MACs swapped, out of the other port.
+struct MacSwap {
+    out: PortId,
+}
+
+impl BatchHandler for MacSwap {
+    fn handle(&mut self, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
+        for (frame, verdict) in frames.iter_mut().zip(verdicts.iter_mut()) {
+            *verdict = match frame.data_mut().get_mut(..12) {
+                Some(macs) => {
+                    let (dst, src) = macs.split_at_mut(6);
+                    dst.swap_with_slice(src);
+                    Verdict::Transmit(self.out)
+                }
+                None => Verdict::Drop(DropReason::InvalidHeader),
+            };
+        }
+    }
+}
+
 /// A running forwarder; [`Forwarder::stop`] ends it and detaches its programs.
 pub struct Forwarder {
     worker: WorkerHandle<Box<dyn BatchHandler>>,
@@ -86,10 +108,9 @@ impl Forwarder {
         let (worker, programs, attachments) = inside(node, || bind_in_node(core))?;
         let stop = Arc::new(AtomicBool::new(false));
         let handler: Box<dyn BatchHandler> = match handler {
-            Handler::Bare => Box::new(CrossConnect::new(vec![(
-                testbed::UPLINK,
-                testbed::pod_port(0),
-            )])),
+            Handler::MacSwap => Box::new(MacSwap {
+                out: testbed::UPLINK,
+            }),
             Handler::Meshpath { tables, state } => Box::new(PipelineHandler {
                 tables,
                 state,
@@ -134,7 +155,9 @@ fn bind_in_node(core: Option<usize>) -> anyhow::Result<Bound> {
     ] {
         let index = ifindex(name).with_context(|| format!("interface {name}"))?;
         let program = XdpRedirect::load(role, node)?;
-        attachments.push(program.attach(index)?);
+        let attachment = program.attach(index)?;
+        require_native(name, attachment.mode())?;
+        attachments.push(attachment);
         programs.push(program);
         ports.push(PortConfig {
             id,
@@ -149,4 +172,14 @@ fn bind_in_node(core: Option<usize>) -> anyhow::Result<Bound> {
         program.register_socket(0, fd)?;
     }
     Ok((worker, programs, attachments))
+}
+
+/// The benchmark measures native XDP only: on the generic path every way pays for an skb first.
+pub fn require_native(interface: &str, mode: AttachMode) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        mode == AttachMode::Native,
+        "XDP runs in {mode:?} mode on {interface}: the benchmark needs native XDP (veth has it \
+         since Linux 4.19); its figures would be the generic path's"
+    );
+    Ok(())
 }

@@ -1,20 +1,34 @@
-//! `meshpath-perf forward`: real 64-byte UDP frames through a node, forwarded three ways in one run —
-//! (a) a bare AF_XDP cross-connect, the machine's ceiling; (b) the kernel's IP forwarding into a VXLAN
-//! device; (c) meshpath's pipeline (policy, service load balancing, VXLAN encapsulation) on an AF_XDP
-//! worker — then (c) again at half its peak rate for latency. With `--encrypt`, (c) again at 1400-byte
-//! frames, and both sizes once more under strict WireGuard (every frame encrypted on an established
-//! session, [`sessions`]): Mpps and Gbit/s side by side and what encryption costs. Everything runs in
-//! `mpb-` namespaces this run creates and deletes (see [`lab`]); the generator and sink share one
-//! core, the forwarder has the other.
+//! `meshpath-perf forward`: real 64-byte UDP frames through a node, forwarded three ways in one run
+//! — (a) a bare AF_XDP MAC swap, the machine's ceiling; (b) the kernel's IP forwarding into a VXLAN
+//! device; (c) meshpath's pipeline (policy, service load balancing, VXLAN encapsulation) on an
+//! AF_XDP worker over production-scale tables, its flows established, and again with a steady rate of
+//! new flows (Maglev, policy and conntrack inserts on each first packet).
+//!
+//! Every way is offered the same load (the generator's own ceiling, measured first) in several
+//! interleaved runs, reported as median and spread; beside that saturation figure, an RFC 2544 search
+//! finds each way's highest rate with loss ≤ 0.1 %. Losses are counted where they happen (the
+//! generator's schedule, the veths, the worker's rings, the worker, frames the sink refused), the
+//! sink counting a frame only if it left the node as the way must make it ([`check`]): a kernel
+//! fallback cannot count as meshpath. Latency is taken at half meshpath's rate from each frame's
+//! scheduled send time. XDP must run in native mode. With `--encrypt`, (c) again at 1400-byte
+//! frames, and both sizes under strict WireGuard ([`sessions`]).
+//!
+//! Everything runs in `mpb-` namespaces this run creates and deletes (see [`lab`]); the generator and
+//! sink share one core, the forwarder has the other.
 
 mod chart;
+mod check;
+mod encrypt;
+mod figures;
 mod forwarder;
 mod lab;
 mod sessions;
 mod traffic;
+mod veth;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -23,26 +37,53 @@ use meshpath_dataplane::afxdp::WorkerStats;
 use meshpath_dataplane::testbed::{Scale, Testbed};
 use meshpath_xdp_redirect::netns::ifindex;
 use meshpath_xdp_redirect::{NodeAddrs, Role, XdpRedirect};
-use serde::Serialize;
 
-use crate::report::Report;
-use forwarder::{Forwarder, Handler};
+use check::Way;
+use forwarder::{Forwarder, Handler, CONNTRACK_CAPACITY};
 use lab::{inside, Lab, GEN_IF, SINK_IF};
-use traffic::{Measured, Phase, Traffic};
+use traffic::{Measured, Phase, Templates, Traffic};
+
+pub use figures::ForwardReport;
+use figures::{BySize, Latency, Losses, Spread, TablesReport};
 
 const TARGET_VS_BARE: f64 = 0.9;
 const TARGET_VS_KERNEL: f64 = 3.0;
+/// RFC 2544's loss allowance for the zero-loss search, as a share of the frames sent.
+const LOSS_ALLOWED: f64 = 0.001;
 const RING_SIZE: u32 = 2048;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TableScale {
+    /// 100k ipcache prefixes, 10k services × 10 backends, 1k rules (as `pipeline`).
+    Production,
+    /// 4096 endpoints, 1024 services × 4, 64 rules: cache-resident, for smoke tests.
+    Small,
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Seconds of traffic per measurement (four measurements, each after a short warm-up).
+    /// Seconds of traffic per saturation run (each after a short warm-up).
     #[arg(long, default_value_t = 3.0)]
     pub duration: f64,
-    /// Flows (UDP source ports of one pod, to as many service frontends) the generator cycles over.
-    #[arg(long, default_value_t = 1024)]
+    /// Interleaved runs of every way at saturation: the figures are their median and spread.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Established flows (UDP source ports of one pod, to the services round-robin) the generator
+    /// cycles over; at most 60 000.
+    #[arg(long, default_value_t = 60_000)]
     pub flows: usize,
-    /// Where to write the SVG chart of the three rates.
+    #[arg(long, value_enum, default_value_t = TableScale::Production)]
+    pub tables: TableScale,
+    /// New flows per second in meshpath's new-flow runs (each a flow's first and only frame).
+    #[arg(long, default_value_t = 20_000.0)]
+    pub new_flows_per_s: f64,
+    /// Seconds per trial of the zero-loss search.
+    #[arg(long, default_value_t = 1.0)]
+    pub trial: f64,
+    /// Halvings of the zero-loss search after its first trial at the offered load.
+    #[arg(long, default_value_t = 6)]
+    pub search_steps: usize,
+    /// Where to write the SVG chart of the rates.
     #[arg(long, default_value = "target/meshpath-forward.svg")]
     pub chart: PathBuf,
     /// Also measure meshpath with strict WireGuard between the nodes, at 64- and 1400-byte frames,
@@ -56,211 +97,166 @@ const SMALL_FRAME: usize = 64;
 const LARGE_FRAME: usize = 1400;
 const FCS: usize = 4;
 
-#[derive(Debug, Serialize)]
-pub struct Rates {
-    pub bare_afxdp: f64,
-    pub kernel_vxlan: f64,
-    pub meshpath: f64,
-    /// With `--encrypt`: meshpath under strict WireGuard, 64-byte frames.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub meshpath_encrypted: Option<f64>,
+/// The ways, by their JSON key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WayKind {
+    MacSwap,
+    Kernel,
+    Meshpath,
+    MeshpathNewFlows,
 }
 
-/// The encrypted comparison (`--encrypt`): meshpath plain and under strict WireGuard, by frame size.
-#[derive(Debug, Serialize)]
-pub struct BySize {
-    pub meshpath_64: f64,
-    pub meshpath_encrypted_64: f64,
-    pub meshpath_1400: f64,
-    pub meshpath_encrypted_1400: f64,
-}
+impl WayKind {
+    const ALL: [WayKind; 4] = [
+        WayKind::MacSwap,
+        WayKind::Meshpath,
+        WayKind::MeshpathNewFlows,
+        WayKind::Kernel,
+    ];
 
-impl BySize {
-    /// Mpps into Gbit/s of the pods' frames (FCS included, no preamble or gap).
-    fn gbps(mpps: &BySize) -> BySize {
-        let rate = |mpps: f64, bytes: usize| mpps * 1e6 * (bytes * 8) as f64 / 1e9;
-        BySize {
-            meshpath_64: rate(mpps.meshpath_64, SMALL_FRAME),
-            meshpath_encrypted_64: rate(mpps.meshpath_encrypted_64, SMALL_FRAME),
-            meshpath_1400: rate(mpps.meshpath_1400, LARGE_FRAME),
-            meshpath_encrypted_1400: rate(mpps.meshpath_encrypted_1400, LARGE_FRAME),
+    fn key(self) -> &'static str {
+        match self {
+            WayKind::MacSwap => "bare_afxdp_mac_swap",
+            WayKind::Kernel => "kernel_vxlan",
+            WayKind::Meshpath => "meshpath_established",
+            WayKind::MeshpathNewFlows => "meshpath_new_flows",
+        }
+    }
+
+    fn label(key: &str) -> &'static str {
+        match key {
+            "bare_afxdp_mac_swap" => "(a) bare AF_XDP, MAC swap",
+            "kernel_vxlan" => "(b) kernel forwarding + VXLAN",
+            "meshpath_established" => "(c) meshpath, established flows",
+            "meshpath_new_flows" => "(c) meshpath, with new flows",
+            _ => "?",
+        }
+    }
+
+    fn check(self, testbed: &Testbed) -> Way {
+        match self {
+            WayKind::MacSwap => Way::MacSwap,
+            WayKind::Kernel => Way::Kernel,
+            WayKind::Meshpath | WayKind::MeshpathNewFlows => Way::meshpath(testbed),
+        }
+    }
+
+    fn handler(self, testbed: &Testbed) -> Option<Handler> {
+        match self {
+            WayKind::MacSwap => Some(Handler::MacSwap),
+            WayKind::Kernel => None,
+            WayKind::Meshpath | WayKind::MeshpathNewFlows => Some(Handler::meshpath(testbed)),
         }
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct Latency {
-    pub p50: f64,
-    pub p99: f64,
-    pub p999: f64,
+/// One run's setting: the lab, its traffic ports, the testbed and where things run.
+struct Bench {
+    lab: Lab,
+    traffic: Traffic,
+    testbed: Testbed,
+    gen_core: usize,
+    fwd_core: Option<usize>,
+    bar: ProgressBar,
 }
 
-/// What an AF_XDP forwarder's worker counted over all its measurements.
-#[derive(Debug, Serialize)]
-pub struct WorkerCounts {
-    pub rx: u64,
-    pub tx: u64,
-    /// Dropped by the handler or for a full tx ring.
-    pub dropped: u64,
-    pub tx_ring_full: u64,
-    /// The kernel dropped these for the worker's sockets (rx ring full, no fill buffers).
-    pub kernel_rx_dropped: u64,
+/// What one measurement of one way gave.
+struct Outcome {
+    measured: Measured,
+    veth: u64,
+    worker: Option<WorkerStats>,
 }
 
-impl From<&WorkerStats> for WorkerCounts {
-    fn from(stats: &WorkerStats) -> WorkerCounts {
-        let ports = &stats.ports;
-        WorkerCounts {
-            rx: stats.rx(),
-            tx: stats.tx(),
-            dropped: ports.iter().map(|p| p.dropped()).sum(),
-            tx_ring_full: ports.iter().map(|p| p.tx_ring_full).sum(),
-            kernel_rx_dropped: ports
-                .iter()
-                .map(|p| p.kernel.rx_dropped + p.kernel.rx_ring_full + p.kernel.fill_ring_empty)
-                .sum(),
+impl Bench {
+    /// Measures `way` once over `phase`, its forwarder (if any) started for this measurement alone.
+    fn measure(
+        &mut self,
+        way: WayKind,
+        phase: &Phase,
+        templates: &Templates,
+    ) -> anyhow::Result<Outcome> {
+        self.bar.set_message(WayKind::label(way.key()));
+        let veth_before = veth::dropped(&self.lab)?;
+        let forwarder = way
+            .handler(&self.testbed)
+            .map(|h| Forwarder::start(&self.lab.node, self.fwd_core, h))
+            .transpose()?;
+        let measured = run_phase(
+            &mut self.traffic,
+            phase,
+            templates,
+            self.gen_core,
+            &self.bar,
+        )?;
+        let worker = forwarder.map(Forwarder::stop).transpose()?;
+        let veth = veth::dropped(&self.lab)?.saturating_sub(veth_before);
+        Ok(Outcome {
+            measured,
+            veth,
+            worker,
+        })
+    }
+
+    /// RFC 2544: the highest rate up to `ceiling` (pps) at which `way` loses at most 0.1 %.
+    fn zero_loss(
+        &mut self,
+        way: WayKind,
+        ceiling: f64,
+        args: &Args,
+        templates: &Templates,
+    ) -> anyhow::Result<f64> {
+        let trial = |rate: f64| Phase {
+            warmup: Duration::from_secs_f64((args.trial / 4.0).min(0.25)),
+            window: Duration::from_secs_f64(args.trial),
+            rate_pps: Some(rate),
+            new_flows_pps: 0.0,
+            record_latency: false,
+        };
+        let passes = |bench: &mut Bench, rate: f64| -> anyhow::Result<bool> {
+            let m = bench.measure(way, &trial(rate), templates)?.measured;
+            // The rate was offered (the generator kept its schedule) and at most 0.1 % was lost.
+            let due = (m.sent + m.generator_behind).max(1) as f64;
+            let kept_schedule = m.generator_behind as f64 / due <= LOSS_ALLOWED;
+            Ok(kept_schedule && m.loss_ratio() <= LOSS_ALLOWED)
+        };
+        if passes(self, ceiling)? {
+            return Ok(ceiling);
         }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct Forwarders {
-    pub bare_afxdp: WorkerCounts,
-    pub meshpath: WorkerCounts,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ForwardReport {
-    /// Frames per second that reached the sink, in millions.
-    pub mpps: Rates,
-    pub ratio_vs_bare: f64,
-    pub ratio_vs_kernel: f64,
-    /// Generator to sink, for meshpath at half its peak rate.
-    pub latency_us: Latency,
-    pub latency_offered_mpps: f64,
-    /// What the generator managed to send in each measurement.
-    pub offered_mpps: Rates,
-    /// Share of the frames reaching the sink that came VXLAN-encapsulated.
-    pub tunnelled_share: Rates,
-    /// With `--encrypt`: Mpps of both sizes, plain and encrypted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mpps_by_size: Option<BySize>,
-    /// With `--encrypt`: the same in Gbit/s of the pods' frames.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gbps: Option<BySize>,
-    /// With `--encrypt`: encrypted / plain Mpps at 1400-byte frames.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub encryption_cost_ratio: Option<f64>,
-    /// With `--encrypt`: share of the frames reaching the sink as WireGuard data (should be 1).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub encrypted_share: Option<f64>,
-    pub forwarder: Forwarders,
-    /// The host's 1-minute load average when the run began: other work shares these cores.
-    pub load_average_1m: f64,
-    pub cores: String,
-    pub chart: String,
-    pub duration_s: f64,
-    pub flows: usize,
-}
-
-impl Report for ForwardReport {
-    fn lines(&self) -> Vec<String> {
-        let mut lines = self.plain_lines();
-        if let (Some(mpps), Some(gbps)) = (&self.mpps_by_size, &self.gbps) {
-            lines.push(format!(
-                "{:<34} {:>8} {:>8} {:>8} {:>8}",
-                "meshpath", "64 Mpps", "Gbit/s", "1400 Mpps", "Gbit/s"
-            ));
-            lines.push(format!(
-                "{:<34} {:>8.3} {:>8.2} {:>8.3} {:>8.2}",
-                "plain", mpps.meshpath_64, gbps.meshpath_64, mpps.meshpath_1400, gbps.meshpath_1400
-            ));
-            lines.push(format!(
-                "{:<34} {:>8.3} {:>8.2} {:>8.3} {:>8.2}",
-                "strict WireGuard",
-                mpps.meshpath_encrypted_64,
-                gbps.meshpath_encrypted_64,
-                mpps.meshpath_encrypted_1400,
-                gbps.meshpath_encrypted_1400
-            ));
-            lines.push(format!(
-                "encryption cost: encrypted / plain at 1400 bytes = {:.2} ({:.0} % of the frames reached the sink as WireGuard data)",
-                self.encryption_cost_ratio.unwrap_or(f64::NAN),
-                100.0 * self.encrypted_share.unwrap_or(0.0)
-            ));
+        let (mut low, mut high) = (0.0, ceiling);
+        for _ in 0..args.search_steps {
+            let mid = f64::midpoint(low, high);
+            if passes(self, mid)? {
+                low = mid;
+            } else {
+                high = mid;
+            }
         }
-        lines
-    }
-}
-
-impl ForwardReport {
-    fn plain_lines(&self) -> Vec<String> {
-        let (m, o) = (&self.mpps, &self.offered_mpps);
-        vec![
-            format!("64-byte UDP frames, {} flows, {:.1} s per measurement", self.flows, self.duration_s),
-            format!("cores: {}", self.cores),
-            format!("{:<34} {:>8} {:>10}", "way", "Mpps", "offered"),
-            format!("{:<34} {:>8.3} {:>10.3}", "(a) bare AF_XDP cross-connect", m.bare_afxdp, o.bare_afxdp),
-            format!("{:<34} {:>8.3} {:>10.3}", "(b) kernel forwarding + VXLAN", m.kernel_vxlan, o.kernel_vxlan),
-            format!("{:<34} {:>8.3} {:>10.3}", "(c) meshpath pipeline on AF_XDP", m.meshpath, o.meshpath),
-            format!("c/a = {:.2} (target ≥ {TARGET_VS_BARE}: {})", self.ratio_vs_bare, distance(self.ratio_vs_bare, TARGET_VS_BARE)),
-            format!("c/b = {:.2} (target ≥ {TARGET_VS_KERNEL}: {})", self.ratio_vs_kernel, distance(self.ratio_vs_kernel, TARGET_VS_KERNEL)),
-            format!(
-                "meshpath latency at {:.3} Mpps offered: p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs",
-                self.latency_offered_mpps, self.latency_us.p50, self.latency_us.p99, self.latency_us.p999
-            ),
-            format!(
-                "AF_XDP workers: bare rx {} tx {} dropped {}, meshpath rx {} tx {} dropped {} (kernel rx drops {} / {})",
-                self.forwarder.bare_afxdp.rx,
-                self.forwarder.bare_afxdp.tx,
-                self.forwarder.bare_afxdp.dropped,
-                self.forwarder.meshpath.rx,
-                self.forwarder.meshpath.tx,
-                self.forwarder.meshpath.dropped,
-                self.forwarder.bare_afxdp.kernel_rx_dropped,
-                self.forwarder.meshpath.kernel_rx_dropped,
-            ),
-            format!("load average at start: {:.2} (other work on these cores skews the figures)", self.load_average_1m),
-            format!("chart: {}", self.chart),
-        ]
-    }
-}
-
-/// "met" or how far below a target that sets a floor.
-fn distance(value: f64, floor: f64) -> String {
-    if value >= floor {
-        format!("met, {:.0} % of it", 100.0 * value / floor)
-    } else {
-        format!(
-            "missed by {:.2} ({:.0} % of it)",
-            floor - value,
-            100.0 * value / floor
-        )
+        Ok(low)
     }
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ForwardReport> {
-    if !is_root() {
-        bail!("forward needs root: it creates network namespaces, XDP programs and AF_XDP sockets");
-    }
-    if !(args.duration > 0.0 && args.duration <= 600.0) {
-        bail!(
-            "--duration {}: must be more than 0 and at most 600 seconds",
-            args.duration
-        );
-    }
+    check_args(args)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (gen_core, fwd_core) = (0, if cores > 1 { 1 } else { 0 });
     let flows = args.flows.clamp(1, 60_000);
-    let testbed = Testbed::new(Scale {
-        local_pods: 1,
-        remote_endpoints: 4096,
-        services: flows.min(4096),
-        backends_per_service: 4,
-        policy_rules: 64,
-        flows,
-    });
-    let load_average_1m = load_average();
+    let scale = match args.tables {
+        TableScale::Production => Scale {
+            local_pods: 1,
+            flows,
+            ..Scale::BENCHMARK
+        },
+        TableScale::Small => Scale {
+            local_pods: 1,
+            remote_endpoints: 4096,
+            services: flows.min(1024),
+            backends_per_service: 4,
+            policy_rules: 64,
+            flows,
+        },
+    };
+    eprintln!("building tables at {scale:?} …");
+    let testbed = Testbed::new(scale);
     let lab = Lab::build(fwd_core)?;
     lab.delete_on_signal();
     let generator = inside(&lab.gen, || {
@@ -276,66 +272,172 @@ pub fn run(args: &Args) -> anyhow::Result<ForwardReport> {
             },
         )?;
         let attachment = program.attach(ifindex(SINK_IF)?)?;
+        forwarder::require_native("the sink's eth0", attachment.mode())?;
         program.register_socket(0, std::os::fd::AsFd::as_fd(&sink))?;
         Ok((sink, program, attachment))
     })?;
-    let mut traffic = Traffic::new(generator, sink, &testbed);
+    let mut bench = Bench {
+        lab,
+        traffic: Traffic::new(generator, sink),
+        testbed,
+        gen_core,
+        fwd_core: Some(fwd_core),
+        bar: ProgressBar::hidden(),
+    };
+    let report = measure_all(&mut bench, args, cores, scale);
+    bench.bar.finish_and_clear();
+    drop((sink_attachment, sink_program, bench));
+    report
+}
 
+fn check_args(args: &Args) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("forward needs root: it creates network namespaces, XDP programs and AF_XDP sockets");
+    }
+    for (name, value) in [("--duration", args.duration), ("--trial", args.trial)] {
+        if !(value > 0.0 && value <= 600.0) {
+            bail!("{name} {value}: must be more than 0 and at most 600 seconds");
+        }
+    }
+    if args.runs == 0 || args.runs > 50 {
+        bail!("--runs {}: must be 1 to 50", args.runs);
+    }
+    if !(args.new_flows_per_s >= 0.0 && args.new_flows_per_s <= 1e6) {
+        bail!(
+            "--new-flows-per-s {}: must be 0 to 1 000 000",
+            args.new_flows_per_s
+        );
+    }
+    Ok(())
+}
+
+fn measure_all(
+    bench: &mut Bench,
+    args: &Args,
+    cores: usize,
+    scale: Scale,
+) -> anyhow::Result<ForwardReport> {
     let window = Duration::from_secs_f64(args.duration);
     let warmup = Duration::from_secs_f64((args.duration / 4.0).min(0.5));
-    let full = Phase {
+    let new_flows = (args.new_flows_per_s * (warmup + window).as_secs_f64()).ceil() as usize + 1;
+    let templates: Vec<(WayKind, Templates)> = WayKind::ALL
+        .iter()
+        .map(|&w| {
+            let fresh = if w == WayKind::MeshpathNewFlows {
+                new_flows
+            } else {
+                0
+            };
+            (
+                w,
+                Templates::new(
+                    &bench.testbed,
+                    &w.check(&bench.testbed),
+                    fresh,
+                    SMALL_FRAME - FCS,
+                ),
+            )
+        })
+        .collect();
+    let of = |w: WayKind| {
+        &templates
+            .iter()
+            .find(|(k, _)| *k == w)
+            .unwrap_or_else(|| unreachable!())
+            .1
+    };
+    let steps = 1
+        + args.runs * WayKind::ALL.len()
+        + 3 * (args.search_steps + 1)
+        + 1
+        + if args.encrypt { 4 } else { 0 };
+    bench.bar = progress(steps as u64);
+
+    // The generator's ceiling: unpaced, through the cheapest way.
+    let calibrate = Phase {
         warmup,
-        window,
+        window: window.min(Duration::from_secs(1)),
         rate_pps: None,
+        new_flows_pps: 0.0,
         record_latency: false,
     };
-    let measurements = if args.encrypt { 7 } else { 4 };
-    let bar = progress((warmup + window) * measurements);
-    let fwd = Some(fwd_core);
+    let ceiling = bench
+        .measure(WayKind::MacSwap, &calibrate, of(WayKind::MacSwap))?
+        .measured
+        .offered_mpps()
+        * 1e6;
+    anyhow::ensure!(ceiling > 0.0, "the generator sent nothing");
+    bench.bar.inc(1);
 
-    bar.set_message("(a) bare AF_XDP");
-    let forwarder = Forwarder::start(&lab.node, fwd, Handler::Bare)?;
-    let bare = measure(&mut traffic, &full, gen_core, &bar)?;
-    let bare_worker = forwarder.stop()?;
-
-    bar.set_message("(c) meshpath");
-    let forwarder = Forwarder::start(&lab.node, fwd, Handler::meshpath(&testbed))?;
-    let mesh = measure(&mut traffic, &full, gen_core, &bar)?;
-    bar.set_message("(c) meshpath, half rate, latency");
-    let half = Phase {
-        rate_pps: Some(mesh.mpps() * 1e6 / 2.0),
+    let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut sent: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut losses: BTreeMap<&str, Losses> = BTreeMap::new();
+    let mut tunnelled: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for run in 0..args.runs {
+        for i in 0..WayKind::ALL.len() {
+            let way = WayKind::ALL[(i + run) % WayKind::ALL.len()];
+            let phase = Phase {
+                warmup,
+                window,
+                rate_pps: Some(ceiling),
+                new_flows_pps: if way == WayKind::MeshpathNewFlows {
+                    args.new_flows_per_s
+                } else {
+                    0.0
+                },
+                record_latency: false,
+            };
+            let outcome = bench.measure(way, &phase, of(way))?;
+            let m = &outcome.measured;
+            rates.entry(way.key()).or_default().push(m.mpps());
+            sent.entry(way.key()).or_default().push(m.offered_mpps());
+            let t = tunnelled.entry(way.key()).or_default();
+            t.0 += m.tunnelled;
+            t.1 += m.received;
+            losses
+                .entry(way.key())
+                .or_default()
+                .add(m, outcome.veth, outcome.worker.as_ref());
+            bench.bar.inc(1);
+        }
+    }
+    let mut zero_loss = BTreeMap::new();
+    for way in [WayKind::MacSwap, WayKind::Meshpath, WayKind::Kernel] {
+        let rate = bench.zero_loss(way, ceiling, args, of(way))?;
+        zero_loss.insert(way.key().to_owned(), rate / 1e6);
+        bench.bar.inc(args.search_steps as u64 + 1);
+    }
+    let mpps: BTreeMap<String, Spread> = rates
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), Spread::of(v)))
+        .collect();
+    let median = |k: WayKind| mpps.get(k.key()).map_or(f64::NAN, |s| s.median);
+    let half = median(WayKind::Meshpath) * 1e6 / 2.0;
+    let paced = Phase {
+        warmup,
+        window,
+        rate_pps: Some(half.max(1.0)),
+        new_flows_pps: 0.0,
         record_latency: true,
-        ..full
     };
-    let paced = measure(&mut traffic, &half, gen_core, &bar)?;
-    let mesh_worker = forwarder.stop()?;
-
-    bar.set_message("(b) kernel");
-    let kernel = measure(&mut traffic, &full, gen_core, &bar)?;
-    let encrypted = if args.encrypt {
-        let cores = (gen_core, fwd);
-        let (encrypted, back) =
-            measure_encryption(traffic, &testbed, &lab.node, &full, cores, &bar)?;
-        traffic = back;
-        Some(encrypted)
-    } else {
-        None
-    };
-    bar.finish_and_clear();
-    drop((sink_attachment, sink_program, traffic, lab));
-
-    let mpps = Rates {
-        bare_afxdp: bare.mpps(),
-        kernel_vxlan: kernel.mpps(),
-        meshpath: mesh.mpps(),
-        meshpath_encrypted: encrypted.as_ref().map(|e| e.mpps.meshpath_encrypted_64),
+    let latency = bench
+        .measure(WayKind::Meshpath, &paced, of(WayKind::Meshpath))?
+        .measured;
+    bench.bar.inc(1);
+    let encrypted = match args.encrypt {
+        true => Some(encrypt::measure_encryption(
+            bench,
+            &unpaced(warmup, window),
+        )?),
+        false => None,
     };
     let svg = chart::svg(
-        "meshpath-perf forward: 64-byte UDP, Mpps",
+        "meshpath-perf forward: 64-byte UDP, Mpps (median)",
         &[
-            ("bare AF_XDP", mpps.bare_afxdp),
-            ("kernel + VXLAN", mpps.kernel_vxlan),
-            ("meshpath", mpps.meshpath),
+            ("bare AF_XDP", median(WayKind::MacSwap)),
+            ("kernel + VXLAN", median(WayKind::Kernel)),
+            ("meshpath", median(WayKind::Meshpath)),
+            ("meshpath, new flows", median(WayKind::MeshpathNewFlows)),
         ],
     );
     if let Some(dir) = args.chart.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -343,107 +445,72 @@ pub fn run(args: &Args) -> anyhow::Result<ForwardReport> {
     }
     std::fs::write(&args.chart, svg)
         .with_context(|| format!("writing {}", args.chart.display()))?;
-    let h = paced.latency_ns.as_ref();
-    let us = |q: f64| h.map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1e3);
+    let zl = |k: WayKind| zero_loss.get(k.key()).copied().unwrap_or(f64::NAN);
+    let ratio = |a: f64, b: f64| a / b.max(f64::EPSILON);
     Ok(ForwardReport {
-        ratio_vs_bare: mpps.meshpath / mpps.bare_afxdp.max(f64::EPSILON),
-        ratio_vs_kernel: mpps.meshpath / mpps.kernel_vxlan.max(f64::EPSILON),
-        latency_us: Latency {
-            p50: us(0.5),
-            p99: us(0.99),
-            p999: us(0.999),
+        ratio_vs_bare: ratio(median(WayKind::Meshpath), median(WayKind::MacSwap)),
+        ratio_vs_kernel: ratio(median(WayKind::Meshpath), median(WayKind::Kernel)),
+        zero_loss_ratio_vs_bare: ratio(zl(WayKind::Meshpath), zl(WayKind::MacSwap)),
+        zero_loss_ratio_vs_kernel: ratio(zl(WayKind::Meshpath), zl(WayKind::Kernel)),
+        mpps,
+        offered_mpps: ceiling / 1e6,
+        sent_mpps: sent
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Spread::of(v).median))
+            .collect(),
+        zero_loss_mpps: zero_loss,
+        loss_allowed: LOSS_ALLOWED,
+        losses: losses.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        latency_us: latency.latency_ns.as_ref().map(|h| {
+            let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+            Latency {
+                p50: us(0.5),
+                p99: us(0.99),
+                p999: us(0.999),
+                samples: h.len(),
+            }
+        }),
+        latency_offered_mpps: latency.offered_mpps(),
+        latency_generator_behind: latency.generator_behind,
+        tunnelled_share: tunnelled
+            .into_iter()
+            .map(|(k, (t, r))| (k.to_owned(), t as f64 / r.max(1) as f64))
+            .collect(),
+        xdp_mode: "native".to_owned(),
+        tables: TablesReport {
+            scale: format!("{:?}", args.tables).to_lowercase(),
+            ipcache_prefixes: bench.testbed.tables.ipcache.len(),
+            services: bench.testbed.tables.services.len(),
+            backends_per_service: scale.backends_per_service,
+            policy_rules: scale.policy_rules,
+            established_flows: scale.flows,
+            conntrack_entries: 2 * scale.flows,
+            conntrack_capacity: CONNTRACK_CAPACITY,
         },
-        latency_offered_mpps: paced.offered_mpps(),
-        offered_mpps: Rates {
-            bare_afxdp: bare.offered_mpps(),
-            kernel_vxlan: kernel.offered_mpps(),
-            meshpath: mesh.offered_mpps(),
-            meshpath_encrypted: encrypted.as_ref().map(|e| e.offered_64),
-        },
-        tunnelled_share: Rates {
-            bare_afxdp: bare.tunnelled_share(),
-            kernel_vxlan: kernel.tunnelled_share(),
-            meshpath: mesh.tunnelled_share(),
-            meshpath_encrypted: None,
-        },
+        new_flows_per_s: args.new_flows_per_s,
         encryption_cost_ratio: encrypted
             .as_ref()
             .map(|e| e.mpps.meshpath_encrypted_1400 / e.mpps.meshpath_1400.max(f64::EPSILON)),
         encrypted_share: encrypted.as_ref().map(|e| e.encrypted_share),
         gbps: encrypted.as_ref().map(|e| BySize::gbps(&e.mpps)),
         mpps_by_size: encrypted.map(|e| e.mpps),
-        forwarder: Forwarders {
-            bare_afxdp: (&bare_worker).into(),
-            meshpath: (&mesh_worker).into(),
-        },
-        load_average_1m,
-        mpps,
-        cores: cores_note(cores, gen_core, fwd_core),
+        cores: cores_note(cores, bench.gen_core, bench.fwd_core.unwrap_or(0)),
         chart: args.chart.display().to_string(),
         duration_s: args.duration,
-        flows,
+        runs: args.runs,
+        trial_s: args.trial,
     })
 }
 
-/// What the encrypted comparison measured.
-struct Encrypted {
-    mpps: BySize,
-    offered_64: f64,
-    /// Of what reached the sink in the encrypted runs, the share that was WireGuard data.
-    encrypted_share: f64,
-}
-
-/// meshpath at 1400-byte frames plain, then under strict WireGuard at 64 and 1400 bytes; the plain
-/// 64-byte figure is the run's (c), taken again here so both sizes share the conditions.
-fn measure_encryption(
-    traffic: Traffic,
-    testbed: &Testbed,
-    node: &str,
-    phase: &Phase,
-    (gen_core, fwd_core): (usize, Option<usize>),
-    bar: &ProgressBar,
-) -> anyhow::Result<(Encrypted, Traffic)> {
-    let run = |traffic: &mut Traffic, handler: Handler, message: &'static str| {
-        bar.set_message(message);
-        let forwarder = Forwarder::start(node, fwd_core, handler)?;
-        let measured = measure(traffic, phase, gen_core, bar);
-        forwarder.stop()?;
-        measured
-    };
-    let mut small = traffic.with_frames(testbed, SMALL_FRAME - FCS);
-    let plain_64 = run(
-        &mut small,
-        Handler::meshpath(testbed),
-        "(c) meshpath, 64 bytes",
-    )?;
-    let enc_64 = run(
-        &mut small,
-        Handler::meshpath_encrypted(testbed)?,
-        "(e) meshpath + WireGuard, 64 bytes",
-    )?;
-    let mut large = small.with_frames(testbed, LARGE_FRAME - FCS);
-    let plain_1400 = run(
-        &mut large,
-        Handler::meshpath(testbed),
-        "(c) meshpath, 1400 bytes",
-    )?;
-    let enc_1400 = run(
-        &mut large,
-        Handler::meshpath_encrypted(testbed)?,
-        "(e) meshpath + WireGuard, 1400 bytes",
-    )?;
-    let received = enc_64.received + enc_1400.received;
-    let encrypted = Encrypted {
-        mpps: BySize {
-            meshpath_64: plain_64.mpps(),
-            meshpath_encrypted_64: enc_64.mpps(),
-            meshpath_1400: plain_1400.mpps(),
-            meshpath_encrypted_1400: enc_1400.mpps(),
-        },
-        offered_64: enc_64.offered_mpps(),
-        encrypted_share: (enc_64.encrypted + enc_1400.encrypted) as f64 / received.max(1) as f64,
-    };
-    Ok((encrypted, large.with_frames(testbed, SMALL_FRAME - FCS)))
+/// As fast as the generator sends.
+fn unpaced(warmup: Duration, window: Duration) -> Phase {
+    Phase {
+        warmup,
+        window,
+        rate_pps: None,
+        new_flows_pps: 0.0,
+        record_latency: false,
+    }
 }
 
 fn cores_note(cores: usize, gen_core: usize, fwd_core: usize) -> String {
@@ -454,46 +521,37 @@ fn cores_note(cores: usize, gen_core: usize, fwd_core: usize) -> String {
     )
 }
 
-/// Runs `phase` on a thread pinned to `core`, ticking `bar` meanwhile.
-fn measure(
+/// Runs `phase` on a thread pinned to `core`.
+fn run_phase(
     traffic: &mut Traffic,
     phase: &Phase,
+    templates: &Templates,
     core: usize,
     bar: &ProgressBar,
 ) -> anyhow::Result<Measured> {
-    let started = Instant::now();
-    let position = bar.position();
     std::thread::scope(|s| {
         let worker = s.spawn(|| {
             if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                 eprintln!("generator: could not pin to core {core}; running unpinned");
             }
-            traffic.run(phase)
+            traffic.run(phase, templates)
         });
         while !worker.is_finished() {
             std::thread::sleep(Duration::from_millis(50));
-            bar.set_position(position + started.elapsed().as_millis() as u64);
+            bar.tick();
         }
-        bar.set_position(position + (phase.warmup + phase.window).as_millis() as u64);
         worker
             .join()
             .unwrap_or_else(|_| bail!("the generator thread panicked"))
     })
 }
 
-fn progress(total: Duration) -> ProgressBar {
-    let bar = ProgressBar::new(total.as_millis() as u64);
-    if let Ok(style) = ProgressStyle::with_template("{bar:40} {percent:>3}% {msg}") {
+fn progress(steps: u64) -> ProgressBar {
+    let bar = ProgressBar::new(steps);
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} ({elapsed})") {
         bar.set_style(style);
     }
     bar
-}
-
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 fn is_root() -> bool {
@@ -505,13 +563,8 @@ fn is_root() -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn distance_says_met_or_by_how_much() {
-        assert_eq!(distance(3.3, 3.0), "met, 110 % of it");
-        assert_eq!(distance(0.45, 0.9), "missed by 0.45 (50 % of it)");
-    }
-
-    /// A 0.3 s run of each way: every one moved frames and the JSON has every key.
+    /// A short run of each way with small tables: every way moved valid frames, none was refused,
+    /// the JSON has every key, and no namespace is left.
     #[test]
     fn smoke_every_way_forwards_frames() {
         if !meshpath_testkit::needs_root("smoke_every_way_forwards_frames") {
@@ -520,59 +573,53 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let args = Args {
             duration: 0.3,
+            runs: 1,
             flows: 64,
+            tables: TableScale::Small,
+            new_flows_per_s: 2_000.0,
+            trial: 0.2,
+            search_steps: 1,
             chart: dir.path().join("forward.svg"),
             encrypt: true,
         };
         let report = run(&args).expect("the benchmark runs");
         let json = serde_json::to_value(&report).expect("serializes");
-        for way in ["bare_afxdp", "kernel_vxlan", "meshpath"] {
-            let mpps = json["mpps"][way].as_f64().expect("a rate per way");
+        for way in [
+            "bare_afxdp_mac_swap",
+            "kernel_vxlan",
+            "meshpath_established",
+            "meshpath_new_flows",
+        ] {
+            let mpps = json["mpps"][way]["median"]
+                .as_f64()
+                .expect("a rate per way");
             assert!(mpps > 0.0, "{way} forwarded nothing: {report:?}");
+            assert_eq!(
+                report.losses[way].sink_refused.total(),
+                0,
+                "{way}: frames reached the sink not as the way makes them: {report:?}"
+            );
+            assert!(json["zero_loss_mpps"][way].is_number() || way == "meshpath_new_flows");
         }
         let tunnelled = &json["tunnelled_share"];
-        assert_eq!(
-            tunnelled["bare_afxdp"], 0.0,
-            "the cross-connect leaves frames as they are"
-        );
-        assert_eq!(
-            tunnelled["kernel_vxlan"], 1.0,
-            "the kernel encapsulates every frame"
-        );
-        assert_eq!(
-            tunnelled["meshpath"], 1.0,
-            "meshpath encapsulates every frame"
-        );
-        assert!(report.forwarder.meshpath.tx > 0 && report.forwarder.bare_afxdp.tx > 0);
-        for key in ["ratio_vs_bare", "ratio_vs_kernel"] {
+        assert_eq!(tunnelled["bare_afxdp_mac_swap"], 0.0);
+        assert_eq!(tunnelled["kernel_vxlan"], 1.0);
+        assert_eq!(tunnelled["meshpath_established"], 1.0);
+        assert_eq!(json["xdp_mode"], "native");
+        for key in ["ratio_vs_bare", "ratio_vs_kernel", "offered_mpps"] {
             assert!(
                 json[key].as_f64().is_some_and(f64::is_finite),
                 "{key}: {json}"
             );
         }
-        for q in ["p50", "p99", "p999"] {
-            assert!(
-                json["latency_us"][q].as_f64().is_some_and(|v| v > 0.0),
-                "latency {q}: {json}"
-            );
+        // Under load a short run may time no frame: then null, never 0.
+        match &report.latency_us {
+            Some(l) => assert!(l.samples > 0 && l.p50 > 0.0 && l.p99 >= l.p50, "{l:?}"),
+            None => assert!(json["latency_us"].is_null()),
         }
         assert!(
-            json["mpps"]["meshpath_encrypted"].as_f64() > Some(0.0),
+            json["mpps_by_size"]["meshpath_encrypted_64"].as_f64() > Some(0.0),
             "meshpath encrypted forwarded nothing: {json}"
-        );
-        for key in [
-            "meshpath_64",
-            "meshpath_encrypted_64",
-            "meshpath_1400",
-            "meshpath_encrypted_1400",
-        ] {
-            assert!(json["gbps"][key].as_f64() > Some(0.0), "gbps {key}: {json}");
-        }
-        assert!(
-            json["encryption_cost_ratio"]
-                .as_f64()
-                .is_some_and(|r| r.is_finite() && r > 0.0),
-            "{json}"
         );
         assert_eq!(
             json["encrypted_share"], 1.0,

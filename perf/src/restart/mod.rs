@@ -12,7 +12,7 @@ use clap::Args as ClapArgs;
 use meshpath_lab::echo::EchoLab;
 use meshpath_lab::mesh::Stop;
 use meshpath_lab::plan::Plan;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::report::Report;
 
@@ -32,7 +32,7 @@ pub struct Args {
     prefix: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RunFigures {
     pub connections_total: usize,
     pub connections_kept: usize,
@@ -43,7 +43,7 @@ pub struct RunFigures {
     pub agent_down_ms: Vec<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RestartReport {
     /// The planned restarts' figures, also under `planned`.
     pub connections_total: usize,
@@ -55,9 +55,9 @@ pub struct RestartReport {
     pub targets: Targets,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Targets {
-    pub connections_kept: &'static str,
+    pub connections_kept: String,
     pub max_gap_ms: f64,
     pub fail_open_frames: u64,
 }
@@ -79,7 +79,7 @@ pub fn run(args: &Args) -> anyhow::Result<RestartReport> {
         planned,
         killed,
         targets: Targets {
-            connections_kept: "= connections_total",
+            connections_kept: "= connections_total".into(),
             max_gap_ms: 500.0,
             fail_open_frames: 0,
         },

@@ -24,7 +24,7 @@ use super::cluster;
 const STATUS_EVERY: Duration = Duration::from_millis(10);
 const KEEPALIVE_EVERY: Duration = Duration::from_millis(100);
 
-#[derive(Serialize)]
+#[derive(Serialize, serde::Deserialize)]
 pub struct Percentiles {
     pub p50: f64,
     pub p99: f64,

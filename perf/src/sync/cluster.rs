@@ -30,7 +30,7 @@ const TXN_OPS: u32 = 2048;
 const PER_NODE: u32 = 1024;
 const REMOTE_PODS: u32 = 0x0a80_0000; // 10.128.0.0
 const CHANGED_PODS: u32 = 0x0ac8_0000; // 10.200.0.0
-const LOCAL_VIPS: u32 = 0x0a60_0000; // 10.96.0.0
+pub const LOCAL_VIPS: u32 = 0x0a60_0000; // 10.96.0.0
 
 pub struct Shape {
     pub policy_rules: u32,

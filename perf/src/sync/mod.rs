@@ -2,10 +2,13 @@
 //! endpoints and 10k services is written to a local etcd; then the remote watcher and the snapshot
 //! builder run as the agent runs them (on a runtime of one worker thread), and the benchmark measures
 //! the time from connecting to a complete dataplane snapshot, the latency from a put in the remote
-//! etcd to the snapshot that holds it, and the process's RSS at that size. Then a second remote joins
-//! and both push a burst of 100k identities ([`burst`]): how long a status-like request and an etcd
-//! lease keepalive wait on the agent's runtime meanwhile.
+//! etcd to the snapshot that holds it, and this benchmark process's RSS at that size (the control
+//! plane's share). Then, as root, the real agent binary syncs the same remote with its own defaults
+//! and its own memory is read ([`agent`]): what a node pays. Last, a second remote joins and both
+//! push a burst of 100k identities ([`burst`]): how long a status-like request and an etcd lease
+//! keepalive wait on the agent's runtime meanwhile.
 
+mod agent;
 mod burst;
 mod cluster;
 mod etcd;
@@ -21,7 +24,7 @@ use meshpath_control::state::ClusterState;
 use meshpath_control::ClusterName;
 use meshpath_dataplane::ipcache::IpPrefix;
 use meshpath_dataplane::snapshot::Tables;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +32,7 @@ use crate::report::{against_ceiling, Report};
 
 const TARGET_SYNC_S: f64 = 2.0;
 const TARGET_P99_MS: f64 = 50.0;
+/// The agent's resident memory with a 100k-endpoint remote.
 const TARGET_RSS_MIB: f64 = 200.0;
 /// Neither a status answer nor a keepalive may wait longer during the burst.
 const TARGET_BURST_DELAY_MS: f64 = 100.0;
@@ -58,20 +62,30 @@ pub struct Args {
     burst_identities: u32,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct Propagation {
     p50: f64,
     p99: f64,
     max: f64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct SyncReport {
     full_sync_s: f64,
     propagation_ms: Propagation,
-    rss_mib: f64,
+    /// The real agent's VmRSS with the remote cluster in its tables, run with its own defaults
+    /// (null when not measured: it needs root).
+    agent_rss_mib: Option<f64>,
+    /// Its VmHWM by then: the most it was ever resident.
+    agent_peak_rss_mib: Option<f64>,
+    /// From the agent's start to its tables holding every remote endpoint.
+    agent_full_sync_s: Option<f64>,
+    /// This benchmark's own process (VmRSS) with the remote synced: the watcher and the builder as
+    /// the agent runs them, its tables and snapshots, but not the agent's dataplane (workers'
+    /// conntrack, UMEM) — not the agent's RSS.
+    bench_process_rss_mib: f64,
     /// The same process before the remote was connected: runtime, etcd client, the local state.
-    rss_before_remote_mib: f64,
+    bench_process_rss_before_remote_mib: f64,
     /// Seconds to write the remote cluster into etcd (not part of any figure).
     write_s: f64,
     snapshots: u64,
@@ -112,11 +126,20 @@ impl Report for SyncReport {
                 p.max,
                 against_ceiling(p.p99, TARGET_P99_MS)
             ),
+            match (self.agent_rss_mib, self.agent_peak_rss_mib) {
+                (Some(rss), Some(peak)) => format!(
+                    "agent RSS         {:>8.1} MiB  {}  (peak {peak:.1} MiB, {}; synced in {:.1} s)",
+                    rss,
+                    against_ceiling(rss, TARGET_RSS_MIB),
+                    against_ceiling(peak, TARGET_RSS_MIB),
+                    self.agent_full_sync_s.unwrap_or(f64::NAN)
+                ),
+                _ => "agent RSS         not measured (needs root)".to_owned(),
+            },
             format!(
-                "rss              {:>8.1} MiB  {}  ({:.1} MiB before the remote)",
-                self.rss_mib,
-                against_ceiling(self.rss_mib, TARGET_RSS_MIB),
-                self.rss_before_remote_mib
+                "benchmark process RSS {:>8.1} MiB ({:.1} MiB before the remote; the control plane's share, not the agent's)",
+                self.bench_process_rss_mib,
+                self.bench_process_rss_before_remote_mib
             ),
             format!(
                 "snapshot: {} ipcache entries, {} services, {} snapshots built",
@@ -146,12 +169,30 @@ impl Report for SyncReport {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<SyncReport> {
+    // As root, the benchmark (its etcds, its clients and the real agent) runs in a namespace of its
+    // own, so that the agent's uplink and XDP programs touch nothing else.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let node = match unsafe { libc::geteuid() } == 0 {
+        true => Some(Arc::new(agent::Node::create()?)),
+        false => {
+            eprintln!(
+                "sync: not root, so the agent's own RSS is not measured (agent_rss_mib null)"
+            );
+            None
+        }
+    };
+    let inside = node.clone();
     // The agent's runtime: one worker thread for every control task.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .on_thread_start(move || {
+            if let Some(node) = &inside {
+                node.enter().unwrap_or_else(|e| panic!("{e:#}"));
+            }
+        })
         .enable_all()
         .build()?;
-    runtime.block_on(run_async(args))
+    runtime.block_on(run_async(args, node.as_deref()))
 }
 
 /// Resident set size of this process, from /proc/self/status.
@@ -182,7 +223,7 @@ async fn until(
     }
 }
 
-async fn run_async(args: &Args) -> anyhow::Result<SyncReport> {
+async fn run_async(args: &Args, node: Option<&agent::Node>) -> anyhow::Result<SyncReport> {
     let shape = cluster::Shape {
         policy_rules: args.policy_rules.max(1),
         endpoints: args.endpoints,
@@ -271,6 +312,10 @@ async fn run_async(args: &Args) -> anyhow::Result<SyncReport> {
     }
     let last = snapshots.borrow().clone();
     let rss_synced = rss.max(rss_mib()?);
+    let agent = match node {
+        Some(node) => Some(agent::measure(&shape, &server.url, node).await?),
+        None => None,
+    };
 
     let mut client3 = server3.client().await?;
     cluster::announce(&mut client3, 3).await?;
@@ -318,8 +363,11 @@ async fn run_async(args: &Args) -> anyhow::Result<SyncReport> {
             p99: ms(0.99),
             max: histogram.max() as f64 / 1000.0,
         },
-        rss_mib: rss_synced,
-        rss_before_remote_mib,
+        agent_rss_mib: agent.map(|a| a.rss_mib),
+        agent_peak_rss_mib: agent.map(|a| a.peak_rss_mib),
+        agent_full_sync_s: agent.map(|a| a.sync_s),
+        bench_process_rss_mib: rss_synced,
+        bench_process_rss_before_remote_mib: rss_before_remote_mib,
         write_s,
         snapshots: builder.stats().snapshots,
         ipcache_entries: last.ipcache.len(),

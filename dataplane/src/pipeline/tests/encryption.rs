@@ -11,12 +11,12 @@ const KEY_2_NEW: [u8; 32] = [0x23; 32];
 /// What the pods send: must never be seen between the nodes.
 const MARKER: &[u8] = b"hello";
 
-fn public(private: [u8; 32]) -> PublicKey {
+pub(super) fn public(private: [u8; 32]) -> PublicKey {
     Tunnels::new(private).public_key().unwrap()
 }
 
 /// Only x-wing may reach rebel-base: a delivery proves the receiver took x-wing's identity.
-fn only_x_wing() -> PolicyRule {
+pub(super) fn only_x_wing() -> PolicyRule {
     PolicyRule {
         endpoint_selector: LabelSelector::all().with_label("name", "rebel-base"),
         ingress: Some(vec![policy::IngressRule {
@@ -58,7 +58,7 @@ fn keyed(private: [u8; 32]) -> WorkerState {
 }
 
 /// The frames the pipeline sent of its own accord since last asked.
-fn originated(s: &mut WorkerState) -> Vec<(PortId, Vec<u8>)> {
+pub(super) fn originated(s: &mut WorkerState) -> Vec<(PortId, Vec<u8>)> {
     let mut out = Vec::new();
     originate(s, |port, bytes| out.push((port, bytes.to_vec())));
     out
