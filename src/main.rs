@@ -14,6 +14,9 @@ use cli::{Cli, Command};
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Agent { config, netns } => agent::run(config, netns).map(|()| ExitCode::SUCCESS),
+        Command::Vm {
+            command: cli::VmCommand::Leave { config, netns },
+        } => agent::vm_leave(config, netns).map(|()| ExitCode::SUCCESS),
         Command::External(args) => Err(external::exec(&args)),
         Command::Ui(args) => ui::run(args),
         command => cli::run(command),

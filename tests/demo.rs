@@ -74,6 +74,7 @@ fn the_clustermesh_demo_works_end_to_end_in_every_routing_mode() {
         assert!(report.get("encryption").is_none(), "{mode}: no --encrypt");
         assert_reach(&report, routing, tunnel);
         assert_identity_in_vni(&wire["identity_in_vni"], intra, cross, &mode);
+        assert_external_workload(&report, routing == "native", &mode);
     }
 
     // Once with strict WireGuard: the same demo, and nothing of it in clear on the fabric.
@@ -91,6 +92,32 @@ fn the_clustermesh_demo_works_end_to_end_in_every_routing_mode() {
             "{class} over WireGuard: {captured:#}"
         );
     }
+    assert_external_workload(&report, false, "tunnel/vxlan, encrypted");
+}
+
+/// Step 6, a VM joins: vm1 reached the global service in both clusters, x-wing reached vm1, and the
+/// policy selecting vm1 by its labels let x-wing through and denied cluster1's rebel-base. Not run
+/// (`null`) in native routing, where the lab has no external workload; vm1 is in cluster1's node list.
+fn assert_external_workload(report: &Value, native: bool, mode: &str) {
+    let vm = &report["external_workload"];
+    if native {
+        assert!(vm.is_null(), "{mode}: {vm:#}");
+        return;
+    }
+    for check in [
+        "service_reached_both_clusters",
+        "pod_to_vm",
+        "policy_enforced",
+    ] {
+        assert_eq!(vm[check], true, "{mode}: {check}: {vm:#}");
+    }
+    let nodes = report["nodes"].as_array().expect("nodes");
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["cluster"] == "cluster1" && n["name"] == "vm1"),
+        "{mode}: vm1 among cluster1's nodes: {nodes:#?}"
+    );
 }
 
 /// Every tunnelled frame between pods carried the identity of the pod that sent it, in both
@@ -253,10 +280,12 @@ fn assert_demo_checks(report: &Value, mode: &str) {
         .unwrap_or_default();
     assert!(sample.contains("Policy denied DROPPED"), "{sample}");
 
+    // vm1, the external workload, is among them where the lab has one (assert_external_workload).
     let nodes: Vec<String> = report["nodes"]
         .as_array()
         .expect("nodes")
         .iter()
+        .filter(|n| n["name"] != "vm1")
         .map(|n| {
             format!(
                 "{}/{}",

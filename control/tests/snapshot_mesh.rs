@@ -82,6 +82,7 @@ fn spec() -> NodeSpec {
         policy_limits: Default::default(),
         admission: Default::default(),
         segments: Vec::new(),
+        external_workload: false,
     }
 }
 

@@ -185,5 +185,6 @@ fn spec() -> NodeSpec {
         policy_limits: Default::default(),
         admission: Default::default(),
         segments: Vec::new(),
+        external_workload: false,
     }
 }

@@ -2,7 +2,8 @@
 //! or from the root namespace (see shared/lab.md). [`plan`] computes the topology, [`up`], [`down`]
 //! and [`status`] apply it to and read it back from the kernel through iproute2; [`mesh`] runs an etcd
 //! per cluster, a stand-in Kubernetes API server per cluster ([`apiserver`]) and an agent per node on
-//! it, and has the CNI plugin make its pods ([`cni`]); [`demo`] plays Cilium's ClusterMesh demo on such a lab.
+//! it, and has the CNI plugin make its pods ([`cni`]); [`external`] runs the hosts outside every
+//! cluster that join one as external workloads; [`demo`] plays Cilium's ClusterMesh demo on such a lab.
 //!
 //! None of it is in the agent's binary, which runs on production nodes: the binaries `meshpath-lab`
 //! and `meshpath-demo` are what `meshpath lab …` and `meshpath demo …` run. They read the agents
@@ -15,6 +16,7 @@ pub mod cni;
 pub mod demo;
 pub mod down;
 pub mod echo;
+pub mod external;
 pub mod ip;
 pub mod mesh;
 pub mod pki;

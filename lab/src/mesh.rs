@@ -102,7 +102,7 @@ impl MeshOptions {
         format!("routing: {routing}, tunnel: {tunnel}")
     }
 
-    fn encryption_key(self) -> &'static str {
+    pub(crate) fn encryption_key(self) -> &'static str {
         match self.encryption {
             Encryption::Off => "off",
             Encryption::On => "on",
@@ -186,7 +186,8 @@ pub fn start_with(plan: &Plan, options: MeshOptions) -> anyhow::Result<()> {
     if options.encryption != Encryption::Off {
         announce_keys(plan)?;
     }
-    crate::cni::add_pods(plan)
+    crate::cni::add_pods(plan)?;
+    crate::external::start(plan, options)
 }
 
 pub(crate) fn log(plan: &Plan, name: &str) -> PathBuf {
@@ -703,7 +704,7 @@ pub fn start_agent_again(plan: &Plan, c: u8, n: u8) -> anyhow::Result<()> {
     start_agent(plan, node, &agent)
 }
 
-fn interface_mac(netns: &str, interface: &str) -> anyhow::Result<String> {
+pub(crate) fn interface_mac(netns: &str, interface: &str) -> anyhow::Result<String> {
     let out = Command::new("ip")
         .args(["-n", netns, "-j", "link", "show", "dev", interface])
         .output()?;

@@ -9,6 +9,7 @@ use serde::Serialize;
 pub const MAX_CLUSTERS: u8 = 64;
 pub const MAX_NODES: u8 = 200;
 pub const MAX_PODS: u8 = 200;
+pub const MAX_EXTERNALS: u8 = 200;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Size {
@@ -27,6 +28,8 @@ pub enum PlanError {
     Pods(u8),
     #[error("--prefix `{0}`: 1 to 8 of [a-z0-9]")]
     Prefix(String),
+    #[error("--external {0}: must be 0..={MAX_EXTERNALS}")]
+    Externals(u8),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -67,6 +70,9 @@ pub struct Plan {
     pub nodes: Vec<Node>,
     /// Members of each cluster's etcd (1, or 3 as production runs it), all on the cluster's first node.
     pub etcd_members: u8,
+    /// Hosts outside every cluster that join cluster1 as external workloads (`vm1`, …; see
+    /// [`crate::external`]).
+    pub externals: u8,
 }
 
 /// The fabric router's address on cluster `c`'s bridge.
@@ -115,17 +121,29 @@ impl Plan {
             clusters,
             nodes,
             etcd_members: 1,
+            externals: 0,
         })
     }
 
-    /// Every namespace of the plan, fabric and outside host first.
-    pub fn namespaces(&self) -> impl Iterator<Item = &str> {
+    /// `n` external workloads (at most [`MAX_EXTERNALS`]).
+    pub fn with_externals(mut self, n: u8) -> Result<Self, PlanError> {
+        if n > MAX_EXTERNALS {
+            return Err(PlanError::Externals(n));
+        }
+        self.externals = n;
+        Ok(self)
+    }
+
+    /// Every namespace of the plan, fabric and outside host first, external workloads last.
+    pub fn namespaces(&self) -> impl Iterator<Item = String> + '_ {
         let nodes = self.nodes.iter().flat_map(|n| {
-            std::iter::once(n.netns.as_str()).chain(n.pods.iter().map(|p| p.netns.as_str()))
+            std::iter::once(n.netns.clone()).chain(n.pods.iter().map(|p| p.netns.clone()))
         });
-        [self.fabric.as_str(), self.outside.as_str()]
+        let externals = (1..=self.externals).map(|v| external_netns(&self.prefix, v));
+        [self.fabric.clone(), self.outside.clone()]
             .into_iter()
             .chain(nodes)
+            .chain(externals)
     }
 }
 
@@ -150,13 +168,34 @@ fn node(prefix: &str, c: u8, n: u8, pods: u8) -> Node {
     }
 }
 
+/// The namespace of external workload `v` (`vm<v>`).
+pub fn external_netns(prefix: &str, v: u8) -> String {
+    format!("{prefix}-vm{v}")
+}
+
+/// External workload `v`'s address: on a subnet of its own (198.19.v.0/24, outside every cluster's),
+/// which the fabric routes.
+pub fn external_address(v: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 19, v, 10)
+}
+
+/// The fabric router's address on external workload `v`'s subnet.
+pub fn external_router(v: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 19, v, 254)
+}
+
 /// Whether `name` is a namespace some lab with this prefix would create (for `down`).
 pub fn is_lab_netns(prefix: &str, name: &str) -> bool {
     let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
         return false;
     };
+    let external = |r: &str| {
+        r.strip_prefix("vm")
+            .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+    };
     rest == "fabric"
         || rest == "outside"
+        || external(rest)
         || rest
             .strip_prefix('c')
             .is_some_and(|r| r.starts_with(|ch: char| ch.is_ascii_digit()) && r.contains("-n"))
@@ -174,7 +213,7 @@ mod tests {
             clusters in 1u8..=6, nodes in 1u8..=6, pods in 0u8..=6,
         ) {
             let plan = Plan::new("mp", Size { clusters, nodes, pods }).expect("valid size");
-            let ns: Vec<&str> = plan.namespaces().collect();
+            let ns: Vec<String> = plan.namespaces().collect();
             prop_assert_eq!(ns.len(), 2 + clusters as usize * nodes as usize * (1 + pods as usize));
             prop_assert_eq!(ns.iter().collect::<HashSet<_>>().len(), ns.len());
             prop_assert!(ns.iter().all(|n| is_lab_netns("mp", n)));
@@ -224,6 +263,9 @@ mod tests {
     fn down_recognises_only_lab_namespaces_of_its_prefix() {
         assert!(is_lab_netns("mp", "mp-fabric"));
         assert!(is_lab_netns("mp", "mp-c2-n1-p3"));
+        assert!(is_lab_netns("mp", "mp-vm1"));
+        assert!(!is_lab_netns("mp", "mp-vm"));
+        assert!(!is_lab_netns("mp", "mpx-vm1"));
         assert!(!is_lab_netns("mp", "mp-t-fwd12-node"));
         assert!(!is_lab_netns("mp", "mpx-c1-n1"));
         assert!(!is_lab_netns("mp", "other"));

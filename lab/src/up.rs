@@ -53,7 +53,7 @@ fn build(plan: &Plan, pods: PodLinks) -> Result<(), IpError> {
             }
         }
     }
-    Ok(())
+    crate::external::up(plan)
 }
 
 /// Has the fabric route every node's pod CIDR to that node, as a cloud's route table or BGP does for

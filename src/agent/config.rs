@@ -17,6 +17,8 @@ use meshpath_dataplane::wireguard::EncryptionMode;
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use super::external::section::{ExternalSection, Mode};
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
@@ -39,6 +41,13 @@ pub enum ConfigError {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AgentConfig {
+    /// `node` (the default: a Kubernetes node, its pods behind veths) or `external`: a VM or
+    /// bare-metal host that joins the cluster of `cluster` and `etcd` as an endpoint of its own,
+    /// behind the host port (see `external`).
+    #[serde(default)]
+    pub mode: Mode,
+    /// With `mode: external` only: the host's labels and namespace.
+    pub external: Option<ExternalSection>,
     pub cluster: ClusterSection,
     pub node: NodeSection,
     /// The pods attached to this node: which interface each is behind.
@@ -663,7 +672,7 @@ impl AgentConfig {
         if let Some(mesh) = &self.clustermesh {
             check_clustermesh(mesh)?;
         }
-        Ok(())
+        super::external::section::check(self)
     }
 }
 
@@ -849,6 +858,71 @@ metrics: 127.0.0.1:9962
         );
         let shared = parse(&format!("{GOOD}socket-group: root\n")).unwrap();
         assert_eq!(shared.socket_access().map(|a| a.group), Ok(Some(0)));
+    }
+
+    /// vm1 joining cluster1: its labels, no pods.
+    fn external() -> String {
+        GOOD.replace(
+            "pods:\n  - {pod: default/x-wing-1, interface: p1, mac: \"02:00:00:01:01:0a\"}\n",
+            "mode: external\nexternal: {labels: {app: vm-db}}\n",
+        )
+        .replace("routing: hybrid", "routing: tunnel")
+    }
+
+    #[test]
+    fn an_external_workload_has_labels_an_etcd_and_no_pods() {
+        let config = parse(&external()).unwrap();
+        assert_eq!(config.mode, Mode::External);
+        let section = config.external.unwrap();
+        assert_eq!(section.labels["app"], "vm-db");
+        assert_eq!(section.namespace, "default");
+        for (text, key) in [
+            (external().replace("mode: external\n", ""), "`external`"),
+            (
+                external().replace("external: {labels: {app: vm-db}}\n", ""),
+                "`external`",
+            ),
+            (
+                external().replace("{app: vm-db}", "{}"),
+                "`external.labels`",
+            ),
+            (
+                external().replace("{app: vm-db}", "{io.kubernetes.pod.namespace: x}"),
+                "`external.labels`",
+            ),
+            (
+                external().replace(
+                    "{labels: {app: vm-db}}",
+                    "{labels: {app: vm-db}, namespace: Db}",
+                ),
+                "`external.namespace`",
+            ),
+            (
+                external().replace(
+                    "etcd: {endpoints: [\"http://198.18.1.1:2379\"], insecure: true}\n",
+                    "",
+                ),
+                "`etcd`",
+            ),
+            (
+                format!(
+                    "{}pods:\n  - {{pod: default/x, interface: p1, mac: \"02:00:00:01:01:0a\"}}\n",
+                    external()
+                ),
+                "`pods`",
+            ),
+            (
+                external().replace("{yaml-dir: /etc/meshpath/state}", "{kubernetes: {}}"),
+                "`source.kubernetes`",
+            ),
+            (
+                external().replace("routing: tunnel", "routing: native"),
+                "`dataplane.routing`",
+            ),
+        ] {
+            let error = parse(&text).unwrap_err().to_string();
+            assert!(error.contains(key), "{key}: {error}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::config::{AgentConfig, EtcdSection};
+use super::config::{self, AgentConfig, EtcdSection};
 use super::endpoints::EndpointDirectory;
 use super::health::Readiness;
 use super::identities::IdentityDirectory;
@@ -73,6 +73,22 @@ pub async fn start(
     let (changes_tx, changes) = mpsc::channel(64);
     let (remote_tx, remote) = mpsc::channel(4096);
     let cluster = spec.cluster.clone();
+    // A node sees the external workloads that joined its cluster in its own cluster's etcd.
+    if let (config::Mode::Node, Some(own)) = (config.mode, super::external::own_cluster(config)?) {
+        let options = RemoteOptions {
+            local_id: Some(spec.cluster_id),
+            joined: Some(cluster.clone()),
+            ..RemoteOptions::default()
+        };
+        tasks.spawn(super::external::members::watch(
+            own,
+            options,
+            local.clone(),
+            remote_tx.clone(),
+            directories.clone(),
+            cancel.clone(),
+        ));
+    }
     match &config.etcd {
         Some(etcd) => {
             // Certificates are read now: a missing file is a configuration error, not an outage.
@@ -101,23 +117,41 @@ pub async fn start(
                 local,
                 nodes,
                 changes_tx.clone(),
-                cancel.clone(),
+                (cancel.clone(), false),
             ));
         }
     }
-    if let Some(mesh) = &config.clustermesh {
-        let watch = watch_config_dir(mesh.config_dir.clone(), cluster.clone(), cancel.clone())
-            .with_context(|| format!("clustermesh directory {}", mesh.config_dir.display()))?;
+    let joined = super::external::joined_remote(config)?;
+    if config.clustermesh.is_some() || joined.is_some() {
+        let dir = match &config.clustermesh {
+            Some(mesh) => Some(
+                watch_config_dir(mesh.config_dir.clone(), cluster.clone(), cancel.clone())
+                    .with_context(|| {
+                        format!("clustermesh directory {}", mesh.config_dir.display())
+                    })?
+                    .config,
+            ),
+            None => None,
+        };
+        let remotes = match joined {
+            Some(joined) => super::external::with_joined(dir, joined, cancel.clone()),
+            None => dir.context("no clustermesh directory")?,
+        };
+        let mesh_section = config.clustermesh.as_ref();
         let options = RemoteOptions {
-            grace: mesh.grace_period,
             local_id: Some(spec.cluster_id),
-            limits: mesh.remote_limits(),
-            ..RemoteOptions::default()
+            joined: spec.external_workload.then(|| cluster.clone()),
+            ..mesh_section.map_or_else(RemoteOptions::default, |m| RemoteOptions {
+                grace: m.grace_period,
+                limits: m.remote_limits(),
+                ..RemoteOptions::default()
+            })
         };
         let (mesh_tx, mesh_rx) = mpsc::channel(4096);
         let known = directories.known.remotes();
-        let mesh = run_clustermesh_from(watch.config, options, known, mesh_tx, cancel.clone());
-        tasks.spawn(record_remote_nodes(mesh_rx, remote_tx, directories));
+        let mesh = run_clustermesh_from(remotes, options, known, mesh_tx, cancel.clone());
+        let own = super::external::OwnRecords::of(config);
+        tasks.spawn(record_remote_nodes(mesh_rx, remote_tx, directories, own));
         mesh_status = Some(mesh.status.clone());
         board = Some(mesh.board.clone());
         tasks.spawn(async move {
@@ -164,13 +198,14 @@ async fn forward_ports(
 /// Resolves every new local state and hands it to the builder; a failure is logged and the next state
 /// tried, the last good snapshot staying in force. Between states, the publisher's upkeep runs every
 /// [`UPKEEP_EVERY`] and at once when its lease is lost. On stop, the lead is given up; this agent's own
-/// keys expire with its lease unless the next agent on this node takes them over first.
+/// keys expire with its lease unless the next agent on this node takes them over first — or, `for_good`
+/// (an external workload), are withdrawn at once.
 async fn resolve_forever<A: IdentitySource + Send>(
     mut resolver: Resolver<A>,
     mut local: watch::Receiver<Arc<LocalState>>,
     (directories, cluster): (Directories, String),
     changes: mpsc::Sender<Change>,
-    cancel: CancellationToken,
+    (cancel, for_good): (CancellationToken, bool),
 ) {
     let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -218,6 +253,19 @@ async fn resolve_forever<A: IdentitySource + Send>(
         if !resolve_again {
             break;
         }
+    }
+    if for_good {
+        // An external workload that stops leaves the mesh: its records go now, not with its lease.
+        match tokio::time::timeout(LEAVE_TIMEOUT, resolver.close()).await {
+            Ok(Ok(())) => tracing::info!("left the cluster: this host's records withdrawn"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "records not withdrawn: they expire with this agent's lease")
+            }
+            Err(_) => tracing::warn!(
+                "etcd did not answer in time: this host's records expire with its lease"
+            ),
+        }
+        return;
     }
     match tokio::time::timeout(LEAVE_TIMEOUT, resolver.leave()).await {
         Ok(Ok(())) => {}
@@ -290,13 +338,18 @@ pub struct PublicationMetrics {
     pub kvstore_insecure: Gauge,
 }
 
-/// Passes the remote clusters' events on to the builder, noting their nodes and identities on the way.
+/// Passes the remote clusters' events on to the builder, noting their nodes and identities on the way;
+/// an external workload's own records, as the joined cluster reports them, stay out.
 async fn record_remote_nodes(
     mut events: mpsc::Receiver<RemoteEvent>,
     builder: mpsc::Sender<RemoteEvent>,
     directories: Directories,
+    own: Option<super::external::OwnRecords>,
 ) {
     while let Some(event) = events.recv().await {
+        if own.as_ref().is_some_and(|own| own.contains(&event)) {
+            continue;
+        }
         directories.nodes.record_remote(&event);
         directories.identities.record_remote(&event);
         directories.endpoints.record_remote(&event);
@@ -354,7 +407,9 @@ async fn resolve_with_etcd(
         }
     };
     tracing::info!("this cluster's etcd answers: identities and publication from it now");
-    resolve_forever(resolver, local, (directories, cluster), changes, cancel).await;
+    let for_good = spec.external_workload;
+    let stop = (cancel, for_good);
+    resolve_forever(resolver, local, (directories, cluster), changes, stop).await;
 }
 
 /// Connects the etcd resolver, retrying with a growing pause until it works.
@@ -403,6 +458,10 @@ async fn etcd_resolver(
     )
     .await
     .with_context(|| format!("this cluster's etcd at {endpoints}"))?;
+    let publisher = match spec.external_workload {
+        true => publisher.never_leading(),
+        false => publisher,
+    };
     let client = meshpath_control::etcd::connect(&target)
         .await
         .map_err(|e| anyhow::anyhow!("this cluster's etcd at {endpoints}: {}", describe(&e)))?;

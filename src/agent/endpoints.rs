@@ -3,7 +3,7 @@
 //! pod's namespace and name (`K8sNamespace`, `K8sPodName`). Control-plane bookkeeping, off the
 //! packet path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
@@ -19,17 +19,25 @@ pub struct PodName {
     pub pod: String,
 }
 
-/// Pods by address.
+/// Pods by address, and the addresses the local state gave (see [`super::nodes::NodeDirectory`]).
 #[derive(Clone, Default)]
-pub struct EndpointDirectory(Arc<RwLock<HashMap<IpAddr, PodName>>>);
+pub struct EndpointDirectory(
+    Arc<RwLock<HashMap<IpAddr, PodName>>>,
+    Arc<RwLock<HashSet<IpAddr>>>,
+);
 
 impl EndpointDirectory {
     /// Replaces this cluster's own pods with those of `state`.
     pub fn record_local(&self, cluster: &str, state: &LocalState) {
-        let Ok(mut pods) = self.0.write() else { return };
-        pods.retain(|_, p| p.cluster != cluster);
+        let (Ok(mut pods), Ok(mut local)) = (self.0.write(), self.1.write()) else {
+            return;
+        };
+        for ip in std::mem::take(&mut *local) {
+            pods.remove(&ip);
+        }
         for pod in state.pods.values() {
             for ip in &pod.ips {
+                local.insert(*ip);
                 let name = PodName {
                     cluster: cluster.to_owned(),
                     namespace: pod.pod.namespace.clone(),

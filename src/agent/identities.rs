@@ -2,7 +2,7 @@
 //! resolver's identity labels, the remote clusters' from their watchers' events. Control-plane
 //! bookkeeping, off the packet path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use meshpath_api::identity::{IdentityRow, Label, ReservedIdentity};
@@ -12,16 +12,24 @@ use meshpath_control::state::{Entry, EntryKey, StateEvent};
 use meshpath_dataplane::policy::IdentityLabels;
 use meshpath_dataplane::Identity;
 
-/// Identities by value.
+/// Identities by value, and those the local state gave (see [`super::nodes::NodeDirectory`]).
 #[derive(Clone, Default)]
-pub struct IdentityDirectory(Arc<Mutex<BTreeMap<u32, IdentityRow>>>);
+pub struct IdentityDirectory(
+    Arc<Mutex<BTreeMap<u32, IdentityRow>>>,
+    Arc<Mutex<BTreeSet<u32>>>,
+);
 
 impl IdentityDirectory {
     /// Replaces this cluster's own identities with `identities`.
     pub fn record_local(&self, cluster: &str, identities: &IdentityLabels) {
-        let Ok(mut rows) = self.0.lock() else { return };
-        rows.retain(|_, row| row.cluster.as_deref() != Some(cluster));
+        let (Ok(mut rows), Ok(mut local)) = (self.0.lock(), self.1.lock()) else {
+            return;
+        };
+        for id in std::mem::take(&mut *local) {
+            rows.remove(&id);
+        }
         for (id, labels) in identities {
+            local.insert(id.get());
             // A pod's labels, its namespace's and its cluster's are all Kubernetes labels to Cilium.
             let row = IdentityRow {
                 id: id.get(),

@@ -18,6 +18,7 @@ mod control;
 mod convert;
 mod endpoint_list;
 mod endpoints;
+mod external;
 mod handler;
 mod health;
 mod host_port;
@@ -81,6 +82,8 @@ use xdp_counters::XdpPrograms;
 /// The file a planned stop hands conntrack over in, inside `state-dir`.
 const CONNTRACK_FILE: &str = "conntrack.v1";
 
+pub use external::leave::leave as vm_leave;
+
 /// Runs the agent until SIGINT, SIGTERM or SIGHUP.
 pub fn run(config_path: PathBuf, netns: Option<String>) -> anyhow::Result<()> {
     let config = AgentConfig::load(&config_path)?;
@@ -112,14 +115,20 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         describe: source_info,
     } = local_source::spawn(&config, cancel.clone()).await?;
     local_source::first_state(&source, &source_info).await?;
-    // The pods the CNI plugin attached lay their addresses over the source's state.
+    // The pods the CNI plugin attached lay their addresses over the source's state; an external
+    // workload has none: the host is its only endpoint.
     let (pod_addresses, attached) = watch::channel(Arc::default());
-    let local = pods::overlay(
-        source.state.clone(),
-        attached,
-        config.node.name.clone(),
-        cancel.clone(),
-    );
+    let local = match config.mode {
+        config::Mode::Node => pods::overlay(
+            source.state.clone(),
+            attached,
+            config.node.name.clone(),
+            cancel.clone(),
+        ),
+        config::Mode::External => {
+            external::overlay(source.state.clone(), config.clone(), cancel.clone())
+        }
+    };
     // And this node's WireGuard key over its own node, as its record publishes it.
     let local = match &key {
         Some(key) => {
@@ -144,7 +153,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let mut wiring = wiring::wire(&config, &pod_prefixes(&config, &first), &config.bpf_pin_dir)?;
     let port_control = wiring.worker.port_control()?;
     let port_names = PortNames::new(port_names(&config));
-    let (pod_ports, ports) = watch::channel(pod_ports(&config));
+    let (pod_ports, ports) = watch::channel(spec.ports.clone());
     let report = Arc::new(ArcSwap::from_pointee(WorkerReport::default()));
     let stats = wiring.worker.stats_reader();
     let stop = Arc::new(AtomicBool::new(false));
@@ -192,6 +201,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         .watching_source(Arc::new(move || lost_source.lost())),
     );
     let sync = node_sync::NodeSync {
+        frontends: (config.mode == config::Mode::External).then(|| tables.clone()),
         nodes: nodes.clone(),
         uplink: uplink.clone(),
         routes: host_port::Routes::new(&config),
@@ -449,7 +459,7 @@ fn node_spec(
         node: config.node.name.clone(),
         config: node,
         capacities: Capacities::default(),
-        ports: pod_ports(config),
+        ports: pod_ports(config)?,
         local_affinity_threshold: config
             .clustermesh
             .as_ref()
@@ -461,6 +471,7 @@ fn node_spec(
             .map(|m| m.admission())
             .unwrap_or_default(),
         segments,
+        external_workload: config.mode == config::Mode::External,
     })
 }
 
@@ -480,8 +491,14 @@ fn masquerade(config: &AgentConfig) -> anyhow::Result<Option<Masquerade>> {
     }))
 }
 
-fn pod_ports(config: &AgentConfig) -> PodPorts {
-    config
+/// The configured pods' ports, or an external workload's own endpoint behind the host port (the
+/// kernel end's MAC its destination).
+fn pod_ports(config: &AgentConfig) -> anyhow::Result<PodPorts> {
+    if let Some(host) = external::endpoint_ref(config) {
+        let mac = host_port::mac(&config.host_port.kernel_interface)?;
+        return Ok([(host, (wiring::HOST, mac))].into());
+    }
+    Ok(config
         .pods
         .iter()
         .enumerate()
@@ -493,7 +510,7 @@ fn pod_ports(config: &AgentConfig) -> PodPorts {
             };
             Some((pod, (wiring::pod_port(i), p.mac.0)))
         })
-        .collect::<BTreeMap<_, _>>()
+        .collect::<BTreeMap<_, _>>())
 }
 
 /// The prefixes whose frames the uplink hands to the dataplane: this node's pod CIDRs.

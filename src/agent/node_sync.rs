@@ -15,6 +15,9 @@ use meshpath_xdp_redirect::XdpRedirect;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use arc_swap::ArcSwap;
+use meshpath_dataplane::snapshot::Tables;
+
 use super::host_port::Routes;
 use super::neighbours::Neighbours;
 use super::nodes::NodeDirectory;
@@ -24,6 +27,9 @@ const RESOLVING: Duration = Duration::from_millis(500);
 
 /// What the sync keeps in step, and where it hands the neighbours' MACs.
 pub struct NodeSync {
+    /// On an external workload, the tables whose service frontends are routed into the host port too
+    /// (the host's processes call them; a node's pods reach them without the kernel).
+    pub frontends: Option<Arc<ArcSwap<Tables>>>,
     pub nodes: NodeDirectory,
     pub uplink: Arc<Mutex<XdpRedirect>>,
     pub routes: Routes,
@@ -63,7 +69,7 @@ impl NodeSync {
             .collect();
         peers.sort();
         peers.dedup();
-        let cidrs: Vec<_> = rows
+        let mut cidrs: Vec<_> = rows
             .iter()
             .flat_map(|row| row.pod_cidrs.iter())
             .map(|cidr| Cidr {
@@ -71,6 +77,9 @@ impl NodeSync {
                 prefix_len: cidr.prefix_len,
             })
             .collect();
+        if let Some(tables) = &self.frontends {
+            cidrs.extend(frontend_routes(&tables.load()));
+        }
         self.uplink
             .lock()
             .map_err(|_| anyhow::anyhow!("uplink program lock poisoned"))?
@@ -94,4 +103,18 @@ impl NodeSync {
         routes?;
         Ok(resolved.pending)
     }
+}
+
+/// One host route per service frontend address.
+fn frontend_routes(tables: &Tables) -> Vec<Cidr> {
+    let mut addrs: Vec<_> = tables.services.iter().map(|s| s.frontend.addr).collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs
+        .into_iter()
+        .map(|addr| Cidr {
+            addr,
+            prefix_len: if addr.is_ipv4() { 32 } else { 128 },
+        })
+        .collect()
 }

@@ -2,7 +2,7 @@
 //! remote clusters' from their watchers' events, and how the live snapshot reaches each. Control-plane
 //! bookkeeping, off the packet path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use meshpath_api::node::{Cidr, Mac, NextHop, NodeRow, Reach, TunnelProtocol};
@@ -16,11 +16,14 @@ use meshpath_dataplane::tunnel;
 
 use super::convert;
 
-/// Nodes by (cluster, name), and a signal for whoever follows their changes.
+/// Nodes by (cluster, name), and a signal for whoever follows their changes. The names the local
+/// state gave are kept apart: on an external workload the cluster it joined is also watched as a
+/// remote of the same name, whose nodes a new local state must not take away.
 #[derive(Clone, Default)]
 pub struct NodeDirectory(
     Arc<Mutex<BTreeMap<(String, String), NodeRow>>>,
     Arc<tokio::sync::Notify>,
+    Arc<Mutex<BTreeSet<(String, String)>>>,
 );
 
 impl NodeDirectory {
@@ -31,9 +34,14 @@ impl NodeDirectory {
 
     /// Replaces this cluster's own nodes with those of `state`.
     pub fn record_local(&self, cluster: &str, state: &LocalState) {
-        let Ok(mut nodes) = self.0.lock() else { return };
-        nodes.retain(|(c, _), _| c != cluster);
+        let (Ok(mut nodes), Ok(mut local)) = (self.0.lock(), self.2.lock()) else {
+            return;
+        };
+        for key in std::mem::take(&mut *local) {
+            nodes.remove(&key);
+        }
         for node in state.nodes.values() {
+            local.insert((cluster.to_owned(), node.name.clone()));
             let row = NodeRow {
                 cluster: cluster.to_owned(),
                 name: node.name.clone(),

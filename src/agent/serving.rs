@@ -36,10 +36,17 @@ impl Listeners {
             .with_context(|| format!("`status-socket`: binding {}", status_path.display()))?;
         let observe = socket::bind(&observe_path, access)
             .with_context(|| format!("`status-socket`: binding {}", observe_path.display()))?;
-        // Whoever may attach a pod may send as it: root's alone, whatever `socket-group` says.
-        let pods_path = meshpath_api::cni::cni_socket(&status_path);
-        let pods = socket::bind(&pods_path, socket::Access::default())
-            .with_context(|| format!("`status-socket`: binding {}", pods_path.display()))?;
+        // Whoever may attach a pod may send as it: root's alone, whatever `socket-group` says. An
+        // external workload has no pods, and no socket for them.
+        let pods = match config.mode {
+            super::config::Mode::Node => {
+                let pods_path = meshpath_api::cni::cni_socket(&status_path);
+                let pods = socket::bind(&pods_path, socket::Access::default())
+                    .with_context(|| format!("`status-socket`: binding {}", pods_path.display()))?;
+                Some((pods, pods_path))
+            }
+            super::config::Mode::External => None,
+        };
         let metrics = match config.metrics_address() {
             Some(address) => Some(metrics::bind(address).await?),
             None => None,
@@ -48,7 +55,7 @@ impl Listeners {
         Ok(Listeners {
             status: (status, status_path),
             observe: (observe, observe_path),
-            pods: Some((pods, pods_path)),
+            pods,
             metrics,
             health,
         })

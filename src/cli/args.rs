@@ -47,6 +47,12 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         netns: Option<String>,
     },
+    /// An external workload (a VM or bare-metal host running the agent with `mode: external`).
+    #[command(after_help = "Examples:\n  meshpath vm leave --config /etc/meshpath/agent.yaml")]
+    Vm {
+        #[command(subcommand)]
+        command: VmCommand,
+    },
     /// Health and counters of the local agent, like `cilium status`; exits 1 when it is unhealthy.
     #[command(
         after_help = "Examples:\n  meshpath status\n  meshpath status --brief\n  meshpath status --wait --wait-duration 2m\n  meshpath status -o json | jq .health"
@@ -123,6 +129,23 @@ pub enum Command {
     /// `meshpath-COMMAND ARGS…`, found next to this binary or on PATH (`lab`, `demo`).
     #[command(external_subcommand)]
     External(Vec<OsString>),
+}
+
+#[derive(Subcommand)]
+pub enum VmCommand {
+    /// Take this host out of the mesh: stop its agent the planned way and withdraw whatever of the
+    /// host is still published in the joined cluster's etcd (node, IP → identity, identity claims).
+    #[command(
+        after_help = "Examples:\n  meshpath vm leave --config /etc/meshpath/agent.yaml\n  meshpath vm leave --config vm1.yaml --netns lab-vm1"
+    )]
+    Leave {
+        /// The external workload's agent configuration (`mode: external`).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Network namespace of the host, entered to reach etcd.
+        #[arg(long, value_name = "NAME")]
+        netns: Option<String>,
+    },
 }
 
 /// Which agent to ask, and how to print its answer.

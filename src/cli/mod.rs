@@ -18,7 +18,7 @@ use args::{
     AgentQuery, ClustermeshCommand, EndpointCommand, IdentityCommand, NodeCommand, Output,
     PolicyCommand, ServiceCommand,
 };
-pub use args::{Cli, Command};
+pub use args::{Cli, Command, VmCommand};
 pub use observe::parse_filters;
 
 /// Runs a command that reads an agent; `Agent` and external commands are the binary's own.
@@ -56,7 +56,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Version(query) => version::version(query),
         Command::Completion { shell } => docs::completion(shell),
         Command::Man { dir } => docs::man(dir.as_deref()),
-        Command::Agent { .. } | Command::Ui(_) | Command::External(_) => {
+        Command::Agent { .. } | Command::Vm { .. } | Command::Ui(_) | Command::External(_) => {
             anyhow::bail!("not a command of the CLI (the binary runs it)")
         }
     }

@@ -1,7 +1,9 @@
 //! One remote cluster: a tokio task that connects to the remote's etcd over mutual TLS, checks its
 //! cluster-config, lists everything under `cilium/` at one revision, watches from the next revision, and
 //! emits [`RemoteEvent`]s for every change. After a disconnect it retries with backoff and resyncs fully;
-//! while it cannot reach the remote the entries stay for a grace period and are then withdrawn.
+//! while it cannot reach the remote the entries stay for a grace period and are then withdrawn —
+//! except the cluster an external workload joined ([`RemoteOptions::joined`]), which is its own
+//! cluster: its last state stays until its etcd answers again, as a node keeps its own cluster's.
 //!
 //! The etcd session runs as a child task and reports over a channel, so the grace timer and cancellation
 //! keep working while a connection attempt hangs.
@@ -48,8 +50,10 @@ pub struct RemoteOptions {
     pub keep_alive: Duration,
     /// Keys per page when listing.
     pub list_page: i64,
-    /// This cluster's own id, which no remote may announce.
+    /// This cluster's own id, which no remote may announce but [`RemoteOptions::joined`].
     pub local_id: Option<ClusterId>,
+    /// On an external workload: the cluster it joined, watched as a remote of the same name and id.
+    pub joined: Option<ClusterName>,
     pub claims: IdClaims,
     pub limits: RemoteLimits,
 }
@@ -65,6 +69,7 @@ impl Default for RemoteOptions {
             keep_alive: Duration::from_secs(5),
             list_page: 10_000,
             local_id: None,
+            joined: None,
             claims: IdClaims::default(),
             limits: RemoteLimits::default(),
         }
@@ -228,6 +233,9 @@ impl Remote {
     }
 
     fn grace_deadline(&self) -> Option<Instant> {
+        if self.options.joined.as_ref() == Some(&self.config.name) {
+            return None;
+        }
         let holding = !self.withdrawn && !self.mirror.state().is_empty();
         self.down_since
             .filter(|_| holding)

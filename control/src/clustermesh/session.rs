@@ -347,7 +347,8 @@ fn check_id(
             expected,
         });
     }
-    if options.local_id == Some(id) {
+    let joined = options.joined.as_ref() == Some(&config.name);
+    if options.local_id == Some(id) && !joined {
         return Err(RemoteError::OwnId(id));
     }
     let mut claims = options
@@ -539,6 +540,27 @@ mod tests {
         assert!(moved.is_ok(), "cluster2 moves to 4");
         let freed = check_id(&config("cluster3", None), &options, &id(2));
         assert!(freed.is_ok(), "2 is free again");
+    }
+
+    #[test]
+    fn only_the_joined_cluster_may_announce_the_external_workloads_own_id() {
+        let options = RemoteOptions {
+            local_id: ClusterId::new(1),
+            joined: Some(ClusterName::new("cluster1").unwrap()),
+            ..Default::default()
+        };
+        let one = ClusterConfig {
+            id: 1,
+            ..ClusterConfig::new(0)
+        };
+        assert_eq!(
+            check_id(&config("cluster1", Some(1)), &options, &one).ok(),
+            ClusterId::new(1)
+        );
+        assert!(matches!(
+            check_id(&config("cluster2", None), &options, &one),
+            Err(RemoteError::OwnId(_))
+        ));
     }
 
     fn origin(name: &ClusterName) -> Origin<'_> {

@@ -96,6 +96,8 @@ pub struct Publisher {
     /// How often the leader runs a round of identity GC (the grace period of an unused identity).
     gc_every: Duration,
     gc_last: Option<Instant>,
+    /// Whether it campaigns for the lead (see [`Publisher::never_leading`]).
+    may_lead: bool,
 }
 
 /// Cilium's default `identity-gc-interval`.
@@ -146,7 +148,16 @@ impl Publisher {
             gc,
             gc_every: IDENTITY_GC_EVERY,
             gc_last: None,
+            may_lead: true,
         })
+    }
+
+    /// An external workload's publisher: it writes its own share only and never campaigns for the
+    /// cluster-wide records, which are the cluster's nodes' to write (a host outside the cluster
+    /// knows none of its services, and as leader would sweep them all away as stale).
+    pub fn never_leading(mut self) -> Self {
+        self.may_lead = false;
+        self
     }
 
     /// Runs identity GC rounds `every` this long while leading ([`IDENTITY_GC_EVERY`] by default).
@@ -266,6 +277,9 @@ impl Publisher {
     /// Takes the lead if it is free and keeps its records in place while leading; lets it go if
     /// another agent holds it. Returns how many records were restored.
     async fn campaign(&mut self) -> Result<usize, PublishError> {
+        if !self.may_lead {
+            return Ok(0);
+        }
         let key = leader::key(&self.cluster);
         let held = leader::campaign(&mut self.kv, &key, &self.node, self.lease.id).await;
         if !held.map_err(|e| self.etcd_error(e))? {

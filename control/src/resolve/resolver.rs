@@ -207,6 +207,15 @@ impl<A: IdentitySource> Resolver<A> {
         Ok(Some(upkeep))
     }
 
+    /// Stops for good (an external workload leaving the mesh): its lease revoked, so that its node,
+    /// endpoints and identity claims go at once (see [`Publisher::close`]).
+    pub async fn close(mut self) -> Result<(), ResolveError> {
+        match self.publisher.take() {
+            Some(publisher) => Ok(publisher.close().await?),
+            None => Ok(()),
+        }
+    }
+
     /// Stops publishing: the lead is given up, this agent's own keys expire with its lease (see
     /// [`Publisher::leave`]).
     pub async fn leave(mut self) -> Result<(), ResolveError> {

@@ -6,7 +6,10 @@
 //!   go, the next claim in that order is admitted.
 //! - an endpoint is admitted if its address lies inside an admitted pod CIDR of its own cluster and
 //!   its `HostIP` is an address of one of that cluster's nodes (without a `HostIP`, the node holding
-//!   its pod CIDR carries it).
+//!   its pod CIDR carries it) — or, for an external workload (a VM or bare-metal host that joined
+//!   the cluster), if it is the address of one of the cluster's nodes that claims no pod CIDR and
+//!   names itself as `HostIP`: the host is its own endpoint. Between remotes, the first by name
+//!   places such an address; this cluster's own pods and pod CIDRs always win.
 //! - a service backend is used only if it is an admitted endpoint of the service's cluster.
 //!
 //! Since admitted pod CIDRs of different clusters never overlap, no two clusters can both place an
@@ -208,7 +211,10 @@ impl RemoteCluster {
     pub fn admitted_endpoint(&self, addr: Addr) -> Option<Result<(&EndpointInfo, Addr), Refusal>> {
         let endpoint = self.state.endpoints.get(&addr)?;
         let Some(cidr) = self.admitted_cidr(addr) else {
-            return Some(Err(Refusal::EndpointOutsidePodCidrs));
+            return Some(match self.is_external_workload(endpoint) {
+                true => Ok((endpoint, addr)),
+                false => Err(Refusal::EndpointOutsidePodCidrs),
+            });
         };
         let tunnel = match endpoint.host_ip {
             Some(host) => self.node_addrs.contains_key(&host).then_some(host),
@@ -220,6 +226,18 @@ impl RemoteCluster {
                 .and_then(|node| node.tunnel_addr()),
         };
         Some(tunnel.map(|t| (endpoint, t)).ok_or(Refusal::HostIpNotANode))
+    }
+
+    /// An external workload's endpoint: at the address of a node of this cluster without pod CIDRs,
+    /// which it names as its `HostIP`.
+    fn is_external_workload(&self, endpoint: &EndpointInfo) -> bool {
+        let addr = endpoint.ip;
+        endpoint.host_ip == Some(addr)
+            && self
+                .state
+                .nodes
+                .values()
+                .any(|n| n.tunnel_addr() == Some(addr) && n.pod_cidrs.is_empty())
     }
 
     /// Is `addr` an admitted endpoint of this cluster?

@@ -64,6 +64,10 @@ pub struct NodeSpec {
     /// neighbour, reached at its MAC once [`Change::NodeMacs`] has it; every other node is behind the
     /// underlay router.
     pub segments: Vec<IpPrefix>,
+    /// This node is an external workload (a VM or bare-metal host) that joined the cluster
+    /// `cluster`: the remote of that name is the cluster itself, whose exported services are its
+    /// frontends (see [`services`]).
+    pub external_workload: bool,
 }
 
 /// One input change.

@@ -3,6 +3,10 @@
 //! namespace and name (only backends that are that cluster's admitted endpoints), chosen by the
 //! service's affinity.
 //!
+//! An external workload has no services of its own: the global services the cluster it joined
+//! exports are its frontends (that cluster's ClusterIPs, as Cilium's external workloads resolve them
+//! through the cluster's DNS), with the backends every cluster exports, none preferred.
+//!
 //! Backend states follow the EndpointSlice conditions as Cilium reads them: ready (and not
 //! terminating) → Active; terminating → Terminating (keeps its flows, takes no new ones) — unless no
 //! backend of the frontend is Active, when those still `serving` take new flows too (Kubernetes'
@@ -28,7 +32,10 @@ pub fn desired(sources: &Sources, spec: &NodeSpec, name: &ServiceName) -> Vec<Pl
         name: name.name.clone(),
     };
     let Some(service) = sources.local.local.services.get(&obj) else {
-        return Vec::new();
+        return match spec.external_workload {
+            true => joined_cluster_frontends(sources, spec, name),
+            false => Vec::new(),
+        };
     };
     let mut plans = Vec::new();
     for ip in &service.cluster_ips {
@@ -67,6 +74,31 @@ fn state_of(endpoint: &SliceEndpoint) -> (BackendState, bool) {
         (false, true) => (BackendState::Active, false),
         (false, false) => (BackendState::Unhealthy, false),
     }
+}
+
+/// An external workload's frontends of `name`: those the joined cluster (the remote named as this
+/// one) exports, each with every cluster's backends.
+fn joined_cluster_frontends(sources: &Sources, spec: &NodeSpec, name: &ServiceName) -> Vec<Plan> {
+    let joined = sources.remotes.get(&spec.cluster);
+    let Some(service) = joined.and_then(|r| r.state.services.get(name)) else {
+        return Vec::new();
+    };
+    let mut plans = Vec::new();
+    for exported in &service.frontends {
+        let port = LocalServicePort {
+            name: exported.port_name.clone(),
+            protocol: exported.protocol,
+            port: exported.port,
+        };
+        let frontend = Frontend {
+            addr: exported.addr,
+            port: exported.port,
+            proto: exported.protocol,
+        };
+        let backends = remote_backends(sources, name, &port, frontend.addr);
+        plans.push((frontend, backends));
+    }
+    plans
 }
 
 /// The backends the frontend gets: no unhealthy one, and with no Active backend left, the terminating

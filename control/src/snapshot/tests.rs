@@ -68,6 +68,7 @@ pub(super) fn spec() -> NodeSpec {
         policy_limits: Default::default(),
         admission: Default::default(),
         segments: Vec::new(),
+        external_workload: false,
     }
 }
 
@@ -400,6 +401,162 @@ async fn remote_affinity_prefers_cluster2_while_it_has_a_backend() {
         other => other,
     }));
     assert_eq!(states(&t.unwrap()), vec![(REBEL_C1, BackendState::Active)]);
+}
+
+/// Cluster1 as an external workload that joined it watches it: one node, its rebel-base and the
+/// global service it exports with its ClusterIP.
+fn joined_cluster1() -> Vec<Change> {
+    let id = Identity::new(0x1_0100).unwrap();
+    let node = NodeInfo {
+        name: "n1".into(),
+        cluster_id: c1(),
+        addresses: vec![(
+            NodeAddressKind::Internal,
+            Ipv4Addr::new(198, 18, 1, 1).into(),
+        )],
+        pod_cidrs: vec![Cidr {
+            addr: Ipv4Addr::new(100, 64, 1, 0).into(),
+            prefix_len: 24,
+        }],
+        health_ips: vec![],
+        encryption_key: 0,
+        wireguard_pub_key: None,
+    };
+    let endpoint = EndpointInfo {
+        ip: REBEL_C1.into(),
+        identity: id,
+        host_ip: Some(Ipv4Addr::new(198, 18, 1, 1).into()),
+        namespace: "default".into(),
+        pod_name: "rebel-base".into(),
+    };
+    let port = |addr: Ipv4Addr, port: u16| ServicePort {
+        addr: addr.into(),
+        port_name: "http".into(),
+        protocol: 6,
+        port,
+    };
+    let service = ServiceInfo {
+        name: ServiceName {
+            namespace: "default".into(),
+            name: "rebel-base".into(),
+        },
+        frontends: vec![port(VIP, 80)],
+        backends: vec![port(REBEL_C1, 8080)],
+        shared: true,
+        include_external: true,
+        selector: vec![],
+    };
+    let labels = LabelSet::parse(
+        "k8s:io.cilium.k8s.policy.cluster=cluster1;k8s:io.kubernetes.pod.namespace=default;k8s:name=rebel-base;",
+    )
+    .unwrap();
+    [
+        Entry::Node(node),
+        Entry::Identity(id, labels),
+        Entry::Endpoint(endpoint),
+        Entry::Service(service),
+    ]
+    .into_iter()
+    .map(|e| {
+        Change::Remote(RemoteEvent {
+            cluster: crate::ClusterName::new("cluster1").unwrap(),
+            event: StateEvent::Upsert(e),
+        })
+    })
+    .collect()
+}
+
+#[tokio::test]
+async fn an_external_workload_takes_the_joined_clusters_global_services_with_every_clusters_backends(
+) {
+    let mut builder = SnapshotBuilder::new(NodeSpec {
+        external_workload: true,
+        ports: Default::default(),
+        ..spec()
+    });
+    let mut changes = vec![Change::Local(resolve(LocalState::default()).await)];
+    changes.extend(joined_cluster1());
+    changes.extend(cluster2());
+    let t = builder.apply(changes).unwrap();
+    assert_eq!(
+        states(&t),
+        vec![
+            (REBEL_C1, BackendState::Active),
+            (REBEL_C2, BackendState::Active)
+        ]
+    );
+
+    let mut node = SnapshotBuilder::new(NodeSpec {
+        ports: Default::default(),
+        ..spec()
+    });
+    let mut changes = vec![Change::Local(resolve(LocalState::default()).await)];
+    changes.extend(cluster2());
+    let t = node.apply(changes).unwrap();
+    assert!(
+        t.services.is_empty(),
+        "a node has only its own services' frontends"
+    );
+}
+
+/// A host that joined cluster2 as an external workload: a node without pod CIDRs at `addr`, and its
+/// endpoint at the same address naming `host_ip`.
+fn external_workload(addr: Ipv4Addr, host_ip: Ipv4Addr, pod_cidrs: Vec<Cidr>) -> Vec<Change> {
+    let id = Identity::new(0x2_0200).unwrap();
+    let node = NodeInfo {
+        name: "vm1".into(),
+        cluster_id: ClusterId::new(2).unwrap(),
+        addresses: vec![(NodeAddressKind::Internal, addr.into())],
+        pod_cidrs,
+        health_ips: vec![],
+        encryption_key: 0,
+        wireguard_pub_key: None,
+    };
+    let endpoint = EndpointInfo {
+        ip: addr.into(),
+        identity: id,
+        host_ip: Some(host_ip.into()),
+        namespace: "default".into(),
+        pod_name: "vm1".into(),
+    };
+    [Entry::Node(node), Entry::Endpoint(endpoint)]
+        .into_iter()
+        .map(|e| remote(StateEvent::Upsert(e)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_remote_external_workload_is_its_own_tunnel_endpoint_and_nothing_else_is_admitted_so() {
+    let vm = Ipv4Addr::new(198, 18, 100, 10);
+    let mut builder = built(true, Affinity::None).await;
+    let t = builder.apply(external_workload(vm, vm, vec![])).unwrap();
+    let entry = t
+        .ipcache
+        .lookup(vm.into())
+        .expect("the host is in the ipcache");
+    assert_eq!(entry.tunnel_endpoint, Some(vm.into()));
+    assert_eq!(entry.identity, Identity::new(0x2_0200).unwrap());
+    assert!(t.nodes.get(vm.into()).is_some(), "and a node to tunnel to");
+
+    let other = Ipv4Addr::new(198, 18, 100, 11);
+    let mut builder = built(true, Affinity::None).await;
+    let t = builder.apply(external_workload(other, NODE_C2, vec![]));
+    let t = t.unwrap_or_else(|| builder.current());
+    assert!(
+        t.ipcache.lookup(other.into()).is_none(),
+        "an address outside pod CIDRs hosted by another node"
+    );
+    let cidr = Cidr {
+        addr: Ipv4Addr::new(100, 65, 9, 0).into(),
+        prefix_len: 24,
+    };
+    let mut builder = built(true, Affinity::None).await;
+    let t = builder.apply(external_workload(other, other, vec![cidr]));
+    let t = t.unwrap_or_else(|| builder.current());
+    assert!(
+        t.ipcache.lookup(other.into()).is_none(),
+        "a node with pod CIDRs is no external workload"
+    );
 }
 
 fn backend(

@@ -3,6 +3,10 @@
 //! the node's own addresses is the reserved `host` identity, anything else the kernel forwards is
 //! `world`. The kernel end of the host port does no ARP or neighbour discovery (its routes point at
 //! us directly), so only IP comes this way.
+//!
+//! An external workload (a VM or bare-metal host that joined a cluster) is itself the endpoint behind
+//! its host port: a frame from the endpoint's address there is that endpoint's, with its identity and
+//! its egress policy, as a pod's frame on its veth.
 
 use super::{Arrival, Received, Source};
 use crate::offload;
@@ -24,14 +28,23 @@ pub(super) fn receive(tables: &Tables, frame: &mut Frame<'_>) -> Result<Received
     }
     frame.truncate(parsed.l3_end());
     offload::complete_partial_checksum(frame.data_mut(), &parsed)?;
-    let identity = if tables.node.owns(parsed.flow.src) {
-        Identity::HOST
-    } else {
-        Identity::WORLD
-    };
-    let source = Source {
-        identity,
-        local: false,
+    let own_endpoint = tables
+        .endpoints
+        .by_addr(parsed.flow.src)
+        .filter(|e| e.port == frame.port());
+    let source = match own_endpoint {
+        Some(endpoint) => Source {
+            identity: endpoint.identity,
+            local: true,
+        },
+        None if tables.node.owns(parsed.flow.src) => Source {
+            identity: Identity::HOST,
+            local: false,
+        },
+        None => Source {
+            identity: Identity::WORLD,
+            local: false,
+        },
     };
     Ok(Received::Track(parsed, source, Arrival::FromHost))
 }

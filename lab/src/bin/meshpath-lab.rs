@@ -59,6 +59,10 @@ enum Command {
         /// lost — the leader included — without a failed request.
         #[arg(long, default_value_t = 1, requires = "mesh", value_parser = clap::value_parser!(u8).range(1..=7))]
         etcd_members: u8,
+        /// With --mesh: hosts outside every cluster (namespaces PREFIX-vm1, …, each on a subnet of
+        /// its own) that join cluster1 as external workloads with the labels app=vm-db.
+        #[arg(long, default_value_t = 0, requires = "mesh")]
+        external: u8,
         #[command(flatten)]
         prefix: LabPrefix,
     },
@@ -116,6 +120,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             tunnel,
             encryption,
             etcd_members,
+            external,
             prefix,
         } => {
             let plan = Plan::new(
@@ -126,7 +131,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                     pods,
                 },
             )?
-            .with_etcd_members(etcd_members);
+            .with_etcd_members(etcd_members)
+            .with_externals(external)?;
             if mesh {
                 // Before any namespace exists: without agents there is no meshed lab to build.
                 agent_binary::agent_binary()?;
@@ -145,9 +151,10 @@ fn run(command: Command) -> anyhow::Result<()> {
                 };
                 mesh::start_with(&plan, options)?;
                 println!(
-                    "lab meshed: {} etcd, {} agents; sockets and logs in {}",
+                    "lab meshed: {} etcd, {} agents, {} external workloads; sockets and logs in {}",
                     plan.clusters.len(),
                     plan.nodes.len(),
+                    plan.externals,
                     mesh::dir(&plan.prefix).display()
                 );
             }

@@ -10,11 +10,14 @@
 //! 3. the CiliumNetworkPolicy that lets x-wing in cluster1 reach rebel-base in cluster2 only;
 //! 4. the nodes of both clusters;
 //! 5. beyond the mesh: the world, the node and a large transfer across clusters ([`beyond`]);
-//! 6. the platform it ran on, as the agents report it ([`platform`]): their local state from the
+//! 6. a VM joins: an external workload joined to cluster1 calls the global service, x-wing reaches
+//!    it, and a policy selects it by its labels ([`external_workload`]; not in native routing);
+//! 7. the platform it ran on, as the agents report it ([`platform`]): their local state from the
 //!    Kubernetes API (each cluster's stand-in API server, which serves what the steps above write),
 //!    every pod made by the CNI plugin.
 
 mod beyond;
+pub mod external_workload;
 mod failover;
 pub mod platform;
 pub mod routing;
@@ -46,6 +49,8 @@ pub struct DemoReport {
     pub policy: steps::PolicyReport,
     pub nodes: Vec<meshpath_api::node::NodeRow>,
     pub beyond_mesh: beyond::BeyondMesh,
+    /// Step 6; `null` in native routing, where the lab has no external workload.
+    pub external_workload: Option<external_workload::ExternalWorkload>,
     pub platform: platform::Platform,
     pub seconds: f64,
 }
@@ -81,9 +86,13 @@ pub fn run(
     let nodes = steps::nodes(&scene)?;
     eprintln!("step 5: beyond the mesh …");
     let beyond_mesh = beyond::beyond_mesh(&scene)?;
+    if scene.vm().is_some() {
+        eprintln!("step 6: a VM joins cluster1 …");
+    }
+    let external_workload = external_workload::external_workload(&scene, requests)?;
     let mut platform = platform::platform(&scene)?;
     if scene.etcd_members() >= 3 {
-        eprintln!("step 6: cluster2's etcd leader killed during x-wing's requests …");
+        eprintln!("step 7: cluster2's etcd leader killed during x-wing's requests …");
     }
     platform.survives_etcd_leader_loss = platform::survives_etcd_leader_loss(&scene, requests)?;
     if agent_stop {
@@ -103,6 +112,7 @@ pub fn run(
         policy,
         nodes,
         beyond_mesh,
+        external_workload,
         platform,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -217,7 +227,8 @@ impl DemoReport {
             "   x-wing (MTU 1500) fetched 4 MB from rebel-base (MTU 1500) in cluster2: {}",
             yes(b.pmtu_large_transfer)
         );
-        out += "\n6. platform\n";
+        out += &render_external_workload(self.external_workload.as_ref());
+        out += "\n7. platform\n";
         let _ = writeln!(
             out,
             "   every agent's local state from: {}",
@@ -260,6 +271,50 @@ impl DemoReport {
         );
         out
     }
+}
+
+/// Step 6 as the report prints it.
+fn render_external_workload(vm: Option<&external_workload::ExternalWorkload>) -> String {
+    use std::fmt::Write;
+    let mut out = String::from(
+        "\n6. a VM joins (vm1, outside every cluster, joined to cluster1 as app=vm-db)\n",
+    );
+    let Some(vm) = vm else {
+        out += "   not run (native routing: the fabric would carry plain frames to its kernel, around its policy)\n";
+        return out;
+    };
+    let yes = |ok: bool| if ok { "yes" } else { "NO" };
+    let answers: Vec<String> = vm
+        .requests_per_cluster
+        .iter()
+        .map(|(c, n)| format!("{c}: {n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "   vm1 → global service rebel-base: {}  failed: {}  (both clusters: {})",
+        answers.join(", "),
+        vm.failed_requests,
+        yes(vm.service_reached_both_clusters)
+    );
+    let _ = writeln!(
+        out,
+        "   x-wing → vm1's HTTP server (vm1 saw x-wing's address): {}",
+        yes(vm.pod_to_vm)
+    );
+    let _ = writeln!(
+        out,
+        "   CiliumNetworkPolicy only-x-wing-to-vm-db: x-wing allowed, rebel-base in cluster1 denied: {}",
+        yes(vm.policy_enforced)
+    );
+    let _ = writeln!(
+        out,
+        "   vm1's agent counted {} frames dropped as policy_denied; meshpath observe on it showed {} denials, e.g.:",
+        vm.policy_denied_drops, vm.observed_denials
+    );
+    if let Some(sample) = &vm.observed_sample {
+        let _ = writeln!(out, "     {sample}");
+    }
+    out
 }
 
 /// A serde name (`hybrid`, `geneve`) as the JSON has it.

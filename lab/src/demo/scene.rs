@@ -24,6 +24,18 @@ pub struct Scene {
     plan: Plan,
 }
 
+/// The scene's external workload: its namespace, address and agent.
+pub struct Vm {
+    pub netns: String,
+    pub address: String,
+    pub socket: PathBuf,
+}
+
+/// One external workload, except in native routing.
+fn external_workloads(options: MeshOptions) -> u8 {
+    u8::from(options.routing != crate::mesh::Routing::Native)
+}
+
 pub fn rebel_ip(c: u8) -> String {
     format!("100.{}.{REBEL_NODE}.10", 63 + c)
 }
@@ -50,7 +62,8 @@ impl Scene {
                 pods: 1,
             },
         )?
-        .with_etcd_members(etcd_members);
+        .with_etcd_members(etcd_members)
+        .with_externals(external_workloads(options))?;
         let scene = Scene {
             prefix: prefix.to_owned(),
             plan,
@@ -139,6 +152,16 @@ impl Scene {
 
     pub fn socket(&self, c: u8) -> PathBuf {
         mesh::socket(&self.prefix, c, X_WING_NODE)
+    }
+
+    /// The external workload vm1, when the scene has one (not in native routing, whose plain frames
+    /// would reach its kernel around its policy).
+    pub fn vm(&self) -> Option<Vm> {
+        (self.plan.externals >= 1).then(|| Vm {
+            netns: crate::plan::external_netns(&self.prefix, 1),
+            address: crate::plan::external_address(1).to_string(),
+            socket: crate::external::socket(&self.prefix, 1),
+        })
     }
 
     /// Every node's agent.

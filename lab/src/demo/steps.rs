@@ -91,7 +91,7 @@ pub fn wait_for_mesh(scene: &Scene) -> anyhow::Result<()> {
 }
 
 pub fn policy(scene: &Scene) -> anyhow::Result<PolicyReport> {
-    let denied_before = policy_denied(scene);
+    let denied_before = policy_denied(&scene.socket(1));
     let started_ms = unix_ms();
     scene.write_state(1, true, true)?;
     let local = format!("http://{}:{BACKEND_PORT}/", rebel_ip(1));
@@ -103,11 +103,11 @@ pub fn policy(scene: &Scene) -> anyhow::Result<PolicyReport> {
     let cross_cluster_allowed = request(scene, 1, &remote).as_deref() == Some("cluster2");
     let local_denied = enforced && request(scene, 1, &local).is_none();
     scene.write_state(1, true, false)?;
-    let denials = observed_denials(scene, started_ms)?;
+    let denials = observed_denials(&scene.socket(1), started_ms)?;
     Ok(PolicyReport {
         cross_cluster_allowed,
         local_denied,
-        policy_denied_drops: policy_denied(scene).saturating_sub(denied_before),
+        policy_denied_drops: policy_denied(&scene.socket(1)).saturating_sub(denied_before),
         observed_denials: denials.len() as u64,
         observed_sample: denials
             .first()
@@ -115,11 +115,14 @@ pub fn policy(scene: &Scene) -> anyhow::Result<PolicyReport> {
     })
 }
 
-/// The `policy_denied` drops cluster1's agent kept since `since_ms`: `meshpath observe
+/// The `policy_denied` drops the agent at `socket` kept since `since_ms`: `meshpath observe
 /// --verdict dropped` (the flows' wall-clock stamps may trail the step's start by a poll).
-fn observed_denials(scene: &Scene, since_ms: u64) -> anyhow::Result<Vec<FlowResponse>> {
+pub(super) fn observed_denials(
+    socket: &std::path::Path,
+    since_ms: u64,
+) -> anyhow::Result<Vec<FlowResponse>> {
     let mut denials = Vec::new();
-    Client::new(scene.socket(1)).observe(&ObserveRequest::default(), |event| {
+    Client::new(socket).observe(&ObserveRequest::default(), |event| {
         let denied = event
             .flow()
             .is_some_and(|f| f.outcome() == Some(Outcome::Dropped(DropReason::PolicyDenied)));
@@ -137,8 +140,9 @@ pub(super) fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn policy_denied(scene: &Scene) -> u64 {
-    Client::new(scene.socket(1))
+/// The frames the agent at `socket` dropped as `policy_denied` so far.
+pub(super) fn policy_denied(socket: &std::path::Path) -> u64 {
+    Client::new(socket)
         .status()
         .ok()
         .and_then(|s| s.dataplane.dropped.get(&DropReason::PolicyDenied).copied())

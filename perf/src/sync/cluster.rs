@@ -283,6 +283,7 @@ pub fn spec() -> NodeSpec {
         },
         admission: Default::default(),
         segments: Vec::new(),
+        external_workload: false,
     }
 }
 

@@ -422,3 +422,62 @@ fn ipv6_traffic_leaving_the_mesh_is_masqueraded_and_its_replies_come_back() {
         .unwrap();
     assert_eq!(tcp.checksum(), want);
 }
+
+/// An external workload's own endpoint: the host of cluster 1's "node" itself, behind its host port.
+fn vm_db() -> Pod {
+    Pod {
+        ip: node_ip(1),
+        mac: KERNEL_MAC,
+        identity: Identity::new((1 << 16) | 0x200).unwrap(),
+        labels: Labels::new()
+            .with("name", "vm-db")
+            .with(CLUSTER_LABEL, "cluster1"),
+    }
+}
+
+#[test]
+fn an_external_workload_sends_as_its_own_endpoint_and_faces_its_policy() {
+    let vm = node_tables(1, &[(HOST_PORT, vm_db())], &[rebel_c2()], &[]);
+    let b = node_tables(2, &[(X_WING_PORT, rebel_c2())], &[vm_db()], &[]);
+    let (mut svm, mut sb) = (state(), state());
+    let call = frame_v4(KERNEL_MAC, node_ip(1), rebel_c2().ip, 50000, 8080);
+    let (verdict, wire) = run(&vm, &mut svm, HOST_PORT, &call);
+    assert_eq!(verdict, Verdict::Transmit(UPLINK));
+    assert_eq!(
+        vni_of(&wire),
+        vm_db().identity.get(),
+        "its identity, not remote-node"
+    );
+    assert_eq!(
+        run(&b, &mut sb, UPLINK, &wire).0,
+        Verdict::Transmit(X_WING_PORT)
+    );
+    assert_eq!(
+        sb.flowlog.drain().last().unwrap().src_identity,
+        vm_db().identity
+    );
+
+    let reply = tcp(&rebel_c2(), node_ip(1), 8080, 50000, false);
+    let (verdict, wire) = run(&b, &mut sb, X_WING_PORT, &reply);
+    assert_eq!(verdict, Verdict::Transmit(UPLINK));
+    let (verdict, out) = run(&vm, &mut svm, UPLINK, &wire);
+    assert_eq!(
+        verdict,
+        Verdict::Transmit(HOST_PORT),
+        "back to the host's stack"
+    );
+    assert_eq!(&out[..6], &KERNEL_MAC);
+
+    let guarded = node_tables(
+        1,
+        &[(HOST_PORT, vm_db())],
+        &[rebel_c2()],
+        &[deny_all_into("vm-db")],
+    );
+    let call_in = tcp(&rebel_c2(), node_ip(1), 41000, 5432, true);
+    let (_, wire) = run(&b, &mut sb, X_WING_PORT, &call_in);
+    assert_eq!(
+        run(&guarded, &mut state(), UPLINK, &wire).0,
+        Verdict::Drop(DropReason::PolicyDenied)
+    );
+}
