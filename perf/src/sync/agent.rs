@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use meshpath_lab::ip::ip;
 use meshpath_xdp_redirect::netns::Netns;
 use serde::{Deserialize, Serialize};
 
@@ -74,21 +75,6 @@ impl Drop for Node {
             .args(["netns", "del", &self.name])
             .status();
     }
-}
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// Runs the agent against the remote etcd at `etcd_url` until its tables hold `shape`'s endpoints,
