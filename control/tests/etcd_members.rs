@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{EtcdMember, Pki};
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, Permission, TlsOptions};
+use etcd_client::{Client, Permission};
 use meshpath_control::clustermesh::config::RemoteConfig;
 use meshpath_control::clustermesh::{spawn_remote, MeshStatus, RemoteOptions, StatusBoard};
 use meshpath_control::kvstore::{ClusterConfig, Key, Kind};
@@ -103,14 +103,8 @@ impl EtcdCluster {
     }
 
     async fn client(&self, user: &str, urls: &[String]) -> Result<Client, etcd_client::Error> {
-        let m = self.pki.material(user);
-        let tls = TlsOptions::new()
-            .ca_certificate(Certificate::from_pem(m.ca))
-            .identity(Identity::from_pem(m.cert, m.key));
-        let options = ConnectOptions::new()
-            .with_tls(tls)
-            .with_connect_timeout(Duration::from_secs(2));
-        Client::connect(urls, Some(options)).await
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        self.pki.connect(user, &urls).await
     }
 
     async fn enable_rbac(&self) {

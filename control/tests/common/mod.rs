@@ -66,6 +66,18 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// An etcd client of `user` (mutual TLS) to any of `urls`.
+    pub async fn connect(&self, user: &str, urls: &[&str]) -> Result<Client, etcd_client::Error> {
+        let m = self.material(user);
+        let tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(m.ca))
+            .identity(Identity::from_pem(m.cert, m.key));
+        let options = ConnectOptions::new()
+            .with_tls(tls)
+            .with_connect_timeout(Duration::from_secs(2));
+        Client::connect(urls, Some(options)).await
+    }
+
     pub fn material(&self, user: &str) -> TlsMaterial {
         let (cert, key) = self.client(user);
         TlsMaterial {
@@ -194,14 +206,7 @@ impl Etcd {
     }
 
     pub async fn client(&self, user: &str) -> Result<Client, etcd_client::Error> {
-        let m = self.pki.material(user);
-        let tls = TlsOptions::new()
-            .ca_certificate(Certificate::from_pem(m.ca))
-            .identity(Identity::from_pem(m.cert, m.key));
-        let options = ConnectOptions::new()
-            .with_tls(tls)
-            .with_connect_timeout(Duration::from_secs(2));
-        Client::connect([self.url.as_str()], Some(options)).await
+        self.pki.connect(user, &[&self.url]).await
     }
 
     async fn enable_rbac(&self) {
