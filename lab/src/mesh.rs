@@ -684,12 +684,17 @@ pub(crate) fn stop_pid(pid: &str, signal: &str) -> anyhow::Result<()> {
 }
 
 /// A child that exited but was never waited for: `lab` does not wait for the agents it started.
+/// Its main thread turns zombie before the other threads are gone, and they hold its sockets (the
+/// metrics listener a restarted agent binds again) until the last one exits: only a zombie without
+/// other threads has let go of everything.
 fn zombie(proc_dir: &Path) -> bool {
-    std::fs::read_to_string(proc_dir.join("stat")).is_ok_and(|stat| {
+    let leader_exited = std::fs::read_to_string(proc_dir.join("stat")).is_ok_and(|stat| {
         stat.rsplit(')')
             .next()
             .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-    })
+    });
+    let threads = std::fs::read_dir(proc_dir.join("task")).map_or(0, |dir| dir.count());
+    leader_exited && threads <= 1
 }
 
 /// Starts the agent of node `n` of cluster `c` again (after [`stop_agent`]), with the configuration
