@@ -19,9 +19,10 @@ use crate::mesh::wait;
 pub const RATE: u32 = 20;
 /// How long a terminating pod keeps serving once x-wing's agent has seen it terminating: its grace
 /// period, shortened for the demo. Kubernetes' default (30 s) is far longer than the mesh takes to
-/// learn of a terminating endpoint; a shortened one must not end before it has, or the connections
-/// opened meanwhile meet a stopped server.
-const GRACE: Duration = Duration::from_secs(1);
+/// learn of a terminating endpoint; a shortened one must not end before it has, nor before a
+/// connection opened just before then is through: one whose first SYN was lost is retried after
+/// TCP's initial retransmission timeout (1 s), and its answer follows.
+const GRACE: Duration = Duration::from_secs(3);
 /// How long a row goes on once cluster1's agent shows the new backends.
 const TAIL: Duration = Duration::from_secs(2);
 
@@ -32,6 +33,9 @@ pub struct Failover {
     pub issued: u64,
     pub per_cluster: BTreeMap<String, u64>,
     pub failed: u64,
+    /// The failed requests by why (refused, reset, connect timeout, answer timeout, bad answer).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub failures: BTreeMap<String, u64>,
 }
 
 /// A transition's span of time.
@@ -58,6 +62,7 @@ fn row(window: &Window, answers: &[Answer]) -> Failover {
         issued: tally.issued,
         per_cluster: tally.per_cluster,
         failed: tally.failed,
+        failures: tally.failures,
     }
 }
 

@@ -164,9 +164,19 @@ impl DemoReport {
                 .iter()
                 .map(|(c, n)| format!("{c}: {n}"))
                 .collect();
+            let why: Vec<String> = f
+                .failures
+                .iter()
+                .map(|(w, n)| format!("{w}: {n}"))
+                .collect();
+            let why = if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", why.join(", "))
+            };
             let _ = writeln!(
                 out,
-                "   {:<44} {:>3} requests  {}  failed: {}",
+                "   {:<44} {:>3} requests  {}  failed: {}{why}",
                 f.situation,
                 f.issued,
                 answers.join(", "),

@@ -10,17 +10,20 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::Context;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 const SCRIPT: &str = include_str!("stream.py");
 
 /// One request's fate.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Answer {
     /// When it was issued, Unix milliseconds.
     pub issued_ms: u64,
     /// The answering cluster's name; `None`: it failed.
     pub answer: Option<String>,
+    /// Why it failed: refused, reset, connect timeout, answer timeout, bad answer.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// Requests in a window of time, by outcome.
@@ -29,6 +32,8 @@ pub struct Tally {
     pub issued: u64,
     pub per_cluster: BTreeMap<String, u64>,
     pub failed: u64,
+    /// The failed ones by why.
+    pub failures: BTreeMap<String, u64>,
 }
 
 pub struct Stream {
@@ -92,7 +97,11 @@ pub fn tally(answers: &[Answer], from_ms: u64, to_ms: u64) -> Tally {
         tally.issued += 1;
         match &a.answer {
             Some(cluster) => *tally.per_cluster.entry(cluster.clone()).or_default() += 1,
-            None => tally.failed += 1,
+            None => {
+                tally.failed += 1;
+                let why = a.error.as_deref().unwrap_or("unknown");
+                *tally.failures.entry(why.to_owned()).or_default() += 1;
+            }
         }
     }
     tally
@@ -107,6 +116,7 @@ mod tests {
         let answer = |issued_ms, cluster: Option<&str>| Answer {
             issued_ms,
             answer: cluster.map(str::to_owned),
+            error: cluster.is_none().then(|| "refused".to_owned()),
         };
         let answers = [
             answer(99, Some("cluster2")),
@@ -121,15 +131,17 @@ mod tests {
                 issued: 3,
                 per_cluster: BTreeMap::from([("cluster1".to_owned(), 2)]),
                 failed: 1,
+                failures: BTreeMap::from([("refused".to_owned(), 1)]),
             }
         );
     }
 
     #[test]
     fn the_script_speaks_the_lines_answer_reads() {
-        let line = r#"{"issued_ms": 1732990000000, "answer": null}"#;
+        let line = r#"{"issued_ms": 1732990000000, "answer": null, "error": "reset"}"#;
         let parsed: Answer = serde_json::from_str(line).unwrap();
         assert_eq!(parsed.answer, None);
-        assert!(SCRIPT.contains(r#""issued_ms": issued_ms, "answer": answer"#));
+        assert_eq!(parsed.error.as_deref(), Some("reset"));
+        assert!(SCRIPT.contains(r#"{"issued_ms": issued_ms, "answer": answer, "error": error}"#));
     }
 }
