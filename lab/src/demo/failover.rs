@@ -20,9 +20,10 @@ pub const RATE: u32 = 20;
 /// How long a terminating pod keeps serving once x-wing's agent has seen it terminating: its grace
 /// period, shortened for the demo. Kubernetes' default (30 s) is far longer than the mesh takes to
 /// learn of a terminating endpoint; a shortened one must not end before it has, nor before a
-/// connection opened just before then is through. On a busy machine the server's accept queue
-/// (python's http.server listens with a backlog of 5) drops SYNs, which TCP sends again after 1 s
-/// and after 2 s more: with a 1 s grace such a retry met the stopped server and was refused.
+/// connection opened just before then is through. A SYN sent again (TCP retries after 1 s, then
+/// 2 s more) because the first or its answer was lost — a busy server's accept queue, a backlog of 5
+/// in python's http.server, drops SYNs — keeps the backend chosen for the first: with a 1 s grace,
+/// on a loaded machine, such retries met the stopped server and were refused.
 const GRACE: Duration = Duration::from_secs(3);
 /// How long a row goes on once cluster1's agent shows the new backends.
 const TAIL: Duration = Duration::from_secs(2);
