@@ -8,6 +8,7 @@ mod provenance;
 mod report;
 mod restart;
 mod results;
+mod svg;
 mod sync;
 
 use clap::{Parser, Subcommand};

@@ -53,44 +53,66 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         section::<crate::restart::RestartReport>(&args.dir, "restart", RESTART)?,
     ];
     let markdown = render(&sections)?;
-    std::fs::write(&args.out, markdown).with_context(|| format!("writing {}", args.out.display()))
+    std::fs::write(&args.out, markdown)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    write_pipeline_chart(&args.dir, &args.out)
 }
+
+/// The pipeline's chart, written beside RESULTS.md.
+const PIPELINE_CHART: &str = "pipeline.svg";
 
 fn section<R: Report + DeserializeOwned>(
     dir: &Path,
     scenario: &'static str,
     about: &'static str,
 ) -> anyhow::Result<Section> {
-    let path = dir.join(format!("{scenario}.json"));
-    let measured = match std::fs::read_to_string(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        Ok(text) => {
-            let only: ProvenanceOnly = serde_json::from_str(&text)
-                .with_context(|| format!("{}: no provenance", path.display()))?;
-            let p = &only.provenance;
-            anyhow::ensure!(
-                p.schema_version == SCHEMA_VERSION,
-                "{}: schema {} where this binary reads {SCHEMA_VERSION}; measure again",
-                path.display(),
-                p.schema_version
-            );
-            anyhow::ensure!(
-                p.scenario == scenario,
-                "{}: measured by `{}`, not `{scenario}`",
-                path.display(),
-                p.scenario
-            );
-            let stamped: Stamped<R> = serde_json::from_str(&text)
-                .with_context(|| format!("{}: not a `{scenario}` report", path.display()))?;
-            Some((stamped.provenance, stamped.figures.lines()))
-        }
-    };
+    let measured = load::<R>(dir, scenario)?.map(|(p, figures)| (p, figures.lines()));
     Ok(Section {
         title: scenario,
         about,
         measured,
     })
+}
+
+/// `<scenario>.json` in `dir` read back, its schema and scenario checked; `None` if there is none.
+fn load<R: DeserializeOwned>(
+    dir: &Path,
+    scenario: &'static str,
+) -> anyhow::Result<Option<(Provenance, R)>> {
+    let path = dir.join(format!("{scenario}.json"));
+    let text = match std::fs::read_to_string(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Ok(text) => text,
+    };
+    let only: ProvenanceOnly = serde_json::from_str(&text)
+        .with_context(|| format!("{}: no provenance", path.display()))?;
+    let p = &only.provenance;
+    anyhow::ensure!(
+        p.schema_version == SCHEMA_VERSION,
+        "{}: schema {} where this binary reads {SCHEMA_VERSION}; measure again",
+        path.display(),
+        p.schema_version
+    );
+    anyhow::ensure!(
+        p.scenario == scenario,
+        "{}: measured by `{}`, not `{scenario}`",
+        path.display(),
+        p.scenario
+    );
+    let stamped: Stamped<R> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a `{scenario}` report", path.display()))?;
+    Ok(Some((stamped.provenance, stamped.figures)))
+}
+
+/// perf/pipeline.svg beside the Markdown, from the same pipeline.json (left alone without one).
+fn write_pipeline_chart(dir: &Path, out: &Path) -> anyhow::Result<()> {
+    let Some((_, report)) = load::<crate::pipeline::PipelineReport>(dir, "pipeline")? else {
+        return Ok(());
+    };
+    let chart = out.with_file_name(PIPELINE_CHART);
+    std::fs::write(&chart, crate::pipeline::chart::svg(&report))
+        .with_context(|| format!("writing {}", chart.display()))
 }
 
 fn render(sections: &[Section]) -> anyhow::Result<String> {
@@ -162,7 +184,8 @@ const PIPELINE: &str = "The in-memory pipeline on one pinned core, tables at pro
 (as a worker takes them from one port's rx ring), the frames staged in a ring as large as the \
 agent's UMEM; the cost of staging them is timed on the same loop per path and taken off, and every \
 timed frame's verdict is checked. The whole-pipeline figure is the mean of the two established \
-directions.";
+directions. Chart: perf/pipeline.svg (ns per packet by path and by stage, the per-path target drawn \
+across).";
 
 const SYNC: &str = "A remote cluster of 100k endpoints and 10k services in a real etcd, synced by \
 the agent's watcher and snapshot builder; then a 100k-identity burst from two remotes while a \

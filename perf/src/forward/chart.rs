@@ -3,6 +3,8 @@
 
 use std::fmt::Write;
 
+use crate::svg::escape;
+
 const WIDTH: f64 = 640.0;
 const HEIGHT: f64 = 360.0;
 const MARGIN: f64 = 60.0;
@@ -58,12 +60,6 @@ pub fn svg(title: &str, bars: &[(&str, f64)]) -> String {
     }
     out.push_str("</svg>\n");
     out
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 #[cfg(test)]

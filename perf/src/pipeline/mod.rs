@@ -13,6 +13,7 @@
 //! a figure over frames that went anywhere else is refused. Each stage alone is timed too
 //! ([`stages`]).
 
+pub mod chart;
 mod ring;
 mod stages;
 
