@@ -187,8 +187,9 @@ timed frame's verdict is checked. The whole-pipeline figure is the mean of the t
 directions. Chart: perf/pipeline.svg (ns per packet by path and by stage, the per-path target drawn \
 across).";
 
-const SYNC: &str = "A remote cluster of 100k endpoints and 10k services in a real etcd, synced by \
-the agent's watcher and snapshot builder; then a 100k-identity burst from two remotes while a \
+const SYNC: &str = "A remote cluster of 100k endpoints and 10k services in a real etcd serving \
+mutual TLS, read through a relay that delays each direction (the first line names the delay), synced \
+by the agent's watcher and snapshot builder, then by the agent itself; then a 100k-identity burst from two remotes while a \
 status-like request runs every 10 ms and a lease is kept alive every 100 ms.";
 
 const FORWARD: &str = "Real 64-byte UDP frames through a node in namespaces this run creates, \

@@ -77,11 +77,11 @@ impl Drop for Node {
     }
 }
 
-/// Runs the agent against the remote etcd at `etcd_url` until its tables hold `shape`'s endpoints,
-/// reads its memory and stops it.
-pub async fn measure(shape: &Shape, etcd_url: &str, node: &Node) -> anyhow::Result<AgentMemory> {
+/// Runs the agent against the remote etcd `remote_file` names (Cilium's format) until its tables
+/// hold `shape`'s endpoints, reads its memory and stops it.
+pub async fn measure(shape: &Shape, remote_file: &str, node: &Node) -> anyhow::Result<AgentMemory> {
     let dir = tempfile::tempdir()?;
-    let config = write_files(dir.path(), shape, etcd_url)?;
+    let config = write_files(dir.path(), shape, remote_file)?;
     let binary = meshpath_lab::agent_binary::agent_binary()?;
     let log = dir.path().join("agent.log");
     let started = Instant::now();
@@ -186,16 +186,13 @@ fn memory(pid: u32) -> anyhow::Result<(f64, f64)> {
 
 /// The agent's configuration, its local state and its remote cluster's file; returns the
 /// configuration's path.
-fn write_files(dir: &Path, shape: &Shape, etcd_url: &str) -> anyhow::Result<PathBuf> {
+fn write_files(dir: &Path, shape: &Shape, remote_file: &str) -> anyhow::Result<PathBuf> {
     let state = dir.join("state");
     let mesh = dir.join("clustermesh");
     std::fs::create_dir_all(&state)?;
     std::fs::create_dir_all(&mesh)?;
     std::fs::write(state.join("cluster.yaml"), local_state(shape))?;
-    std::fs::write(
-        mesh.join("cluster2"),
-        format!("endpoints:\n- {etcd_url}\ninsecure: true\n"),
-    )?;
+    std::fs::write(mesh.join("cluster2"), remote_file)?;
     let config = dir.join("agent.yaml");
     std::fs::write(
         &config,

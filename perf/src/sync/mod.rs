@@ -1,16 +1,17 @@
 //! `meshpath-perf sync`: the control plane at scale against a real etcd. A remote cluster of 100k
-//! endpoints and 10k services is written to a local etcd; then the remote watcher and the snapshot
-//! builder run as the agent runs them (on a runtime of one worker thread), and the benchmark measures
-//! the time from connecting to a complete dataplane snapshot, the latency from a put in the remote
-//! etcd to the snapshot that holds it, and this benchmark process's RSS at that size (the control
-//! plane's share). Then, as root, the real agent binary syncs the same remote with its own defaults
-//! and its own memory is read ([`agent`]): what a node pays. Last, a second remote joins and both
-//! push a burst of 100k identities ([`burst`]): how long a status-like request and an etcd lease
-//! keepalive wait on the agent's runtime meanwhile.
-
+//! endpoints and 10k services is written to a local etcd serving mutual TLS, which every watcher
+//! reads through a relay adding a fixed delay each way ([`delay`]; `--delay-ms`). Then the remote
+//! watcher and the snapshot builder run as the agent runs them (on a runtime of one worker thread),
+//! and the benchmark measures the time from connecting to a complete dataplane snapshot, the latency
+//! from a put in the remote etcd to the snapshot that holds it, and this benchmark process's RSS at
+//! that size (the control plane's share). Then, as root, the real agent binary syncs the same remote
+//! with its own defaults and its own memory is read ([`agent`]): what a node pays. Last, a second
+//! remote joins and both push a burst of 100k identities ([`burst`]): how long a status-like request
+//! and an etcd lease keepalive wait on the agent's runtime meanwhile.
 mod agent;
 mod burst;
 mod cluster;
+mod delay;
 mod etcd;
 
 use std::sync::Arc;
@@ -60,6 +61,19 @@ pub struct Args {
     /// Identities the two remotes push at once at the end.
     #[arg(long, default_value_t = 100_000)]
     burst_identities: u32,
+    /// One-way delay, ms, between every watcher (the benchmark's and the agent's) and the remote
+    /// etcds they watch: a round trip of twice that, as to a cluster in another zone or region.
+    #[arg(long, default_value_t = 10)]
+    delay_ms: u64,
+}
+
+/// The network between the watchers and the remote etcds.
+#[derive(Serialize, Deserialize)]
+pub struct Network {
+    /// Mutual TLS (client certificates required), as in production.
+    tls: bool,
+    /// Added in each direction by a relay in front of each remote etcd.
+    one_way_delay_ms: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -71,6 +85,7 @@ pub struct Propagation {
 
 #[derive(Serialize, Deserialize)]
 pub struct SyncReport {
+    network: Network,
     full_sync_s: f64,
     propagation_ms: Propagation,
     /// The real agent's VmRSS with the remote cluster in its tables, run with its own defaults
@@ -111,8 +126,12 @@ impl Report for SyncReport {
         let p = &self.propagation_ms;
         vec![
             format!(
-                "remote cluster: {} endpoints, {} services (written in {:.1} s)",
-                self.endpoints, self.remote_services, self.write_s
+                "remote cluster: {} endpoints, {} services (written in {:.1} s), read over {}with {} ms added each way",
+                self.endpoints,
+                self.remote_services,
+                self.write_s,
+                if self.network.tls { "mutual TLS " } else { "plain TCP " },
+                self.network.one_way_delay_ms
             ),
             format!(
                 "full sync        {:>8.2} s    {}",
@@ -232,8 +251,13 @@ async fn run_async(args: &Args, node: Option<&agent::Node>) -> anyhow::Result<Sy
         identities: args.identities,
         nodes: args.nodes,
     };
-    let server = etcd::Server::start(&args.etcd).await?;
-    let server3 = etcd::Server::start(&args.etcd).await?;
+    let ca = meshpath_lab::pki::LabCa::new()?;
+    let server = etcd::Server::start(&args.etcd, &ca).await?;
+    let server3 = etcd::Server::start(&args.etcd, &ca).await?;
+    let delay = Duration::from_millis(args.delay_ms);
+    let relay = delay::DelayRelay::start(server.addr, delay)?;
+    let relay3 = delay::DelayRelay::start(server3.addr, delay)?;
+    let far_url = |relay: &delay::DelayRelay| format!("https://{}", relay.addr);
     let mut client = server.client().await?;
     let written = Instant::now();
     cluster::write_remote(&mut client, &shape).await?;
@@ -263,10 +287,7 @@ async fn run_async(args: &Args, node: Option<&agent::Node>) -> anyhow::Result<Sy
     .await?;
 
     let remote_file = server.dir.path().join("cluster2");
-    std::fs::write(
-        &remote_file,
-        format!("endpoints:\n- {}\ninsecure: true\n", server.url),
-    )?;
+    std::fs::write(&remote_file, server.remote_file(&far_url(&relay)))?;
     let remote_config = config::load_file(&ClusterName::new("cluster2")?, &remote_file)?;
     let options = RemoteOptions {
         local_id: meshpath_dataplane::ClusterId::new(1),
@@ -313,17 +334,16 @@ async fn run_async(args: &Args, node: Option<&agent::Node>) -> anyhow::Result<Sy
     let last = snapshots.borrow().clone();
     let rss_synced = rss.max(rss_mib()?);
     let agent = match node {
-        Some(node) => Some(agent::measure(&shape, &server.url, node).await?),
+        Some(node) => {
+            Some(agent::measure(&shape, &server.remote_file(&far_url(&relay)), node).await?)
+        }
         None => None,
     };
 
     let mut client3 = server3.client().await?;
     cluster::announce(&mut client3, 3).await?;
     let file3 = server3.dir.path().join("cluster3");
-    std::fs::write(
-        &file3,
-        format!("endpoints:\n- {}\ninsecure: true\n", server3.url),
-    )?;
+    std::fs::write(&file3, server3.remote_file(&far_url(&relay3)))?;
     let config3 = config::load_file(&ClusterName::new("cluster3")?, &file3)?;
     let remote3 = spawn_remote(
         config3,
@@ -357,6 +377,10 @@ async fn run_async(args: &Args, node: Option<&agent::Node>) -> anyhow::Result<Sy
         .map_err(|_| anyhow::anyhow!("the builder's thread panicked"))?;
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Ok(SyncReport {
+        network: Network {
+            tls: true,
+            one_way_delay_ms: args.delay_ms,
+        },
         full_sync_s,
         propagation_ms: Propagation {
             p50: ms(0.5),
