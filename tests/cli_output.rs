@@ -130,6 +130,7 @@ fn canned() -> AgentStatus {
             ],
         }],
         clustermesh: Some(mesh()),
+        external_workloads_watch: None,
         nodes: vec![
             NodeRow {
                 cluster: "cluster1".into(),

@@ -138,6 +138,13 @@ fn a_vm_joins_the_mesh_survives_its_etcd_and_leaves_it() {
         });
         let identity = identity.unwrap_or_else(|| panic!("cluster{c}: {:#?}", status.identities));
         assert_eq!(identity.id >> 16, 1, "allocated in cluster1's range");
+        // Cluster1's node learnt of vm1 through the watch of its own etcd, which shows as such;
+        // cluster2's through its remote, and its own etcd holds no external workload.
+        let watch = status.external_workloads_watch.as_ref();
+        assert!(
+            watch.is_some_and(|w| w.ready && w.connected && w.mutual_tls),
+            "cluster{c}: the own etcd's watch for external workloads: {watch:#?}"
+        );
     }
 
     // 2. Its kernel's sockets reach pods of both clusters, and they reach it.

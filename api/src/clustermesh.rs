@@ -188,6 +188,27 @@ pub fn render(mesh: Option<&ClusterMeshStatus>) -> String {
     out
 }
 
+/// A node's watch of its own cluster's etcd for the external workloads that joined the cluster:
+/// whether it is connected and synced, and its failures. Its counts are of everything the watch
+/// read (the whole cluster), of which only the external workloads' records are taken.
+pub fn render_external_workloads_watch(r: &RemoteClusterStatus) -> String {
+    let state = if r.ready { "ready" } else { "not ready" };
+    let tls = if r.mutual_tls {
+        "mutual TLS"
+    } else {
+        "INSECURE (no client certificate)"
+    };
+    let last = r.last_failure.map_or("never".to_owned(), |t| t.to_string());
+    let mut out = format!(
+        "External workloads (this cluster's own etcd): {state}, connected={}, {tls}, {} failures (last: {last})\n",
+        r.connected, r.failures
+    );
+    if let Some(error) = &r.last_error {
+        let _ = writeln!(out, "  └ last error: {error}");
+    }
+    out
+}
+
 /// Like Cilium's failures line: what is refused, per reason; overlapping pod CIDRs naming the other
 /// cluster; and why the remote is degraded, against its limits.
 fn render_refusals(out: &mut String, r: &RemoteClusterStatus) {
@@ -220,6 +241,22 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn renders_the_external_workloads_watch_with_its_error() {
+        let watch = RemoteClusterStatus {
+            name: "cluster1".into(),
+            mutual_tls: true,
+            failures: 2,
+            last_failure: Some(Timestamp(UNIX_EPOCH + Duration::from_secs(1_700_000_000))),
+            last_error: Some("etcd at 198.18.1.1:2379: connection refused".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            render_external_workloads_watch(&watch),
+            "External workloads (this cluster's own etcd): not ready, connected=false, mutual TLS, 2 failures (last: 2023-11-14T22:13:20Z)\n  └ last error: etcd at 198.18.1.1:2379: connection refused\n"
+        );
+    }
 
     #[test]
     fn renders_each_remote() {

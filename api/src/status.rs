@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clustermesh::ClusterMeshStatus;
+use crate::clustermesh::{ClusterMeshStatus, RemoteClusterStatus};
 use crate::drop_reason::DropReason;
 use crate::encryption::EncryptionStatus;
 use crate::endpoint::EndpointRow;
@@ -36,6 +36,10 @@ pub struct AgentStatus {
     pub services: Vec<ServiceStatus>,
     /// Each remote cluster's status; `null` when the agent has no `clustermesh` configured.
     pub clustermesh: Option<ClusterMeshStatus>,
+    /// A node's watch of its own cluster's etcd for the external workloads (VMs, bare-metal hosts)
+    /// that joined the cluster; `null` where there is none (no `etcd`, or an external workload).
+    #[serde(default)]
+    pub external_workloads_watch: Option<RemoteClusterStatus>,
     /// Every node of every cluster the agent knows.
     pub nodes: Vec<NodeRow>,
     /// Every security identity the agent knows, with its labels.
@@ -461,6 +465,7 @@ mod tests {
             },
             services: vec![],
             clustermesh: None,
+            external_workloads_watch: None,
             nodes: vec![],
             identities: vec![],
             policies: vec![],

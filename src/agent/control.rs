@@ -51,8 +51,11 @@ const MAX_BATCH: usize = 1024;
 
 /// What [`start`] started: its tasks, the remotes' status, and the builder's input for changes from
 /// elsewhere in the agent (the neighbours' MACs).
+/// The control tasks; the remote clusters' status; the own etcd's watch for external workloads;
+/// the builder's input.
 pub type Started = (
     JoinSet<()>,
+    Option<watch::Receiver<MeshStatus>>,
     Option<watch::Receiver<MeshStatus>>,
     mpsc::Sender<Change>,
 );
@@ -73,6 +76,7 @@ pub async fn start(
     let (changes_tx, changes) = mpsc::channel(64);
     let (remote_tx, remote) = mpsc::channel(4096);
     let cluster = spec.cluster.clone();
+    let mut external_watch = None;
     // A node sees the external workloads that joined its cluster in its own cluster's etcd.
     if let (config::Mode::Node, Some(own)) = (config.mode, super::external::own_cluster(config)?) {
         let options = RemoteOptions {
@@ -80,9 +84,12 @@ pub async fn start(
             joined: Some(cluster.clone()),
             ..RemoteOptions::default()
         };
+        let (board, status) = watch::channel(MeshStatus::new());
+        external_watch = Some(status);
         tasks.spawn(super::external::members::watch(
             own,
             options,
+            Arc::new(board),
             local.clone(),
             remote_tx.clone(),
             directories.clone(),
@@ -173,7 +180,7 @@ pub async fn start(
     tasks.spawn(async move {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     });
-    Ok((tasks, mesh_status, input))
+    Ok((tasks, mesh_status, external_watch, input))
 }
 
 /// Hands the builder every new set of attached pods (the configuration's, and the CNI plugin's as

@@ -130,7 +130,7 @@ pub fn clustermesh(mesh: &MeshStatus) -> ClusterMeshStatus {
         .collect()
 }
 
-fn remote_cluster(r: &RemoteStatus) -> RemoteClusterStatus {
+pub fn remote_cluster(r: &RemoteStatus) -> RemoteClusterStatus {
     RemoteClusterStatus {
         name: r.name.clone(),
         ready: r.ready,

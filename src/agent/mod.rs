@@ -173,7 +173,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     let latency = metrics::publish_latency();
     let sink = metrics::TimedSink::new(tables.clone(), latency.clone());
     let empty = tables.load_full();
-    let (mut tasks, mesh, builder) = control::start(
+    let (mut tasks, mesh, external_watch, builder) = control::start(
         &config,
         spec,
         local.clone(),
@@ -239,6 +239,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         configured_pods: configured_pod_ports(&config),
         programs: programs.clone(),
         mesh,
+        external_watch,
         kvstore,
         local: local.clone(),
         source: source_info,

@@ -50,6 +50,8 @@ pub struct StatusSources {
     pub configured_pods: Vec<PortId>,
     pub programs: XdpPrograms,
     pub mesh: Option<watch::Receiver<MeshStatus>>,
+    /// The own cluster's etcd watched for external workloads (a node with `etcd` configured).
+    pub external_watch: Option<watch::Receiver<MeshStatus>>,
     pub kvstore: Option<watch::Receiver<KvStoreStatus>>,
     pub local: watch::Receiver<Arc<LocalState>>,
     /// The local source: which, where, and how it goes.
@@ -61,6 +63,12 @@ pub struct StatusSources {
 }
 
 impl StatusSources {
+    /// The own etcd's watch for external workloads: the one remote its board holds.
+    fn external_workloads_watch(&self) -> Option<meshpath_api::clustermesh::RemoteClusterStatus> {
+        let board = self.external_watch.as_ref()?.borrow();
+        board.values().next().map(convert::remote_cluster)
+    }
+
     pub fn collect(&self, view: StatusView) -> AgentStatus {
         let report = self.report.load();
         let tables = self.tables.load();
@@ -85,6 +93,7 @@ impl StatusSources {
                 .mesh
                 .as_ref()
                 .map(|m| convert::clustermesh(&m.borrow())),
+            external_workloads_watch: self.external_workloads_watch(),
             nodes: if full {
                 self.nodes.rows_reached(&tables)
             } else {

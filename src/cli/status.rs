@@ -40,7 +40,13 @@ pub fn clustermesh(args: ClustermeshStatusArgs) -> anyhow::Result<ExitCode> {
     let ready = all_ready(&status);
     match args.query.output {
         Output::Json => output::json(&status.clustermesh)?,
-        Output::Table => output::print(&clustermesh::render(status.clustermesh.as_ref()))?,
+        Output::Table => {
+            let mut text = clustermesh::render(status.clustermesh.as_ref());
+            if let Some(watch) = &status.external_workloads_watch {
+                text += &clustermesh::render_external_workloads_watch(watch);
+            }
+            output::print(&text)?
+        }
     }
     Ok(exit(ready))
 }

@@ -3,14 +3,16 @@
 //! that is its own endpoint (`HostIP` its own address, on no node of the local state), its node record,
 //! and the identities those endpoints use. Everything else there is the local state's already (the
 //! nodes, their pods, the services) and stays out. The watch is no remote of the mesh: it is not
-//! counted in the ClusterMesh status, and not remembered among the remotes' last known state.
+//! counted among the ClusterMesh's remotes, nor remembered among their last known state; its own
+//! status board is the status API's `external_workloads_watch` and the `meshpath_external_workloads_*`
+//! metrics.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use meshpath_control::clustermesh::config::RemoteConfig;
-use meshpath_control::clustermesh::{spawn_remote, MeshStatus, RemoteEvent, RemoteOptions};
+use meshpath_control::clustermesh::{spawn_remote, RemoteEvent, RemoteOptions, StatusBoard};
 use meshpath_control::kvstore::LabelSet;
 use meshpath_control::local::LocalState;
 use meshpath_control::state::{ClusterState, EndpointInfo, Entry, EntryKey, StateEvent};
@@ -123,19 +125,19 @@ fn is_external(endpoint: &EndpointInfo, local: &LocalState) -> bool {
 pub async fn watch(
     own: RemoteConfig,
     options: RemoteOptions,
+    board: StatusBoard,
     local: watch::Receiver<Arc<LocalState>>,
     builder: mpsc::Sender<RemoteEvent>,
     directories: Directories,
     cancel: CancellationToken,
 ) {
     let (tx, mut events) = mpsc::channel(1024);
-    let (board, _status) = watch::channel(MeshStatus::new());
     let handle = spawn_remote(
         own,
         options,
         ClusterState::default(),
         tx,
-        Arc::new(board),
+        board,
         cancel.clone(),
     );
     let mut filter = ExternalOnly::default();

@@ -1,7 +1,8 @@
 //! The remote clusters, with Cilium's metric and label names (`cilium_clustermesh_*`: labels
 //! `source_cluster`, `source_node_name`, `target_cluster`), and meshpath's counts of what each
 //! remote announced (endpoints, identities, services) and what of it was refused, for which Cilium
-//! has no metric.
+//! has no metric; and a node's watch of its own etcd for external workloads
+//! (`meshpath_external_workloads_watch_*`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,6 +29,9 @@ pub fn encode<V: MetricsView>(view: &V, encoder: &mut DescriptorEncoder) -> Resu
     )?;
     encode_remotes(&mesh, &source, encoder)?;
     encode_refusals(&mesh, &source, encoder)?;
+    if let Some(watch) = view.external_workloads_watch() {
+        encode_external_workloads_watch(&watch, &source, encoder)?;
+    }
     let global = [(source, ConstGauge::new(view.global_services() as i64))];
     encode_family(
         encoder,
@@ -104,6 +108,40 @@ fn encode_remotes(
             })
             .collect();
         encode_family(encoder, name, help, &family)?;
+    }
+    Ok(())
+}
+
+/// A node's watch of its own cluster's etcd for the external workloads that joined the cluster.
+fn encode_external_workloads_watch(
+    watch: &RemoteStatus,
+    source: &[(&str, &str); 2],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), fmt::Error> {
+    let families: [(&str, &str, Field); 3] = [
+        (
+            "meshpath_external_workloads_watch_ready",
+            "1 while the watch of this cluster's own etcd for external workloads is connected and synced",
+            |r| i64::from(r.ready),
+        ),
+        (
+            "meshpath_external_workloads_watch_failures",
+            "The total number of failures of the watch of this cluster's own etcd for external workloads",
+            |r| i64::try_from(r.failures).unwrap_or(i64::MAX),
+        ),
+        (
+            "meshpath_external_workloads_watch_insecure",
+            "1 while this cluster's own etcd is watched for external workloads without mutual TLS",
+            |r| i64::from(!r.mutual_tls),
+        ),
+    ];
+    for (name, help, field) in families {
+        encode_family(
+            encoder,
+            name,
+            help,
+            &[(*source, ConstGauge::new(field(watch)))],
+        )?;
     }
     Ok(())
 }

@@ -30,7 +30,7 @@ use axum::routing::get;
 use meshpath_api::health::Health;
 use meshpath_api::local_source::LocalSourceStatus;
 use meshpath_api::status::{FlowLogStatus, PortRole, XdpStatus};
-use meshpath_control::clustermesh::MeshStatus;
+use meshpath_control::clustermesh::{MeshStatus, RemoteStatus};
 use meshpath_control::snapshot::SnapshotSink;
 use meshpath_dataplane::afxdp::PortStats;
 use meshpath_dataplane::snapshot::Tables;
@@ -58,6 +58,8 @@ pub trait MetricsView: Send + Sync + 'static {
     fn ports(&self) -> Vec<(PortStats, Option<(String, PortRole)>)>;
     fn xdp(&self) -> Vec<XdpStatus>;
     fn mesh(&self) -> Option<MeshStatus>;
+    /// The own cluster's etcd watched for external workloads, where a node has the watch.
+    fn external_workloads_watch(&self) -> Option<RemoteStatus>;
     fn global_services(&self) -> u64;
     fn flows(&self) -> FlowLogStatus;
     fn health(&self) -> Health;
@@ -99,6 +101,11 @@ impl MetricsView for StatusSources {
 
     fn mesh(&self) -> Option<MeshStatus> {
         self.mesh.as_ref().map(|m| m.borrow().clone())
+    }
+
+    fn external_workloads_watch(&self) -> Option<RemoteStatus> {
+        let board = self.external_watch.as_ref()?.borrow();
+        board.values().next().cloned()
     }
 
     fn global_services(&self) -> u64 {

@@ -22,6 +22,7 @@ struct Fixture {
     report: Arc<WorkerReport>,
     ports: Vec<(PortStats, Option<(String, PortRole)>)>,
     mesh: MeshStatus,
+    external_workloads_watch: Option<RemoteStatus>,
 }
 
 impl MetricsView for Fixture {
@@ -55,6 +56,10 @@ impl MetricsView for Fixture {
 
     fn mesh(&self) -> Option<MeshStatus> {
         Some(self.mesh.clone())
+    }
+
+    fn external_workloads_watch(&self) -> Option<RemoteStatus> {
+        self.external_workloads_watch.clone()
     }
 
     fn global_services(&self) -> u64 {
@@ -166,6 +171,10 @@ fn fixture() -> Fixture {
         }),
         ports: vec![uplink, port(1, PortRole::Host, "meshpath_net"), pod],
         mesh: MeshStatus::from([(c2, remote)]),
+        external_workloads_watch: Some(RemoteStatus {
+            failures: 2,
+            ..RemoteStatus::new(&ClusterName::new("cluster1").unwrap(), 1)
+        }),
     }
 }
 
@@ -212,6 +221,8 @@ fn a_scrape_shows_every_family_with_cilium_names_and_labels() {
         format!(r#"cilium_clustermesh_remote_cluster_last_failure_ts{{{source},target_cluster="cluster2"}} 1700000000"#),
         format!(r#"meshpath_clustermesh_remote_cluster_endpoints{{{source},target_cluster="cluster2"}} 12"#),
         format!("cilium_clustermesh_global_services{{{source}}} 1"),
+        format!("meshpath_external_workloads_watch_ready{{{source}}} 0"),
+        format!("meshpath_external_workloads_watch_failures{{{source}}} 2"),
         format!(r#"meshpath_clustermesh_remote_cluster_refused{{{source},target_cluster="cluster2",reason="reserved_identity"}} 4"#),
         format!(r#"meshpath_clustermesh_remote_cluster_refused{{{source},target_cluster="cluster2",reason="pod_cidr_overlap"}} 1"#),
         format!(r#"meshpath_clustermesh_remote_cluster_pod_cidr_conflicts{{{source},target_cluster="cluster2",conflicting_cluster="cluster1"}} 1"#),
