@@ -42,22 +42,44 @@ pub struct LastKnown {
     pub remotes: BTreeMap<ClusterName, (ClusterId, ClusterState)>,
 }
 
+/// The file: written from borrowed state ([`Pairs`]), read into owned strings.
 #[derive(Serialize, Deserialize)]
-struct File {
+#[serde(bound(deserialize = "S: Deserialize<'de> + Ord, R: Deserialize<'de>"))]
+struct File<S, R> {
     version: u32,
-    cluster: String,
-    node: String,
+    cluster: S,
+    node: S,
     written_unix_ms: u64,
     /// Label string → identity.
     identities: BTreeMap<String, u32>,
-    remotes: BTreeMap<String, RemoteFile>,
+    remotes: BTreeMap<S, RemoteFile<R>>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct RemoteFile {
+struct RemoteFile<R> {
     cluster_id: u8,
     /// Cilium's keys and values, as the remote's etcd holds them.
-    entries: Vec<(String, String)>,
+    entries: R,
+}
+
+/// What a file read holds.
+type FileIn = File<String, Vec<(String, String)>>;
+
+/// A remote's entries as Cilium's key/value pairs, each made as it is written.
+struct Pairs<'a> {
+    name: &'a ClusterName,
+    id: ClusterId,
+    state: &'a ClusterState,
+}
+
+impl Serialize for Pairs<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let pairs = self
+            .state
+            .entries()
+            .filter_map(|e| pair(self.name, self.id, &e));
+        serializer.collect_seq(pairs)
+    }
 }
 
 impl LastKnown {
@@ -91,6 +113,19 @@ impl LastKnown {
     }
 
     pub fn encode(&self, cluster: &ClusterName, node: &str) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        self.write(cluster, node, &mut bytes)
+            .map_or_else(|_| Vec::new(), |()| bytes)
+    }
+
+    /// Writes what [`LastKnown::encode`] returns to `out` as it is made, an entry at a time: at 100k
+    /// remote endpoints the file is some 40 MB, which is never held whole in memory, nor its pairs.
+    pub fn write(
+        &self,
+        cluster: &ClusterName,
+        node: &str,
+        out: impl std::io::Write,
+    ) -> serde_json::Result<()> {
         let identities = self
             .identities
             .iter()
@@ -100,26 +135,26 @@ impl LastKnown {
             .remotes
             .iter()
             .map(|(name, (id, state))| {
-                let entries = state
-                    .entries()
-                    .filter_map(|entry| pair(name, *id, &entry))
-                    .collect();
                 let file = RemoteFile {
                     cluster_id: id.get(),
-                    entries,
+                    entries: Pairs {
+                        name,
+                        id: *id,
+                        state,
+                    },
                 };
-                (name.to_string(), file)
+                (name.as_str(), file)
             })
             .collect();
         let file = File {
             version: VERSION,
-            cluster: cluster.to_string(),
-            node: node.to_owned(),
+            cluster: cluster.as_str(),
+            node,
             written_unix_ms: unix_ms(),
             identities,
             remotes,
         };
-        serde_json::to_vec(&file).unwrap_or_default()
+        serde_json::to_writer(out, &file)
     }
 
     /// Reads a file written by [`LastKnown::encode`] for this cluster and node. Remote pairs that the
@@ -130,7 +165,7 @@ impl LastKnown {
         node: &str,
         limits: &RemoteLimits,
     ) -> Result<(LastKnown, usize), LastKnownError> {
-        let file: File = serde_json::from_slice(bytes)?;
+        let file: FileIn = serde_json::from_slice(bytes)?;
         if file.version != VERSION {
             return Err(LastKnownError::Version {
                 found: file.version,

@@ -20,13 +20,22 @@
 //! eviction and refusal is counted ([`CtStats`]).
 //!
 //! Beside each slot lie the forwarding decisions of its flow's two directions, the pipeline's fast
-//! path ([`FlowPaths`], a cache line each): found by the same lookup (the entry says which are
-//! kept), and cleared whenever the slot's entry is written or moves.
+//! path ([`FlowPaths`](crate::pipeline::fastpath::FlowPaths), a cache line each): found by the same
+//! lookup (the entry says which are kept); an entry stored in a slot starts with none, and a flow's
+//! move takes them along.
+//!
+//! Memory: 258 bytes a slot (128 the slot, 128 its paths, 2 its owner), two slots or more a flow of
+//! capacity (the slot count is the power of two above 4/3 of it): the default 262,144 flows take
+//! 524,288 slots, 129 MiB. It is allocated at start without being written ([`slots`]): resident
+//! only where flows were stored, so a node pays for the flows it has had, up to that ceiling.
+
+mod slots;
 
 use crate::flow::proto;
 use crate::hash::Keyed;
-use crate::pipeline::fastpath::{FlowPaths, Path};
+use crate::pipeline::fastpath::Path;
 use crate::{Addr, FlowKey};
+use slots::Slots;
 
 /// TCP header flag bits, as in the 13th byte of the header.
 pub mod tcp_flags {
@@ -294,21 +303,14 @@ pub struct CtStats {
     pub refused_quota: u64,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Slot {
-    key: FlowKey,
-    entry: CtEntry,
-}
-
 /// One worker's connection tracking table: open addressing over a power-of-two slot array, the home
 /// slot from a hash keyed at random per process ([`crate::hash`]).
 #[derive(Debug)]
 pub struct Conntrack {
-    slots: Box<[Option<Slot>]>,
-    /// Each slot's owner, apart: lookups never read it, and a slot stays two cache lines.
-    owners: Box<[Owner]>,
-    /// Each slot's forwarding decisions, apart: only the fast path reads them.
-    paths: Box<[FlowPaths]>,
+    /// Each slot's flow and forwarding decisions (the paths apart: only the fast path reads them).
+    slots: Slots,
+    /// Each slot's owner's port, apart: lookups never read it, and a slot stays two cache lines.
+    owners: Box<[u16]>,
     /// log2 of the slot count.
     bits: u32,
     len: usize,
@@ -347,9 +349,9 @@ impl Conntrack {
             .unwrap_or(1 << (usize::BITS - 1));
         let capacity = config.capacity.min(slots / 4 * 3);
         Conntrack {
-            slots: vec![None; slots].into_boxed_slice(),
-            owners: vec![Owner::default(); slots].into_boxed_slice(),
-            paths: vec![FlowPaths::default(); slots].into_boxed_slice(),
+            slots: Slots::new(slots),
+            // Zeroed, as the slots: resident only where written.
+            owners: vec![0; slots].into_boxed_slice(),
             bits: slots.trailing_zeros(),
             len: 0,
             capacity,
@@ -372,6 +374,14 @@ impl Conntrack {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Bytes allocated for the slots, their paths and owners: 258 per slot, 2 slots or more per
+    /// flow of capacity. Allocated at start without being written, they become resident page by
+    /// page as flows are stored: none for a table that never held a flow, all of them once flows
+    /// are spread over every page (about one flow per 32 slots).
+    pub fn allocated_bytes(&self) -> usize {
+        self.slots.bytes() + std::mem::size_of_val(&*self.owners)
     }
 
     pub fn timeouts(&self) -> &Timeouts {
@@ -406,10 +416,10 @@ impl Conntrack {
     /// The slot holding `key`, expired or not.
     fn find(&self, key: &FlowKey) -> Option<usize> {
         for i in self.window(key) {
-            match self.slots.get(i)? {
+            match self.slots.holds(i, key) {
                 None => return None,
-                Some(slot) if slot.key == *key => return Some(i),
-                Some(_) => {}
+                Some(true) => return Some(i),
+                Some(false) => {}
             }
         }
         None
@@ -418,31 +428,25 @@ impl Conntrack {
     /// Starts loading the slot where a lookup of `key` begins; a batch prefetches all its keys before
     /// it looks any up.
     pub fn prefetch(&self, key: &FlowKey) {
-        if let Some(slot) = self.slots.get(self.home(key)) {
-            let start: *const u8 = (slot as *const Option<Slot>).cast();
-            crate::prefetch::prefetch(start);
-            crate::prefetch::prefetch(start.wrapping_add(64));
-        }
+        self.slots.prefetch(self.home(key));
     }
 
     /// Starts loading the path kept in `slot` for a direction, once a lookup found it there.
     pub(crate) fn prefetch_path(&self, slot: usize, reply: bool) {
-        if let Some(paths) = self.paths.get(slot) {
-            crate::prefetch::prefetch(paths.line(reply));
-        }
+        self.slots.prefetch_path(slot, reply);
     }
 
     /// Whether `key` has a live entry; expired ones are left for `gc`.
     pub fn is_live(&self, key: &FlowKey, now_ms: u64) -> bool {
         self.find(key)
-            .and_then(|i| self.slots.get(i)?.as_ref())
-            .is_some_and(|slot| !slot.entry.is_expired(now_ms))
+            .and_then(|i| self.slots.entry(i))
+            .is_some_and(|entry| !entry.is_expired(now_ms))
     }
 
     /// The live entry of `key`. An expired entry is removed and not returned.
     pub fn lookup(&mut self, key: &FlowKey, now_ms: u64) -> Option<&mut CtEntry> {
         let i = self.find_live(key, now_ms)?;
-        self.slots.get_mut(i)?.as_mut().map(|slot| &mut slot.entry)
+        self.slots.entry_mut(i)
     }
 
     /// The live entry of `key` with its slot.
@@ -452,28 +456,23 @@ impl Conntrack {
         now_ms: u64,
     ) -> Option<(usize, &mut CtEntry)> {
         let i = self.find_live(key, now_ms)?;
-        let entry = self
-            .slots
-            .get_mut(i)?
-            .as_mut()
-            .map(|slot| &mut slot.entry)?;
-        Some((i, entry))
+        Some((i, self.slots.entry_mut(i)?))
     }
 
     /// The path kept for a direction of the flow of `key`, which a lookup found in `slot` (if the
     /// flow is still there).
     pub(crate) fn path(&self, slot: usize, key: &FlowKey, reply: bool) -> Option<Path> {
-        let found = self.slots.get(slot)?.as_ref()?;
-        if found.key != *key || !found.entry.kept.has(reply) {
+        let kept = self.slots.entry(slot)?.kept.has(reply);
+        if self.slots.holds(slot, key) != Some(true) || !kept {
             return None;
         }
-        self.paths.get(slot)?.get(reply)
+        self.slots.path(slot, reply)
     }
 
     /// The slot of `key`'s live entry; an expired one is removed.
     fn find_live(&mut self, key: &FlowKey, now_ms: u64) -> Option<usize> {
         let i = self.find(key)?;
-        if self.slots.get(i)?.as_ref()?.entry.is_expired(now_ms) {
+        if self.slots.entry(i)?.is_expired(now_ms) {
             self.remove_at(i);
             return None;
         }
@@ -490,14 +489,13 @@ impl Conntrack {
         reply: bool,
         path: Path,
     ) {
-        let Some(found) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+        let same_nat = self.slots.entry(slot).is_some_and(|e| e.nat == nat);
+        if self.slots.holds(slot, key) != Some(true) || !same_nat {
             return;
-        };
-        if found.key == *key && found.entry.nat == nat {
-            if let Some(paths) = self.paths.get_mut(slot) {
-                paths.set(reply, path);
-                found.entry.kept.set(reply);
-            }
+        }
+        self.slots.set_path(slot, reply, path);
+        if let Some(entry) = self.slots.entry_mut(slot) {
+            entry.kept.set(reply);
         }
     }
 
@@ -524,7 +522,7 @@ impl Conntrack {
         let i = match self.find(&key) {
             Some(i) => {
                 let previous = self.owners[i];
-                self.uncharge(previous);
+                self.uncharge(Owner(previous));
                 i
             }
             None => {
@@ -534,13 +532,16 @@ impl Conntrack {
             }
         };
         self.charge(owner);
-        self.owners[i] = owner;
-        self.paths[i] = FlowPaths::default();
+        self.owners[i] = owner.0;
         let full = CtFull::Table {
             capacity: self.capacity,
         };
-        let slot = self.slots.get_mut(i).ok_or(full)?;
-        Ok(&mut slot.insert(Slot { key, entry }).entry)
+        // A stored entry has no paths yet, whatever the one it was copied from had.
+        let entry = CtEntry {
+            kept: Kept::default(),
+            ..entry
+        };
+        self.slots.put(i, key, entry).ok_or(full)
     }
 
     /// A free slot in `key`'s neighbourhood, made by an eviction if need be.
@@ -560,10 +561,10 @@ impl Conntrack {
         let victim = self
             .window(key)
             .filter_map(|i| {
-                let slot = self.slots[i].as_ref()?;
-                let mine = self.owners[i] == owner;
-                let rank = eviction_rank(&slot.entry, now_ms)?;
-                (!over_quota || mine).then_some((rank, slot.entry.expires_ms, i))
+                let entry = self.slots.entry(i)?;
+                let mine = self.owners[i] == owner.0;
+                let rank = eviction_rank(entry, now_ms)?;
+                (!over_quota || mine).then_some((rank, entry.expires_ms, i))
             })
             .min();
         let Some((rank, _, i)) = victim else {
@@ -620,12 +621,7 @@ impl Conntrack {
         for _ in 0..budget.min(self.slots.len()) {
             let i = self.gc_cursor;
             // A removal shifts a later flow into this slot: look at it again before moving on.
-            while self
-                .slots
-                .get(i)
-                .and_then(Option::as_ref)
-                .is_some_and(|s| s.entry.is_expired(now_ms))
-            {
+            while self.slots.entry(i).is_some_and(|e| e.is_expired(now_ms)) {
                 self.remove_at(i);
                 removed += 1;
             }
@@ -635,41 +631,32 @@ impl Conntrack {
     }
 
     /// Every flow, live or expired, in slot order.
-    pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, &CtEntry)> {
-        self.slots
-            .iter()
-            .flatten()
-            .map(|slot| (&slot.key, &slot.entry))
+    pub fn iter(&self) -> impl Iterator<Item = (FlowKey, &CtEntry)> {
+        self.slots.iter()
     }
 
     fn free_slot(&self, key: &FlowKey) -> Option<usize> {
-        self.window(key)
-            .find(|&i| self.slots.get(i).is_some_and(Option::is_none))
+        self.window(key).find(|&i| self.slots.is_free(i))
     }
 
     /// Empties slot `hole` and shifts back the flows after it that probed past it.
     fn remove_at(&mut self, mut hole: usize) -> Option<CtEntry> {
         let mask = self.mask();
-        let removed = self.slots.get_mut(hole)?.take()?.entry;
+        let removed = self.slots.take(hole)?;
         self.len -= 1;
-        self.uncharge(self.owners[hole]);
-        self.paths[hole] = FlowPaths::default();
+        self.uncharge(Owner(self.owners[hole]));
         let mut j = hole;
         loop {
             j = (j + 1) & mask;
-            let Some(slot) = self.slots.get(j).and_then(Option::as_ref) else {
+            let Some(key) = self.slots.key(j) else {
                 break;
             };
-            let home = self.home(&slot.key);
+            let home = self.home(&key);
             // The flow at j may fill the hole only if the hole lies on its probe path home..=j.
             if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
-                let moved = self.slots.get_mut(j).and_then(Option::take);
-                if let Some(dst) = self.slots.get_mut(hole) {
-                    *dst = moved;
-                }
-                self.owners[hole] = self.owners[j];
                 // The flow's paths move with it.
-                self.paths[hole] = std::mem::take(&mut self.paths[j]);
+                self.slots.shift(j, hole);
+                self.owners[hole] = self.owners[j];
                 hole = j;
             }
         }
@@ -829,8 +816,19 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_is_two_cache_lines() {
-        assert_eq!(std::mem::size_of::<Option<Slot>>(), 128);
+    fn the_default_table_allocates_258_bytes_a_slot_two_slots_a_flow() {
+        let ct = Conntrack::new(config(262_144));
+        assert_eq!(ct.capacity(), 262_144);
+        assert_eq!(ct.allocated_bytes(), 524_288 * 258);
+        // Just past 3/4 of a power of two, the slots double.
+        assert_eq!(
+            Conntrack::new(config(3 << 16)).allocated_bytes(),
+            (1 << 18) * 258
+        );
+        assert_eq!(
+            Conntrack::new(config((3 << 16) + 1)).allocated_bytes(),
+            (1 << 19) * 258
+        );
     }
 
     #[test]
@@ -1006,7 +1004,7 @@ mod tests {
                 let owned: usize = (0..3).map(|o| ct.owned_by(Owner(o))).sum();
                 prop_assert_eq!(owned, ct.len());
                 for (k, e) in &model {
-                    prop_assert_eq!(ct.find(k).and_then(|i| ct.slots[i].map(|s| s.entry)), Some(*e));
+                    prop_assert_eq!(ct.find(k).and_then(|i| ct.slots.entry(i).copied()), Some(*e));
                 }
             }
             ct.gc(now, usize::MAX);

@@ -50,8 +50,7 @@ pub enum HandoverError {
 /// Writes every live flow of `ct` to `path` (atomically: a temporary file renamed, mode 0600).
 /// `now_ms` is the worker clock `ct`'s expiry times are on. Returns how many flows were written.
 pub fn write(path: &Path, ct: &Conntrack, now_ms: u64) -> io::Result<usize> {
-    let live: Vec<(&FlowKey, &CtEntry)> =
-        ct.iter().filter(|(_, e)| !e.is_expired(now_ms)).collect();
+    let live: Vec<(FlowKey, &CtEntry)> = ct.iter().filter(|(_, e)| !e.is_expired(now_ms)).collect();
     let mut bytes = Vec::with_capacity(HEADER_LEN + live.len() * RECORD_LEN + CHECKSUM_LEN);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&VERSION.to_le_bytes());
@@ -373,7 +372,7 @@ mod tests {
         assert_eq!(back.len(), 50);
         for i in 0..50 {
             let (key, want) = entry(i);
-            let got = back.iter().find(|(k, _)| **k == key).unwrap().1;
+            let got = back.iter().find(|(k, _)| *k == key).unwrap().1;
             assert_eq!(
                 (got.tcp, got.seen_reply, got.nat),
                 (want.tcp, want.seen_reply, want.nat)

@@ -234,7 +234,12 @@ pub struct DataplaneSection {
     /// their pods' frames are believed from it. Without it such nodes are refused (`node_off_segment`).
     #[serde(default)]
     pub underlay_routes_pod_cidrs: bool,
-    /// Most flows one worker tracks.
+    /// Most flows one worker tracks (262,144 by default; Cilium's own tables default to 512k TCP
+    /// and 256k other flows, or are sized at 0.25 % of the node's memory, 131,072 at least). The
+    /// table takes 258 bytes a slot and has two slots or more a flow (the power of two above 4/3 of
+    /// the capacity): 129 MiB by default, about 2 million flows a GiB. It is resident only as flows
+    /// use it, page by page: an idle node pays nothing for it. At most
+    /// [`MAX_CONNTRACK_CAPACITY`].
     pub conntrack_capacity: usize,
     /// Largest IP packet the uplink carries.
     pub mtu: u16,
@@ -250,6 +255,9 @@ fn default_max_pods() -> u32 {
 
 /// Most pods one node may be asked to hold: the dataplane's port numbers and the memory each takes.
 pub const MAX_PODS_LIMIT: u32 = 4096;
+
+/// Most flows a worker's conntrack may be asked to hold: 2^24, whose table takes 8 GiB when full.
+pub const MAX_CONNTRACK_CAPACITY: usize = 1 << 24;
 
 impl Default for DataplaneSection {
     fn default() -> Self {
@@ -605,6 +613,15 @@ impl AgentConfig {
         }
         if self.dataplane.conntrack_capacity == 0 {
             return Err(("dataplane.conntrack-capacity", "must be positive".into()));
+        }
+        if self.dataplane.conntrack_capacity > MAX_CONNTRACK_CAPACITY {
+            return Err((
+                "dataplane.conntrack-capacity",
+                format!(
+                    "{} is more than {MAX_CONNTRACK_CAPACITY} (whose table takes 8 GiB)",
+                    self.dataplane.conntrack_capacity
+                ),
+            ));
         }
         if self.dataplane.max_pods > MAX_PODS_LIMIT {
             return Err((
@@ -1082,6 +1099,14 @@ metrics: 127.0.0.1:9962
             (
                 GOOD.replace("mtu: 1500", "mtu: 1500, max-pods: 5000"),
                 "dataplane.max-pods",
+            ),
+            (
+                GOOD.replace("conntrack-capacity: 1024", "conntrack-capacity: 16777217"),
+                "dataplane.conntrack-capacity",
+            ),
+            (
+                GOOD.replace("conntrack-capacity: 1024", "conntrack-capacity: 0"),
+                "dataplane.conntrack-capacity",
             ),
             (
                 GOOD.replace("mtu: 1500", "mtu: 1500, underlay-routes-pod-cidrs: true"),

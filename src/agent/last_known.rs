@@ -84,15 +84,22 @@ impl Recorder {
         }
     }
 
-    /// Writes the file now (atomically: a temporary file renamed, mode 0600).
+    /// Writes the file now (atomically: a temporary file renamed, mode 0600), encoded straight
+    /// into it.
     pub fn write(&self) {
-        let bytes = self.snapshot().encode(&self.cluster, &self.node);
+        let known = self.snapshot();
         let tmp = self.path.with_extension("tmp");
         let written = self
             .path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| write_private(&tmp, &bytes))
+            .and_then(|()| {
+                write_private(&tmp, |out| {
+                    known
+                        .write(&self.cluster, &self.node, out)
+                        .map_err(std::io::Error::from)
+                })
+            })
             .and_then(|()| std::fs::rename(&tmp, &self.path));
         if let Err(error) = written {
             tracing::warn!(%error, file = %self.path.display(), "last known state not written");
@@ -135,15 +142,21 @@ fn decode(bytes: &[u8], cluster: &ClusterName, node: &str, path: &std::path::Pat
     }
 }
 
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+fn write_private(
+    path: &std::path::Path,
+    write: impl FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)?;
-    file.write_all(bytes)?;
+    let mut out = std::io::BufWriter::new(&file);
+    write(&mut out)?;
+    out.flush()?;
+    drop(out);
     file.sync_all()
 }
