@@ -462,6 +462,24 @@ impl Conntrack {
 
     /// The path kept for a direction of the flow of `key`, which a lookup found in `slot` (if the
     /// flow is still there).
+    /// The live entry of `key`, found at `slot` if it is still there, else looked up.
+    pub(crate) fn entry_at(
+        &mut self,
+        slot: usize,
+        key: &FlowKey,
+        now_ms: u64,
+    ) -> Option<&mut CtEntry> {
+        let there = self
+            .slots
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|found| found.key == *key && !found.entry.is_expired(now_ms));
+        if there {
+            return self.slots.get_mut(slot)?.as_mut().map(|s| &mut s.entry);
+        }
+        self.lookup(key, now_ms)
+    }
+
     pub(crate) fn path(&self, slot: usize, key: &FlowKey, reply: bool) -> Option<Path> {
         let found = self.slots.get(slot)?.as_ref()?;
         if found.key != *key || !found.entry.kept.has(reply) {

@@ -121,8 +121,10 @@ impl Tracked {
     }
 }
 
-/// Looks the frame's flow up in both directions, and renews and counts the entry it finds; an ICMP
-/// error is looked up by the packet it quotes, and renews nothing.
+/// Looks the frame's flow up in both directions; an ICMP error is looked up by the packet it quotes.
+/// Nothing is renewed or counted yet: a frame from another node may still fail a trust check that
+/// waited for the lookup ([`super::from_uplink::Claim`]), and such a frame must leave the flow as it
+/// was. [`renew`] does that for a frame that passes.
 pub(super) fn lookup(
     ct: &mut Conntrack,
     now_ms: u64,
@@ -132,17 +134,12 @@ pub(super) fn lookup(
     if let Some(quoted) = icmp_error::quoted(frame, parsed) {
         return (related(ct, now_ms, quoted), None);
     }
-    let len = frame.len();
     let key = parsed.flow;
-    let flags = tcp_flags(parsed);
-    let timeouts = *ct.timeouts();
     if let Some((slot, entry)) = ct.lookup_slot(&key, now_ms) {
         // A service flow's translated entry (client→backend) stands for the flow after DNAT and
         // answers only its replies: a frame that arrives with that tuple is a new flow straight to
         // the backend reusing the client's port, and must face policy like any new flow.
         if !is_translated(entry) {
-            observe(entry, key.proto, flags, false, now_ms, &timeouts);
-            entry.count(len);
             let known = Known::Original {
                 nat: entry.nat,
                 service: entry.service,
@@ -157,8 +154,6 @@ pub(super) fn lookup(
         return (Known::New, None);
     }
     if let Some((slot, entry)) = ct.lookup_slot(&key.reversed(), now_ms) {
-        observe(entry, key.proto, flags, true, now_ms, &timeouts);
-        entry.count(len);
         let found = Found {
             slot,
             reply: true,
@@ -167,6 +162,29 @@ pub(super) fn lookup(
         return (Known::Reply(entry.nat), Some(found));
     }
     (Known::New, None)
+}
+
+/// Renews and counts the entry a frame of a known flow matched, by its TCP flags and length.
+pub(super) fn renew(ct: &mut Conntrack, now_ms: u64, flight: &InFlight<'_>, len: usize) {
+    let Some(Found { slot, reply, .. }) = flight.found else {
+        return;
+    };
+    let key = flight.parsed.flow;
+    let entry_key = if reply { key.reversed() } else { key };
+    let timeouts = *ct.timeouts();
+    // Another frame's lookup may have removed an expired flow since, moving this one.
+    let Some(entry) = ct.entry_at(slot, &entry_key, now_ms) else {
+        return;
+    };
+    observe(
+        entry,
+        key.proto,
+        tcp_flags(&flight.parsed),
+        reply,
+        now_ms,
+        &timeouts,
+    );
+    entry.count(len);
 }
 
 /// The quoted packet went out as its flow's original direction (its sender started the flow) or as a
