@@ -275,6 +275,10 @@ const PROBE_LIMIT: usize = 32;
 /// Slots a full table sweeps for expired flows before a live one is given up for a new one.
 const SWEEP_WHEN_FULL: usize = 256;
 
+/// A key's home slot in one table, from [`Conntrack::home_of`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Home(usize);
+
 /// Which local endpoint a flow is charged to (its port), for the per-endpoint quota.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Owner(pub u16);
@@ -400,15 +404,28 @@ impl Conntrack {
         (self.hasher.hash(key) >> (64 - self.bits)) as usize
     }
 
+    /// Where a key's probe starts, hashed once for its prefetch and its lookup.
+    pub(crate) fn home_of(&self, key: &FlowKey) -> Home {
+        Home(self.home(key))
+    }
+
     /// The slots a key may be in: its home and the next `PROBE_LIMIT - 1`.
     fn window(&self, key: &FlowKey) -> impl Iterator<Item = usize> {
-        let (home, mask) = (self.home(key), self.mask());
+        self.window_from(self.home(key))
+    }
+
+    fn window_from(&self, home: usize) -> impl Iterator<Item = usize> {
+        let mask = self.mask();
         (0..PROBE_LIMIT.min(self.slots.len())).map(move |d| (home + d) & mask)
     }
 
     /// The slot holding `key`, expired or not.
     fn find(&self, key: &FlowKey) -> Option<usize> {
-        for i in self.window(key) {
+        self.find_from(self.home(key), key)
+    }
+
+    fn find_from(&self, home: usize, key: &FlowKey) -> Option<usize> {
+        for i in self.window_from(home) {
             match self.slots.get(i)? {
                 None => return None,
                 Some(slot) if slot.key == *key => return Some(i),
@@ -421,7 +438,12 @@ impl Conntrack {
     /// Starts loading the slot where a lookup of `key` begins; a batch prefetches all its keys before
     /// it looks any up.
     pub fn prefetch(&self, key: &FlowKey) {
-        if let Some(slot) = self.slots.get(self.home(key)) {
+        self.prefetch_home(self.home_of(key));
+    }
+
+    /// [`Conntrack::prefetch`] of a key hashed already.
+    pub(crate) fn prefetch_home(&self, home: Home) {
+        if let Some(slot) = self.slots.get(home.0) {
             let start: *const u8 = (slot as *const Option<Slot>).cast();
             crate::prefetch::prefetch(start);
             crate::prefetch::prefetch(start.wrapping_add(64));
@@ -448,13 +470,15 @@ impl Conntrack {
         self.slots.get_mut(i)?.as_mut().map(|slot| &mut slot.entry)
     }
 
-    /// The live entry of `key` with its slot.
+    /// The live entry of `key`, whose probe starts at `home` ([`Conntrack::home_of`]), with its
+    /// slot.
     pub(crate) fn lookup_slot(
         &mut self,
+        home: Home,
         key: &FlowKey,
         now_ms: u64,
     ) -> Option<(usize, &mut CtEntry)> {
-        let i = self.find_live(key, now_ms)?;
+        let i = self.find_live_from(home.0, key, now_ms)?;
         let entry = self
             .slots
             .get_mut(i)?
@@ -493,7 +517,11 @@ impl Conntrack {
 
     /// The slot of `key`'s live entry; an expired one is removed.
     fn find_live(&mut self, key: &FlowKey, now_ms: u64) -> Option<usize> {
-        let i = self.find(key)?;
+        self.find_live_from(self.home(key), key, now_ms)
+    }
+
+    fn find_live_from(&mut self, home: usize, key: &FlowKey, now_ms: u64) -> Option<usize> {
+        let i = self.find_from(home, key)?;
         if self.slots.get(i)?.as_ref()?.entry.is_expired(now_ms) {
             self.remove_at(i);
             return None;

@@ -47,6 +47,7 @@ use crate::stats::{Counters, Forward};
 use crate::wireguard::Tunnels;
 use crate::{DropReason, Frame, Identity, PortId};
 
+use crate::conntrack::Home;
 use conntrack::{Found, Known, Tracked};
 use fastpath::Path;
 use route::{Destination, NodeRoute};
@@ -197,8 +198,12 @@ struct InFlight<'t> {
     service: Option<&'t Service>,
     tracked: Tracked,
     destination: Destination,
-    /// Where conntrack found the frame's own flow.
+    /// Where conntrack's lookup of the flow starts (hashed once, for the prefetch and the lookup),
+    /// and where it found it.
+    home: Home,
     found: Option<Found>,
+    /// Where the lookup of a service reply's forward entry starts.
+    forward_home: Option<Home>,
     /// What the pipeline decided for this way of the flow before, if it still holds: the stages
     /// take it instead of their lookups ([`fastpath`]).
     path: Option<Path>,
@@ -239,7 +244,9 @@ fn process_burst<'t>(
                         identity: Identity::UNKNOWN,
                         reason: DropReason::NoRoute,
                     },
+                    home: ct.home_of(&parsed.flow),
                     found: None,
+                    forward_home: None,
                     path: None,
                 });
                 (Forward::ToKernel, Verdict::ToKernel)
@@ -252,17 +259,25 @@ fn process_burst<'t>(
     }
     let log = &mut state.flowlog;
     for flight in flights.iter().flatten() {
-        ct.prefetch(&flight.parsed.flow);
-        ct.prefetch(&flight.parsed.flow.reversed());
+        ct.prefetch_home(flight.home);
     }
-    for (flight, frame) in flights.iter_mut().zip(frames.iter()) {
-        if let Some(f) = flight {
-            (f.known, f.found) = conntrack::lookup(ct, now_ms, &f.parsed, frame.data());
+    // The reverse's home, for a frame not found its own way.
+    let mut reverse: [Option<Home>; BURST] = [None; BURST];
+    for ((flight, frame), reverse) in flights.iter_mut().zip(frames.iter()).zip(&mut reverse) {
+        let Some(f) = flight else { continue };
+        match conntrack::lookup(ct, now_ms, (&f.parsed, f.home), frame.data()) {
+            Some(found) => (f.known, f.found) = found,
+            None => *reverse = Some(conntrack::prefetch_reply(ct, &f.parsed)),
         }
     }
-    for flight in flights.iter().flatten() {
-        conntrack::prefetch_forward_entry(ct, flight);
-        fastpath::prefetch(ct, flight);
+    for (flight, reverse) in flights.iter_mut().zip(reverse) {
+        let Some(f) = flight else { continue };
+        if let Some(home) = reverse {
+            (f.known, f.found) = conntrack::lookup_reply(ct, now_ms, (&f.parsed, home));
+        }
+        // What the next stages read of the flow, loading while the other frames look up.
+        f.forward_home = conntrack::prefetch_forward_entry(ct, f);
+        fastpath::prefetch(ct, f);
     }
     for ((flight, frame), outcome) in flights.iter_mut().zip(frames.iter()).zip(&mut outcomes) {
         let Some(f) = flight else { continue };
