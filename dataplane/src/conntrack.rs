@@ -284,6 +284,10 @@ const PROBE_LIMIT: usize = 32;
 /// Slots a full table sweeps for expired flows before a live one is given up for a new one.
 const SWEEP_WHEN_FULL: usize = 256;
 
+/// A key's home slot in one table, from [`Conntrack::home_of`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Home(usize);
+
 /// Which local endpoint a flow is charged to (its port), for the per-endpoint quota.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Owner(pub u16);
@@ -407,15 +411,28 @@ impl Conntrack {
         (self.hasher.hash(key) >> (64 - self.bits)) as usize
     }
 
+    /// Where a key's probe starts, hashed once for its prefetch and its lookup.
+    pub(crate) fn home_of(&self, key: &FlowKey) -> Home {
+        Home(self.home(key))
+    }
+
     /// The slots a key may be in: its home and the next `PROBE_LIMIT - 1`.
     fn window(&self, key: &FlowKey) -> impl Iterator<Item = usize> {
-        let (home, mask) = (self.home(key), self.mask());
+        self.window_from(self.home(key))
+    }
+
+    fn window_from(&self, home: usize) -> impl Iterator<Item = usize> {
+        let mask = self.mask();
         (0..PROBE_LIMIT.min(self.slots.len())).map(move |d| (home + d) & mask)
     }
 
     /// The slot holding `key`, expired or not.
     fn find(&self, key: &FlowKey) -> Option<usize> {
-        for i in self.window(key) {
+        self.find_from(self.home(key), key)
+    }
+
+    fn find_from(&self, home: usize, key: &FlowKey) -> Option<usize> {
+        for i in self.window_from(home) {
             match self.slots.holds(i, key) {
                 None => return None,
                 Some(true) => return Some(i),
@@ -428,7 +445,12 @@ impl Conntrack {
     /// Starts loading the slot where a lookup of `key` begins; a batch prefetches all its keys before
     /// it looks any up.
     pub fn prefetch(&self, key: &FlowKey) {
-        self.slots.prefetch(self.home(key));
+        self.prefetch_home(self.home_of(key));
+    }
+
+    /// [`Conntrack::prefetch`] of a key hashed already.
+    pub(crate) fn prefetch_home(&self, home: Home) {
+        self.slots.prefetch(home.0);
     }
 
     /// Starts loading the path kept in `slot` for a direction, once a lookup found it there.
@@ -449,14 +471,34 @@ impl Conntrack {
         self.slots.entry_mut(i)
     }
 
-    /// The live entry of `key` with its slot.
+    /// The live entry of `key`, whose probe starts at `home` ([`Conntrack::home_of`]), with its
+    /// slot.
     pub(crate) fn lookup_slot(
         &mut self,
+        home: Home,
         key: &FlowKey,
         now_ms: u64,
     ) -> Option<(usize, &mut CtEntry)> {
-        let i = self.find_live(key, now_ms)?;
+        let i = self.find_live_from(home.0, key, now_ms)?;
         Some((i, self.slots.entry_mut(i)?))
+    }
+
+    /// The live entry of `key`, found at `slot` if it is still there, else looked up.
+    pub(crate) fn entry_at(
+        &mut self,
+        slot: usize,
+        key: &FlowKey,
+        now_ms: u64,
+    ) -> Option<&mut CtEntry> {
+        let there = self.slots.holds(slot, key) == Some(true)
+            && self
+                .slots
+                .entry(slot)
+                .is_some_and(|entry| !entry.is_expired(now_ms));
+        if there {
+            return self.slots.entry_mut(slot);
+        }
+        self.lookup(key, now_ms)
     }
 
     /// The path kept for a direction of the flow of `key`, which a lookup found in `slot` (if the
@@ -471,7 +513,11 @@ impl Conntrack {
 
     /// The slot of `key`'s live entry; an expired one is removed.
     fn find_live(&mut self, key: &FlowKey, now_ms: u64) -> Option<usize> {
-        let i = self.find(key)?;
+        self.find_live_from(self.home(key), key, now_ms)
+    }
+
+    fn find_live_from(&mut self, home: usize, key: &FlowKey, now_ms: u64) -> Option<usize> {
+        let i = self.find_from(home, key)?;
         if self.slots.entry(i)?.is_expired(now_ms) {
             self.remove_at(i);
             return None;

@@ -12,17 +12,17 @@
 
 use std::alloc::{alloc_zeroed, handle_alloc_error, Layout};
 use std::mem::MaybeUninit;
+use std::ptr::NonNull;
 
 use super::CtEntry;
 use crate::pipeline::fastpath::{FlowPaths, Path};
 use crate::{Addr, FlowKey};
 
 /// One slot: a flow's key and entry, or nothing. Every field is valid as all zero bytes, and all
-/// zero bytes are an empty slot. Two cache lines, as the entry beside a key always was. Aligned no
-/// more than the allocator's own 16 bytes: a larger alignment would make the allocator write the
-/// zeroes itself.
+/// zero bytes are an empty slot. Exactly two cache lines, as a lookup prefetches them: unaligned,
+/// most slots would straddle three ([`CellArray`] places them on line boundaries).
 #[derive(Clone, Copy)]
-#[repr(C)]
+#[repr(C, align(64))]
 struct Cell {
     src: Addr,
     dst: Addr,
@@ -68,7 +68,7 @@ impl Cell {
 
 /// Every slot of one table and its paths.
 pub(super) struct Slots {
-    cells: Box<[Cell]>,
+    cells: CellArray,
     /// Written where the slot's `paths` flag says so; never read elsewhere.
     paths: Box<[MaybeUninit<FlowPaths>]>,
 }
@@ -77,7 +77,7 @@ impl Slots {
     /// `len` empty slots; none of their memory is written.
     pub(super) fn new(len: usize) -> Slots {
         Slots {
-            cells: zeroed_cells(len),
+            cells: CellArray::zeroed(len),
             paths: Box::new_uninit_slice(len),
         }
     }
@@ -207,23 +207,70 @@ impl Slots {
     }
 }
 
-/// `len` empty cells from a zeroed allocation: the allocator takes fresh pages from the kernel for a
-/// large one and writes nothing. (`Box::new_zeroed_slice` does this from Rust 1.92.)
-fn zeroed_cells(len: usize) -> Box<[Cell]> {
-    if len == 0 {
-        return Box::new([]);
+/// `len` empty cells, the first on a cache-line boundary, from a zeroed allocation: the allocator
+/// takes fresh pages from the kernel for a large one and writes nothing. The allocation asks for no
+/// more than the allocator's own 16-byte alignment, since for a larger one the allocator writes the
+/// zeroes itself; it is one line longer, and the cells start at its first line boundary.
+struct CellArray {
+    base: NonNull<u8>,
+    layout: Layout,
+    cells: NonNull<Cell>,
+    len: usize,
+}
+
+// SAFETY: a `CellArray` owns its allocation as a `Box<[Cell]>` would, and `Cell` is `Send + Sync`.
+unsafe impl Send for CellArray {}
+// SAFETY: as above; shared access only reads.
+unsafe impl Sync for CellArray {}
+
+impl CellArray {
+    fn zeroed(len: usize) -> CellArray {
+        let line = std::mem::align_of::<Cell>();
+        let layout = std::mem::size_of::<Cell>()
+            .checked_mul(len)
+            .and_then(|bytes| bytes.checked_add(line))
+            .and_then(|bytes| Layout::from_size_align(bytes, 16).ok())
+            .unwrap_or_else(|| panic!("{len} conntrack slots do not fit the address space"));
+        // SAFETY: the layout's size is at least one line, never zero.
+        let base = unsafe { alloc_zeroed(layout) };
+        let Some(base) = NonNull::new(base) else {
+            handle_alloc_error(layout);
+        };
+        let offset = base.as_ptr().align_offset(line);
+        // SAFETY: `offset` < `line` (the allocation is 16-aligned and `line` a power of two), and
+        // the allocation holds `line` bytes beyond `len` cells, so the cells lie inside it.
+        let cells = unsafe { base.add(offset) }.cast::<Cell>();
+        CellArray {
+            base,
+            layout,
+            cells,
+            len,
+        }
     }
-    let layout = Layout::array::<Cell>(len)
-        .unwrap_or_else(|_| panic!("{len} conntrack slots do not fit the address space"));
-    // SAFETY: the layout's size is not zero (`len` > 0 cells of 128 bytes).
-    let cells = unsafe { alloc_zeroed(layout) }.cast::<Cell>();
-    if cells.is_null() {
-        handle_alloc_error(layout);
+}
+
+impl std::ops::Deref for CellArray {
+    type Target = [Cell];
+
+    fn deref(&self) -> &[Cell] {
+        // SAFETY: `cells` is aligned for `Cell` and points at `len` cells inside the live
+        // allocation, all zero bytes at first (an empty `Cell`) and written only as whole cells.
+        unsafe { std::slice::from_raw_parts(self.cells.as_ptr(), self.len) }
     }
-    // SAFETY: `cells` is a live allocation of the global allocator with the layout of `len` cells,
-    // which the box takes over; all its bytes are zero, which is a valid (empty) `Cell`: its fields
-    // are integers, `Addr` (an integer), bools and a `MaybeUninit`.
-    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(cells, len)) }
+}
+
+impl std::ops::DerefMut for CellArray {
+    fn deref_mut(&mut self) -> &mut [Cell] {
+        // SAFETY: as in `deref`; `&mut self` makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(self.cells.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for CellArray {
+    fn drop(&mut self) {
+        // SAFETY: `base` was allocated by the global allocator with `layout`, and is freed once.
+        unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) }
+    }
 }
 
 impl std::fmt::Debug for Slots {
@@ -241,8 +288,13 @@ mod tests {
     use crate::flow::proto;
 
     #[test]
-    fn a_slot_is_two_cache_lines() {
+    fn a_slot_is_two_cache_lines_on_line_boundaries() {
         assert_eq!(std::mem::size_of::<Cell>(), 128);
+        for len in [1, 3, 64, 4096] {
+            let slots = Slots::new(len);
+            assert_eq!(slots.cells.as_ptr() as usize % 64, 0, "{len} slots");
+            assert_eq!(slots.cells.len(), len);
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! Conntrack in the pipeline: what the table knows of each frame's flow (looked up in both directions,
-//! the whole burst's slots prefetched first), and the remembering of a new flow once policy let it
-//! through.
+//! Conntrack in the pipeline: what the table knows of each frame's flow, and the remembering of a
+//! new flow once policy let it through. A flow is looked up the way its frame goes, the whole
+//! burst's slots prefetched first, and the other way only for the frames not found so (replies), their
+//! slots prefetched in turn: a request of an established flow loads no slot of its reverse. Each key
+//! is hashed once, for its prefetch and its lookup.
 //!
 //! Service flows get two entries, as in Cilium: the forward one (keyed client→frontend) holds the
 //! backend, the translated one (client→backend) the frontend that replies (found by their reverse) get
@@ -9,7 +11,7 @@
 
 use super::route::Destination;
 use super::{Arrival, InFlight};
-use crate::conntrack::{Conntrack, CtEntry, CtFull, CtNat, NatKind, Owner, Timeouts};
+use crate::conntrack::{Conntrack, CtEntry, CtFull, CtNat, Home, NatKind, Owner, Timeouts};
 use crate::flow::proto;
 use crate::icmp_error::{self, Untranslate};
 use crate::nat::End;
@@ -121,44 +123,56 @@ impl Tracked {
     }
 }
 
-/// Looks the frame's flow up in both directions, and renews and counts the entry it finds; an ICMP
-/// error is looked up by the packet it quotes, and renews nothing.
+/// Looks the frame's flow up the way the frame goes; an ICMP error by the packet it quotes. `None`
+/// if the flow is not known this way: then [`lookup_reply`] looks for it the other way, once the
+/// burst has prefetched the reverse's slots (requests of established flows need none).
+/// Nothing is renewed or counted yet: a frame from another node may still fail a trust check that
+/// waited for the lookup ([`super::from_uplink::Claim`]), and such a frame must leave the flow as it
+/// was. [`renew`] does that for a frame that passes.
 pub(super) fn lookup(
     ct: &mut Conntrack,
     now_ms: u64,
-    parsed: &Parsed,
+    (parsed, home): (&Parsed, Home),
     frame: &[u8],
-) -> (Known, Option<Found>) {
+) -> Option<(Known, Option<Found>)> {
     if let Some(quoted) = icmp_error::quoted(frame, parsed) {
-        return (related(ct, now_ms, quoted), None);
+        return Some((related(ct, now_ms, quoted), None));
     }
-    let len = frame.len();
     let key = parsed.flow;
-    let flags = tcp_flags(parsed);
-    let timeouts = *ct.timeouts();
-    if let Some((slot, entry)) = ct.lookup_slot(&key, now_ms) {
-        // A service flow's translated entry (client→backend) stands for the flow after DNAT and
-        // answers only its replies: a frame that arrives with that tuple is a new flow straight to
-        // the backend reusing the client's port, and must face policy like any new flow.
-        if !is_translated(entry) {
-            observe(entry, key.proto, flags, false, now_ms, &timeouts);
-            entry.count(len);
-            let known = Known::Original {
-                nat: entry.nat,
-                service: entry.service,
-            };
-            let found = Found {
-                slot,
-                reply: false,
-                kept: entry.kept.has(false),
-            };
-            return (known, Some(found));
-        }
-        return (Known::New, None);
+    let (slot, entry) = ct.lookup_slot(home, &key, now_ms)?;
+    // A service flow's translated entry (client→backend) stands for the flow after DNAT and
+    // answers only its replies: a frame that arrives with that tuple is a new flow straight to the
+    // backend reusing the client's port, and must face policy like any new flow.
+    if is_translated(entry) {
+        return Some((Known::New, None));
     }
-    if let Some((slot, entry)) = ct.lookup_slot(&key.reversed(), now_ms) {
-        observe(entry, key.proto, flags, true, now_ms, &timeouts);
-        entry.count(len);
+    let known = Known::Original {
+        nat: entry.nat,
+        service: entry.service,
+    };
+    let found = Found {
+        slot,
+        reply: false,
+        kept: entry.kept.has(false),
+    };
+    Some((known, Some(found)))
+}
+
+/// Hashes the reverse of a frame's flow, for [`lookup_reply`], and starts loading its home slot.
+pub(super) fn prefetch_reply(ct: &Conntrack, parsed: &Parsed) -> Home {
+    let home = ct.home_of(&parsed.flow.reversed());
+    ct.prefetch_home(home);
+    home
+}
+
+/// Looks a frame's flow up the other way, for a frame [`lookup`] did not find; the lookup starts
+/// at `home`, from [`prefetch_reply`].
+pub(super) fn lookup_reply(
+    ct: &mut Conntrack,
+    now_ms: u64,
+    (parsed, home): (&Parsed, Home),
+) -> (Known, Option<Found>) {
+    if let Some((slot, entry)) = ct.lookup_slot(home, &parsed.flow.reversed(), now_ms) {
         let found = Found {
             slot,
             reply: true,
@@ -167,6 +181,29 @@ pub(super) fn lookup(
         return (Known::Reply(entry.nat), Some(found));
     }
     (Known::New, None)
+}
+
+/// Renews and counts the entry a frame of a known flow matched, by its TCP flags and length.
+pub(super) fn renew(ct: &mut Conntrack, now_ms: u64, flight: &InFlight<'_>, len: usize) {
+    let Some(Found { slot, reply, .. }) = flight.found else {
+        return;
+    };
+    let key = flight.parsed.flow;
+    let entry_key = if reply { key.reversed() } else { key };
+    let timeouts = *ct.timeouts();
+    // Another frame's lookup may have removed an expired flow since, moving this one.
+    let Some(entry) = ct.entry_at(slot, &entry_key, now_ms) else {
+        return;
+    };
+    observe(
+        entry,
+        key.proto,
+        tcp_flags(&flight.parsed),
+        reply,
+        now_ms,
+        &timeouts,
+    );
+    entry.count(len);
 }
 
 /// The quoted packet went out as its flow's original direction (its sender started the flow) or as a
@@ -189,13 +226,18 @@ fn is_translated(entry: &CtEntry) -> bool {
         .is_some_and(|nat| matches!(nat.kind, NatKind::Frontend | NatKind::Unmasquerade))
 }
 
-/// Starts loading the forward entry a service reply renews in [`admit`].
-pub(super) fn prefetch_forward_entry(ct: &Conntrack, flight: &InFlight<'_>) {
-    if let Known::Reply(Some(nat)) = flight.known {
-        if nat.kind == NatKind::Frontend {
-            ct.prefetch(&forward_entry_of_reply(&flight.parsed.flow, nat));
-        }
+/// Starts loading the forward entry a service reply renews in [`admit`](super::enforce::admit);
+/// where its lookup starts.
+pub(super) fn prefetch_forward_entry(ct: &Conntrack, flight: &InFlight<'_>) -> Option<Home> {
+    let Known::Reply(Some(nat)) = flight.known else {
+        return None;
+    };
+    if nat.kind != NatKind::Frontend {
+        return None;
     }
+    let home = ct.home_of(&forward_entry_of_reply(&flight.parsed.flow, nat));
+    ct.prefetch_home(home);
+    Some(home)
 }
 
 /// The client→frontend key of the flow a reply (backend→client) belongs to.
@@ -217,7 +259,9 @@ pub(super) fn renew_forward_entry(
 ) {
     let key = flight.parsed.flow;
     let timeouts = *ct.timeouts();
-    if let Some(entry) = ct.lookup(&forward_entry_of_reply(&key, frontend), now_ms) {
+    let forward = forward_entry_of_reply(&key, frontend);
+    let home = flight.forward_home.unwrap_or_else(|| ct.home_of(&forward));
+    if let Some((_, entry)) = ct.lookup_slot(home, &forward, now_ms) {
         observe(
             entry,
             key.proto,

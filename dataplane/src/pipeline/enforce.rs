@@ -44,7 +44,9 @@ fn authorize(tables: &Tables, flight: &InFlight<'_>) -> Result<(), DropReason> {
         proto::TCP | proto::UDP => flow.dst_port,
         _ => 0,
     };
-    let Source { identity, local } = flight.source;
+    let Source {
+        identity, local, ..
+    } = flight.source;
     let policy = &tables.policy;
     if local && !policy.allows_egress(identity, flight.destination.identity(), flow.proto, port) {
         return Err(DropReason::PolicyDenied);

@@ -4,18 +4,26 @@
 //! The entry says which directions have a path; the burst loads those paths together once its
 //! lookups are done, so a flow without one pays no extra cache line.
 //!
-//! A [`Path`] holds where the flow's packets go (the node they are tunnelled or sent to and the next
-//! hop's MAC, whether they are encrypted to it, or the kernel) with the destination's identity for
-//! the flow log; the entry beside it holds the NAT rewrite, and the flow being in conntrack at all
-//! is the policy verdict (established flows skip policy). A pod on this node is found by one lookup
-//! in the node's small endpoint table, cheaper than the cache line a kept path costs: no path is
-//! kept for it (kept, replies to local pods took 14% longer at production scale).
+//! A [`Path`] out of the node holds where the flow's packets go (the node they are tunnelled or
+//! sent to and the next hop's MAC, whether they are encrypted to it, or the kernel) with the
+//! destination's identity for the flow log; the entry beside it holds the NAT rewrite, and the flow
+//! being in conntrack at all is the policy verdict (established flows skip policy). A pod on this
+//! node is found by one lookup in the node's small endpoint table, cheaper than the cache line a
+//! kept path costs: no path is kept for a pod's frame to another pod of the node (kept, they took
+//! 14% longer at production scale). A frame from another node (for a local pod or the node itself)
+//! keeps a path in all the same, for the sender's claim it vouches for, which spares the frame the
+//! ipcache's longest-prefix match; its destination is found again.
 //! It is made by the full pipeline for a packet of a known flow that left, and is stamped with:
 //! - the snapshot's generation ([`Tables::generation`]): any new snapshot (a policy flip, a backend
 //!   gone, a node moved or its MAC or key changed) leaves every path stale, lazily — nothing is
 //!   flushed, the next packet of each flow takes the full pipeline and makes a new one;
 //! - how the packet arrived and with which source identity (the VNI a tunnel frame carries, the
-//!   pod's own): a packet that arrives otherwise is decided in full.
+//!   pod's own): a packet that arrives otherwise is decided in full;
+//! - for a frame from another node, what it claimed of its sender ([`Claim`]: the node that
+//!   tunnelled it, the MAC it came from plain, the WireGuard peer that decrypted it), proven then
+//!   against the ipcache. Only a frame with the same claim rides the path; any other (another
+//!   underlay host, another VNI, another peer) is checked in full, and dropped if its claim fails,
+//!   before conntrack renews or counts anything of the flow.
 //!
 //! The slot's paths are cleared whenever its entry is written or moves, so a path never outlives
 //! the translation it was made with. What depends on the packet itself — its size against the path
@@ -23,6 +31,7 @@
 //! code ([`super::route::transmit`]); the flow log and counters see no difference.
 
 use super::conntrack::{Found, Known};
+use super::from_uplink::Claim;
 use super::route::{wireguard_key, Destination, NodeRoute};
 use super::{Arrival, InFlight};
 use crate::conntrack::Conntrack;
@@ -36,9 +45,18 @@ pub(crate) struct Path {
     generation: u64,
     arrival: Arrival,
     source: Identity,
-    destination: Destination,
-    /// How the destination node is reached, for [`Destination::Node`].
-    reach: Option<Reach>,
+    way: Way,
+}
+
+/// Which way a path goes: out of a local pod or the node's stack, or in from another node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Way {
+    /// Where to, and how the destination node is reached, for [`Destination::Node`].
+    Out(Destination, Option<Reach>),
+    /// From another node, with what the frame claimed of its sender, proven then. Such a frame is
+    /// for a local pod or the node itself, found again in a small table (no room is left in the
+    /// line for the destination beside the claim).
+    In(Claim),
 }
 
 /// A node route the snapshot gave, in short: the next hop's MAC, tunnelled or not, and whether the
@@ -48,6 +66,29 @@ struct Reach {
     mac: [u8; 6],
     tunnel: bool,
     encrypt: bool,
+}
+
+impl Reach {
+    /// The route to `node` in short; `None` if it failed, or goes through another node.
+    fn of(node: Addr, route: NodeRoute) -> Option<Self> {
+        let (Ok(hop), Ok(key)) = (route.hop, route.key) else {
+            return None;
+        };
+        let encrypt = key.is_some();
+        match hop {
+            NextHop::Tunnel { node: to, mac } if to == node => Some(Reach {
+                mac,
+                tunnel: true,
+                encrypt,
+            }),
+            NextHop::Direct { mac } => Some(Reach {
+                mac,
+                tunnel: false,
+                encrypt,
+            }),
+            NextHop::Tunnel { .. } => None,
+        }
+    }
 }
 
 /// Both directions' paths of the flow in one conntrack slot: the original direction's (the way the
@@ -93,21 +134,39 @@ impl FlowPaths {
 
 impl Path {
     /// Whether the path holds for a frame of this flow: made under these tables, for a frame that
-    /// arrived the same way from the same identity.
+    /// arrived the same way from the same identity with the same claim of its sender (whose
+    /// identity the claim may decide: then the frame's is not known before).
     pub(super) fn holds(&self, tables: &Tables, flight: &InFlight<'_>) -> bool {
+        let source = flight.source;
+        let claim = match self.way {
+            Way::In(claim) => Some(claim),
+            Way::Out(..) => None,
+        };
         self.generation == tables.generation()
             && self.arrival == flight.arrival
-            && self.source == flight.source.identity
+            && claim == source.claim
+            && (self.source == source.identity || source.claim.is_some_and(Claim::decides_identity))
     }
 
-    pub(super) fn destination(&self) -> Destination {
-        self.destination
+    /// The identity of the flow's sender this way.
+    pub(super) fn source(&self) -> Identity {
+        self.source
+    }
+
+    /// Where the frames go, if the path says: a path in leaves it to the tables.
+    pub(super) fn destination(&self) -> Option<Destination> {
+        match self.way {
+            Way::Out(destination, _) => Some(destination),
+            Way::In(_) => None,
+        }
     }
 
     /// The node route the path was made with; the WireGuard key, if it encrypts, from the snapshot
     /// (a small table).
     pub(super) fn node_route(&self, tables: &Tables, node: Addr) -> Option<NodeRoute> {
-        let reach = self.reach?;
+        let Way::Out(_, Some(reach)) = self.way else {
+            return None;
+        };
         Some(NodeRoute {
             hop: Ok(if reach.tunnel {
                 NextHop::Tunnel {
@@ -175,36 +234,26 @@ pub(super) fn remember(
     else {
         return;
     };
-    let reach = match (flight.destination, route) {
-        (Destination::Node { node, .. }, Some(route)) => {
-            let (Ok(hop), Ok(key)) = (route.hop, route.key) else {
+    let way = match (flight.source.claim, flight.destination, route) {
+        (Some(claim), Destination::LocalPod(_) | Destination::Host, _) => Way::In(claim),
+        // What comes from another node goes nowhere else.
+        (Some(_), ..) => return,
+        // A local pod's destination is cheaper found again than loaded from a kept path.
+        (None, Destination::LocalPod(_) | Destination::Nowhere { .. }, _)
+        | (None, Destination::Node { .. }, None) => return,
+        (None, Destination::Node { node, .. }, Some(route)) => {
+            let Some(reach) = Reach::of(node, route) else {
                 return;
             };
-            Some(match hop {
-                NextHop::Tunnel { node: to, mac } if to == node => Reach {
-                    mac,
-                    tunnel: true,
-                    encrypt: key.is_some(),
-                },
-                NextHop::Direct { mac } => Reach {
-                    mac,
-                    tunnel: false,
-                    encrypt: key.is_some(),
-                },
-                NextHop::Tunnel { .. } => return,
-            })
+            Way::Out(flight.destination, Some(reach))
         }
-        // A local pod's destination is cheaper found again than loaded from a kept path.
-        (Destination::LocalPod(_) | Destination::Nowhere { .. }, _)
-        | (Destination::Node { .. }, None) => return,
-        (Destination::Host | Destination::Kernel, _) => None,
+        (None, Destination::Host | Destination::Kernel, _) => Way::Out(flight.destination, None),
     };
     let path = Path {
         generation: tables.generation(),
         arrival: flight.arrival,
         source: flight.source.identity,
-        destination: flight.destination,
-        reach,
+        way,
     };
     ct.keep_path(
         slot,

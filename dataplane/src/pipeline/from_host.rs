@@ -36,14 +36,17 @@ pub(super) fn receive(tables: &Tables, frame: &mut Frame<'_>) -> Result<Received
         Some(endpoint) => Source {
             identity: endpoint.identity,
             local: true,
+            claim: None,
         },
         None if tables.node.owns(parsed.flow.src) => Source {
             identity: Identity::HOST,
             local: false,
+            claim: None,
         },
         None => Source {
             identity: Identity::WORLD,
             local: false,
+            claim: None,
         },
     };
     Ok(Received::Track(parsed, source, Arrival::FromHost))

@@ -34,6 +34,7 @@ pub(super) fn receive(tables: &Tables, frame: &mut Frame<'_>) -> Result<Received
     let source = Source {
         identity: endpoint.identity,
         local: true,
+        claim: None,
     };
     Ok(Received::Track(parsed, source, Arrival::FromPod))
 }

@@ -20,6 +20,10 @@
 //! node behind it). Otherwise it is dropped (`spoofed_underlay_source`, or `node_mac_unresolved`
 //! while the owner's MAC is not known yet). A source the mesh does not place is `world`.
 //!
+//! The checks that need the ipcache (the inner source's node, a plain source's identity) wait for
+//! conntrack's lookup as a [`Claim`]: an established flow's path may vouch for it
+//! ([`super::fastpath`]), otherwise [`prove`] checks it; a frame that fails leaves conntrack as it was.
+//!
 //! WireGuard datagrams (UDP 51871 to our address) go to the peer of their outer source
 //! ([`crate::wireguard`]): from no node with a key they are `unknown_wireguard_peer`; what the peer
 //! decrypts is then checked as a frame from that node, except that the tunnel proves the sender
@@ -99,21 +103,20 @@ fn from_node(
             .ok_or(DropReason::UnknownTunnelPeer)?;
         let decapsulated = tunnel::decap(frame, &outer, protocol)?;
         let inner = parse::parse(frame.data())?;
-        let identity = tunnel_identity(tables, &sender, decapsulated.identity, &inner)?;
-        return inbound(frame, inner, identity, Arrival::FromTunnel);
+        let (identity, claim) = tunnel_identity(&sender, decapsulated.identity, &inner)?;
+        return inbound(frame, inner, (identity, claim), Arrival::FromTunnel);
     }
     let is_ip = matches!(outer.l3, L3::Ipv4 | L3::Ipv6);
     let dst = outer.flow.dst;
     let for_pod = tables.endpoints.by_addr(dst).is_some();
     if is_ip && (for_pod || answers_masquerade(tables, frame, &outer)) {
-        let identity = match via {
-            Some(peer) => decrypted_identity(tables, outer.flow.src, peer)?,
-            None => plain_identity(tables, outer.flow.src, outer.eth_src)?,
+        let claim = match via {
+            Some(peer) => Claim::Decrypted { peer },
+            None => Claim::Plain { mac: outer.eth_src },
         };
-        if via.is_none() && strict && identity != Identity::WORLD {
-            return Err(DropReason::UnencryptedTraffic);
-        }
-        return inbound(frame, outer, identity, Arrival::FromUnderlay);
+        // Known once the claim is proven or vouched for.
+        let identity = Identity::UNKNOWN;
+        return inbound(frame, outer, (identity, Some(claim)), Arrival::FromUnderlay);
     }
     if via.is_some() {
         // What comes out of a tunnel is for our pods or for our own tunnel endpoint, never for the
@@ -145,20 +148,18 @@ fn tunnel_for_us(tables: &Tables, outer: &Parsed) -> Option<TunnelProtocol> {
     tables.node.owns(outer.flow.dst).then_some(protocol)
 }
 
-/// The identity a tunnel frame may carry from `sender`.
+/// The identity a tunnel frame may carry from `sender`, and what the ipcache must still confirm.
 fn tunnel_identity(
-    tables: &Tables,
     sender: &RemoteNode,
     vni: Identity,
     inner: &Parsed,
-) -> Result<Identity, DropReason> {
+) -> Result<(Identity, Option<Claim>), DropReason> {
     if vni == Identity::UNKNOWN {
         return Err(DropReason::InvalidIdentity);
     }
-    let src = inner.flow.src;
     if vni.is_reserved() {
-        return if vni == Identity::REMOTE_NODE && src == sender.addr {
-            Ok(vni)
+        return if vni == Identity::REMOTE_NODE && inner.flow.src == sender.addr {
+            Ok((vni, None))
         } else {
             Err(DropReason::ReservedIdentity)
         };
@@ -166,11 +167,64 @@ fn tunnel_identity(
     if vni.cluster() != Some(sender.cluster) {
         return Err(DropReason::IdentityClusterMismatch);
     }
-    let owner = tables.ipcache.lookup(src).and_then(|e| e.tunnel_endpoint);
-    if owner != Some(sender.addr) {
-        return Err(DropReason::ForeignInnerSource);
+    Ok((vni, Some(Claim::Tunnel { node: sender.addr })))
+}
+
+/// What a frame from another node claims of its sender that only the ipcache can confirm (a
+/// longest-prefix match over every endpoint of the mesh, the costliest lookup a frame meets).
+///
+/// The check waits until conntrack has been looked up, and nothing of the flow is renewed before
+/// it passes. Then a path kept for the frame's direction of its flow ([`super::fastpath`]) made
+/// under the same snapshot for a frame with the same claim vouches for it: the check is a function
+/// of the snapshot, the frame's source address (the flow's) and the claim alone, and it passed
+/// for that frame. Without such a path, [`prove`] makes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Claim {
+    /// Tunnelled by `node`, whose cluster the VNI's identity was checked against already: the
+    /// ipcache must place the inner source on that node (`foreign_inner_source`).
+    Tunnel { node: Addr },
+    /// Plain from this source MAC: the identity of the source address, believed only if the MAC
+    /// proves that its owner sent it ([`plain_identity`]).
+    Plain { mac: [u8; 6] },
+    /// A plain packet that the WireGuard peer `peer` decrypted: its source must be the peer or an
+    /// address the ipcache places on it.
+    Decrypted { peer: Addr },
+}
+
+impl Claim {
+    /// Whether the claim, with the source address, decides the sender's identity (the frame's
+    /// identity is unknown until it is proven); a tunnel's identity is its VNI's.
+    pub(super) fn decides_identity(self) -> bool {
+        matches!(self, Claim::Plain { .. } | Claim::Decrypted { .. })
     }
-    Ok(vni)
+}
+
+/// Checks what a frame from `src` claims: the identity of its sender, or why it is not believed.
+/// `identity` is what the frame said (a tunnel's VNI).
+pub(super) fn prove(
+    tables: &Tables,
+    src: Addr,
+    claim: Claim,
+    identity: Identity,
+) -> Result<Identity, DropReason> {
+    match claim {
+        Claim::Tunnel { node } => {
+            let owner = tables.ipcache.lookup(src).and_then(|e| e.tunnel_endpoint);
+            if owner != Some(node) {
+                return Err(DropReason::ForeignInnerSource);
+            }
+            Ok(identity)
+        }
+        Claim::Plain { mac } => {
+            let identity = plain_identity(tables, src, mac)?;
+            let strict = tables.node.encryption == EncryptionMode::Strict;
+            if strict && identity != Identity::WORLD {
+                return Err(DropReason::UnencryptedTraffic);
+            }
+            Ok(identity)
+        }
+        Claim::Decrypted { peer } => decrypted_identity(tables, src, peer),
+    }
 }
 
 fn plain_identity(tables: &Tables, src: Addr, src_mac: [u8; 6]) -> Result<Identity, DropReason> {
@@ -200,7 +254,7 @@ fn plain_identity(tables: &Tables, src: Addr, src_mac: [u8; 6]) -> Result<Identi
 fn inbound(
     frame: &mut Frame<'_>,
     parsed: Parsed,
-    identity: Identity,
+    (identity, claim): (Identity, Option<Claim>),
     arrival: Arrival,
 ) -> Result<Received, DropReason> {
     if !matches!(parsed.l3, L3::Ipv4 | L3::Ipv6) {
@@ -215,6 +269,7 @@ fn inbound(
     let source = Source {
         identity,
         local: false,
+        claim,
     };
     Ok(Received::Track(parsed, source, arrival))
 }

@@ -8,8 +8,10 @@
 //!    [`from_uplink`]: tunnel decapsulation (the sender's identity from the VNI, checked against the
 //!    sending node) or plain frames for our pods and masqueraded flows; [`from_host`]: the node's own
 //!    stack through the host port (identity `host`);
-//! 2. [`conntrack`] — lookup of both directions (an ICMP error by the packet it quotes); [`lb`] —
-//!    service translation (Maglev for new flows) and every remembered translation;
+//! 2. [`conntrack`] — lookup of both directions (an ICMP error by the packet it quotes); what a
+//!    frame from another node claims of its sender checked against the ipcache
+//!    ([`from_uplink::Claim`]) unless its flow's path vouches for it, and only then the entry
+//!    renewed; [`lb`] — service translation (Maglev for new flows) and every remembered translation;
 //! 3. [`route`] — where the translated destination lives (local pod, another node, the node, the world);
 //! 4. [`enforce`] — policy for new flows, [`masquerade`] for those leaving the mesh, which
 //!    [`conntrack`] then remembers;
@@ -45,6 +47,7 @@ use crate::stats::{Counters, Forward};
 use crate::wireguard::Tunnels;
 use crate::{DropReason, Frame, Identity, PortId};
 
+use crate::conntrack::Home;
 use conntrack::{Found, Known, Tracked};
 use fastpath::Path;
 use route::{Destination, NodeRoute};
@@ -169,6 +172,10 @@ enum Arrival {
 struct Source {
     identity: Identity,
     local: bool,
+    /// What a frame from another node claims of its sender that the ipcache must still confirm;
+    /// for a claim that [`decides_identity`](from_uplink::Claim::decides_identity), `identity` is
+    /// known only once it is confirmed (or vouched for by the flow's path).
+    claim: Option<from_uplink::Claim>,
 }
 
 /// What the receive stage made of a frame.
@@ -191,8 +198,12 @@ struct InFlight<'t> {
     service: Option<&'t Service>,
     tracked: Tracked,
     destination: Destination,
-    /// Where conntrack found the frame's own flow.
+    /// Where conntrack's lookup of the flow starts (hashed once, for the prefetch and the lookup),
+    /// and where it found it.
+    home: Home,
     found: Option<Found>,
+    /// Where the lookup of a service reply's forward entry starts.
+    forward_home: Option<Home>,
     /// What the pipeline decided for this way of the flow before, if it still holds: the stages
     /// take it instead of their lookups ([`fastpath`]).
     path: Option<Path>,
@@ -233,7 +244,9 @@ fn process_burst<'t>(
                         identity: Identity::UNKNOWN,
                         reason: DropReason::NoRoute,
                     },
+                    home: ct.home_of(&parsed.flow),
                     found: None,
+                    forward_home: None,
                     path: None,
                 });
                 (Forward::ToKernel, Verdict::ToKernel)
@@ -246,33 +259,48 @@ fn process_burst<'t>(
     }
     let log = &mut state.flowlog;
     for flight in flights.iter().flatten() {
-        ct.prefetch(&flight.parsed.flow);
-        ct.prefetch(&flight.parsed.flow.reversed());
+        ct.prefetch_home(flight.home);
     }
-    for (flight, frame) in flights.iter_mut().zip(frames.iter()) {
-        if let Some(f) = flight {
-            (f.known, f.found) = conntrack::lookup(ct, now_ms, &f.parsed, frame.data());
+    // The reverse's home, for a frame not found its own way.
+    let mut reverse: [Option<Home>; BURST] = [None; BURST];
+    for ((flight, frame), reverse) in flights.iter_mut().zip(frames.iter()).zip(&mut reverse) {
+        let Some(f) = flight else { continue };
+        match conntrack::lookup(ct, now_ms, (&f.parsed, f.home), frame.data()) {
+            Some(found) => (f.known, f.found) = found,
+            None => *reverse = Some(conntrack::prefetch_reply(ct, &f.parsed)),
         }
     }
-    for flight in flights.iter().flatten() {
-        conntrack::prefetch_forward_entry(ct, flight);
-        fastpath::prefetch(ct, flight);
+    for (flight, reverse) in flights.iter_mut().zip(reverse) {
+        let Some(f) = flight else { continue };
+        if let Some(home) = reverse {
+            (f.known, f.found) = conntrack::lookup_reply(ct, now_ms, (&f.parsed, home));
+        }
+        // What the next stages read of the flow, loading while the other frames look up.
+        f.forward_home = conntrack::prefetch_forward_entry(ct, f);
+        fastpath::prefetch(ct, f);
     }
-    for flight in flights.iter_mut().flatten() {
+    for ((flight, frame), outcome) in flights.iter_mut().zip(frames.iter()).zip(&mut outcomes) {
+        let Some(f) = flight else { continue };
         if fast_path {
-            flight.path = fastpath::kept(ct, tables, flight);
-            state.fast_path_packets += u64::from(flight.path.is_some());
+            f.path = fastpath::kept(ct, tables, f);
+            state.fast_path_packets += u64::from(f.path.is_some());
         }
-        flight.service = lb::find_service(tables, flight);
+        if let Err(reason) = believe(tables, f) {
+            *outcome = Err(reason);
+            log.record(FlowEvent::early_drop(tables, frame, reason, now_ms));
+            *flight = None;
+            continue;
+        }
+        conntrack::renew(ct, now_ms, f, frame.len());
+        f.service = lb::find_service(tables, f);
     }
     run_stage(&mut flights, &mut outcomes, log, now_ms, |f| {
         lb::translate(tables, ct, f)
     });
     for flight in flights.iter_mut().flatten() {
-        flight.destination = match flight.path {
-            Some(path) => path.destination(),
-            None => route::destination(tables, flight.tracked.flow.dst, flight.arrival),
-        };
+        let kept = flight.path.and_then(|path| path.destination());
+        flight.destination = kept
+            .unwrap_or_else(|| route::destination(tables, flight.tracked.flow.dst, flight.arrival));
     }
     run_stage(&mut flights, &mut outcomes, log, now_ms, |f| {
         enforce::admit(tables, ct, now_ms, f)
@@ -292,6 +320,24 @@ fn process_burst<'t>(
     for ((frame, outcome), verdict) in frames.iter().zip(outcomes).zip(verdicts.iter_mut()) {
         *verdict = count(&mut state.counters, frame, outcome);
     }
+}
+
+/// Settles who sent a frame from another node: as the flow's path says, if it vouches for the
+/// frame's claim, else by checking the claim ([`from_uplink::prove`]).
+fn believe(tables: &Tables, flight: &mut InFlight<'_>) -> Result<(), DropReason> {
+    let Some(claim) = flight.source.claim else {
+        return Ok(());
+    };
+    flight.source.identity = match flight.path {
+        Some(path) => path.source(),
+        None => from_uplink::prove(
+            tables,
+            flight.parsed.flow.src,
+            claim,
+            flight.source.identity,
+        )?,
+    };
+    Ok(())
 }
 
 /// How a frame's destination node is reached: as its path remembers, or from the tables.

@@ -3,10 +3,14 @@
 //! both directions and random snapshot changes (a policy flip, a backend removed, the node that holds
 //! a pod moved, a node's MAC changed, the routing mode, encryption switched on). Both twins must give
 //! every packet the same verdict, the same bytes (their lengths where WireGuard encrypted them: the
-//! twins' sessions have keys of their own), the same counters and the same flow log.
+//! twins' sessions have keys of their own), the same counters and the same flow log. Forged frames
+//! from the uplink join them on established flows: a reply tunnelled by another underlay host or
+//! with another VNI, or sent plain from another MAC.
 
 use super::*;
+use crate::conntrack::TcpState;
 use crate::wireguard::{EncryptionMode, Tunnels};
+use crate::FlowKey;
 
 const KEY_1: [u8; 32] = [0x11; 32];
 const KEY_2: [u8; 32] = [0x22; 32];
@@ -168,7 +172,64 @@ enum Op {
         sport: u16,
         syn: bool,
     },
+    /// cluster2's rebel-base answers x-wing, and the first node gets the frame forged.
+    Forged {
+        sport: u16,
+        forgery: Forgery,
+    },
     NewSnapshot(World),
+}
+
+/// How a frame between the nodes is forged on the way.
+#[derive(Clone, Copy, Debug)]
+enum Forgery {
+    /// The outer source: another underlay host (a node of the mesh or not).
+    OuterSource(Ipv4Addr),
+    /// The VNI: another identity.
+    Vni(Identity),
+    /// The source MAC, for a frame sent plain.
+    SourceMac([u8; 6]),
+}
+
+impl Forgery {
+    /// Forges a frame the second node sent; `None` for one it does not apply to (an encrypted
+    /// datagram: its inside cannot be forged, and its outside is WireGuard's to check).
+    fn apply(self, frame: &[u8]) -> Option<Vec<u8>> {
+        const VXLAN: [u8; 2] = 8472u16.to_be_bytes();
+        let ipv4 = frame.get(12..14)? == [0x08, 0x00];
+        let udp = frame.get(14 + 9) == Some(&17);
+        let tunnel = ipv4 && udp && frame.get(14 + 20 + 2..14 + 20 + 4)? == VXLAN;
+        let mut forged = frame.to_vec();
+        match self {
+            Forgery::OuterSource(addr) if tunnel => {
+                forged[14 + 12..14 + 16].copy_from_slice(&addr.octets());
+                fix_ipv4_checksum(&mut forged);
+            }
+            Forgery::Vni(identity) if tunnel => {
+                forged[14 + 20 + 8 + 4..14 + 20 + 8 + 7]
+                    .copy_from_slice(&identity.get().to_be_bytes()[1..]);
+            }
+            Forgery::SourceMac(mac) if ipv4 && !tunnel && !udp => {
+                forged[6..12].copy_from_slice(&mac)
+            }
+            _ => return None,
+        }
+        Some(forged)
+    }
+}
+
+fn arb_forgery() -> impl Strategy<Value = Forgery> {
+    prop_oneof![
+        Just(Forgery::OuterSource(NODE_3)),
+        Just(Forgery::OuterSource(Ipv4Addr::new(198, 18, 9, 9))),
+        Just(Forgery::OuterSource(node_ip(1))),
+        Just(Forgery::Vni(rebel_c2().identity)),
+        // Another identity of cluster2, and one of cluster1.
+        Just(Forgery::Vni(Identity::new(0x2_0177).unwrap())),
+        Just(Forgery::Vni(x_wing().identity)),
+        Just(Forgery::SourceMac([0x02, 9, 9, 9, 9, 9])),
+        Just(Forgery::SourceMac(node_mac(2))),
+    ]
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
@@ -182,6 +243,8 @@ fn arb_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         12 => (sender, 40000u16..40004, prop::bool::weighted(0.3))
             .prop_map(|(sender, sport, syn)| Op::Send { sender, sport, syn }),
+        3 => (40000u16..40004, arb_forgery())
+            .prop_map(|(sport, forgery)| Op::Forged { sport, forgery }),
         1 => arb_world().prop_map(Op::NewSnapshot),
     ]
 }
@@ -301,6 +364,22 @@ impl Mesh {
         self.settle()
     }
 
+    /// cluster2's rebel-base answers x-wing (a genuine frame through the second node), and the
+    /// first node gets what it sent forged.
+    fn forged(&mut self, sport: u16, forgery: Forgery) -> Result<(), TestCaseError> {
+        let frame = Pair::both(tcp(&rebel_c2(), x_wing().ip, 8080, sport, false));
+        let (t, twins) = &mut self.b;
+        let (verdict, sent) = twins.run(t, X_WING_PORT, &frame)?;
+        let forged = (verdict == Verdict::Transmit(UPLINK))
+            .then(|| Some((forgery.apply(&sent.fast)?, forgery.apply(&sent.full)?)))
+            .flatten();
+        if let Some((fast, full)) = forged {
+            let (t, twins) = &mut self.a;
+            twins.run(t, UPLINK, &Pair { fast, full })?;
+        }
+        self.settle()
+    }
+
     /// A frame through one node, and what it sends the other through that one.
     fn hop(&mut self, at_b: bool, port: PortId, frame: Pair) -> Result<(), TestCaseError> {
         let ((t, twins), _) = self.sides(at_b);
@@ -356,6 +435,7 @@ proptest! {
         for op in ops {
             match op {
                 Op::Send { sender, sport, syn } => mesh.send(sender, sport, syn)?,
+                Op::Forged { sport, forgery } => mesh.forged(sport, forgery)?,
                 Op::NewSnapshot(world) => {
                     let (a, b) = world.next(&mesh.a.0, &mesh.b.0);
                     mesh.a.0 = a;
@@ -422,4 +502,90 @@ fn established_packets_take_the_fast_path_and_a_new_snapshot_is_obeyed_at_once()
         run(&a, &mut s, X_WING_PORT, &direct(false)).0,
         Verdict::Drop(DropReason::NodeOffSegment)
     );
+}
+
+#[test]
+fn a_reply_tunnelled_by_another_node_neither_rides_the_flows_path_nor_touches_the_flow() {
+    let world = World {
+        policy: false,
+        backends: (false, false),
+        moved: false,
+        link: Link::Routed,
+        hybrid: false,
+        encrypt: false,
+    };
+    let (mut a, b) = world.tables();
+    // A third node of cluster2 joins the mesh; rebel-base stays on the second.
+    a.nodes
+        .upsert(RemoteNode {
+            addr: NODE_3.into(),
+            cluster: ClusterId::new(2).unwrap(),
+            link: NodeLink::Routed,
+            wireguard_key: None,
+        })
+        .unwrap();
+    a.changed();
+    let (mut sa, mut sb) = (state(), state());
+    let syn = tcp(&x_wing(), rebel_c2().ip, 40000, 8080, true);
+    let (verdict, wire) = run(&a, &mut sa, X_WING_PORT, &syn);
+    assert_eq!(verdict, Verdict::Transmit(UPLINK));
+    assert_eq!(
+        run(&b, &mut sb, UPLINK, &wire).0,
+        Verdict::Transmit(X_WING_PORT)
+    );
+    let mut answer = |reset: bool| {
+        let builder = PacketBuilder::ethernet2(rebel_c2().mac, GATEWAY_MAC)
+            .ipv4(rebel_c2().ip.octets(), x_wing().ip.octets(), 64)
+            .tcp(8080, 40000, 1, 1024)
+            .ack(1);
+        let builder = if reset { builder.rst() } else { builder };
+        let mut frame = Vec::new();
+        builder.write(&mut frame, b"").unwrap();
+        let (verdict, wire) = run(&b, &mut sb, X_WING_PORT, &frame);
+        assert_eq!(verdict, Verdict::Transmit(UPLINK));
+        wire
+    };
+    // The first answer makes the reply's path, the second rides it.
+    for _ in 0..2 {
+        let wire = answer(false);
+        assert_eq!(
+            run(&a, &mut sa, UPLINK, &wire).0,
+            Verdict::Transmit(X_WING_PORT)
+        );
+    }
+    assert_eq!(sa.fast_path_packets, 1);
+
+    // The flow's reset, tunnelled by the third node with the second's VNI.
+    let reset = answer(true);
+    let mut forged = reset.clone();
+    forged[14 + 12..14 + 16].copy_from_slice(&NODE_3.octets());
+    fix_ipv4_checksum(&mut forged);
+    assert_eq!(
+        run(&a, &mut sa, UPLINK, &forged).0,
+        Verdict::Drop(DropReason::ForeignInnerSource)
+    );
+    assert_eq!(sa.fast_path_packets, 1);
+    let key = FlowKey {
+        src: x_wing().ip.into(),
+        dst: rebel_c2().ip.into(),
+        src_port: 40000,
+        dst_port: 8080,
+        proto: crate::flow::proto::TCP,
+    };
+    let entry = *sa.conntrack.lookup(&key, 1_000).unwrap();
+    assert_eq!(
+        entry.tcp,
+        TcpState::Established,
+        "the forged reset closed nothing"
+    );
+    assert_eq!(entry.packets, 3, "nor was it counted");
+
+    // The genuine one rides the path.
+    assert_eq!(
+        run(&a, &mut sa, UPLINK, &reset).0,
+        Verdict::Transmit(X_WING_PORT)
+    );
+    assert_eq!(sa.fast_path_packets, 2);
+    let entry = sa.conntrack.lookup(&key, 1_000).unwrap();
+    assert_eq!((entry.tcp, entry.packets), (TcpState::Closing, 4));
 }
