@@ -107,28 +107,39 @@ impl Steering {
         let Ok(outer) = parse::parse(frame) else {
             return Owner::Any;
         };
-        if port == tables.node.uplink {
+        let from_uplink = port == tables.node.uplink;
+        if from_uplink {
             if let Some(inner) = tunnelled(tables, frame, &outer) {
                 return match parse::parse(inner) {
-                    Ok(parsed) => self.owner_of(tables, inner, &parsed),
+                    Ok(parsed) => self.owner_of(tables, inner, &parsed, false),
                     Err(_) => Owner::Any,
                 };
             }
         }
-        self.owner_of(tables, frame, &outer)
+        self.owner_of(tables, frame, &outer, from_uplink)
     }
 
-    fn owner_of(self, tables: &Tables, frame: &[u8], parsed: &Parsed) -> Owner {
+    /// `plain_from_uplink`: the frame came from the underlay as it is, where masqueraded flows'
+    /// replies come from.
+    fn owner_of(
+        self,
+        tables: &Tables,
+        frame: &[u8],
+        parsed: &Parsed,
+        plain_from_uplink: bool,
+    ) -> Owner {
         if matches!(parsed.l3, L3::Arp(_)) {
             return Owner::Any;
         }
         let (flow, masquerade_port) = match icmp_error::quoted(frame, parsed) {
-            // The quoted packet went out from the masqueraded port, or came in to it.
+            // The quoted packet went out from the masqueraded port.
             Some(quoted) => (quoted.flow, quoted.flow.src_port),
             None => (parsed.flow, parsed.flow.dst_port),
         };
-        if let Some(first) = masquerade_range(tables, parsed, masquerade_port) {
-            return Owner::Worker(masquerade_owner(first, masquerade_port, self.workers));
+        if plain_from_uplink {
+            if let Some(first) = masquerade_range(tables, parsed, masquerade_port) {
+                return Owner::Worker(masquerade_owner(first, masquerade_port, self.workers));
+            }
         }
         Owner::Worker(reduce(key(tables, &flow), self.workers))
     }
@@ -144,7 +155,8 @@ fn tunnelled<'f>(tables: &Tables, frame: &'f [u8], outer: &Parsed) -> Option<&'f
 }
 
 /// The start of the masquerade range, if `parsed` comes to the node's address and `port` is in it
-/// (a reply to a masqueraded flow, or an ICMP error about one).
+/// (a reply to a masqueraded flow, or an ICMP error about one). A pod's own flow to a port of the
+/// node's in that range is no masqueraded flow: only frames from the underlay are asked.
 fn masquerade_range(tables: &Tables, parsed: &Parsed, port: u16) -> Option<u16> {
     let masquerade = tables.node.masquerade.as_ref()?;
     let answers = tables.node.owns(parsed.flow.dst) && masquerade.ports.contains(port);

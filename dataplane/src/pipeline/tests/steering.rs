@@ -143,6 +143,31 @@ proptest! {
         prop_assert_eq!(owned(steering.owner(&t, UPLINK, &error)), owner);
     }
 
+    /// A pod's own flow to a port of the node's that lies in the masquerade range is no
+    /// masqueraded flow: the node's answer through the host port meets the same worker.
+    #[test]
+    fn a_pods_flow_to_the_node_on_a_masquerade_port_is_a_plain_flow(
+        sport in 1024u16..65535,
+        node_port in 61000u16..65535,
+        workers in 2u16..9,
+    ) {
+        let steering = Steering::new(workers).unwrap();
+        let t = node_tables(1, &[(X_WING_PORT, x_wing())], &[], &[]);
+        let request = tcp(&x_wing(), node_ip(1), sport, node_port, true);
+        let mut answer = Vec::new();
+        PacketBuilder::ethernet2(super::node_path::KERNEL_MAC, super::node_path::HOST_MAC)
+            .ipv4(node_ip(1).octets(), x_wing().ip.octets(), 64)
+            .tcp(node_port, sport, 9, 1024)
+            .syn()
+            .ack(2)
+            .write(&mut answer, b"")
+            .unwrap();
+        prop_assert_eq!(
+            steering.owner(&t, X_WING_PORT, &request),
+            steering.owner(&t, HOST_PORT, &answer)
+        );
+    }
+
     /// Whatever the bytes — random, or a real tunnel frame with one byte changed — steering names a
     /// worker there is, or none, and never panics.
     #[test]
