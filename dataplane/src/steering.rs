@@ -172,8 +172,8 @@ fn key(tables: &Tables, flow: &FlowKey) -> u64 {
     let src = (flow.src, flow.src_port);
     let dst = (flow.dst, flow.dst_port);
     match (
-        service_end(tables, flow.proto, src),
-        service_end(tables, flow.proto, dst),
+        service_end(tables, flow.proto, src, true),
+        service_end(tables, flow.proto, dst, false),
     ) {
         (false, true) => end_key(flow.proto, src),
         (true, false) => end_key(flow.proto, dst),
@@ -188,14 +188,22 @@ fn end_key(proto: u8, end: (Addr, u16)) -> u64 {
     crate::hash::hash_one(&(proto, end))
 }
 
-/// Whether `addr:port` is a service's frontend or one of its backends.
-fn service_end(tables: &Tables, proto: u8, (addr, port): (Addr, u16)) -> bool {
-    if !matches!(proto, proto::TCP | proto::UDP) {
+/// Whether `addr:port` is a service's frontend or one of its backends. A port no service uses
+/// (a client's ephemeral port) answers without a lookup; `backend_first` orders the two lookups by
+/// which is likelier to hit (a source is a backend more often than a frontend) — the answer is the
+/// same either way.
+fn service_end(tables: &Tables, proto: u8, (addr, port): (Addr, u16), backend_first: bool) -> bool {
+    let services = &tables.services;
+    if !matches!(proto, proto::TCP | proto::UDP) || !services.may_use_port(port) {
         return false;
     }
-    let services = &tables.services;
-    services.lookup(&Frontend { addr, port, proto }).is_some()
-        || services.is_backend(&BackendKey { addr, port, proto })
+    let frontend = || services.lookup(&Frontend { addr, port, proto }).is_some();
+    let backend = || services.is_backend(&BackendKey { addr, port, proto });
+    if backend_first {
+        backend() || frontend()
+    } else {
+        frontend() || backend()
+    }
 }
 
 /// A 64-bit hash onto `0..workers`, evenly (the high bits, by multiplication).

@@ -8,6 +8,7 @@
 
 mod backend_index;
 pub mod maglev;
+mod ports;
 mod retired;
 mod table;
 

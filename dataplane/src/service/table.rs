@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::hash::KeyedMap;
 
 use super::backend_index::{BackendIndex, BackendKey};
+use super::ports::ServicePorts;
 use super::retired::{BackendStatus, Retired};
 use super::{Frontend, Service, ServiceId};
 use crate::Addr;
@@ -31,6 +32,7 @@ pub struct ServiceTable {
     capacity: usize,
     retired: Retired,
     backends: BackendIndex,
+    ports: ServicePorts,
 }
 
 impl Default for ServiceTable {
@@ -51,6 +53,7 @@ impl ServiceTable {
             capacity,
             retired: Retired::default(),
             backends: BackendIndex::default(),
+            ports: ServicePorts::default(),
         }
     }
 
@@ -79,6 +82,9 @@ impl ServiceTable {
             .map_or((&[][..], 0), |o| (o.backends(), o.frontend.proto));
         self.backends
             .replace(was, (new.backends(), new.frontend.proto));
+        let backend_ports = new.backends().iter().map(|b| b.port);
+        self.ports
+            .insert_all(std::iter::once(frontend.port).chain(backend_ports));
         match &old {
             Some(old) if old.id == new.id => {
                 self.retired.replace(new.id, old.backends(), new.backends());
@@ -125,6 +131,12 @@ impl ServiceTable {
     /// Whether `key` is a backend of some service of this table (whatever its state).
     pub fn is_backend(&self, key: &BackendKey) -> bool {
         self.backends.contains(key)
+    }
+
+    /// Whether `port` may be a frontend's or a backend's: `false` means surely not, without a
+    /// lookup ([`Self::lookup`] and [`Self::is_backend`] say for sure).
+    pub fn may_use_port(&self, port: u16) -> bool {
+        self.ports.contains(port)
     }
 
     /// Forgets which backends were taken out of their services: call once no flow can still use one
@@ -185,6 +197,8 @@ mod tests {
         table.insert(Arc::new(both)).unwrap();
         let key = backend_key(1, 1);
         assert!(table.is_backend(&key));
+        assert!(table.may_use_port(8080) && table.may_use_port(80));
+        assert!(!table.may_use_port(40000), "no service uses it");
         assert!(
             !table.is_backend(&BackendKey {
                 proto: proto::UDP,
