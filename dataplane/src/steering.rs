@@ -199,11 +199,12 @@ fn service_end(tables: &Tables, proto: u8, (addr, port): (Addr, u16), backend_fi
     }
     let frontend = || services.lookup(&Frontend { addr, port, proto }).is_some();
     let backend = || services.is_backend(&BackendKey { addr, port, proto });
-    if backend_first {
-        backend() || frontend()
+    let (first, then): (&dyn Fn() -> bool, &dyn Fn() -> bool) = if backend_first {
+        (&backend, &frontend)
     } else {
-        frontend() || backend()
-    }
+        (&frontend, &backend)
+    };
+    first() || then()
 }
 
 /// A 64-bit hash onto `0..workers`, evenly (the high bits, by multiplication).
