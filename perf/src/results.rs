@@ -162,7 +162,8 @@ const PIPELINE: &str = "The in-memory pipeline on one pinned core, tables at pro
 (as a worker takes them from one port's rx ring), the frames staged in a ring as large as the \
 agent's UMEM; the cost of staging them is timed on the same loop per path and taken off, and every \
 timed frame's verdict is checked. The whole-pipeline figure is the mean of the two established \
-directions.";
+directions. With `--workers 2`, both established directions on two workers pinned to two cores, \
+with software steering and handoff between them, against one worker on the same frames: `scaling`.";
 
 const SYNC: &str = "A remote cluster of 100k endpoints and 10k services in a real etcd, synced by \
 the agent's watcher and snapshot builder; then a 100k-identity burst from two remotes while a \
