@@ -6,7 +6,7 @@
 //! [`parse`] → [`wireguard`] (decrypt) → [`tunnel`] (decap) → [`endpoint`] (anti-spoofing) →
 //! [`gateway`] (ARP/ND) → [`ipcache`] → [`service`] + [`conntrack`] + [`nat`] → [`policy`] → [`route`] →
 //! [`tunnel`] (encap) → [`wireguard`] (encrypt) → transmit.
-//! [`pipeline`] runs the stages over a batch.
+//! [`pipeline`] runs the stages over a batch, on the worker that owns the frame's flow ([`steering`]).
 //!
 //! Not here: AF_XDP sockets and worker threads (the `meshpath-xdp-redirect` crate and the agent), and
 //! where the tables come from (the `meshpath-control` crate builds [`snapshot::Tables`]).
@@ -37,6 +37,7 @@ pub mod route;
 pub mod service;
 pub mod snapshot;
 pub mod stats;
+pub mod steering;
 #[cfg(feature = "testbed")]
 pub mod testbed;
 pub mod tunnel;

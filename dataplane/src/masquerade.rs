@@ -6,9 +6,11 @@
 //! (no local pod, node or ipcache entry — the pipeline's "kernel" destination) and outside the
 //! configured non-masquerade prefixes. Its source port (an echo's identifier) is taken from a range
 //! the node's own stack does not use (by default 61000–65535, above Linux's ephemeral 32768–60999),
-//! probing from a hash of the flow for a translated tuple conntrack does not hold yet. The flow is
-//! remembered twice, like a service flow: by its original tuple with the node's `addr:port`, and by
-//! the translated tuple with the pod's, which replies (found by their reverse) are translated back to.
+//! probing from a hash of the flow for a translated tuple conntrack does not hold yet. With several
+//! workers each probes only its own share of the range, so that the port says which worker owns the
+//! flow's replies ([`crate::steering`]). The flow is remembered twice, like a service flow: by its
+//! original tuple with the node's `addr:port`, and by the translated tuple with the pod's, which
+//! replies (found by their reverse) are translated back to.
 //! Port exhaustion drops the new flow with `nat_port_exhausted`; nothing panics.
 //!
 //! Unlike ip-masq-agent, the default non-masquerade list is empty: everything outside the mesh is
@@ -20,6 +22,7 @@ use crate::conntrack::Conntrack;
 use crate::flow::proto;
 use crate::ipcache::IpPrefix;
 use crate::parse::{IcmpKind, Parsed, L4};
+use crate::steering::WorkerSlot;
 use crate::{Addr, DropReason, FlowKey};
 
 /// How many ports a new flow tries before the range counts as exhausted for its destination.
@@ -71,18 +74,26 @@ impl Masquerade {
         }
     }
 
-    /// A source port for `flow` behind `addr` whose translated tuple conntrack does not hold.
+    /// A source port for `flow` behind `addr` whose translated tuple conntrack does not hold, from
+    /// the ports of the range that are `slot`'s worker's to choose (its replies are steered back to
+    /// that worker by their port, [`crate::steering`]).
     pub fn allocate_port(
         &self,
         ct: &Conntrack,
         flow: &FlowKey,
         addr: Addr,
         now_ms: u64,
+        slot: WorkerSlot,
     ) -> Result<u16, DropReason> {
-        let len = self.ports.len();
+        let (index, of) = (u32::from(slot.index), u32::from(slot.of.max(1)));
+        // The range's ports whose offset from its first is `index` modulo `of`.
+        let len = self.ports.len().saturating_sub(index).div_ceil(of);
+        if len == 0 {
+            return Err(DropReason::NatPortExhausted);
+        }
         let start = flow.symmetric_hash() % len;
         (0..MAX_PROBES.min(len))
-            .map(|i| self.ports.first + ((start + i) % len) as u16)
+            .map(|i| self.ports.first + (index + ((start + i) % len) * of) as u16)
             .find(|&port| !ct.is_live(&translated(flow, addr, port), now_ms))
             .ok_or(DropReason::NatPortExhausted)
     }
@@ -170,7 +181,7 @@ mod tests {
         let mut taken = Vec::new();
         for i in 0..4 {
             let f = flow(40000 + i);
-            let port = m.allocate_port(&ct, &f, node, 0).unwrap();
+            let port = m.allocate_port(&ct, &f, node, 0, WorkerSlot::ONLY).unwrap();
             assert!(ports.contains(port));
             assert!(!taken.contains(&port), "port {port} handed out twice");
             taken.push(port);
@@ -178,12 +189,14 @@ mod tests {
             ct.insert(translated(&f, node, port), entry, 0).unwrap();
         }
         assert_eq!(
-            m.allocate_port(&ct, &flow(50000), node, 0),
+            m.allocate_port(&ct, &flow(50000), node, 0, WorkerSlot::ONLY),
             Err(DropReason::NatPortExhausted)
         );
         // Once the flows expire their ports are free again.
         let later = Timeouts::default().tcp_syn_ms + 1;
-        assert!(m.allocate_port(&ct, &flow(50000), node, later).is_ok());
+        assert!(m
+            .allocate_port(&ct, &flow(50000), node, later, WorkerSlot::ONLY)
+            .is_ok());
     }
 
     #[test]
@@ -196,5 +209,45 @@ mod tests {
         };
         let out = translated(&echo, Ipv4Addr::new(198, 18, 1, 1).into(), 61500);
         assert_eq!((out.src_port, out.dst_port), (61500, 61500));
+    }
+
+    #[test]
+    fn each_worker_takes_only_ports_of_its_share_and_runs_out_of_its_own() {
+        let ports = PortRange {
+            first: 62000,
+            last: 62006,
+        };
+        let m = masquerade(ports);
+        let node = Addr::from(Ipv4Addr::new(198, 18, 1, 1));
+        let mut ct = Conntrack::new(ConntrackConfig {
+            capacity: 64,
+            timeouts: Timeouts::default(),
+            endpoint_quota: None,
+        });
+        // Three workers: worker 1's share of 62000–62006 is 62001 and 62004.
+        let slot = WorkerSlot { index: 1, of: 3 };
+        let mut taken = Vec::new();
+        for i in 0..2 {
+            let f = flow(40000 + i);
+            let port = m.allocate_port(&ct, &f, node, 0, slot).unwrap();
+            assert!(slot.owns_masquerade_port(ports.first, port), "{port}");
+            taken.push(port);
+            let entry = CtEntry::new(proto::TCP, 0, &Timeouts::default());
+            ct.insert(translated(&f, node, port), entry, 0).unwrap();
+        }
+        taken.sort_unstable();
+        assert_eq!(taken, [62001, 62004]);
+        assert_eq!(
+            m.allocate_port(&ct, &flow(50000), node, 0, slot),
+            Err(DropReason::NatPortExhausted)
+        );
+        let other = WorkerSlot { index: 0, of: 3 };
+        assert!(m.allocate_port(&ct, &flow(50000), node, 0, other).is_ok());
+        let beyond = WorkerSlot { index: 7, of: 8 };
+        assert_eq!(
+            m.allocate_port(&ct, &flow(50000), node, 0, beyond),
+            Err(DropReason::NatPortExhausted),
+            "a range smaller than the workers leaves some with no port"
+        );
     }
 }

@@ -21,6 +21,7 @@ use crate::policy::{
 use crate::route::{NodeLink, RemoteNode, RoutingMode, Underlay};
 use crate::service::{Backend, BackendState, Frontend, Service, ServiceId};
 use crate::snapshot::{Capacities, NodeConfig, Tables};
+use crate::steering::{Owner, Steering};
 use crate::tunnel::{self, Encapsulation, TunnelProtocol};
 use crate::wire::checksum;
 use crate::{Addr, ClusterId, Frame, Identity, PortId};
@@ -179,20 +180,40 @@ impl Testbed {
 
     /// A worker whose conntrack holds every flow of the testbed, established by its first packet.
     pub fn warmed_worker(&self, capacity: usize) -> WorkerState {
-        let mut state = WorkerState::new(ConntrackConfig {
-            capacity,
-            timeouts: Timeouts::default(),
-            endpoint_quota: None,
-        });
+        let only = Steering::new(1).expect("one worker");
+        let mut workers = self.warmed_workers(only, capacity);
+        workers.pop().expect("one worker")
+    }
+
+    /// The workers of `steering`, each in its slot and with the flows of the testbed it owns
+    /// established in its conntrack (each holds `capacity` entries at most).
+    pub fn warmed_workers(&self, steering: Steering, capacity: usize) -> Vec<WorkerState> {
+        let mut workers: Vec<WorkerState> = (0..steering.workers())
+            .map(|index| WorkerState {
+                slot: steering.slot(index),
+                ..WorkerState::new(ConntrackConfig {
+                    capacity,
+                    timeouts: Timeouts::default(),
+                    endpoint_quota: None,
+                })
+            })
+            .collect();
         let mut buf = vec![0u8; 2048];
         for flow in &self.flows {
-            let len = self.request(flow, &mut buf[crate::frame::HEADROOM..]);
-            let mut frame = Frame::new(&mut buf, crate::frame::HEADROOM, len, pod_port(flow.pod))
-                .expect("the buffer holds a frame");
-            let verdict = pipeline::process_one(&self.tables, &mut state, 0, &mut frame);
+            let head = crate::frame::HEADROOM;
+            let len = self.request(flow, &mut buf[head..]);
+            let port = pod_port(flow.pod);
+            let owner = match steering.owner(&self.tables, port, &buf[head..head + len]) {
+                Owner::Worker(w) => usize::from(w),
+                Owner::Any => 0,
+            };
+            let mut frame =
+                Frame::new(&mut buf, head, len, port).expect("the buffer holds a frame");
+            let state = &mut workers[owner];
+            let verdict = pipeline::process_one(&self.tables, state, 0, &mut frame);
             assert_eq!(verdict, Verdict::Transmit(UPLINK), "warming {flow:?}");
         }
-        state
+        workers
     }
 
     /// Writes the 60-byte UDP frame (64 on the wire with its FCS) of `flow` from its pod to the

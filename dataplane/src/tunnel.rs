@@ -59,32 +59,62 @@ pub fn decap(
     outer: &Parsed,
     protocol: TunnelProtocol,
 ) -> Result<Decapsulated, DropReason> {
-    if outer.l4 != L4::Udp {
-        return Err(DropReason::UnsupportedProtocol);
-    }
-    let udp = frame
-        .data()
-        .get(outer.l4_offset..outer.l3_end())
-        .ok_or(DropReason::InvalidHeader)?;
-    let udp_len = match udp {
-        [_, _, _, _, hi, lo, ..] => usize::from(u16::from_be_bytes([*hi, *lo])),
-        _ => return Err(DropReason::InvalidHeader),
-    };
-    let tunnel = udp.get(UDP_LEN..udp_len).ok_or(DropReason::InvalidHeader)?;
-    let (vni, header_len) = tunnel_header(tunnel, protocol)?;
-    let inner_len = tunnel.len() - header_len;
-    if inner_len < ETHERNET_LEN {
-        return Err(DropReason::InvalidHeader);
-    }
-    let identity = Identity::new(vni).ok_or(DropReason::InvalidIdentity)?;
+    let inner = Inner::of(frame.data(), outer, protocol)?;
+    let identity = Identity::new(inner.vni).ok_or(DropReason::InvalidIdentity)?;
     frame
-        .pull_front(outer.l4_offset + UDP_LEN + header_len)
+        .pull_front(inner.start)
         .ok_or(DropReason::InvalidHeader)?;
-    frame.truncate(inner_len);
+    frame.truncate(inner.len);
     Ok(Decapsulated {
         identity,
         outer_src: outer.flow.src,
     })
+}
+
+/// The frame inside a tunnel frame, read in place: from its Ethernet header to where the outer UDP
+/// datagram ends. For worker steering, which looks before the pipeline decapsulates.
+pub fn inner<'f>(
+    frame: &'f [u8],
+    outer: &Parsed,
+    protocol: TunnelProtocol,
+) -> Result<&'f [u8], DropReason> {
+    let inner = Inner::of(frame, outer, protocol)?;
+    frame
+        .get(inner.start..inner.start + inner.len)
+        .ok_or(DropReason::InvalidHeader)
+}
+
+/// Where a tunnel frame's inner frame lies, and the VNI it came with.
+struct Inner {
+    vni: u32,
+    start: usize,
+    len: usize,
+}
+
+impl Inner {
+    fn of(frame: &[u8], outer: &Parsed, protocol: TunnelProtocol) -> Result<Inner, DropReason> {
+        if outer.l4 != L4::Udp {
+            return Err(DropReason::UnsupportedProtocol);
+        }
+        let udp = frame
+            .get(outer.l4_offset..outer.l3_end())
+            .ok_or(DropReason::InvalidHeader)?;
+        let udp_len = match udp {
+            [_, _, _, _, hi, lo, ..] => usize::from(u16::from_be_bytes([*hi, *lo])),
+            _ => return Err(DropReason::InvalidHeader),
+        };
+        let tunnel = udp.get(UDP_LEN..udp_len).ok_or(DropReason::InvalidHeader)?;
+        let (vni, header_len) = tunnel_header(tunnel, protocol)?;
+        let len = tunnel.len() - header_len;
+        if len < ETHERNET_LEN {
+            return Err(DropReason::InvalidHeader);
+        }
+        Ok(Inner {
+            vni,
+            start: outer.l4_offset + UDP_LEN + header_len,
+            len,
+        })
+    }
 }
 
 /// The VNI and the tunnel header's length, options included.

@@ -184,13 +184,14 @@ const PIPELINE: &str = "The in-memory pipeline on one pinned core, tables at pro
 (as a worker takes them from one port's rx ring), the frames staged in a ring as large as the \
 agent's UMEM; the cost of staging them is timed on the same loop per path and taken off, and every \
 timed frame's verdict is checked. The whole-pipeline figure is the mean of the two established \
-directions. Chart: perf/pipeline.svg (ns per packet by path and by stage, the per-path target drawn \
-across).";
+directions. With `--workers 2`, both established directions on two workers pinned to two cores, \
+with software steering and handoff between them, against one worker on the same frames: `scaling`. \
+Chart: perf/pipeline.svg (ns per packet by path and by stage, the per-path target drawn across).";
 
 const SYNC: &str = "A remote cluster of 100k endpoints and 10k services in a real etcd serving \
 mutual TLS, read through a relay that delays each direction (the first line names the delay), synced \
-by the agent's watcher and snapshot builder, then by the agent itself; then a 100k-identity burst from two remotes while a \
-status-like request runs every 10 ms and a lease is kept alive every 100 ms.";
+by the agent's watcher and snapshot builder, then by the agent itself; then a 100k-identity burst \
+from two remotes while a status-like request runs every 10 ms and a lease is kept alive every 100 ms.";
 
 const FORWARD: &str = "Real 64-byte UDP frames through a node in namespaces this run creates, \
 forwarded by a bare AF_XDP MAC swap, by the kernel (IP forwarding into a VXLAN device) and by \

@@ -598,8 +598,9 @@ impl AgentConfig {
         }
         let cores = core_count();
         if self.dataplane.cores.len() != 1 {
-            // Conntrack is per worker and a veth has one queue: a second worker would see only half of
-            // a flow. More workers need flow steering across queues.
+            // Conntrack is per worker: a second worker needs a socket per queue and frames steered to
+            // the worker owning their flow (meshpath_dataplane::steering), which the agent does not
+            // wire up yet.
             return Err((
                 "dataplane.cores",
                 "exactly one core: one worker per node for now".into(),

@@ -10,6 +10,7 @@ use super::{masquerade, InFlight, Source};
 use crate::conntrack::{Conntrack, NatKind};
 use crate::flow::proto;
 use crate::snapshot::Tables;
+use crate::steering::WorkerSlot;
 use crate::{DropReason, Identity};
 
 /// Lets a new flow through policy and remembers it; renews the forward entry of a service reply.
@@ -17,6 +18,7 @@ pub(super) fn admit(
     tables: &Tables,
     ct: &mut Conntrack,
     now_ms: u64,
+    slot: WorkerSlot,
     flight: &mut InFlight<'_>,
 ) -> Result<(), DropReason> {
     if let Destination::Nowhere { reason, .. } = flight.destination {
@@ -25,7 +27,7 @@ pub(super) fn admit(
     match flight.known {
         Known::New => {
             authorize(tables, flight)?;
-            masquerade::choose(tables, ct, now_ms, flight)?;
+            masquerade::choose(tables, ct, now_ms, slot, flight)?;
             conntrack::remember(ct, now_ms, flight)
         }
         Known::Reply(Some(nat)) if nat.kind == NatKind::Frontend => {

@@ -1,6 +1,7 @@
 //! Masquerading in the pipeline: a new flow from a pod to outside the mesh, once policy let it through,
-//! leaves from the node's address and a port of the masquerade range ([`crate::masquerade`]); conntrack
-//! then remembers both tuples, and later frames and replies follow the remembered translation.
+//! leaves from the node's address and a port of the masquerade range ([`crate::masquerade`]) that is
+//! this worker's to choose ([`crate::steering`]); conntrack then remembers both tuples, and later
+//! frames and replies follow the remembered translation.
 
 use super::conntrack::Tracked;
 use super::route::Destination;
@@ -8,6 +9,7 @@ use super::{Arrival, InFlight};
 use crate::conntrack::{Conntrack, CtNat};
 use crate::nat::{self, End};
 use crate::snapshot::Tables;
+use crate::steering::WorkerSlot;
 use crate::DropReason;
 
 /// Chooses the node's `addr:port` for a new flow leaving the mesh, if it is masqueraded.
@@ -15,6 +17,7 @@ pub(super) fn choose(
     tables: &Tables,
     ct: &Conntrack,
     now_ms: u64,
+    slot: WorkerSlot,
     flight: &mut InFlight<'_>,
 ) -> Result<(), DropReason> {
     let (Some(masquerade), Destination::Kernel, Arrival::FromPod) =
@@ -34,7 +37,7 @@ pub(super) fn choose(
         // Nothing to tell its replies apart by: such a flow cannot share the node's address.
         return Err(DropReason::UnsupportedProtocol);
     }
-    let port = masquerade.allocate_port(ct, &flow, addr, now_ms)?;
+    let port = masquerade.allocate_port(ct, &flow, addr, now_ms, slot)?;
     flight.tracked = Tracked::translated(flow, End::Source, CtNat::masquerade(addr, port));
     Ok(())
 }

@@ -44,6 +44,7 @@ use crate::pmtu::ErrorRateLimit;
 use crate::service::Service;
 use crate::snapshot::Tables;
 use crate::stats::{Counters, Forward};
+use crate::steering::WorkerSlot;
 use crate::wireguard::Tunnels;
 use crate::{DropReason, Frame, Identity, PortId};
 
@@ -90,6 +91,8 @@ pub struct WorkerState {
     pub fast_path: bool,
     /// Packets that took the fast path.
     pub fast_path_packets: u64,
+    /// Which of the node's workers this is ([`crate::steering`]): the masquerade ports it may choose.
+    pub slot: WorkerSlot,
 }
 
 impl WorkerState {
@@ -102,6 +105,7 @@ impl WorkerState {
             wireguard: Tunnels::disabled(),
             fast_path: true,
             fast_path_packets: 0,
+            slot: WorkerSlot::ONLY,
         }
     }
 }
@@ -225,6 +229,7 @@ fn process_burst<'t>(
     let icmp_errors = &mut state.icmp_errors;
     let tunnels = &mut state.wireguard;
     let fast_path = state.fast_path;
+    let slot = state.slot;
 
     for ((frame, flight), outcome) in frames.iter_mut().zip(&mut flights).zip(&mut outcomes) {
         state.counters.count_received(frame.len());
@@ -303,7 +308,7 @@ fn process_burst<'t>(
             .unwrap_or_else(|| route::destination(tables, flight.tracked.flow.dst, flight.arrival));
     }
     run_stage(&mut flights, &mut outcomes, log, now_ms, |f| {
-        enforce::admit(tables, ct, now_ms, f)
+        enforce::admit(tables, ct, now_ms, slot, f)
     });
     for ((flight, frame), outcome) in flights.iter().zip(frames.iter_mut()).zip(&mut outcomes) {
         if let Some(f) = flight {

@@ -936,3 +936,4 @@ mod encryption;
 mod fastpath;
 mod node_path;
 mod routing;
+mod steering;

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use crate::hash::KeyedMap;
 
+use super::backend_index::{BackendIndex, BackendKey};
+use super::ports::ServicePorts;
 use super::retired::{BackendStatus, Retired};
 use super::{Frontend, Service, ServiceId};
 use crate::Addr;
@@ -29,6 +31,8 @@ pub struct ServiceTable {
     len: usize,
     capacity: usize,
     retired: Retired,
+    backends: BackendIndex,
+    ports: ServicePorts,
 }
 
 impl Default for ServiceTable {
@@ -48,6 +52,8 @@ impl ServiceTable {
             len: 0,
             capacity,
             retired: Retired::default(),
+            backends: BackendIndex::default(),
+            ports: ServicePorts::default(),
         }
     }
 
@@ -71,6 +77,14 @@ impl ServiceTable {
         };
         let new = service.clone();
         let old = Arc::make_mut(shard).insert(frontend, service);
+        let was = old
+            .as_ref()
+            .map_or((&[][..], 0), |o| (o.backends(), o.frontend.proto));
+        self.backends
+            .replace(was, (new.backends(), new.frontend.proto));
+        let backend_ports = new.backends().iter().map(|b| b.port);
+        self.ports
+            .insert_all(std::iter::once(frontend.port).chain(backend_ports));
         match &old {
             Some(old) if old.id == new.id => {
                 self.retired.replace(new.id, old.backends(), new.backends());
@@ -92,6 +106,8 @@ impl ServiceTable {
         let old = Arc::make_mut(self.shards.get_mut(shard_of(frontend))?).remove(frontend)?;
         self.len -= 1;
         self.retired.replace(old.id, old.backends(), &[]);
+        self.backends
+            .replace((old.backends(), old.frontend.proto), (&[], 0));
         Some(old)
     }
 
@@ -112,6 +128,17 @@ impl ServiceTable {
         self.retired.status(service, addr, port)
     }
 
+    /// Whether `key` is a backend of some service of this table (whatever its state).
+    pub fn is_backend(&self, key: &BackendKey) -> bool {
+        self.backends.contains(key)
+    }
+
+    /// Whether `port` may be a frontend's or a backend's: `false` means surely not, without a
+    /// lookup ([`Self::lookup`] and [`Self::is_backend`] say for sure).
+    pub fn may_use_port(&self, port: u16) -> bool {
+        self.ports.contains(port)
+    }
+
     /// Forgets which backends were taken out of their services: call once no flow can still use one
     /// (after conntrack's longest timeout), or to leave the fallback after [`super::MAX_RETIRED`].
     pub fn clear_retired(&mut self) {
@@ -129,7 +156,7 @@ impl ServiceTable {
 mod tests {
     use super::*;
     use crate::flow::proto;
-    use crate::service::{Backend, BackendState, BackendStatus, ServiceId};
+    use crate::service::{Backend, BackendKey, BackendState, BackendStatus, ServiceId};
     use crate::{Addr, FlowKey};
     use proptest::prelude::*;
 
@@ -151,6 +178,41 @@ mod tests {
             })
             .collect();
         Arc::new(Service::new(ServiceId(i), frontend(i), backends).unwrap())
+    }
+
+    fn backend_key(i: u32, b: u32) -> BackendKey {
+        BackendKey {
+            addr: Addr::from_v4_bits(0x6440_0000 + (i << 8) + b),
+            port: 8080,
+            proto: proto::TCP,
+        }
+    }
+
+    #[test]
+    fn an_endpoint_backing_two_services_stays_a_backend_until_both_let_it_go() {
+        let mut table = ServiceTable::new(8);
+        let shared = service(1, 2).backends().to_vec();
+        let both = Service::new(ServiceId(2), frontend(2), shared).unwrap();
+        table.insert(service(1, 2)).unwrap();
+        table.insert(Arc::new(both)).unwrap();
+        let key = backend_key(1, 1);
+        assert!(table.is_backend(&key));
+        assert!(table.may_use_port(8080) && table.may_use_port(80));
+        assert!(!table.may_use_port(40000), "no service uses it");
+        assert!(
+            !table.is_backend(&BackendKey {
+                proto: proto::UDP,
+                ..key
+            }),
+            "a backend of TCP services only"
+        );
+        let before = table.clone();
+        table.remove(&frontend(1));
+        assert!(table.is_backend(&key), "service 2 still holds it");
+        table.insert(service(2, 1)).unwrap();
+        assert!(!table.is_backend(&key), "nobody holds it any more");
+        assert!(table.is_backend(&backend_key(2, 0)));
+        assert!(before.is_backend(&key), "an older snapshot keeps its view");
     }
 
     #[test]
@@ -294,6 +356,10 @@ mod tests {
                 for i in 0..16 {
                     let got = table.lookup(&frontend(i)).map(|s| s.backends().len() as u32);
                     prop_assert_eq!(got, model.get(&i).copied());
+                    for b in 0..4 {
+                        let held = model.get(&i).is_some_and(|&n| b < n);
+                        prop_assert_eq!(table.is_backend(&backend_key(i, b)), held, "service {} backend {}", i, b);
+                    }
                 }
             }
         }

@@ -16,6 +16,7 @@
 pub mod chart;
 mod ring;
 mod stages;
+mod workers;
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -58,6 +59,10 @@ pub struct Args {
     /// The core to pin the benchmark to.
     #[arg(long, default_value_t = 1)]
     core: usize,
+    /// Also run the established paths on this many workers at once (pinned to cores 0, 1, …), with
+    /// software steering between them, and report `scaling` against one worker.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -83,6 +88,13 @@ pub struct PipelineReport {
     ring_chunks: usize,
     ring_chunk_bytes: usize,
     core: Option<usize>,
+    /// With `--workers N` (N > 1): N workers' Mpps / one worker's on the same frames (target
+    /// ≥ [`workers::TARGET_SCALING`] for two workers on two cores).
+    #[serde(default)]
+    scaling: Option<f64>,
+    /// How `scaling` was measured.
+    #[serde(default)]
+    workers: Option<workers::WorkersReport>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
@@ -140,6 +152,11 @@ pub fn run(args: &Args) -> anyhow::Result<PipelineReport> {
         );
     }
     let stages = stages::stages(&bed, &all, rounds);
+    drop(state);
+    let workers = match args.workers {
+        1 => None,
+        n => Some(workers::scaling(&bed, &all, n, args.core, rounds)?),
+    };
     let (request, reply) = (
         timed["request_established"].ns,
         timed["reply_established"].ns,
@@ -174,6 +191,8 @@ pub fn run(args: &Args) -> anyhow::Result<PipelineReport> {
         ring_chunks: ring::UMEM_CHUNKS,
         ring_chunk_bytes: CHUNK,
         core,
+        scaling: workers.as_ref().map(|w| w.scaling),
+        workers,
     })
 }
 
@@ -420,6 +439,9 @@ impl Report for PipelineReport {
                 ));
             }
         }
+        if let Some(w) = &self.workers {
+            lines.extend(w.lines());
+        }
         lines
     }
 }
@@ -455,6 +477,7 @@ mod tests {
             flows: 1_000,
             rounds: 2,
             core: 0,
+            workers: 2,
         };
         let report = run(&args).expect("the benchmark runs");
         for path in [
@@ -472,5 +495,20 @@ mod tests {
         let json = serde_json::to_value(&report).expect("serializes");
         assert!(json["paths"]["request_established"].is_number());
         assert!(json["harness_ns"]["reply_established"].is_number());
+        let workers = report
+            .workers
+            .as_ref()
+            .expect("--workers 2 measures scaling");
+        assert!(json["scaling"].is_number(), "{json}");
+        assert!(
+            workers.handed_off > 0.0,
+            "two queues hand frames over: {workers:?}"
+        );
+        assert_eq!(workers.verdicts.timed, workers.verdicts.expected);
+        assert_eq!(
+            workers.verdicts.timed,
+            2 * 2 * 1_000,
+            "two rounds of every flow's request and reply"
+        );
     }
 }

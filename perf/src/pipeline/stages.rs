@@ -7,6 +7,7 @@ use std::hint::black_box;
 use meshpath_dataplane::frame::HEADROOM;
 use meshpath_dataplane::parse::parse;
 use meshpath_dataplane::service::Frontend;
+use meshpath_dataplane::steering::Steering;
 use meshpath_dataplane::testbed::{self, Testbed};
 use meshpath_dataplane::tunnel::{self, Encapsulation, TunnelProtocol};
 use meshpath_dataplane::{nat, Addr, FlowKey, Frame, Identity, PortId};
@@ -87,6 +88,20 @@ pub fn stages(bed: &Testbed, traffic: &Traffic, rounds: usize) -> BTreeMap<&'sta
                 };
                 let service = bed.tables.services.lookup(&fe);
                 black_box(service.and_then(|s| s.select(k.symmetric_hash())));
+            }
+        }),
+    );
+    // Which of two workers owns each frame: requests by their client's end (they go to a service),
+    // tunnelled replies by the frame inside.
+    let two = Steering::new(2).expect("two workers");
+    out.insert(
+        "steering",
+        ns_per_item(rounds, 2 * n, || {
+            for r in &traffic.requests {
+                black_box(two.owner(&bed.tables, PortId(1), black_box(r)));
+            }
+            for r in &traffic.replies {
+                black_box(two.owner(&bed.tables, testbed::UPLINK, black_box(r)));
             }
         }),
     );

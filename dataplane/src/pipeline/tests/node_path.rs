@@ -9,13 +9,18 @@ use crate::masquerade::{Masquerade, PortRange};
 use crate::snapshot::HostPort;
 use etherparse::{icmpv4, Icmpv4Type};
 
-const HOST_PORT: PortId = PortId(9);
-const HOST_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 1];
-const KERNEL_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 2];
-const WORLD: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub(super) const HOST_PORT: PortId = PortId(9);
+pub(super) const HOST_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 1];
+pub(super) const KERNEL_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 2];
+pub(super) const WORLD: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 
 /// Cluster `c`'s node with a host port and masquerading.
-fn node_tables(c: u8, local: &[(PortId, Pod)], remote: &[Pod], rules: &[PolicyRule]) -> Tables {
+pub(super) fn node_tables(
+    c: u8,
+    local: &[(PortId, Pod)],
+    remote: &[Pod],
+    rules: &[PolicyRule],
+) -> Tables {
     let mut t = tables(c, local, remote, rules);
     t.node.host = Some(HostPort {
         port: HOST_PORT,
