@@ -169,8 +169,11 @@ the agent's watcher and snapshot builder; then a 100k-identity burst from two re
 status-like request runs every 10 ms and a lease is kept alive every 100 ms.";
 
 const FORWARD: &str = "Real 64-byte UDP frames through a node in namespaces this run creates, \
-forwarded by a bare AF_XDP MAC swap, by the kernel (IP forwarding into a VXLAN device) and by \
-meshpath's pipeline on AF_XDP.";
+forwarded by a bare AF_XDP MAC swap, by the kernel (IP forwarding into a VXLAN device), by \
+meshpath's pipeline on AF_XDP, and by (d) the kernel-native reference: an XDP program in the driver \
+applying meshpath's decision for each flow (the same rewrite and VXLAN encapsulation, byte for byte) \
+without policy, service selection or conntrack — what the kernel needs at the least for the same \
+frames.";
 
 const RESTART: &str = "Established TCP connections through a service while the agent of the \
 client's node is restarted, planned (SIGTERM) and killed (SIGKILL), on the lab.";
