@@ -20,7 +20,7 @@ pub struct Spread {
 }
 
 impl Spread {
-    pub(super) fn of(runs: Vec<f64>) -> Spread {
+    pub(crate) fn of(runs: Vec<f64>) -> Spread {
         let mut sorted = runs.clone();
         sorted.sort_by(f64::total_cmp);
         let n = sorted.len();

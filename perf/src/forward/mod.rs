@@ -43,11 +43,12 @@ use meshpath_xdp_redirect::{NodeAddrs, Role, XdpRedirect};
 
 use check::Way;
 use forwarder::{Forwarder, Handler, CONNTRACK_CAPACITY};
-use lab::{inside, Lab, GEN_IF, POD_IF, SINK_IF, UPLINK_IF};
+use lab::{Lab, GEN_IF, POD_IF, SINK_IF, UPLINK_IF};
 use traffic::{Measured, Phase, Templates, Traffic};
 
-pub use figures::ForwardReport;
-use figures::{BySize, Latency, Losses, NodeDrops, Spread, TablesReport};
+use figures::{BySize, Losses, NodeDrops, TablesReport};
+pub use figures::{ForwardReport, Latency, Spread};
+pub use lab::inside;
 use xdp_reference::XdpReference;
 
 const TARGET_VS_BARE: f64 = 0.9;
