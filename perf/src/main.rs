@@ -8,6 +8,7 @@ mod provenance;
 mod report;
 mod restart;
 mod results;
+mod rr;
 mod svg;
 mod sync;
 
@@ -36,6 +37,9 @@ enum Scenario {
     /// Established TCP connections through a service while the agent restarts (planned, then killed):
     /// connections kept, the longest gap, frames the kernel got while no agent ran.
     Restart(restart::Args),
+    /// TCP request/response (1 byte each way), one connection then many, pod to pod across two lab
+    /// nodes through meshpath beside node to node through the kernel: round trips/s, ratio, latency.
+    Rr(rr::Args),
     /// Writes perf/RESULTS.md from the scenarios' JSON (each saved as `<scenario>.json`).
     Report(results::Args),
 }
@@ -60,6 +64,10 @@ fn main() -> anyhow::Result<()> {
         Scenario::Restart(args) => {
             let provenance = stamp("restart");
             report::print(&provenance, &restart::run(&args)?, json)
+        }
+        Scenario::Rr(args) => {
+            let provenance = stamp("rr");
+            report::print(&provenance, &rr::run(&args)?, json)
         }
         Scenario::Report(args) => results::run(&args),
     }

@@ -10,7 +10,7 @@ pub const SCHEMA_VERSION: u32 = 2;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Provenance {
     pub schema_version: u32,
-    /// The subcommand that measured: `pipeline`, `sync`, `forward`, `restart`.
+    /// The subcommand that measured: `pipeline`, `sync`, `forward`, `restart`, `rr`.
     pub scenario: String,
     /// The commit the binary was built from (full hash), or `unknown` outside a checkout.
     pub git_commit: String,

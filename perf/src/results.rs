@@ -16,7 +16,7 @@ use crate::report::Report;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The directory of `pipeline.json`, `sync.json`, `forward.json`, `restart.json`.
+    /// The directory of `pipeline.json`, `sync.json`, `forward.json`, `restart.json`, `rr.json`.
     #[arg(long, default_value = "perf/results")]
     pub dir: PathBuf,
     /// Where to write the Markdown.
@@ -51,6 +51,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         section::<crate::sync::SyncReport>(&args.dir, "sync", SYNC)?,
         section::<crate::forward::ForwardReport>(&args.dir, "forward", FORWARD)?,
         section::<crate::restart::RestartReport>(&args.dir, "restart", RESTART)?,
+        section::<crate::rr::RrReport>(&args.dir, "rr", RR)?,
     ];
     let markdown = render(&sections)?;
     std::fs::write(&args.out, markdown)
@@ -194,8 +195,18 @@ by the agent's watcher and snapshot builder, then by the agent itself; then a 10
 from two remotes while a status-like request runs every 10 ms and a lease is kept alive every 100 ms.";
 
 const FORWARD: &str = "Real 64-byte UDP frames through a node in namespaces this run creates, \
-forwarded by a bare AF_XDP MAC swap, by the kernel (IP forwarding into a VXLAN device) and by \
-meshpath's pipeline on AF_XDP.";
+forwarded by a bare AF_XDP MAC swap, by the kernel (IP forwarding into a VXLAN device), by \
+meshpath's pipeline on AF_XDP, and by (d) the kernel-native reference: an XDP program in the driver \
+applying meshpath's decision for each flow (the same rewrite and VXLAN encapsulation, byte for byte) \
+without policy, service selection or conntrack — what the kernel needs at the least for the same \
+frames.";
+
+const RR: &str = "TCP request/response as netperf's TCP_RR (1-byte request, 1-byte answer, the next \
+request once the answer is in), with one connection and then many in parallel: pod to pod across the \
+two nodes of a one-cluster lab through meshpath (VXLAN between them), beside node to node between the \
+same two nodes through the kernel, in interleaved runs. Cilium's CNI benchmark finds pod to pod within \
+a few percent of node to node; meshpath's target is a ratio of at least 0.9. The agents' context \
+switches per round trip show how often their workers slept in poll() and were woken by a frame.";
 
 const RESTART: &str = "Established TCP connections through a service while the agent of the \
 client's node is restarted, planned (SIGTERM) and killed (SIGKILL), on the lab.";

@@ -20,7 +20,7 @@ pub struct Spread {
 }
 
 impl Spread {
-    pub(super) fn of(runs: Vec<f64>) -> Spread {
+    pub(crate) fn of(runs: Vec<f64>) -> Spread {
         let mut sorted = runs.clone();
         sorted.sort_by(f64::total_cmp);
         let n = sorted.len();
@@ -52,9 +52,9 @@ pub struct Losses {
     /// the worker's rings, which a veth counts too.
     pub veth_dropped: u64,
     /// The worker's sockets: the kernel's rx drops (rx ring full, no fill buffers) and full tx
-    /// rings (none for the kernel's way).
+    /// rings (none for the ways without sockets: the kernel's and (d)).
     pub rings: Option<u64>,
-    /// Dropped by the worker's handler (none for the kernel's way).
+    /// Dropped by the worker's handler, or for (d) by its XDP program (none for the kernel's way).
     pub worker: Option<u64>,
     /// Reached the sink, but not as the way must make them.
     pub sink_refused: Refused,
@@ -64,25 +64,42 @@ pub struct Losses {
     pub reordered: u64,
 }
 
+/// What the node counted of a measurement's losses: its sockets' rings and what its forwarder
+/// dropped (`None` where the way has no such place: the kernel's has neither, (d) no rings).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeDrops {
+    pub rings: Option<u64>,
+    pub forwarder: Option<u64>,
+}
+
+impl NodeDrops {
+    pub(super) fn of_worker(worker: &WorkerStats) -> NodeDrops {
+        let ports = &worker.ports;
+        NodeDrops {
+            rings: Some(
+                ports
+                    .iter()
+                    .map(|p| p.kernel.rx_dropped + p.kernel.rx_ring_full + p.tx_ring_full)
+                    .sum(),
+            ),
+            forwarder: Some(ports.iter().map(|p| p.dropped() - p.tx_ring_full).sum()),
+        }
+    }
+}
+
 impl Losses {
-    pub(super) fn add(&mut self, m: &Measured, veth: u64, worker: Option<&WorkerStats>) {
+    pub(super) fn add(&mut self, m: &Measured, veth: u64, node: NodeDrops) {
         self.sent += m.sent;
         self.received += m.received + m.encrypted;
         self.lost += m.lost();
         self.generator_behind += m.generator_behind;
-        let ports = worker.map(|w| &w.ports);
-        let rings = ports.map(|p| {
-            p.iter()
-                .map(|p| p.kernel.rx_dropped + p.kernel.rx_ring_full + p.tx_ring_full)
-                .sum::<u64>()
-        });
-        let handler = ports.map(|p| p.iter().map(|p| p.dropped() - p.tx_ring_full).sum::<u64>());
+        let NodeDrops { rings, forwarder } = node;
         // A veth counts a frame its XDP program could not hand to a full socket ring as dropped
         // too: those are the rings' already.
         let veth = veth.saturating_sub(rings.unwrap_or(0));
         self.veth_dropped += veth;
         self.rings = sum_opt(self.rings, rings);
-        self.worker = sum_opt(self.worker, handler);
+        self.worker = sum_opt(self.worker, forwarder);
         let refused = &mut self.sink_refused;
         let r = &m.refused;
         refused.encapsulation += r.encapsulation;
@@ -92,7 +109,7 @@ impl Losses {
         refused.macs += r.macs;
         refused.template += r.template;
         self.reordered += m.reordered;
-        let seen = veth + rings.unwrap_or(0) + handler.unwrap_or(0) + m.refused.total();
+        let seen = veth + rings.unwrap_or(0) + forwarder.unwrap_or(0) + m.refused.total();
         self.unaccounted += m.lost().saturating_sub(seen);
     }
 }
@@ -167,6 +184,13 @@ pub struct ForwardReport {
     /// The same ratios of the zero-loss rates.
     pub zero_loss_ratio_vs_bare: f64,
     pub zero_loss_ratio_vs_kernel: f64,
+    /// meshpath (established) / (d), the kernel XDP reference doing the same rewrite and VXLAN
+    /// encapsulation: at saturation and at ≤ 0.1 % loss. Printed beside the others, no target; null
+    /// in a file measured before (d) existed.
+    #[serde(default)]
+    pub ratio_vs_xdp: Option<f64>,
+    #[serde(default)]
+    pub zero_loss_ratio_vs_xdp: Option<f64>,
     pub losses: BTreeMap<String, Losses>,
     /// Scheduled send to arrival, meshpath (established) at half its median rate; null when no
     /// frame arrived to be timed.
@@ -246,6 +270,12 @@ impl Report for ForwardReport {
             distance(self.ratio_vs_kernel, TARGET_VS_KERNEL),
             self.zero_loss_ratio_vs_kernel,
             distance(self.zero_loss_ratio_vs_kernel, TARGET_VS_KERNEL)
+        ));
+        let ratio = |r: Option<f64>| r.map_or("—".to_owned(), |r| format!("{r:.2}"));
+        lines.push(format!(
+            "c/d = {} at saturation, {} at ≤ 0.1 % loss (meshpath against the kernel doing its rewrite in XDP; no target)",
+            ratio(self.ratio_vs_xdp),
+            ratio(self.zero_loss_ratio_vs_xdp)
         ));
         lines.push(match &self.latency_us {
             Some(l) => format!(

@@ -2,7 +2,7 @@
 //! for one run and deleted on drop. Nothing is routed to or from the root namespace.
 //!
 //! ```text
-//! mpb-<pid>-gen [eth0] ── [pod0] mpb-<pid>-node [uplink] ── [eth0] mpb-<pid>-sink
+//! mpb-<pid>-<n>-gen [eth0] ── [pod0] mpb-<pid>-<n>-node [uplink] ── [eth0] mpb-<pid>-<n>-sink
 //! ```
 //! The node is configured for both ways it forwards: its kernel (addresses, IP forwarding, a VXLAN
 //! device towards the sink's address, static neighbours), used when no XDP program is attached; and
@@ -11,6 +11,7 @@
 //! decapsulate, so each way is measured up to the node's wire.
 
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{bail, Context};
 use meshpath_dataplane::testbed;
@@ -37,11 +38,17 @@ impl Lab {
     /// Removes namespaces left by runs whose process is gone, then builds this run's.
     pub fn build(forwarder_core: usize) -> anyhow::Result<Lab> {
         remove_orphans();
-        let pid = std::process::id();
+        // Numbered, so that labs of one process (tests running side by side) do not collide.
+        static BUILT: AtomicU32 = AtomicU32::new(0);
+        let id = format!(
+            "{NAMESPACE_PREFIX}{}-{}",
+            std::process::id(),
+            BUILT.fetch_add(1, Ordering::Relaxed)
+        );
         let lab = Lab {
-            gen: format!("{NAMESPACE_PREFIX}{pid}-gen"),
-            node: format!("{NAMESPACE_PREFIX}{pid}-node"),
-            sink: format!("{NAMESPACE_PREFIX}{pid}-sink"),
+            gen: format!("{id}-gen"),
+            node: format!("{id}-node"),
+            sink: format!("{id}-sink"),
         };
         for ns in [&lab.gen, &lab.node, &lab.sink] {
             ip(&["netns", "add", ns])?;
@@ -266,7 +273,7 @@ pub fn inside<T>(ns: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Res
     result
 }
 
-/// Deletes `mpb-<pid>-*` namespaces whose process no longer exists (a run that was killed).
+/// Deletes `mpb-<pid>-<n>-*` namespaces whose process no longer exists (a run that was killed).
 fn remove_orphans() {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;

@@ -1,8 +1,10 @@
-//! `meshpath-perf forward`: real 64-byte UDP frames through a node, forwarded three ways in one run
+//! `meshpath-perf forward`: real 64-byte UDP frames through a node, forwarded four ways in one run
 //! — (a) a bare AF_XDP MAC swap, the machine's ceiling; (b) the kernel's IP forwarding into a VXLAN
 //! device; (c) meshpath's pipeline (policy, service load balancing, VXLAN encapsulation) on an
 //! AF_XDP worker over production-scale tables, its flows established, and again with a steady rate of
-//! new flows (Maglev, policy and conntrack inserts on each first packet).
+//! new flows (Maglev, policy and conntrack inserts on each first packet); (d) the kernel-native
+//! reference: an XDP program applying meshpath's per-flow decision (the same rewrite and VXLAN
+//! encapsulation) in the driver ([`xdp_reference`]).
 //!
 //! Every way is offered the same load (the generator's own ceiling, measured first) in several
 //! interleaved runs, reported as median and spread; beside that saturation figure, an RFC 2544 search
@@ -22,9 +24,11 @@ mod encrypt;
 mod figures;
 mod forwarder;
 mod lab;
+mod napi;
 mod sessions;
 mod traffic;
 mod veth;
+mod xdp_reference;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,18 +37,19 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use meshpath_dataplane::afxdp::generator::TrafficPort;
-use meshpath_dataplane::afxdp::WorkerStats;
 use meshpath_dataplane::testbed::{Scale, Testbed};
 use meshpath_xdp_redirect::netns::ifindex;
 use meshpath_xdp_redirect::{NodeAddrs, Role, XdpRedirect};
 
 use check::Way;
 use forwarder::{Forwarder, Handler, CONNTRACK_CAPACITY};
-use lab::{inside, Lab, GEN_IF, SINK_IF};
+use lab::{Lab, GEN_IF, POD_IF, SINK_IF, UPLINK_IF};
 use traffic::{Measured, Phase, Templates, Traffic};
 
-pub use figures::ForwardReport;
-use figures::{BySize, Latency, Losses, Spread, TablesReport};
+use figures::{BySize, Losses, NodeDrops, TablesReport};
+pub use figures::{ForwardReport, Latency, Spread};
+pub use lab::inside;
+use xdp_reference::XdpReference;
 
 const TARGET_VS_BARE: f64 = 0.9;
 const TARGET_VS_KERNEL: f64 = 3.0;
@@ -90,6 +95,18 @@ pub struct Args {
     /// beside the plain pipeline at both sizes.
     #[arg(long)]
     pub encrypt: bool,
+    /// Where way (d)'s XDP program runs: in the pod veth's NAPI thread pinned to the forwarder's
+    /// core, or in softirq on the generator's core (the veth's default).
+    #[arg(long, value_enum, default_value_t = ReferenceNapi::Thread)]
+    pub reference_napi: ReferenceNapi,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReferenceNapi {
+    /// Threaded NAPI, its thread pinned to the forwarder's core.
+    Thread,
+    /// Softirq on the sending side's core, which the generator has.
+    Softirq,
 }
 
 /// The frame sizes of the encrypted comparison, on the wire with the FCS.
@@ -104,13 +121,22 @@ enum WayKind {
     Kernel,
     Meshpath,
     MeshpathNewFlows,
+    XdpVxlan,
 }
 
 impl WayKind {
-    const ALL: [WayKind; 4] = [
+    const ALL: [WayKind; 5] = [
         WayKind::MacSwap,
         WayKind::Meshpath,
         WayKind::MeshpathNewFlows,
+        WayKind::XdpVxlan,
+        WayKind::Kernel,
+    ];
+    /// The ways the zero-loss search runs for.
+    const SEARCHED: [WayKind; 4] = [
+        WayKind::MacSwap,
+        WayKind::Meshpath,
+        WayKind::XdpVxlan,
         WayKind::Kernel,
     ];
 
@@ -120,6 +146,7 @@ impl WayKind {
             WayKind::Kernel => "kernel_vxlan",
             WayKind::Meshpath => "meshpath_established",
             WayKind::MeshpathNewFlows => "meshpath_new_flows",
+            WayKind::XdpVxlan => "xdp_vxlan",
         }
     }
 
@@ -129,6 +156,7 @@ impl WayKind {
             "kernel_vxlan" => "(b) kernel forwarding + VXLAN",
             "meshpath_established" => "(c) meshpath, established flows",
             "meshpath_new_flows" => "(c) meshpath, with new flows",
+            "xdp_vxlan" => "(d) kernel XDP, same rewrite + VXLAN",
             _ => "?",
         }
     }
@@ -137,14 +165,16 @@ impl WayKind {
         match self {
             WayKind::MacSwap => Way::MacSwap,
             WayKind::Kernel => Way::Kernel,
-            WayKind::Meshpath | WayKind::MeshpathNewFlows => Way::meshpath(testbed),
+            WayKind::Meshpath | WayKind::MeshpathNewFlows | WayKind::XdpVxlan => {
+                Way::meshpath(testbed)
+            }
         }
     }
 
     fn handler(self, testbed: &Testbed) -> Option<Handler> {
         match self {
             WayKind::MacSwap => Some(Handler::MacSwap),
-            WayKind::Kernel => None,
+            WayKind::Kernel | WayKind::XdpVxlan => None,
             WayKind::Meshpath | WayKind::MeshpathNewFlows => Some(Handler::meshpath(testbed)),
         }
     }
@@ -155,8 +185,11 @@ struct Bench {
     lab: Lab,
     traffic: Traffic,
     testbed: Testbed,
+    /// Way (d), loaded once with every flow's decision; attached for its measurements only.
+    reference: XdpReference,
     gen_core: usize,
     fwd_core: Option<usize>,
+    reference_napi: ReferenceNapi,
     bar: ProgressBar,
 }
 
@@ -164,7 +197,7 @@ struct Bench {
 struct Outcome {
     measured: Measured,
     veth: u64,
-    worker: Option<WorkerStats>,
+    node: NodeDrops,
 }
 
 impl Bench {
@@ -177,24 +210,69 @@ impl Bench {
     ) -> anyhow::Result<Outcome> {
         self.bar.set_message(WayKind::label(way.key()));
         let veth_before = veth::dropped(&self.lab)?;
-        let forwarder = way
-            .handler(&self.testbed)
-            .map(|h| Forwarder::start(&self.lab.node, self.fwd_core, h))
-            .transpose()?;
-        let measured = run_phase(
+        let node = if way == WayKind::XdpVxlan {
+            self.measure_xdp(phase, templates)?
+        } else {
+            let forwarder = way
+                .handler(&self.testbed)
+                .map(|h| Forwarder::start(&self.lab.node, self.fwd_core, h))
+                .transpose()?;
+            let measured = self.run(phase, templates)?;
+            let node = match forwarder {
+                Some(f) => NodeDrops::of_worker(&f.stop()?),
+                None => NodeDrops::default(),
+            };
+            (measured, node)
+        };
+        let veth = veth::dropped(&self.lab)?.saturating_sub(veth_before);
+        Ok(Outcome {
+            measured: node.0,
+            veth,
+            node: node.1,
+        })
+    }
+
+    fn run(&mut self, phase: &Phase, templates: &Templates) -> anyhow::Result<Measured> {
+        run_phase(
             &mut self.traffic,
             phase,
             templates,
             self.gen_core,
             &self.bar,
-        )?;
-        let worker = forwarder.map(Forwarder::stop).transpose()?;
-        let veth = veth::dropped(&self.lab)?.saturating_sub(veth_before);
-        Ok(Outcome {
-            measured,
-            veth,
-            worker,
-        })
+        )
+    }
+
+    /// Way (d): the reference attached to the node's pod veth for this measurement alone; what its
+    /// program dropped is the forwarder's count.
+    fn measure_xdp(
+        &mut self,
+        phase: &Phase,
+        templates: &Templates,
+    ) -> anyhow::Result<(Measured, NodeDrops)> {
+        let before = self.reference.counts()?;
+        let reference = &self.reference;
+        let attached = inside(&self.lab.node, || {
+            reference.attach(ifindex(POD_IF)?, ifindex(UPLINK_IF)?)
+        })?;
+        let napi = match (self.reference_napi, self.fwd_core) {
+            (ReferenceNapi::Thread, Some(core)) => {
+                Some(napi::ThreadedNapi::on(&self.lab.node, POD_IF, core))
+            }
+            _ => None,
+        };
+        let (measured, napi) = match napi.transpose() {
+            Err(e) => (Err(e), None),
+            Ok(napi) => (self.run(phase, templates), napi),
+        };
+        let napi_off = napi.map(napi::ThreadedNapi::off);
+        inside(&self.lab.node, || attached.detach())?;
+        napi_off.transpose()?;
+        let counts = self.reference.counts()?.since(before);
+        let node = NodeDrops {
+            rings: None,
+            forwarder: Some(counts.dropped),
+        };
+        Ok((measured?, node))
     }
 
     /// RFC 2544: the highest rate up to `ceiling` (pps) at which `way` loses at most 0.1 %.
@@ -257,37 +335,59 @@ pub fn run(args: &Args) -> anyhow::Result<ForwardReport> {
     };
     eprintln!("building tables at {scale:?} …");
     let testbed = Testbed::new(scale);
+    let reference = XdpReference::load(&xdp_reference::decisions(&testbed)?)?;
     let lab = Lab::build(fwd_core)?;
     lab.delete_on_signal();
-    let generator = inside(&lab.gen, || {
-        Ok(TrafficPort::bind(ifindex(GEN_IF)?, 0, RING_SIZE)?)
-    })?;
-    let (sink, sink_program, sink_attachment) = inside(&lab.sink, || {
-        let sink = TrafficPort::bind(ifindex(SINK_IF)?, 0, RING_SIZE)?;
-        let program = XdpRedirect::load(
-            Role::Pod,
-            NodeAddrs {
-                ipv4: None,
-                ipv6: None,
-            },
-        )?;
-        let attachment = program.attach(ifindex(SINK_IF)?)?;
-        forwarder::require_native("the sink's eth0", attachment.mode())?;
-        program.register_socket(0, std::os::fd::AsFd::as_fd(&sink))?;
-        Ok((sink, program, attachment))
-    })?;
+    let ends = Ends::bind(&lab)?;
     let mut bench = Bench {
         lab,
-        traffic: Traffic::new(generator, sink),
+        traffic: Traffic::new(ends.generator, ends.sink),
         testbed,
+        reference,
         gen_core,
         fwd_core: Some(fwd_core),
+        reference_napi: args.reference_napi,
         bar: ProgressBar::hidden(),
     };
     let report = measure_all(&mut bench, args, cores, scale);
     bench.bar.finish_and_clear();
-    drop((sink_attachment, sink_program, bench));
+    drop((ends.sink_attachment, ends.sink_program, bench));
     report
+}
+
+/// The generator's and the sink's sockets, and the sink's XDP program that feeds its socket.
+struct Ends {
+    generator: TrafficPort,
+    sink: TrafficPort,
+    sink_program: XdpRedirect,
+    sink_attachment: meshpath_xdp_redirect::Attachment,
+}
+
+impl Ends {
+    fn bind(lab: &Lab) -> anyhow::Result<Ends> {
+        let generator = inside(&lab.gen, || {
+            Ok(TrafficPort::bind(ifindex(GEN_IF)?, 0, RING_SIZE)?)
+        })?;
+        inside(&lab.sink, || {
+            let sink = TrafficPort::bind(ifindex(SINK_IF)?, 0, RING_SIZE)?;
+            let program = XdpRedirect::load(
+                Role::Pod,
+                NodeAddrs {
+                    ipv4: None,
+                    ipv6: None,
+                },
+            )?;
+            let attachment = program.attach(ifindex(SINK_IF)?)?;
+            forwarder::require_native("the sink's eth0", attachment.mode())?;
+            program.register_socket(0, std::os::fd::AsFd::as_fd(&sink))?;
+            Ok(Ends {
+                generator,
+                sink,
+                sink_program: program,
+                sink_attachment: attachment,
+            })
+        })
+    }
 }
 
 fn check_args(args: &Args) -> anyhow::Result<()> {
@@ -348,7 +448,7 @@ fn measure_all(
     };
     let steps = 1
         + args.runs * WayKind::ALL.len()
-        + 3 * (args.search_steps + 1)
+        + WayKind::SEARCHED.len() * (args.search_steps + 1)
         + 1
         + if args.encrypt { 4 } else { 0 };
     bench.bar = progress(steps as u64);
@@ -397,12 +497,12 @@ fn measure_all(
             losses
                 .entry(way.key())
                 .or_default()
-                .add(m, outcome.veth, outcome.worker.as_ref());
+                .add(m, outcome.veth, outcome.node);
             bench.bar.inc(1);
         }
     }
     let mut zero_loss = BTreeMap::new();
-    for way in [WayKind::MacSwap, WayKind::Meshpath, WayKind::Kernel] {
+    for way in WayKind::SEARCHED {
         let rate = bench.zero_loss(way, ceiling, args, of(way))?;
         zero_loss.insert(way.key().to_owned(), rate / 1e6);
         bench.bar.inc(args.search_steps as u64 + 1);
@@ -438,6 +538,7 @@ fn measure_all(
             ("kernel + VXLAN", median(WayKind::Kernel)),
             ("meshpath", median(WayKind::Meshpath)),
             ("meshpath, new flows", median(WayKind::MeshpathNewFlows)),
+            ("kernel XDP + VXLAN", median(WayKind::XdpVxlan)),
         ],
     );
     if let Some(dir) = args.chart.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -452,6 +553,8 @@ fn measure_all(
         ratio_vs_kernel: ratio(median(WayKind::Meshpath), median(WayKind::Kernel)),
         zero_loss_ratio_vs_bare: ratio(zl(WayKind::Meshpath), zl(WayKind::MacSwap)),
         zero_loss_ratio_vs_kernel: ratio(zl(WayKind::Meshpath), zl(WayKind::Kernel)),
+        ratio_vs_xdp: Some(ratio(median(WayKind::Meshpath), median(WayKind::XdpVxlan))),
+        zero_loss_ratio_vs_xdp: Some(ratio(zl(WayKind::Meshpath), zl(WayKind::XdpVxlan))),
         mpps,
         offered_mpps: ceiling / 1e6,
         sent_mpps: sent
@@ -494,7 +597,12 @@ fn measure_all(
         encrypted_share: encrypted.as_ref().map(|e| e.encrypted_share),
         gbps: encrypted.as_ref().map(|e| BySize::gbps(&e.mpps)),
         mpps_by_size: encrypted.map(|e| e.mpps),
-        cores: cores_note(cores, bench.gen_core, bench.fwd_core.unwrap_or(0)),
+        cores: cores_note(
+            cores,
+            bench.gen_core,
+            bench.fwd_core.unwrap_or(0),
+            args.reference_napi,
+        ),
         chart: args.chart.display().to_string(),
         duration_s: args.duration,
         runs: args.runs,
@@ -513,11 +621,24 @@ fn unpaced(warmup: Duration, window: Duration) -> Phase {
     }
 }
 
-fn cores_note(cores: usize, gen_core: usize, fwd_core: usize) -> String {
+fn cores_note(
+    cores: usize,
+    gen_core: usize,
+    fwd_core: usize,
+    reference_napi: ReferenceNapi,
+) -> String {
+    let reference = match reference_napi {
+        ReferenceNapi::Thread => {
+            format!("(d)'s XDP program in the pod veth's NAPI thread pinned to core {fwd_core}")
+        }
+        ReferenceNapi::Softirq => {
+            format!("(d)'s XDP program in softirq on core {gen_core} (the sender's)")
+        }
+    };
     format!(
         "{cores} cores: generator and sink in one thread pinned to core {gen_core}; forwarder on core {fwd_core} \
-         (AF_XDP worker pinned there, kernel forwarding steered there by RPS); the veth transfers and XDP \
-         redirects run in softirq on the sending side's core"
+         (AF_XDP worker pinned there, kernel forwarding steered there by RPS, {reference}); the other veth \
+         transfers and XDP redirects run in softirq on the sending side's core"
     )
 }
 
@@ -562,6 +683,118 @@ fn is_root() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use check::{Seen, Stamp, PAYLOAD};
+    use meshpath_dataplane::frame::HEADROOM;
+    use meshpath_dataplane::pipeline;
+    use meshpath_dataplane::{Frame, Verdict};
+    use std::time::Instant;
+
+    /// Way (d) on the benchmark's veths: flow 1's request from the generator leaves the node's
+    /// uplink byte for byte as meshpath's pipeline makes it from the same request.
+    #[test]
+    fn the_xdp_reference_puts_meshpaths_bytes_on_the_wire() {
+        if !meshpath_testkit::needs_root("the_xdp_reference_puts_meshpaths_bytes_on_the_wire") {
+            return;
+        }
+        let testbed = Testbed::new(Scale {
+            local_pods: 1,
+            ..Scale::TINY
+        });
+        let reference = XdpReference::load(&xdp_reference::decisions(&testbed).expect("decisions"))
+            .expect("the reference loads");
+        let lab = Lab::build(0).expect("the lab");
+        let mut ends = Ends::bind(&lab).expect("the generator and the sink");
+        let attached = inside(&lab.node, || {
+            reference.attach(ifindex(POD_IF)?, ifindex(UPLINK_IF)?)
+        })
+        .expect("attached in native mode");
+        let mut request = [0u8; 60];
+        testbed.request(&testbed.flows[1], &mut request);
+        let stamp = Stamp {
+            seq: 7,
+            scheduled_ns: 1,
+            template: 1,
+        };
+        assert!(stamp.write(&mut request[PAYLOAD..]));
+        let want = through_meshpath(&testbed, &request);
+
+        let sent = ends.generator.send(1, |buf| {
+            buf[..request.len()].copy_from_slice(&request);
+            request.len()
+        });
+        assert_eq!(sent, 1);
+        let expected: Vec<_> = testbed
+            .flows
+            .iter()
+            .map(|f| check::Way::meshpath(&testbed).expect(&testbed, f))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut got = None;
+        while got.is_none() && Instant::now() < deadline {
+            ends.sink.receive(|frame| {
+                if check::check(frame, &expected) == Seen::Valid(stamp) {
+                    got = Some(frame.to_vec());
+                }
+            });
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        inside(&lab.node, || attached.detach()).expect("detached");
+        let got = got.expect("the frame reached the sink as meshpath makes it");
+        assert_eq!(got, want, "the reference's frame differs from meshpath's");
+        let counts = reference.counts().expect("counters");
+        assert_eq!((counts.redirected, counts.dropped), (1, 0), "{counts:?}");
+    }
+
+    /// (d) is held to meshpath's checks: a frame the kernel's VXLAN device made of the same request
+    /// does not count for it, meshpath's own does.
+    #[test]
+    fn the_reference_counts_only_frames_as_meshpath_makes_them() {
+        let testbed = Testbed::new(Scale {
+            local_pods: 1,
+            ..Scale::TINY
+        });
+        let way = WayKind::XdpVxlan.check(&testbed);
+        let expected: Vec<_> = testbed
+            .flows
+            .iter()
+            .map(|f| way.expect(&testbed, f))
+            .collect();
+        let mut request = [0u8; 60];
+        testbed.request(&testbed.flows[1], &mut request);
+        let stamp = Stamp {
+            seq: 3,
+            scheduled_ns: 9,
+            template: 1,
+        };
+        assert!(stamp.write(&mut request[PAYLOAD..]));
+        let mut frame = through_meshpath(&testbed, &request);
+        assert_eq!(check::check(&frame, &expected), Seen::Valid(stamp));
+        frame[46..49].copy_from_slice(&check::KERNEL_VNI.to_be_bytes()[1..]);
+        assert_eq!(
+            check::check(&frame, &expected),
+            Seen::Wrong(check::Wrong::Vni)
+        );
+        assert_eq!(
+            check::check(&request, &expected),
+            Seen::Wrong(check::Wrong::Encapsulation),
+            "passed to the sink unencapsulated"
+        );
+    }
+
+    /// `request` after meshpath's pipeline, its flows established.
+    fn through_meshpath(testbed: &Testbed, request: &[u8]) -> Vec<u8> {
+        let mut state = testbed.warmed_worker(1024);
+        let mut buf = vec![0u8; 2048];
+        buf[HEADROOM..HEADROOM + request.len()].copy_from_slice(request);
+        let port = meshpath_dataplane::testbed::pod_port(0);
+        let mut frame = Frame::new(&mut buf, HEADROOM, request.len(), port).expect("a frame");
+        let verdict = pipeline::process_one(&testbed.tables, &mut state, 0, &mut frame);
+        assert_eq!(
+            verdict,
+            Verdict::Transmit(meshpath_dataplane::testbed::UPLINK)
+        );
+        frame.data().to_vec()
+    }
 
     /// A short run of each way with small tables: every way moved valid frames, none was refused,
     /// the JSON has every key, and no namespace is left.
@@ -581,6 +814,7 @@ mod tests {
             search_steps: 1,
             chart: dir.path().join("forward.svg"),
             encrypt: true,
+            reference_napi: ReferenceNapi::Thread,
         };
         let report = run(&args).expect("the benchmark runs");
         let json = serde_json::to_value(&report).expect("serializes");
@@ -589,6 +823,7 @@ mod tests {
             "kernel_vxlan",
             "meshpath_established",
             "meshpath_new_flows",
+            "xdp_vxlan",
         ] {
             let mpps = json["mpps"][way]["median"]
                 .as_f64()
@@ -605,8 +840,14 @@ mod tests {
         assert_eq!(tunnelled["bare_afxdp_mac_swap"], 0.0);
         assert_eq!(tunnelled["kernel_vxlan"], 1.0);
         assert_eq!(tunnelled["meshpath_established"], 1.0);
+        assert_eq!(tunnelled["xdp_vxlan"], 1.0);
         assert_eq!(json["xdp_mode"], "native");
-        for key in ["ratio_vs_bare", "ratio_vs_kernel", "offered_mpps"] {
+        for key in [
+            "ratio_vs_bare",
+            "ratio_vs_kernel",
+            "ratio_vs_xdp",
+            "offered_mpps",
+        ] {
             assert!(
                 json[key].as_f64().is_some_and(f64::is_finite),
                 "{key}: {json}"
