@@ -41,6 +41,10 @@ pub struct WorkerConfig {
     pub copy: bool,
     /// How long an idle worker sleeps in poll(2) before checking its stop flag again.
     pub idle_poll_ms: i32,
+    /// How long a worker keeps polling its rings without sleeping once traffic stops: a reply due
+    /// within this (a request/response's other half) finds it awake, where sleeping in poll(2) would
+    /// cost a wake-up per frame. Zero sleeps at the first idle turn.
+    pub idle_spin: Duration,
     /// Busy polling (SO_PREFER_BUSY_POLL): the worker never sleeps and drives each device queue
     /// with an rx kick every turn. Costs a whole core; off by default.
     pub busy_poll: bool,
@@ -58,6 +62,7 @@ impl WorkerConfig {
             ring_size: 1024,
             copy: true,
             idle_poll_ms: 10,
+            idle_spin: IDLE_SPIN,
             busy_poll: false,
             spare_ports: 0,
             spare_ring_size: 256,
@@ -79,6 +84,11 @@ pub const KERNEL_COUNTERS_EVERY: Duration = Duration::from_millis(100);
 /// How often the handler's timers run ([`BatchHandler::tick`]): WireGuard's handshake retries and
 /// keepalives count in seconds.
 pub const TICK_EVERY: Duration = Duration::from_millis(100);
+
+/// [`WorkerConfig::idle_spin`] by default: longer than a round trip between two nodes' pods through
+/// the kernel and another worker (`meshpath-perf rr`: p50 about 70 µs), short enough that an idle
+/// node spends nothing. Measured against sleeping at once in `meshpath-perf rr` (perf/RESULTS.md).
+pub const IDLE_SPIN: Duration = Duration::from_micros(100);
 
 /// How long one busy-poll kick may spin in the driver.
 const BUSY_POLL_USECS: u32 = 20;
@@ -359,6 +369,7 @@ impl Worker {
     fn run<H: BatchHandler>(&mut self, handler: &mut H, stop: &AtomicBool) {
         let mut kernel_counters = Every::new(KERNEL_COUNTERS_EVERY, Instant::now());
         let mut ticks = Every::new(TICK_EVERY, Instant::now());
+        let mut busy_at = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             self.apply_port_changes();
             if ticks.due(Instant::now()) {
@@ -371,8 +382,15 @@ impl Worker {
                 self.refresh_kernel_counters();
                 self.shared.publish(&self.stats);
             }
-            // Sleep only when there is nothing to receive and no tx backlog to kick.
+            // Sleep only when there is nothing to receive and no tx backlog to kick, and nothing
+            // came for the spin's time.
             let idle = received == 0 && !kicked;
+            if !idle {
+                busy_at = Instant::now();
+            } else if busy_at.elapsed() < self.config.idle_spin {
+                std::hint::spin_loop();
+                continue;
+            }
             if idle && !self.config.busy_poll {
                 self.stats.idle_polls += 1;
                 self.shared.publish(&self.stats);
