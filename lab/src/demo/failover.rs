@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::scene::{service_ip, Rebels, Scene, CLUSTERS, SERVICE_PORT};
 use super::steps::{active_backend_clusters, unix_ms};
-use super::stream::{self, Answer, Stream};
+use super::stream::{self, Answer, Failure, Stream};
 use crate::mesh::wait;
 
 /// New connections a second during the failover.
@@ -38,6 +38,12 @@ pub struct Failover {
     /// The failed requests by why (refused, reset, connect timeout, answer timeout, bad answer).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub failures: BTreeMap<String, u64>,
+    /// Each failed request, placed on the row's timeline.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_requests: Vec<Failure>,
+    /// What happened when, in milliseconds from the row's start: what the demo changed and when
+    /// x-wing's agent showed it.
+    pub timeline_ms: BTreeMap<&'static str, u64>,
 }
 
 /// A transition's span of time.
@@ -45,6 +51,8 @@ struct Window {
     situation: String,
     from_ms: u64,
     to_ms: u64,
+    /// Unix ms of what happened during it.
+    events: BTreeMap<&'static str, u64>,
 }
 
 pub fn failover(scene: &Scene) -> anyhow::Result<Vec<Failover>> {
@@ -65,36 +73,70 @@ fn row(window: &Window, answers: &[Answer]) -> Failover {
         per_cluster: tally.per_cluster,
         failed: tally.failed,
         failures: tally.failures,
+        failed_requests: tally.failed_requests,
+        timeline_ms: window
+            .events
+            .iter()
+            .map(|(event, at)| (*event, at.saturating_sub(window.from_ms)))
+            .collect(),
     }
 }
 
 fn scale_to_zero_and_back(scene: &Scene, down: u8) -> anyhow::Result<[Window; 2]> {
     let up = if down == 1 { 2 } else { 1 };
-    let leaving = unix_ms();
+    let mut leaving = Events::new();
     scene.write_rebels(down, Rebels::Terminating { serving: true }, false)?;
     await_balance(scene, &[up], || format!("cluster{down} terminating"))?;
+    leaving.note("terminating_seen");
     std::thread::sleep(GRACE);
     scene.write_rebels(down, Rebels::Terminating { serving: false }, false)?;
     scene.stop_server(down)?;
+    leaving.note("server_stopped");
     scene.write_rebels(down, Rebels::Gone, false)?;
     settle(scene, &[up], || format!("cluster{down} scaled to zero"))?;
-    let returning = unix_ms();
+    let mut returning = Events::new();
     scene.start_server(down)?;
+    returning.note("server_started");
     scene.write_rebels(down, Rebels::Ready, false)?;
-    settle(scene, &CLUSTERS, || format!("cluster{down} back"))?;
+    await_balance(scene, &CLUSTERS, || format!("cluster{down} back"))?;
+    returning.note("ready_seen");
+    std::thread::sleep(TAIL);
     let done = unix_ms();
     Ok([
-        Window {
-            situation: format!("rebel-base scaled to zero in cluster{down}"),
-            from_ms: leaving,
-            to_ms: returning,
-        },
-        Window {
-            situation: format!("rebel-base back in cluster{down}"),
-            from_ms: returning,
-            to_ms: done,
-        },
+        leaving.window(
+            format!("rebel-base scaled to zero in cluster{down}"),
+            returning.start,
+        ),
+        returning.window(format!("rebel-base back in cluster{down}"), done),
     ])
+}
+
+/// A window's start and what happened during it.
+struct Events {
+    start: u64,
+    at: BTreeMap<&'static str, u64>,
+}
+
+impl Events {
+    fn new() -> Events {
+        Events {
+            start: unix_ms(),
+            at: BTreeMap::new(),
+        }
+    }
+
+    fn note(&mut self, event: &'static str) {
+        self.at.insert(event, unix_ms());
+    }
+
+    fn window(self, situation: String, to_ms: u64) -> Window {
+        Window {
+            situation,
+            from_ms: self.start,
+            to_ms,
+            events: self.at,
+        }
+    }
 }
 
 /// Waits until cluster1's agent balances over exactly `clusters`, then lets the stream run on.

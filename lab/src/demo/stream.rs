@@ -24,6 +24,21 @@ pub struct Answer {
     /// Why it failed: refused, reset, connect timeout, answer timeout, bad answer.
     #[serde(default)]
     pub error: Option<String>,
+    /// When it was over (answered or failed), Unix milliseconds.
+    #[serde(default)]
+    pub over_ms: u64,
+    /// Its local port, to find it in a capture or a flow log.
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// A failed request, placed in its window: milliseconds from the window's start.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Failure {
+    pub issued_at_ms: u64,
+    pub over_at_ms: u64,
+    pub error: String,
+    pub port: Option<u16>,
 }
 
 /// Requests in a window of time, by outcome.
@@ -34,6 +49,8 @@ pub struct Tally {
     pub failed: u64,
     /// The failed ones by why.
     pub failures: BTreeMap<String, u64>,
+    /// Each failed one.
+    pub failed_requests: Vec<Failure>,
 }
 
 pub struct Stream {
@@ -101,6 +118,12 @@ pub fn tally(answers: &[Answer], from_ms: u64, to_ms: u64) -> Tally {
                 tally.failed += 1;
                 let why = a.error.as_deref().unwrap_or("unknown");
                 *tally.failures.entry(why.to_owned()).or_default() += 1;
+                tally.failed_requests.push(Failure {
+                    issued_at_ms: a.issued_ms - from_ms,
+                    over_at_ms: a.over_ms.saturating_sub(from_ms),
+                    error: why.to_owned(),
+                    port: a.port,
+                });
             }
         }
     }
@@ -117,6 +140,8 @@ mod tests {
             issued_ms,
             answer: cluster.map(str::to_owned),
             error: cluster.is_none().then(|| "refused".to_owned()),
+            over_ms: issued_ms + 3,
+            port: Some(40000),
         };
         let answers = [
             answer(99, Some("cluster2")),
@@ -132,16 +157,50 @@ mod tests {
                 per_cluster: BTreeMap::from([("cluster1".to_owned(), 2)]),
                 failed: 1,
                 failures: BTreeMap::from([("refused".to_owned(), 1)]),
+                failed_requests: vec![Failure {
+                    issued_at_ms: 50,
+                    over_at_ms: 53,
+                    error: "refused".to_owned(),
+                    port: Some(40000),
+                }],
             }
         );
     }
 
     #[test]
+    fn the_script_reports_a_refused_connect_with_its_port() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let child = Command::new("python3")
+            .args(["-c", SCRIPT, "127.0.0.1", &port.to_string(), "20"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 (scripts/setup-host installs it)");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let out = child.wait_with_output().unwrap();
+        let answers: Vec<Answer> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(!answers.is_empty());
+        for a in answers {
+            assert_eq!((a.answer, a.error.as_deref()), (None, Some("refused")));
+            assert!(a.over_ms >= a.issued_ms);
+            assert!(a.port.is_some_and(|p| p != 0 && p != port));
+        }
+    }
+
+    #[test]
     fn the_script_speaks_the_lines_answer_reads() {
-        let line = r#"{"issued_ms": 1732990000000, "answer": null, "error": "reset"}"#;
+        let line = r#"{"issued_ms": 1732990000000, "answer": null, "error": "reset",
+            "over_ms": 1732990000004, "port": 40312}"#;
         let parsed: Answer = serde_json::from_str(line).unwrap();
         assert_eq!(parsed.answer, None);
         assert_eq!(parsed.error.as_deref(), Some("reset"));
-        assert!(SCRIPT.contains(r#"{"issued_ms": issued_ms, "answer": answer, "error": error}"#));
+        assert_eq!((parsed.over_ms, parsed.port), (1732990000004, Some(40312)));
+        assert!(SCRIPT.contains(r#"{"issued_ms": issued_ms, "answer": answer, "error": error,"#));
+        assert!(SCRIPT.contains(r#""over_ms": int(time.time() * 1000), "port": local_port}"#));
     }
 }
