@@ -232,7 +232,8 @@ impl CtEntry {
         self.tcp = if flags & (FIN | RST) != 0 {
             TcpState::Closing
         } else if flags & SYN != 0 && flags & ACK == 0 && !is_reply {
-            // A new SYN on a closing or stale tuple is the port being reused.
+            // The pipeline starts a closing or opening tuple's SYN as a new flow; a SYN on an
+            // established one leaves it established (the peer's answer settles which it is).
             match self.tcp {
                 TcpState::Established => TcpState::Established,
                 _ => TcpState::Opening,

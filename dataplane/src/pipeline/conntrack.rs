@@ -11,7 +11,9 @@
 
 use super::route::Destination;
 use super::{Arrival, InFlight};
-use crate::conntrack::{Conntrack, CtEntry, CtFull, CtNat, Home, NatKind, Owner, Timeouts};
+use crate::conntrack::{
+    Conntrack, CtEntry, CtFull, CtNat, Home, NatKind, Owner, TcpState, Timeouts,
+};
 use crate::flow::proto;
 use crate::icmp_error::{self, Untranslate};
 use crate::nat::End;
@@ -143,7 +145,7 @@ pub(super) fn lookup(
     // A service flow's translated entry (client→backend) stands for the flow after DNAT and
     // answers only its replies: a frame that arrives with that tuple is a new flow straight to the
     // backend reusing the client's port, and must face policy like any new flow.
-    if is_translated(entry) {
+    if is_translated(entry) || opens_anew(entry, parsed) {
         return Some((Known::New, None));
     }
     let known = Known::Original {
@@ -216,6 +218,17 @@ fn related(ct: &mut Conntrack, now_ms: u64, quoted: icmp_error::Quoted) -> Known
         return Known::Related(None);
     }
     Known::Unrelated
+}
+
+/// A SYN on a tuple whose connection closed, or never finished opening, starts a connection anew
+/// (a client reusing its port, or retrying its SYN): it is balanced and faces policy again, as
+/// Linux's conntrack and Cilium (which re-selects for a SYN whose backend no longer takes new
+/// flows) do. Kept as it was, it would go to the old backend, which may be terminating or gone by
+/// then. Maglev gives an unchanged service's retried SYN the same backend.
+fn opens_anew(entry: &CtEntry, parsed: &Parsed) -> bool {
+    use crate::conntrack::tcp_flags::{ACK, SYN};
+    tcp_flags(parsed) & (SYN | ACK) == SYN
+        && matches!(entry.tcp, TcpState::Opening | TcpState::Closing)
 }
 
 /// The entry of a translated tuple (a service's client→backend, a masquerade's node:port→outside)

@@ -170,6 +170,18 @@ fn tcp(from: &Pod, to: Ipv4Addr, sport: u16, dport: u16, syn: bool) -> Vec<u8> {
     frame
 }
 
+/// A TCP segment closing its side of the connection (FIN, ACK).
+fn tcp_fin(from: &Pod, to: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(from.mac, GATEWAY_MAC)
+        .ipv4(from.ip.octets(), to.octets(), 64)
+        .tcp(sport, dport, 2, 1024)
+        .fin()
+        .ack(1);
+    let mut frame = Vec::new();
+    builder.write(&mut frame, b"").unwrap();
+    frame
+}
+
 /// Runs one frame through `tables` on `port`; returns the verdict and the bytes as they leave.
 fn run(t: &Tables, s: &mut WorkerState, port: PortId, bytes: &[u8]) -> (Verdict, Vec<u8>) {
     let mut buf = vec![0u8; crate::frame::HEADROOM + bytes.len() + 64];
@@ -458,6 +470,92 @@ fn established_flows_keep_a_terminating_backend_and_new_flows_avoid_it() {
             Verdict::Transmit(UPLINK)
         );
     }
+}
+
+/// x-wing's node balancing rebel-base to its local backend only, and the node of the remote one.
+fn rebels_on_two_nodes() -> (Tables, Tables) {
+    let local = [(X_WING_PORT, x_wing()), (REBEL_PORT, rebel_c1())];
+    let mut a = tables(1, &local, &[rebel_c2()], &[]);
+    add_rebel_service(&mut a, &[(&rebel_c1(), BackendState::Active)]);
+    let b = tables(2, &[(X_WING_PORT, rebel_c2())], &[x_wing()], &[]);
+    (a, b)
+}
+
+/// The local backend stops taking new flows (its pod terminating); the remote one takes them.
+fn local_rebel_terminating(a: &mut Tables) {
+    add_rebel_service(
+        a,
+        &[
+            (&rebel_c1(), BackendState::Terminating),
+            (&rebel_c2(), BackendState::Active),
+        ],
+    );
+}
+
+/// The SYN `syn` leaves x-wing's node for the remote backend, and the backend's answer comes back
+/// from the service's address.
+fn assert_balanced_to_the_remote_backend(
+    (a, b): (&Tables, &Tables),
+    (sa, sb): (&mut WorkerState, &mut WorkerState),
+    syn: &[u8],
+) {
+    let (verdict, wire) = run(a, sa, X_WING_PORT, syn);
+    assert_eq!(verdict, Verdict::Transmit(UPLINK));
+    let (verdict, at_backend) = run(b, sb, UPLINK, &wire);
+    assert_eq!(verdict, Verdict::Transmit(X_WING_PORT));
+    assert_eq!(
+        ports(&at_backend),
+        (x_wing().ip, 40000, rebel_c2().ip, 8080)
+    );
+    let answer = tcp(&rebel_c2(), x_wing().ip, 8080, 40000, false);
+    let (_, wire) = run(b, sb, X_WING_PORT, &answer);
+    let (verdict, at_client) = run(a, sa, UPLINK, &wire);
+    assert_eq!(verdict, Verdict::Transmit(X_WING_PORT));
+    assert_eq!(ports(&at_client), (VIP, 80, x_wing().ip, 40000));
+}
+
+/// A client that reuses its port once its connection closed opens a new connection: it is balanced
+/// anew, so a backend that stopped taking new flows (a terminating pod, which may have stopped
+/// listening) does not get it.
+#[test]
+fn a_port_reused_after_its_connection_closed_is_balanced_anew() {
+    let (mut a, b) = rebels_on_two_nodes();
+    let (mut sa, mut sb) = (state(), state());
+    let syn = tcp(&x_wing(), VIP, 40000, 80, true);
+    assert_eq!(
+        run(&a, &mut sa, X_WING_PORT, &syn).0,
+        Verdict::Transmit(REBEL_PORT)
+    );
+    let answer = tcp(&rebel_c1(), x_wing().ip, 8080, 40000, false);
+    assert_eq!(
+        run(&a, &mut sa, REBEL_PORT, &answer).0,
+        Verdict::Transmit(X_WING_PORT)
+    );
+    let fin = tcp_fin(&x_wing(), VIP, 40000, 80);
+    assert_eq!(
+        run(&a, &mut sa, X_WING_PORT, &fin).0,
+        Verdict::Transmit(REBEL_PORT)
+    );
+
+    local_rebel_terminating(&mut a);
+    assert_balanced_to_the_remote_backend((&a, &b), (&mut sa, &mut sb), &syn);
+}
+
+/// A SYN sent again before any answer came is balanced again: the same backend while it takes new
+/// flows (Maglev), another once it stopped.
+#[test]
+fn a_retried_syn_leaves_a_backend_that_stopped_taking_new_flows() {
+    let (mut a, b) = rebels_on_two_nodes();
+    let (mut sa, mut sb) = (state(), state());
+    let syn = tcp(&x_wing(), VIP, 40000, 80, true);
+    for _ in 0..2 {
+        assert_eq!(
+            run(&a, &mut sa, X_WING_PORT, &syn).0,
+            Verdict::Transmit(REBEL_PORT)
+        );
+    }
+    local_rebel_terminating(&mut a);
+    assert_balanced_to_the_remote_backend((&a, &b), (&mut sa, &mut sb), &syn);
 }
 
 #[test]
