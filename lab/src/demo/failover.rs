@@ -19,11 +19,9 @@ use crate::mesh::wait;
 pub const RATE: u32 = 20;
 /// How long a terminating pod keeps serving once x-wing's agent has seen it terminating: its grace
 /// period, shortened for the demo. Kubernetes' default (30 s) is far longer than the mesh takes to
-/// learn of a terminating endpoint; a shortened one must not end before it has, nor before a
-/// connection opened just before then is through. A SYN sent again (TCP retries after 1 s, then
-/// 2 s more) because the first or its answer was lost — a busy server's accept queue, a backlog of 5
-/// in python's http.server, drops SYNs — keeps the backend chosen for the first: with a 1 s grace,
-/// on a loaded machine, such retries met the stopped server and were refused.
+/// learn of a terminating endpoint; a shortened one must outlast the connections opened before then
+/// (stream.py gives a connect 2 s). A SYN sent again and a client port reused are balanced anew,
+/// so neither goes to a backend that stopped taking new flows.
 const GRACE: Duration = Duration::from_secs(3);
 /// How long a row goes on once cluster1's agent shows the new backends.
 const TAIL: Duration = Duration::from_secs(2);
