@@ -37,6 +37,7 @@ named_enum! {
         UnknownWireguardPeer => "unknown_wireguard_peer",
         InvalidWireguard => "invalid_wireguard",
         WireguardSourceMismatch => "wireguard_source_mismatch",
+        BackendSegmentWithoutFlow => "backend_segment_without_flow",
     }
 }
 
@@ -140,6 +141,11 @@ impl DropReason {
                 None,
                 "WIREGUARD_SOURCE_MISMATCH",
                 "Decrypted source not of the WireGuard peer",
+            ),
+            BackendSegmentWithoutFlow => (
+                None,
+                "BACKEND_SEGMENT_WITHOUT_FLOW",
+                "Backend segment of no known flow",
             ),
         };
         CiliumName {

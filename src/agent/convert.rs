@@ -51,6 +51,7 @@ pub fn drop_reason(reason: dp::DropReason) -> DropReason {
         D::UnknownWireguardPeer => DropReason::UnknownWireguardPeer,
         D::InvalidWireguard => DropReason::InvalidWireguard,
         D::WireguardSourceMismatch => DropReason::WireguardSourceMismatch,
+        D::BackendSegmentWithoutFlow => DropReason::BackendSegmentWithoutFlow,
     }
 }
 

@@ -9,6 +9,8 @@ use super::route::Destination;
 use super::{masquerade, InFlight, Source};
 use crate::conntrack::{Conntrack, NatKind};
 use crate::flow::proto;
+use crate::parse::L4;
+use crate::service::BackendKey;
 use crate::snapshot::Tables;
 use crate::steering::WorkerSlot;
 use crate::{DropReason, Identity};
@@ -26,6 +28,7 @@ pub(super) fn admit(
     }
     match flight.known {
         Known::New => {
+            refuse_backend_segment_without_flow(tables, flight)?;
             authorize(tables, flight)?;
             masquerade::choose(tables, ct, now_ms, slot, flight)?;
             conntrack::remember(ct, now_ms, flight)
@@ -37,6 +40,33 @@ pub(super) fn admit(
         Known::Unrelated => Err(DropReason::UnrelatedIcmpError),
         Known::Original { .. } | Known::Reply(_) | Known::Related(_) => Ok(()),
     }
+}
+
+/// A TCP segment that opens nothing (no SYN), from an address and port that back a service, with no
+/// flow: the answer of a service flow whose entry conntrack lost (an agent killed, a table that gave
+/// it up). Made a flow of its own, it would reach the client untranslated, from the backend's address,
+/// and the client's kernel would reset the connection at the backend. Dropped instead, as kube-proxy
+/// drops what conntrack calls invalid; the client's next segment makes the flow again (Maglev picks
+/// the same backend). A connection made straight to the backend, not through the service, waits
+/// for its client likewise: one retransmission.
+fn refuse_backend_segment_without_flow(
+    tables: &Tables,
+    flight: &InFlight<'_>,
+) -> Result<(), DropReason> {
+    use crate::conntrack::tcp_flags::SYN;
+    let flow = &flight.parsed.flow;
+    let L4::Tcp(flags) = flight.parsed.l4 else {
+        return Ok(());
+    };
+    let backend = BackendKey {
+        addr: flow.src,
+        port: flow.src_port,
+        proto: flow.proto,
+    };
+    if flags.bits() & SYN == 0 && tables.services.is_backend(&backend) {
+        return Err(DropReason::BackendSegmentWithoutFlow);
+    }
+    Ok(())
 }
 
 /// Egress policy of a local source, then ingress policy of a local destination.

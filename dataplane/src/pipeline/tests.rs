@@ -558,6 +558,58 @@ fn a_retried_syn_leaves_a_backend_that_stopped_taking_new_flows() {
     assert_balanced_to_the_remote_backend((&a, &b), (&mut sa, &mut sb), &syn);
 }
 
+/// After x-wing's node lost its conntrack (its agent killed), a segment of an established service
+/// flow from the backend must not reach x-wing untranslated: x-wing's kernel would answer it with a
+/// reset, which kills the connection at the backend. It is dropped; x-wing's next segment makes the
+/// flow again (Maglev picks the same backend), and the backend's segments come back translated.
+#[test]
+fn a_backends_segment_without_its_flow_waits_for_the_client_to_speak() {
+    let mut a = tables(1, &[(X_WING_PORT, x_wing())], &[rebel_c2()], &[]);
+    add_rebel_service(&mut a, &[(&rebel_c2(), BackendState::Active)]);
+    let b = tables(2, &[(X_WING_PORT, rebel_c2())], &[x_wing()], &[]);
+    let mut sb = state();
+    let syn = tcp(&x_wing(), VIP, 40000, 80, true);
+    let (_, wire) = run(&a, &mut state(), X_WING_PORT, &syn);
+    assert_eq!(
+        run(&b, &mut sb, UPLINK, &wire).0,
+        Verdict::Transmit(X_WING_PORT)
+    );
+
+    let mut sa = state();
+    let answer = tcp(&rebel_c2(), x_wing().ip, 8080, 40000, false);
+    let (_, wire) = run(&b, &mut sb, X_WING_PORT, &answer);
+    assert_eq!(
+        run(&a, &mut sa, UPLINK, &wire).0,
+        Verdict::Drop(DropReason::BackendSegmentWithoutFlow)
+    );
+
+    let request = tcp(&x_wing(), VIP, 40000, 80, false);
+    let (verdict, wire) = run(&a, &mut sa, X_WING_PORT, &request);
+    assert_eq!(verdict, Verdict::Transmit(UPLINK));
+    assert_eq!(
+        run(&b, &mut sb, UPLINK, &wire).0,
+        Verdict::Transmit(X_WING_PORT)
+    );
+    let (_, wire) = run(&b, &mut sb, X_WING_PORT, &answer);
+    let (verdict, at_client) = run(&a, &mut sa, UPLINK, &wire);
+    assert_eq!(verdict, Verdict::Transmit(X_WING_PORT));
+    assert_eq!(ports(&at_client), (VIP, 80, x_wing().ip, 40000));
+}
+
+/// A backend's SYN opens a flow of its own: only segments that answer something wait.
+#[test]
+fn a_backend_may_still_open_connections_from_its_service_port() {
+    let mut a = tables(1, &[(X_WING_PORT, x_wing())], &[rebel_c2()], &[]);
+    add_rebel_service(&mut a, &[(&rebel_c2(), BackendState::Active)]);
+    let b = tables(2, &[(X_WING_PORT, rebel_c2())], &[x_wing()], &[]);
+    let syn = tcp(&rebel_c2(), x_wing().ip, 8080, 40000, true);
+    let (_, wire) = run(&b, &mut state(), X_WING_PORT, &syn);
+    assert_eq!(
+        run(&a, &mut state(), UPLINK, &wire).0,
+        Verdict::Transmit(X_WING_PORT)
+    );
+}
+
 #[test]
 fn a_service_without_active_backends_drops_new_flows() {
     let local = [(X_WING_PORT, x_wing()), (REBEL_PORT, rebel_c1())];
