@@ -17,7 +17,8 @@
 //! pressure the new flow takes the place of the flow of its bucket that matters least — expired, never
 //! answered, closing, datagram, in that order — and established TCP is never evicted. Each flow is
 //! charged to a local endpoint, and an endpoint past its quota can only displace its own flows. Every
-//! eviction and refusal is counted ([`CtStats`]).
+//! eviction and refusal is counted ([`CtStats`]). Expired flows are swept out at the clock's pace, the
+//! whole table once every ten seconds whatever the load ([`sweep`]).
 //!
 //! Beside each slot lie the forwarding decisions of its flow's two directions, the pipeline's fast
 //! path ([`FlowPaths`](crate::pipeline::fastpath::FlowPaths), a cache line each): found by the same
@@ -30,12 +31,14 @@
 //! only where flows were stored, so a node pays for the flows it has had, up to that ceiling.
 
 mod slots;
+mod sweep;
 
 use crate::flow::proto;
 use crate::hash::Keyed;
 use crate::pipeline::fastpath::Path;
 use crate::{Addr, FlowKey};
 use slots::Slots;
+use sweep::SweepPace;
 
 /// TCP header flag bits, as in the 13th byte of the header.
 pub mod tcp_flags {
@@ -324,6 +327,7 @@ pub struct Conntrack {
     /// Flows per owner.
     owned: Vec<u32>,
     gc_cursor: usize,
+    pace: SweepPace,
     timeouts: Timeouts,
     hasher: Keyed,
     stats: CtStats,
@@ -363,6 +367,7 @@ impl Conntrack {
             quota: config.endpoint_quota.unwrap_or(capacity).max(1),
             owned: Vec::new(),
             gc_cursor: 0,
+            pace: SweepPace::default(),
             timeouts: config.timeouts,
             hasher: Keyed::default(),
             stats: CtStats::default(),
@@ -658,6 +663,13 @@ impl Conntrack {
     pub fn remove(&mut self, key: &FlowKey) -> Option<CtEntry> {
         let i = self.find(key)?;
         self.remove_at(i)
+    }
+
+    /// Sweeps the share of the table the clock has made due since the last call ([`sweep`]),
+    /// removing expired flows. Returns how many it removed.
+    pub fn sweep(&mut self, now_ms: u64) -> usize {
+        let budget = self.pace.due(now_ms, self.slots.len());
+        self.gc(now_ms, budget)
     }
 
     /// Sweeps up to `budget` slots from where the last sweep stopped, removing expired flows.

@@ -71,9 +71,6 @@ pub enum Verdict {
 /// that the burst's in-flight state stays in L1.
 pub const BURST: usize = 32;
 
-/// How many conntrack slots a batch sweeps for expired flows.
-const GC_BUDGET_PER_BATCH: usize = 64;
-
 /// What a worker owns and nobody else touches: its conntrack, its counters, its flow log and the
 /// budget of ICMP errors it may send.
 #[derive(Debug)]
@@ -120,7 +117,7 @@ pub fn process(
     frames: &mut [Frame<'_>],
     verdicts: &mut [Verdict],
 ) {
-    state.conntrack.gc(now_ms, GC_BUDGET_PER_BATCH);
+    state.conntrack.sweep(now_ms);
     for (frames, verdicts) in frames.chunks_mut(BURST).zip(verdicts.chunks_mut(BURST)) {
         process_burst(tables, state, now_ms, frames, verdicts);
     }
