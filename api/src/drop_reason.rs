@@ -38,6 +38,7 @@ named_enum! {
         InvalidWireguard => "invalid_wireguard",
         WireguardSourceMismatch => "wireguard_source_mismatch",
         BackendSegmentWithoutFlow => "backend_segment_without_flow",
+        HandoffRingFull => "handoff_ring_full",
     }
 }
 
@@ -146,6 +147,11 @@ impl DropReason {
                 None,
                 "BACKEND_SEGMENT_WITHOUT_FLOW",
                 "Backend segment of no known flow",
+            ),
+            HandoffRingFull => (
+                None,
+                "HANDOFF_RING_FULL",
+                "Handoff ring to the flow's worker full",
             ),
         };
         CiliumName {

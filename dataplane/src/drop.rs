@@ -62,6 +62,7 @@ drop_reasons! {
     InvalidWireguard => "invalid_wireguard": "A WireGuard datagram that is malformed, fails authentication or replay checks, or a handshake with another key than the node's.",
     WireguardSourceMismatch => "wireguard_source_mismatch": "A packet decrypted from one node's tunnel whose source belongs to another node, or to none.",
     BackendSegmentWithoutFlow => "backend_segment_without_flow": "A TCP segment (no SYN) from a service backend's address and port that answers no flow conntrack knows (conntrack lost it, as when an agent is killed): delivered untranslated it would make the client reset the connection. The client's next segment makes the flow again.",
+    HandoffRingFull => "handoff_ring_full": "A frame received by one worker for a flow another worker owns, when the ring that hands frames to that worker was full (the owner is saturated).",
 }
 
 impl DropReason {

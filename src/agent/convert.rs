@@ -52,6 +52,7 @@ pub fn drop_reason(reason: dp::DropReason) -> DropReason {
         D::InvalidWireguard => DropReason::InvalidWireguard,
         D::WireguardSourceMismatch => DropReason::WireguardSourceMismatch,
         D::BackendSegmentWithoutFlow => DropReason::BackendSegmentWithoutFlow,
+        D::HandoffRingFull => DropReason::HandoffRingFull,
     }
 }
 

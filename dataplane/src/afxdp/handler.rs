@@ -1,11 +1,20 @@
 //! What a worker runs over each received burst: the pipeline later, bare forwarders now (for tests and
 //! the benchmark's ceiling).
 
+use crate::steering::Owner;
 use crate::{DropReason, Frame, PortId, Verdict};
 
 /// Decides the fate of every frame of a burst; `verdicts[i]` belongs to `frames[i]`.
 pub trait BatchHandler: Send {
     fn handle(&mut self, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]);
+
+    /// Which of a node's workers owns each frame of a burst just received (`owners[i]` belongs to
+    /// `frames[i]`, [`Owner::Any`] when given): a frame another worker owns is handed to it, and
+    /// the pipeline runs there ([`crate::steering`]). By default this worker handles every frame,
+    /// as the bare forwarders, which keep no per-flow state, do.
+    fn steer(&mut self, frames: &[Frame<'_>], owners: &mut [Owner]) {
+        let _ = (frames, owners);
+    }
 
     /// Frames the handler sends of its own accord (WireGuard's handshakes and keepalives, packets
     /// held for a handshake): each handed to `send` with its port, after every turn.
@@ -21,6 +30,10 @@ pub trait BatchHandler: Send {
 impl<H: BatchHandler + ?Sized> BatchHandler for Box<H> {
     fn handle(&mut self, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
         (**self).handle(frames, verdicts);
+    }
+
+    fn steer(&mut self, frames: &[Frame<'_>], owners: &mut [Owner]) {
+        (**self).steer(frames, owners);
     }
 
     fn originate(&mut self, send: &mut dyn FnMut(PortId, &[u8])) {

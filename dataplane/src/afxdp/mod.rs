@@ -14,6 +14,7 @@
 //!
 //! All `unsafe` is in [`sys`].
 
+mod crossing;
 pub mod generator;
 mod handler;
 mod ports;
@@ -48,6 +49,10 @@ pub enum AfXdpError {
         #[source]
         source: std::io::Error,
     },
+    #[error("more workers than a node can have")]
+    TooManyWorkers,
+    #[error("the eventfd that wakes a worker: {0}")]
+    Doorbell(#[source] std::io::Error),
     #[error("worker thread panicked")]
     WorkerPanicked,
     #[error("the worker is gone")]

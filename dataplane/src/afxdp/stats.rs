@@ -68,6 +68,10 @@ pub struct WorkerStats {
     pub tx_kicks: u64,
     /// Times a fill ring asked for, and got, a recvfrom kick (need_wakeup).
     pub rx_kicks: u64,
+    /// Frames received here whose flow another worker owns, handed to it.
+    pub handed_off: u64,
+    /// Frames another worker received and handed here, to the flow's owner.
+    pub received_handoff: u64,
     pub umem: UmemStats,
     pub ports: Vec<PortStats>,
 }
@@ -95,10 +99,53 @@ impl WorkerStats {
     pub fn port(&self, port: PortId) -> Option<&PortStats> {
         self.ports.iter().find(|p| p.port == port)
     }
+
+    /// A node's workers' counters as one: summed, each port's over every worker that serves it.
+    pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerStats>) -> WorkerStats {
+        let mut total = WorkerStats::default();
+        for w in workers {
+            total.batches += w.batches;
+            total.idle_polls += w.idle_polls;
+            total.tx_kicks += w.tx_kicks;
+            total.rx_kicks += w.rx_kicks;
+            total.handed_off += w.handed_off;
+            total.received_handoff += w.received_handoff;
+            total.umem.chunks += w.umem.chunks;
+            total.umem.free += w.umem.free;
+            total.umem.orphaned += w.umem.orphaned;
+            for p in &w.ports {
+                match total.ports.iter_mut().find(|t| t.port == p.port) {
+                    Some(t) => t.add(p),
+                    None => total.ports.push(p.clone()),
+                }
+            }
+        }
+        total
+    }
+}
+
+impl PortStats {
+    fn add(&mut self, other: &PortStats) {
+        self.rx += other.rx;
+        self.tx += other.tx;
+        self.tx_ring_full += other.tx_ring_full;
+        self.rx_refused += other.rx_refused;
+        self.to_kernel_unsupported += other.to_kernel_unsupported;
+        self.tx_unknown_port += other.tx_unknown_port;
+        for (d, o) in self.drops.iter_mut().zip(other.drops) {
+            *d += o;
+        }
+        let (k, o) = (&mut self.kernel, other.kernel);
+        k.rx_dropped += o.rx_dropped;
+        k.rx_ring_full += o.rx_ring_full;
+        k.fill_ring_empty += o.fill_ring_empty;
+        k.rx_invalid_descs += o.rx_invalid_descs;
+        k.tx_invalid_descs += o.tx_invalid_descs;
+    }
 }
 
 const PORT_FIELDS: usize = 11 + DropReason::COUNT;
-const WORKER_FIELDS: usize = 7;
+const WORKER_FIELDS: usize = 9;
 
 /// The published copy: written by the worker only, read by anyone. Its layout (which ports, in which
 /// order) is swapped whole when the worker's ports change, so a reader never pairs one port's name
@@ -158,6 +205,7 @@ impl SharedStats {
         let mut cells = layout.cells.iter().map(|c| c.load(Ordering::Relaxed));
         let mut next = || cells.next().unwrap_or(0);
         let (batches, idle_polls, tx_kicks, rx_kicks) = (next(), next(), next(), next());
+        let (handed_off, received_handoff) = (next(), next());
         let umem = UmemStats {
             chunks: next(),
             free: next(),
@@ -193,6 +241,8 @@ impl SharedStats {
             idle_polls,
             tx_kicks,
             rx_kicks,
+            handed_off,
+            received_handoff,
             umem,
             ports,
         }
@@ -205,6 +255,8 @@ fn store(layout: &Layout, stats: &WorkerStats) {
         stats.idle_polls,
         stats.tx_kicks,
         stats.rx_kicks,
+        stats.handed_off,
+        stats.received_handoff,
         stats.umem.chunks,
         stats.umem.free,
         stats.umem.orphaned,
@@ -240,7 +292,7 @@ mod tests {
     proptest! {
         #[test]
         fn publish_then_read_returns_the_same_counters(
-            worker in any::<[u64; 7]>(),
+            worker in any::<[u64; 9]>(),
             ports in proptest::collection::vec((any::<[u64; 11]>(), any::<[u64; DropReason::COUNT]>()), 0..5),
         ) {
             let stats = WorkerStats {
@@ -248,6 +300,8 @@ mod tests {
                 idle_polls: worker[1],
                 tx_kicks: worker[2],
                 rx_kicks: worker[3],
+                handed_off: worker[7],
+                received_handoff: worker[8],
                 umem: UmemStats { chunks: worker[4], free: worker[5], orphaned: worker[6] },
                 ports: ports
                     .iter()

@@ -12,6 +12,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use arrayvec::ArrayVec;
 
@@ -30,23 +31,37 @@ enum Owner {
     /// On a ring of this port's socket: its fill ring, or its tx ring until completed.
     Kernel(PortId),
     Batch,
+    /// A chunk of this worker's share, handed to another worker (with a frame it owns) and not yet
+    /// returned.
+    Away,
+    /// A chunk of another worker's share that this worker does not hold.
+    Foreign,
 }
 
-/// The packet memory of one worker: an anonymous mapping cut into chunks, shared by the worker's ports.
-pub struct Umem {
+/// The packet memory of a node's workers: one anonymous mapping, registered once with the kernel
+/// and shared by every socket of every worker (XDP_SHARED_UMEM).
+struct Mapping {
     area: NonNull<u8>,
     len: usize,
-    owner: Vec<Owner>,
-    free: Vec<u64>,
 }
 
-// SAFETY: the mapping is owned by this value alone and only reached through `&mut self` or frames that
-// borrow it; moving it to the worker thread moves that ownership.
-unsafe impl Send for Umem {}
+// SAFETY: the mapping itself is only an address range; who may touch which chunk of it is decided by
+// the `Umem` views' chunk states (one holder per chunk at a time), not by the mapping.
+unsafe impl Send for Mapping {}
+// SAFETY: as above: the mapping is never read or written through `&Mapping`.
+unsafe impl Sync for Mapping {}
 
-impl Umem {
-    /// Maps `chunks` chunks of packet memory, all free.
-    pub fn new(chunks: u32) -> io::Result<Umem> {
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made in `Mapping::new` with this length; every `Umem` view of it
+        // (and so every frame borrowing one) is gone, since they hold this `Arc`. A socket still
+        // registered with it keeps its own page references.
+        unsafe { libc::munmap(self.area.as_ptr().cast(), self.len) };
+    }
+}
+
+impl Mapping {
+    fn new(chunks: u32) -> io::Result<Mapping> {
         let len = chunks as usize * CHUNK_SIZE;
         // SAFETY: an anonymous private mapping with no address hint touches no existing memory.
         let ptr = unsafe {
@@ -64,16 +79,88 @@ impl Umem {
         }
         let area =
             NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        let free = (0..u64::from(chunks))
-            .rev()
-            .map(|i| i * CHUNK_SIZE as u64)
-            .collect();
-        Ok(Umem {
-            area,
-            len,
-            owner: vec![Owner::Free; chunks as usize],
-            free,
-        })
+        Ok(Mapping { area, len })
+    }
+}
+
+/// One worker's view of the packet memory: its share of the chunks (its *home* chunks, the only ones
+/// it posts on fill rings), and the state of every chunk as this worker sees it. A frame another
+/// worker owns crosses with its chunk ([`Umem::send_away`] → [`Umem::take_in`]); the chunk ends on
+/// the other worker's tx ring or is dropped there, and goes back to its home worker over a return
+/// ring ([`Umem::take_returns`] → [`Umem::returned`]): each socket's fill and completion rings only
+/// ever see chunks of the worker that serves it, and every chunk has one holder at a time.
+pub struct Umem {
+    map: Arc<Mapping>,
+    owner: Vec<Owner>,
+    free: Vec<u64>,
+    /// This worker's share: chunk indexes `home.start..home.end`.
+    home: std::ops::Range<usize>,
+    /// Foreign chunks this worker is done with, to go back to their home workers.
+    returns: Vec<u64>,
+}
+
+// SAFETY: the view owns its chunk states; the chunks it holds are reached only through `&mut self`
+// or frames that borrow it, and moving it to the worker thread moves that ownership.
+unsafe impl Send for Umem {}
+
+impl Umem {
+    /// Maps `chunks` chunks of packet memory, all free: the memory of a node's only worker.
+    pub fn new(chunks: u32) -> io::Result<Umem> {
+        Ok(Umem::shared(chunks, 1)?.remove(0))
+    }
+
+    /// Maps `workers` × `chunks` chunks and cuts them into one view per worker, each with a share
+    /// of `chunks` free chunks of its own.
+    pub fn shared(chunks: u32, workers: u16) -> io::Result<Vec<Umem>> {
+        let total = chunks
+            .checked_mul(u32::from(workers))
+            .ok_or_else(|| io::Error::other("UMEM too large"))?;
+        let map = Arc::new(Mapping::new(total)?);
+        let per = chunks as usize;
+        Ok((0..usize::from(workers))
+            .map(|w| {
+                let home = w * per..(w + 1) * per;
+                let mut owner = vec![Owner::Foreign; total as usize];
+                owner[home.clone()].fill(Owner::Free);
+                Umem {
+                    map: map.clone(),
+                    owner,
+                    free: home
+                        .clone()
+                        .rev()
+                        .map(|i| (i * CHUNK_SIZE) as u64)
+                        .collect(),
+                    home,
+                    returns: Vec::with_capacity(total as usize - per),
+                }
+            })
+            .collect())
+    }
+
+    /// The start of the mapping and its length, for the kernel's registration.
+    fn area(&self) -> (NonNull<u8>, usize) {
+        (self.map.area, self.map.len)
+    }
+
+    fn is_home(&self, base: u64) -> bool {
+        self.chunk_of(base).is_some_and(|i| self.home.contains(&i))
+    }
+
+    /// A chunk this worker is done with: back on its free list, or on the way to its home worker.
+    fn release(&mut self, base: u64, from: Owner) -> bool {
+        let to = if self.is_home(base) {
+            Owner::Free
+        } else {
+            Owner::Foreign
+        };
+        if !self.hand_over(base, from, to) {
+            return false;
+        }
+        match to {
+            Owner::Free => self.free.push(base),
+            _ => self.returns.push(base),
+        }
+        true
     }
 
     fn chunk_of(&self, addr: u64) -> Option<usize> {
@@ -113,8 +200,7 @@ impl Umem {
         let mut done = 0;
         while let Some(addr) = xsk.comp.pop() {
             let base = addr & !(CHUNK_SIZE as u64 - 1);
-            if self.hand_over(base, Owner::Kernel(port), Owner::Free) {
-                self.free.push(base);
+            if self.release(base, Owner::Kernel(port)) {
                 done += 1;
             }
         }
@@ -146,8 +232,61 @@ impl Umem {
             }
         }
         xsk.rx.release();
-        let area = self.area;
-        for (base, head, len) in accepted {
+        self.frames_of(&accepted, port, bases, frames);
+        refused
+    }
+
+    /// Takes in frames another worker handed over (`(base, head, len)` each, with the port they came
+    /// in on), as [`Umem::receive`] takes in received ones. A descriptor of a chunk this worker holds
+    /// already is refused; returns how many were.
+    pub fn take_in<'a>(
+        &'a mut self,
+        handed: &[(u64, usize, usize, PortId)],
+        bases: &mut ArrayVec<u64, BURST>,
+        frames: &mut ArrayVec<Frame<'a>, BURST>,
+    ) -> usize {
+        let mut refused = 0;
+        let mut accepted: ArrayVec<(u64, usize, usize, PortId), BURST> = ArrayVec::new();
+        for &(base, head, len, port) in handed.iter().take(BURST) {
+            let fits = base % CHUNK_SIZE as u64 == 0 && head + len <= CHUNK_SIZE;
+            let from = if self.is_home(base) {
+                Owner::Away
+            } else {
+                Owner::Foreign
+            };
+            if fits && self.hand_over(base, from, Owner::Batch) {
+                accepted.push((base, head, len, port));
+            } else {
+                refused += 1;
+            }
+        }
+        let area = self.map.area;
+        for (base, head, len, port) in accepted {
+            // SAFETY: `base` is the start of a chunk inside the mapping (chunk_of checked it). The
+            // chunk just moved away/foreign → batch in this view: its last holder, the worker that
+            // handed it over, marked it away or foreign in its own view (and so reaches it no more)
+            // before it published the descriptor, and the handoff ring's release/acquire orders its
+            // writes before ours. No other slice of it is live; the slices borrow `&'a mut self`.
+            let chunk = unsafe {
+                std::slice::from_raw_parts_mut(area.as_ptr().add(base as usize), CHUNK_SIZE)
+            };
+            if let Some(frame) = Frame::new(chunk, head, len, port) {
+                bases.push(base);
+                frames.push(frame);
+            }
+        }
+        refused
+    }
+
+    fn frames_of<'a>(
+        &'a mut self,
+        accepted: &[(u64, usize, usize)],
+        port: PortId,
+        bases: &mut ArrayVec<u64, BURST>,
+        frames: &mut ArrayVec<Frame<'a>, BURST>,
+    ) {
+        let area = self.map.area;
+        for &(base, head, len) in accepted {
             // SAFETY: `base` is the start of a chunk inside the mapping (chunk_of checked it) and the
             // chunk just moved kernel → batch, which happens once per reception: no other slice of
             // this chunk is live. The slices live as long as `&'a mut self`, so the UMEM can neither
@@ -160,7 +299,31 @@ impl Umem {
                 frames.push(frame);
             }
         }
-        refused
+    }
+
+    /// Gives up a batch chunk whose frame goes to another worker: this view reaches it no more until
+    /// it comes back (a home chunk is away until returned). False if it was no batch chunk.
+    pub fn send_away(&mut self, base: u64) -> bool {
+        let to = if self.is_home(base) {
+            Owner::Away
+        } else {
+            Owner::Foreign
+        };
+        self.hand_over(base, Owner::Batch, to)
+    }
+
+    /// Foreign chunks this worker is done with, to hand back to their home workers; emptied.
+    pub fn take_returns(&mut self) -> std::vec::Drain<'_, u64> {
+        self.returns.drain(..)
+    }
+
+    /// A home chunk another worker returned: free again. False if it was not away.
+    pub fn returned(&mut self, base: u64) -> bool {
+        if !self.hand_over(base, Owner::Away, Owner::Free) {
+            return false;
+        }
+        self.free.push(base);
+        true
     }
 
     /// Lends a free chunk to write a new frame into (a traffic generator's): its base and its bytes.
@@ -175,7 +338,7 @@ impl Umem {
         // and the kernel does not own it. The slice borrows `&mut self`, so the UMEM can neither be
         // unmapped nor give the chunk to the kernel while it is written.
         let chunk = unsafe {
-            std::slice::from_raw_parts_mut(self.area.as_ptr().add(base as usize), CHUNK_SIZE)
+            std::slice::from_raw_parts_mut(self.map.area.as_ptr().add(base as usize), CHUNK_SIZE)
         };
         Some((base, chunk))
     }
@@ -204,25 +367,21 @@ impl Umem {
         true
     }
 
-    /// Gives a received chunk back to the free list (the frame was dropped).
+    /// Gives a received chunk back (the frame was dropped): to the free list, or to its home worker.
     pub fn recycle(&mut self, base: u64) {
-        if self.hand_over(base, Owner::Batch, Owner::Free) {
-            self.free.push(base);
-        }
+        self.release(base, Owner::Batch);
     }
 
     /// Takes back every chunk `port`'s socket held (its fill ring, its tx ring not yet completed),
     /// once that socket is closed: the kernel no longer reaches them. Returns how many.
     pub fn reclaim(&mut self, port: PortId) -> usize {
-        let mut reclaimed = 0;
-        for (i, owner) in self.owner.iter_mut().enumerate() {
-            if *owner == Owner::Kernel(port) {
-                *owner = Owner::Free;
-                self.free.push((i * CHUNK_SIZE) as u64);
-                reclaimed += 1;
-            }
-        }
-        reclaimed
+        let held: Vec<u64> = (0..self.owner.len())
+            .filter(|&i| self.owner[i] == Owner::Kernel(port))
+            .map(|i| (i * CHUNK_SIZE) as u64)
+            .collect();
+        held.into_iter()
+            .filter(|&base| self.release(base, Owner::Kernel(port)))
+            .count()
     }
 
     /// Chunks on the rings of a socket that is none of `ports`: lost to the worker (none, unless a
@@ -247,18 +406,39 @@ impl Umem {
         self.free.len()
     }
 
-    /// Chunks in all.
+    /// Chunks of this worker's share.
     pub fn chunks(&self) -> usize {
-        self.owner.len()
+        self.home.len()
+    }
+
+    /// Chunks this worker holds (on its sockets' rings or in a batch), its own or another's, and its
+    /// home chunks away at other workers: with the free ones and those on return rings, every chunk
+    /// of the mapping is counted exactly once across a node's workers.
+    #[cfg(test)]
+    pub fn in_flight(&self) -> ChunkCount {
+        let mut count = ChunkCount::default();
+        for owner in &self.owner {
+            match owner {
+                Owner::Kernel(_) | Owner::Batch => count.held += 1,
+                Owner::Away => count.away += 1,
+                Owner::Free | Owner::Foreign => {}
+            }
+        }
+        count.returning = self.returns.len();
+        count
     }
 }
 
-impl Drop for Umem {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was made in `new` with this length, and frames borrowing it are gone
-        // (they borrow `self`). A socket still registered with it keeps its own page references.
-        unsafe { libc::munmap(self.area.as_ptr().cast(), self.len) };
-    }
+/// A view's chunks that are not free ([`Umem::in_flight`]).
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChunkCount {
+    /// Held by this worker: on its rings or in a batch.
+    pub held: usize,
+    /// Its home chunks at other workers (held there, or on the way back).
+    pub away: usize,
+    /// Foreign chunks waiting to be returned.
+    pub returning: usize,
 }
 
 /// One side of a ring shared with the kernel: indices are free-running u32s, masked into `slots`.
@@ -400,9 +580,10 @@ impl Xsk {
     /// Opens a socket on `opts`, registering `umem` with it, or — with `share` — binding to the UMEM
     /// already registered with that socket (XDP_SHARED_UMEM).
     pub fn bind(umem: &Umem, share: Option<BorrowedFd<'_>>, opts: BindOptions) -> io::Result<Xsk> {
+        let (area, len) = umem.area();
         let registration = libc::xdp_umem_reg {
-            addr: umem.area.as_ptr() as u64,
-            len: umem.len as u64,
+            addr: area.as_ptr() as u64,
+            len: len as u64,
             chunk_size: CHUNK_SIZE as u32,
             headroom: 0,
             flags: 0,
@@ -689,6 +870,42 @@ pub fn poll_readable(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<us
         };
     }
     Ok(ret as usize)
+}
+
+/// An eventfd: what one worker writes to wake another that sleeps in poll(2).
+#[derive(Debug)]
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub fn new() -> io::Result<EventFd> {
+        // SAFETY: plain eventfd(2); on success the fd is new and owned by nobody else.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by eventfd(2).
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Makes the eventfd readable. A failure (the counter full: it is readable already) is moot.
+    pub fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes the 8 bytes of `one`, which outlives the call, to an eventfd we own.
+        let _ = unsafe { libc::write(self.0.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+
+    /// Makes it unreadable again (non-blocking: nothing to read is fine).
+    pub fn drain(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads at most 8 bytes into `count`, which is 8 bytes and writable.
+        let _ = unsafe { libc::read(self.0.as_raw_fd(), (&raw mut count).cast(), 8) };
+    }
+}
+
+impl AsFd for EventFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
 }
 
 fn size_of_u32<T>() -> libc::socklen_t {

@@ -5,7 +5,7 @@
 //! socket counters are read: a saturated worker never idles, and that is when the kernel drops.
 //! Between turns it takes the port changes [`super::PortControl`] queued (see [`super::ports`]).
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,10 +13,14 @@ use std::time::{Duration, Instant};
 
 use arrayvec::ArrayVec;
 
+use super::crossing::Crossing;
+#[cfg(test)]
+use super::crossing::HANDOFF_RING;
 use super::ports::{BoundPort, PortCommand, PortCommands, PortControl, Released};
 use super::stats::{PortStats, SharedStats, UmemStats, WorkerStats};
 use super::sys::{self, BindOptions, Umem, XdpMode, Xsk, BURST, RX_OFFSET};
 use super::{AfXdpError, BatchHandler};
+use crate::steering::Owner;
 use crate::{DropReason, Frame, PortId, Verdict};
 
 /// One port of a worker: a socket on (interface, queue).
@@ -69,6 +73,18 @@ impl WorkerConfig {
         }
     }
 
+    fn check(&self) -> Result<(), AfXdpError> {
+        for size in [self.ring_size, self.spare_ring_size] {
+            if !size.is_power_of_two() || size < BURST as u32 {
+                return Err(AfXdpError::RingSize(size));
+            }
+        }
+        if self.ports.is_empty() {
+            return Err(AfXdpError::NoPorts);
+        }
+        Ok(())
+    }
+
     /// Chunks the UMEM needs: two rings' worth per port, spare ports included, and a burst in hand.
     fn chunks(&self) -> u32 {
         let fixed = (self.ports.len() as u32).saturating_mul(self.ring_size * 2);
@@ -116,63 +132,60 @@ pub struct Worker {
     commands: Option<PortCommands>,
     /// The ports added while running, which count against `spare_ports`.
     added: Vec<PortId>,
+    /// The rings to and from the node's other workers; `None` for a node's only worker.
+    crossing: Option<Crossing>,
 }
 
 impl Worker {
     /// Maps the UMEM and binds one socket per port; all ports share the UMEM (XDP_SHARED_UMEM).
     pub fn bind(config: WorkerConfig) -> Result<Worker, AfXdpError> {
-        match Worker::bind_as(config.clone()) {
+        let copy = config.copy;
+        match Worker::bind_group(vec![config.clone()]) {
             // A zero-copy first socket makes its UMEM zero-copy, and a port whose driver has no
             // zero-copy cannot share it: copy mode for all.
-            Err(AfXdpError::Bind { shared: true, .. }) if !config.copy => {
-                Worker::bind_as(WorkerConfig {
+            Err(AfXdpError::Bind { shared: true, .. }) if !copy => {
+                Worker::bind_group(vec![WorkerConfig {
                     copy: true,
                     ..config
-                })
+                }])
             }
             bound => bound,
         }
+        .map(|mut workers| workers.remove(0))
     }
 
-    fn bind_as(config: WorkerConfig) -> Result<Worker, AfXdpError> {
-        let ring = config.ring_size;
-        for size in [ring, config.spare_ring_size] {
-            if !size.is_power_of_two() || size < BURST as u32 {
-                return Err(AfXdpError::RingSize(size));
+    /// A node's workers, one per config, over one UMEM mapping that every socket of every worker
+    /// shares (XDP_SHARED_UMEM), each worker with a share of its chunks of its own and, with more
+    /// than one, the rings that carry frames between them ([`super::crossing`]). Each worker's
+    /// sockets should be on queues of their own (one fill and completion ring per socket).
+    pub fn bind_group(configs: Vec<WorkerConfig>) -> Result<Vec<Worker>, AfXdpError> {
+        for config in &configs {
+            config.check()?;
+        }
+        let chunks = configs.iter().map(WorkerConfig::chunks).max().unwrap_or(0);
+        let workers = u16::try_from(configs.len()).map_err(|_| AfXdpError::TooManyWorkers)?;
+        let umems = Umem::shared(chunks, workers).map_err(|source| AfXdpError::Umem {
+            chunks: chunks.saturating_mul(u32::from(workers)),
+            source,
+        })?;
+        let mut crossings = match workers {
+            1 => Vec::new(),
+            n => Crossing::mesh(n, chunks as usize).map_err(AfXdpError::Doorbell)?,
+        }
+        .into_iter();
+        let mut share: Option<OwnedFd> = None;
+        let mut bound = Vec::with_capacity(configs.len());
+        for (config, umem) in configs.into_iter().zip(umems) {
+            let ports = bind_ports(&config, &umem, share.as_ref().map(|fd| fd.as_fd()))?;
+            if share.is_none() {
+                share = Some(dup_socket(&ports[0].xsk)?);
             }
+            let mut worker = Worker::assemble(config, umem, ports);
+            worker.crossing = crossings.next();
+            worker.reindex();
+            bound.push(worker);
         }
-        if config.ports.is_empty() {
-            return Err(AfXdpError::NoPorts);
-        }
-        let chunks = config.chunks();
-        let umem = Umem::new(chunks).map_err(|source| AfXdpError::Umem { chunks, source })?;
-        let mut ports: Vec<Port> = Vec::with_capacity(config.ports.len());
-        for pc in &config.ports {
-            let opts = BindOptions {
-                ifindex: pc.ifindex,
-                queue: pc.queue,
-                ring_size: ring,
-                copy: config.copy,
-            };
-            let share = ports.first().map(|p| p.xsk.as_fd());
-            let xsk = Xsk::bind(&umem, share, opts).map_err(|source| AfXdpError::Bind {
-                ifindex: pc.ifindex,
-                queue: pc.queue,
-                shared: share.is_some(),
-                source,
-            })?;
-            if config.busy_poll {
-                xsk.prefer_busy_poll(BUSY_POLL_USECS, BURST as u32)
-                    .map_err(|source| AfXdpError::Bind {
-                        ifindex: pc.ifindex,
-                        queue: pc.queue,
-                        shared: share.is_some(),
-                        source,
-                    })?;
-            }
-            ports.push(Port { id: pc.id, xsk });
-        }
-        Ok(Worker::assemble(config, umem, ports))
+        Ok(bound)
     }
 
     /// The worker of bound sockets: their fill rings stocked, their counters ready.
@@ -196,6 +209,7 @@ impl Worker {
             pollfds: Vec::new(),
             commands: None,
             added: Vec::new(),
+            crossing: None,
         };
         worker.reindex();
         worker.count_umem();
@@ -220,22 +234,20 @@ impl Worker {
                 revents: 0,
             })
             .collect();
+        if let Some(crossing) = &self.crossing {
+            self.pollfds.push(libc::pollfd {
+                fd: crossing.doorbell().event().as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
     }
 
     /// What adds ports to this worker and removes them while it runs (sockets bound on its UMEM
     /// through a duplicate of its first socket's descriptor).
     pub fn port_control(&mut self) -> Result<PortControl, AfXdpError> {
         let first = self.ports.first().ok_or(AfXdpError::NoPorts)?;
-        let share = first
-            .xsk
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| AfXdpError::Bind {
-                ifindex: 0,
-                queue: 0,
-                shared: true,
-                source,
-            })?;
+        let share = dup_socket(&first.xsk)?;
         let (control, commands) =
             PortControl::new(share, self.config.spare_ring_size, self.config.copy);
         self.commands = Some(commands);
@@ -350,19 +362,21 @@ impl Worker {
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<WorkerHandle<H>> {
         let stats = self.stats_reader();
-        let thread = std::thread::Builder::new()
-            .name("meshpath-worker".into())
-            .spawn(move || {
-                let mut worker = self;
-                if let Some(core) = worker.config.core {
-                    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                        warn_unpinned(core);
-                    }
+        let name = match &self.crossing {
+            Some(crossing) => format!("meshpath-worker-{}", crossing.index()),
+            None => "meshpath-worker".into(),
+        };
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            let mut worker = self;
+            if let Some(core) = worker.config.core {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                    warn_unpinned(core);
                 }
-                let mut handler = handler;
-                worker.run(&mut handler, &stop);
-                (worker.stats, handler)
-            })?;
+            }
+            let mut handler = handler;
+            worker.run(&mut handler, &stop);
+            (worker.stats, handler)
+        })?;
         Ok(WorkerHandle { thread, stats })
     }
 
@@ -392,13 +406,27 @@ impl Worker {
                 continue;
             }
             if idle && !self.config.busy_poll {
-                self.stats.idle_polls += 1;
-                self.shared.publish(&self.stats);
-                // Also the wakeup the fill rings may ask for; an error here is retried next turn.
-                let _ = sys::poll_readable(&mut self.pollfds, self.config.idle_poll_ms);
+                self.sleep();
             }
         }
         self.shared.publish(&self.stats);
+    }
+
+    /// Sleeps in poll(2) until a socket has frames, another worker hands some over (its doorbell),
+    /// or `idle_poll_ms` pass.
+    fn sleep(&mut self) {
+        if let Some(crossing) = &self.crossing {
+            if !crossing.going_to_sleep() {
+                return;
+            }
+        }
+        self.stats.idle_polls += 1;
+        self.shared.publish(&self.stats);
+        // Also the wakeup the fill rings may ask for; an error here is retried next turn.
+        let _ = sys::poll_readable(&mut self.pollfds, self.config.idle_poll_ms);
+        if let Some(crossing) = &self.crossing {
+            crossing.woke();
+        }
     }
 
     /// One turn over every port; returns how many frames were received and whether a tx ring was
@@ -415,6 +443,7 @@ impl Worker {
             }
             received += self.service(i, handler);
         }
+        received += self.serve_handoffs(handler);
         self.send_originated(handler);
         for port in self.ports.iter_mut() {
             if port.xsk.flush_tx() {
@@ -440,43 +469,113 @@ impl Worker {
             .umem
             .receive(&mut port.xsk, id, &mut bases, &mut frames);
         let n = frames.len();
-        let mut verdicts = [Verdict::Drop(DropReason::InvalidHeader); BURST];
-        handler.handle(&mut frames, &mut verdicts[..n]);
-        let sends: ArrayVec<(u64, u64, u32), BURST> = frames
-            .iter()
-            .zip(&bases)
-            .map(|(f, &base)| (base, base + f.head() as u64, f.len() as u32))
-            .collect();
+        if let Some(crossing) = &mut self.crossing {
+            keep_own(crossing, handler, &mut bases, &mut frames);
+        }
+        let sends = run_handler(handler, &mut frames, &bases);
         drop(frames);
-        let counters = &mut self.stats.ports;
-        if let Some(c) = counters.get_mut(i) {
+        if let Some(c) = self.stats.ports.get_mut(i) {
             c.rx += n as u64;
             c.rx_refused += refused as u64;
         }
-        for ((base, addr, len), verdict) in sends.into_iter().zip(verdicts) {
-            match verdict {
-                Verdict::Transmit(out) => self.transmit(i, out, base, addr, len),
-                Verdict::Consumed => self.umem.recycle(base),
-                Verdict::ToKernel => {
-                    self.umem.recycle(base);
-                    if let Some(c) = self.stats.ports.get_mut(i) {
-                        c.to_kernel_unsupported += 1;
-                    }
+        self.hand_over(i);
+        for (send, verdict) in sends {
+            self.dispatch(i, send, verdict);
+        }
+        n
+    }
+
+    /// Frames another worker received for flows this worker owns: the pipeline runs here and they
+    /// leave from here. Also takes this worker's chunks back that others are done with, and sends
+    /// theirs home. Returns how many frames came.
+    fn serve_handoffs<H: BatchHandler>(&mut self, handler: &mut H) -> usize {
+        let Some(crossing) = &mut self.crossing else {
+            return 0;
+        };
+        let umem = &mut self.umem;
+        let returned = crossing.take_returned(|base| {
+            umem.returned(base);
+        });
+        let mut handed = ArrayVec::new();
+        crossing.take_handed(&mut handed);
+        let mut bases: ArrayVec<u64, BURST> = ArrayVec::new();
+        let mut frames: ArrayVec<Frame<'_>, BURST> = ArrayVec::new();
+        let refused = self.umem.take_in(&handed, &mut bases, &mut frames);
+        debug_assert_eq!(
+            refused, 0,
+            "only descriptors of chunks given up are handed over"
+        );
+        let ports: ArrayVec<PortId, BURST> = frames.iter().map(Frame::port).collect();
+        let sends = run_handler(handler, &mut frames, &bases);
+        drop(frames);
+        self.stats.received_handoff += sends.len() as u64;
+        for ((send, verdict), port) in sends.into_iter().zip(ports) {
+            let from = self.index_of(port).unwrap_or(usize::MAX);
+            self.dispatch(from, send, verdict);
+        }
+        self.send_home();
+        handed.len() + returned
+    }
+
+    /// Hands the frames queued for other workers to them; those that find a full ring are dropped
+    /// and counted on port `i`, where they came in.
+    fn hand_over(&mut self, i: usize) {
+        let Some(crossing) = &mut self.crossing else {
+            return;
+        };
+        let umem = &mut self.umem;
+        let mut full: ArrayVec<u64, BURST> = ArrayVec::new();
+        let handed = crossing.hand_over(
+            |base| {
+                umem.send_away(base);
+            },
+            |base| full.push(base),
+        );
+        for base in full {
+            self.umem.recycle(base);
+        }
+        self.stats.handed_off += handed.sent;
+        if let Some(d) = self
+            .stats
+            .ports
+            .get_mut(i)
+            .and_then(|c| c.drops.get_mut(DropReason::HandoffRingFull.index()))
+        {
+            *d += handed.ring_full;
+        }
+        self.send_home();
+    }
+
+    /// Sends the other workers' chunks this worker is done with back to them.
+    fn send_home(&mut self) {
+        if let Some(crossing) = &mut self.crossing {
+            crossing.send_home(self.umem.take_returns());
+        }
+    }
+
+    /// Carries out the handler's verdict on one frame received on port index `i`.
+    fn dispatch(&mut self, i: usize, (base, addr, len): (u64, u64, u32), verdict: Verdict) {
+        match verdict {
+            Verdict::Transmit(out) => self.transmit(i, out, base, addr, len),
+            Verdict::Consumed => self.umem.recycle(base),
+            Verdict::ToKernel => {
+                self.umem.recycle(base);
+                if let Some(c) = self.stats.ports.get_mut(i) {
+                    c.to_kernel_unsupported += 1;
                 }
-                Verdict::Drop(reason) => {
-                    self.umem.recycle(base);
-                    if let Some(d) = self
-                        .stats
-                        .ports
-                        .get_mut(i)
-                        .and_then(|c| c.drops.get_mut(reason.index()))
-                    {
-                        *d += 1;
-                    }
+            }
+            Verdict::Drop(reason) => {
+                self.umem.recycle(base);
+                if let Some(d) = self
+                    .stats
+                    .ports
+                    .get_mut(i)
+                    .and_then(|c| c.drops.get_mut(reason.index()))
+                {
+                    *d += 1;
                 }
             }
         }
-        n
     }
 
     /// Copies each frame the handler originates into a free chunk and queues it on its port.
@@ -546,6 +645,101 @@ impl Worker {
     }
 }
 
+/// Runs `handler` over a burst; returns each frame's (chunk base, address, length) and verdict.
+fn run_handler<H: BatchHandler>(
+    handler: &mut H,
+    frames: &mut [Frame<'_>],
+    bases: &[u64],
+) -> ArrayVec<((u64, u64, u32), Verdict), BURST> {
+    let n = frames.len();
+    let mut verdicts = [Verdict::Drop(DropReason::InvalidHeader); BURST];
+    handler.handle(frames, &mut verdicts[..n]);
+    frames
+        .iter()
+        .zip(bases)
+        .zip(verdicts)
+        .map(|((f, &base), v)| ((base, base + f.head() as u64, f.len() as u32), v))
+        .collect()
+}
+
+/// Leaves in `frames` (and `bases`) the frames this worker owns, or that no worker does, and queues
+/// the others on `crossing` for their owners.
+fn keep_own<H: BatchHandler>(
+    crossing: &mut Crossing,
+    handler: &mut H,
+    bases: &mut ArrayVec<u64, BURST>,
+    frames: &mut ArrayVec<Frame<'_>, BURST>,
+) {
+    let mut owners = [Owner::Any; BURST];
+    handler.steer(frames, &mut owners[..frames.len()]);
+    if owners
+        .iter()
+        .all(|o| !matches!(o, Owner::Worker(w) if crossing.crosses(*w)))
+    {
+        return;
+    }
+    let mut kept_bases = ArrayVec::new();
+    let mut kept = ArrayVec::new();
+    for ((frame, base), owner) in frames.drain(..).zip(bases.drain(..)).zip(owners) {
+        let away = match owner {
+            Owner::Worker(w) if crossing.crosses(w) => {
+                let addr = base + frame.head() as u64;
+                crossing.queue(w, base, addr, frame.len(), frame.port())
+            }
+            _ => false,
+        };
+        if !away {
+            kept_bases.push(base);
+            kept.push(frame);
+        }
+    }
+    *bases = kept_bases;
+    *frames = kept;
+}
+
+/// Binds one socket per port of `config` on `umem`: the first registers it with the kernel, unless
+/// `share` is a socket that already did.
+fn bind_ports(
+    config: &WorkerConfig,
+    umem: &Umem,
+    share: Option<BorrowedFd<'_>>,
+) -> Result<Vec<Port>, AfXdpError> {
+    let mut ports: Vec<Port> = Vec::with_capacity(config.ports.len());
+    for pc in &config.ports {
+        let opts = BindOptions {
+            ifindex: pc.ifindex,
+            queue: pc.queue,
+            ring_size: config.ring_size,
+            copy: config.copy,
+        };
+        let share = share.or_else(|| ports.first().map(|p| p.xsk.as_fd()));
+        let failed = |source| AfXdpError::Bind {
+            ifindex: pc.ifindex,
+            queue: pc.queue,
+            shared: share.is_some(),
+            source,
+        };
+        let xsk = Xsk::bind(umem, share, opts).map_err(failed)?;
+        if config.busy_poll {
+            xsk.prefer_busy_poll(BUSY_POLL_USECS, BURST as u32)
+                .map_err(failed)?;
+        }
+        ports.push(Port { id: pc.id, xsk });
+    }
+    Ok(ports)
+}
+
+fn dup_socket(xsk: &Xsk) -> Result<OwnedFd, AfXdpError> {
+    xsk.as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| AfXdpError::Bind {
+            ifindex: 0,
+            queue: 0,
+            shared: true,
+            source,
+        })
+}
+
 fn warn_unpinned(core: usize) {
     eprintln!("meshpath worker: could not pin to core {core}; running unpinned");
 }
@@ -613,6 +807,9 @@ impl<H> WorkerHandle<H> {
         self.thread.join().map_err(|_| AfXdpError::WorkerPanicked)
     }
 }
+
+#[cfg(test)]
+mod crossing_tests;
 
 #[cfg(test)]
 mod tests {
