@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use meshpath_dataplane::afxdp::BatchHandler;
 use meshpath_dataplane::pipeline::{self, WorkerState};
 use meshpath_dataplane::snapshot::Tables;
+use meshpath_dataplane::steering::{Owner, Steering};
 use meshpath_dataplane::{Frame, PortId, Verdict};
 
 use super::observe::FlowSink;
@@ -83,6 +84,18 @@ impl BatchHandler for PipelineHandler {
         }
         if now_ms >= self.published_ms + PUBLISH_EVERY_MS {
             self.publish(now_ms);
+        }
+    }
+
+    /// By the node's steering (one snapshot load per burst); a node's only worker owns every frame.
+    fn steer(&mut self, frames: &[Frame<'_>], owners: &mut [Owner]) {
+        let slot = self.state.slot;
+        let Some(steering) = Steering::new(slot.of).filter(|s| s.workers() > 1) else {
+            return;
+        };
+        let tables = self.tables.load();
+        for (frame, owner) in frames.iter().zip(owners.iter_mut()) {
+            *owner = steering.owner(&tables, frame.port(), frame.data());
         }
     }
 

@@ -9,6 +9,13 @@
 //! headers are pushed in front without copying; the tx descriptor follows the frame's head.
 //! `Verdict::ToKernel` has no path yet: such frames are dropped and counted as `to_kernel_unsupported`.
 //!
+//! A node may run several workers ([`Worker::bind_group`]): one UMEM mapping shared by every socket
+//! of every worker, each worker a share of its chunks and sockets on queues of its own. A worker asks
+//! its handler who owns each received frame ([`BatchHandler::steer`], [`crate::steering`]) and hands
+//! the frames of other workers' flows to them (`crossing.rs`); their chunks come home afterwards.
+//! The agent still starts one worker (`dataplane.cores` takes one core): wiring it to several is
+//! not done yet.
+//!
 //! Ports come and go while a worker runs ([`PortControl`]): a pod's socket is bound on the worker's
 //! UMEM and handed over between bursts; a removed one's chunks return to the worker's free list.
 //!

@@ -1,6 +1,7 @@
-//! A worker: one thread, pinned to one core, owning one UMEM and the AF_XDP sockets of its ports.
-//! Loop: drain completions, top up fill rings, receive a burst per port → handler → transmit,
-//! publish counters; sleep in poll(2) only when no port had anything. Every turn, busy or idle, beats
+//! A worker: one thread, pinned to one core, owning its share of the node's UMEM and the AF_XDP
+//! sockets of its ports (one queue of each). Loop: drain completions, top up fill rings, receive a
+//! burst per port → steer (frames of other workers' flows handed to them) → handler → transmit; then
+//! the frames other workers handed here and the chunks they sent home; publish counters; sleep in poll(2) only when no port had anything. Every turn, busy or idle, beats
 //! the heartbeat that liveness checks read, and every [`KERNEL_COUNTERS_EVERY`] the kernel's own
 //! socket counters are read: a saturated worker never idles, and that is when the kernel drops.
 //! Between turns it takes the port changes [`super::PortControl`] queued (see [`super::ports`]).
