@@ -445,3 +445,51 @@ fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
     })
     .is_ok()
 }
+
+/// Two workers bind sockets on queues 0 and 1 of two 2-queue veths over one shared UMEM (each socket
+/// with fill and completion rings of its own, as the kernel requires for another queue): what a node
+/// with two workers binds.
+#[test]
+fn two_workers_bind_their_own_queues_on_one_shared_umem() {
+    if !needs_root("two_workers_bind_their_own_queues_on_one_shared_umem") {
+        return;
+    }
+    let ns = format!("mp-t-mw{}", std::process::id());
+    ip(&["netns", "add", &ns]);
+    let queues = ["numtxqueues", "2", "numrxqueues", "2"];
+    let mut add = vec!["-n", &ns, "link", "add", "q0"];
+    add.extend(queues);
+    add.extend(["type", "veth", "peer", "name", "q1"]);
+    add.extend(queues);
+    ip(&add);
+    for dev in ["q0", "q1"] {
+        ip(&["-n", &ns, "link", "set", dev, "up"]);
+    }
+    let home = Netns::current().expect("own namespace");
+    Netns::named(&ns)
+        .expect("namespace")
+        .enter()
+        .expect("setns");
+    let ports = |queue| {
+        ["q0", "q1"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| PortConfig {
+                id: PortId(i as u16),
+                ifindex: ifindex(name).expect("interface"),
+                queue,
+            })
+            .collect::<Vec<_>>()
+    };
+    let bound = Worker::bind_group(vec![
+        WorkerConfig::new(ports(0)),
+        WorkerConfig::new(ports(1)),
+    ]);
+    home.enter().expect("back home");
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    let workers = bound.expect("both workers bound");
+    assert_eq!(workers.len(), 2);
+    for worker in &workers {
+        assert!(worker.modes().all(|(_, mode)| mode == Some(XdpMode::Copy)));
+    }
+}
