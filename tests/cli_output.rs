@@ -104,6 +104,7 @@ fn canned() -> AgentStatus {
                 },
             }],
             umem: None,
+            workers: vec![],
         },
         tables: TableSizes {
             endpoints: 2,

@@ -98,6 +98,14 @@ pub struct PodNetwork {
     pub pod_cidrs: Vec<Cidr>,
     /// The pods' MTU: the underlay's less the tunnel's overhead.
     pub mtu: u32,
+    /// Receive and transmit queues of the pod's veth: one per dataplane worker (worker `i` serves
+    /// queue `i`). 1 from an agent older than several workers.
+    #[serde(default = "one_queue")]
+    pub queues: u32,
+}
+
+fn one_queue() -> u32 {
+    1
 }
 
 /// A pod the agent serves.

@@ -93,9 +93,31 @@ pub struct DataplaneStatus {
     pub dropped: BTreeMap<DropReason, u64>,
     /// Per AF_XDP port: its frames, and the kernel's drops before the pipeline saw them.
     pub ports: Vec<PortStatus>,
-    /// The worker's packet memory.
+    /// The node's workers' packet memory, summed.
     #[serde(default)]
     pub umem: Option<UmemStatus>,
+    /// The node's workers, one per core of `dataplane.cores` (their number is its length; empty from
+    /// an agent older than several workers). `received`, `dropped` and `ports` above sum them all.
+    #[serde(default)]
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// One dataplane worker: its core, the receive queue it serves on every interface, its frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub index: u16,
+    pub core: u32,
+    pub queue: u32,
+    /// Frames received on its queues (including those it handed to their flow's owner).
+    pub rx: u64,
+    /// Frames it queued for transmit.
+    pub tx: u64,
+    /// Frames received here whose flow another worker owns, handed to it.
+    pub handed_off: u64,
+    /// Frames another worker received and handed here.
+    pub received_handoff: u64,
+    /// Turns of its loop (its heartbeat).
+    pub loop_turns: u64,
 }
 
 /// The worker's UMEM, in chunks (one frame each).
@@ -341,6 +363,9 @@ pub fn render(status: &AgentStatus) -> String {
             ),
         );
     }
+    if d.workers.len() > 1 {
+        line("Workers", workers_line(&d.workers));
+    }
     out.push_str(&ports_table(&d.ports));
     if let Some(encryption) = status.encryption.as_ref().filter(|e| !e.peers.is_empty()) {
         out.push_str(&crate::encryption::peers_table(&encryption.peers));
@@ -426,6 +451,15 @@ fn xdp_table(programs: &[XdpStatus]) -> String {
     format!("XDP programs:\n{}", indent(&table.render()))
 }
 
+/// Each worker's core and frames: `2 — core 0: 10 rx 3 handed off, core 1: …`.
+fn workers_line(workers: &[WorkerStatus]) -> String {
+    let each: Vec<String> = workers
+        .iter()
+        .map(|w| format!("core {}: {} rx {} handed off", w.core, w.rx, w.handed_off))
+        .collect();
+    format!("{} — {}", workers.len(), each.join(", "))
+}
+
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
 }
@@ -456,6 +490,7 @@ mod tests {
                     },
                 }],
                 umem: None,
+                workers: vec![],
             },
             tables: TableSizes {
                 endpoints: 2,
@@ -511,6 +546,26 @@ mod tests {
         );
         assert_eq!(lines.len(), 12, "kinds that moved nothing are left out");
         assert_eq!(brief(&status()), "OK");
+        let mut two = status();
+        two.dataplane.workers = (0..2)
+            .map(|i| WorkerStatus {
+                index: i,
+                core: u32::from(i),
+                queue: u32::from(i),
+                rx: 10 * u64::from(i),
+                tx: 0,
+                handed_off: 1,
+                received_handoff: 0,
+                loop_turns: 5,
+            })
+            .collect();
+        let text = render(&two);
+        assert!(
+            text.contains(
+                "Workers:       2 — core 0: 0 rx 1 handed off, core 1: 10 rx 1 handed off"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -543,6 +598,7 @@ mod tests {
             "nodes":[{"cluster":"c1","name":"n1","address":"198.18.1.1","pod_cidrs":["10.1.0.0/24"]}]}"#;
         let status: AgentStatus = serde_json::from_str(json).unwrap();
         assert_eq!(status.dataplane.dropped[&DropReason::NoRoute], 2);
+        assert!(status.dataplane.workers.is_empty(), "no workers listed");
         assert_eq!(status.services[0].backends[0].state.name(), "terminating");
         assert_eq!(status.clustermesh, None);
         let again: serde_json::Value = serde_json::to_value(&status).unwrap();

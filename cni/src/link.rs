@@ -121,22 +121,27 @@ pub async fn delete(handle: &Handle, name: &str) -> Result<bool> {
     }
 }
 
-/// The veth `host` here, its peer `ifname` in the namespace `netns` (not yet up there), both `mtu`.
+/// The veth `host` here, its peer `ifname` in the namespace `netns` (not yet up there), both `mtu`
+/// and both with `queues` receive and transmit queues (one per dataplane worker on the node).
 pub async fn create_veth(
     handle: &Handle,
     host: &str,
     ifname: &str,
     netns: &Path,
-    mtu: u32,
+    (mtu, queues): (u32, u32),
 ) -> Result<()> {
     let ns = File::open(netns).map_err(failed(format!("opening {}", netns.display())))?;
     let peer = LinkUnspec::new_with_name(ifname)
         .mtu(mtu)
+        .append_extra_attribute(LinkAttribute::NumTxQueues(queues))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(queues))
         .setns_by_fd(ns.as_raw_fd())
         .build();
     let veth = LinkVeth::new(host, ifname)
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .mtu(mtu)
+        .append_extra_attribute(LinkAttribute::NumTxQueues(queues))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(queues))
         .up()
         .build();
     handle

@@ -129,7 +129,8 @@ fn wire(
     let host_link = link::with_netlink(None, |h| async move {
         // What a crashed ADD left of this container interface goes first.
         link::delete(&h, &host).await?;
-        link::create_veth(&h, &host, &ifname, netns, network.mtu).await?;
+        let shape = (network.mtu, network.queues.max(1));
+        link::create_veth(&h, &host, &ifname, netns, shape).await?;
         link::get(&h, &host).await
     })
     .map_err(netlink)?;

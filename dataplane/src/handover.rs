@@ -1,6 +1,7 @@
-//! Conntrack across a planned restart: a stopping agent writes its workers' tables to a file, the next
-//! one reads them back, so established flows — service flows keep their backend, masqueraded flows
-//! their port — survive an upgrade.
+//! Conntrack across a planned restart: a stopping agent writes every worker's table to one file, the
+//! next one reads them back and gives each flow to the worker that owns it now (the caller says which,
+//! by the node's steering: [`crate::steering::Steering::flow_owner`]), so established flows — service
+//! flows keep their backend, masqueraded flows their port — survive an upgrade.
 //!
 //! The file is versioned and checksummed: a header (magic, version, record size, the wall-clock time
 //! it was written, the count), fixed-size little-endian records, and an FNV-1a checksum of all of it.
@@ -47,18 +48,26 @@ pub enum HandoverError {
     Record { index: usize, problem: &'static str },
 }
 
-/// Writes every live flow of `ct` to `path` (atomically: a temporary file renamed, mode 0600).
-/// `now_ms` is the worker clock `ct`'s expiry times are on. Returns how many flows were written.
-pub fn write(path: &Path, ct: &Conntrack, now_ms: u64) -> io::Result<usize> {
-    let live: Vec<(FlowKey, &CtEntry)> = ct.iter().filter(|(_, e)| !e.is_expired(now_ms)).collect();
+/// Writes every live flow of every worker's table to `path` (atomically: a temporary file renamed,
+/// mode 0600). Each table comes with the worker clock its expiry times are on. Returns how many flows
+/// were written.
+pub fn write(path: &Path, workers: &[(&Conntrack, u64)]) -> io::Result<usize> {
+    let live: Vec<(FlowKey, &CtEntry, u64)> = workers
+        .iter()
+        .flat_map(|&(ct, now_ms)| {
+            ct.iter()
+                .filter(move |(_, e)| !e.is_expired(now_ms))
+                .map(move |(k, e)| (k, e, now_ms))
+        })
+        .collect();
     let mut bytes = Vec::with_capacity(HEADER_LEN + live.len() * RECORD_LEN + CHECKSUM_LEN);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&VERSION.to_le_bytes());
     bytes.extend_from_slice(&(RECORD_LEN as u32).to_le_bytes());
     bytes.extend_from_slice(&unix_ms().to_le_bytes());
     bytes.extend_from_slice(&(live.len() as u64).to_le_bytes());
-    for (key, entry) in &live {
-        encode(&mut bytes, key, entry, now_ms);
+    for (key, entry, now_ms) in &live {
+        encode(&mut bytes, key, entry, *now_ms);
     }
     let sum = fnv1a(&bytes);
     bytes.extend_from_slice(&sum.to_le_bytes());
@@ -75,18 +84,27 @@ pub fn write(path: &Path, ct: &Conntrack, now_ms: u64) -> io::Result<usize> {
     Ok(live.len())
 }
 
-/// Reads a handover file into a new table of `config`, on a worker clock now at `now_ms`.
-pub fn read(path: &Path, config: ConntrackConfig, now_ms: u64) -> Result<Conntrack, HandoverError> {
+/// Who takes over the flows of a handover file: `workers` new tables of `config`, on a worker clock
+/// now at `now_ms`, and the worker that owns each flow (an index past the last is the last's).
+pub struct Successors<'o> {
+    pub config: ConntrackConfig,
+    pub now_ms: u64,
+    pub workers: usize,
+    pub owner: &'o dyn Fn(&FlowKey) -> usize,
+}
+
+/// Reads a handover file into one new table per worker, each flow in its owner's.
+pub fn read(path: &Path, successors: &Successors<'_>) -> Result<Vec<Conntrack>, HandoverError> {
     let bytes = fs::read(path)?;
-    decode(&bytes, config, now_ms, unix_ms())
+    decode(&bytes, successors, unix_ms())
 }
 
 fn decode(
     bytes: &[u8],
-    config: ConntrackConfig,
-    now_ms: u64,
+    successors: &Successors<'_>,
     now_unix_ms: u64,
-) -> Result<Conntrack, HandoverError> {
+) -> Result<Vec<Conntrack>, HandoverError> {
+    let now_ms = successors.now_ms;
     let mut r = Reader(bytes);
     if r.take(4)? != MAGIC {
         return Err(HandoverError::Magic);
@@ -119,7 +137,10 @@ fn decode(
     if !(0..=MAX_AGE_MS as i64).contains(&age_ms) {
         return Err(HandoverError::Stale { age_ms });
     }
-    let mut ct = Conntrack::new(config);
+    let mut tables: Vec<Conntrack> = (0..successors.workers.max(1))
+        .map(|_| Conntrack::new(successors.config))
+        .collect();
+    let last = tables.len() - 1;
     for index in 0..count {
         let (key, mut entry, remaining) =
             decode_record(&mut r).map_err(|problem| HandoverError::Record { index, problem })?;
@@ -127,12 +148,11 @@ fn decode(
             continue;
         };
         entry.expires_ms = now_ms.saturating_add(left);
+        let owner = (successors.owner)(&key).min(last);
         // A table smaller than the last one keeps what fits.
-        if ct.insert(key, entry, now_ms).is_err() {
-            break;
-        }
+        let _ = tables[owner].insert(key, entry, now_ms);
     }
-    Ok(ct)
+    Ok(tables)
 }
 
 fn encode(out: &mut Vec<u8>, key: &FlowKey, entry: &CtEntry, now_ms: u64) {
@@ -342,7 +362,7 @@ mod tests {
     fn encoded(ct: &Conntrack, now_ms: u64, written: u64) -> Vec<u8> {
         let dir = tempdir();
         let path = dir.join("ct");
-        write(&path, ct, now_ms).unwrap();
+        write(&path, &[(ct, now_ms)]).unwrap();
         let mut bytes = fs::read(&path).unwrap();
         // Pin the write time for the test.
         bytes[12..20].copy_from_slice(&written.to_le_bytes());
@@ -351,6 +371,22 @@ mod tests {
         bytes[len - 8..].copy_from_slice(&sum.to_le_bytes());
         let _ = fs::remove_dir_all(dir);
         bytes
+    }
+
+    /// Decodes for one worker, which owns every flow.
+    fn decode_one(
+        bytes: &[u8],
+        config: ConntrackConfig,
+        now_ms: u64,
+        now_unix_ms: u64,
+    ) -> Result<Conntrack, HandoverError> {
+        let successors = Successors {
+            config,
+            now_ms,
+            workers: 1,
+            owner: &|_| 0,
+        };
+        decode(bytes, &successors, now_unix_ms).map(|mut tables| tables.remove(0))
     }
 
     fn tempdir() -> std::path::PathBuf {
@@ -368,7 +404,7 @@ mod tests {
         let ct = table(50);
         let bytes = encoded(&ct, 1_000, 5_000_000);
         // Read 2 s of wall time later on a fresh worker clock at 10.
-        let back = decode(&bytes, config(), 10, 5_002_000).unwrap();
+        let back = decode_one(&bytes, config(), 10, 5_002_000).unwrap();
         assert_eq!(back.len(), 50);
         for i in 0..50 {
             let (key, want) = entry(i);
@@ -391,7 +427,7 @@ mod tests {
         let ct = table(4);
         let udp_life = Timeouts::default().udp_ms;
         let bytes = encoded(&ct, 0, 1_000_000);
-        let back = decode(&bytes, config(), 0, 1_000_000 + udp_life + 1).unwrap();
+        let back = decode_one(&bytes, config(), 0, 1_000_000 + udp_life + 1).unwrap();
         assert!(
             back.iter().all(|(k, _)| k.proto == proto::TCP),
             "UDP flows expired"
@@ -405,40 +441,77 @@ mod tests {
         let mut flipped = bytes.clone();
         flipped[HEADER_LEN + 3] ^= 1;
         assert!(matches!(
-            decode(&flipped, config(), 0, now),
+            decode_one(&flipped, config(), 0, now),
             Err(HandoverError::Checksum)
         ));
         let short = &bytes[..bytes.len() - 1];
         assert!(matches!(
-            decode(short, config(), 0, now),
+            decode_one(short, config(), 0, now),
             Err(HandoverError::Length { .. })
         ));
         let mut magic = bytes.clone();
         magic[0] = b'X';
         assert!(matches!(
-            decode(&magic, config(), 0, now),
+            decode_one(&magic, config(), 0, now),
             Err(HandoverError::Magic)
         ));
         let mut version = bytes.clone();
         version[4] = 9;
         assert!(matches!(
-            decode(&version, config(), 0, now),
+            decode_one(&version, config(), 0, now),
             Err(HandoverError::Version { found: 9 })
         ));
         assert!(matches!(
-            decode(&bytes, config(), 0, 1_000_000 + MAX_AGE_MS + 1),
+            decode_one(&bytes, config(), 0, 1_000_000 + MAX_AGE_MS + 1),
             Err(HandoverError::Stale { .. })
         ));
         assert!(matches!(
-            decode(&bytes, config(), 0, 999_000),
+            decode_one(&bytes, config(), 0, 999_000),
             Err(HandoverError::Stale { .. })
         ));
+    }
+
+    #[test]
+    fn every_workers_flows_are_written_and_each_comes_back_to_its_owner() {
+        // Two workers' tables, then three successors that own flows by source port.
+        let mut first = Conntrack::new(config());
+        let mut second = Conntrack::new(config());
+        for i in 0..40 {
+            let (k, e) = entry(i);
+            let table = if i < 25 { &mut first } else { &mut second };
+            table.insert(k, e, 0).unwrap();
+        }
+        let dir = tempdir();
+        let path = dir.join("ct");
+        assert_eq!(write(&path, &[(&first, 100), (&second, 200)]).unwrap(), 40);
+        let owner = |key: &FlowKey| usize::from(key.src_port % 3);
+        let successors = Successors {
+            config: config(),
+            now_ms: 0,
+            workers: 3,
+            owner: &owner,
+        };
+        let back = read(&path, &successors).unwrap();
+        let _ = fs::remove_dir_all(dir);
+        assert_eq!(back.len(), 3);
+        assert_eq!(back.iter().map(Conntrack::len).sum::<usize>(), 40);
+        for (worker, table) in back.iter().enumerate() {
+            assert!(table.iter().all(|(k, _)| owner(&k) == worker));
+        }
+        // An owner past the last worker is the last's.
+        let one = Successors {
+            workers: 1,
+            owner: &|_| 7,
+            ..successors
+        };
+        let bytes = encoded(&first, 0, 1_000_000);
+        assert_eq!(decode(&bytes, &one, 1_000_001).unwrap()[0].len(), 25);
     }
 
     proptest! {
         #[test]
         fn decode_never_panics_on_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
-            let _ = decode(&bytes, config(), 0, 0);
+            let _ = decode_one(&bytes, config(), 0, 0);
         }
 
         #[test]
@@ -446,7 +519,7 @@ mod tests {
             let mut bytes = encoded(&table(3), 0, 1_000_000);
             let i = at.index(bytes.len());
             bytes[i] = byte;
-            let _ = decode(&bytes, config(), 0, 1_000_001);
+            let _ = decode_one(&bytes, config(), 0, 1_000_001);
         }
     }
 }

@@ -220,7 +220,11 @@ pub struct PodAttachment {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DataplaneSection {
-    /// Cores for the dataplane workers, one worker each.
+    /// Cores for the dataplane workers: distinct, at most [`MAX_WORKERS`], one worker pinned to
+    /// each. Worker `i` serves receive queue `i` of every interface (the uplink needs at least as many
+    /// receive queues as there are workers; the pods' and host port's veths are made with that many)
+    /// and each flow is steered to the one worker that owns it (`meshpath_dataplane::steering`).
+    /// More than one core only with `encryption: off`.
     pub cores: Vec<usize>,
     /// How pod traffic reaches other nodes: `tunnel` (always encapsulated), `native` (never, as
     /// Cilium's native routing with `auto-direct-node-routes`; `direct` is accepted as its alias: nodes
@@ -596,22 +600,8 @@ impl AgentConfig {
                 "the node needs an underlay address (ipv4 or ipv6)".into(),
             ));
         }
-        let cores = core_count();
-        if self.dataplane.cores.len() != 1 {
-            // Conntrack is per worker: a second worker needs a socket per queue and frames steered to
-            // the worker owning their flow (meshpath_dataplane::steering), which the agent does not
-            // wire up yet.
-            return Err((
-                "dataplane.cores",
-                "exactly one core: one worker per node for now".into(),
-            ));
-        }
-        if let Some(core) = self.dataplane.cores.iter().find(|c| **c >= cores) {
-            return Err((
-                "dataplane.cores",
-                format!("core {core} does not exist: this machine has {cores}"),
-            ));
-        }
+        check_cores(&self.dataplane.cores, core_count(), self.encryption)
+            .map_err(|problem| ("dataplane.cores", problem))?;
         if self.dataplane.conntrack_capacity == 0 {
             return Err(("dataplane.conntrack-capacity", "must be positive".into()));
         }
@@ -816,6 +806,47 @@ fn check_etcd(etcd: &EtcdSection) -> Result<(), (&'static str, String)> {
         return Err((
             "etcd.trusted-ca-file",
             "TLS needs trusted-ca-file, cert-file and key-file".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Most workers a node runs: steering's worker index and the handoff rings between every pair.
+pub const MAX_WORKERS: usize = 64;
+
+/// `dataplane.cores`: distinct cores of this machine (`available` of them), one worker each, at least
+/// one and at most [`MAX_WORKERS`]. More than one only without encryption: WireGuard datagrams are
+/// steered by their outer ends, so one peer's inner flows would meet a worker that does not own them
+/// (see `meshpath_dataplane::steering`, "Known limits").
+fn check_cores(cores: &[usize], available: usize, encryption: Encryption) -> Result<(), String> {
+    if cores.is_empty() {
+        return Err("at least one core".into());
+    }
+    if cores.len() > MAX_WORKERS {
+        return Err(format!(
+            "{} cores: a node runs at most {MAX_WORKERS} workers",
+            cores.len()
+        ));
+    }
+    if let Some(core) = cores.iter().find(|c| **c >= available) {
+        return Err(format!(
+            "core {core} does not exist: this machine has {available}"
+        ));
+    }
+    if let Some((i, core)) = cores
+        .iter()
+        .enumerate()
+        .find(|(i, c)| cores[..*i].contains(c))
+    {
+        return Err(format!(
+            "core {core} is listed twice (entry {i}): one worker per core"
+        ));
+    }
+    if cores.len() > 1 && encryption != Encryption::Off {
+        return Err(format!(
+            "{} cores with encryption: a node with WireGuard runs one worker, since a peer's \
+             datagrams are steered by their outer addresses and not by the flows inside",
+            cores.len()
         ));
     }
     Ok(())
@@ -1203,6 +1234,38 @@ metrics: 127.0.0.1:9962
             parse(&segment).unwrap().node.segment_prefixes(),
             Ok(Some(vec!["198.18.1.0/24".parse().unwrap()]))
         );
+    }
+
+    #[test]
+    fn cores_are_distinct_existing_at_most_64_and_one_with_encryption() {
+        let off = Encryption::Off;
+        assert_eq!(check_cores(&[0], 2, off), Ok(()));
+        assert_eq!(check_cores(&[1, 0], 2, off), Ok(()));
+        let many: Vec<usize> = (0..MAX_WORKERS).collect();
+        assert_eq!(check_cores(&many, 128, off), Ok(()));
+        assert_eq!(check_cores(&[3], 4, Encryption::Strict), Ok(()));
+        let refused = [
+            (check_cores(&[], 2, off), "at least one"),
+            (check_cores(&[0, 2], 2, off), "core 2 does not exist"),
+            (check_cores(&[0, 1, 0], 2, off), "core 0 is listed twice"),
+            (
+                check_cores(&(0..65).collect::<Vec<_>>(), 128, off),
+                "at most 64",
+            ),
+            (check_cores(&[0, 1], 2, Encryption::On), "with encryption"),
+            (
+                check_cores(&[0, 1], 2, Encryption::Strict),
+                "with encryption",
+            ),
+        ];
+        for (result, words) in refused {
+            let problem = result.unwrap_err();
+            assert!(problem.contains(words), "{problem}");
+        }
+        let error = parse(&GOOD.replace("cores: [0]", "cores: [0, 0]"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("dataplane.cores"), "{error}");
     }
 
     #[test]

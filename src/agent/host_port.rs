@@ -26,13 +26,31 @@ use super::config::AgentConfig;
 /// into the host port name the node's address), it only makes reverse-path filtering work.
 const KERNEL_END_ADDRESS: &str = "169.254.42.1/32";
 
-/// Creates the pair (if missing) and sets the kernel end up as described above. Idempotent.
+/// Creates the pair (if missing) and sets the kernel end up as described above. Idempotent. The pair
+/// has a queue per worker (worker `i` serves queue `i` of every port): one left by an agent with fewer
+/// workers is made again.
 pub fn ensure(config: &AgentConfig) -> anyhow::Result<()> {
     let host = &config.host_port;
     let (ours, kernel) = (host.interface.as_str(), host.kernel_interface.as_str());
+    let workers = config.dataplane.cores.len();
+    if link_exists(ours) && (rx_queues(ours)? as usize) < workers {
+        tracing::info!(
+            interface = ours,
+            workers,
+            "host port made again with a queue per worker"
+        );
+        ip(&["link", "del", ours])?;
+    }
     if !link_exists(ours) {
-        ip(&["link", "add", ours, "type", "veth", "peer", "name", kernel])
-            .with_context(|| format!("creating the host port {ours}/{kernel}"))?;
+        let queues = workers.to_string();
+        let (tx, rx) = (["numtxqueues", &queues], ["numrxqueues", &queues]);
+        // Both ends: a peer left to the kernel's default takes a queue per possible CPU, and what it
+        // sent on a queue our end does not have would bypass the XDP program.
+        let mut add = vec!["link", "add", ours];
+        add.extend(tx.iter().chain(&rx));
+        add.extend(["type", "veth", "peer", "name", kernel]);
+        add.extend(tx.iter().chain(&rx));
+        ip(&add).with_context(|| format!("creating the host port {ours}/{kernel}"))?;
     } else if !link_exists(kernel) {
         bail!("host port: `{ours}` exists but its peer `{kernel}` does not; delete `{ours}` or fix host-port.kernel-interface");
     }
@@ -62,6 +80,11 @@ pub fn ensure(config: &AgentConfig) -> anyhow::Result<()> {
         reserve_ports(first, last)?;
     }
     Ok(())
+}
+
+fn rx_queues(name: &str) -> anyhow::Result<u32> {
+    meshpath_xdp_redirect::netns::rx_queues(name)
+        .with_context(|| format!("receive queues of `{name}`"))
 }
 
 /// The MAC address of an interface of this namespace.

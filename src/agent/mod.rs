@@ -3,12 +3,14 @@
 //! Start-up: wait for the local source's first complete state (a directory reads at once; the API
 //! server's watchers list every kind first — see `local_source`), so the node's pod prefixes are
 //! known from its Node object; set up the host port;
-//! read back the conntrack a planned stop handed over; bind the AF_XDP sockets, load the XDP programs
-//! (maps pinned), register the sockets and only then attach, in the node's network namespace; start
-//! the worker with the pipeline, then the control task that keeps the table snapshot current and the
-//! task that keeps tunnel peers, pod routes and the neighbour nodes' MACs in step with the mesh's nodes.
+//! bind the AF_XDP sockets (one per worker and interface, worker `i` on queue `i`), load the XDP
+//! programs (maps pinned), register the sockets and only then attach, in the node's network namespace;
+//! once the first table snapshot is in, read back the conntrack a planned stop handed over (each flow
+//! to the worker that owns it) and start one worker per core of `dataplane.cores` with the pipeline,
+//! then the control task that keeps the table snapshot current and the task that keeps tunnel peers,
+//! pod routes and the neighbour nodes' MACs in step with the mesh's nodes.
 //!
-//! SIGINT, SIGTERM and SIGHUP stop it the planned way: the worker stops, its conntrack is written for
+//! SIGINT, SIGTERM and SIGHUP stop it the planned way: the workers stop, their conntrack is written for
 //! the next agent, and the XDP programs stay attached — with no socket registered they drop what is
 //! the dataplane's, so a node without its agent is closed, not open. A SIGKILL or an OOM kill leaves
 //! the same: attached programs whose sockets the kernel unregistered when the process died.
@@ -42,6 +44,7 @@ mod socket;
 mod status;
 mod wireguard_key;
 mod wiring;
+mod workers;
 mod xdp_counters;
 
 use std::collections::BTreeMap;
@@ -57,12 +60,9 @@ use meshpath_api::status::PortRole;
 use meshpath_control::local::{LocalState, ObjectRef};
 use meshpath_control::resolve::parse_cidr;
 use meshpath_control::snapshot::{NodeSpec, PodPorts};
-use meshpath_dataplane::conntrack::{ConntrackConfig, Timeouts};
 use meshpath_dataplane::gateway::Gateway;
-use meshpath_dataplane::handover;
 use meshpath_dataplane::ipcache::IpPrefix;
 use meshpath_dataplane::masquerade::{Masquerade, PortRange};
-use meshpath_dataplane::pipeline::WorkerState;
 use meshpath_dataplane::route::Underlay;
 use meshpath_dataplane::snapshot::{Capacities, HostPort, NodeConfig, Tables};
 use meshpath_dataplane::wireguard::Tunnels;
@@ -78,9 +78,6 @@ use report::WorkerReport;
 use status::StatusSources;
 use tokio::sync::watch;
 use xdp_counters::XdpPrograms;
-
-/// The file a planned stop hands conntrack over in, inside `state-dir`.
-const CONNTRACK_FILE: &str = "conntrack.v1";
 
 pub use external::leave::leave as vm_leave;
 
@@ -146,16 +143,21 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         spec.capacities,
     )));
     let (flow_sink, flow_source) = observe::channel();
-    let mut state = restore_worker_state(&config, flow_sink.epoch);
-    if let Some(key) = &key {
-        state.wireguard = Tunnels::new(key.private);
-    }
     let mut wiring = wiring::wire(&config, &pod_prefixes(&config, &first), &config.bpf_pin_dir)?;
-    let port_control = wiring.worker.port_control()?;
+    let port_controls = wiring
+        .workers
+        .iter_mut()
+        .map(|w| w.port_control())
+        .collect::<Result<Vec<_>, _>>()?;
     let port_names = PortNames::new(port_names(&config));
     let (pod_ports, ports) = watch::channel(spec.ports.clone());
-    let report = Arc::new(ArcSwap::from_pointee(WorkerReport::default()));
-    let stats = wiring.worker.stats_reader();
+    let reports: Vec<_> = wiring
+        .workers
+        .iter()
+        .map(|_| Arc::new(ArcSwap::from_pointee(WorkerReport::default())))
+        .collect();
+    let readers = wiring.workers.iter().map(|w| w.stats_reader()).collect();
+    let stats = workers::NodeWorkers::new(&config.dataplane.cores, reports.clone(), readers);
     let stop = Arc::new(AtomicBool::new(false));
     let programs = XdpPrograms::new(&config, std::mem::take(&mut wiring.programs));
     let uplink = programs.uplink().context("the uplink's XDP program")?;
@@ -186,8 +188,15 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     tasks.spawn(known.clone().write_forever(cancel.clone()));
     // The sockets are registered: frames wait in their rings for a worker with tables to read.
     wait_for_first_snapshot(&tables, &empty).await;
-    let handler = PipelineHandler::new(tables.clone(), state, report.clone(), flow_sink);
-    let worker = wiring.worker.spawn(handler, stop.clone())?;
+    let mut states = workers::starting_states(&config, &tables.load(), flow_sink.epoch);
+    if let (Some(key), [only]) = (&key, states.as_mut_slice()) {
+        only.wireguard = Tunnels::new(key.private);
+    }
+    let mut running = Vec::new();
+    for ((worker, state), report) in wiring.workers.drain(..).zip(states).zip(reports) {
+        let handler = PipelineHandler::new(tables.clone(), state, report, flow_sink.clone());
+        running.push(worker.spawn(handler, stop.clone())?);
+    }
     let control_beat = health::ControlBeat::default();
     tasks.spawn(control_beat.clone().run(cancel.clone()));
     let worker_beat = stats.clone();
@@ -233,8 +242,7 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
         cluster: config.cluster.name.clone(),
         node: config.node.name.clone(),
         tables: tables.clone(),
-        report,
-        worker: stats,
+        workers: stats,
         ports: port_names.clone(),
         configured_pods: configured_pod_ports(&config),
         programs: programs.clone(),
@@ -269,8 +277,9 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
             first_port: wiring::first_cni_port(&config),
             max_pods: config.dataplane.max_pods,
             mtu: pod_mtu(&config),
+            queues: config.dataplane.cores.len() as u32,
         },
-        port_control,
+        port_controls,
         tables,
         source.state.clone(),
         pods::PodOutputs {
@@ -294,8 +303,12 @@ async fn run_node(config: AgentConfig) -> anyhow::Result<()> {
     tracing::info!("stopping: the XDP programs stay attached and closed until the next agent");
     pods.keep_all().await;
     stop.store(true, Ordering::Relaxed);
-    let (_, handler) = worker.join_with_handler().context("joining the worker")?;
-    hand_over(&config, handler);
+    let mut handlers = Vec::new();
+    for worker in running {
+        let (_, handler) = worker.join_with_handler().context("joining a worker")?;
+        handlers.push(handler);
+    }
+    workers::hand_over(&config, handlers);
     known.write();
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
@@ -330,45 +343,6 @@ async fn wait_for_first_snapshot(tables: &ArcSwap<Tables>, empty: &Arc<Tables>) 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tracing::info!(after = ?started.elapsed(), "first table snapshot installed");
-}
-
-/// A fresh worker state, or the conntrack the last agent handed over (used once, then removed).
-fn restore_worker_state(config: &AgentConfig, epoch: Instant) -> WorkerState {
-    let ct = ConntrackConfig {
-        capacity: config.dataplane.conntrack_capacity,
-        timeouts: Timeouts::default(),
-        endpoint_quota: None,
-    };
-    let mut state = WorkerState::new(ct);
-    let path = config.state_dir.join(CONNTRACK_FILE);
-    if !path.exists() {
-        return state;
-    }
-    match handover::read(&path, ct, PipelineHandler::clock(epoch)) {
-        Ok(conntrack) => {
-            tracing::info!(flows = conntrack.len(), file = %path.display(), "conntrack handed over");
-            state.conntrack = conntrack;
-        }
-        Err(error) => {
-            tracing::warn!(%error, file = %path.display(), "conntrack handover file ignored; starting with none");
-        }
-    }
-    if let Err(error) = std::fs::remove_file(&path) {
-        tracing::warn!(%error, file = %path.display(), "could not remove the used handover file");
-    }
-    state
-}
-
-/// Writes the stopped worker's conntrack for the next agent.
-fn hand_over(config: &AgentConfig, handler: PipelineHandler) {
-    let (state, now_ms) = handler.finish();
-    let path = config.state_dir.join(CONNTRACK_FILE);
-    let written = std::fs::create_dir_all(&config.state_dir)
-        .and_then(|()| handover::write(&path, &state.conntrack, now_ms));
-    match written {
-        Ok(flows) => tracing::info!(flows, file = %path.display(), "conntrack handed over"),
-        Err(error) => tracing::warn!(%error, file = %path.display(), "conntrack not handed over"),
-    }
 }
 
 /// Each port's interface and role, for the status.

@@ -3,6 +3,8 @@
 //! by direction as Cilium counts it (egress: sent by a pod of this node; ingress: everything else, the
 //! frames that come to this node's pods and through it), and its WireGuard peers.
 
+use std::sync::Arc;
+
 use meshpath_dataplane::conntrack::{Conntrack, CtStats};
 use meshpath_dataplane::snapshot::Tables;
 use meshpath_dataplane::stats::{Count, Counters};
@@ -18,6 +20,22 @@ pub struct WorkerReport {
     pub conntrack: ConntrackReport,
     pub traffic: Traffic,
     pub wireguard: WireguardReport,
+}
+
+impl WorkerReport {
+    /// The node's workers' reports as one: counters, conntrack and traffic summed; WireGuard from the
+    /// first worker (a node with encryption runs only one).
+    pub fn sum(reports: &[Arc<WorkerReport>]) -> WorkerReport {
+        let mut total = reports
+            .first()
+            .map_or_else(WorkerReport::default, |r| (**r).clone());
+        for report in reports.iter().skip(1) {
+            total.counters.merge(&report.counters);
+            total.conntrack.merge(&report.conntrack);
+            total.traffic.merge(&report.traffic);
+        }
+        total
+    }
 }
 
 /// The worker's WireGuard peers and counters.
@@ -58,6 +76,17 @@ impl ConntrackReport {
             capacity: ct.capacity(),
             stats: ct.stats(),
         }
+    }
+
+    fn merge(&mut self, other: &ConntrackReport) {
+        self.entries += other.entries;
+        self.capacity += other.capacity;
+        let (s, o) = (&mut self.stats, other.stats);
+        s.evicted_unreplied += o.evicted_unreplied;
+        s.evicted_closing += o.evicted_closing;
+        s.evicted_datagram += o.evicted_datagram;
+        s.refused_full += o.refused_full;
+        s.refused_quota += o.refused_quota;
     }
 }
 
@@ -127,6 +156,18 @@ impl Traffic {
         count.bytes += bytes;
     }
 
+    fn merge(&mut self, other: &Traffic) {
+        let mine = self
+            .forwarded
+            .iter_mut()
+            .chain(self.dropped.iter_mut().flatten());
+        let theirs = other.forwarded.iter().chain(other.dropped.iter().flatten());
+        for (m, t) in mine.zip(theirs) {
+            m.packets += t.packets;
+            m.bytes += t.bytes;
+        }
+    }
+
     pub fn forwarded(&self, direction: TrafficDirection) -> Count {
         self.forwarded[direction as usize]
     }
@@ -188,5 +229,19 @@ mod tests {
             traffic.dropped(TrafficDirection::Egress, DropReason::PolicyDenied),
             Count::default()
         );
+        let one = Arc::new(WorkerReport {
+            traffic,
+            ..WorkerReport::default()
+        });
+        let both = WorkerReport::sum(&[one.clone(), one]);
+        let denied = both
+            .traffic
+            .dropped(TrafficDirection::Ingress, DropReason::PolicyDenied);
+        assert_eq!(
+            (denied.packets, denied.bytes),
+            (2, 120),
+            "summed over workers"
+        );
+        assert_eq!(both.traffic.forwarded(TrafficDirection::Egress).bytes, 200);
     }
 }

@@ -16,7 +16,6 @@ use meshpath_api::version::VersionInfo;
 use meshpath_api::Protocol;
 use meshpath_control::clustermesh::MeshStatus;
 use meshpath_control::local::LocalState;
-use meshpath_dataplane::afxdp::StatsReader;
 use meshpath_dataplane::snapshot::Tables;
 use meshpath_dataplane::stats::{Counters, Forward};
 use meshpath_dataplane::{DropReason, PortId};
@@ -31,19 +30,20 @@ use super::local_source::SourceInfo;
 use super::nodes::NodeDirectory;
 use super::observe::FlowHub;
 use super::port_names::PortNames;
-use super::report::{ConntrackReport, WorkerReport};
+use super::report::ConntrackReport;
 use super::socket;
+use super::workers::NodeWorkers;
 use super::xdp_counters::XdpPrograms;
 
-/// What the status is made of: the live snapshot, the worker's copied-out report and counters, the
+/// What the status is made of: the live snapshot, the workers' copied-out reports and counters, the
 /// control plane's directories and boards.
 #[derive(Clone)]
 pub struct StatusSources {
     pub cluster: String,
     pub node: String,
     pub tables: Arc<ArcSwap<Tables>>,
-    pub report: Arc<ArcSwap<WorkerReport>>,
-    pub worker: StatsReader,
+    /// The node's workers: their reports and counters, summed where the status has one figure.
+    pub workers: NodeWorkers,
     /// Each port's interface and role.
     pub ports: PortNames,
     /// The ports of the pods the configuration lists (the others' pods came from the CNI plugin).
@@ -70,14 +70,14 @@ impl StatusSources {
     }
 
     pub fn collect(&self, view: StatusView) -> AgentStatus {
-        let report = self.report.load();
+        let report = self.workers.report();
         let tables = self.tables.load();
         let full = view == StatusView::Full;
         AgentStatus {
             cluster: self.cluster.clone(),
             cluster_id: Some(tables.node.cluster.get()),
             node: self.node.clone(),
-            dataplane: dataplane(&report.counters, &self.worker, &self.ports.list()),
+            dataplane: dataplane(&report.counters, &self.workers, &self.ports.list()),
             tables: TableSizes {
                 endpoints: tables.endpoints.len() as u64,
                 ipcache: tables.ipcache.len() as u64,
@@ -161,10 +161,10 @@ fn conntrack(ct: &ConntrackReport) -> ConntrackStatus {
 
 fn dataplane(
     counters: &Counters,
-    worker: &StatsReader,
+    workers: &NodeWorkers,
     names: &[(PortId, String, PortRole)],
 ) -> DataplaneStatus {
-    let stats = worker.read();
+    let stats = workers.read();
     DataplaneStatus {
         received: counters.received.packets,
         forwarded: Forward::ALL
@@ -181,6 +181,7 @@ fn dataplane(
             free: stats.umem.free,
             orphaned: stats.umem.orphaned,
         }),
+        workers: workers.each(),
         ports: stats
             .ports
             .iter()

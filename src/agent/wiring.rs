@@ -1,5 +1,6 @@
-//! Wiring the node: one AF_XDP socket per interface (the uplink, the host port, every pod's veth) on a
-//! shared UMEM, each registered in its interface's XDP program before that program is attached, so the
+//! Wiring the node: one AF_XDP socket per worker and interface (the uplink, the host port, every pod's
+//! veth), worker `i`'s on receive queue `i`, all on one shared UMEM, each registered in its interface's
+//! XDP program (XSKMAP, at its queue) before that program is attached, so the
 //! node is never open: until a socket is registered the program drops what is the dataplane's, and the
 //! program stays attached when the agent stops (planned or not), so it stays closed. The programs'
 //! maps are pinned in bpffs, one directory per interface, so the next agent finds its tunnel peers,
@@ -34,12 +35,13 @@ pub fn first_cni_port(config: &AgentConfig) -> u16 {
 /// UMEM holds room for `dataplane.max-pods` of them from the start (2 × 128 chunks of 2 KiB: 512 KiB a pod).
 const POD_RING_SIZE: u32 = 128;
 
-/// The XDP programs (the uplink's first) and the bound (not yet running) worker.
+/// The XDP programs (the uplink's first) and the bound (not yet running) workers, one per core of
+/// `dataplane.cores` in its order: worker `i` serves queue `i`.
 pub struct Wiring {
     /// Held for their maps (XSKMAP, pod prefixes, tunnel peers) while the attachments run them.
     pub programs: Vec<XdpRedirect>,
     pub attachments: Vec<Attachment>,
-    pub worker: Worker,
+    pub workers: Vec<Worker>,
 }
 
 /// An interface the dataplane serves.
@@ -55,27 +57,24 @@ pub fn wire(
     pod_prefixes: &[PodPrefix],
     pins: &Path,
 ) -> anyhow::Result<Wiring> {
-    check_single_queue(&config.node.uplink)?;
+    let cores = &config.dataplane.cores;
+    check_queues(&config.node.uplink, cores.len())?;
     let interfaces = interfaces(config);
-    let mut ports = Vec::new();
+    let mut ifindexes = Vec::new();
     for i in &interfaces {
-        let index = ifindex(i.name).with_context(|| format!("interface `{}`", i.name))?;
-        ports.push(PortConfig {
-            id: i.port,
-            ifindex: index,
-            queue: 0,
-        });
+        ifindexes.push(ifindex(i.name).with_context(|| format!("interface `{}`", i.name))?);
     }
-    let mut worker_config = WorkerConfig::new(ports.clone());
-    worker_config.core = config.dataplane.cores.first().copied();
-    worker_config.spare_ports = config.dataplane.max_pods;
-    worker_config.spare_ring_size = POD_RING_SIZE;
-    // Copy mode stays forced (the default): pods' veths have no zero-copy, and a pod's socket, added
-    // later on the worker's one UMEM, could not share it with a zero-copy uplink.
-    let worker = bind(worker_config)?;
-    for ((_, mode), i) in worker.modes().zip(&interfaces) {
-        let mode = mode.map_or("unknown", XdpMode::name);
-        tracing::info!(interface = i.name, mode, "AF_XDP socket bound");
+    let configs = cores
+        .iter()
+        .enumerate()
+        .map(|(queue, &core)| worker_config(config, &interfaces, &ifindexes, queue as u32, core))
+        .collect();
+    let workers = bind(configs)?;
+    for (queue, worker) in workers.iter().enumerate() {
+        for ((_, mode), i) in worker.modes().zip(&interfaces) {
+            let mode = mode.map_or("unknown", XdpMode::name);
+            tracing::info!(interface = i.name, queue, mode, "AF_XDP socket bound");
+        }
     }
     let node = NodeAddrs {
         ipv4: config.node.ipv4,
@@ -84,7 +83,7 @@ pub fn wire(
     let masquerade = masquerade_ports(config)?;
     let mut programs = Vec::new();
     let mut attachments = Vec::new();
-    for ((i, (_, fd)), port) in interfaces.iter().zip(worker.sockets()).zip(&ports) {
+    for (i, &index) in interfaces.iter().zip(&ifindexes) {
         let dir = pin_dir(pins, i.name);
         let mut program = XdpRedirect::load_pinned(i.role, node, &dir)
             .with_context(|| format!("XDP program for `{}`", i.name))?;
@@ -92,9 +91,13 @@ pub fn wire(
             program.set_pod_prefixes(pod_prefixes)?;
             program.set_masquerade_ports(masquerade)?;
         }
-        program.register_socket(0, fd)?;
+        for worker in &workers {
+            for (port, fd) in worker.sockets().filter(|(p, _)| p.id == i.port) {
+                program.register_socket(port.queue, fd)?;
+            }
+        }
         let attachment = program
-            .attach(port.ifindex)
+            .attach(index)
             .with_context(|| format!("attaching XDP to `{}`", i.name))?;
         tracing::info!(interface = i.name, mode = ?attachment.mode(), "XDP attached");
         programs.push(program);
@@ -103,17 +106,43 @@ pub fn wire(
     Ok(Wiring {
         programs,
         attachments,
-        worker,
+        workers,
     })
 }
 
-/// Binds the worker's sockets. A queue the last agent's socket held stays busy until the kernel has
+/// Worker `queue`'s configuration: pinned to `core`, a socket on queue `queue` of every interface.
+fn worker_config(
+    config: &AgentConfig,
+    interfaces: &[Interface<'_>],
+    ifindexes: &[u32],
+    queue: u32,
+    core: usize,
+) -> WorkerConfig {
+    let ports = interfaces
+        .iter()
+        .zip(ifindexes)
+        .map(|(i, &ifindex)| PortConfig {
+            id: i.port,
+            ifindex,
+            queue,
+        })
+        .collect();
+    let mut worker = WorkerConfig::new(ports);
+    worker.core = Some(core);
+    worker.spare_ports = config.dataplane.max_pods;
+    worker.spare_ring_size = POD_RING_SIZE;
+    // Copy mode stays forced (the default): pods' veths have no zero-copy, and a pod's socket, added
+    // later on the workers' one UMEM, could not share it with a zero-copy uplink.
+    worker
+}
+
+/// Binds the workers' sockets. A queue the last agent's socket held stays busy until the kernel has
 /// released that socket's UMEM, which it does after the process is gone (a killed agent's, too):
 /// retried for a few seconds.
-fn bind(config: WorkerConfig) -> anyhow::Result<Worker> {
+fn bind(configs: Vec<WorkerConfig>) -> anyhow::Result<Vec<Worker>> {
     let deadline = Instant::now() + BIND_RETRY;
     loop {
-        match Worker::bind(config.clone()) {
+        match Worker::bind_group(configs.clone()) {
             Err(AfXdpError::Bind { source, .. })
                 if source.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
             {
@@ -162,15 +191,30 @@ fn masquerade_ports(config: &AgentConfig) -> anyhow::Result<Option<MasqueradePor
     Ok(Some(MasqueradePorts { first, last }))
 }
 
-/// One socket serves queue 0. On an uplink with more receive queues, frames hashed to the others would
-/// meet a program with no socket there and be dropped (it fails closed), so such an uplink is refused.
-fn check_single_queue(uplink: &str) -> anyhow::Result<()> {
+/// Worker `i` binds receive queue `i` of the uplink, so the uplink needs at least as many receive
+/// queues as there are workers: a queue it does not have cannot be bound. At least, not exactly (one
+/// worker used to require exactly one queue): a device may have queues nothing sends to — a veth
+/// receives on the queue its peer transmitted on, so its extra queues stay empty unless the peer
+/// uses them — and refusing those would refuse a working node. What a device does spread onto a queue
+/// no worker serves meets a program with no socket there and is dropped (it fails closed), so such
+/// queues are named in a warning.
+fn check_queues(uplink: &str, workers: usize) -> anyhow::Result<()> {
     let queues = rx_queues(uplink).with_context(|| format!("receive queues of `{uplink}`"))?;
-    if queues > 1 {
+    let queues = queues as usize;
+    if queues < workers {
         bail!(
-            "uplink `{uplink}` has {queues} receive queues, and this agent binds one AF_XDP socket (queue 0): \
-             frames on the other queues would be dropped. Use one combined queue \
-             (`ethtool -L {uplink} combined 1`) until the agent serves every queue"
+            "uplink `{uplink}` has {queues} receive queue(s) and the agent runs {workers} workers, \
+             worker i on queue i: give it as many (`ethtool -L {uplink} combined {workers}`) or list \
+             fewer `dataplane.cores`"
+        );
+    }
+    if queues > workers {
+        tracing::warn!(
+            uplink,
+            queues,
+            workers,
+            "the uplink has more receive queues than workers: frames on queues {workers}.. meet no \
+             socket and are dropped; match `dataplane.cores` to its queues (`ethtool -L`)"
         );
     }
     Ok(())

@@ -1,6 +1,6 @@
 //! The agent itself: its build (`cilium_version`, as Cilium's build info), its process's CPU and
 //! memory (`cilium_process_*`, what Cilium's Go process collector exports, read from `/proc/self`),
-//! its health, its worker loop's heartbeat, and the flow log (`hubble_lost_events_total`, Hubble's
+//! its health, each worker's frames and loop heartbeat, and the flow log (`hubble_lost_events_total`, Hubble's
 //! name for events lost on the way to observers).
 
 use std::fmt;
@@ -8,6 +8,8 @@ use std::fmt;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+
+use meshpath_api::status::WorkerStatus;
 
 use super::{encode_family, encode_one, MetricsView};
 use crate::agent::status::version;
@@ -44,12 +46,7 @@ pub fn encode<V: MetricsView>(view: &V, encoder: &mut DescriptorEncoder) -> Resu
         "1 once the local state is synced and its first snapshot installed",
         ConstGauge::new(i64::from(health.ready)),
     )?;
-    encode_one(
-        encoder,
-        "meshpath_worker_loop_turns",
-        "Turns of the dataplane worker's loop (its heartbeat: it grows busy or idle)",
-        ConstCounter::new(view.worker_turns()),
-    )?;
+    encode_workers(&view.workers(), encoder)?;
     let flows = view.flows();
     encode_one(
         encoder,
@@ -66,6 +63,45 @@ pub fn encode<V: MetricsView>(view: &V, encoder: &mut DescriptorEncoder) -> Resu
         "hubble_lost_events",
         "Number of lost events",
         &lost,
+    )
+}
+
+/// Per worker (labelled by its index): its frames by kind and its loop's turns.
+fn encode_workers(
+    workers: &[WorkerStatus],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), fmt::Error> {
+    let names: Vec<String> = workers.iter().map(|w| w.index.to_string()).collect();
+    let mut packets = Vec::new();
+    for (w, name) in workers.iter().zip(&names) {
+        for (kind, n) in [
+            ("rx", w.rx),
+            ("tx", w.tx),
+            ("handed_off", w.handed_off),
+            ("received_handoff", w.received_handoff),
+        ] {
+            packets.push((
+                [("worker", name.as_str()), ("kind", kind)],
+                ConstCounter::new(n),
+            ));
+        }
+    }
+    encode_family(
+        encoder,
+        "meshpath_worker_packets",
+        "Frames of each dataplane worker: received on its queues, queued for transmit, handed to the flow's owner, received from another worker",
+        &packets,
+    )?;
+    let turns: Vec<_> = workers
+        .iter()
+        .zip(&names)
+        .map(|(w, name)| ([("worker", name.as_str())], ConstCounter::new(w.loop_turns)))
+        .collect();
+    encode_family(
+        encoder,
+        "meshpath_worker_loop_turns",
+        "Turns of each dataplane worker's loop (its heartbeat: it grows busy or idle)",
+        &turns,
     )
 }
 

@@ -29,7 +29,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use meshpath_api::health::Health;
 use meshpath_api::local_source::LocalSourceStatus;
-use meshpath_api::status::{FlowLogStatus, PortRole, XdpStatus};
+use meshpath_api::status::{FlowLogStatus, PortRole, WorkerStatus, XdpStatus};
 use meshpath_control::clustermesh::{MeshStatus, RemoteStatus};
 use meshpath_control::snapshot::SnapshotSink;
 use meshpath_dataplane::afxdp::PortStats;
@@ -63,8 +63,8 @@ pub trait MetricsView: Send + Sync + 'static {
     fn global_services(&self) -> u64;
     fn flows(&self) -> FlowLogStatus;
     fn health(&self) -> Health;
-    /// The worker loop's turns so far (its heartbeat).
-    fn worker_turns(&self) -> u64;
+    /// Each worker: its frames and its loop's turns so far (its heartbeat).
+    fn workers(&self) -> Vec<WorkerStatus>;
     /// Each policy that cannot be enforced as written, with the number of endpoints it denies.
     fn policy_refusals(&self) -> Vec<(String, usize)>;
     fn local_source(&self) -> LocalSourceStatus;
@@ -80,11 +80,11 @@ impl MetricsView for StatusSources {
     }
 
     fn report(&self) -> Arc<WorkerReport> {
-        self.report.load_full()
+        self.workers.report()
     }
 
     fn ports(&self) -> Vec<(PortStats, Option<(String, PortRole)>)> {
-        self.worker
+        self.workers
             .read()
             .ports
             .into_iter()
@@ -120,8 +120,8 @@ impl MetricsView for StatusSources {
         self.health.check()
     }
 
-    fn worker_turns(&self) -> u64 {
-        self.worker.heartbeat()
+    fn workers(&self) -> Vec<WorkerStatus> {
+        self.workers.each()
     }
 
     fn policy_refusals(&self) -> Vec<(String, usize)> {

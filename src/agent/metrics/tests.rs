@@ -84,8 +84,19 @@ impl MetricsView for Fixture {
         }])
     }
 
-    fn worker_turns(&self) -> u64 {
-        777
+    fn workers(&self) -> Vec<WorkerStatus> {
+        (0..2)
+            .map(|i| WorkerStatus {
+                index: i,
+                core: u32::from(i),
+                queue: u32::from(i),
+                rx: 100 + u64::from(i),
+                tx: 90,
+                handed_off: 7,
+                received_handoff: 6,
+                loop_turns: 777 + u64::from(i),
+            })
+            .collect()
     }
 
     fn policy_refusals(&self) -> Vec<(String, usize)> {
@@ -232,7 +243,12 @@ fn a_scrape_shows_every_family_with_cilium_names_and_labels() {
         "meshpath_agent_live 1".into(),
         "meshpath_kubernetes_api_reachable 0".into(),
         r#"meshpath_kubernetes_watch_failures_total{resource="pods"} 3"#.into(),
-        "meshpath_worker_loop_turns_total 777".into(),
+        r#"meshpath_worker_loop_turns_total{worker="0"} 777"#.into(),
+        r#"meshpath_worker_loop_turns_total{worker="1"} 778"#.into(),
+        r#"meshpath_worker_packets_total{worker="1",kind="rx"} 101"#.into(),
+        r#"meshpath_worker_packets_total{worker="0",kind="handed_off"} 7"#.into(),
+        r#"meshpath_worker_packets_total{worker="0",kind="received_handoff"} 6"#.into(),
+        r#"meshpath_worker_packets_total{worker="1",kind="tx"} 90"#.into(),
         r#"cilium_kvstore_operations_duration_seconds_count{action="Status",kind="read",outcome="success",scope="cluster"} 1"#.into(),
         "meshpath_snapshot_publish_latency_seconds_count 0".into(),
     ] {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use meshpath_api::client::ObserveRequest;
 use meshpath_api::flow::{Event, FlowResponse, FlowTime, LostEventSource, LostEvents};
 use meshpath_api::status::FlowLogStatus;
-use meshpath_dataplane::afxdp::{PortStats, StatsReader};
+use meshpath_dataplane::afxdp::PortStats;
 use meshpath_dataplane::flowlog::FlowEvent;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::port_names::PortNames;
 use super::socket::{self, ConnectionError};
+use super::workers::NodeWorkers;
 use lost::LostCounters;
 pub use names::Names;
 use names::View;
@@ -42,7 +43,8 @@ const POLL: Duration = Duration::from_millis(20);
 /// How often the kernel's per-socket drops are read into lost events.
 const KERNEL_EVERY: Duration = Duration::from_secs(1);
 
-/// The worker's end of the queue.
+/// A worker's end of the queue (each worker has a clone).
+#[derive(Clone)]
 pub struct FlowSink {
     queue: SyncSender<FlowEvent>,
     lost: Arc<AtomicU64>,
@@ -94,9 +96,9 @@ pub struct KernelDrops {
 }
 
 impl KernelDrops {
-    pub fn of(worker: StatsReader, interfaces: PortNames) -> KernelDrops {
+    pub fn of(workers: NodeWorkers, interfaces: PortNames) -> KernelDrops {
         KernelDrops {
-            ports: Box::new(move || worker.read().ports),
+            ports: Box::new(move || workers.read().ports),
             interfaces,
         }
     }

@@ -58,13 +58,16 @@ pub struct PodsConfig {
     pub max_pods: u32,
     /// The pods' MTU.
     pub mtu: u32,
+    /// Queues of a pod's veth: one per worker.
+    pub queues: u32,
 }
 
 /// The pods the plugin attached, and what attaching one touches.
 pub struct Pods {
     attached: Mutex<BTreeMap<ContainerRef, Attached>>,
     config: PodsConfig,
-    control: PortControl,
+    /// Worker `i`'s at index `i`.
+    controls: Vec<PortControl>,
     tables: Arc<ArcSwap<Tables>>,
     /// The local source's state, before the plugin's addresses are written in.
     source: watch::Receiver<Arc<LocalState>>,
@@ -90,7 +93,7 @@ pub struct PodOutputs {
 impl Pods {
     pub fn new(
         config: PodsConfig,
-        control: PortControl,
+        controls: Vec<PortControl>,
         tables: Arc<ArcSwap<Tables>>,
         source: watch::Receiver<Arc<LocalState>>,
         outputs: PodOutputs,
@@ -98,7 +101,7 @@ impl Pods {
         Pods {
             attached: Mutex::new(BTreeMap::new()),
             config,
-            control,
+            controls,
             tables,
             source,
             ports: outputs.ports,
@@ -181,6 +184,7 @@ impl Pods {
         PodResponse::Network(PodNetwork {
             pod_cidrs,
             mtu: self.config.mtu,
+            queues: self.config.queues,
         })
     }
 
@@ -347,10 +351,10 @@ impl Pods {
                     self.config.max_pods
                 ),
             })?;
-        let (control, interface) = (self.control.clone(), record.host_interface.clone());
+        let (controls, interface) = (self.controls.clone(), record.host_interface.clone());
         let (node, pins) = (self.config.node, self.config.pins.clone());
         let opened =
-            tokio::task::spawn_blocking(move || port::open(&control, id, &interface, node, &pins))
+            tokio::task::spawn_blocking(move || port::open(&controls, id, &interface, node, &pins))
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .and_then(|r| r);
@@ -417,8 +421,8 @@ impl Pods {
                 ours
             });
             self.gone_from_tables(id).await;
-            let control = self.control.clone();
-            let closed = tokio::task::spawn_blocking(move || port.close(&control)).await;
+            let controls = self.controls.clone();
+            let closed = tokio::task::spawn_blocking(move || port.close(&controls)).await;
             match closed {
                 Ok(Ok(released)) => {
                     tracing::info!(container = %record.container, pod = %record.pod, port = id.0, chunks = released.chunks, "pod detached")

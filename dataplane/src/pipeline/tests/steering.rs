@@ -46,6 +46,19 @@ fn owned(owner: Owner) -> u16 {
     }
 }
 
+/// The worker each of `state`'s conntrack entries goes to in a planned restart's handover.
+fn owners_of_entries<'a>(
+    steering: Steering,
+    tables: &'a Tables,
+    state: &'a WorkerState,
+) -> impl Iterator<Item = u16> + 'a {
+    assert!(!state.conntrack.is_empty(), "the flow made an entry");
+    state
+        .conntrack
+        .iter()
+        .map(move |(key, _)| steering.flow_owner(tables, &key))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -78,6 +91,9 @@ proptest! {
         prop_assert_eq!(owned(steering.owner(&a, X_WING_PORT, &later)), client_node);
         let backend_node = owned(steering.owner(&b, UPLINK, &wire));
         prop_assert_eq!(owned(steering.owner(&b, port, &reply)), backend_node);
+        // A planned restart gives each conntrack entry to the worker its frames are steered to.
+        prop_assert!(owners_of_entries(steering, &a, &sa).all(|w| w == client_node));
+        prop_assert!(owners_of_entries(steering, &b, &sb).all(|w| w == backend_node));
     }
 
     /// A flow straight to a pod, to a port a service balances to or not.
@@ -103,6 +119,8 @@ proptest! {
         prop_assert_eq!(owned(steering.owner(&a, UPLINK, &reply_wire)), client_node);
         let backend_node = owned(steering.owner(&b, UPLINK, &wire));
         prop_assert_eq!(owned(steering.owner(&b, X_WING_PORT, &reply)), backend_node);
+        prop_assert!(owners_of_entries(steering, &a, &sa).all(|w| w == client_node));
+        prop_assert!(owners_of_entries(steering, &b, &sb).all(|w| w == backend_node));
     }
 
     /// The owner of a masqueraded flow chooses a port of its share, and the reply to that port and
@@ -141,6 +159,7 @@ proptest! {
             .write(&mut error, &out[14..14 + 28])
             .unwrap();
         prop_assert_eq!(owned(steering.owner(&t, UPLINK, &error)), owner);
+        prop_assert!(owners_of_entries(steering, &t, &s).all(|w| w == owner));
     }
 
     /// A pod's own flow to a port of the node's that lies in the masquerade range is no
