@@ -594,7 +594,7 @@ fn write_agent_config(plan: &Plan, node: &Node, options: MeshOptions) -> anyhow:
         "cluster: {{name: cluster{c}, id: {c}}}\n\
          node: {{name: c{c}-n{n}, uplink: uplink, ipv4: {ip}, router-mac: \"{router}\"}}\n\
          pods: []\n\
-         dataplane: {{cores: [{core}], {routing}, conntrack-capacity: 65536, mtu: 1500}}\n\
+         dataplane: {{cores: [{cores}], {routing}, conntrack-capacity: 65536, mtu: 1500}}\n\
          etcd: {{endpoints: [{etcd}], trusted-ca-file: {ca}, cert-file: {cert}, key-file: {key}}}\n\
          clustermesh: {{config-dir: {mesh}, grace-period: 10s}}\n\
          source: {{kubernetes: {{kubeconfig: {kubeconfig}}}}}\n\
@@ -607,7 +607,12 @@ fn write_agent_config(plan: &Plan, node: &Node, options: MeshOptions) -> anyhow:
         encryption = options.encryption_key(),
         node_state = node_state_dir(&plan.prefix, c, n).display(),
         pins = pin_dir(&plan.prefix).join(format!("c{c}-n{n}")).display(),
-        core = (c + n) % 2,
+        cores = plan
+            .agent_cores(node)
+            .iter()
+            .map(u8::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
         routing = options.dataplane_keys(),
         etcd = etcd_urls(plan, c)
             .iter()

@@ -10,6 +10,8 @@ pub const MAX_CLUSTERS: u8 = 64;
 pub const MAX_NODES: u8 = 200;
 pub const MAX_PODS: u8 = 200;
 pub const MAX_EXTERNALS: u8 = 200;
+/// Most dataplane workers a lab node's agent runs (the agent's own limit).
+pub const MAX_WORKERS: u8 = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Size {
@@ -30,6 +32,8 @@ pub enum PlanError {
     Prefix(String),
     #[error("--external {0}: must be 0..={MAX_EXTERNALS}")]
     Externals(u8),
+    #[error("--workers {0}: must be 1..={MAX_WORKERS}")]
+    Workers(u8),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -73,6 +77,9 @@ pub struct Plan {
     /// Hosts outside every cluster that join cluster1 as external workloads (`vm1`, …; see
     /// [`crate::external`]).
     pub externals: u8,
+    /// Dataplane workers of each node's agent: cores `0..workers` (agents share them), and as many
+    /// queues on each node's uplink and on the pods' veths. External workloads run one.
+    pub workers: u8,
 }
 
 /// The fabric router's address on cluster `c`'s bridge.
@@ -122,6 +129,7 @@ impl Plan {
             nodes,
             etcd_members: 1,
             externals: 0,
+            workers: 1,
         })
     }
 
@@ -132,6 +140,24 @@ impl Plan {
         }
         self.externals = n;
         Ok(self)
+    }
+
+    /// `n` workers in every node's agent (at most [`MAX_WORKERS`]).
+    pub fn with_workers(mut self, n: u8) -> Result<Self, PlanError> {
+        if !(1..=MAX_WORKERS).contains(&n) {
+            return Err(PlanError::Workers(n));
+        }
+        self.workers = n;
+        Ok(self)
+    }
+
+    /// The cores of node `node`'s agent: one, spread over the first two by the node's place (agents
+    /// share them), or `0..workers`.
+    pub fn agent_cores(&self, node: &Node) -> Vec<u8> {
+        match self.workers {
+            1 => vec![(node.cluster + node.node) % 2],
+            n => (0..n).collect(),
+        }
     }
 
     /// Every namespace of the plan, fabric and outside host first, external workloads last.

@@ -49,7 +49,7 @@ fn build(plan: &Plan, pods: PodLinks) -> Result<(), IpError> {
         for pod in &node.pods {
             ensure_netns(&pod.netns)?;
             if pods == PodLinks::Lab {
-                pod_veth(node, pod)?;
+                pod_veth(node, pod, plan.workers)?;
             }
         }
     }
@@ -117,8 +117,27 @@ fn node_up(plan: &Plan, node: &Node) -> Result<(), IpError> {
     enable_forwarding(ns)?;
     if !link_exists(ns, "uplink") {
         let port = node.fabric_port.as_str();
+        let queues = plan.workers.to_string();
         ip(&[
-            "-n", ns, "link", "add", "uplink", "type", "veth", "peer", "name", port, "netns",
+            "-n",
+            ns,
+            "link",
+            "add",
+            "uplink",
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
+            "netns",
             fabric,
         ])?;
     }
@@ -148,21 +167,31 @@ fn node_up(plan: &Plan, node: &Node) -> Result<(), IpError> {
     Ok(())
 }
 
-/// Pod `pod`'s veth, addressed and routed through the node's gateway as the plugin would.
-fn pod_veth(node: &Node, pod: &Pod) -> Result<(), IpError> {
+/// Pod `pod`'s veth, addressed and routed through the node's gateway as the plugin would, with a
+/// queue per worker.
+fn pod_veth(node: &Node, pod: &Pod, workers: u8) -> Result<(), IpError> {
     let (ns, p) = (node.netns.as_str(), pod.netns.as_str());
     if !link_exists(ns, &pod.node_port) {
+        let queues = workers.to_string();
         ip(&[
             "-n",
             ns,
             "link",
             "add",
             &pod.node_port,
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
             "type",
             "veth",
             "peer",
             "name",
             "eth0",
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
             "netns",
             p,
         ])?;

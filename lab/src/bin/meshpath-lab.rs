@@ -63,6 +63,11 @@ enum Command {
         /// its own) that join cluster1 as external workloads with the labels app=vm-db.
         #[arg(long, default_value_t = 0, requires = "mesh")]
         external: u8,
+        /// Dataplane workers of every node's agent: cores 0..N-1 (agents share them; the machine
+        /// must have N), each node's uplink and pods' veths made with N queues. 1 spreads the agents
+        /// over cores 0 and 1.
+        #[arg(long, default_value_t = 1)]
+        workers: u8,
         #[command(flatten)]
         prefix: LabPrefix,
     },
@@ -121,6 +126,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             encryption,
             etcd_members,
             external,
+            workers,
             prefix,
         } => {
             let plan = Plan::new(
@@ -132,7 +138,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                 },
             )?
             .with_etcd_members(etcd_members)
-            .with_externals(external)?;
+            .with_externals(external)?
+            .with_workers(workers)?;
             if mesh {
                 // Before any namespace exists: without agents there is no meshed lab to build.
                 agent_binary::agent_binary()?;
