@@ -13,8 +13,8 @@
 //! of every worker, each worker a share of its chunks and sockets on queues of its own. A worker asks
 //! its handler who owns each received frame ([`BatchHandler::steer`], [`crate::steering`]) and hands
 //! the frames of other workers' flows to them (`crossing.rs`); their chunks come home afterwards.
-//! The agent still starts one worker (`dataplane.cores` takes one core): wiring it to several is
-//! not done yet.
+//! The agent starts one worker per core of `dataplane.cores`, worker `i` on queue `i` of every
+//! interface (`src/agent/wiring.rs`).
 //!
 //! Ports come and go while a worker runs ([`PortControl`]): a pod's socket is bound on the worker's
 //! UMEM and handed over between bursts; a removed one's chunks return to the worker's free list.
