@@ -5,7 +5,8 @@
 //! and some across the mesh, so flows cross in both directions — and every connection must live to
 //! the end with every reply. Then each worker of each node must have received frames
 //! (`meshpath_worker_packets_total{kind="rx"}`): both workers carried traffic, steered to the worker
-//! that owns each flow.
+//! that owns each flow. Last, cluster1's agent restarts the planned way under 16 more connections,
+//! which all live through it: every worker's conntrack handed over to its owner.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::Ipv4Addr;
@@ -86,10 +87,47 @@ fn two_workers_per_node_carry_service_flows_both_ways_and_both_receive() {
             );
         }
     }
+    planned_restart_keeps_every_workers_flows(&lab);
     eprintln!(
         "multiworker lab: done in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// A planned restart of cluster1's agent (the one translating its client's service flows, and the
+/// backend's node for some of cluster2's) while both clients hold connections: every worker's
+/// conntrack is handed over, each flow to its owner, and every connection keeps exchanging.
+fn planned_restart_keeps_every_workers_flows(lab: &Lab) {
+    let mut clients: Vec<(u8, Client)> = lab
+        .plan
+        .clusters
+        .iter()
+        .map(|&c| (c, lab.client(c, 8, 8.0)))
+        .collect();
+    for (c, client) in &mut clients {
+        assert_eq!(client.connected(), 8, "cluster{c}'s client connects");
+    }
+    mesh::stop_agent(&lab.plan, 1, 1, mesh::Stop::Planned).expect("the agent stops");
+    mesh::start_agent_again(&lab.plan, 1, 1).expect("the agent starts");
+    let socket = mesh::socket(&lab.plan.prefix, 1, 1);
+    let back = mesh::wait(Duration::from_secs(30), || {
+        meshpath_api::Client::new(&socket).status().is_ok()
+    });
+    assert!(back, "the restarted agent answers");
+    let handed = lab.handed_over_by_worker(&lab.plan.nodes[0]);
+    eprintln!("planned restart of c1-n1: flows handed over by worker {handed:?}");
+    assert!(
+        handed.len() == 2 && handed.iter().all(|&n| n > 0),
+        "each worker took flows over: {handed:?}"
+    );
+    for (c, client) in clients {
+        let results = client.results();
+        let kept = results.iter().filter(|r| r["kept"] == true).count();
+        assert_eq!(
+            kept, 8,
+            "cluster{c}: every connection lived through the restart: {results:?}"
+        );
+    }
 }
 
 /// The lab, torn down on drop (the echo servers stopped first).
@@ -196,6 +234,26 @@ impl Lab {
             child,
             stdout: BufReader::new(stdout),
         }
+    }
+
+    /// The flows each worker of `node`'s agent took over at its last start, from its log.
+    fn handed_over_by_worker(&self, node: &Node) -> Vec<usize> {
+        let log = mesh::dir(&self.plan.prefix).join(format!("{}.log", node.netns));
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let Some(line) = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("conntrack handed over, by worker"))
+        else {
+            return Vec::new();
+        };
+        let list = line
+            .split_once('[')
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map_or("", |(list, _)| list);
+        list.split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect()
     }
 
     /// Each worker of `node`'s agent: (worker, frames received, frames handed off), from its metrics.

@@ -198,6 +198,33 @@ impl Kept {
 }
 
 impl CtEntry {
+    /// The flow as its first packet came in, for this entry held under `key`: a translated flow's
+    /// second entry (keyed by the flow as translated) turned back through its translation, any other
+    /// entry's own key. Both entries of a translated flow give the same.
+    pub fn first_packet(&self, key: &FlowKey) -> FlowKey {
+        match self.nat {
+            Some(CtNat {
+                addr,
+                port,
+                kind: NatKind::Frontend,
+            }) => FlowKey {
+                dst: addr,
+                dst_port: port,
+                ..*key
+            },
+            Some(CtNat {
+                addr,
+                port,
+                kind: NatKind::Unmasquerade,
+            }) => FlowKey {
+                src: addr,
+                src_port: port,
+                ..*key
+            },
+            _ => *key,
+        }
+    }
+
     /// A fresh entry for a flow of protocol `proto` first seen at `now_ms`.
     pub fn new(proto: u8, now_ms: u64, timeouts: &Timeouts) -> Self {
         let (tcp, ttl) = match proto {

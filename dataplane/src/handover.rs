@@ -1,6 +1,7 @@
 //! Conntrack across a planned restart: a stopping agent writes every worker's table to one file, the
-//! next one reads them back and gives each flow to the worker that owns it now (the caller says which,
-//! by the node's steering: [`crate::steering::Steering::flow_owner`]), so established flows — service
+//! next one reads them back and gives each flow — both entries of a translated one — to the worker that
+//! owns it now (the caller says which, by the node's steering:
+//! [`crate::steering::Steering::flow_owner`]), so established flows — service
 //! flows keep their backend, masqueraded flows their port — survive an upgrade.
 //!
 //! The file is versioned and checksummed: a header (magic, version, record size, the wall-clock time
@@ -85,7 +86,9 @@ pub fn write(path: &Path, workers: &[(&Conntrack, u64)]) -> io::Result<usize> {
 }
 
 /// Who takes over the flows of a handover file: `workers` new tables of `config`, on a worker clock
-/// now at `now_ms`, and the worker that owns each flow (an index past the last is the last's).
+/// now at `now_ms`, and the worker that owns each flow, asked with the flow's first packet
+/// ([`CtEntry::first_packet`], so both entries of a translated flow go to one worker; an index past
+/// the last is the last's).
 pub struct Successors<'o> {
     pub config: ConntrackConfig,
     pub now_ms: u64,
@@ -148,7 +151,7 @@ fn decode(
             continue;
         };
         entry.expires_ms = now_ms.saturating_add(left);
-        let owner = (successors.owner)(&key).min(last);
+        let owner = (successors.owner)(&entry.first_packet(&key)).min(last);
         // A table smaller than the last one keeps what fits.
         let _ = tables[owner].insert(key, entry, now_ms);
     }
@@ -496,7 +499,9 @@ mod tests {
         assert_eq!(back.len(), 3);
         assert_eq!(back.iter().map(Conntrack::len).sum::<usize>(), 40);
         for (worker, table) in back.iter().enumerate() {
-            assert!(table.iter().all(|(k, _)| owner(&k) == worker));
+            assert!(table
+                .iter()
+                .all(|(k, e)| owner(&e.first_packet(&k)) == worker));
         }
         // An owner past the last worker is the last's.
         let one = Successors {

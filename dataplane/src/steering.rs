@@ -119,20 +119,14 @@ impl Steering {
         self.owner_of(tables, frame, &outer, from_uplink)
     }
 
-    /// The worker that owns a flow known by its key as conntrack holds it — the first packet's ends
-    /// as it came in, or as translated (a service flow's backend, a masqueraded flow's node address
-    /// and port): a planned restart's handover gives each entry to this worker. A translated
-    /// masqueraded entry goes by its port, the other entries by their ends, as their frames do.
-    pub fn flow_owner(self, tables: &Tables, flow: &FlowKey) -> u16 {
-        if self.workers == 1 {
-            return 0;
-        }
-        let masquerade = tables.node.masquerade.as_ref();
-        let masqueraded =
-            masquerade.filter(|m| tables.node.owns(flow.src) && m.ports.contains(flow.src_port));
-        match masqueraded {
-            Some(m) => masquerade_owner(m.ports.first, flow.src_port, self.workers),
-            None => reduce(key(tables, flow), self.workers),
+    /// The worker that owns a flow, known by its first packet's ends as they came in
+    /// ([`crate::conntrack::CtEntry::first_packet`]): a planned restart's handover gives both entries
+    /// of each flow to this worker. The worker that made a masqueraded flow owns its port too, so its
+    /// first packet's ends alone say which (as long as the number of workers stays).
+    pub fn flow_owner(self, tables: &Tables, first_packet: &FlowKey) -> u16 {
+        match self.workers {
+            1 => 0,
+            n => reduce(key(tables, first_packet), n),
         }
     }
 

@@ -56,7 +56,7 @@ fn owners_of_entries<'a>(
     state
         .conntrack
         .iter()
-        .map(move |(key, _)| steering.flow_owner(tables, &key))
+        .map(move |(key, entry)| steering.flow_owner(tables, &entry.first_packet(&key)))
 }
 
 proptest! {
