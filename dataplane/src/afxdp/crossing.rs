@@ -8,8 +8,8 @@
 //! lost on the way home. A full handoff ring drops the frame (`handoff_ring_full`): its owner is
 //! saturated, and a queue in front of it would only add latency.
 //!
-//! An owner asleep in poll(2) is woken through its [`Doorbell`], an eventfd it polls beside its
-//! sockets: rung once per burst handed over, and only while the owner sleeps.
+//! A worker asleep in poll(2) is woken through its [`Doorbell`], an eventfd it polls beside its
+//! sockets: rung once per burst handed over or sent home, and only while the worker sleeps.
 
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
@@ -65,6 +65,8 @@ pub struct Crossing {
     doorbells: Vec<Arc<Doorbell>>,
     /// Descriptors of this burst, by owner, with their chunk bases.
     outgoing: Vec<ArrayVec<(Descriptor, u64), BURST>>,
+    /// Chunks on their way home, by home worker, not yet on its return ring.
+    homeward: Vec<ArrayVec<Descriptor, BURST>>,
 }
 
 /// What handing a burst over did.
@@ -92,6 +94,7 @@ impl Crossing {
                 returns_from: (0..n).map(|_| None).collect(),
                 doorbells: doorbells.clone(),
                 outgoing: (0..n).map(|_| ArrayVec::new()).collect(),
+                homeward: (0..n).map(|_| ArrayVec::new()).collect(),
             })
             .collect();
         for a in 0..n {
@@ -182,20 +185,44 @@ impl Crossing {
         }
     }
 
-    /// Sends foreign chunks home.
+    /// Sends foreign chunks home, a burst at a time, and wakes each home worker that sleeps: a
+    /// worker whose chunks are all away has nothing on its fill rings, so nothing else would.
     pub fn send_home(&mut self, chunks: impl Iterator<Item = u64>) {
         for base in chunks {
             let home = (base as usize / CHUNK_SIZE) / self.share.max(1);
-            let desc = Descriptor {
+            let Some(batch) = self.homeward.get_mut(home) else {
+                debug_assert!(false, "chunk {base:#x} has no home");
+                continue;
+            };
+            if batch.is_full() {
+                self.flush_home(home);
+            }
+            self.homeward[home].push(Descriptor {
                 addr: base as u32,
                 len: 0,
                 port: PortId(0),
-            };
-            if let Some(Some(tx)) = self.returns_to.get_mut(home) {
-                let sent = tx.send(&[desc]);
-                debug_assert_eq!(sent, 1, "a return ring holds its home's whole share");
-            }
+            });
         }
+        for home in 0..self.homeward.len() {
+            self.flush_home(home);
+        }
+    }
+
+    fn flush_home(&mut self, home: usize) {
+        let batch = &mut self.homeward[home];
+        if batch.is_empty() {
+            return;
+        }
+        if let Some(Some(tx)) = self.returns_to.get_mut(home) {
+            let sent = tx.send(batch);
+            debug_assert_eq!(
+                sent,
+                batch.len(),
+                "a return ring holds its home's whole share"
+            );
+        }
+        batch.clear();
+        self.doorbells[home].ring();
     }
 
     /// Takes the home chunks other workers returned; `returned(base)` is told each. Returns how many.
@@ -220,7 +247,6 @@ impl Crossing {
     }
 
     /// Descriptors in the rings towards this worker, handed or returned and not yet taken.
-    #[cfg(test)]
     pub fn in_rings(&self) -> usize {
         self.from
             .iter()
@@ -230,18 +256,13 @@ impl Crossing {
             .sum()
     }
 
-    /// Frames handed here and not yet taken.
-    pub fn pending(&self) -> usize {
-        self.from.iter().flatten().map(|rx| rx.pending()).sum()
-    }
-
-    /// About to sleep: from now on, a worker that hands something over rings. Returns false (and
-    /// stays awake) if something came meanwhile.
+    /// About to sleep: from now on, a worker that hands frames over or sends chunks home rings.
+    /// Returns false (and stays awake) if something came meanwhile.
     pub fn going_to_sleep(&self) -> bool {
         let bell = self.doorbell();
         bell.sleeping.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        if self.pending() > 0 {
+        if self.in_rings() > 0 {
             bell.sleeping.store(false, Ordering::Relaxed);
             return false;
         }

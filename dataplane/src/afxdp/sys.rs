@@ -83,6 +83,9 @@ impl Mapping {
     }
 }
 
+/// The bytes of UMEM a handoff descriptor's 32-bit address reaches.
+const HANDOFF_ADDRESSABLE: u64 = 1 << 32;
+
 /// One worker's view of the packet memory: its share of the chunks (its *home* chunks, the only ones
 /// it posts on fill rings), and the state of every chunk as this worker sees it. A frame another
 /// worker owns crosses with its chunk ([`Umem::send_away`] → [`Umem::take_in`]); the chunk ends on
@@ -115,6 +118,12 @@ impl Umem {
         let total = chunks
             .checked_mul(u32::from(workers))
             .ok_or_else(|| io::Error::other("UMEM too large"))?;
+        if workers > 1 && u64::from(total) * CHUNK_SIZE as u64 > HANDOFF_ADDRESSABLE {
+            return Err(io::Error::other(format!(
+                "{total} chunks of {CHUNK_SIZE} bytes: workers hand frames over by 32-bit UMEM \
+                 address, so a shared UMEM holds at most 4 GiB (fewer cores or smaller rings)"
+            )));
+        }
         let map = Arc::new(Mapping::new(total)?);
         let per = chunks as usize;
         Ok((0..usize::from(workers))
@@ -264,9 +273,10 @@ impl Umem {
         for (base, head, len, port) in accepted {
             // SAFETY: `base` is the start of a chunk inside the mapping (chunk_of checked it). The
             // chunk just moved away/foreign → batch in this view: its last holder, the worker that
-            // handed it over, marked it away or foreign in its own view (and so reaches it no more)
-            // before it published the descriptor, and the handoff ring's release/acquire orders its
-            // writes before ours. No other slice of it is live; the slices borrow `&'a mut self`.
+            // handed it over, dropped its frame of it before publishing the descriptor and touches
+            // it no more (it marks it away or foreign in its own view), and the handoff ring's
+            // release/acquire orders its writes before ours. No other slice of it is live; the
+            // slices borrow `&'a mut self`.
             let chunk = unsafe {
                 std::slice::from_raw_parts_mut(area.as_ptr().add(base as usize), CHUNK_SIZE)
             };
@@ -1151,6 +1161,15 @@ mod tests {
         assert_eq!(umem.reclaim(PortId(1)), 0, "nothing twice");
         assert_eq!(umem.orphaned(|p| p == PortId(2)), 0);
         assert_eq!(umem.orphaned(|_| false), 3, "b's, were b gone unreclaimed");
+    }
+
+    #[test]
+    fn a_shared_umem_beyond_what_a_handoff_address_reaches_is_refused() {
+        let per_worker = (HANDOFF_ADDRESSABLE / CHUNK_SIZE as u64 / 2) as u32;
+        let err = Umem::shared(per_worker + 1, 2)
+            .err()
+            .expect("refused before mapping");
+        assert!(err.to_string().contains("at most 4 GiB"), "{err}");
     }
 
     #[test]

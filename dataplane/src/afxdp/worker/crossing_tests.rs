@@ -221,3 +221,32 @@ fn a_worker_asleep_is_rung_and_one_awake_is_not() {
     );
     assert!(!w[1].crossing.as_ref().expect("a pair").going_to_sleep());
 }
+
+#[test]
+fn chunks_sent_home_wake_their_sleeping_home_worker() {
+    let mut w = pair(4 * RING);
+    let mut h = ByLength;
+    // Worker 0 hands worker 1 a burst; worker 1 sends it out and the kernel completes it.
+    receive(&mut w[0], 0, &[WORKER_1_LEN; 4]);
+    w[0].poll_once(&mut h);
+    w[1].poll_once(&mut h);
+    assert_eq!(complete_all(&mut w[1]), 4);
+    assert!(w[0].crossing.as_ref().expect("a pair").going_to_sleep());
+    w[1].poll_once(&mut h);
+    let mut fds = w[0].pollfds.clone();
+    let doorbell = fds.len() - 1;
+    assert_eq!(
+        sys::poll_readable(&mut fds[doorbell..], 0).expect("poll"),
+        1,
+        "worker 0 rung: its chunks came home"
+    );
+    let crossing = w[0].crossing.as_ref().expect("a pair");
+    crossing.woke();
+    assert!(
+        !crossing.going_to_sleep(),
+        "returned chunks waiting keep it awake"
+    );
+    w[0].poll_once(&mut h);
+    assert_eq!(away(&w), 0);
+    assert!(w[0].crossing.as_ref().expect("a pair").going_to_sleep());
+}
