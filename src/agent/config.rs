@@ -221,7 +221,7 @@ pub struct PodAttachment {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DataplaneSection {
     /// Cores for the dataplane workers: distinct, at most [`MAX_WORKERS`], one worker pinned to
-    /// each. Worker `i` serves receive queue `i` of every interface (the uplink needs at least as many
+    /// each. Worker `i` serves receive queue `i` of every interface (the uplink needs exactly as many
     /// receive queues as there are workers; the pods' and host port's veths are made with that many)
     /// and each flow is steered to the one worker that owns it (`meshpath_dataplane::steering`).
     /// More than one core only with `encryption: off`.
@@ -238,12 +238,12 @@ pub struct DataplaneSection {
     /// their pods' frames are believed from it. Without it such nodes are refused (`node_off_segment`).
     #[serde(default)]
     pub underlay_routes_pod_cidrs: bool,
-    /// Most flows one worker tracks (262,144 by default; Cilium's own tables default to 512k TCP
-    /// and 256k other flows, or are sized at 0.25 % of the node's memory, 131,072 at least). The
-    /// table takes 258 bytes a slot and has two slots or more a flow (the power of two above 4/3 of
-    /// the capacity): 129 MiB by default, about 2 million flows a GiB. It is resident only as flows
-    /// use it, page by page: an idle node pays nothing for it. At most
-    /// [`MAX_CONNTRACK_CAPACITY`].
+    /// Most flows the node tracks (262,144 by default; Cilium's own tables default to 512k TCP
+    /// and 256k other flows, or are sized at 0.25 % of the node's memory, 131,072 at least), split
+    /// evenly between the workers, each of which owns its flows' entries. A table takes 258 bytes a
+    /// slot and has two slots or more a flow (the power of two above 4/3 of its capacity): 129 MiB
+    /// by default, about 2 million flows a GiB. It is resident only as flows use it, page by page:
+    /// an idle node pays nothing for it. At most [`MAX_CONNTRACK_CAPACITY`].
     pub conntrack_capacity: usize,
     /// Largest IP packet the uplink carries.
     pub mtu: u16,
@@ -856,11 +856,9 @@ fn core_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// A complete configuration, for tests here and elsewhere in the agent.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
+pub(crate) const TEST_CONFIG: &str = r#"
 cluster: {name: cluster1, id: 1}
 node:
   name: c1-n1
@@ -876,6 +874,12 @@ source: {yaml-dir: /etc/meshpath/state}
 status-socket: /run/meshpath/c1-n1.sock
 metrics: 127.0.0.1:9962
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = TEST_CONFIG;
 
     fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
         AgentConfig::parse(Path::new("agent.yaml"), text)

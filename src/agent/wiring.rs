@@ -191,33 +191,32 @@ fn masquerade_ports(config: &AgentConfig) -> anyhow::Result<Option<MasqueradePor
     Ok(Some(MasqueradePorts { first, last }))
 }
 
-/// Worker `i` binds receive queue `i` of the uplink, so the uplink needs at least as many receive
-/// queues as there are workers: a queue it does not have cannot be bound. At least, not exactly (one
-/// worker used to require exactly one queue): a device may have queues nothing sends to — a veth
-/// receives on the queue its peer transmitted on, so its extra queues stay empty unless the peer
-/// uses them — and refusing those would refuse a working node. What a device does spread onto a queue
-/// no worker serves meets a program with no socket there and is dropped (it fails closed), so such
-/// queues are named in a warning.
+/// Worker `i` binds receive queue `i` of the uplink, so the uplink needs exactly as many receive
+/// queues as there are workers: a queue it does not have cannot be bound, and what the device spreads
+/// onto a queue no worker serves meets a program with no socket there and is dropped (it fails
+/// closed) — a NIC of eight queues under two workers would drop three frames of four. Both are
+/// refused at start, with the command that fixes them.
 fn check_queues(uplink: &str, workers: usize) -> anyhow::Result<()> {
     let queues = rx_queues(uplink).with_context(|| format!("receive queues of `{uplink}`"))?;
-    let queues = queues as usize;
-    if queues < workers {
-        bail!(
+    queue_problem(uplink, queues as usize, workers).map_or(Ok(()), |problem| bail!(problem))
+}
+
+fn queue_problem(uplink: &str, queues: usize, workers: usize) -> Option<String> {
+    let fix = format!(
+        "give it one receive queue per worker (`ethtool -L {uplink} combined {workers}`) or list \
+         as many `dataplane.cores` as it has queues"
+    );
+    match queues.cmp(&workers) {
+        std::cmp::Ordering::Equal => None,
+        std::cmp::Ordering::Less => Some(format!(
             "uplink `{uplink}` has {queues} receive queue(s) and the agent runs {workers} workers, \
-             worker i on queue i: give it as many (`ethtool -L {uplink} combined {workers}`) or list \
-             fewer `dataplane.cores`"
-        );
+             worker i on queue i: {fix}"
+        )),
+        std::cmp::Ordering::Greater => Some(format!(
+            "uplink `{uplink}` has {queues} receive queues and the agent runs {workers} worker(s): \
+             frames on queues {workers} and up would meet no socket and be dropped; {fix}"
+        )),
     }
-    if queues > workers {
-        tracing::warn!(
-            uplink,
-            queues,
-            workers,
-            "the uplink has more receive queues than workers: frames on queues {workers}.. meet no \
-             socket and are dropped; match `dataplane.cores` to its queues (`ethtool -L`)"
-        );
-    }
-    Ok(())
 }
 
 /// The MAC address of an interface of this namespace, as the kernel reports it.
@@ -243,4 +242,23 @@ fn link_json(name: &str) -> anyhow::Result<serde_json::Value> {
     }
     let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     Ok(links[0].clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::queue_problem;
+
+    #[test]
+    fn the_uplink_has_exactly_one_receive_queue_per_worker() {
+        assert_eq!(queue_problem("eth0", 1, 1), None);
+        assert_eq!(queue_problem("eth0", 4, 4), None);
+        let fewer = queue_problem("eth0", 1, 2).expect("refused");
+        assert!(fewer.contains("has 1 receive queue(s)"), "{fewer}");
+        assert!(fewer.contains("ethtool -L eth0 combined 2"), "{fewer}");
+        let more = queue_problem("eth0", 8, 2).expect("refused");
+        assert!(
+            more.contains("queues 2 and up would meet no socket"),
+            "{more}"
+        );
+    }
 }

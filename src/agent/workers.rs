@@ -118,12 +118,15 @@ impl NodeWorkers {
 /// Each worker's starting state: its steering slot, and the flows the last agent handed over that it
 /// owns by the node's steering over `tables` (read once, then the file is removed).
 pub fn starting_states(config: &AgentConfig, tables: &Tables, epoch: Instant) -> Vec<WorkerState> {
+    let workers = config.dataplane.cores.len().max(1) as u16;
     let ct = ConntrackConfig {
-        capacity: config.dataplane.conntrack_capacity,
+        capacity: config
+            .dataplane
+            .conntrack_capacity
+            .div_ceil(usize::from(workers)),
         timeouts: Timeouts::default(),
         endpoint_quota: None,
     };
-    let workers = config.dataplane.cores.len().max(1) as u16;
     let steering = Steering::new(workers);
     let mut states: Vec<WorkerState> = (0..workers)
         .map(|i| {
@@ -188,5 +191,26 @@ pub fn hand_over(config: &AgentConfig, handlers: Vec<PipelineHandler>) {
             tracing::info!(flows, workers = tables.len(), file = %path.display(), "conntrack handed over")
         }
         Err(error) => tracing::warn!(%error, file = %path.display(), "conntrack not handed over"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshpath_dataplane::snapshot::Capacities;
+    use meshpath_dataplane::testbed;
+
+    #[test]
+    fn the_nodes_conntrack_capacity_is_split_between_its_workers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = super::super::config::TEST_CONFIG;
+        let mut config = AgentConfig::parse(Path::new("agent.yaml"), text).expect("sample parses");
+        config.state_dir = dir.path().to_owned();
+        config.dataplane.conntrack_capacity = 1001;
+        config.dataplane.cores = vec![0, 1];
+        let tables = Tables::empty(testbed::node_config(), Capacities::default());
+        let states = starting_states(&config, &tables, Instant::now());
+        let capacities: Vec<usize> = states.iter().map(|s| s.conntrack.capacity()).collect();
+        assert_eq!(capacities, [501, 501]);
     }
 }
