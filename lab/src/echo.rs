@@ -31,12 +31,17 @@ pub struct EchoLab {
 impl EchoLab {
     /// Builds the lab (agents and etcd running, the service answering); torn down on drop.
     pub fn build(prefix: &str) -> anyhow::Result<EchoLab> {
+        EchoLab::build_with_workers(prefix, 1)
+    }
+
+    /// As [`EchoLab::build`], every node's agent running `workers` dataplane workers.
+    pub fn build_with_workers(prefix: &str, workers: u8) -> anyhow::Result<EchoLab> {
         let size = Size {
             clusters: 1,
             nodes: 2,
             pods: 1,
         };
-        let plan = Plan::new(prefix, size)?;
+        let plan = Plan::new(prefix, size)?.with_workers(workers)?;
         let _ = crate::down::down(prefix);
         let lab = EchoLab { plan };
         crate::up::up_for_cni(&lab.plan)?;

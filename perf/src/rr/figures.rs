@@ -175,14 +175,21 @@ pub struct RrReport {
     pub runs: usize,
     pub duration_s: f64,
     pub cores: String,
+    /// Dataplane workers of each node's agent (`dataplane.cores`); 1 before there could be more.
+    #[serde(default = "one_worker")]
+    pub workers: u8,
+}
+
+fn one_worker() -> u8 {
+    1
 }
 
 impl Report for RrReport {
     fn lines(&self) -> Vec<String> {
         let mut lines = vec![
             format!(
-                "TCP request/response, 1-byte request and answer, {} interleaved runs of {:.1} s per path; cores: {}",
-                self.runs, self.duration_s, self.cores
+                "TCP request/response, 1-byte request and answer, {} interleaved runs of {:.1} s per path; {}; cores: {}",
+                self.runs, self.duration_s, workers(self.workers), self.cores
             ),
             String::new(),
         ];
@@ -194,6 +201,13 @@ impl Report for RrReport {
             "agent sw./rr: voluntary and involuntary context switches of both agents' threads per round trip (a worker sleeping in poll() and woken by a frame switches once per wake-up)".to_owned(),
         );
         lines
+    }
+}
+
+fn workers(n: u8) -> String {
+    match n {
+        1 => "one dataplane worker per agent".to_owned(),
+        n => format!("{n} dataplane workers per agent (flows steered between them)"),
     }
 }
 
@@ -258,14 +272,20 @@ mod tests {
             runs: 1,
             duration_s: 1.0,
             cores: "2 cores".into(),
+            workers: 2,
         };
         let json = serde_json::to_value(&report).expect("json");
         assert_eq!(json["rr_per_s"]["pod_to_pod"], 900.0);
         assert_eq!(json["rr_per_s"]["node_to_node"], 1000.0);
         assert_eq!(json["ratio"], 0.9);
         assert_eq!(json["parallel"]["connections"], 32);
+        let mut older = json.clone();
+        older.as_object_mut().expect("an object").remove("workers");
+        let older: RrReport = serde_json::from_value(older).expect("JSON without workers reads");
+        assert_eq!(older.workers, 1);
         let back: RrReport = serde_json::from_value(json).expect("reads back");
         let lines = back.lines().join("\n");
+        assert!(lines.contains("2 dataplane workers per agent"), "{lines}");
         assert!(
             lines.contains("1 connection: pod to pod / node to node = 0.90 (target ≥ 0.9 met)"),
             "{lines}"

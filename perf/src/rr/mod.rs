@@ -40,6 +40,9 @@ pub struct Args {
     /// Namespace prefix of the benchmark's lab.
     #[arg(long, default_value = "rr")]
     pub prefix: String,
+    /// Dataplane workers of each node's agent (cores 0..N, shared by both agents).
+    #[arg(long, default_value_t = 1)]
+    pub workers: u8,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -56,7 +59,7 @@ pub fn run(args: &Args) -> anyhow::Result<RrReport> {
         std::process::exit(130);
     });
     eprintln!("building the lab ({}) …", args.prefix);
-    let lab = EchoLab::build(&args.prefix)?;
+    let lab = EchoLab::build_with_workers(&args.prefix, args.workers)?;
     let plan = &lab.plan;
     let (client, server) = (&plan.nodes[0], &plan.nodes[1]);
     let _servers = [
@@ -117,6 +120,7 @@ pub fn run(args: &Args) -> anyhow::Result<RrReport> {
              the server threads (unpinned) and the kernel's softirqs",
             std::thread::available_parallelism().map_or(1, |n| n.get())
         ),
+        workers: args.workers,
     })
 }
 
