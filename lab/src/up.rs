@@ -117,29 +117,7 @@ fn node_up(plan: &Plan, node: &Node) -> Result<(), IpError> {
     enable_forwarding(ns)?;
     if !link_exists(ns, "uplink") {
         let port = node.fabric_port.as_str();
-        let queues = plan.workers.to_string();
-        ip(&[
-            "-n",
-            ns,
-            "link",
-            "add",
-            "uplink",
-            "numtxqueues",
-            &queues,
-            "numrxqueues",
-            &queues,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            port,
-            "numtxqueues",
-            &queues,
-            "numrxqueues",
-            &queues,
-            "netns",
-            fabric,
-        ])?;
+        veth_with_queues(ns, "uplink", (port, fabric), plan.workers)?;
     }
     ip(&[
         "-n",
@@ -167,34 +145,31 @@ fn node_up(plan: &Plan, node: &Node) -> Result<(), IpError> {
     Ok(())
 }
 
+/// A veth `name` in namespace `ns` whose peer `peer` is in namespace `peer_ns`, both ends with
+/// `queues` receive and transmit queues: what one end sends on a queue the other lacks goes around
+/// its XDP program.
+fn veth_with_queues(
+    ns: &str,
+    name: &str,
+    (peer, peer_ns): (&str, &str),
+    queues: u8,
+) -> Result<(), IpError> {
+    let queues = queues.to_string();
+    let each_end = ["numtxqueues", &queues, "numrxqueues", &queues];
+    let mut args = vec!["-n", ns, "link", "add", name];
+    args.extend(each_end);
+    args.extend(["type", "veth", "peer", "name", peer]);
+    args.extend(each_end);
+    args.extend(["netns", peer_ns]);
+    ip(&args).map(drop)
+}
+
 /// Pod `pod`'s veth, addressed and routed through the node's gateway as the plugin would, with a
 /// queue per worker.
 fn pod_veth(node: &Node, pod: &Pod, workers: u8) -> Result<(), IpError> {
     let (ns, p) = (node.netns.as_str(), pod.netns.as_str());
     if !link_exists(ns, &pod.node_port) {
-        let queues = workers.to_string();
-        ip(&[
-            "-n",
-            ns,
-            "link",
-            "add",
-            &pod.node_port,
-            "numtxqueues",
-            &queues,
-            "numrxqueues",
-            &queues,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "numtxqueues",
-            &queues,
-            "numrxqueues",
-            &queues,
-            "netns",
-            p,
-        ])?;
+        veth_with_queues(ns, &pod.node_port, ("eth0", p), workers)?;
     }
     ip(&["-n", ns, "link", "set", &pod.node_port, "up"])?;
     ip(&["-n", p, "link", "set", "eth0", "up"])?;
