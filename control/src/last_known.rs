@@ -253,14 +253,14 @@ mod tests {
 
     fn remote_state() -> ClusterState {
         let mut state = ClusterState::default();
-        state.upsert(Entry::Node(node("n1")));
-        state.upsert(Entry::Endpoint(endpoint(10, 7)));
+        state.upsert(Entry::Node(node("n1").into()));
+        state.upsert(Entry::Endpoint(endpoint(10, 7).into()));
         state.upsert(Entry::Identity(
             Identity::new(0x2_0007).unwrap(),
             LabelSet::parse("k8s:app=rebel-base;k8s:io.cilium.k8s.policy.cluster=cluster2;")
                 .unwrap(),
         ));
-        state.upsert(Entry::Service(service()));
+        state.upsert(Entry::Service(service().into()));
         state
     }
 

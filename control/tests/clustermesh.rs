@@ -150,7 +150,7 @@ impl Watcher {
 }
 
 fn has(ep: &EndpointInfo) -> impl Fn(&ClusterState, &RemoteStatus) -> bool + '_ {
-    move |s, _| s.endpoints.get(&ep.ip) == Some(ep)
+    move |s, _| s.endpoints.get(&ep.ip).map(|v| &**v) == Some(ep)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,7 +446,10 @@ async fn a_dead_remote_is_kept_for_the_grace_period_then_withdrawn_then_resynced
         s.endpoints.len() == 2 && st.ready
     })
     .await;
-    assert_eq!(w.state.endpoints.get(&endpoint(1).ip), Some(&endpoint(1)));
+    assert_eq!(
+        w.state.endpoints.get(&endpoint(1).ip).map(|v| &**v),
+        Some(&endpoint(1))
+    );
     assert!(w.status().withdrawn_at.is_none());
     assert_eq!(w.deletes, 2);
     w.stop().await;
@@ -503,8 +506,8 @@ async fn a_remote_starts_from_what_was_known_and_its_listing_corrects_it() {
     announce(&etcd, 2).await;
     put_endpoint(&etcd, &endpoint(1)).await;
     let mut known = ClusterState::default();
-    known.upsert(Entry::Endpoint(endpoint(1)));
-    known.upsert(Entry::Endpoint(endpoint(9)));
+    known.upsert(Entry::Endpoint(endpoint(1).into()));
+    known.upsert(Entry::Endpoint(endpoint(9).into()));
     let mut config = MeshConfig::default();
     config
         .remotes
@@ -535,7 +538,7 @@ async fn a_remote_starts_from_what_was_known_and_its_listing_corrects_it() {
     }
     assert_eq!(order[..2], [true, true], "both known endpoints come first");
     assert_eq!(
-        state.endpoints.get(&endpoint(1).ip),
+        state.endpoints.get(&endpoint(1).ip).map(|v| &**v),
         Some(&endpoint(1)),
         "the one still there stays"
     );

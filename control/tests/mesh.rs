@@ -136,7 +136,10 @@ async fn remotes_follow_the_configuration_directory() {
         &mut state,
         &mesh.status,
         "the endpoint",
-        |s, st| s.endpoints.get(&ep.ip) == Some(&ep) && st.get(&c(2)).is_some_and(|s| s.ready),
+        |s, st| {
+            s.endpoints.get(&ep.ip).map(|v| &**v) == Some(&ep)
+                && st.get(&c(2)).is_some_and(|s| s.ready)
+        },
     )
     .await;
 

@@ -185,10 +185,10 @@ async fn what_cluster2_publishes_cluster1_sees_and_sees_go() {
 
     let mut view = View::of(&etcd2);
     view.until("cluster 2's state", |s| {
-        s.endpoints.get(&ep.ip) == Some(&ep)
-            && s.nodes.get("c2-n1") == Some(&node(2))
+        s.endpoints.get(&ep.ip).map(|v| &**v) == Some(&ep)
+            && s.nodes.get("c2-n1").map(|v| &**v) == Some(&node(2))
             && s.identities.get(&identity) == Some(&labels)
-            && s.services.get(&svc.name) == Some(&svc)
+            && s.services.get(&svc.name).map(|v| &**v) == Some(&svc)
     })
     .await;
     assert!(view.status.borrow()[&name(2)].ready);
@@ -449,7 +449,9 @@ async fn an_agent_that_stops_takes_away_only_its_own_and_the_lead_moves_without_
 
     let mut view = View::of(&etcd);
     view.until("both agents' state", |s| {
-        s.nodes.len() == 2 && s.endpoints.len() == 2 && s.services.get(&svc.name) == Some(&svc)
+        s.nodes.len() == 2
+            && s.endpoints.len() == 2
+            && s.services.get(&svc.name).map(|v| &**v) == Some(&svc)
     })
     .await;
     let mut root = etcd.client("root").await.unwrap();
@@ -489,7 +491,7 @@ async fn an_agent_that_stops_takes_away_only_its_own_and_the_lead_moves_without_
     let only_b = service(&[ep_b.ip]);
     b.publish_service(&only_b).await.unwrap();
     view.until("the service's change", |s| {
-        s.services.get(&svc.name) == Some(&only_b)
+        s.services.get(&svc.name).map(|v| &**v) == Some(&only_b)
     })
     .await;
     assert_eq!(view.services_withdrawn, 0, "the service left for a moment");

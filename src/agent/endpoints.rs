@@ -1,7 +1,8 @@
 //! Every pod the agent can name by its address, for `meshpath observe`: this cluster's (on any node)
 //! from the local state, the remote clusters' from their endpoints' kvstore values, which carry the
 //! pod's namespace and name (`K8sNamespace`, `K8sPodName`). Control-plane bookkeeping, off the
-//! packet path.
+//! packet path. A remote pod is held as the remote state's own entry (shared, not copied: at 100k
+//! remote endpoints three strings each cost 15 MB) and named when asked.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -9,7 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use meshpath_control::clustermesh::RemoteEvent;
 use meshpath_control::local::LocalState;
-use meshpath_control::state::{Entry, EntryKey, StateEvent};
+use meshpath_control::state::{EndpointInfo, Entry, EntryKey, StateEvent};
 
 /// A pod by name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,31 +20,79 @@ pub struct PodName {
     pub pod: String,
 }
 
+/// What the directory holds of one address.
+enum Named {
+    // Boxed: most of a directory at scale is remote pods, whose entry is two pointers.
+    Local(Box<PodName>),
+    Remote {
+        cluster: Arc<str>,
+        endpoint: Arc<EndpointInfo>,
+    },
+}
+
+impl Named {
+    fn cluster(&self) -> &str {
+        match self {
+            Named::Local(name) => &name.cluster,
+            Named::Remote { cluster, .. } => cluster,
+        }
+    }
+
+    fn name(&self) -> PodName {
+        match self {
+            Named::Local(name) => (**name).clone(),
+            Named::Remote { cluster, endpoint } => PodName {
+                cluster: cluster.to_string(),
+                namespace: endpoint.namespace.clone(),
+                pod: endpoint.pod_name.clone(),
+            },
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pods {
+    by_ip: HashMap<IpAddr, Named>,
+    /// The addresses the local state gave.
+    local: HashSet<IpAddr>,
+    /// One copy of each remote cluster's name, shared by its pods.
+    clusters: Vec<Arc<str>>,
+}
+
+impl Pods {
+    fn cluster(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.clusters.iter().find(|c| &***c == name) {
+            return known.clone();
+        }
+        let new: Arc<str> = name.into();
+        self.clusters.push(new.clone());
+        new
+    }
+}
+
 /// Pods by address, and the addresses the local state gave (see [`super::nodes::NodeDirectory`]).
 #[derive(Clone, Default)]
-pub struct EndpointDirectory(
-    Arc<RwLock<HashMap<IpAddr, PodName>>>,
-    Arc<RwLock<HashSet<IpAddr>>>,
-);
+pub struct EndpointDirectory(Arc<RwLock<Pods>>);
 
 impl EndpointDirectory {
     /// Replaces this cluster's own pods with those of `state`.
     pub fn record_local(&self, cluster: &str, state: &LocalState) {
-        let (Ok(mut pods), Ok(mut local)) = (self.0.write(), self.1.write()) else {
+        let Ok(mut pods) = self.0.write() else {
             return;
         };
-        for ip in std::mem::take(&mut *local) {
-            pods.remove(&ip);
+        let pods = &mut *pods;
+        for ip in std::mem::take(&mut pods.local) {
+            pods.by_ip.remove(&ip);
         }
         for pod in state.pods.values() {
             for ip in &pod.ips {
-                local.insert(*ip);
+                pods.local.insert(*ip);
                 let name = PodName {
                     cluster: cluster.to_owned(),
                     namespace: pod.pod.namespace.clone(),
                     pod: pod.pod.name.clone(),
                 };
-                pods.insert(*ip, name);
+                pods.by_ip.insert(*ip, Named::Local(Box::new(name)));
             }
         }
     }
@@ -51,24 +100,23 @@ impl EndpointDirectory {
     /// Follows a remote cluster's endpoint events; an address another cluster names stays theirs
     /// until they withdraw it.
     pub fn record_remote(&self, event: &RemoteEvent) {
-        let cluster = event.cluster.to_string();
+        let cluster = event.cluster.as_str();
         let Ok(mut pods) = self.0.write() else { return };
         match &event.event {
             StateEvent::Upsert(Entry::Endpoint(e)) if !e.pod_name.is_empty() => {
                 let ip = e.ip.ip();
-                if pods.get(&ip).is_none_or(|p| p.cluster == cluster) {
-                    let name = PodName {
-                        cluster,
-                        namespace: e.namespace.clone(),
-                        pod: e.pod_name.clone(),
+                if pods.by_ip.get(&ip).is_none_or(|p| p.cluster() == cluster) {
+                    let named = Named::Remote {
+                        cluster: pods.cluster(cluster),
+                        endpoint: e.clone(),
                     };
-                    pods.insert(ip, name);
+                    pods.by_ip.insert(ip, named);
                 }
             }
             StateEvent::Delete(EntryKey::Endpoint(addr)) => {
                 let ip = addr.ip();
-                if pods.get(&ip).is_some_and(|p| p.cluster == cluster) {
-                    pods.remove(&ip);
+                if pods.by_ip.get(&ip).is_some_and(|p| p.cluster() == cluster) {
+                    pods.by_ip.remove(&ip);
                 }
             }
             _ => {}
@@ -76,7 +124,7 @@ impl EndpointDirectory {
     }
 
     pub fn get(&self, ip: IpAddr) -> Option<PodName> {
-        self.0.read().ok()?.get(&ip).cloned()
+        self.0.read().ok()?.by_ip.get(&ip).map(Named::name)
     }
 }
 
@@ -84,7 +132,6 @@ impl EndpointDirectory {
 mod tests {
     use super::*;
     use meshpath_control::local::{LocalPod, ObjectRef};
-    use meshpath_control::state::EndpointInfo;
     use meshpath_control::ClusterName;
     use meshpath_dataplane::Identity;
 
@@ -96,13 +143,16 @@ mod tests {
     }
 
     fn endpoint(ip: &str, pod: &str) -> Entry {
-        Entry::Endpoint(EndpointInfo {
-            ip: ip.parse::<IpAddr>().unwrap().into(),
-            identity: Identity::new(0x2_0100).unwrap(),
-            host_ip: None,
-            namespace: "default".into(),
-            pod_name: pod.into(),
-        })
+        Entry::Endpoint(
+            EndpointInfo {
+                ip: ip.parse::<IpAddr>().unwrap().into(),
+                identity: Identity::new(0x2_0100).unwrap(),
+                host_ip: None,
+                namespace: "default".into(),
+                pod_name: pod.into(),
+            }
+            .into(),
+        )
     }
 
     #[test]

@@ -136,10 +136,10 @@ pub fn footprint(entry: &Entry) -> usize {
 /// The footprint of what `state` holds at `key`, if anything.
 pub fn held_footprint(state: &ClusterState, key: &EntryKey) -> Option<usize> {
     match key {
-        EntryKey::Node(name) => state.nodes.get(name).map(node_footprint),
-        EntryKey::Endpoint(ip) => state.endpoints.get(ip).map(endpoint_footprint),
+        EntryKey::Node(name) => state.nodes.get(name).map(|n| node_footprint(n)),
+        EntryKey::Endpoint(ip) => state.endpoints.get(ip).map(|e| endpoint_footprint(e)),
         EntryKey::Identity(id) => state.identities.get(id).map(identity_footprint),
-        EntryKey::Service(name) => state.services.get(name).map(service_footprint),
+        EntryKey::Service(name) => state.services.get(name).map(|s| service_footprint(s)),
     }
 }
 
@@ -186,13 +186,16 @@ mod tests {
     use proptest::prelude::*;
 
     fn endpoint(i: u32, name_len: usize) -> Entry {
-        Entry::Endpoint(EndpointInfo {
-            ip: Addr::from_v4_bits(0x0a00_0000 + i),
-            identity: Identity::new(0x2_0100).unwrap(),
-            host_ip: None,
-            namespace: "ns".into(),
-            pod_name: "p".repeat(name_len),
-        })
+        Entry::Endpoint(
+            EndpointInfo {
+                ip: Addr::from_v4_bits(0x0a00_0000 + i),
+                identity: Identity::new(0x2_0100).unwrap(),
+                host_ip: None,
+                namespace: "ns".into(),
+                pod_name: "p".repeat(name_len),
+            }
+            .into(),
+        )
     }
 
     fn identity(i: u32) -> Entry {

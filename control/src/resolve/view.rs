@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use meshpath_dataplane::wireguard::PublicKey;
 use meshpath_dataplane::{Addr, ClusterId, Identity};
@@ -58,7 +59,7 @@ pub fn mesh_view(
         nodes: local
             .nodes
             .values()
-            .map(|n| (n.name.clone(), node_info(n, cluster)))
+            .map(|n| (n.name.clone(), Arc::new(node_info(n, cluster))))
             .collect(),
         identities: identities.iter().map(|(id, l)| (*id, l.clone())).collect(),
         ..ClusterState::default()
@@ -77,7 +78,7 @@ pub fn mesh_view(
                 namespace: pod_ref.namespace.clone(),
                 pod_name: pod_ref.name.clone(),
             };
-            state.endpoints.insert(endpoint.ip, endpoint);
+            state.endpoints.insert(endpoint.ip, Arc::new(endpoint));
         }
     }
     state.services = shared_services(local);
@@ -98,7 +99,7 @@ pub fn node_share(
         .filter(|pod| pod.node.as_deref() == Some(node))
         .flat_map(|pod| pod.ips.iter().map(|ip| Addr::from(*ip)))
         .collect();
-    let endpoints: HashMap<Addr, EndpointInfo> = state
+    let endpoints: HashMap<Addr, Arc<EndpointInfo>> = state
         .endpoints
         .iter()
         .filter(|(ip, _)| own_ips.contains(*ip))
@@ -157,14 +158,14 @@ fn host_ip_for(node: &LocalNode, ip: &IpAddr) -> Option<Addr> {
 }
 
 /// Global services whose `shared` is not false, with their serving backends.
-fn shared_services(local: &LocalState) -> HashMap<ServiceName, ServiceInfo> {
+fn shared_services(local: &LocalState) -> HashMap<ServiceName, Arc<ServiceInfo>> {
     local
         .services
         .values()
         .filter(|s| s.global && s.shared)
         .map(|s| {
             let info = service_info(local, s);
-            (info.name.clone(), info)
+            (info.name.clone(), Arc::new(info))
         })
         .collect()
 }

@@ -209,7 +209,7 @@ impl RemoteCluster {
     /// The endpoint at `addr` and the node address to tunnel to, if admitted; `None` if there is
     /// no endpoint at `addr`.
     pub fn admitted_endpoint(&self, addr: Addr) -> Option<Result<(&EndpointInfo, Addr), Refusal>> {
-        let endpoint = self.state.endpoints.get(&addr)?;
+        let endpoint: &EndpointInfo = self.state.endpoints.get(&addr)?;
         let Some(cidr) = self.admitted_cidr(addr) else {
             return Some(match self.is_external_workload(endpoint) {
                 true => Ok((endpoint, addr)),

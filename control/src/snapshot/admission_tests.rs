@@ -34,15 +34,18 @@ fn cidr(text: &str) -> Cidr {
 fn node_at(c: u8, n: &str, addr: Ipv4Addr, cidrs: &[&str]) -> Change {
     ev(
         c,
-        StateEvent::Upsert(Entry::Node(NodeInfo {
-            name: n.into(),
-            cluster_id: ClusterId::new(c).unwrap(),
-            addresses: vec![(NodeAddressKind::Internal, addr.into())],
-            pod_cidrs: cidrs.iter().map(|t| cidr(t)).collect(),
-            health_ips: vec![],
-            encryption_key: 0,
-            wireguard_pub_key: None,
-        })),
+        StateEvent::Upsert(Entry::Node(
+            NodeInfo {
+                name: n.into(),
+                cluster_id: ClusterId::new(c).unwrap(),
+                addresses: vec![(NodeAddressKind::Internal, addr.into())],
+                pod_cidrs: cidrs.iter().map(|t| cidr(t)).collect(),
+                health_ips: vec![],
+                encryption_key: 0,
+                wireguard_pub_key: None,
+            }
+            .into(),
+        )),
     )
 }
 
@@ -53,13 +56,16 @@ fn gone_node(c: u8, n: &str) -> Change {
 fn endpoint_at(c: u8, ip: Ipv4Addr, host: Option<Ipv4Addr>) -> Change {
     ev(
         c,
-        StateEvent::Upsert(Entry::Endpoint(EndpointInfo {
-            ip: ip.into(),
-            identity: Identity::new((u32::from(c) << 16) + 0x100).unwrap(),
-            host_ip: host.map(Addr::from),
-            namespace: "default".into(),
-            pod_name: format!("p-{ip}"),
-        })),
+        StateEvent::Upsert(Entry::Endpoint(
+            EndpointInfo {
+                ip: ip.into(),
+                identity: Identity::new((u32::from(c) << 16) + 0x100).unwrap(),
+                host_ip: host.map(Addr::from),
+                namespace: "default".into(),
+                pod_name: format!("p-{ip}"),
+            }
+            .into(),
+        )),
     )
 }
 
@@ -266,7 +272,7 @@ async fn only_backends_that_are_the_clusters_endpoints_are_balanced_to() {
         include_external: true,
         selector: vec![],
     };
-    builder.apply([ev(2, StateEvent::Upsert(Entry::Service(service)))]);
+    builder.apply([ev(2, StateEvent::Upsert(Entry::Service(service.into())))]);
     let t = builder.current();
     let remote: Vec<Ipv4Addr> = states(&t)
         .into_iter()

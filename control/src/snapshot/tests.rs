@@ -227,10 +227,10 @@ fn cluster2_keyed(wireguard_pub_key: Option<String>) -> Vec<Change> {
         selector: vec![],
     };
     [
-        Entry::Node(node),
+        Entry::Node(node.into()),
         Entry::Identity(id, labels),
-        Entry::Endpoint(endpoint),
-        Entry::Service(service),
+        Entry::Endpoint(endpoint.into()),
+        Entry::Service(service.into()),
     ]
     .into_iter()
     .map(|e| remote(StateEvent::Upsert(e)))
@@ -451,10 +451,10 @@ fn joined_cluster1() -> Vec<Change> {
     )
     .unwrap();
     [
-        Entry::Node(node),
+        Entry::Node(node.into()),
         Entry::Identity(id, labels),
-        Entry::Endpoint(endpoint),
-        Entry::Service(service),
+        Entry::Endpoint(endpoint.into()),
+        Entry::Service(service.into()),
     ]
     .into_iter()
     .map(|e| {
@@ -519,7 +519,7 @@ fn external_workload(addr: Ipv4Addr, host_ip: Ipv4Addr, pod_cidrs: Vec<Cidr>) ->
         namespace: "default".into(),
         pod_name: "vm1".into(),
     };
-    [Entry::Node(node), Entry::Endpoint(endpoint)]
+    [Entry::Node(node.into()), Entry::Endpoint(endpoint.into())]
         .into_iter()
         .map(|e| remote(StateEvent::Upsert(e)))
         .collect()
@@ -615,7 +615,7 @@ async fn a_remote_cannot_take_over_a_local_address_and_its_withdrawal_leaves_loc
         namespace: "default".into(),
         pod_name: "imposter".into(),
     };
-    builder.apply([remote(StateEvent::Upsert(Entry::Endpoint(imposter)))]);
+    builder.apply([remote(StateEvent::Upsert(Entry::Endpoint(imposter.into())))]);
     let mine = builder
         .current()
         .ipcache
@@ -667,13 +667,14 @@ fn one_endpoint_change_shares_the_rest_of_a_100k_table() {
         encryption_key: 0,
         wireguard_pub_key: None,
     };
-    let all = (0..100_000).map(|i| remote(StateEvent::Upsert(Entry::Endpoint(endpoint(i, 300)))));
-    let node = remote(StateEvent::Upsert(Entry::Node(node)));
+    let all =
+        (0..100_000).map(|i| remote(StateEvent::Upsert(Entry::Endpoint(endpoint(i, 300).into()))));
+    let node = remote(StateEvent::Upsert(Entry::Node(node.into())));
     let before = builder.apply(std::iter::once(node).chain(all)).unwrap();
     let after = builder
-        .apply([remote(StateEvent::Upsert(Entry::Endpoint(endpoint(
-            7, 301,
-        ))))])
+        .apply([remote(StateEvent::Upsert(Entry::Endpoint(
+            endpoint(7, 301).into(),
+        )))])
         .unwrap();
     assert_eq!(
         after
@@ -834,13 +835,16 @@ fn to_change(op: &Op, locals: &[Arc<ResolvedLocal>]) -> Change {
             host,
         } => ev(
             cluster,
-            StateEvent::Upsert(Entry::Endpoint(EndpointInfo {
-                ip: pod_ip(cluster, ip),
-                identity: identity(cluster, id),
-                host_ip: host.map(|n| node_addr(cluster, n)),
-                namespace: "default".into(),
-                pod_name: format!("p{ip}"),
-            })),
+            StateEvent::Upsert(Entry::Endpoint(
+                EndpointInfo {
+                    ip: pod_ip(cluster, ip),
+                    identity: identity(cluster, id),
+                    host_ip: host.map(|n| node_addr(cluster, n)),
+                    namespace: "default".into(),
+                    pod_name: format!("p{ip}"),
+                }
+                .into(),
+            )),
         ),
         Op::DeleteEndpoint { cluster, ip } => ev(
             cluster,
@@ -848,18 +852,21 @@ fn to_change(op: &Op, locals: &[Arc<ResolvedLocal>]) -> Change {
         ),
         Op::Node { cluster, n, cidr } => ev(
             cluster,
-            StateEvent::Upsert(Entry::Node(NodeInfo {
-                name: format!("n{n}"),
-                cluster_id: cid(cluster),
-                addresses: vec![(NodeAddressKind::Internal, node_addr(cluster, n))],
-                pod_cidrs: vec![Cidr {
-                    addr: Ipv4Addr::new(100, 63 + cluster, cidr, 0).into(),
-                    prefix_len: 24,
-                }],
-                health_ips: vec![],
-                encryption_key: 0,
-                wireguard_pub_key: None,
-            })),
+            StateEvent::Upsert(Entry::Node(
+                NodeInfo {
+                    name: format!("n{n}"),
+                    cluster_id: cid(cluster),
+                    addresses: vec![(NodeAddressKind::Internal, node_addr(cluster, n))],
+                    pod_cidrs: vec![Cidr {
+                        addr: Ipv4Addr::new(100, 63 + cluster, cidr, 0).into(),
+                        prefix_len: 24,
+                    }],
+                    health_ips: vec![],
+                    encryption_key: 0,
+                    wireguard_pub_key: None,
+                }
+                .into(),
+            )),
         ),
         Op::DeleteNode { cluster, n } => {
             ev(cluster, StateEvent::Delete(EntryKey::Node(format!("n{n}"))))
@@ -881,21 +888,24 @@ fn to_change(op: &Op, locals: &[Arc<ResolvedLocal>]) -> Change {
         ),
         Op::Service { cluster, backends } => ev(
             cluster,
-            StateEvent::Upsert(Entry::Service(ServiceInfo {
-                name: service_name,
-                frontends: vec![],
-                backends: (0..backends % 4)
-                    .map(|b| ServicePort {
-                        addr: pod_ip(cluster, b),
-                        port_name: "http".into(),
-                        protocol: 6,
-                        port: 8080,
-                    })
-                    .collect(),
-                shared: true,
-                include_external: true,
-                selector: vec![],
-            })),
+            StateEvent::Upsert(Entry::Service(
+                ServiceInfo {
+                    name: service_name,
+                    frontends: vec![],
+                    backends: (0..backends % 4)
+                        .map(|b| ServicePort {
+                            addr: pod_ip(cluster, b),
+                            port_name: "http".into(),
+                            protocol: 6,
+                            port: 8080,
+                        })
+                        .collect(),
+                    shared: true,
+                    include_external: true,
+                    selector: vec![],
+                }
+                .into(),
+            )),
         ),
         Op::DeleteService { cluster } => {
             ev(cluster, StateEvent::Delete(EntryKey::Service(service_name)))

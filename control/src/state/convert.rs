@@ -32,10 +32,10 @@ impl Entry {
             why,
         };
         Ok(Some(match record {
-            Record::Node(node) => Entry::Node(node_info(node).map_err(err)?),
-            Record::Endpoint(pair) => Entry::Endpoint(endpoint_info(pair).map_err(err)?),
+            Record::Node(node) => Entry::Node(node_info(node).map_err(err)?.into()),
+            Record::Endpoint(pair) => Entry::Endpoint(endpoint_info(pair).map_err(err)?.into()),
             Record::Identity(id, labels) => Entry::Identity(id, labels),
-            Record::Service(svc) => Entry::Service(service_info(svc).map_err(err)?),
+            Record::Service(svc) => Entry::Service(service_info(svc).map_err(err)?.into()),
             Record::ClusterConfig(_) | Record::SyncCanary(_) => return Ok(None),
         }))
     }

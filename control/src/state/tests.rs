@@ -66,9 +66,9 @@ pub(crate) fn service() -> ServiceInfo {
 #[test]
 fn upsert_reports_change_only_when_something_changed() {
     let mut state = ClusterState::default();
-    assert!(state.upsert(Entry::Endpoint(endpoint(1, 1))));
-    assert!(!state.upsert(Entry::Endpoint(endpoint(1, 1))));
-    assert!(state.upsert(Entry::Endpoint(endpoint(1, 2))));
+    assert!(state.upsert(Entry::Endpoint(endpoint(1, 1).into())));
+    assert!(!state.upsert(Entry::Endpoint(endpoint(1, 1).into())));
+    assert!(state.upsert(Entry::Endpoint(endpoint(1, 2).into())));
     assert_eq!(state.count(Kind::Endpoints), 1);
     assert!(state.remove(&EntryKey::Endpoint(endpoint(1, 2).ip)));
     assert!(!state.remove(&EntryKey::Endpoint(endpoint(1, 2).ip)));
@@ -96,12 +96,12 @@ fn model_to_kvstore_and_back_is_lossless() {
                 node: "n1".into(),
             },
             serde_json::to_vec(&node("n1").to_kvstore(&name)),
-            Entry::Node(node("n1")),
+            Entry::Node(node("n1").into()),
         ),
         (
             Key::Endpoint(endpoint(7, 3).ip.ip()),
             serde_json::to_vec(&endpoint(7, 3).to_kvstore()),
-            Entry::Endpoint(endpoint(7, 3)),
+            Entry::Endpoint(endpoint(7, 3).into()),
         ),
         (
             Key::Service {
@@ -110,7 +110,7 @@ fn model_to_kvstore_and_back_is_lossless() {
                 name: "echo".into(),
             },
             serde_json::to_vec(&service().to_kvstore(&name, c2())),
-            Entry::Service(service()),
+            Entry::Service(service().into()),
         ),
     ];
     for (key, value, expected) in cases {
@@ -139,17 +139,17 @@ fn any_state() -> impl Strategy<Value = ClusterState> {
     (endpoints, nodes, any::<bool>()).prop_map(|(eps, nodes, with_service)| {
         let mut state = ClusterState::default();
         for (last, id) in eps {
-            state.upsert(Entry::Endpoint(endpoint(last, id)));
+            state.upsert(Entry::Endpoint(endpoint(last, id).into()));
             state.upsert(Entry::Identity(
                 Identity::new(0x2_0000 + id).unwrap(),
                 LabelSet::new(),
             ));
         }
         for n in nodes {
-            state.upsert(Entry::Node(node(&n)));
+            state.upsert(Entry::Node(node(&n).into()));
         }
         if with_service {
-            state.upsert(Entry::Service(service()));
+            state.upsert(Entry::Service(service().into()));
         }
         state
     })

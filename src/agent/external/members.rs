@@ -91,7 +91,7 @@ impl ExternalOnly {
         }
     }
 
-    fn endpoint(&mut self, endpoint: EndpointInfo) -> Vec<StateEvent> {
+    fn endpoint(&mut self, endpoint: Arc<EndpointInfo>) -> Vec<StateEvent> {
         let id = endpoint.identity;
         self.endpoints.insert(endpoint.ip, id);
         let mut out = Vec::new();
@@ -193,25 +193,31 @@ mod tests {
     }
 
     fn node(name: &str, at: [u8; 4]) -> StateEvent {
-        StateEvent::Upsert(Entry::Node(NodeInfo {
-            name: name.into(),
-            cluster_id: ClusterId::new(1).unwrap(),
-            addresses: vec![(NodeAddressKind::Internal, addr(at))],
-            pod_cidrs: vec![],
-            health_ips: vec![],
-            encryption_key: 0,
-            wireguard_pub_key: None,
-        }))
+        StateEvent::Upsert(Entry::Node(
+            NodeInfo {
+                name: name.into(),
+                cluster_id: ClusterId::new(1).unwrap(),
+                addresses: vec![(NodeAddressKind::Internal, addr(at))],
+                pod_cidrs: vec![],
+                health_ips: vec![],
+                encryption_key: 0,
+                wireguard_pub_key: None,
+            }
+            .into(),
+        ))
     }
 
     fn endpoint(ip: [u8; 4], host: [u8; 4], id: u32) -> StateEvent {
-        StateEvent::Upsert(Entry::Endpoint(EndpointInfo {
-            ip: addr(ip),
-            identity: Identity::new(id).unwrap(),
-            host_ip: Some(addr(host)),
-            namespace: "default".into(),
-            pod_name: "vm1".into(),
-        }))
+        StateEvent::Upsert(Entry::Endpoint(
+            EndpointInfo {
+                ip: addr(ip),
+                identity: Identity::new(id).unwrap(),
+                host_ip: Some(addr(host)),
+                namespace: "default".into(),
+                pod_name: "vm1".into(),
+            }
+            .into(),
+        ))
     }
 
     fn identity(id: u32, app: &str) -> StateEvent {
