@@ -8,28 +8,85 @@ use std::sync::{Arc, Mutex};
 use meshpath_api::identity::{IdentityRow, Label, ReservedIdentity};
 use meshpath_api::policy::PolicyPeer;
 use meshpath_control::clustermesh::RemoteEvent;
+use meshpath_control::kvstore::LabelSet;
 use meshpath_control::state::{Entry, EntryKey, StateEvent};
 use meshpath_dataplane::policy::IdentityLabels;
 use meshpath_dataplane::Identity;
 
+/// What the directory holds of one identity: this cluster's as rows, a remote's as the remote state's
+/// own labels (shared, not copied: at 100k remote identities a row each cost 21 MB), made into a row
+/// when asked.
+enum Known {
+    Local(IdentityRow),
+    Remote { cluster: Arc<str>, labels: LabelSet },
+}
+
+impl Known {
+    fn cluster(&self) -> Option<&str> {
+        match self {
+            Known::Local(row) => row.cluster.as_deref(),
+            Known::Remote { cluster, .. } => Some(cluster),
+        }
+    }
+
+    fn labels(&self) -> Vec<Label> {
+        match self {
+            Known::Local(row) => row.labels.clone(),
+            Known::Remote { labels, .. } => labels
+                .iter()
+                .map(|(key, v)| Label::new(v.source, key, v.value))
+                .collect(),
+        }
+    }
+
+    fn row(&self, id: u32) -> IdentityRow {
+        match self {
+            Known::Local(row) => row.clone(),
+            Known::Remote { cluster, .. } => IdentityRow {
+                id,
+                cluster: Some(cluster.to_string()),
+                labels: self.labels(),
+            },
+        }
+    }
+}
+
+#[derive(Default)]
+struct Identities {
+    by_id: BTreeMap<u32, Known>,
+    /// The identities the local state gave.
+    local: BTreeSet<u32>,
+    /// One copy of each remote cluster's name, shared by its identities.
+    clusters: Vec<Arc<str>>,
+}
+
+impl Identities {
+    fn cluster(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.clusters.iter().find(|c| &***c == name) {
+            return known.clone();
+        }
+        let new: Arc<str> = name.into();
+        self.clusters.push(new.clone());
+        new
+    }
+}
+
 /// Identities by value, and those the local state gave (see [`super::nodes::NodeDirectory`]).
 #[derive(Clone, Default)]
-pub struct IdentityDirectory(
-    Arc<Mutex<BTreeMap<u32, IdentityRow>>>,
-    Arc<Mutex<BTreeSet<u32>>>,
-);
+pub struct IdentityDirectory(Arc<Mutex<Identities>>);
 
 impl IdentityDirectory {
     /// Replaces this cluster's own identities with `identities`.
     pub fn record_local(&self, cluster: &str, identities: &IdentityLabels) {
-        let (Ok(mut rows), Ok(mut local)) = (self.0.lock(), self.1.lock()) else {
+        let Ok(mut known) = self.0.lock() else {
             return;
         };
-        for id in std::mem::take(&mut *local) {
-            rows.remove(&id);
+        let known = &mut *known;
+        for id in std::mem::take(&mut known.local) {
+            known.by_id.remove(&id);
         }
         for (id, labels) in identities {
-            local.insert(id.get());
+            known.local.insert(id.get());
             // A pod's labels, its namespace's and its cluster's are all Kubernetes labels to Cilium.
             let row = IdentityRow {
                 id: id.get(),
@@ -39,34 +96,30 @@ impl IdentityDirectory {
                     .map(|(k, v)| Label::new("k8s", k, v))
                     .collect(),
             };
-            rows.insert(id.get(), row);
+            known.by_id.insert(id.get(), Known::Local(row));
         }
     }
 
     /// Follows a remote cluster's identity events.
     pub fn record_remote(&self, event: &RemoteEvent) {
-        let Ok(mut rows) = self.0.lock() else { return };
-        let cluster = event.cluster.to_string();
+        let Ok(mut known) = self.0.lock() else { return };
+        let cluster = event.cluster.as_str();
         match &event.event {
             StateEvent::Upsert(Entry::Identity(id, labels)) => {
-                let labels = labels
-                    .iter()
-                    .map(|(key, v)| Label::new(&v.source, key, &v.value))
-                    .collect();
-                let row = IdentityRow {
-                    id: id.get(),
-                    cluster: Some(cluster),
-                    labels,
+                let remote = Known::Remote {
+                    cluster: known.cluster(cluster),
+                    labels: labels.clone(),
                 };
-                rows.insert(id.get(), row);
+                known.by_id.insert(id.get(), remote);
             }
             // Only the cluster that announced it may withdraw it.
             StateEvent::Delete(EntryKey::Identity(id))
-                if rows
+                if known
+                    .by_id
                     .get(&id.get())
-                    .is_some_and(|r| r.cluster.as_ref() == Some(&cluster)) =>
+                    .is_some_and(|k| k.cluster() == Some(cluster)) =>
             {
-                rows.remove(&id.get());
+                known.by_id.remove(&id.get());
             }
             _ => {}
         }
@@ -80,7 +133,7 @@ impl IdentityDirectory {
         self.0
             .lock()
             .ok()
-            .and_then(|rows| rows.get(&id).map(|r| r.labels.clone()))
+            .and_then(|known| known.by_id.get(&id).map(Known::labels))
             .unwrap_or_default()
     }
 
@@ -94,7 +147,10 @@ impl IdentityDirectory {
         let known = self
             .0
             .lock()
-            .map(|rows| rows.values().cloned().collect::<Vec<_>>())
+            .map(|known| {
+                let rows = known.by_id.iter().map(|(id, k)| k.row(*id));
+                rows.collect::<Vec<_>>()
+            })
             .unwrap_or_default();
         reserved.chain(known).collect()
     }
@@ -119,7 +175,6 @@ pub fn peer(id: Identity) -> PolicyPeer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshpath_control::kvstore::LabelSet;
     use meshpath_control::ClusterName;
     use meshpath_dataplane::policy::Labels;
 

@@ -92,7 +92,7 @@ fn local_cidrs(node: &LocalNode) -> impl Iterator<Item = IpPrefix> + '_ {
 
 /// The dataplane's form of kvstore labels: keys without their source.
 pub fn labels_of(set: &LabelSet) -> Labels {
-    set.iter().map(|(k, v)| (k, v.value.as_str())).collect()
+    set.iter().map(|(k, v)| (k, v.value)).collect()
 }
 
 /// Keys present in one map and not the other, or with different values.
