@@ -248,7 +248,7 @@ pub struct DataplaneSection {
     /// Largest IP packet the uplink carries.
     pub mtu: u16,
     /// Most pods the CNI plugin may attach to this node at once (kubelet's `maxPods`, 110 by
-    /// default). The worker's packet memory holds room for each from the start: 512 KiB a pod.
+    /// default). The worker's packet memory holds room for each from the start: 256 KiB a pod.
     #[serde(default = "default_max_pods")]
     pub max_pods: u32,
 }

@@ -32,7 +32,8 @@ pub fn first_cni_port(config: &AgentConfig) -> u16 {
 }
 
 /// Ring slots of a port the CNI plugin attaches: a pod's veth needs fewer than the uplink, and the
-/// UMEM holds room for `dataplane.max-pods` of them from the start (2 × 128 chunks of 2 KiB: 512 KiB a pod).
+/// UMEM holds room for `dataplane.max-pods` of them from the start (a fill ring of 128 chunks of 2 KiB:
+/// 256 KiB a pod).
 const POD_RING_SIZE: u32 = 128;
 
 /// The XDP programs (the uplink's first) and the bound (not yet running) workers, one per core of
