@@ -104,6 +104,8 @@ impl Recorder {
         if let Err(error) = written {
             tracing::warn!(%error, file = %self.path.display(), "last known state not written");
         }
+        drop(known);
+        super::heap::give_back_free_memory();
     }
 
     /// Writes the file whenever it changed, at most every few seconds, until `cancel`.

@@ -23,6 +23,7 @@ mod endpoints;
 mod external;
 mod handler;
 mod health;
+mod heap;
 mod host_port;
 mod identities;
 mod kvstore;
