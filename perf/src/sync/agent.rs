@@ -2,34 +2,36 @@
 //! (one worker, its 262,144-entry conntrack, its UMEM, its builder's batch and channels, one runtime
 //! thread), in a network namespace of its own with a veth uplink, its local state a YAML directory
 //! (one node, one pod, a global service for every remote one) and the benchmark's etcd as its remote
-//! cluster. Once its tables hold the whole remote cluster, its VmRSS and VmHWM are read from /proc.
+//! cluster. Once its tables hold the whole remote cluster its VmRSS is read from /proc, and read
+//! again with its VmHWM [`SETTLE`] later: the agent is not done at that moment (its last known
+//! state is written some seconds after, and the first reading missed 70 MiB of it).
 //!
 //! The namespace ([`Node`]) is entered by the whole benchmark (the etcd it starts, its clients, the
 //! agent), so the agent reaches the etcd at 127.0.0.1 as the benchmark does.
 //!
-//! What that memory is, at 100k remote endpoints and 10k services with the agent's defaults
-//! (measured 2026-12-01 on this 2-core machine under a load of 9–12: heaptrack on the agent for its
-//! heap, /proc/<pid>/smaps for its mappings; sizes computed from capacities where they are fixed):
-//! - conntrack: 524,288 slots for its 262,144 flows, 258 bytes each (slot 128, paths 128, owner 2):
-//!   129 MiB allocated. It was written whole at start, so resident; it is now allocated unwritten
-//!   and resident only where flows were stored (none here).
-//! - UMEM: 32,320 chunks of 2 KiB (two rings of 1024 for the uplink and the host port, two of
-//!   128 for each of `max-pods`' 110 pods, a burst): 63 MiB, mapped populated and pinned by the
-//!   kernel: resident from start. The pods' share (55 MiB) is what `max-pods` costs.
-//! - Each full copy of the remote cluster's state (`ClusterState`: endpoints and services in
-//!   hash maps, their names as strings): about 26 MB. The agent holds three: the watcher's mirror
-//!   (for resyncs), the snapshot builder's (with its indexes, about 17 MB more: endpoint addresses,
-//!   endpoints by host, backends' services) and the last-known-state recorder's.
-//! - The endpoint directory (`meshpath observe`'s pod names, three strings an endpoint): 14 MB.
-//! - The snapshot's tables: the ipcache's 100k prefixes 8 MB, the services' Maglev tables and
-//!   backends a few MB; a new snapshot copies only the shards a change touched.
-//! - Writing the last known state every 5 s while it changes: a copy of the state (26 MB) and,
-//!   before it was written straight into its file, Cilium's pairs (28 MB) and one 64 MB JSON
-//!   buffer on top — the largest single item at the peak.
+//! What that memory is, at 100k remote endpoints, 10k services × 10 backends and 1,000 identities
+//! with the agent's defaults (measured 2026-12-02 on a 2-core AMD EPYC machine: heaptrack on the
+//! agent for what is live once settled (the agent killed then) and at the peak, /proc/<pid>/smaps
+//! and glibc's malloc_stats for its mappings and arenas; sizes computed from capacities where they
+//! are fixed):
+//! - conntrack: 524,288 slots for its 262,144 flows, 258 bytes each: 129 MiB allocated unwritten,
+//!   resident only where flows were stored (none here).
+//! - UMEM: 18,240 chunks of 2 KiB (two rings of 1024 for the uplink and the host port, a fill ring
+//!   of 128 for each of `max-pods`' 110 pods, a burst): 36 MiB, pinned by the kernel, resident from
+//!   start. Each pod had two rings of its own before (63 MiB).
+//! - The remote cluster's entries, shared by the three states that hold it (the watcher's mirror
+//!   for resyncs, the snapshot builder's, the last known state's): 14 MB of endpoints, nodes and
+//!   services, 8 MB more of service ports, and each state's maps of pointers about 5 MB. Each
+//!   state held its own copy before (about 26 MB each).
+//! - The builder's indexes (endpoint addresses, endpoints by host, backends' services): 17 MB.
+//! - The snapshot's tables: Maglev 20 MB (10k services), ipcache 8.5 MB, backend index 6.4 MB.
+//! - The endpoint directory (`meshpath observe`'s pod names): 6.4 MB of map holding the shared
+//!   entries (three strings an endpoint before: 15 MB).
+//! - glibc's arenas round that up (free chunks between live ones); what writing the last known
+//!   state allocates and frees is given back (`malloc_trim`) once written.
 //! - The binary's text, about 20 MiB.
 //!
-//! Before (this machine, same load): 504 MiB resident, 523 MiB at the peak; with conntrack left
-//! unwritten and the last known state streamed: 305 MiB, peak 305 MiB.
+//! Before (this machine): 374 MiB resident once settled (the benchmark read 305 MiB, too early).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,12 +47,19 @@ use super::cluster::{Shape, LOCAL_VIPS};
 /// How long the agent may take to hold the whole remote cluster.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// How long after holding the remote cluster the agent's memory is read again: it is not done at
+/// that moment (it writes its last known state every 5 s while that changes, and then holds what
+/// the write allocated), so its resident memory is read once more after two such writes.
+pub const SETTLE: Duration = Duration::from_secs(12);
+
 /// The agent's memory, MiB.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct AgentMemory {
-    /// VmRSS once its tables held every remote endpoint.
+    /// VmRSS [`SETTLE`] after its tables held every remote endpoint.
     pub rss_mib: f64,
-    /// VmHWM: the most it was resident at any time until then.
+    /// VmRSS at the moment its tables held every remote endpoint.
+    pub rss_at_sync_mib: f64,
+    /// VmHWM: the most it was resident at any time until the last reading.
     pub peak_rss_mib: f64,
     /// From start to tables holding every remote endpoint.
     pub sync_s: f64,
@@ -140,11 +149,15 @@ pub async fn measure(shape: &Shape, remote_file: &str, node: &Node) -> anyhow::R
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let sync_s = started.elapsed().as_secs_f64();
+    let (rss_at_sync_mib, _) = memory(agent.child.id())?;
+    tokio::time::sleep(SETTLE).await;
+    agent.alive()?;
     let (rss_mib, peak_rss_mib) = memory(agent.child.id())?;
     agent.stop();
     let _ = std::fs::remove_dir_all(pin_dir());
     Ok(AgentMemory {
         rss_mib,
+        rss_at_sync_mib,
         peak_rss_mib,
         sync_s,
     })

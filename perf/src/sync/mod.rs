@@ -88,9 +88,12 @@ pub struct SyncReport {
     network: Network,
     full_sync_s: f64,
     propagation_ms: Propagation,
-    /// The real agent's VmRSS with the remote cluster in its tables, run with its own defaults
-    /// (null when not measured: it needs root).
+    /// The real agent's VmRSS with the remote cluster in its tables, run with its own defaults, read
+    /// `agent::SETTLE` after its tables held it (null when not measured: it needs root).
     agent_rss_mib: Option<f64>,
+    /// Its VmRSS at the moment its tables held the remote cluster (absent from older reports).
+    #[serde(default)]
+    agent_rss_at_sync_mib: Option<f64>,
     /// Its VmHWM by then: the most it was ever resident.
     agent_peak_rss_mib: Option<f64>,
     /// From the agent's start to its tables holding every remote endpoint.
@@ -147,11 +150,15 @@ impl Report for SyncReport {
             ),
             match (self.agent_rss_mib, self.agent_peak_rss_mib) {
                 (Some(rss), Some(peak)) => format!(
-                    "agent RSS         {:>8.1} MiB  {}  (peak {peak:.1} MiB, {}; synced in {:.1} s)",
+                    "agent RSS         {:>8.1} MiB  {}  (peak {peak:.1} MiB, {}; synced in {:.1} s{})",
                     rss,
                     against_ceiling(rss, TARGET_RSS_MIB),
                     against_ceiling(peak, TARGET_RSS_MIB),
-                    self.agent_full_sync_s.unwrap_or(f64::NAN)
+                    self.agent_full_sync_s.unwrap_or(f64::NAN),
+                    self.agent_rss_at_sync_mib.map_or(String::new(), |at| format!(
+                        ", {at:.1} MiB then, read again {} s later",
+                        agent::SETTLE.as_secs()
+                    ))
                 ),
                 _ => "agent RSS         not measured (needs root)".to_owned(),
             },
@@ -388,6 +395,7 @@ async fn run_async(args: &Args, node: Option<&agent::Node>) -> anyhow::Result<Sy
             max: histogram.max() as f64 / 1000.0,
         },
         agent_rss_mib: agent.map(|a| a.rss_mib),
+        agent_rss_at_sync_mib: agent.map(|a| a.rss_at_sync_mib),
         agent_peak_rss_mib: agent.map(|a| a.peak_rss_mib),
         agent_full_sync_s: agent.map(|a| a.sync_s),
         bench_process_rss_mib: rss_synced,
