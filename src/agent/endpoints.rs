@@ -12,6 +12,8 @@ use meshpath_control::clustermesh::RemoteEvent;
 use meshpath_control::local::LocalState;
 use meshpath_control::state::{EndpointInfo, Entry, EntryKey, StateEvent};
 
+use super::cluster_names::ClusterNames;
+
 /// A pod by name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodName {
@@ -56,18 +58,7 @@ struct Pods {
     /// The addresses the local state gave.
     local: HashSet<IpAddr>,
     /// One copy of each remote cluster's name, shared by its pods.
-    clusters: Vec<Arc<str>>,
-}
-
-impl Pods {
-    fn cluster(&mut self, name: &str) -> Arc<str> {
-        if let Some(known) = self.clusters.iter().find(|c| &***c == name) {
-            return known.clone();
-        }
-        let new: Arc<str> = name.into();
-        self.clusters.push(new.clone());
-        new
-    }
+    clusters: ClusterNames,
 }
 
 /// Pods by address, and the addresses the local state gave (see [`super::nodes::NodeDirectory`]).
@@ -107,7 +98,7 @@ impl EndpointDirectory {
                 let ip = e.ip.ip();
                 if pods.by_ip.get(&ip).is_none_or(|p| p.cluster() == cluster) {
                     let named = Named::Remote {
-                        cluster: pods.cluster(cluster),
+                        cluster: pods.clusters.shared(cluster),
                         endpoint: e.clone(),
                     };
                     pods.by_ip.insert(ip, named);

@@ -13,6 +13,8 @@ use meshpath_control::state::{Entry, EntryKey, StateEvent};
 use meshpath_dataplane::policy::IdentityLabels;
 use meshpath_dataplane::Identity;
 
+use super::cluster_names::ClusterNames;
+
 /// What the directory holds of one identity: this cluster's as rows, a remote's as the remote state's
 /// own labels (shared, not copied: at 100k remote identities a row each cost 21 MB), made into a row
 /// when asked.
@@ -57,18 +59,7 @@ struct Identities {
     /// The identities the local state gave.
     local: BTreeSet<u32>,
     /// One copy of each remote cluster's name, shared by its identities.
-    clusters: Vec<Arc<str>>,
-}
-
-impl Identities {
-    fn cluster(&mut self, name: &str) -> Arc<str> {
-        if let Some(known) = self.clusters.iter().find(|c| &***c == name) {
-            return known.clone();
-        }
-        let new: Arc<str> = name.into();
-        self.clusters.push(new.clone());
-        new
-    }
+    clusters: ClusterNames,
 }
 
 /// Identities by value, and those the local state gave (see [`super::nodes::NodeDirectory`]).
@@ -107,7 +98,7 @@ impl IdentityDirectory {
         match &event.event {
             StateEvent::Upsert(Entry::Identity(id, labels)) => {
                 let remote = Known::Remote {
-                    cluster: known.cluster(cluster),
+                    cluster: known.clusters.shared(cluster),
                     labels: labels.clone(),
                 };
                 known.by_id.insert(id.get(), remote);

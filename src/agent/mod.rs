@@ -15,6 +15,7 @@
 //! the dataplane's, so a node without its agent is closed, not open. A SIGKILL or an OOM kill leaves
 //! the same: attached programs whose sockets the kernel unregistered when the process died.
 
+mod cluster_names;
 pub mod config;
 mod control;
 mod convert;
