@@ -6,8 +6,8 @@
 //! 23 MiB resident but free, spread over arenas (`meshpath-perf sync`: agent RSS 12 s after sync
 //! 246 MiB before trimming, 217 MiB after). `malloc_trim` releases the free pages of every arena.
 
-/// Returns the allocator's free pages to the kernel. Costs a walk of the free lists (milliseconds
-/// at the sizes above): for after large, rare work, not for a hot path.
+/// Returns the allocator's free pages to the kernel. Walks every arena's free lists under their
+/// locks: for after large, rare work, not for a hot path.
 pub fn give_back_free_memory() {
     // SAFETY: malloc_trim only inspects and releases the allocator's own free memory; it has no
     // preconditions and leaves every live allocation untouched.
