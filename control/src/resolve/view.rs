@@ -177,7 +177,7 @@ fn service_info(local: &LocalState, service: &LocalService) -> ServiceInfo {
         .flat_map(|ip| {
             service.ports.iter().map(|p| ServicePort {
                 addr: Addr::from(*ip),
-                port_name: p.name.clone(),
+                port_name: p.name.as_str().into(),
                 protocol: p.protocol,
                 port: p.port,
             })
@@ -193,7 +193,7 @@ fn service_info(local: &LocalState, service: &LocalService) -> ServiceInfo {
                 e.addresses.iter().flat_map(move |ip| {
                     slice.ports.iter().map(move |p| ServicePort {
                         addr: Addr::from(*ip),
-                        port_name: p.name.clone(),
+                        port_name: p.name.as_str().into(),
                         protocol: p.protocol,
                         port: p.port,
                     })

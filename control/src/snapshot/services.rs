@@ -86,7 +86,7 @@ fn joined_cluster_frontends(sources: &Sources, spec: &NodeSpec, name: &ServiceNa
     let mut plans = Vec::new();
     for exported in &service.frontends {
         let port = LocalServicePort {
-            name: exported.port_name.clone(),
+            name: exported.port_name.to_string(),
             protocol: exported.protocol,
             port: exported.port,
         };
@@ -168,7 +168,7 @@ fn remote_backends(
             continue;
         };
         let matching = service.backends.iter().filter(|b| {
-            b.port_name == port.name
+            *b.port_name == *port.name
                 && b.protocol == port.protocol
                 && b.addr.is_ipv4() == family.is_ipv4()
                 && remote.admits_backend(b.addr)

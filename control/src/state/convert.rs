@@ -1,7 +1,9 @@
 //! Between Cilium's kvstore values and the mesh's model of a cluster, both ways: remote watchers read
 //! values into entries, the publisher writes entries as values.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use meshpath_dataplane::flow::proto;
 use meshpath_dataplane::{Addr, ClusterId, Identity};
@@ -104,20 +106,36 @@ fn endpoint_info(pair: IpIdentityPair) -> Result<EndpointInfo, String> {
 }
 
 fn service_info(svc: ClusterService) -> Result<ServiceInfo, String> {
+    let mut names = PortNames::default();
     Ok(ServiceInfo {
         name: ServiceName {
             namespace: svc.namespace,
             name: svc.name,
         },
-        frontends: service_ports(&svc.frontends)?,
-        backends: service_ports(&svc.backends)?,
+        frontends: service_ports(&svc.frontends, &mut names)?,
+        backends: service_ports(&svc.backends, &mut names)?,
         shared: svc.shared,
         include_external: svc.include_external,
         selector: svc.selector.into_iter().collect(),
     })
 }
 
-fn service_ports(by_addr: &PortsByAddress) -> Result<Vec<ServicePort>, String> {
+/// One allocation for each distinct port name of a service, shared by its ports.
+type PortNames = HashSet<Arc<str>>;
+
+fn shared_name(names: &mut PortNames, name: &str) -> Arc<str> {
+    if let Some(shared) = names.get(name) {
+        return shared.clone();
+    }
+    let shared: Arc<str> = name.into();
+    names.insert(shared.clone());
+    shared
+}
+
+fn service_ports(
+    by_addr: &PortsByAddress,
+    names: &mut PortNames,
+) -> Result<Vec<ServicePort>, String> {
     let mut out = Vec::new();
     for (addr, ports) in by_addr {
         let ip: IpAddr = addr
@@ -137,7 +155,7 @@ fn service_ports(by_addr: &PortsByAddress) -> Result<Vec<ServicePort>, String> {
             };
             out.push(ServicePort {
                 addr: ip.into(),
-                port_name: name.clone(),
+                port_name: shared_name(names, name),
                 protocol,
                 port: l4.port,
             });
@@ -226,7 +244,7 @@ impl ServiceInfo {
                 };
                 out.entry(p.addr.to_string())
                     .or_default()
-                    .insert(p.port_name.clone(), l4);
+                    .insert(p.port_name.to_string(), l4);
             }
             out
         };

@@ -72,7 +72,8 @@ pub struct ServiceName {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServicePort {
     pub addr: Addr,
-    pub port_name: String,
+    /// Shared by the ports of one service that bear the same name (its backends repeat a few).
+    pub port_name: Arc<str>,
     pub protocol: u8,
     pub port: u16,
 }

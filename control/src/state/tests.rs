@@ -167,3 +167,31 @@ proptest! {
         prop_assert!(new.diff(&state).is_empty());
     }
 }
+
+#[test]
+fn a_services_ports_of_one_name_share_one_name() {
+    let name = ClusterName::new("cluster2").unwrap();
+    let key = Key::Service {
+        cluster: name.clone(),
+        namespace: "ns-alpha".into(),
+        name: "echo".into(),
+    };
+    let value = serde_json::to_vec(&service().to_kvstore(&name, c2())).unwrap();
+    let origin = Origin {
+        name: &name,
+        id: c2(),
+    };
+    let record = Record::decode(&key, &value, origin).unwrap();
+    let Some(Entry::Service(read)) = Entry::from_record(&key, record).unwrap() else {
+        panic!("a service record reads as a service");
+    };
+    let names: Vec<&std::sync::Arc<str>> = read
+        .frontends
+        .iter()
+        .chain(&read.backends)
+        .map(|p| &p.port_name)
+        .collect();
+    assert_eq!(names.len(), 3);
+    assert!(names.iter().all(|n| &***n == "http"));
+    assert!(names.windows(2).all(|w| std::sync::Arc::ptr_eq(w[0], w[1])));
+}
