@@ -7,6 +7,7 @@ use std::sync::Arc;
 use meshpath_dataplane::ipcache::IpPrefix;
 use meshpath_dataplane::policy::{IdentityLabels, Labels};
 use meshpath_dataplane::{Addr, ClusterId};
+use smallvec::SmallVec;
 
 use super::admission::last;
 use crate::cluster_name::ClusterName;
@@ -62,8 +63,9 @@ pub struct RemoteCluster {
     pub by_host: HashMap<Addr, HashSet<Addr>>,
     /// Every address of every node, and how many nodes have it.
     pub node_addrs: HashMap<Addr, usize>,
-    /// The services that list an address as a backend (their names shared, not copied per backend).
-    pub backends_of: HashMap<Addr, Vec<Arc<ServiceName>>>,
+    /// The services that list an address as a backend (their names shared, not copied per backend);
+    /// one, held in place, for most addresses.
+    pub backends_of: HashMap<Addr, SmallVec<[Arc<ServiceName>; 1]>>,
 }
 
 #[derive(Debug, Default)]
