@@ -165,4 +165,11 @@ mod tests {
         other.src_port += 1;
         assert_ne!(k.symmetric_hash(), other.symmetric_hash());
     }
+
+    #[test]
+    fn an_address_pads_nothing_beside_a_pointer() {
+        assert_eq!(std::mem::align_of::<Addr>(), 8);
+        assert_eq!(std::mem::size_of::<(Addr, usize)>(), 24);
+        assert_eq!(std::mem::size_of::<Option<Addr>>(), 24);
+    }
 }
