@@ -7,16 +7,17 @@
 //! or lock per packet, and a burst's buckets are still prefetched together. A concurrent table would
 //! put a cache line that bounces between cores on every packet of a flow whose two directions arrive
 //! on different queues — which on veth is most of them, since the receive queue follows the sender's
-//! transmit queue and no key of ours. Steering costs one parse and a hash per frame, and a handoff
-//! only for frames that arrived on another worker's queue; where a NIC takes a symmetric RSS key, most
-//! frames arrive at their owner already. `meshpath-perf pipeline --workers N` measures it.
+//! transmit queue and no key of ours. Steering costs a parse per frame, a lookup for each end on a
+//! port some service uses (in a table whose lines a burst prefetches together, [`Steering::owners`]),
+//! and a handoff only for frames that arrived on another worker's queue; where a NIC takes a
+//! symmetric RSS key, most frames arrive at their owner already. `meshpath-perf pipeline --workers N` measures it.
 //!
 //! The owner is a keyed hash ([`crate::hash`]: no sender can aim every flow at one worker) of what
 //! both directions of the flow share, after every translation meshpath makes:
 //! - a plain flow: its two ends, in a canonical order (a symmetric hash);
 //! - a service flow: only the client's end. A request goes to the service's frontend and its reply
 //!   comes from the backend Maglev chose, so the two share nothing else; a frame whose one end is a
-//!   frontend or a backend of some service ([`crate::service::ServiceTable::is_backend`]) and whose
+//!   frontend or a backend of some service ([`crate::service::ServiceTable::is_end`]) and whose
 //!   other end is neither is keyed by that other end. On the backend's node both directions carry
 //!   the client's end as well, so they agree there too.
 //! - a masqueraded flow: its reply comes to the node's address and the port masquerading chose, and
@@ -38,10 +39,10 @@ pub mod handoff;
 use crate::flow::proto;
 use crate::icmp_error;
 use crate::parse::{self, Parsed, L3};
-use crate::service::{BackendKey, Frontend};
+use crate::service::{EndKey, Probe, ServiceTable};
 use crate::snapshot::Tables;
 use crate::tunnel::{self, TunnelProtocol};
-use crate::{Addr, FlowKey, PortId};
+use crate::{Addr, FlowKey, Frame, PortId};
 
 /// Which worker of a node's workers this is: what the pipeline needs to know of steering.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,22 +102,27 @@ impl Steering {
 
     /// The worker that owns the flow of `frame`, received on `port`.
     pub fn owner(self, tables: &Tables, port: PortId, frame: &[u8]) -> Owner {
+        self.finish(tables, &self.plan(tables, port, frame))
+    }
+
+    /// The owners of a burst (`owners[i]` belongs to `frames[i]`): every frame is parsed and the
+    /// lines of its ends' lookups prefetched before any is read, so that the burst's cache misses
+    /// overlap. Answers as [`Self::owner`] frame by frame.
+    pub fn owners(self, tables: &Tables, frames: &[Frame<'_>], owners: &mut [Owner]) {
         if self.workers == 1 {
-            return Owner::Worker(0);
+            owners.fill(Owner::Worker(0));
+            return;
         }
-        let Ok(outer) = parse::parse(frame) else {
-            return Owner::Any;
-        };
-        let from_uplink = port == tables.node.uplink;
-        if from_uplink {
-            if let Some(inner) = tunnelled(tables, frame, &outer) {
-                return match parse::parse(inner) {
-                    Ok(parsed) => self.owner_of(tables, inner, &parsed, false),
-                    Err(_) => Owner::Any,
-                };
+        let mut plans = [Plan::Done(Owner::Any); BURST];
+        for (frames, owners) in frames.chunks(BURST).zip(owners.chunks_mut(BURST)) {
+            for (frame, plan) in frames.iter().zip(plans.iter_mut()) {
+                *plan = self.plan(tables, frame.port(), frame.data());
+                plan.prefetch(tables);
+            }
+            for (plan, owner) in plans.iter().zip(owners.iter_mut()) {
+                *owner = self.finish(tables, plan);
             }
         }
-        self.owner_of(tables, frame, &outer, from_uplink)
     }
 
     /// The worker that owns a flow, known by its first packet's ends as they came in
@@ -126,21 +132,41 @@ impl Steering {
     pub fn flow_owner(self, tables: &Tables, first_packet: &FlowKey) -> u16 {
         match self.workers {
             1 => 0,
-            n => reduce(key(tables, first_packet), n),
+            n => reduce(Ends::of(tables, first_packet).key(tables), n),
         }
+    }
+
+    /// All of [`Self::owner`] but the lookups of the flow's ends.
+    fn plan(self, tables: &Tables, port: PortId, frame: &[u8]) -> Plan {
+        if self.workers == 1 {
+            return Plan::Done(Owner::Worker(0));
+        }
+        let Ok(outer) = parse::parse(frame) else {
+            return Plan::Done(Owner::Any);
+        };
+        let from_uplink = port == tables.node.uplink;
+        if from_uplink {
+            if let Some(inner) = tunnelled(tables, frame, &outer) {
+                return match parse::parse(inner) {
+                    Ok(parsed) => self.plan_of(tables, inner, &parsed, false),
+                    Err(_) => Plan::Done(Owner::Any),
+                };
+            }
+        }
+        self.plan_of(tables, frame, &outer, from_uplink)
     }
 
     /// `plain_from_uplink`: the frame came from the underlay as it is, where masqueraded flows'
     /// replies come from.
-    fn owner_of(
+    fn plan_of(
         self,
         tables: &Tables,
         frame: &[u8],
         parsed: &Parsed,
         plain_from_uplink: bool,
-    ) -> Owner {
+    ) -> Plan {
         if matches!(parsed.l3, L3::Arp(_)) {
-            return Owner::Any;
+            return Plan::Done(Owner::Any);
         }
         let (flow, masquerade_port) = match icmp_error::quoted(frame, parsed) {
             // The quoted packet went out from the masqueraded port.
@@ -149,10 +175,84 @@ impl Steering {
         };
         if plain_from_uplink {
             if let Some(first) = masquerade_range(tables, parsed, masquerade_port) {
-                return Owner::Worker(masquerade_owner(first, masquerade_port, self.workers));
+                let owner = masquerade_owner(first, masquerade_port, self.workers);
+                return Plan::Done(Owner::Worker(owner));
             }
         }
-        Owner::Worker(reduce(key(tables, &flow), self.workers))
+        Plan::Ask(Ends::of(tables, &flow))
+    }
+
+    fn finish(self, tables: &Tables, plan: &Plan) -> Owner {
+        match plan {
+            Plan::Done(owner) => *owner,
+            Plan::Ask(ends) => Owner::Worker(reduce(ends.key(tables), self.workers)),
+        }
+    }
+}
+
+/// Frames steered together: their ends' lines are prefetched together.
+const BURST: usize = 64;
+
+/// A frame's owner, or what is left to ask to know it.
+#[derive(Clone, Copy, Debug)]
+enum Plan {
+    Done(Owner),
+    Ask(Ends),
+}
+
+impl Plan {
+    fn prefetch(&self, tables: &Tables) {
+        if let Plan::Ask(ends) = self {
+            for probe in [&ends.src.1, &ends.dst.1].into_iter().flatten() {
+                tables.services.prefetch_end(probe);
+            }
+        }
+    }
+}
+
+/// A flow's two ends, each with its service lookup where it may be a service's (TCP or UDP, on a
+/// port some service uses: a client's ephemeral port costs no lookup).
+#[derive(Clone, Copy, Debug)]
+struct Ends {
+    proto: u8,
+    src: ((Addr, u16), Option<Probe>),
+    dst: ((Addr, u16), Option<Probe>),
+}
+
+impl Ends {
+    fn of(tables: &Tables, flow: &FlowKey) -> Ends {
+        let end = |addr: Addr, port: u16| {
+            let probe = (matches!(flow.proto, proto::TCP | proto::UDP)
+                && tables.services.may_use_port(port))
+            .then(|| {
+                ServiceTable::probe_end(&EndKey {
+                    addr,
+                    port,
+                    proto: flow.proto,
+                })
+            });
+            ((addr, port), probe)
+        };
+        Ends {
+            proto: flow.proto,
+            src: end(flow.src, flow.src_port),
+            dst: end(flow.dst, flow.dst_port),
+        }
+    }
+
+    /// The flow's steering key: the same for both its directions, before and after translation.
+    fn key(&self, tables: &Tables) -> u64 {
+        let service_end =
+            |probe: &Option<Probe>| probe.as_ref().is_some_and(|p| tables.services.is_end(p));
+        let (src, dst) = (self.src.0, self.dst.0);
+        match (service_end(&self.src.1), service_end(&self.dst.1)) {
+            (false, true) => end_key(self.proto, src),
+            (true, false) => end_key(self.proto, dst),
+            _ => {
+                let (a, b) = if src <= dst { (src, dst) } else { (dst, src) };
+                crate::hash::hash_one(&(self.proto, a, b))
+            }
+        }
     }
 }
 
@@ -178,44 +278,8 @@ fn masquerade_owner(first: u16, port: u16, workers: u16) -> u16 {
     port.wrapping_sub(first) % workers.max(1)
 }
 
-/// The flow's steering key: the same for both its directions, before and after translation.
-fn key(tables: &Tables, flow: &FlowKey) -> u64 {
-    let src = (flow.src, flow.src_port);
-    let dst = (flow.dst, flow.dst_port);
-    match (
-        service_end(tables, flow.proto, src, true),
-        service_end(tables, flow.proto, dst, false),
-    ) {
-        (false, true) => end_key(flow.proto, src),
-        (true, false) => end_key(flow.proto, dst),
-        _ => {
-            let (a, b) = if src <= dst { (src, dst) } else { (dst, src) };
-            crate::hash::hash_one(&(flow.proto, a, b))
-        }
-    }
-}
-
 fn end_key(proto: u8, end: (Addr, u16)) -> u64 {
     crate::hash::hash_one(&(proto, end))
-}
-
-/// Whether `addr:port` is a service's frontend or one of its backends. A port no service uses
-/// (a client's ephemeral port) answers without a lookup; `backend_first` orders the two lookups by
-/// which is likelier to hit (a source is a backend more often than a frontend) — the answer is the
-/// same either way.
-fn service_end(tables: &Tables, proto: u8, (addr, port): (Addr, u16), backend_first: bool) -> bool {
-    let services = &tables.services;
-    if !matches!(proto, proto::TCP | proto::UDP) || !services.may_use_port(port) {
-        return false;
-    }
-    let frontend = || services.lookup(&Frontend { addr, port, proto }).is_some();
-    let backend = || services.is_backend(&BackendKey { addr, port, proto });
-    let (first, then): (&dyn Fn() -> bool, &dyn Fn() -> bool) = if backend_first {
-        (&backend, &frontend)
-    } else {
-        (&frontend, &backend)
-    };
-    first() || then()
 }
 
 /// A 64-bit hash onto `0..workers`, evenly (the high bits, by multiplication).

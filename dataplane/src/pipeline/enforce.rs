@@ -10,7 +10,7 @@ use super::{masquerade, InFlight, Source};
 use crate::conntrack::{Conntrack, NatKind};
 use crate::flow::proto;
 use crate::parse::L4;
-use crate::service::BackendKey;
+use crate::service::EndKey;
 use crate::snapshot::Tables;
 use crate::steering::WorkerSlot;
 use crate::{DropReason, Identity};
@@ -58,7 +58,7 @@ fn refuse_backend_segment_without_flow(
     let L4::Tcp(flags) = flight.parsed.l4 else {
         return Ok(());
     };
-    let backend = BackendKey {
+    let backend = EndKey {
         addr: flow.src,
         port: flow.src_port,
         proto: flow.proto,

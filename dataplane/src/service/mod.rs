@@ -6,13 +6,13 @@
 //! Workers read the [`ServiceTable`] of the current snapshot; services are `Arc`ed so that a new
 //! snapshot shares every service it does not change.
 
-mod backend_index;
+mod ends;
 pub mod maglev;
 mod ports;
 mod retired;
 mod table;
 
-pub use backend_index::BackendKey;
+pub use ends::{EndKey, Probe};
 pub use maglev::MaglevTable;
 pub use retired::{BackendStatus, MAX_RETIRED};
 pub use table::{ServiceError, ServiceTable};

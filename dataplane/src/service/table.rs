@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::hash::KeyedMap;
 
-use super::backend_index::{BackendIndex, BackendKey};
+use super::ends::{EndKey, Probe, Role, ServiceEnds};
 use super::ports::ServicePorts;
 use super::retired::{BackendStatus, Retired};
 use super::{Frontend, Service, ServiceId};
@@ -31,7 +31,7 @@ pub struct ServiceTable {
     len: usize,
     capacity: usize,
     retired: Retired,
-    backends: BackendIndex,
+    ends: ServiceEnds,
     ports: ServicePorts,
 }
 
@@ -45,6 +45,14 @@ fn shard_of(frontend: &Frontend) -> usize {
     (crate::hash::hash_one(frontend) >> 58) as usize % SHARDS
 }
 
+fn end_of(frontend: &Frontend) -> EndKey {
+    EndKey {
+        addr: frontend.addr,
+        port: frontend.port,
+        proto: frontend.proto,
+    }
+}
+
 impl ServiceTable {
     pub fn new(capacity: usize) -> Self {
         ServiceTable {
@@ -52,7 +60,7 @@ impl ServiceTable {
             len: 0,
             capacity,
             retired: Retired::default(),
-            backends: BackendIndex::default(),
+            ends: ServiceEnds::default(),
             ports: ServicePorts::default(),
         }
     }
@@ -80,8 +88,11 @@ impl ServiceTable {
         let was = old
             .as_ref()
             .map_or((&[][..], 0), |o| (o.backends(), o.frontend.proto));
-        self.backends
-            .replace(was, (new.backends(), new.frontend.proto));
+        if old.is_none() {
+            self.ends.hold(&end_of(&frontend), Role::Frontend);
+        }
+        self.ends
+            .replace_backends(was, (new.backends(), new.frontend.proto));
         let backend_ports = new.backends().iter().map(|b| b.port);
         self.ports
             .insert_all(std::iter::once(frontend.port).chain(backend_ports));
@@ -106,8 +117,9 @@ impl ServiceTable {
         let old = Arc::make_mut(self.shards.get_mut(shard_of(frontend))?).remove(frontend)?;
         self.len -= 1;
         self.retired.replace(old.id, old.backends(), &[]);
-        self.backends
-            .replace((old.backends(), old.frontend.proto), (&[], 0));
+        self.ends.release(&end_of(frontend), Role::Frontend);
+        self.ends
+            .replace_backends((old.backends(), old.frontend.proto), (&[], 0));
         Some(old)
     }
 
@@ -129,12 +141,27 @@ impl ServiceTable {
     }
 
     /// Whether `key` is a backend of some service of this table (whatever its state).
-    pub fn is_backend(&self, key: &BackendKey) -> bool {
-        self.backends.contains(key)
+    pub fn is_backend(&self, key: &EndKey) -> bool {
+        self.ends.is_backend(key)
+    }
+
+    /// `key` hashed once, for [`Self::prefetch_end`] and [`Self::is_end`]: a burst prefetches
+    /// every frame's line before it asks of any.
+    pub fn probe_end(key: &EndKey) -> Probe {
+        ServiceEnds::probe(key)
+    }
+
+    pub fn prefetch_end(&self, probe: &Probe) {
+        self.ends.prefetch(probe);
+    }
+
+    /// Whether the probed key is some service's frontend or one of its backends.
+    pub fn is_end(&self, probe: &Probe) -> bool {
+        self.ends.is_end(probe)
     }
 
     /// Whether `port` may be a frontend's or a backend's: `false` means surely not, without a
-    /// lookup ([`Self::lookup`] and [`Self::is_backend`] say for sure).
+    /// lookup ([`Self::lookup`] and [`Self::is_end`] say for sure).
     pub fn may_use_port(&self, port: u16) -> bool {
         self.ports.contains(port)
     }
@@ -156,7 +183,7 @@ impl ServiceTable {
 mod tests {
     use super::*;
     use crate::flow::proto;
-    use crate::service::{Backend, BackendKey, BackendState, BackendStatus, ServiceId};
+    use crate::service::{Backend, BackendState, BackendStatus, EndKey, ServiceId};
     use crate::{Addr, FlowKey};
     use proptest::prelude::*;
 
@@ -180,12 +207,26 @@ mod tests {
         Arc::new(Service::new(ServiceId(i), frontend(i), backends).unwrap())
     }
 
-    fn backend_key(i: u32, b: u32) -> BackendKey {
-        BackendKey {
+    fn backend_key(i: u32, b: u32) -> EndKey {
+        EndKey {
             addr: Addr::from_v4_bits(0x6440_0000 + (i << 8) + b),
             port: 8080,
             proto: proto::TCP,
         }
+    }
+
+    #[test]
+    fn a_frontend_is_a_service_end_while_its_service_is_there() {
+        let mut table = ServiceTable::new(8);
+        let end = |i| ServiceTable::probe_end(&end_of(&frontend(i)));
+        table.insert(service(1, 2)).unwrap();
+        table.insert(service(1, 3)).unwrap();
+        assert!(table.is_end(&end(1)));
+        assert!(table.is_end(&ServiceTable::probe_end(&backend_key(1, 2))));
+        assert!(!table.is_end(&end(2)));
+        table.remove(&frontend(1));
+        assert!(!table.is_end(&end(1)), "replaced once, let go once");
+        assert!(!table.is_end(&ServiceTable::probe_end(&backend_key(1, 0))));
     }
 
     #[test]
@@ -200,7 +241,7 @@ mod tests {
         assert!(table.may_use_port(8080) && table.may_use_port(80));
         assert!(!table.may_use_port(40000), "no service uses it");
         assert!(
-            !table.is_backend(&BackendKey {
+            !table.is_backend(&EndKey {
                 proto: proto::UDP,
                 ..key
             }),

@@ -199,15 +199,37 @@ proptest! {
         let steering = Steering::new(workers).unwrap();
         let (a, _) = two_nodes();
         let mut sa = state();
-        let (_, mut wire) = run(&a, &mut sa, X_WING_PORT, &tcp(&x_wing(), VIP, 40000, 80, true));
+        let request = tcp(&x_wing(), VIP, 40000, 80, true);
+        let (_, mut wire) = run(&a, &mut sa, X_WING_PORT, &request);
         let i = at.index(wire.len());
         wire[i] = byte;
-        for (port, frame) in [(UPLINK, &random), (X_WING_PORT, &random), (UPLINK, &wire)] {
+        let received = [
+            (UPLINK, &random),
+            (X_WING_PORT, &random),
+            (UPLINK, &wire),
+            (X_WING_PORT, &request),
+        ];
+        for (port, frame) in received {
             match steering.owner(&a, port, frame) {
                 Owner::Worker(w) => prop_assert!(w < workers),
                 Owner::Any => {}
             }
         }
+        // A burst (past one prefetch batch of 64) is steered as its frames one by one.
+        let mut bufs: Vec<(PortId, Vec<u8>)> = (0..50)
+            .flat_map(|_| received.iter().map(|(port, f)| (*port, f.to_vec())))
+            .collect();
+        let one_by_one: Vec<Owner> = bufs.iter().map(|(port, f)| steering.owner(&a, *port, f)).collect();
+        let frames: Vec<Frame<'_>> = bufs
+            .iter_mut()
+            .filter_map(|(port, f)| {
+                let len = f.len();
+                Frame::new(f, 0, len, *port)
+            })
+            .collect();
+        let mut owners = vec![Owner::Any; frames.len()];
+        steering.owners(&a, &frames, &mut owners);
+        prop_assert_eq!(owners, one_by_one);
     }
 }
 
