@@ -93,10 +93,7 @@ impl BatchHandler for PipelineHandler {
         let Some(steering) = Steering::new(slot.of).filter(|s| s.workers() > 1) else {
             return;
         };
-        let tables = self.tables.load();
-        for (frame, owner) in frames.iter().zip(owners.iter_mut()) {
-            *owner = steering.owner(&tables, frame.port(), frame.data());
-        }
+        steering.owners(&self.tables.load(), frames, owners);
     }
 
     fn originate(&mut self, send: &mut dyn FnMut(PortId, &[u8])) {

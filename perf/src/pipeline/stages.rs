@@ -4,15 +4,17 @@
 use std::collections::BTreeMap;
 use std::hint::black_box;
 
+use arrayvec::ArrayVec;
+
 use meshpath_dataplane::frame::HEADROOM;
 use meshpath_dataplane::parse::parse;
 use meshpath_dataplane::service::Frontend;
-use meshpath_dataplane::steering::Steering;
+use meshpath_dataplane::steering::{Owner, Steering};
 use meshpath_dataplane::testbed::{self, Testbed};
 use meshpath_dataplane::tunnel::{self, Encapsulation, TunnelProtocol};
 use meshpath_dataplane::{nat, Addr, FlowKey, Frame, Identity, PortId};
 
-use super::ring::CHUNK;
+use super::ring::{BURST, CHUNK};
 use super::Traffic;
 use crate::measure::ns_per_item;
 
@@ -91,17 +93,26 @@ pub fn stages(bed: &Testbed, traffic: &Traffic, rounds: usize) -> BTreeMap<&'sta
             }
         }),
     );
-    // Which of two workers owns each frame: requests by their client's end (they go to a service),
-    // tunnelled replies by the frame inside.
+    // Which of two workers owns each frame, a burst at a time as a worker asks: requests by their
+    // client's end (they go to a service), tunnelled replies by the frame inside.
     let two = Steering::new(2).expect("two workers");
+    let mut received: Vec<(PortId, Vec<u8>)> = (traffic.requests.iter())
+        .map(|r| (PortId(1), r.clone()))
+        .chain(traffic.replies.iter().map(|r| (testbed::UPLINK, r.clone())))
+        .collect();
+    let mut owners = [Owner::Any; BURST];
     out.insert(
         "steering",
         ns_per_item(rounds, 2 * n, || {
-            for r in &traffic.requests {
-                black_box(two.owner(&bed.tables, PortId(1), black_box(r)));
-            }
-            for r in &traffic.replies {
-                black_box(two.owner(&bed.tables, testbed::UPLINK, black_box(r)));
+            for burst in received.chunks_mut(BURST) {
+                let frames: ArrayVec<Frame<'_>, BURST> = (burst.iter_mut())
+                    .filter_map(|(port, r)| {
+                        let len = r.len();
+                        Frame::new(r, 0, len, *port)
+                    })
+                    .collect();
+                two.owners(&bed.tables, &frames, &mut owners[..frames.len()]);
+                black_box(&owners);
             }
         }),
     );

@@ -302,9 +302,13 @@ impl Lane<'_> {
         let mut mine: ArrayVec<(Frame<'_>, Verdict), BURST> = ArrayVec::new();
         let mut theirs: Vec<ArrayVec<Descriptor, BURST>> =
             (0..to.len()).map(|_| ArrayVec::new()).collect();
-        for (k, frame) in ring.frames(count).into_iter().enumerate() {
+        let frames = ring.frames(count);
+        let mut owners = [Owner::Any; BURST];
+        self.steering
+            .owners(tables, &frames, &mut owners[..frames.len()]);
+        for (k, (frame, owner)) in frames.into_iter().zip(owners).enumerate() {
             let index = burst.start + k;
-            let owner = match self.steering.owner(tables, frame.port(), frame.data()) {
+            let owner = match owner {
                 Owner::Worker(w) => usize::from(w),
                 Owner::Any => self.me,
             };
