@@ -16,9 +16,19 @@ use tokio_util::sync::CancellationToken;
 /// The attached pods' addresses.
 pub type PodAddresses = BTreeMap<ObjectRef, Vec<IpAddr>>;
 
-/// `source` with `attached` written over the pods of `node`.
-pub fn overlay(source: &LocalState, attached: &PodAddresses, node: &str) -> LocalState {
-    let mut state = source.clone();
+/// `source` with `attached` written over the pods of `node`: the source itself, not a copy, where
+/// that changes nothing (as once kubelet has written the addresses into the pods' status).
+pub fn overlay(source: &Arc<LocalState>, attached: &PodAddresses, node: &str) -> Arc<LocalState> {
+    let rewrites = |(pod, addresses): (&ObjectRef, &Vec<IpAddr>)| {
+        source
+            .pods
+            .get(pod)
+            .is_some_and(|local| local.node.as_deref() == Some(node) && local.ips != *addresses)
+    };
+    if !attached.iter().any(rewrites) {
+        return source.clone();
+    }
+    let mut state = LocalState::clone(source);
     for (pod, addresses) in attached {
         let Some(local) = state.pods.get_mut(pod) else {
             continue;
@@ -27,7 +37,7 @@ pub fn overlay(source: &LocalState, attached: &PodAddresses, node: &str) -> Loca
             local.ips = addresses.clone();
         }
     }
-    state
+    Arc::new(state)
 }
 
 /// Follows both inputs until `cancel`, sending the overlaid state whenever either changes.
@@ -42,7 +52,7 @@ pub fn spawn(
         &attached.borrow_and_update(),
         &node,
     );
-    let (tx, rx) = watch::channel(Arc::new(first));
+    let (tx, rx) = watch::channel(first);
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -56,9 +66,9 @@ pub fn spawn(
                 &node,
             );
             tx.send_if_modified(|current| {
-                let differs = **current != state;
+                let differs = !Arc::ptr_eq(current, &state) && **current != *state;
                 if differs {
-                    *current = Arc::new(state);
+                    *current = state;
                 }
                 differs
             });
@@ -108,6 +118,7 @@ mod tests {
             (key("unknown"), vec!["100.64.1.13".parse().unwrap()]),
         ]
         .into();
+        let source = Arc::new(source);
         let state = overlay(&source, &attached, "n1");
         let ips = |n: &str| state.pods[&key(n)].ips.clone();
         assert_eq!(ips("new"), attached[&key("new")]);
@@ -117,5 +128,33 @@ mod tests {
             !state.pods.contains_key(&key("unknown")),
             "no pod is made up"
         );
+    }
+
+    #[test]
+    fn where_the_plugin_changes_nothing_the_source_is_shared_not_copied() {
+        let mut source = LocalState::default();
+        for p in [
+            pod("known", Some("n1"), &["100.64.1.10"]),
+            pod("elsewhere", Some("n2"), &["100.64.2.10"]),
+        ] {
+            source.pods.insert(p.pod.clone(), p);
+        }
+        let source = Arc::new(source);
+        let key = |n: &str| ObjectRef {
+            namespace: "default".into(),
+            name: n.into(),
+        };
+        let attached: PodAddresses = [
+            (key("known"), vec!["100.64.1.10".parse().unwrap()]),
+            (key("elsewhere"), vec!["100.64.1.12".parse().unwrap()]),
+        ]
+        .into();
+        assert!(Arc::ptr_eq(&overlay(&source, &attached, "n1"), &source));
+        assert!(Arc::ptr_eq(
+            &overlay(&source, &PodAddresses::new(), "n1"),
+            &source
+        ));
+        let moved: PodAddresses = [(key("known"), vec!["100.64.1.11".parse().unwrap()])].into();
+        assert!(!Arc::ptr_eq(&overlay(&source, &moved, "n1"), &source));
     }
 }
