@@ -25,11 +25,13 @@
 //!   name), and the three states' maps of pointers 13 MB together. Each state held its own copy
 //!   before (about 26 MB each).
 //! - The builder's indexes (endpoint addresses, endpoints by host, backends' services): 12 MB.
-//! - The snapshot's tables: Maglev 20 MB (10k services), ipcache 6.4 MB, backend index 4.3 MB.
+//! - The snapshot's tables: Maglev 20 MB (10k services), ipcache 6.4 MB, the service ends
+//!   steering asks of (every frontend and backend, three to a cache line) 5.8 MB.
 //! - The endpoint directory (`meshpath observe`'s pod names): 6.4 MB of map holding the shared
 //!   entries (three strings an endpoint before: 15 MB).
-//! - The local state (one node, one pod, 10k global services, read from YAML): about 20 MB, in the
-//!   source's files, the state made of them, the CNI overlay's copy and the resolved view.
+//! - The local state (one node, one pod, 10k global services, read from YAML): about 15 MB, in the
+//!   source's files, the state made of them and the resolved view (the CNI overlay shares the
+//!   source's state where it changes nothing; it held a copy, 3.5 MB, before).
 //! - glibc's arenas round that up (free chunks between live ones); what writing the last known
 //!   state allocates and frees is given back (`malloc_trim`) once written.
 //! - The binary's text, about 20 MiB.
@@ -38,7 +40,8 @@
 //! entry holding one lost its padding.
 //!
 //! Before (this machine): 374 MiB resident once settled (the benchmark read 305 MiB, too early);
-//! 218 MiB before the addresses' alignment and the shared port names; 195–198 MiB now.
+//! 218 MiB before the addresses' alignment and the shared port names; 195–200 MiB now (heap live
+//! once settled 109 MB).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
